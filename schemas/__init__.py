@@ -1,0 +1,21 @@
+"""The contract: every message vplane's services exchange, and nothing else."""
+
+from schemas import host, queries, service, vm
+from schemas.base import Command, Event, Kind, Message, Query, Reply, Telemetry, registry
+from schemas.envelope import Envelope
+
+__all__ = [
+    "Command",
+    "Envelope",
+    "Event",
+    "Kind",
+    "Message",
+    "Query",
+    "Reply",
+    "Telemetry",
+    "host",
+    "queries",
+    "registry",
+    "service",
+    "vm",
+]

@@ -1,0 +1,53 @@
+"""Service lifecycle events and the typed rejection of a command."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+
+from schemas.base import Event, Name, registry
+
+
+@registry.register
+class ServiceStarted(Event):
+    service: Name
+    instance: str
+    version: str
+    rebuilt_from_seq: int
+    rebuilt_events: int
+
+    def aggregate(self) -> str:
+        return f"service/{self.service}"
+
+
+@registry.register
+class ServiceStopped(Event):
+    service: Name
+    instance: str
+    reason: str
+    handled: int
+
+    def aggregate(self) -> str:
+        return f"service/{self.service}"
+
+
+class RejectionCode(enum.StrEnum):
+    ALREADY_EXISTS = "already-exists"
+    UNKNOWN_VM = "unknown-vm"
+    UNKNOWN_HOST = "unknown-host"
+    WRONG_STATE = "wrong-state"
+    INSUFFICIENT_CAPACITY = "insufficient-capacity"
+
+
+@registry.register
+class CommandRejected(Event):
+    """A command that was understood but refused; nothing changed."""
+
+    about: str
+    command_id: uuid.UUID
+    command_type: str
+    code: RejectionCode
+    reason: str
+
+    def aggregate(self) -> str:
+        return self.about

@@ -1,0 +1,1 @@
+"""vplane's deployable services; each imports schemas and shared, never another service."""

@@ -1,0 +1,1 @@
+"""Emulated hypervisor hosts: N per process, with VM lifecycle and telemetry."""

@@ -1,0 +1,1 @@
+"""Plumbing every vplane service stands on: codec, bus, runtime, settings, logging, broker."""

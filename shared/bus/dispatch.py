@@ -1,0 +1,93 @@
+"""What a consumer does with one delivered message, the same on every broker."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from typing import Any
+
+import structlog
+
+from schemas import Envelope, Message, Reply
+from schemas.queries import QueryFailed
+from shared.bus.errors import PoisonMessage, RequestFailed
+from shared.bus.protocol import Delivery, Handler, QueryHandler
+from shared.codec import MessageError, decode
+
+log = structlog.get_logger("vplane.bus")
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class Bury:
+    """Give up: send the original bytes to the dead-letter subject with this reason."""
+
+    reason: str
+
+
+Outcome = Ack | Retry | Bury
+
+
+async def dispatch(
+    raw: bytes, delivery: Delivery, handler: Handler, *, max_deliver: int, retry_delay: float
+) -> Outcome:
+    try:
+        env = decode(raw)
+    except MessageError as err:
+        return Bury(err.describe())
+    with structlog.contextvars.bound_contextvars(
+        msg_type=env.type,
+        subject=env.subject,
+        correlation_id=str(env.correlation_id),
+        seq=delivery.seq,
+    ):
+        try:
+            await handler(env, delivery)
+        except asyncio.CancelledError:
+            raise
+        except PoisonMessage as err:
+            log.warning("message rejected by handler", reason=str(err))
+            return Bury(f"poison: {err}")
+        except Exception as err:
+            if delivery.attempt >= max_deliver:
+                log.error("handler failed, giving up", attempt=delivery.attempt, exc_info=True)
+                return Bury(f"handler-failed: {type(err).__name__}: {err}")
+            log.warning("handler failed, will retry", attempt=delivery.attempt, error=str(err))
+            return Retry(retry_delay * delivery.attempt)
+    return Ack()
+
+
+async def answer(handler: QueryHandler, raw: bytes, *, producer: str) -> bytes:
+    """Run a query handler on request bytes; a failure becomes a QueryFailed reply."""
+    reply: Reply
+    request: Envelope[Any] | None = None
+    try:
+        request = decode(raw)
+        reply = await handler(request)
+    except MessageError as err:
+        reply = QueryFailed(reason=err.describe())
+    except Exception as err:
+        log.exception("query handler failed")
+        reply = QueryFailed(reason=f"{type(err).__name__}: {err}")
+    subject = request.subject if request is not None else "query"
+    return Envelope.wrap(reply, producer=producer, subject=subject, caused_by=request).encode()
+
+
+def read_reply(raw: bytes) -> Envelope[Message]:
+    try:
+        env = decode(raw)
+    except MessageError as err:
+        raise RequestFailed(f"unreadable reply: {err.describe()}") from None
+    if isinstance(env.data, QueryFailed):
+        raise RequestFailed(env.data.reason)
+    return env

@@ -1,0 +1,237 @@
+"""An in-process bus with the same semantics as the brokers; for unit tests only."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas import Envelope, Message
+from shared.bus import subjects
+from shared.bus.dispatch import Ack, Bury, Retry, answer, dispatch, read_reply
+from shared.bus.errors import ConcurrencyError, RequestFailed
+from shared.bus.protocol import (
+    AppendResult,
+    ConsumerSpec,
+    DeadLetter,
+    Delivery,
+    Handler,
+    Logged,
+    QueryHandler,
+    Stream,
+    WatchHandler,
+)
+from shared.codec import MessageError, decode
+
+TELEMETRY_LIMIT = 10_000
+
+
+@dataclass(slots=True)
+class _Entry:
+    seq: int
+    subject: str
+    data: bytes
+
+
+@dataclass
+class _Log:
+    entries: list[_Entry] = field(default_factory=list)
+    next_seq: int = 1
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def add(self, subject: str, data: bytes) -> int:
+        seq = self.next_seq
+        self.next_seq += 1
+        self.entries.append(_Entry(seq, subject, data))
+        async with self.changed:
+            self.changed.notify_all()
+        return seq
+
+    def first_from(self, seq: int, filters: tuple[str, ...]) -> _Entry | None:
+        for entry in self.entries:
+            if entry.seq >= seq and _selected(entry.subject, filters):
+                return entry
+        return None
+
+    async def wait_change(self, timeout: float) -> None:
+        async with self.changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), timeout)
+
+
+def _selected(subject: str, filters: tuple[str, ...]) -> bool:
+    return not filters or any(subjects.matches(f, subject) for f in filters)
+
+
+class _Task:
+    def __init__(self) -> None:
+        self.stopping = False
+        self.task: asyncio.Task[None] | None = None
+
+    async def stop(self) -> None:
+        self.stopping = True
+        if self.task is not None:
+            await self.task
+
+
+class MemoryBus:
+    def __init__(self, namespace: str = "vplane") -> None:
+        self.namespace = namespace
+        self._logs = {s: _Log() for s in Stream}
+        self._ids: dict[str, int] = {}
+        self._versions: dict[str, int] = {}
+        self._cursors: dict[str, int] = {}
+        self._dead: list[DeadLetter] = []
+        self._servers: dict[str, QueryHandler] = {}
+        self._tasks: list[_Task] = []
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            await task.stop()
+
+    def _full(self, stream: Stream, filters: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(subjects.stream_subject(self.namespace, stream, f) for f in filters)
+
+    async def append(
+        self, env: Envelope[Any], *, expected_version: int | None = None
+    ) -> AppendResult:
+        key = str(env.id)
+        if key in self._ids:
+            return AppendResult(self._ids[key], duplicate=True)
+        subject = subjects.event_subject(self.namespace, env)
+        current = self._versions.get(subject, 0)
+        if expected_version is not None and expected_version != current:
+            raise ConcurrencyError(env.subject, expected_version, current)
+        seq = await self._logs[Stream.EVENTS].add(subject, env.encode())
+        self._ids[key] = seq
+        self._versions[subject] = seq
+        return AppendResult(seq, duplicate=False)
+
+    async def append_many(self, envs: list[Envelope[Any]]) -> list[AppendResult]:
+        return [await self.append(env) for env in envs]
+
+    async def version(self, aggregate: str) -> int:
+        return self._versions.get(subjects.aggregate_subject(self.namespace, aggregate), 0)
+
+    async def last_seq(self) -> int:
+        return self._logs[Stream.EVENTS].next_seq - 1
+
+    async def replay(
+        self, *, from_seq: int = 1, filters: tuple[str, ...] = ()
+    ) -> AsyncIterator[Logged]:
+        end = await self.last_seq()
+        wanted = self._full(Stream.EVENTS, filters)
+        for entry in list(self._logs[Stream.EVENTS].entries):
+            if from_seq <= entry.seq <= end and _selected(entry.subject, wanted):
+                yield _logged(entry)
+
+    async def send(self, env: Envelope[Any]) -> None:
+        await self._logs[Stream.COMMANDS].add(
+            subjects.command_subject(self.namespace, env), env.encode()
+        )
+
+    async def emit(self, env: Envelope[Any]) -> None:
+        log = self._logs[Stream.TELEMETRY]
+        await log.add(subjects.telemetry_subject(self.namespace, env), env.encode())
+        del log.entries[:-TELEMETRY_LIMIT]
+
+    async def publish_raw(self, stream: Stream, subject: str, data: bytes) -> None:
+        await self._logs[stream].add(subjects.stream_subject(self.namespace, stream, subject), data)
+
+    async def consume(self, spec: ConsumerSpec, handler: Handler) -> _Task:
+        task = _Task()
+        task.task = asyncio.create_task(self._consume(spec, handler, task))
+        self._tasks.append(task)
+        return task
+
+    async def _consume(self, spec: ConsumerSpec, handler: Handler, me: _Task) -> None:
+        log = self._logs[spec.stream]
+        filters = self._full(spec.stream, spec.filters)
+        work_queue = spec.stream is Stream.COMMANDS
+        self._cursors.setdefault(spec.name, spec.start_seq)
+        attempts: dict[int, int] = {}
+        while not me.stopping:
+            entry = log.first_from(self._cursors[spec.name], filters)
+            if entry is None:
+                await log.wait_change(0.05)
+                continue
+            attempt = attempts[entry.seq] = attempts.get(entry.seq, 0) + 1
+            delivery = Delivery(entry.seq, attempt, entry.subject)
+            outcome = await dispatch(
+                entry.data,
+                delivery,
+                handler,
+                max_deliver=spec.max_deliver,
+                retry_delay=spec.retry_delay,
+            )
+            if isinstance(outcome, Retry):
+                await asyncio.sleep(outcome.delay)
+                continue
+            if isinstance(outcome, Bury):
+                self._dead.append(
+                    DeadLetter(spec.name, entry.subject, outcome.reason, attempt, entry.data)
+                )
+            assert isinstance(outcome, Ack | Bury)
+            del attempts[entry.seq]
+            if work_queue:
+                log.entries.remove(entry)
+            else:
+                self._cursors[spec.name] = entry.seq + 1
+
+    async def watch(
+        self,
+        stream: Stream,
+        filters: tuple[str, ...],
+        handler: WatchHandler,
+        *,
+        from_seq: int | None = None,
+    ) -> _Task:
+        log = self._logs[stream]
+        task = _Task()
+        start = log.next_seq if from_seq is None else from_seq
+
+        async def follow() -> None:
+            cursor = start
+            wanted = self._full(stream, filters)
+            while not task.stopping:
+                entry = log.first_from(cursor, wanted)
+                if entry is None:
+                    await log.wait_change(0.05)
+                    continue
+                cursor = entry.seq + 1
+                await handler(_logged(entry))
+
+        task.task = asyncio.create_task(follow())
+        self._tasks.append(task)
+        return task
+
+    async def request(self, env: Envelope[Any], *, timeout: float = 5.0) -> Envelope[Message]:
+        server = self._servers.get(env.subject)
+        if server is None:
+            raise RequestFailed(f"nobody answers queries to {env.subject}")
+        try:
+            raw = await asyncio.wait_for(answer(server, env.encode(), producer=env.subject), timeout)
+        except TimeoutError:
+            raise RequestFailed(f"no answer to {env.type} within {timeout}s") from None
+        return read_reply(raw)
+
+    async def serve(self, target: str, handler: QueryHandler) -> _Task:
+        self._servers[target] = handler
+        task = _Task()
+        self._tasks.append(task)
+        return task
+
+    async def dead_letters(self, consumer: str) -> list[DeadLetter]:
+        return [d for d in self._dead if d.consumer == consumer]
+
+
+def _logged(entry: _Entry) -> Logged:
+    try:
+        return Logged(entry.seq, entry.subject, entry.data, decode(entry.data))
+    except MessageError as err:
+        return Logged(entry.seq, entry.subject, entry.data, None, err.describe())

@@ -1,0 +1,439 @@
+"""The NATS JetStream adapter: the event log, work queues and telemetry as streams."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+
+from schemas import Envelope, Message
+from shared.bus import subjects
+from shared.bus.dispatch import Ack, Bury, Retry, answer, dispatch, read_reply
+from shared.bus.errors import BusError, BusUnavailable, ConcurrencyError, RequestFailed
+from shared.bus.nats_streams import stream_configs
+from shared.bus.protocol import (
+    AppendResult,
+    ConsumerSpec,
+    DeadLetter,
+    Delivery,
+    Handler,
+    Logged,
+    QueryHandler,
+    Stream,
+    WatchHandler,
+)
+from shared.codec import MessageError, decode
+
+log = structlog.get_logger("vplane.bus.nats")
+
+WRONG_LAST_SEQUENCE = 10071
+_ACTUAL_SEQ = re.compile(r"(\d+)\s*$")
+H_REASON = "Vplane-Reason"
+H_COUNT = "Vplane-Delivery-Count"
+H_SUBJECT = "Vplane-Subject"
+H_CONSUMER = "Vplane-Consumer"
+
+
+class NatsBus:
+    def __init__(self, url: str, namespace: str = "vplane", *, client_name: str = "vplane") -> None:
+        self.url = url
+        self.namespace = namespace
+        self._client_name = client_name
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._subs: list[_Puller | _Server] = []
+        self._names = {s: f"{namespace.upper()}_{s.name}" for s in Stream}
+        self._dlq_stream = f"{namespace.upper()}_DEADLETTERS"
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise BusError("the bus is not started")
+        return self._js
+
+    @property
+    def nc(self) -> Client:
+        if self._nc is None:
+            raise BusError("the bus is not started")
+        return self._nc
+
+    async def start(self) -> None:
+        try:
+            self._nc = await nats.connect(
+                self.url,
+                name=self._client_name,
+                connect_timeout=2,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                error_cb=_on_error,
+                disconnected_cb=_on_disconnect,
+                reconnected_cb=_on_reconnect,
+            )
+        except Exception as err:
+            raise BusUnavailable(f"cannot reach NATS at {self.url}: {err or type(err).__name__}") from err
+        self._js = self._nc.jetstream(timeout=10)
+        jsm = self._nc.jsm()
+        for config in stream_configs(self.namespace, self._names, self._dlq_stream):
+            try:
+                await jsm.add_stream(config)
+            except nats.js.errors.BadRequestError:
+                await jsm.update_stream(config)
+
+    async def close(self) -> None:
+        for sub in reversed(self._subs):
+            await sub.stop()
+        self._subs.clear()
+        if self._nc is not None and not self._nc.is_closed:
+            await self._nc.drain()
+        self._nc = self._js = None
+
+    async def append(
+        self, env: Envelope[Any], *, expected_version: int | None = None
+    ) -> AppendResult:
+        headers = {api.Header.MSG_ID: str(env.id)}
+        if expected_version is not None:
+            headers[api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(expected_version)
+        try:
+            ack = await self.js.publish(
+                subjects.event_subject(self.namespace, env), env.encode(), headers=headers
+            )
+        except nats.js.errors.APIError as err:
+            if err.err_code == WRONG_LAST_SEQUENCE:
+                found = _ACTUAL_SEQ.search(err.description or "")
+                actual = int(found.group(1)) if found else None
+                raise ConcurrencyError(env.subject, expected_version or 0, actual) from err
+            raise BusError(f"append failed: {err}") from err
+        except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError) as err:
+            raise BusUnavailable(f"append failed: {err}") from err
+        return AppendResult(ack.seq, bool(ack.duplicate))
+
+    async def append_many(self, envs: list[Envelope[Any]]) -> list[AppendResult]:
+        futures = [
+            await self.js.publish_async(
+                subjects.event_subject(self.namespace, env),
+                env.encode(),
+                headers={api.Header.MSG_ID: str(env.id)},
+            )
+            for env in envs
+        ]
+        try:
+            acks = await asyncio.wait_for(asyncio.gather(*futures), timeout=30)
+        except (TimeoutError, nats.js.errors.APIError) as err:
+            raise BusError(f"append failed: {err}") from err
+        return [AppendResult(a.seq, bool(a.duplicate)) for a in acks]
+
+    async def version(self, aggregate: str) -> int:
+        try:
+            msg = await self.nc.jsm().get_last_msg(
+                self._names[Stream.EVENTS], subjects.aggregate_subject(self.namespace, aggregate)
+            )
+        except nats.js.errors.NotFoundError:
+            return 0
+        return int(msg.seq or 0)
+
+    async def last_seq(self) -> int:
+        info = await self.nc.jsm().stream_info(self._names[Stream.EVENTS])
+        return int(info.state.last_seq)
+
+    async def replay(
+        self, *, from_seq: int = 1, filters: tuple[str, ...] = ()
+    ) -> AsyncIterator[Logged]:
+        end = await self.last_seq()
+        if end < from_seq:
+            return
+        async for msg in self._read(Stream.EVENTS, filters, from_seq, until=end):
+            yield _logged(msg)
+
+    async def _read(
+        self,
+        stream: Stream,
+        filters: tuple[str, ...],
+        from_seq: int | None,
+        *,
+        until: int | None,
+        stream_name: str | None = None,
+        full_filters: tuple[str, ...] | None = None,
+    ) -> AsyncIterator[Msg]:
+        """Read a stream through an ephemeral consumer; stop at ``until`` when given."""
+        wanted = full_filters or tuple(
+            subjects.stream_subject(self.namespace, stream, f) for f in filters or (">",)
+        )
+        config = api.ConsumerConfig(
+            ack_policy=api.AckPolicy.NONE,
+            filter_subjects=list(wanted),
+            inactive_threshold=60,
+            mem_storage=True,
+            max_waiting=1,
+            **_start(from_seq),
+        )
+        name = stream_name or self._names[stream]
+        sub = await self.js.pull_subscribe(wanted[0], stream=name, config=config)
+        try:
+            if until is not None and (await sub.consumer_info()).num_pending == 0:
+                return
+            while True:
+                try:
+                    msgs = await sub.fetch(1000, timeout=1.0)
+                except nats.errors.TimeoutError:
+                    if until is not None:
+                        return
+                    continue
+                for msg in msgs:
+                    yield msg
+                    if until is not None and (
+                        msg.metadata.sequence.stream >= until or msg.metadata.num_pending == 0
+                    ):
+                        return
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def send(self, env: Envelope[Any]) -> None:
+        await self._publish(
+            subjects.command_subject(self.namespace, env), env.encode(), {api.Header.MSG_ID: str(env.id)}
+        )
+
+    async def emit(self, env: Envelope[Any]) -> None:
+        # Telemetry is a time series: a lost sample is replaced by the next tick,
+        # so it is published without waiting for each acknowledgement.
+        await self.js.publish_async(subjects.telemetry_subject(self.namespace, env), env.encode())
+
+    async def publish_raw(self, stream: Stream, subject: str, data: bytes) -> None:
+        await self._publish(subjects.stream_subject(self.namespace, stream, subject), data, None)
+
+    async def _publish(self, subject: str, data: bytes, headers: dict[str, str] | None) -> None:
+        try:
+            await self.js.publish(subject, data, headers=headers)
+        except nats.js.errors.APIError as err:
+            raise BusError(f"publish to {subject} failed: {err}") from err
+        except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError) as err:
+            raise BusUnavailable(f"publish to {subject} failed: {err}") from err
+
+    async def consume(self, spec: ConsumerSpec, handler: Handler) -> _Puller:
+        stream = self._names[spec.stream]
+        wanted = [subjects.stream_subject(self.namespace, spec.stream, f) for f in spec.filters]
+        config = api.ConsumerConfig(
+            durable_name=spec.name,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=spec.ack_wait,
+            # Redelivery is bounded by the dispatcher, which dead-letters on the last
+            # attempt; the server never gives up silently on its own.
+            max_deliver=-1,
+            max_ack_pending=max(spec.batch * 4, 1000),
+            filter_subjects=wanted,
+            **_start(spec.start_seq),
+        )
+        try:
+            await self.nc.jsm().add_consumer(stream, config)
+        except nats.js.errors.BadRequestError as err:
+            # A durable that exists already keeps its position: a restarted service
+            # resumes it as it was, even if it now asks for another start.
+            log.info("resuming existing consumer", consumer=spec.name, note=str(err))
+        sub = await self.js.pull_subscribe_bind(durable=spec.name, stream=stream)
+        puller = _Puller(self, spec, handler, sub)
+        self._subs.append(puller)
+        return puller
+
+    async def bury(self, consumer: str, msg: Msg, reason: str, attempt: int) -> None:
+        headers = {
+            H_REASON: reason[:1000],
+            H_COUNT: str(attempt),
+            H_SUBJECT: msg.subject,
+            H_CONSUMER: consumer,
+            # A burial repeated after a crash is recognised as the same dead letter.
+            api.Header.MSG_ID: f"{consumer}:{msg.metadata.sequence.stream}",
+        }
+        await self._publish(subjects.dead_letter_subject(self.namespace, consumer), msg.data, headers)
+
+    async def watch(
+        self,
+        stream: Stream,
+        filters: tuple[str, ...],
+        handler: WatchHandler,
+        *,
+        from_seq: int | None = None,
+    ) -> _Watcher:
+        reader = self._read(stream, filters, from_seq, until=None)
+        watcher = _Watcher(reader, handler)
+        self._subs.append(watcher)
+        return watcher
+
+    async def request(self, env: Envelope[Any], *, timeout: float = 5.0) -> Envelope[Message]:
+        try:
+            msg = await self.nc.request(
+                subjects.query_subject(self.namespace, env.subject), env.encode(), timeout=timeout
+            )
+        except nats.errors.NoRespondersError:
+            raise RequestFailed(f"nobody answers queries to {env.subject}") from None
+        except nats.errors.TimeoutError:
+            raise RequestFailed(f"no answer to {env.type} within {timeout}s") from None
+        return read_reply(msg.data)
+
+    async def serve(self, target: str, handler: QueryHandler) -> _Server:
+        async def on_request(msg: Msg) -> None:
+            await msg.respond(await answer(handler, msg.data, producer=target))
+
+        subject = subjects.query_subject(self.namespace, target)
+        sub = await self.nc.subscribe(subject, queue=f"q-{target.replace('/', '-')}", cb=on_request)
+        server = _Server(sub)
+        self._subs.append(server)
+        return server
+
+    async def dead_letters(self, consumer: str) -> list[DeadLetter]:
+        subject = subjects.dead_letter_subject(self.namespace, consumer)
+        info = await self.nc.jsm().stream_info(self._dlq_stream)
+        if info.state.messages == 0:
+            return []
+        out = []
+        async for msg in self._read(
+            Stream.EVENTS,
+            (),
+            1,
+            until=int(info.state.last_seq),
+            stream_name=self._dlq_stream,
+            full_filters=(subject,),
+        ):
+            h = msg.headers or {}
+            out.append(
+                DeadLetter(
+                    consumer=h.get(H_CONSUMER, consumer),
+                    subject=h.get(H_SUBJECT, ""),
+                    reason=h.get(H_REASON, ""),
+                    delivery_count=int(h.get(H_COUNT, "0")),
+                    data=msg.data,
+                )
+            )
+        return out
+
+
+class _Puller:
+    """One durable pull consumer's loop."""
+
+    def __init__(
+        self, bus: NatsBus, spec: ConsumerSpec, handler: Handler, sub: JetStreamContext.PullSubscription
+    ) -> None:
+        self._bus = bus
+        self._spec = spec
+        self._handler = handler
+        self._sub = sub
+        self._stopping = False
+        self._fetching = False
+        self._task = asyncio.create_task(self._run(), name=f"consume-{spec.name}")
+
+    async def _run(self) -> None:
+        spec = self._spec
+        while not self._stopping:
+            self._fetching = True
+            try:
+                msgs = await self._sub.fetch(spec.batch, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
+                await asyncio.sleep(0.5)
+                continue
+            finally:
+                self._fetching = False
+            for i, msg in enumerate(msgs):
+                if self._stopping:
+                    # Hand back what this instance will not handle, for the next one.
+                    for rest in msgs[i:]:
+                        await rest.nak()
+                    break
+                await self._one(msg)
+
+    async def _one(self, msg: Msg) -> None:
+        meta = msg.metadata
+        attempt = int(meta.num_delivered)
+        delivery = Delivery(int(meta.sequence.stream), attempt, msg.subject)
+        if attempt > self._spec.max_deliver:
+            # Delivered more often than allowed: a handler crashed the process on it.
+            outcome: Ack | Retry | Bury = Bury(f"delivered {attempt} times without an outcome")
+        else:
+            outcome = await dispatch(
+                msg.data,
+                delivery,
+                self._handler,
+                max_deliver=self._spec.max_deliver,
+                retry_delay=self._spec.retry_delay,
+            )
+        if isinstance(outcome, Retry):
+            await msg.nak(delay=outcome.delay)
+            return
+        if isinstance(outcome, Bury):
+            log.warning("dead-lettered", consumer=self._spec.name, reason=outcome.reason[:200])
+            await self._bus.bury(self._spec.name, msg, outcome.reason, attempt)
+        await msg.ack()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._fetching:
+            self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        with contextlib.suppress(Exception):
+            await self._bus.nc.flush(timeout=5)
+            await self._sub.unsubscribe()
+
+
+class _Watcher:
+    def __init__(self, reader: AsyncIterator[Msg], handler: WatchHandler) -> None:
+        self._reader = reader
+        self._handler = handler
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        async for msg in self._reader:
+            await self._handler(_logged(msg))
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+class _Server:
+    def __init__(self, sub: Any) -> None:
+        self._sub = sub
+
+    async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._sub.drain()
+
+
+def _start(seq: int | None) -> dict[str, Any]:
+    if seq is None:
+        return {"deliver_policy": api.DeliverPolicy.NEW}
+    if seq <= 1:
+        return {"deliver_policy": api.DeliverPolicy.ALL}
+    return {"deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": seq}
+
+
+def _logged(msg: Msg) -> Logged:
+    seq = int(msg.metadata.sequence.stream)
+    try:
+        return Logged(seq, msg.subject, msg.data, decode(msg.data))
+    except MessageError as err:
+        return Logged(seq, msg.subject, msg.data, None, err.describe())
+
+
+async def _on_error(err: Exception) -> None:
+    log.warning("nats error", error=str(err) or type(err).__name__)
+
+
+async def _on_disconnect() -> None:
+    log.debug("disconnected from nats")
+
+
+async def _on_reconnect() -> None:
+    log.info("reconnected to nats")

@@ -1,0 +1,57 @@
+"""The JetStream streams vplane needs, and why each is configured as it is."""
+
+from __future__ import annotations
+
+from nats.js import api
+
+from shared.bus.protocol import Stream
+
+DEDUPE_WINDOW = 120.0
+TELEMETRY_MAX_AGE = 15 * 60.0
+TELEMETRY_PER_SUBJECT = 2_000
+DEAD_LETTER_MAX_AGE = 14 * 24 * 3600.0
+
+
+def stream_configs(
+    namespace: str, names: dict[Stream, str], dead_letters: str
+) -> list[api.StreamConfig]:
+    return [
+        # The log is the system's memory: no limits, so nothing is evicted, and
+        # were a limit ever set, new appends fail instead of old events vanishing.
+        api.StreamConfig(
+            name=names[Stream.EVENTS],
+            subjects=[f"{namespace}.evt.>"],
+            storage=api.StorageType.FILE,
+            retention=api.RetentionPolicy.LIMITS,
+            discard=api.DiscardPolicy.NEW,
+            duplicate_window=DEDUPE_WINDOW,
+            deny_delete=True,
+            deny_purge=True,
+        ),
+        api.StreamConfig(
+            name=names[Stream.COMMANDS],
+            subjects=[f"{namespace}.cmd.>"],
+            storage=api.StorageType.FILE,
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            discard=api.DiscardPolicy.NEW,
+            duplicate_window=DEDUPE_WINDOW,
+        ),
+        # Telemetry is a bounded time series; memory storage keeps fsync off its path.
+        api.StreamConfig(
+            name=names[Stream.TELEMETRY],
+            subjects=[f"{namespace}.tel.>"],
+            storage=api.StorageType.MEMORY,
+            retention=api.RetentionPolicy.LIMITS,
+            discard=api.DiscardPolicy.OLD,
+            max_age=TELEMETRY_MAX_AGE,
+            max_msgs_per_subject=TELEMETRY_PER_SUBJECT,
+        ),
+        api.StreamConfig(
+            name=dead_letters,
+            subjects=[f"{namespace}.dlq.>"],
+            storage=api.StorageType.FILE,
+            retention=api.RetentionPolicy.LIMITS,
+            max_age=DEAD_LETTER_MAX_AGE,
+            duplicate_window=DEDUPE_WINDOW,
+        ),
+    ]

@@ -1,0 +1,135 @@
+"""What every bus adapter promises; the contract tests hold each adapter to it."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from schemas import Envelope, Message, Reply
+
+
+class Stream(enum.StrEnum):
+    EVENTS = "evt"
+    COMMANDS = "cmd"
+    TELEMETRY = "tel"
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    seq: int
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Where a consumed message sits and how often it has been delivered."""
+
+    seq: int
+    attempt: int
+    subject: str
+
+
+@dataclass(frozen=True, slots=True)
+class Logged:
+    """One entry of a stream as read back; ``envelope`` is None when it does not decode."""
+
+    seq: int
+    subject: str
+    raw: bytes
+    envelope: Envelope[Message] | None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    consumer: str
+    subject: str
+    reason: str
+    delivery_count: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSpec:
+    """A durable consumer: ``filters`` are subjects below the namespace, like ``evt.vm.>``."""
+
+    name: str
+    stream: Stream
+    filters: tuple[str, ...]
+    max_deliver: int = 5
+    ack_wait: float = 30.0
+    batch: int = 256
+    retry_delay: float = 0.2
+    # Where a new consumer starts in the event log; an existing one resumes where it was.
+    start_seq: int = 1
+
+
+Handler = Callable[[Envelope[Message], Delivery], Awaitable[None]]
+WatchHandler = Callable[[Logged], Awaitable[None]]
+QueryHandler = Callable[[Envelope[Message]], Awaitable[Reply]]
+
+
+class Subscription(Protocol):
+    async def stop(self) -> None:
+        """Stop taking messages, let in-flight handlers finish and acknowledge them."""
+
+
+class Bus(Protocol):
+    namespace: str
+
+    async def start(self) -> None:
+        """Connect and create the streams (idempotent)."""
+
+    async def close(self) -> None: ...
+
+    async def append(
+        self, env: Envelope[Any], *, expected_version: int | None = None
+    ) -> AppendResult:
+        """Append an event. ``expected_version`` is the log sequence of the aggregate's
+        last event (0 for a new aggregate); when it is stale, raise ConcurrencyError.
+        An envelope id already in the log is not appended again."""
+
+    async def append_many(self, envs: list[Envelope[Any]]) -> list[AppendResult]:
+        """Append several events with their acknowledgements in flight together."""
+
+    async def version(self, aggregate: str) -> int:
+        """The log sequence of the aggregate's last event, 0 if it has none."""
+
+    async def last_seq(self) -> int:
+        """The sequence of the newest event in the log, 0 when empty."""
+
+    def replay(self, *, from_seq: int = 1, filters: tuple[str, ...] = ()) -> AsyncIterator[Logged]:
+        """The event log in order from ``from_seq`` up to its end at the time of the call."""
+
+    async def send(self, env: Envelope[Any]) -> None:
+        """Queue a command; it waits for its handler even if none is running."""
+
+    async def emit(self, env: Envelope[Any]) -> None:
+        """Publish a telemetry sample (bounded retention)."""
+
+    async def publish_raw(self, stream: Stream, subject: str, data: bytes) -> None:
+        """Put arbitrary bytes on a stream subject (below the namespace); for tools and tests."""
+
+    async def consume(self, spec: ConsumerSpec, handler: Handler) -> Subscription:
+        """Run a durable consumer: explicit ack, bounded redelivery, dead letters."""
+
+    async def watch(
+        self,
+        stream: Stream,
+        filters: tuple[str, ...],
+        handler: WatchHandler,
+        *,
+        from_seq: int | None = None,
+    ) -> Subscription:
+        """Follow a stream without a durable cursor, from ``from_seq`` or from now."""
+
+    async def request(self, env: Envelope[Any], *, timeout: float = 5.0) -> Envelope[Message]:
+        """Ask a query and wait for its reply."""
+
+    async def serve(self, target: str, handler: QueryHandler) -> Subscription:
+        """Answer the queries addressed to ``target`` (an envelope subject such as ``hosts``)."""
+
+    async def dead_letters(self, consumer: str) -> list[DeadLetter]:
+        """What the named consumer gave up on, oldest first."""

@@ -1,0 +1,184 @@
+"""The service runtime: rebuild from the log, resume consumers, run, drain on a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+
+import structlog
+
+from schemas import Envelope, Event, Message
+from schemas.service import ServiceStarted, ServiceStopped
+from shared.bus import Bus, ConsumerSpec, Delivery, Logged, QueryHandler, Stream, Subscription
+from shared.bus.subjects import event_subject, matches, stream_subject
+
+log = structlog.get_logger("vplane.runtime")
+
+Fold = Callable[[int, Envelope[Message]], None]
+Decide = Callable[[Envelope[Message]], list[Event]]
+Loop = Callable[["Runtime"], Awaitable[None]]
+
+
+@dataclass
+class ServiceDefinition:
+    """Everything a service is made of; each service's bootstrap fills one in.
+
+    ``fold`` is applied to every event of ``fold_filters`` in log order, first while
+    rebuilding and then for every event this service appends. ``decide`` answers a
+    command with the events to append; the runtime makes that exactly-once.
+    """
+
+    name: str
+    fold: Fold | None = None
+    fold_filters: tuple[str, ...] = ()
+    decide: Decide | None = None
+    command_filters: tuple[str, ...] = ()
+    queries: dict[str, QueryHandler] = field(default_factory=dict)
+    loops: list[Loop] = field(default_factory=list)
+    clock: Callable[[], float] = lambda: 0.0
+
+
+def _package_version() -> str:
+    try:
+        return version("vplane")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class Runtime:
+    def __init__(self, definition: ServiceDefinition, bus: Bus, instance: str) -> None:
+        self.definition = definition
+        self.bus = bus
+        self.instance = instance
+        self.handled = 0
+        self._applied_seq = 0
+        # Commands whose answer is already in the log: a redelivery changes nothing.
+        self._answered: set[uuid.UUID] = set()
+        self._subs: list[Subscription] = []
+        self._loops: list[asyncio.Task[None]] = []
+        self.ready = asyncio.Event()
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    async def run(self, stop: asyncio.Event) -> None:
+        structlog.contextvars.bind_contextvars(service=self.name, instance=self.instance)
+        await self.bus.start()
+        try:
+            rebuilt = await self._rebuild()
+            await self._append_own(
+                ServiceStarted(
+                    service=self.name,
+                    instance=self.instance,
+                    version=_package_version(),
+                    rebuilt_from_seq=1,
+                    rebuilt_events=rebuilt,
+                )
+            )
+            await self._start_consumers()
+            self.ready.set()
+            log.info("service ready", rebuilt_events=rebuilt, log_seq=self._applied_seq)
+            await stop.wait()
+            await self._drain()
+            await self._append_own(
+                ServiceStopped(
+                    service=self.name, instance=self.instance, reason="signal", handled=self.handled
+                )
+            )
+            log.info("service stopped", handled=self.handled)
+        finally:
+            await self.bus.close()
+
+    async def _rebuild(self) -> int:
+        fold = self.definition.fold
+        if fold is None:
+            return 0
+        count = 0
+        async for entry in self.bus.replay(filters=self.definition.fold_filters):
+            if entry.envelope is None:
+                log.warning("skipping undecodable event in the log", seq=entry.seq, error=entry.error)
+                continue
+            self._observe(entry)
+            count += 1
+        return count
+
+    def _observe(self, entry: Logged) -> None:
+        env = entry.envelope
+        if env is None or entry.seq <= self._applied_seq:
+            return
+        if env.producer == self.name and env.causation_id is not None:
+            self._answered.add(env.causation_id)
+        if self.definition.fold is not None and self._wanted(entry.subject):
+            self.definition.fold(entry.seq, env)
+        self._applied_seq = entry.seq
+
+    def _wanted(self, subject: str) -> bool:
+        filters = self.definition.fold_filters
+        return not filters or any(
+            matches(stream_subject(self.bus.namespace, Stream.EVENTS, f), subject) for f in filters
+        )
+
+    async def _start_consumers(self) -> None:
+        d = self.definition
+        if d.decide is not None:
+            spec = ConsumerSpec(name=f"{self.name}-commands", stream=Stream.COMMANDS,
+                                filters=d.command_filters)
+            self._subs.append(await self.bus.consume(spec, self._on_command))
+        for target, handler in d.queries.items():
+            self._subs.append(await self.bus.serve(target, handler))
+        self._loops = [asyncio.create_task(loop(self)) for loop in d.loops]
+
+    async def _on_command(self, env: Envelope[Message], delivery: Delivery) -> None:
+        if env.id in self._answered:
+            log.info("command already answered, acknowledging", attempt=delivery.attempt)
+            return
+        assert self.definition.decide is not None
+        events = self.definition.decide(env)
+        await self.publish(events, caused_by=env)
+        self._answered.add(env.id)
+        self.handled += 1
+
+    async def publish(self, events: list[Event], *, caused_by: Envelope[Message] | None) -> None:
+        """Append events (ids derived from their cause, so a retry is deduplicated) and fold them."""
+        sim_time = self.definition.clock()
+        for i, event in enumerate(events):
+            env = Envelope.wrap(
+                event,
+                producer=self.name,
+                caused_by=caused_by,
+                sim_time=sim_time,
+                id=caused_by.derived_id(i) if caused_by is not None else None,
+            )
+            result = await self.bus.append(env)
+            self._observe(Logged(result.seq, event_subject(self.bus.namespace, env), b"", env))
+
+    async def _append_own(self, event: Event) -> None:
+        await self.publish([event], caused_by=None)
+
+    async def _drain(self) -> None:
+        for task in self._loops:
+            task.cancel()
+        for task in self._loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for sub in self._subs:
+            await sub.stop()
+
+
+def run_service(definition: ServiceDefinition, bus: Bus, instance: str) -> None:
+    """Run a service until SIGTERM or SIGINT; the entry point of every ``__main__``."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await Runtime(definition, bus, instance).run(stop)
+
+    asyncio.run(main())

@@ -1,0 +1,46 @@
+"""Settings from the environment (``VPLANE_*``); nothing reads os.environ elsewhere."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ENV_PREFIX = "VPLANE_"
+
+
+class SettingsError(Exception):
+    """An environment variable holds a value vplane cannot use."""
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bus_url: str | None = Field(None, description="nats://, amqp:// or memory://")
+    namespace: str = Field("vplane", pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    log_level: str = Field("info", pattern=r"^(debug|info|warning|error)$")
+    log_format: str = Field("auto", pattern=r"^(auto|json|console)$")
+    instance: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    hosts: int = Field(3, ge=1, le=10_000)
+    host_prefix: str = Field("h", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,15}$")
+    tick_seconds: float = Field(1.0, gt=0, le=3600)
+    speed: float = Field(1.0, gt=0, le=10_000, description="emulated seconds per wall second")
+    seed: int = 0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        source = os.environ if env is None else env
+        values: dict[str, object] = {
+            key[len(ENV_PREFIX) :].lower(): value
+            for key, value in source.items()
+            if key.startswith(ENV_PREFIX) and key[len(ENV_PREFIX) :].lower() in cls.model_fields
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls.model_validate(values)
+        except ValidationError as err:
+            first = err.errors()[0]
+            field = ENV_PREFIX + ".".join(str(p) for p in first["loc"]).upper()
+            raise SettingsError(f"{field}: {first['msg']}") from None
