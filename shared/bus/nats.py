@@ -45,8 +45,17 @@ H_CONSUMER = "Vplane-Consumer"
 
 
 class NatsBus:
-    def __init__(self, url: str, namespace: str = "vplane", *, client_name: str = "vplane") -> None:
+    def __init__(
+        self,
+        url: str,
+        namespace: str = "vplane",
+        *,
+        client_name: str = "vplane",
+        connect_timeout: float = 5.0,
+    ) -> None:
         self.url = url
+        self._connect_timeout = connect_timeout
+        self._last_error = ""
         self.namespace = namespace
         self._client_name = client_name
         self._nc: Client | None = None
@@ -54,6 +63,12 @@ class NatsBus:
         self._subs: list[_Puller | _Server] = []
         self._names = {s: f"{namespace.upper()}_{s.name}" for s in Stream}
         self._dlq_stream = f"{namespace.upper()}_DEADLETTERS"
+
+    async def _on_error(self, err: Exception) -> None:
+        self._last_error = str(err) or type(err).__name__
+        # Before the first connection the caller is told; after it, reconnects are logged.
+        if self._nc is not None:
+            log.warning("nats error", error=self._last_error)
 
     @property
     def js(self) -> JetStreamContext:
@@ -68,20 +83,32 @@ class NatsBus:
         return self._nc
 
     async def start(self) -> None:
+        nc = Client()
         try:
-            self._nc = await nats.connect(
-                self.url,
-                name=self._client_name,
-                connect_timeout=2,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                error_cb=_on_error,
-                disconnected_cb=_on_disconnect,
-                reconnected_cb=_on_reconnect,
+            # The client retries forever (a restarted broker is waited for), so the
+            # first connection gets a deadline of its own.
+            await asyncio.wait_for(
+                nc.connect(
+                    self.url,
+                    name=self._client_name,
+                    connect_timeout=2,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    error_cb=self._on_error,
+                    disconnected_cb=_on_disconnect,
+                    reconnected_cb=_on_reconnect,
+                ),
+                timeout=self._connect_timeout,
             )
-        except Exception as err:
-            raise BusUnavailable(f"cannot reach NATS at {self.url}: {err or type(err).__name__}") from err
+        except (TimeoutError, OSError, nats.errors.Error) as err:
+            with contextlib.suppress(Exception):
+                await nc.close()
+            raise BusUnavailable(
+                f"cannot reach NATS at {self.url} within {self._connect_timeout:g}s"
+                + (f" ({self._last_error})" if self._last_error else "")
+            ) from err
+        self._nc = nc
         self._js = self._nc.jetstream(timeout=10)
         jsm = self._nc.jsm()
         for config in stream_configs(self.namespace, self._names, self._dlq_stream):
@@ -425,10 +452,6 @@ def _logged(msg: Msg) -> Logged:
         return Logged(seq, msg.subject, msg.data, decode(msg.data))
     except MessageError as err:
         return Logged(seq, msg.subject, msg.data, None, err.describe())
-
-
-async def _on_error(err: Exception) -> None:
-    log.warning("nats error", error=str(err) or type(err).__name__)
 
 
 async def _on_disconnect() -> None:

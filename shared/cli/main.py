@@ -1,0 +1,56 @@
+"""The ``vplane`` command: every error becomes one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from shared.broker import BrokerError
+from shared.bus import BusError
+from shared.cli import events, inventory, up
+from shared.cli.common import CliError
+from shared.logs import configure
+from shared.settings import SettingsError
+
+app = typer.Typer(
+    name="vplane",
+    help="vplane: an emulated datacenter control plane on a message bus.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+app.command("up")(up.up)
+app.add_typer(events.events_app, name="events")
+app.add_typer(inventory.vm_app, name="vm")
+app.command("hosts")(inventory.hosts)
+app.command("vms")(inventory.vms)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; a usage error exits 2, any other failure 1, never with a traceback."""
+    configure(level="warning", fmt="console")
+    try:
+        app(args=argv, prog_name="vplane", standalone_mode=False)
+    except typer.Exit as err:
+        sys.exit(err.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        print("vplane: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except typer.TyperException as err:
+        # Usage errors carry the context of the command they were found in.
+        ctx = getattr(err, "ctx", None)
+        hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        print(f"vplane: error: {err.format_message()}{hint}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    except (CliError, BusError, BrokerError, SettingsError) as err:
+        print(f"vplane: error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as err:
+        print(f"vplane: error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

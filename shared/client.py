@@ -1,0 +1,79 @@
+"""The operator's and the test harness's door: send commands, await their answers, ask queries."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+
+from schemas import Command, Envelope, Message, Query, Reply
+from shared.bus import Bus, BusError, Logged, Stream
+
+Match = Callable[[Envelope[Message]], bool]
+
+
+class AnswerTimeout(BusError):
+    """No answering event arrived in time."""
+
+
+class Client:
+    def __init__(self, bus: Bus, producer: str = "cli") -> None:
+        self.bus = bus
+        self.producer = producer
+
+    async def send(self, command: Command) -> Envelope[Command]:
+        env = Envelope.wrap(command, producer=self.producer)
+        await self.bus.send(env)
+        return env
+
+    async def send_and_wait(
+        self, command: Command, *, timeout: float = 10.0, count: int = 1
+    ) -> list[Envelope[Message]]:
+        """Send a command and wait for the first ``count`` events it caused."""
+        env = Envelope.wrap(command, producer=self.producer)
+        return await self.wait_for(
+            lambda e: e.causation_id == env.id,
+            count=count,
+            timeout=timeout,
+            before=self.bus.send(env),
+        )
+
+    async def wait_for(
+        self,
+        match: Match,
+        *,
+        count: int = 1,
+        timeout: float = 10.0,
+        before: Awaitable[None] | None = None,
+        filters: Sequence[str] = (),
+    ) -> list[Envelope[Message]]:
+        """Wait for ``count`` new events that ``match``; ``before`` runs once watching began."""
+        found: list[Envelope[Message]] = []
+        done = asyncio.Event()
+
+        async def on_event(entry: Logged) -> None:
+            if entry.envelope is not None and match(entry.envelope):
+                found.append(entry.envelope)
+                if len(found) >= count:
+                    done.set()
+
+        start = await self.bus.last_seq() + 1
+        watcher = await self.bus.watch(Stream.EVENTS, tuple(filters), on_event, from_seq=start)
+        try:
+            if before is not None:
+                await before
+            try:
+                await asyncio.wait_for(done.wait(), timeout)
+            except TimeoutError:
+                raise AnswerTimeout(
+                    f"no answer within {timeout:g}s (is the handling service running?)"
+                ) from None
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()
+        return found[:count]
+
+    async def query(self, query: Query, *, timeout: float = 5.0) -> Reply:
+        reply = await self.bus.request(Envelope.wrap(query, producer=self.producer), timeout=timeout)
+        assert isinstance(reply.data, Reply)
+        return reply.data

@@ -1,0 +1,221 @@
+"""The exported JSON Schemas and AsyncAPI document match the message models."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from schemas import Envelope, Kind, Message, Reply, registry
+from schemas import export as ex
+from schemas.host import HostRegistered, HostTelemetry
+from schemas.queries import HostList, HostView, ListHosts, ListVms, QueryFailed, VmList, VmView
+from schemas.service import CommandRejected, RejectionCode, ServiceStarted, ServiceStopped
+from schemas.vm import (
+    CreateVm,
+    PowerOffVm,
+    PowerOnVm,
+    VmCreated,
+    VmPoweredOff,
+    VmPoweredOn,
+    VmState,
+)
+from shared.bus import subjects
+
+REGENERATE = "run `python -m schemas.export` and commit schemas/generated/"
+
+# One valid message of each type; a new message type needs an example here.
+EXAMPLES: dict[str, Message] = {
+    m.type_name(): m
+    for m in [
+        CreateVm(vm="web-1", cpu=2, mem_mib=2048, host="h1"),
+        PowerOnVm(vm="web-1", host="h1"),
+        PowerOffVm(vm="web-1", host="h1"),
+        VmCreated(vm="web-1", host="h1", cpu=2, mem_mib=2048, priority="high", powered_on=True),
+        VmPoweredOn(vm="web-1", host="h1"),
+        VmPoweredOff(vm="web-1", host="h1"),
+        HostRegistered(host="h1", cpu_cores=8, cpu_mhz=2400, mem_mib=65536),
+        HostTelemetry(
+            host="h1",
+            tick=3,
+            cpu_capacity_mhz=19200,
+            cpu_demand_mhz=4800,
+            cpu_used_mhz=4800,
+            mem_capacity_mib=65536,
+            mem_reserved_mib=2048,
+            vms_running=1,
+            vms_total=1,
+        ),
+        ServiceStarted(
+            service="hosts",
+            instance="hosts-1",
+            version="0.1.0",
+            rebuilt_from_seq=1,
+            rebuilt_events=0,
+        ),
+        ServiceStopped(service="hosts", instance="hosts-1", reason="signal", handled=7),
+        CommandRejected(
+            about="vm/web-1",
+            command_id=uuid.UUID(int=1),
+            command_type="PowerOnVm",
+            code=RejectionCode.UNKNOWN_VM,
+            reason="no such vm",
+        ),
+        ListHosts(),
+        ListVms(),
+        HostList(
+            hosts=[
+                HostView(
+                    host="h1",
+                    cpu_cores=8,
+                    cpu_mhz=2400,
+                    mem_mib=65536,
+                    mem_reserved_mib=2048,
+                    cpu_demand_mhz=4800,
+                    vms=1,
+                )
+            ]
+        ),
+        VmList(
+            vms=[
+                VmView(vm="web-1", host="h1", cpu=2, mem_mib=2048, priority="low", state=VmState.ON)
+            ]
+        ),
+        QueryFailed(reason="projection is rebuilding"),
+    ]
+}
+
+
+def _envelope(data: Message) -> Envelope[Any]:
+    subject = "hosts" if isinstance(data, Reply) else None
+    return Envelope.wrap(data, producer="test", subject=subject, id=uuid.UUID(int=7))
+
+
+def _channel_of(doc: dict[str, Any], type_name: str) -> str:
+    names: list[str] = [n for n, ch in doc["channels"].items() if type_name in ch["messages"]]
+    assert len(names) == 1, f"{type_name} is in channels {names}"
+    return names[0]
+
+
+def _bus_subject(env: Envelope[Any]) -> str | None:
+    """The subject the bus adapters publish ``env`` on; None for a reply, sent to an inbox."""
+    ns = ex.NAMESPACE
+    match env.data.kind:
+        case Kind.EVENT:
+            return subjects.event_subject(ns, env)
+        case Kind.COMMAND:
+            return subjects.command_subject(ns, env)
+        case Kind.TELEMETRY:
+            return subjects.telemetry_subject(ns, env)
+        case Kind.QUERY:
+            return subjects.query_subject(ns, env.subject)
+        case _:
+            return None
+
+
+def _address_regex(address: str, type_name: str) -> str:
+    """``vplane.cmd.{subject}.{type}`` as a regex: ``type`` is this type, other names any tokens."""
+    token = r"[A-Za-z0-9_-]+"
+    out = []
+    for i, piece in enumerate(re.split(r"\{(\w+)\}", address)):  # odd pieces are parameters
+        if i % 2 == 0:
+            out.append(re.escape(piece))
+        elif piece == "type":
+            out.append(re.escape(type_name))
+        else:
+            out.append(rf"{token}(\.{token})*")
+    return "".join(out)
+
+
+def test_committed_files_match_the_models() -> None:
+    """schemas/generated/ holds exactly what the models export now, byte for byte."""
+    drifted = ex.check(ex.GENERATED)
+    assert not drifted, f"schemas/generated/ is out of date ({', '.join(drifted)}): {REGENERATE}"
+
+
+def test_every_message_type_has_a_schema_and_is_in_asyncapi() -> None:
+    """Each registered type has its schema file and a message in the channel of its kind."""
+    doc = json.loads((ex.GENERATED / ex.ASYNCAPI).read_text())
+    kind_channels = {
+        Kind.EVENT: "events",
+        Kind.COMMAND: "commands",
+        Kind.TELEMETRY: "telemetry",
+        Kind.QUERY: "queries",
+        Kind.REPLY: "replies",
+    }
+    for cls in registry:
+        name = cls.type_name()
+        path = ex.GENERATED / ex.schema_file(name)
+        assert path.is_file(), f"{path.name} is missing: {REGENERATE}"
+        assert json.loads(path.read_text())["properties"]["type"]["const"] == name
+        assert doc["components"]["schemas"][name] == {"$ref": path.name}
+        assert doc["components"]["messages"][name]["payload"]["$ref"].endswith(f"/{name}")
+        assert _channel_of(doc, name) == kind_channels[cls.kind], f"{name}: {REGENERATE}"
+    commands = sorted(c.type_name() for c in registry if c.kind is Kind.COMMAND)
+    assert doc["channels"]["commands"]["parameters"]["type"]["enum"] == commands
+
+
+def test_check_reports_changed_missing_and_extra_files(tmp_path: Path) -> None:
+    """check() names each drifted file, and write() brings the directory back in line."""
+    ex.write(tmp_path)
+    assert ex.check(tmp_path) == []
+    changed = tmp_path / ex.schema_file("CreateVm")
+    changed.write_text(changed.read_text().replace('"minimum": 1', '"minimum": 2', 1))
+    (tmp_path / ex.ASYNCAPI).unlink()
+    (tmp_path / ex.schema_file("RetiredEvent")).write_text("{}\n")
+    expected = sorted([changed.name, ex.ASYNCAPI, ex.schema_file("RetiredEvent")])
+    assert ex.check(tmp_path) == expected
+    assert ex.main(["--check", str(tmp_path)]) == 1
+    assert ex.main([str(tmp_path)]) == 0
+    assert ex.check(tmp_path) == []
+    assert not (tmp_path / ex.schema_file("RetiredEvent")).exists()
+
+
+def test_output_is_deterministic_json() -> None:
+    """Two renders are identical: sorted keys, two-space indent and a trailing newline."""
+    first, second = ex.render(), ex.render()
+    assert first == second
+    for name, text in first.items():
+        assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n", name
+
+
+def test_asyncapi_addresses_match_the_bus_subjects() -> None:
+    """Each example's bus subject, as shared/bus/subjects.py builds it, fits its channel."""
+    doc = ex.asyncapi()
+    for name, data in EXAMPLES.items():
+        subject = _bus_subject(_envelope(data))
+        address = doc["channels"][_channel_of(doc, name)]["address"]
+        if subject is None or address is None:
+            assert subject == address, name
+        else:
+            assert re.fullmatch(_address_regex(address, name), subject), (address, subject)
+    dlq = doc["channels"]["deadLetters"]["address"]
+    assert re.fullmatch(
+        _address_regex(dlq, ""), subjects.dead_letter_subject(ex.NAMESPACE, "hosts-cmd")
+    )
+
+
+def test_dead_letter_headers_match_the_nats_adapter() -> None:
+    """The documented dead-letter headers are the ones the NATS adapter sets."""
+    from shared.bus import nats as nats_bus
+
+    headers = {nats_bus.H_REASON, nats_bus.H_COUNT, nats_bus.H_SUBJECT, nats_bus.H_CONSUMER}
+    assert set(ex.DEAD_LETTER_HEADERS) == headers
+
+
+def test_example_envelopes_validate_against_their_schemas() -> None:
+    """An envelope of each type, as encoded on the wire, is valid under its exported schema."""
+    jsonschema = pytest.importorskip("jsonschema")
+    missing = [c.type_name() for c in registry if c.type_name() not in EXAMPLES]
+    assert not missing, f"add examples of {missing} to EXAMPLES in {Path(__file__).name}"
+    for type_name, data in EXAMPLES.items():
+        schema = json.loads((ex.GENERATED / ex.schema_file(type_name)).read_text())
+        validator = jsonschema.Draft202012Validator(schema)
+        wire = json.loads(_envelope(data).encode())
+        validator.validate(wire)
+        assert not validator.is_valid(wire | {"type": "Other"}), f"{type_name}: type is a const"
+        assert not validator.is_valid(wire | {"extra": 1}), f"{type_name}: extra fields allowed"
