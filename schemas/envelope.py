@@ -17,7 +17,8 @@ from pydantic import (
 
 from schemas.base import Message
 
-M = TypeVar("M", bound=Message)
+# Covariant: envelopes are frozen, so an Envelope[VmCreated] is an Envelope[Message].
+M_co = TypeVar("M_co", bound=Message, covariant=True)
 
 # ``vm/web-1``, ``host/h3``, ``hosts``: an aggregate kind and, usually, its id.
 Subject = Annotated[
@@ -25,7 +26,7 @@ Subject = Annotated[
 ]
 
 
-class Envelope(BaseModel, Generic[M]):
+class Envelope(BaseModel, Generic[M_co]):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     id: uuid.UUID
@@ -37,10 +38,10 @@ class Envelope(BaseModel, Generic[M]):
     occurred_at: AwareDatetime
     sim_time: float = 0.0
     producer: str
-    data: SerializeAsAny[M]
+    data: SerializeAsAny[M_co]
 
     @model_validator(mode="after")
-    def _type_matches_data(self) -> Envelope[M]:
+    def _type_matches_data(self) -> Envelope[M_co]:
         if self.type != self.data.type_name():
             raise ValueError(f"type {self.type!r} does not match data {self.data.type_name()!r}")
         return self
@@ -48,17 +49,17 @@ class Envelope(BaseModel, Generic[M]):
     @classmethod
     def wrap(
         cls,
-        data: M,
+        data: M_co,  # type: ignore[misc]  # a classmethod factory, not a mutation
         *,
         producer: str,
         subject: str | None = None,
         caused_by: Envelope[Any] | None = None,
         sim_time: float = 0.0,
-        id: uuid.UUID | None = None,  # noqa: A002 - the envelope field is called id
-    ) -> Envelope[M]:
+        id: uuid.UUID | None = None,
+    ) -> Envelope[M_co]:
         """Put ``data`` in an envelope; ``caused_by`` links it into its workflow."""
         msg_id = id or uuid.uuid4()
-        env = Envelope[type(data)](  # type: ignore[misc]
+        env = Envelope[type(data)](  # type: ignore[misc,operator]
             id=msg_id,
             type=data.type_name(),
             schema_version=data.schema_version,
@@ -70,7 +71,7 @@ class Envelope(BaseModel, Generic[M]):
             producer=producer,
             data=data,
         )
-        return cast("Envelope[M]", env)
+        return cast("Envelope[M_co]", env)
 
     def derived_id(self, index: int = 0) -> uuid.UUID:
         """A deterministic id for the ``index``-th message caused by this one.

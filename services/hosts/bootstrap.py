@@ -39,8 +39,9 @@ def build(settings: Settings) -> ServiceDefinition:
     async def register_hosts(runtime: Runtime) -> None:
         missing = [h for h in hosts if h not in holder.fleet.hosts]
         for host in missing:
-            event = HostRegistered(host=host, cpu_cores=HOST_CORES, cpu_mhz=HOST_MHZ,
-                                   mem_mib=HOST_MEM_MIB)
+            event = HostRegistered(
+                host=host, cpu_cores=HOST_CORES, cpu_mhz=HOST_MHZ, mem_mib=HOST_MEM_MIB
+            )
             await runtime.publish([event], caused_by=None)
         await telemetry_loop(runtime, holder, hosts, settings.tick_seconds, settings.seed)
 

@@ -11,7 +11,16 @@ from dataclasses import dataclass, field, replace
 from schemas import Envelope, Event, Message
 from schemas.host import HostRegistered, HostTelemetry
 from schemas.service import CommandRejected, RejectionCode
-from schemas.vm import CreateVm, PowerOffVm, PowerOnVm, Priority, VmCreated, VmPoweredOff, VmPoweredOn, VmState
+from schemas.vm import (
+    CreateVm,
+    PowerOffVm,
+    PowerOnVm,
+    Priority,
+    VmCreated,
+    VmPoweredOff,
+    VmPoweredOn,
+    VmState,
+)
 
 # A vCPU may be overcommitted this many times over a host's physical cores.
 VCPU_PER_CORE = 4
@@ -73,8 +82,15 @@ def _reject(
 def _create(fleet: Fleet, cmd: CreateVm, cmd_id: uuid.UUID) -> list[Event]:
     about = f"vm/{cmd.vm}"
     if cmd.vm in fleet.vms:
-        return [_reject(about, cmd_id, cmd, RejectionCode.ALREADY_EXISTS,
-                        f"VM {cmd.vm} already exists on {fleet.vms[cmd.vm].host}")]
+        return [
+            _reject(
+                about,
+                cmd_id,
+                cmd,
+                RejectionCode.ALREADY_EXISTS,
+                f"VM {cmd.vm} already exists on {fleet.vms[cmd.vm].host}",
+            )
+        ]
     if cmd.host is not None and cmd.host not in fleet.hosts:
         return [_reject(about, cmd_id, cmd, RejectionCode.UNKNOWN_HOST, f"no host {cmd.host}")]
     names = [cmd.host] if cmd.host is not None else sorted(fleet.hosts)
@@ -86,22 +102,42 @@ def _create(fleet: Fleet, cmd: CreateVm, cmd_id: uuid.UUID) -> list[Event]:
     ]
     if not fits:
         free = max((fleet.hosts[n].mem_mib - fleet.mem_reserved(n) for n in names), default=0)
-        return [_reject(about, cmd_id, cmd, RejectionCode.INSUFFICIENT_CAPACITY,
-                        f"no host has {cmd.mem_mib} MiB and {cmd.cpu} vCPUs free "
-                        f"(most free memory: {free} MiB)")]
-    host = max(fits, key=lambda n: (fleet.hosts[n].mem_mib - fleet.mem_reserved(n), n))
-    return [VmCreated(vm=cmd.vm, host=host, cpu=cmd.cpu, mem_mib=cmd.mem_mib,
-                      priority=cmd.priority, powered_on=cmd.power_on)]
+        return [
+            _reject(
+                about,
+                cmd_id,
+                cmd,
+                RejectionCode.INSUFFICIENT_CAPACITY,
+                f"no host has {cmd.mem_mib} MiB and {cmd.cpu} vCPUs free "
+                f"(most free memory: {free} MiB)",
+            )
+        ]
+    # The most free memory wins; among equals, the first host by name.
+    host = max(fits, key=lambda n: fleet.hosts[n].mem_mib - fleet.mem_reserved(n))
+    return [
+        VmCreated(
+            vm=cmd.vm,
+            host=host,
+            cpu=cmd.cpu,
+            mem_mib=cmd.mem_mib,
+            priority=cmd.priority,
+            powered_on=cmd.power_on,
+        )
+    ]
 
 
 def _power(fleet: Fleet, cmd: PowerOnVm | PowerOffVm, cmd_id: uuid.UUID) -> list[Event]:
     about = f"vm/{cmd.vm}"
     vm = fleet.vms.get(cmd.vm)
     if vm is None or vm.host != cmd.host:
-        return [_reject(about, cmd_id, cmd, RejectionCode.UNKNOWN_VM, f"no VM {cmd.vm} on {cmd.host}")]
+        return [
+            _reject(about, cmd_id, cmd, RejectionCode.UNKNOWN_VM, f"no VM {cmd.vm} on {cmd.host}")
+        ]
     want = VmState.ON if isinstance(cmd, PowerOnVm) else VmState.OFF
     if vm.state == want:
-        return [_reject(about, cmd_id, cmd, RejectionCode.WRONG_STATE, f"VM {cmd.vm} is already {want}")]
+        return [
+            _reject(about, cmd_id, cmd, RejectionCode.WRONG_STATE, f"VM {cmd.vm} is already {want}")
+        ]
     if want == VmState.ON:
         return [VmPoweredOn(vm=vm.name, host=vm.host)]
     return [VmPoweredOff(vm=vm.name, host=vm.host)]

@@ -26,5 +26,5 @@ class RequestFailed(BusError):
     """A query got no answer in time, or nobody serves it."""
 
 
-class PoisonMessage(Exception):  # noqa: N818 - raised by handlers, read as a verdict
+class PoisonMessage(Exception):
     """Raised by a handler: this message can never succeed, dead-letter it now."""

@@ -215,7 +215,9 @@ class MemoryBus:
         if server is None:
             raise RequestFailed(f"nobody answers queries to {env.subject}")
         try:
-            raw = await asyncio.wait_for(answer(server, env.encode(), producer=env.subject), timeout)
+            raw = await asyncio.wait_for(
+                answer(server, env.encode(), producer=env.subject), timeout
+            )
         except TimeoutError:
             raise RequestFailed(f"no answer to {env.type} within {timeout}s") from None
         return read_reply(raw)

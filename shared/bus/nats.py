@@ -30,6 +30,7 @@ from shared.bus.protocol import (
     Logged,
     QueryHandler,
     Stream,
+    Subscription,
     WatchHandler,
 )
 from shared.codec import MessageError, decode
@@ -60,7 +61,7 @@ class NatsBus:
         self._client_name = client_name
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
-        self._subs: list[_Puller | _Server] = []
+        self._subs: list[Subscription] = []
         self._names = {s: f"{namespace.upper()}_{s.name}" for s in Stream}
         self._dlq_stream = f"{namespace.upper()}_DEADLETTERS"
 
@@ -94,7 +95,7 @@ class NatsBus:
                     connect_timeout=2,
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
+                    reconnect_time_wait=1,
                     error_cb=self._on_error,
                     disconnected_cb=_on_disconnect,
                     reconnected_cb=_on_reconnect,
@@ -128,7 +129,7 @@ class NatsBus:
     async def append(
         self, env: Envelope[Any], *, expected_version: int | None = None
     ) -> AppendResult:
-        headers = {api.Header.MSG_ID: str(env.id)}
+        headers: dict[str, str] = {api.Header.MSG_ID: str(env.id)}
         if expected_version is not None:
             headers[api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(expected_version)
         try:
@@ -228,7 +229,9 @@ class NatsBus:
 
     async def send(self, env: Envelope[Any]) -> None:
         await self._publish(
-            subjects.command_subject(self.namespace, env), env.encode(), {api.Header.MSG_ID: str(env.id)}
+            subjects.command_subject(self.namespace, env),
+            env.encode(),
+            {api.Header.MSG_ID: str(env.id)},
         )
 
     async def emit(self, env: Envelope[Any]) -> None:
@@ -281,7 +284,9 @@ class NatsBus:
             # A burial repeated after a crash is recognised as the same dead letter.
             api.Header.MSG_ID: f"{consumer}:{msg.metadata.sequence.stream}",
         }
-        await self._publish(subjects.dead_letter_subject(self.namespace, consumer), msg.data, headers)
+        await self._publish(
+            subjects.dead_letter_subject(self.namespace, consumer), msg.data, headers
+        )
 
     async def watch(
         self,
@@ -348,7 +353,11 @@ class _Puller:
     """One durable pull consumer's loop."""
 
     def __init__(
-        self, bus: NatsBus, spec: ConsumerSpec, handler: Handler, sub: JetStreamContext.PullSubscription
+        self,
+        bus: NatsBus,
+        spec: ConsumerSpec,
+        handler: Handler,
+        sub: JetStreamContext.PullSubscription,
     ) -> None:
         self._bus = bus
         self._spec = spec

@@ -21,8 +21,11 @@ URL_FILE = "bus.url"
 
 BusOption = Annotated[
     str | None,
-    typer.Option("--bus", help="Bus URL (nats://HOST:PORT); default: VPLANE_BUS_URL, "
-                 "else the stack `vplane up` runs from this directory."),
+    typer.Option(
+        "--bus",
+        help="Bus URL (nats://HOST:PORT); default: VPLANE_BUS_URL, "
+        "else the stack `vplane up` runs from this directory.",
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -54,7 +57,9 @@ def with_bus(url: str | None, work: Callable[[Bus], Awaitable[T]]) -> T:
     """Connect to the bus, run ``work``, and always disconnect."""
 
     async def main() -> T:
-        bus = bus_from_url(resolve_url(url), Settings.from_env().namespace, client_name="vplane-cli")
+        bus = bus_from_url(
+            resolve_url(url), Settings.from_env().namespace, client_name="vplane-cli"
+        )
         await bus.start()
         try:
             return await work(bus)

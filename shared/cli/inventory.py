@@ -25,7 +25,9 @@ WaitOption = Annotated[bool, typer.Option("--wait", help="Wait for the answering
 TimeoutOption = Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait.")]
 
 
-def _validated(build: type[CreateVm] | type[PowerOnVm] | type[PowerOffVm], **fields: object) -> Message:
+def _validated(
+    build: type[CreateVm] | type[PowerOnVm] | type[PowerOffVm], **fields: object
+) -> Message:
     try:
         return build.model_validate(fields)
     except ValidationError as err:
@@ -41,8 +43,10 @@ def _describe(env: Envelope[Message]) -> str:
             return f"rejected ({data.code}): {data.reason}"
         case VmCreated():
             state = "on" if data.powered_on else "off"
-            return (f"created {data.vm} on {data.host}: {data.cpu} vCPU, {data.mem_mib} MiB, "
-                    f"{data.priority} priority, {state}")
+            return (
+                f"created {data.vm} on {data.host}: {data.cpu} vCPU, {data.mem_mib} MiB, "
+                f"{data.priority} priority, {state}"
+            )
     return f"{env.type} {data.model_dump_json()}"
 
 
@@ -60,7 +64,9 @@ def vm_create(
     mem: Annotated[int, typer.Option("--mem", help="Memory in MiB.")],
     priority: Annotated[str, typer.Option("--priority", help="high or low.")] = "low",
     host: Annotated[str | None, typer.Option("--host", help="Place on this host.")] = None,
-    start: Annotated[bool, typer.Option("--start/--no-start", help="Power on once created.")] = True,
+    start: Annotated[
+        bool, typer.Option("--start/--no-start", help="Power on once created.")
+    ] = True,
     wait: WaitOption = False,
     timeout: TimeoutOption = 10.0,
     bus: BusOption = None,
@@ -69,7 +75,9 @@ def vm_create(
     if priority not in ("high", "low"):
         raise CliError(f"invalid --priority {priority!r}: use high or low")
     prio: Priority = "high" if priority == "high" else "low"
-    cmd = _validated(CreateVm, vm=name, cpu=cpu, mem_mib=mem, priority=prio, host=host, power_on=start)
+    cmd = _validated(
+        CreateVm, vm=name, cpu=cpu, mem_mib=mem, priority=prio, host=host, power_on=start
+    )
     assert isinstance(cmd, CreateVm)
 
     async def work(b: Bus) -> list[Envelope[Message]]:
@@ -128,8 +136,12 @@ def hosts(bus: BusOption = None, as_json: JsonOption = False) -> None:
     table = Table("host", "cores", "MHz", "mem MiB", "mem used", "cpu demand", "VMs")
     for h in reply.hosts:
         used = f"{h.mem_reserved_mib} ({h.mem_reserved_mib * 100 // max(h.mem_mib, 1)}%)"
-        demand = f"{h.cpu_demand_mhz} MHz ({h.cpu_demand_mhz * 100 // max(h.cpu_cores * h.cpu_mhz, 1)}%)"
-        table.add_row(h.host, str(h.cpu_cores), str(h.cpu_mhz), str(h.mem_mib), used, demand, str(h.vms))
+        demand = (
+            f"{h.cpu_demand_mhz} MHz ({h.cpu_demand_mhz * 100 // max(h.cpu_cores * h.cpu_mhz, 1)}%)"
+        )
+        table.add_row(
+            h.host, str(h.cpu_cores), str(h.cpu_mhz), str(h.mem_mib), used, demand, str(h.vms)
+        )
     console.print(table)
 
 

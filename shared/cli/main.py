@@ -32,7 +32,10 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI; a usage error exits 2, any other failure 1, never with a traceback."""
     configure(level="warning", fmt="console")
     try:
-        app(args=argv, prog_name="vplane", standalone_mode=False)
+        # Outside standalone mode an exit code comes back instead of being raised.
+        code = app(args=argv, prog_name="vplane", standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except typer.Exit as err:
         sys.exit(err.exit_code)
     except (typer.Abort, KeyboardInterrupt):

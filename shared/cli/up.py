@@ -60,8 +60,10 @@ class View:
                 f"{t.mem_reserved_mib}/{t.mem_capacity_mib} MiB",
                 f"{t.vms_running}/{t.vms_total}",
             )
-        head = Text(f"vplane up · {url} · {elapsed:.0f}s · events {sum(self.events.values())} · "
-                    f"telemetry samples {self.samples} · Ctrl-C stops")
+        head = Text(
+            f"vplane up · {url} · {elapsed:.0f}s · events {sum(self.events.values())} · "
+            f"telemetry samples {self.samples} · Ctrl-C stops"
+        )
         return Group(head, table, Text("recent events:"), *(Text(r) for r in self.recent))
 
 
@@ -86,18 +88,23 @@ async def _run(url: str, namespace: str, duration: float | None, sup: Supervisor
         await bus.watch(Stream.EVENTS, (), on_event, from_seq=await bus.last_seq() + 1)
         await bus.watch(Stream.TELEMETRY, (), view.on_sample)
         announced = False
-        with Live(console=console, auto_refresh=False, transient=False) if tty else contextlib.nullcontext() as live:
+        with (
+            Live(console=console, auto_refresh=False, transient=False)
+            if tty
+            else contextlib.nullcontext() as live
+        ):
             while not stop.is_set():
                 elapsed = time.monotonic() - start
                 if duration is not None and elapsed >= duration:
                     break
                 if not announced and view.started >= set(SERVICES):
                     announced = True
-                    print(f"stack ready on {url}; try: vplane vm create web1 --cpu 2 --mem 2048 --wait",
-                          flush=True)
+                    hint = "vplane vm create web1 --cpu 2 --mem 2048 --wait"
+                    print(f"stack ready on {url}; try: {hint}", flush=True)
                 for child in sup.crashed():
-                    raise CliError(f"service {child.name} exited with {child.exit_code}; "
-                                   f"see {child.log_path}")
+                    raise CliError(
+                        f"service {child.name} exited with {child.exit_code}; see {child.log_path}"
+                    )
                 if live is not None:
                     live.update(view.render(url, elapsed), refresh=True)
                 with contextlib.suppress(TimeoutError):
@@ -108,15 +115,25 @@ async def _run(url: str, namespace: str, duration: float | None, sup: Supervisor
 
 
 def up(
-    bus: Annotated[str | None, typer.Option("--bus", help="Use this broker (nats://...) "
-                                            "instead of starting an embedded one.")] = None,
+    bus: Annotated[
+        str | None,
+        typer.Option(
+            "--bus", help="Use this broker (nats://...) instead of starting an embedded one."
+        ),
+    ] = None,
     hosts: Annotated[int, typer.Option("--hosts", min=1, max=10_000, help="Emulated hosts.")] = 3,
-    duration: Annotated[float | None, typer.Option("--duration", min=0.1,
-                                                   help="Stop after this many seconds.")] = None,
-    data_dir_opt: Annotated[Path | None, typer.Option("--data-dir",
-                                                     help="Where the embedded broker keeps its log "
-                                                          "(default ./.vplane).")] = None,
-    tick: Annotated[float, typer.Option("--tick", min=0.01, help="Seconds between telemetry ticks.")] = 1.0,
+    duration: Annotated[
+        float | None, typer.Option("--duration", min=0.1, help="Stop after this many seconds.")
+    ] = None,
+    data_dir_opt: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir", help="Where the embedded broker keeps its log (default ./.vplane)."
+        ),
+    ] = None,
+    tick: Annotated[
+        float, typer.Option("--tick", min=0.01, help="Seconds between telemetry ticks.")
+    ] = 1.0,
 ) -> None:
     """Bring the whole stack up: a broker (unless --bus), every service, N emulated hosts."""
     settings = Settings.from_env()
@@ -129,8 +146,13 @@ def up(
         (root / URL_FILE).write_text(url + "\n")
         print(f"embedded nats-server {url}, data in {root / 'nats'}", flush=True)
     sup = Supervisor(
-        {"VPLANE_BUS_URL": url, "VPLANE_HOSTS": str(hosts), "VPLANE_TICK_SECONDS": str(tick),
-         "VPLANE_NAMESPACE": settings.namespace, "VPLANE_LOG_FORMAT": "json"},
+        {
+            "VPLANE_BUS_URL": url,
+            "VPLANE_HOSTS": str(hosts),
+            "VPLANE_TICK_SECONDS": str(tick),
+            "VPLANE_NAMESPACE": settings.namespace,
+            "VPLANE_LOG_FORMAT": "json",
+        },
         root / "logs",
     )
     started = time.monotonic()
