@@ -1,0 +1,27 @@
+"""The contract suite runs unchanged against every bus adapter."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from shared.bus import Bus
+from shared.bus.memory import MemoryBus
+from shared.bus.nats import NatsBus
+from shared.testing import unique_namespace
+
+
+@pytest.fixture(params=["memory", pytest.param("nats", marks=pytest.mark.broker)])
+async def bus(request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
+    namespace = unique_namespace()
+    adapter: Bus
+    if request.param == "memory":
+        adapter = MemoryBus(namespace)
+    else:
+        adapter = NatsBus(request.getfixturevalue("nats_url"), namespace)
+    await adapter.start()
+    try:
+        yield adapter
+    finally:
+        await adapter.close()
