@@ -35,7 +35,10 @@ class Settings(BaseModel):
         values: dict[str, object] = {
             key[len(ENV_PREFIX) :].lower(): value
             for key, value in source.items()
-            if key.startswith(ENV_PREFIX) and key[len(ENV_PREFIX) :].lower() in cls.model_fields
+            if key.startswith(ENV_PREFIX)
+            and key[len(ENV_PREFIX) :].lower() in cls.model_fields
+            # An empty variable means "not set", as shells write it (VPLANE_BUS_URL=).
+            and value != ""
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         try:

@@ -180,23 +180,17 @@ class NatsBus:
         end = await self.last_seq()
         if end < from_seq:
             return
-        async for msg in self._read(Stream.EVENTS, filters, from_seq, until=end):
+        sub = await self._reader(
+            self._names[Stream.EVENTS], self._wanted(Stream.EVENTS, filters), from_seq
+        )
+        async for msg in _messages(sub, until=end):
             yield _logged(msg)
 
-    async def _read(
-        self,
-        stream: Stream,
-        filters: tuple[str, ...],
-        from_seq: int | None,
-        *,
-        until: int | None,
-        stream_name: str | None = None,
-        full_filters: tuple[str, ...] | None = None,
-    ) -> AsyncIterator[Msg]:
-        """Read a stream through an ephemeral consumer; stop at ``until`` when given."""
-        wanted = full_filters or tuple(
-            subjects.stream_subject(self.namespace, stream, f) for f in filters or (">",)
-        )
+    async def _reader(
+        self, stream_name: str, wanted: tuple[str, ...], from_seq: int | None
+    ) -> JetStreamContext.PullSubscription:
+        """An ephemeral, unacknowledged consumer: created before it is read, so a
+        watcher started "from now" misses nothing published after this returns."""
         config = api.ConsumerConfig(
             ack_policy=api.AckPolicy.NONE,
             filter_subjects=list(wanted),
@@ -205,27 +199,10 @@ class NatsBus:
             max_waiting=1,
             **_start(from_seq),
         )
-        name = stream_name or self._names[stream]
-        sub = await self.js.pull_subscribe(wanted[0], stream=name, config=config)
-        try:
-            if until is not None and (await sub.consumer_info()).num_pending == 0:
-                return
-            while True:
-                try:
-                    msgs = await sub.fetch(1000, timeout=1.0)
-                except nats.errors.TimeoutError:
-                    if until is not None:
-                        return
-                    continue
-                for msg in msgs:
-                    yield msg
-                    if until is not None and (
-                        msg.metadata.sequence.stream >= until or msg.metadata.num_pending == 0
-                    ):
-                        return
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        return await self.js.pull_subscribe(wanted[0], stream=stream_name, config=config)
+
+    def _wanted(self, stream: Stream, filters: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(subjects.stream_subject(self.namespace, stream, f) for f in filters or (">",))
 
     async def send(self, env: Envelope[Any]) -> None:
         await self._publish(
@@ -296,8 +273,8 @@ class NatsBus:
         *,
         from_seq: int | None = None,
     ) -> _Watcher:
-        reader = self._read(stream, filters, from_seq, until=None)
-        watcher = _Watcher(reader, handler)
+        sub = await self._reader(self._names[stream], self._wanted(stream, filters), from_seq)
+        watcher = _Watcher(_messages(sub, until=None), handler)
         self._subs.append(watcher)
         return watcher
 
@@ -328,14 +305,8 @@ class NatsBus:
         if info.state.messages == 0:
             return []
         out = []
-        async for msg in self._read(
-            Stream.EVENTS,
-            (),
-            1,
-            until=int(info.state.last_seq),
-            stream_name=self._dlq_stream,
-            full_filters=(subject,),
-        ):
+        sub = await self._reader(self._dlq_stream, (subject,), 1)
+        async for msg in _messages(sub, until=int(info.state.last_seq)):
             h = msg.headers or {}
             out.append(
                 DeadLetter(
@@ -373,9 +344,11 @@ class _Puller:
             self._fetching = True
             try:
                 msgs = await self._sub.fetch(spec.batch, timeout=1.0)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats-py raises its own and asyncio's; both are this
                 continue
-            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
+            except (nats.errors.Error, OSError) as err:
+                # Disconnected or the broker is restarting: the client reconnects, we wait.
+                log.warning("fetch failed, retrying", consumer=spec.name, error=repr(err))
                 await asyncio.sleep(0.5)
                 continue
             finally:
@@ -384,9 +357,14 @@ class _Puller:
                 if self._stopping:
                     # Hand back what this instance will not handle, for the next one.
                     for rest in msgs[i:]:
-                        await rest.nak()
+                        with contextlib.suppress(Exception):
+                            await rest.nak()
                     break
-                await self._one(msg)
+                try:
+                    await self._one(msg)
+                except (BusError, nats.errors.Error, OSError) as err:
+                    # Not acknowledged: the broker redelivers it after ack_wait.
+                    log.warning("could not settle message", consumer=spec.name, error=repr(err))
 
     async def _one(self, msg: Msg) -> None:
         meta = msg.metadata
@@ -430,7 +408,11 @@ class _Watcher:
 
     async def _run(self) -> None:
         async for msg in self._reader:
-            await self._handler(_logged(msg))
+            try:
+                await self._handler(_logged(msg))
+            except Exception:
+                # A watcher only observes; one bad callback must not end the follow.
+                log.exception("watch handler failed", subject=msg.subject)
 
     async def stop(self) -> None:
         self._task.cancel()
@@ -445,6 +427,36 @@ class _Server:
     async def stop(self) -> None:
         with contextlib.suppress(Exception):
             await self._sub.drain()
+
+
+async def _messages(
+    sub: JetStreamContext.PullSubscription, *, until: int | None
+) -> AsyncIterator[Msg]:
+    """Messages of an ephemeral consumer in order; stop at ``until``, or follow forever."""
+    try:
+        if until is not None and (await sub.consumer_info()).num_pending == 0:
+            return
+        while True:
+            try:
+                msgs = await sub.fetch(1000, timeout=1.0)
+            except TimeoutError:  # nats-py raises its own and asyncio's; both are this
+                if until is not None:
+                    return
+                continue
+            except (nats.errors.Error, OSError) as err:
+                if until is not None:
+                    raise BusUnavailable(f"reading the stream failed: {err!r}") from err
+                log.warning("follow failed, retrying", error=repr(err))
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                yield msg
+                meta = msg.metadata
+                if until is not None and (meta.sequence.stream >= until or meta.num_pending == 0):
+                    return
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
 
 
 def _start(seq: int | None) -> dict[str, Any]:

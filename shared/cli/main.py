@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"vplane: error: {err}", file=sys.stderr)
         sys.exit(1)
     except OSError as err:
-        print(f"vplane: error: {err}", file=sys.stderr)
+        print(f"vplane: error: {err or type(err).__name__}", file=sys.stderr)
         sys.exit(1)
 
 

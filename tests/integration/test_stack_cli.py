@@ -1,0 +1,130 @@
+"""The whole stack as a user runs it: `vplane up` in one terminal, the CLI in another."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.stack import VPLANE, cli, wait_for_line
+
+pytestmark = [pytest.mark.broker, pytest.mark.integration]
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """`vplane up` on an embedded NATS server; yields the env that points the CLI at it."""
+    env = {**os.environ, "VPLANE_DATA_DIR": str(tmp_path / "data")}
+    env.pop("VPLANE_BUS_URL", None)
+    proc = subprocess.Popen(
+        [VPLANE, "up", "--hosts", "2", "--duration", "120", "--tick", "0.5"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        wait_for_line(proc, "stack ready", timeout=60)
+        yield {"VPLANE_DATA_DIR": str(tmp_path / "data")} | {"_UP_PID": str(proc.pid)}
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def test_vm_create_is_answered_and_visible_everywhere(stack: dict[str, str]) -> None:
+    """`vm create --wait` prints the answer; `vms`, `hosts` and `events tail` show it."""
+    created = cli("vm", "create", "web1", "--cpu", "2", "--mem", "2048", "--wait", env=stack)
+    assert created.returncode == 0, created.stderr
+    assert "created web1 on h1" in created.stdout
+
+    vms = json.loads(cli("vms", "--json", env=stack).stdout)
+    assert [(v["vm"], v["host"], v["state"]) for v in vms] == [("web1", "h1", "on")]
+
+    hosts = json.loads(cli("hosts", "--json", env=stack).stdout)
+    assert {h["host"]: h["mem_reserved_mib"] for h in hosts} == {"h1": 2048, "h2": 0}
+
+    tail = cli("events", "tail", "--since", "1", "--no-follow", "--json", env=stack)
+    entries = [json.loads(line) for line in tail.stdout.splitlines()]
+    created_events = [e for e in entries if e["type"] == "VmCreated"]
+    assert [e["data"]["vm"] for e in created_events] == ["web1"]
+    assert [e["type"] for e in entries].count("HostRegistered") == 2
+
+
+def test_vm_power_and_rejections_through_the_cli(stack: dict[str, str]) -> None:
+    """Stopping and starting a VM works; a duplicate or oversized VM is rejected with exit 1."""
+    assert (
+        cli("vm", "create", "db", "--cpu", "1", "--mem", "512", "--wait", env=stack).returncode == 0
+    )
+    stopped = cli("vm", "stop", "db", "--wait", env=stack)
+    assert stopped.returncode == 0, stopped.stderr
+    assert "VmPoweredOff" in stopped.stdout
+
+    dup = cli("vm", "create", "db", "--cpu", "1", "--mem", "512", "--wait", env=stack)
+    assert dup.returncode == 1
+    assert "rejected (already-exists)" in dup.stdout
+
+    huge = cli("vm", "create", "huge", "--cpu", "1", "--mem", "999999", "--wait", env=stack)
+    assert huge.returncode == 1
+    assert "insufficient-capacity" in huge.stdout
+
+    missing = cli("vm", "start", "nope", env=stack)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == "vplane: error: no VM named 'nope' (see `vplane vms`)"
+
+
+def test_events_tail_follows_new_events(stack: dict[str, str]) -> None:
+    """`events tail` keeps printing events as they are appended."""
+    env = {**os.environ, **stack}
+    tail = subprocess.Popen(
+        [VPLANE, "events", "tail"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        cli("vm", "create", "live", "--cpu", "1", "--mem", "256", env=stack)
+        wait_for_line(tail, "VmCreated", timeout=30)
+    finally:
+        tail.send_signal(signal.SIGINT)
+        tail.wait(10)
+
+
+def test_up_stops_cleanly_on_interrupt_with_a_summary(tmp_path: Path) -> None:
+    """Ctrl-C stops the services and the broker, and `vplane up` prints a summary and exits 0."""
+    env = {**os.environ, "VPLANE_DATA_DIR": str(tmp_path / "data")}
+    env.pop("VPLANE_BUS_URL", None)
+    proc = subprocess.Popen(
+        [VPLANE, "up", "--hosts", "1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
+    wait_for_line(proc, "stack ready", timeout=60)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "services: hosts exited 0" in out
+    assert "events appended" in out
+    assert not (tmp_path / "data" / "bus.url").exists()
+
+
+def test_up_with_duration_stops_by_itself(tmp_path: Path) -> None:
+    """`vplane up --duration` runs for that long, then stops cleanly."""
+    env = {"VPLANE_DATA_DIR": str(tmp_path / "data"), "VPLANE_BUS_URL": ""}
+    done = cli("up", "--hosts", "1", "--duration", "3", env=env, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "telemetry samples seen" in done.stdout

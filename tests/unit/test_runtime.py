@@ -1,0 +1,164 @@
+"""The service runtime on the in-memory bus: rebuild, exactly-once commands, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from schemas import Envelope, Event, Message, Reply
+from schemas.queries import ListVms, VmList
+from schemas.service import ServiceStarted, ServiceStopped
+from schemas.vm import CreateVm, VmCreated
+from shared.bus import Stream
+from shared.bus.memory import MemoryBus
+from shared.runtime import Runtime, ServiceDefinition
+from shared.testing import eventually
+
+
+class Counter:
+    """A tiny service: answers CreateVm with VmCreated and remembers the VMs it saw."""
+
+    def __init__(self, fail_after_append: int = 0) -> None:
+        self.vms: list[str] = []
+        self.decided = 0
+        self.fail_after_append = fail_after_append
+
+    def definition(self) -> ServiceDefinition:
+        def fold(_seq: int, env: Envelope[Message]) -> None:
+            if isinstance(env.data, VmCreated):
+                self.vms.append(env.data.vm)
+
+        def decide(env: Envelope[Message]) -> list[Event]:
+            self.decided += 1
+            assert isinstance(env.data, CreateVm)
+            return [
+                VmCreated(
+                    vm=env.data.vm, host="h1", cpu=1, mem_mib=64, priority="low", powered_on=True
+                )
+            ]
+
+        async def answer(env: Envelope[Message]) -> Reply:
+            return VmList(vms=[])
+
+        return ServiceDefinition(
+            name="counter",
+            fold=fold,
+            fold_filters=("vm.>",),
+            decide=decide,
+            command_filters=("hosts.>",),
+            queries={"hosts": answer},
+        )
+
+
+@contextlib.asynccontextmanager
+async def running(runtime: Runtime) -> AsyncIterator[asyncio.Event]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(runtime.run(stop))
+    await asyncio.wait_for(runtime.ready.wait(), 5)
+    try:
+        yield stop
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+def create(vm: str) -> Envelope[CreateVm]:
+    return Envelope.wrap(CreateVm(vm=vm, cpu=1, mem_mib=64), producer="test")
+
+
+async def types_in_log(bus: MemoryBus) -> list[str]:
+    return [e.envelope.type async for e in bus.replay() if e.envelope is not None]
+
+
+async def test_rebuilds_state_from_the_log_before_serving() -> None:
+    """Events already in the log are folded into the service's state when it starts."""
+    bus = MemoryBus()
+    for vm in ["a", "b"]:
+        await bus.append(
+            Envelope.wrap(
+                VmCreated(vm=vm, host="h1", cpu=1, mem_mib=64, priority="low", powered_on=True),
+                producer="elsewhere",
+            )
+        )
+    svc = Counter()
+    async with running(Runtime(svc.definition(), bus, "i1")):
+        assert svc.vms == ["a", "b"]
+
+
+async def test_command_answer_is_appended_and_folded() -> None:
+    """A command's events are appended with ids derived from it and folded into state."""
+    bus = MemoryBus()
+    svc = Counter()
+    async with running(Runtime(svc.definition(), bus, "i1")):
+        cmd = create("a")
+        await bus.send(cmd)
+        await eventually(lambda: svc.vms == ["a"], what="the VM to be folded")
+    events = [
+        e.envelope async for e in bus.replay() if e.envelope and e.envelope.type == "VmCreated"
+    ]
+    assert [(e.causation_id, e.id) for e in events] == [(cmd.id, cmd.derived_id(0))]
+
+
+async def test_redelivered_command_is_answered_once() -> None:
+    """A command delivered again after its answer reached the log changes nothing."""
+    bus = MemoryBus()
+    svc = Counter()
+    cmd = create("a")
+    async with running(Runtime(svc.definition(), bus, "i1")):
+        await bus.send(cmd)
+        await eventually(lambda: svc.vms == ["a"], what="first answer")
+    # A restarted instance rebuilds, then receives the same command again.
+    svc2 = Counter()
+    async with running(Runtime(svc2.definition(), bus, "i2")):
+        await bus.send(cmd)
+        await bus.send(create("b"))
+        await eventually(lambda: svc2.vms == ["a", "b"], what="the second command")
+    assert svc2.decided == 1
+    assert (await types_in_log(bus)).count("VmCreated") == 2
+
+
+async def test_lifecycle_events_frame_the_run() -> None:
+    """A service announces itself when ready and when stopped, with what it handled."""
+    bus = MemoryBus()
+    svc = Counter()
+    async with running(Runtime(svc.definition(), bus, "i1")):
+        await bus.send(create("a"))
+        await eventually(lambda: svc.vms == ["a"], what="the command")
+    envs = [e.envelope async for e in bus.replay() if e.envelope is not None]
+    started = [e.data for e in envs if isinstance(e.data, ServiceStarted)]
+    stopped = [e.data for e in envs if isinstance(e.data, ServiceStopped)]
+    assert [(s.service, s.instance) for s in started] == [("counter", "i1")]
+    assert [(s.service, s.handled) for s in stopped] == [("counter", 1)]
+
+
+async def test_serves_queries_while_running() -> None:
+    """A query addressed to the service's target is answered."""
+    bus = MemoryBus()
+    async with running(Runtime(Counter().definition(), bus, "i1")):
+        reply = await bus.request(Envelope.wrap(ListVms(), producer="test"))
+        assert isinstance(reply.data, VmList)
+
+
+async def test_undecodable_command_is_dead_lettered_and_service_carries_on() -> None:
+    """Garbage on the service's command subject goes to dead letters; later commands work."""
+    bus = MemoryBus()
+    svc = Counter()
+    async with running(Runtime(svc.definition(), bus, "i1")):
+        await bus.publish_raw(Stream.COMMANDS, "hosts.CreateVm", b"garbage")
+        await bus.send(create("a"))
+        await eventually(lambda: svc.vms == ["a"], what="the good command")
+    [dead] = await bus.dead_letters("counter-commands")
+    assert dead.data == b"garbage"
+    assert dead.reason.startswith("undecodable")
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "x"])
+def test_settings_reject_bad_host_counts(value: str) -> None:
+    """A bad VPLANE_HOSTS is a SettingsError naming the variable."""
+    from shared.settings import Settings, SettingsError
+
+    with pytest.raises(SettingsError, match="VPLANE_HOSTS"):
+        Settings.from_env({"VPLANE_HOSTS": value})
