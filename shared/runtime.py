@@ -40,6 +40,8 @@ class ServiceDefinition:
     decide: Decide | None = None
     command_filters: tuple[str, ...] = ()
     queries: dict[str, QueryHandler] = field(default_factory=dict)
+    # Runs once the state is rebuilt and before any command is taken.
+    setup: Loop | None = None
     loops: list[Loop] = field(default_factory=list)
     clock: Callable[[], float] = lambda: 0.0
 
@@ -82,6 +84,8 @@ class Runtime:
                     rebuilt_events=rebuilt,
                 )
             )
+            if self.definition.setup is not None:
+                await self.definition.setup(self)
             await self._start_consumers()
             self.ready.set()
             log.info("service ready", rebuilt_events=rebuilt, log_seq=self._applied_seq)

@@ -43,6 +43,8 @@ def build(settings: Settings) -> ServiceDefinition:
                 host=host, cpu_cores=HOST_CORES, cpu_mhz=HOST_MHZ, mem_mib=HOST_MEM_MIB
             )
             await runtime.publish([event], caused_by=None)
+
+    async def publish_telemetry(runtime: Runtime) -> None:
         await telemetry_loop(runtime, holder, hosts, settings.tick_seconds, settings.seed)
 
     return ServiceDefinition(
@@ -52,6 +54,7 @@ def build(settings: Settings) -> ServiceDefinition:
         decide=on_command,
         command_filters=("hosts.>", *(f"host.{h}.>" for h in hosts)),
         queries={"hosts": answer},
-        loops=[register_hosts],
+        setup=register_hosts,
+        loops=[publish_telemetry],
         clock=lambda: (time.monotonic() - started) * settings.speed,
     )

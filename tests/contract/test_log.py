@@ -57,13 +57,13 @@ async def test_current_expected_version_appends(bus: Bus) -> None:
 
 async def test_replay_from_sequence_with_filters(bus: Bus) -> None:
     """Replay starts at the given sequence and keeps only the subjects asked for."""
-    seqs = {}
+    seqs: dict[str, list[int]] = {}
     for name in ["a", "b", "a", "c"]:
         result = await bus.append(vm_created(name))
         seqs.setdefault(name, []).append(result.seq)
     only_a = [e.seq async for e in bus.replay(filters=("vm.a",))]
     assert only_a == seqs["a"]
-    tail = [e.envelope.data.vm async for e in bus.replay(from_seq=seqs["b"][0])]  # type: ignore[union-attr, attr-defined]
+    tail = [e.envelope.data.vm async for e in bus.replay(from_seq=seqs["b"][0])]  # type: ignore[union-attr]
     assert tail == ["b", "a", "c"]
     assert [e async for e in bus.replay(from_seq=seqs["c"][0] + 1)] == []
 

@@ -60,7 +60,7 @@ async def test_telemetry_is_seen_by_a_watcher(bus: Bus) -> None:
     for tick in range(3):
         await bus.emit(sample(tick=tick))
     await eventually(lambda: len(seen) == 3, what="3 samples")
-    assert [e.envelope.data.tick for e in seen] == [0, 1, 2]  # type: ignore[union-attr, attr-defined]
+    assert [e.envelope.data.tick for e in seen] == [0, 1, 2]  # type: ignore[union-attr]
 
 
 async def test_watch_follows_the_log_from_a_sequence(bus: Bus) -> None:

@@ -1,0 +1,135 @@
+"""A service killed with SIGKILL comes back from the log and misses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from schemas import Envelope, Message
+from schemas.queries import ListVms, VmList
+from schemas.vm import CreateVm, PowerOffVm
+from shared.bus import RequestFailed
+from shared.bus.nats import NatsBus
+from shared.client import Client
+from shared.testing import poll, unique_namespace
+from tests.integration.stack import start_service
+
+pytestmark = [pytest.mark.broker, pytest.mark.integration]
+
+
+@pytest.fixture
+async def client(nats_url: str) -> AsyncIterator[Client]:
+    bus = NatsBus(nats_url, unique_namespace())
+    await bus.start()
+    try:
+        yield Client(bus, producer="test")
+    finally:
+        await bus.close()
+
+
+async def vm_states(client: Client) -> dict[str, str]:
+    try:
+        reply = await client.query(ListVms(), timeout=1)
+    except RequestFailed:
+        return {}
+    assert isinstance(reply, VmList)
+    return {v.vm: str(v.state) for v in reply.vms}
+
+
+async def log_types(client: Client) -> list[tuple[str, str]]:
+    out = []
+    async for entry in client.bus.replay():
+        env: Envelope[Message] | None = entry.envelope
+        assert env is not None
+        out.append((env.type, env.subject))
+    return out
+
+
+async def test_killed_hosts_service_rebuilds_and_handles_what_came_meanwhile(
+    client: Client, nats_url: str, tmp_path: Path
+) -> None:
+    """SIGKILL the hosts service; commands sent while it is down are handled exactly once
+    when it restarts, and the state it had before is rebuilt from the log."""
+    env = {
+        "VPLANE_BUS_URL": nats_url,
+        "VPLANE_NAMESPACE": client.bus.namespace,
+        "VPLANE_HOSTS": "2",
+        "VPLANE_TICK_SECONDS": "0.2",
+    }
+    log = tmp_path / "hosts.log"
+    first = start_service("hosts", env, log)
+    try:
+        answers = await client.send_and_wait(CreateVm(vm="before", cpu=1, mem_mib=512), timeout=30)
+        assert answers[0].type == "VmCreated"
+        host = answers[0].data.host  # type: ignore[attr-defined]
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+
+    # While it is down: two commands wait in the work queue.
+    await client.send(CreateVm(vm="during", cpu=1, mem_mib=512))
+    await client.send(PowerOffVm(vm="before", host=host))
+    await asyncio.sleep(0.5)
+    assert not [t for t in await log_types(client) if t[1] == "vm/during"]
+
+    second = start_service("hosts", env, log)
+    try:
+        states = await poll(
+            lambda: vm_states(client),
+            lambda s: s == {"before": "off", "during": "on"},
+            timeout=30,
+            what="both commands handled after the restart",
+        )
+        assert states == {"before": "off", "during": "on"}
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(15) == 0
+    finally:
+        if second.poll() is None:
+            second.kill()
+
+    entries = await log_types(client)
+    vm_events = [t for t in entries if t[1].startswith("vm/")]
+    assert vm_events == [
+        ("VmCreated", "vm/before"),
+        ("VmCreated", "vm/during"),
+        ("VmPoweredOff", "vm/before"),
+    ]
+    # Hosts registered once, though the service started twice.
+    assert [t for t in entries if t[0] == "HostRegistered"] == [
+        ("HostRegistered", "host/h1"),
+        ("HostRegistered", "host/h2"),
+    ]
+    starts = [t for t in entries if t[0] == "ServiceStarted"]
+    assert len(starts) == 2
+    assert [t for t in entries if t[0] == "ServiceStopped"] == [("ServiceStopped", "service/hosts")]
+
+
+async def test_service_exits_cleanly_on_sigterm_without_losing_acks(
+    client: Client, nats_url: str, tmp_path: Path
+) -> None:
+    """After a SIGTERM drain, a restarted service gets no command redelivered: every
+    command it handled was acknowledged before it exited."""
+    env = {
+        "VPLANE_BUS_URL": nats_url,
+        "VPLANE_NAMESPACE": client.bus.namespace,
+        "VPLANE_HOSTS": "1",
+    }
+    log = tmp_path / "hosts.log"
+    proc = start_service("hosts", env, log)
+    try:
+        for i in range(20):
+            await client.send(CreateVm(vm=f"vm{i}", cpu=1, mem_mib=64))
+        await poll(lambda: vm_states(client), lambda s: len(s) == 20, timeout=30, what="20 VMs")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    # Nothing left in the work queue for this consumer.
+    jsm = client.bus.nc.jsm()  # type: ignore[attr-defined]
+    info = await jsm.consumer_info(f"{client.bus.namespace.upper()}_COMMANDS", "hosts-commands")
+    assert info.num_ack_pending == 0
+    assert info.num_pending == 0
+    assert info.num_redelivered == 0
