@@ -13,7 +13,15 @@ from rich.table import Table
 from schemas import Envelope, Message
 from schemas.queries import HostList, ListHosts, ListVms, VmList
 from schemas.service import CommandRejected
-from schemas.vm import CreateVm, PowerOffVm, PowerOnVm, Priority, VmCreated
+from schemas.vm import (
+    CreateVm,
+    PowerOffVm,
+    PowerOnVm,
+    Priority,
+    VmCreated,
+    VmPoweredOff,
+    VmPoweredOn,
+)
 from shared.bus import Bus
 from shared.cli.common import BusOption, CliError, JsonOption, with_bus
 from shared.client import Client
@@ -41,6 +49,9 @@ def _describe(env: Envelope[Message]) -> str:
     match data:
         case CommandRejected():
             return f"rejected ({data.code}): {data.reason}"
+        case VmPoweredOn() | VmPoweredOff():
+            state = "on" if isinstance(data, VmPoweredOn) else "off"
+            return f"powered {state} {data.vm} on {data.host}"
         case VmCreated():
             state = "on" if data.powered_on else "off"
             return (
@@ -85,7 +96,7 @@ def vm_create(
         if wait:
             return await client.send_and_wait(cmd, timeout=timeout)
         env = await client.send(cmd)
-        typer.echo(f"sent CreateVm {name} (command {env.id})")
+        typer.echo(f"sent CreateVm {name} (command {env.id}); --wait shows the answer")
         return []
 
     _finish(with_bus(bus, work))

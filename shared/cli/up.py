@@ -64,7 +64,8 @@ class View:
             f"vplane up · {url} · {elapsed:.0f}s · events {sum(self.events.values())} · "
             f"telemetry samples {self.samples} · Ctrl-C stops"
         )
-        return Group(head, table, Text("recent events:"), *(Text(r) for r in self.recent))
+        recent = (Text(r, no_wrap=True, overflow="ellipsis") for r in self.recent)
+        return Group(head, table, Text("recent events:"), *recent)
 
 
 async def _run(url: str, namespace: str, duration: float | None, sup: Supervisor) -> View:
