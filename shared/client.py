@@ -57,8 +57,8 @@ class Client:
                 if len(found) >= count:
                     done.set()
 
-        start = await self.bus.last_seq() + 1
-        watcher = await self.bus.watch(Stream.EVENTS, tuple(filters), on_event, from_seq=start)
+        # Watching "from now" misses nothing published once watch() has returned.
+        watcher = await self.bus.watch(Stream.EVENTS, tuple(filters), on_event)
         try:
             if before is not None:
                 await before

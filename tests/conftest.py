@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from shared.broker import BrokerError, EmbeddedNats
+from tests.brokers import rabbitmq_url
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -29,6 +30,13 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    """A RabbitMQ URL (see tests/brokers.py)."""
+    with rabbitmq_url() as url:
+        yield url
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import structlog
 
 from schemas import Envelope, Message, Reply
 from schemas.queries import QueryFailed
+from shared.bus.dedupe import RecentIds
 from shared.bus.errors import PoisonMessage, RequestFailed
 from shared.bus.protocol import Delivery, Handler, QueryHandler
 from shared.codec import MessageError, decode
@@ -38,12 +39,21 @@ Outcome = Ack | Retry | Bury
 
 
 async def dispatch(
-    raw: bytes, delivery: Delivery, handler: Handler, *, max_deliver: int, retry_delay: float
+    raw: bytes,
+    delivery: Delivery,
+    handler: Handler,
+    *,
+    max_deliver: int,
+    retry_delay: float,
+    seen: RecentIds,
 ) -> Outcome:
     try:
         env = decode(raw)
     except MessageError as err:
         return Bury(err.describe())
+    if env.id in seen:
+        # The same message twice in the log (a retried publish): handled already.
+        return Ack()
     with structlog.contextvars.bound_contextvars(
         msg_type=env.type,
         subject=env.subject,
@@ -63,6 +73,7 @@ async def dispatch(
                 return Bury(f"handler-failed: {type(err).__name__}: {err}")
             log.warning("handler failed, will retry", attempt=delivery.attempt, error=str(err))
             return Retry(retry_delay * delivery.attempt)
+    seen.add(env.id)
     return Ack()
 
 

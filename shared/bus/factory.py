@@ -14,8 +14,12 @@ def bus_from_url(url: str, namespace: str = "vplane", *, client_name: str = "vpl
         from shared.bus.nats import NatsBus
 
         return NatsBus(url, namespace, client_name=client_name)
+    if scheme in {"amqp", "amqps"}:
+        from shared.bus.rabbit import RabbitBus
+
+        return RabbitBus(url, namespace, client_name=client_name)
     if scheme == "memory":
         from shared.bus.memory import MemoryBus
 
         return MemoryBus(namespace)
-    raise BusError(f"unsupported bus URL {url!r}: use nats://host:port or memory://")
+    raise BusError(f"unsupported bus URL {url!r}: use nats://, amqp:// or memory://")

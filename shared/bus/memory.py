@@ -10,6 +10,7 @@ from typing import Any
 
 from schemas import Envelope, Message
 from shared.bus import subjects
+from shared.bus.dedupe import RecentIds, unique
 from shared.bus.dispatch import Ack, Bury, Retry, answer, dispatch, read_reply
 from shared.bus.errors import ConcurrencyError, RequestFailed
 from shared.bus.protocol import (
@@ -126,9 +127,18 @@ class MemoryBus:
     ) -> AsyncIterator[Logged]:
         end = await self.last_seq()
         wanted = self._full(Stream.EVENTS, filters)
-        for entry in list(self._logs[Stream.EVENTS].entries):
-            if from_seq <= entry.seq <= end and _selected(entry.subject, wanted):
-                yield _logged(entry)
+        entries = [
+            _logged(entry)
+            for entry in list(self._logs[Stream.EVENTS].entries)
+            if from_seq <= entry.seq <= end and _selected(entry.subject, wanted)
+        ]
+
+        async def each() -> AsyncIterator[Logged]:
+            for entry in entries:
+                yield entry
+
+        async for logged in unique(each()):
+            yield logged
 
     async def send(self, env: Envelope[Any]) -> None:
         await self._logs[Stream.COMMANDS].add(
@@ -155,6 +165,7 @@ class MemoryBus:
         work_queue = spec.stream is Stream.COMMANDS
         self._cursors.setdefault(spec.name, spec.start_seq)
         attempts: dict[int, int] = {}
+        seen = RecentIds()
         while not me.stopping:
             entry = log.first_from(self._cursors[spec.name], filters)
             if entry is None:
@@ -168,6 +179,7 @@ class MemoryBus:
                 handler,
                 max_deliver=spec.max_deliver,
                 retry_delay=spec.retry_delay,
+                seen=seen,
             )
             if isinstance(outcome, Retry):
                 await asyncio.sleep(outcome.delay)

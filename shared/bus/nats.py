@@ -18,6 +18,7 @@ from nats.js import JetStreamContext, api
 
 from schemas import Envelope, Message
 from shared.bus import subjects
+from shared.bus.dedupe import RecentIds, unique
 from shared.bus.dispatch import Ack, Bury, Retry, answer, dispatch, read_reply
 from shared.bus.errors import BusError, BusUnavailable, ConcurrencyError, RequestFailed
 from shared.bus.nats_streams import stream_configs
@@ -183,8 +184,8 @@ class NatsBus:
         sub = await self._reader(
             self._names[Stream.EVENTS], self._wanted(Stream.EVENTS, filters), from_seq
         )
-        async for msg in _messages(sub, until=end):
-            yield _logged(msg)
+        async for entry in unique(_logged(msg) async for msg in _messages(sub, until=end)):
+            yield entry
 
     async def _reader(
         self, stream_name: str, wanted: tuple[str, ...], from_seq: int | None
@@ -336,6 +337,7 @@ class _Puller:
         self._sub = sub
         self._stopping = False
         self._fetching = False
+        self._seen = RecentIds()
         self._task = asyncio.create_task(self._run(), name=f"consume-{spec.name}")
 
     async def _run(self) -> None:
@@ -380,6 +382,7 @@ class _Puller:
                 self._handler,
                 max_deliver=self._spec.max_deliver,
                 retry_delay=self._spec.retry_delay,
+                seen=self._seen,
             )
         if isinstance(outcome, Retry):
             await msg.nak(delay=outcome.delay)

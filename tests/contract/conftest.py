@@ -9,19 +9,30 @@ import pytest
 from shared.bus import Bus
 from shared.bus.memory import MemoryBus
 from shared.bus.nats import NatsBus
+from shared.bus.rabbit import RabbitBus, delete_namespace
 from shared.testing import unique_namespace
 
 
-@pytest.fixture(params=["memory", pytest.param("nats", marks=pytest.mark.broker)])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("nats", marks=pytest.mark.broker),
+        pytest.param("rabbitmq", marks=pytest.mark.broker),
+    ]
+)
 async def bus(request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
     namespace = unique_namespace()
     adapter: Bus
     if request.param == "memory":
         adapter = MemoryBus(namespace)
-    else:
+    elif request.param == "nats":
         adapter = NatsBus(request.getfixturevalue("nats_url"), namespace)
+    else:
+        adapter = RabbitBus(request.getfixturevalue("amqp_url"), namespace)
     await adapter.start()
     try:
         yield adapter
     finally:
+        if isinstance(adapter, RabbitBus):
+            await delete_namespace(adapter)
         await adapter.close()

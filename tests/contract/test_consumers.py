@@ -137,17 +137,19 @@ async def test_poison_message_is_dead_lettered_at_once(bus: Bus) -> None:
 
 
 async def test_command_waits_for_a_handler_that_is_not_running(bus: Bus) -> None:
-    """A command sent while nobody consumes it is delivered when its handler starts,
-    and once acknowledged it is not delivered again."""
+    """A command sent while its handler is down is delivered when the handler starts
+    again, and once acknowledged it is not delivered again."""
+    cmds = spec("cmds", stream=Stream.COMMANDS, filters=("hosts.>",))
+    await (await bus.consume(cmds, Recorder())).stop()
     cmd = create_vm("later")
     await bus.send(cmd)
     rec = Recorder()
-    sub = await bus.consume(spec("cmds", stream=Stream.COMMANDS, filters=("hosts.>",)), rec)
+    sub = await bus.consume(cmds, rec)
     await eventually(lambda: len(rec.seen) == 1, what="the queued command")
     assert rec.seen[0] == cmd
     await sub.stop()
     rec2 = Recorder()
-    await bus.consume(spec("cmds", stream=Stream.COMMANDS, filters=("hosts.>",)), rec2)
+    await bus.consume(cmds, rec2)
     await bus.send(create_vm("next"))
     await eventually(lambda: len(rec2.seen) == 1, what="the next command")
     assert rec2.seen[0].data.vm == "next"  # type: ignore[attr-defined]

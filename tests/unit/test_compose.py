@@ -9,12 +9,14 @@ import shutil
 import subprocess
 import tomllib
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "compose" / "Dockerfile"
 COMPOSE_FILE = ROOT / "compose" / "docker-compose.yml"
+RABBITMQ_OVERRIDE = ROOT / "compose" / "docker-compose.rabbitmq.yml"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
 # The import roots every service module needs at run time.
@@ -71,12 +73,17 @@ def _copied_sources() -> set[str]:
     return sources
 
 
-def _compose_services() -> dict[str, list[str]]:
-    """Each compose service's lines, read as text (PyYAML is not a dependency)."""
+def _compose_services(path: Path = COMPOSE_FILE) -> dict[str, list[str]]:
+    """Each service's lines in a compose file, read as text (PyYAML is not a dependency)."""
+    return _services_in(path.read_text())
+
+
+def _services_in(text: str) -> dict[str, list[str]]:
+    """Each service's lines in compose YAML text: a file, or ``docker-compose config`` output."""
     services: dict[str, list[str]] = {}
     current: list[str] | None = None
     in_services = False
-    for line in COMPOSE_FILE.read_text().splitlines():
+    for line in text.splitlines():
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         if not line.startswith(" "):
@@ -91,6 +98,54 @@ def _compose_services() -> dict[str, list[str]]:
         elif current is not None:
             current.append(line)
     return services
+
+
+def _is_vplane_service(lines: list[str]) -> bool:
+    """Whether a service is built from compose/Dockerfile rather than a third-party image."""
+    return re.search(r"^ {4}(<<: \*service|build:)", "\n".join(lines), re.MULTILINE) is not None
+
+
+def _bus_url(lines: list[str]) -> str | None:
+    """The VPLANE_BUS_URL a service's lines set, in mapping or list form, if they set one."""
+    found = re.search(r"\bVPLANE_BUS_URL\s*[:=]\s*[\"']?([^\"'\s]+)", "\n".join(lines))
+    return found.group(1) if found else None
+
+
+def _port_entries(lines: list[str]) -> list[str]:
+    """Each ``ports:`` entry in a service's lines.
+
+    A short-syntax entry as written (``127.0.0.1:5672:5672``); a long-syntax one (what
+    ``docker compose config`` prints: ``target:``, ``host_ip:``, ...) as its keys joined on
+    one line; flow lists (``ports: ["..."]``) too.
+    """
+    entries: list[str] = []
+    ports_indent: int | None = None
+    for raw in lines:
+        line = re.sub(r"\s+#.*$", "", raw)
+        indent = len(line) - len(line.lstrip())
+        item = line.strip()
+        key = re.fullmatch(r"ports:\s*(.*)", item)
+        if key:
+            flow = key.group(1).strip("[] ")
+            entries += [p.strip(" \"'") for p in flow.split(",") if p.strip(" \"'")]
+            ports_indent = None if flow else indent
+        elif ports_indent is None:
+            continue
+        elif item.startswith("- "):
+            entries.append(item[2:].strip(" \"'"))
+        elif indent <= ports_indent:
+            ports_indent = None
+        elif entries:
+            entries[-1] += " " + item
+    return entries
+
+
+def _is_loopback(entry: str) -> bool:
+    """Whether a ``ports:`` entry publishes on 127.0.0.1 only (a bare ``"8080"`` does not)."""
+    if ": " not in entry:  # short syntax, [HOST_IP:]HOST_PORT:CONTAINER_PORT
+        return entry.startswith("127.0.0.1:")
+    host_ip = re.search(r"\bhost_ip:\s*[\"']?([^\s\"',}]+)", entry)
+    return host_ip is not None and host_ip.group(1) == "127.0.0.1"
 
 
 def test_dockerfile_copies_every_package_the_services_import() -> None:
@@ -137,7 +192,7 @@ def test_every_service_module_has_a_compose_service() -> None:
     run_modules: dict[str, str] = {}
     for name, lines in services.items():
         body = "\n".join(lines)
-        if not re.search(r"^ {4}(<<: \*service|build:)", body, re.MULTILINE):
+        if not _is_vplane_service(lines):
             continue  # a third-party image, not one of ours
         command = re.search(r"^ {4}command:\s*(\S.*)$", body, re.MULTILINE)
         module = _module_of(_exec_form(command.group(1))) if command else default_module
@@ -153,8 +208,53 @@ def test_every_service_module_has_a_compose_service() -> None:
     assert all(p.startswith("127.0.0.1:") for p in ports), ports
 
 
+def test_rabbitmq_override_moves_every_service_to_rabbitmq() -> None:
+    """docker-compose.rabbitmq.yml points every vplane service of the base file at RabbitMQ.
+
+    Each service built from the image gets an amqp:// VPLANE_BUS_URL to the rabbitmq service
+    with the user and password the base file gives it, and waits for rabbitmq to be healthy.
+    The override adds no service of its own and publishes no port beyond 127.0.0.1.
+    """
+    base = _compose_services()
+    override = _compose_services(RABBITMQ_OVERRIDE)
+    assert override.keys() <= base.keys(), (
+        f"not in the base file: {sorted(override.keys() - base.keys())}"
+    )
+
+    broker = "\n".join(base["rabbitmq"])
+    credentials = [
+        re.search(rf"^\s+{key}:\s*[\"']?([^\"'\s]+)", broker, re.MULTILINE)
+        for key in ("RABBITMQ_DEFAULT_USER", "RABBITMQ_DEFAULT_PASS")
+    ]
+    user, password = (match.group(1) if match else "guest" for match in credentials)
+
+    vplane = sorted(name for name, lines in base.items() if _is_vplane_service(lines))
+    assert vplane, "the base file runs no vplane service"
+    for name in vplane:
+        assert name in override, f"{name} is not moved to RabbitMQ by the override"
+        url = _bus_url(override[name])
+        assert url, f"the override sets no VPLANE_BUS_URL for {name}"
+        parts = urlsplit(url)
+        assert parts.scheme == "amqp", f"{name}: {url}"
+        assert (parts.hostname, parts.port) == ("rabbitmq", 5672), f"{name}: {url}"
+        assert (parts.username, parts.password) == (user, password), f"{name}: {url}"
+        body = "\n".join(override[name])
+        assert re.search(
+            r"^ {4}depends_on:\s*\n {6}rabbitmq:\s*\n {8}condition:\s*service_healthy\s*$",
+            body,
+            re.MULTILINE,
+        ), f"{name} does not wait for rabbitmq to be healthy"
+
+    published = [entry for lines in override.values() for entry in _port_entries(lines)]
+    assert all(_is_loopback(entry) for entry in published), published
+
+
 def test_compose_file_is_valid() -> None:
-    """``docker-compose config`` accepts the file and lists the services the tests above read."""
+    """``docker-compose config`` accepts the file and lists the services the tests above read.
+
+    It also accepts the file merged with the RabbitMQ override, and the merged config gives
+    every vplane service an amqp:// VPLANE_BUS_URL and publishes ports on 127.0.0.1 only.
+    """
     tool = shutil.which("docker-compose")
     if tool is None:
         pytest.skip("docker-compose is not installed (apt-get install docker-compose)")
@@ -169,3 +269,21 @@ def test_compose_file_is_valid() -> None:
     names = set(listed.stdout.split())
     assert names == set(_compose_services()), "the text reader above misreads the file"
     assert names >= BROKERS, names
+
+    merged = [*base, "-f", str(RABBITMQ_OVERRIDE)]
+    checked = subprocess.run(
+        [*merged, "config", "--quiet"], capture_output=True, text=True, check=False, cwd=ROOT
+    )
+    assert checked.returncode == 0, checked.stderr
+    config = subprocess.run(
+        [*merged, "config"], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    services = _services_in(config.stdout)
+    assert set(services) == names, "the override adds or drops a service"
+    vplane = {name: lines for name, lines in services.items() if _is_vplane_service(lines)}
+    assert vplane, config.stdout
+    for name, lines in vplane.items():
+        assert (_bus_url(lines) or "").startswith("amqp://"), f"{name} is not on RabbitMQ"
+    published = [entry for lines in services.values() for entry in _port_entries(lines)]
+    assert published, config.stdout
+    assert all(_is_loopback(entry) for entry in published), published

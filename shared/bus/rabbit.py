@@ -1,0 +1,455 @@
+"""The RabbitMQ adapter: events in a stream behind a topic exchange, commands and
+durable consumers on quorum queues, dead letters through a dead-letter exchange.
+
+RabbitMQ has no server-side deduplication and no conditional append. Here an
+append is checked against the log index (ids and aggregate versions read back
+from the stream), which is exact for a single writer per aggregate; duplicates
+that still reach the log are skipped by every reader and consumer by message id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import aio_pika
+import aiormq.exceptions
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractRobustConnection,
+)
+
+from schemas import Envelope, Message
+from shared.bus import subjects
+from shared.bus.dedupe import unique
+from shared.bus.dispatch import answer, read_reply
+from shared.bus.errors import BusError, BusUnavailable, ConcurrencyError, RequestFailed
+from shared.bus.protocol import (
+    AppendResult,
+    ConsumerSpec,
+    DeadLetter,
+    Handler,
+    Logged,
+    QueryHandler,
+    Stream,
+    Subscription,
+    WatchHandler,
+)
+from shared.bus.rabbit_consumer import QueueConsumer
+from shared.bus.rabbit_log import MARKER_HEADER, LogIndex, StreamFollower
+from shared.bus.rabbit_topology import H_CONSUMER, H_COUNT, H_REASON, H_SUBJECT, Topology
+from shared.codec import MessageError, decode
+
+log = structlog.get_logger("vplane.bus.rabbit")
+
+_CONNECTION_ERRORS = (
+    aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+class Unroutable(BusError):
+    """A message no queue would receive: nothing has ever subscribed to its subject."""
+
+
+class RabbitBus:
+    def __init__(
+        self,
+        url: str,
+        namespace: str = "vplane",
+        *,
+        client_name: str = "vplane",
+        connect_timeout: float = 5.0,
+        publish_timeout: float = 10.0,
+    ) -> None:
+        self.url = url
+        self.namespace = namespace
+        self.topology = Topology(namespace)
+        self._client_name = client_name
+        self._connect_timeout = connect_timeout
+        self._timeout = publish_timeout
+        self._conn: AbstractRobustConnection | None = None
+        self._confirmed: AbstractChannel | None = None
+        self._fast: AbstractChannel | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}
+        self._index: LogIndex | None = None
+        self._index_lock = asyncio.Lock()
+        self._subs: list[Subscription] = []
+        self._replies: dict[str, asyncio.Future[bytes]] = {}
+        self._reply_channel: AbstractChannel | None = None
+
+    @property
+    def conn(self) -> AbstractRobustConnection:
+        if self._conn is None:
+            raise BusError("the bus is not started")
+        return self._conn
+
+    async def start(self) -> None:
+        try:
+            self._conn = await asyncio.wait_for(
+                aio_pika.connect_robust(
+                    self.url, client_properties={"connection_name": self._client_name}
+                ),
+                self._connect_timeout,
+            )
+        except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as err:
+            raise BusUnavailable(
+                f"cannot reach RabbitMQ at {_redacted(self.url)} within {self._connect_timeout:g}s"
+                f" ({err or type(err).__name__})"
+            ) from err
+        self._confirmed = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
+        # Telemetry is a time series: a lost sample is replaced by the next one.
+        self._fast = await self._conn.channel(publisher_confirms=False)
+        self._exchanges = await self.topology.declare(self._confirmed)
+
+    async def close(self) -> None:
+        for sub in reversed(self._subs):
+            await sub.stop()
+        self._subs.clear()
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+        self._conn = self._confirmed = self._fast = self._index = None
+
+    async def _publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        msg_id: str | None = None,
+        headers: dict[str, Any] | None = None,
+        confirm: bool = True,
+    ) -> None:
+        message = aio_pika.Message(
+            body,
+            message_id=msg_id,
+            headers=headers or {},
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            content_type="application/json",
+        )
+        target = self._exchanges[exchange]
+        if not confirm:
+            assert self._fast is not None
+            target = await self._fast.get_exchange(target.name, ensure=False)
+        try:
+            await asyncio.wait_for(
+                target.publish(message, routing_key, mandatory=confirm), self._timeout
+            )
+        except aiormq.exceptions.PublishError as err:
+            raise Unroutable(f"no queue receives {routing_key}: nothing subscribes to it") from err
+        except _CONNECTION_ERRORS as err:
+            raise BusUnavailable(f"publish to {routing_key} failed: {err!r}") from err
+
+    async def _log_index(self) -> LogIndex:
+        """The event log's index, built on first use by reading the log to its end."""
+        async with self._index_lock:
+            if self._index is None:
+                index = LogIndex(self._publish_marker)
+                follower = StreamFollower(
+                    await self.conn.channel(), self.topology.log, index.on_message
+                )
+                await follower.start(0)
+                self._subs.append(follower)
+                await index.sync(timeout=max(self._timeout, 60))
+                self._index = index
+            return self._index
+
+    async def _publish_marker(self, key: str) -> None:
+        await self._publish(
+            "events", self.topology.marker_key(key), b"", headers={MARKER_HEADER: key}
+        )
+
+    async def append(
+        self, env: Envelope[Any], *, expected_version: int | None = None
+    ) -> AppendResult:
+        index = await self._log_index()
+        msg_id = str(env.id)
+        if msg_id in index.ids:
+            return AppendResult(index.ids[msg_id], duplicate=True)
+        subject = subjects.event_subject(self.namespace, env)
+        if expected_version is not None:
+            # A check for the single writer of this aggregate; see the module docstring.
+            current = index.versions.get(subject, 0)
+            if current != expected_version:
+                raise ConcurrencyError(env.subject, expected_version, current)
+        seq = index.expect(msg_id)
+        await self._publish("events", subject, env.encode(), msg_id=msg_id)
+        return AppendResult(await asyncio.wait_for(seq, self._timeout), duplicate=False)
+
+    async def append_many(self, envs: list[Envelope[Any]]) -> list[AppendResult]:
+        index = await self._log_index()
+        futures: dict[str, asyncio.Future[int]] = {}
+        sends = []
+        for env in envs:
+            msg_id = str(env.id)
+            if msg_id in index.ids or msg_id in futures:
+                continue
+            futures[msg_id] = index.expect(msg_id)
+            subject = subjects.event_subject(self.namespace, env)
+            sends.append(self._publish("events", subject, env.encode(), msg_id=msg_id))
+        await asyncio.gather(*sends)
+        results = []
+        firsts: set[str] = set()
+        for env in envs:
+            msg_id = str(env.id)
+            if msg_id in futures and msg_id not in firsts:
+                firsts.add(msg_id)
+                seq = await asyncio.wait_for(futures[msg_id], self._timeout)
+                results.append(AppendResult(seq, duplicate=False))
+            else:
+                results.append(AppendResult(index.ids[msg_id], duplicate=True))
+        return results
+
+    async def version(self, aggregate: str) -> int:
+        index = await self._log_index()
+        await index.sync(self._timeout)
+        return index.versions.get(subjects.aggregate_subject(self.namespace, aggregate), 0)
+
+    async def last_seq(self) -> int:
+        index = await self._log_index()
+        await index.sync(self._timeout)
+        return index.last_event_seq
+
+    async def replay(
+        self, *, from_seq: int = 1, filters: tuple[str, ...] = ()
+    ) -> AsyncIterator[Logged]:
+        end = await (await self._log_index()).sync(self._timeout)
+        if from_seq >= end:
+            return
+        wanted = self.topology.patterns(Stream.EVENTS, filters)
+        entries = self._read(self.topology.log, max(from_seq, 1) - 1, until=end, patterns=wanted)
+        async for entry in unique(entries):
+            yield entry
+
+    async def _read(
+        self, queue: str, offset: int | str, *, until: int | None, patterns: tuple[str, ...]
+    ) -> AsyncIterator[Logged]:
+        """Entries of a stream from an offset, up to (not including) sequence ``until``."""
+        inbox: asyncio.Queue[Logged | None] = asyncio.Queue()
+
+        async def on_message(off: int, msg: AbstractIncomingMessage) -> None:
+            seq = off + 1
+            if until is not None and seq >= until:
+                await inbox.put(None)
+            elif MARKER_HEADER not in (msg.headers or {}) and _selected(msg.routing_key, patterns):
+                await inbox.put(_logged(seq, msg))
+
+        follower = StreamFollower(await self.conn.channel(), queue, on_message)
+        await follower.start(offset)
+        try:
+            while (entry := await asyncio.wait_for(inbox.get(), 5 * self._timeout)) is not None:
+                yield entry
+        finally:
+            await follower.stop()
+
+    async def send(self, env: Envelope[Any]) -> None:
+        subject = subjects.command_subject(self.namespace, env)
+        await self._publish("commands", subject, env.encode(), msg_id=str(env.id))
+
+    async def emit(self, env: Envelope[Any]) -> None:
+        subject = subjects.telemetry_subject(self.namespace, env)
+        await self._publish("telemetry", subject, env.encode(), msg_id=str(env.id), confirm=False)
+
+    async def publish_raw(self, stream: Stream, subject: str, data: bytes) -> None:
+        exchange = {
+            Stream.EVENTS: "events",
+            Stream.COMMANDS: "commands",
+            Stream.TELEMETRY: "telemetry",
+        }[stream]
+        await self._publish(
+            exchange, subjects.stream_subject(self.namespace, stream, subject), data
+        )
+
+    async def consume(self, spec: ConsumerSpec, handler: Handler) -> Subscription:
+        consumer = QueueConsumer(self, spec, handler)
+        await consumer.start()
+        self._subs.append(consumer)
+        return consumer
+
+    async def bury(self, consumer: str, subject: str, body: bytes, reason: str, count: int) -> None:
+        headers = {
+            H_REASON: reason[:1000],
+            H_COUNT: count,
+            H_SUBJECT: subject,
+            H_CONSUMER: consumer,
+        }
+        await self._publish("dlx", consumer, body, headers=headers)
+
+    async def watch(
+        self,
+        stream: Stream,
+        filters: tuple[str, ...],
+        handler: WatchHandler,
+        *,
+        from_seq: int | None = None,
+    ) -> Subscription:
+        queue = {Stream.EVENTS: self.topology.log, Stream.TELEMETRY: self.topology.tel}.get(stream)
+        if queue is None:
+            raise BusError(f"RabbitMQ keeps no log of {stream.name.lower()} to watch")
+        wanted = self.topology.patterns(stream, filters)
+
+        async def on_message(offset: int, msg: AbstractIncomingMessage) -> None:
+            if MARKER_HEADER in (msg.headers or {}) or not _selected(msg.routing_key, wanted):
+                return
+            try:
+                await handler(_logged(offset + 1, msg))
+            except Exception:
+                log.exception("watch handler failed", subject=msg.routing_key)
+
+        follower = StreamFollower(await self.conn.channel(), queue, on_message)
+        await follower.start("next" if from_seq is None else max(from_seq, 1) - 1)
+        self._subs.append(follower)
+        return follower
+
+    async def request(self, env: Envelope[Any], *, timeout: float = 5.0) -> Envelope[Message]:
+        channel = await self._reply_to()
+        correlation = uuid.uuid4().hex
+        future = self._replies[correlation] = asyncio.get_running_loop().create_future()
+        message = aio_pika.Message(
+            env.encode(), correlation_id=correlation, reply_to="amq.rabbitmq.reply-to"
+        )
+        try:
+            await asyncio.wait_for(
+                channel.default_exchange.publish(
+                    message, self.topology.query_queue(env.subject), mandatory=True
+                ),
+                self._timeout,
+            )
+            return read_reply(await asyncio.wait_for(future, timeout))
+        except aiormq.exceptions.PublishError:
+            raise RequestFailed(f"nobody answers queries to {env.subject}") from None
+        except TimeoutError:
+            raise RequestFailed(f"no answer to {env.type} within {timeout}s") from None
+        finally:
+            self._replies.pop(correlation, None)
+
+    async def _reply_to(self) -> AbstractChannel:
+        if self._reply_channel is None:
+            channel = await self.conn.channel(publisher_confirms=True, on_return_raises=True)
+            queue = await channel.get_queue("amq.rabbitmq.reply-to", ensure=False)
+
+            async def on_reply(msg: AbstractIncomingMessage) -> None:
+                future = self._replies.get(msg.correlation_id or "")
+                if future is not None and not future.done():
+                    future.set_result(msg.body)
+
+            await queue.consume(on_reply, no_ack=True)
+            self._reply_channel = channel
+        return self._reply_channel
+
+    async def serve(self, target: str, handler: QueryHandler) -> Subscription:
+        channel = await self.conn.channel()
+        queue = await channel.declare_queue(self.topology.query_queue(target), auto_delete=True)
+
+        async def on_request(msg: AbstractIncomingMessage) -> None:
+            async with msg.process(ignore_processed=True):
+                body = await answer(handler, msg.body, producer=target)
+                if msg.reply_to:
+                    await channel.default_exchange.publish(
+                        aio_pika.Message(body, correlation_id=msg.correlation_id), msg.reply_to
+                    )
+
+        await queue.consume(on_request)
+        server = _Channel(channel)
+        self._subs.append(server)
+        return server
+
+    async def dead_letters(self, consumer: str) -> list[DeadLetter]:
+        key = uuid.uuid4().hex
+        await self._publish("dlx", self.topology.marker_key(key), b"", headers={MARKER_HEADER: key})
+        out = []
+        async for entry in self._read_until_marker(self.topology.dlq, key):
+            h = entry.headers or {}
+            if entry.routing_key != consumer:
+                continue
+            reason = str(h.get(H_REASON) or _death_reason(h))
+            count = _int(h.get(H_COUNT) or h.get("x-delivery-count"))
+            out.append(DeadLetter(consumer, str(h.get(H_SUBJECT, "")), reason, count, entry.body))
+        return out
+
+    async def _read_until_marker(
+        self, queue: str, key: str
+    ) -> AsyncIterator[AbstractIncomingMessage]:
+        inbox: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
+
+        async def on_message(_offset: int, msg: AbstractIncomingMessage) -> None:
+            marker = (msg.headers or {}).get(MARKER_HEADER)
+            if marker == key:
+                await inbox.put(None)
+            elif not marker:
+                await inbox.put(msg)
+
+        follower = StreamFollower(await self.conn.channel(), queue, on_message)
+        await follower.start(0)
+        try:
+            while (msg := await asyncio.wait_for(inbox.get(), 5 * self._timeout)) is not None:
+                yield msg
+        finally:
+            await follower.stop()
+
+
+async def delete_namespace(bus: RabbitBus, consumers: Iterable[str] = ()) -> None:
+    """Remove a namespace's queues and exchanges: for tests and tools, never services."""
+    channel = await bus.conn.channel()
+    try:
+        for name in sorted(bus.topology.queues_of(consumers)):
+            with contextlib.suppress(aiormq.exceptions.AMQPError):
+                await channel.queue_delete(name)
+        for name in bus.topology.exchange_names.values():
+            with contextlib.suppress(aiormq.exceptions.AMQPError):
+                await channel.exchange_delete(name)
+    finally:
+        with contextlib.suppress(Exception):
+            await channel.close()
+
+
+class _Channel:
+    """A subscription that ends by closing its channel."""
+
+    def __init__(self, channel: AbstractChannel) -> None:
+        self._channel = channel
+
+    async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._channel.close()
+
+
+def _selected(routing_key: str | None, patterns: tuple[str, ...]) -> bool:
+    return any(subjects.matches(p, routing_key or "") for p in patterns)
+
+
+def _logged(seq: int, msg: AbstractIncomingMessage) -> Logged:
+    subject = msg.routing_key or ""
+    try:
+        return Logged(seq, subject, msg.body, decode(msg.body))
+    except MessageError as err:
+        return Logged(seq, subject, msg.body, None, err.describe())
+
+
+def _int(value: object) -> int:
+    return int(value) if isinstance(value, int | str) else 0
+
+
+def _death_reason(headers: dict[str, Any]) -> str:
+    deaths = headers.get("x-death") or []
+    if deaths and isinstance(deaths[0], dict):
+        return f"rabbitmq: {deaths[0].get('reason', 'dead-lettered')}"
+    return "dead-lettered"
+
+
+def _redacted(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url

@@ -1,0 +1,146 @@
+"""A durable consumer on a RabbitMQ quorum queue, with the same outcomes as on NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING
+
+import aiormq.exceptions
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+
+from shared.bus.dedupe import RecentIds
+from shared.bus.dispatch import Ack, Bury, Outcome, Retry, dispatch
+from shared.bus.errors import BusError
+from shared.bus.protocol import ConsumerSpec, Delivery, Handler, Stream
+
+if TYPE_CHECKING:
+    from shared.bus.rabbit import RabbitBus
+
+log = structlog.get_logger("vplane.bus.rabbit")
+
+
+class QueueConsumer:
+    def __init__(self, bus: RabbitBus, spec: ConsumerSpec, handler: Handler) -> None:
+        self._bus = bus
+        self._spec = spec
+        self._handler = handler
+        self._seen = RecentIds()
+        self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._channel: AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._tag: str | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def start(self) -> None:
+        bus, spec, topo = self._bus, self._spec, self._bus.topology
+        self._channel = channel = await bus.conn.channel()
+        await channel.set_qos(prefetch_count=spec.batch)
+        name = topo.consumer_queue(spec.name)
+        topo.declared.add(name)
+        fresh = not await self._exists(f"{name}.ready")
+        self._queue = await channel.declare_queue(
+            name, durable=True, arguments=topo.consumer_arguments(spec)
+        )
+        exchange = topo.exchange_names["events" if spec.stream is Stream.EVENTS else "commands"]
+        for pattern in topo.patterns(spec.stream, spec.filters):
+            await self._queue.bind(exchange, topo.binding(pattern))
+        if fresh and spec.stream is Stream.EVENTS:
+            await self._backfill()
+        # Created only once the backfill is done: its absence means "backfill again".
+        await channel.declare_queue(f"{name}.ready", durable=True)
+        self._task = asyncio.create_task(self._run(), name=f"consume-{spec.name}")
+        self._tag = await self._queue.consume(self._inbox.put)
+
+    async def _exists(self, queue: str) -> bool:
+        probe = await self._bus.conn.channel()
+        try:
+            await probe.declare_queue(queue, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return False
+        finally:
+            with contextlib.suppress(Exception):
+                await probe.close()
+        return True
+
+    async def _backfill(self) -> None:
+        """A new consumer of events first gets the log from its start sequence; what
+        reached its queue meanwhile is recognised by id and skipped."""
+        spec = self._spec
+        async for entry in self._bus.replay(from_seq=spec.start_seq, filters=spec.filters):
+            for attempt in range(1, spec.max_deliver + 1):
+                delivery = Delivery(entry.seq, attempt, entry.subject)
+                outcome = await self._dispatch(entry.raw, delivery)
+                if isinstance(outcome, Retry):
+                    await asyncio.sleep(outcome.delay)
+                    continue
+                if isinstance(outcome, Bury):
+                    await self._bus.bury(
+                        spec.name, entry.subject, entry.raw, outcome.reason, attempt
+                    )
+                break
+
+    async def _dispatch(self, raw: bytes, delivery: Delivery) -> Outcome:
+        return await dispatch(
+            raw,
+            delivery,
+            self._handler,
+            max_deliver=self._spec.max_deliver,
+            retry_delay=self._spec.retry_delay,
+            seen=self._seen,
+        )
+
+    async def _run(self) -> None:
+        while True:
+            msg = await self._inbox.get()
+            self._idle.clear()
+            try:
+                await self._one(msg)
+            except (BusError, aiormq.exceptions.AMQPError, ConnectionError) as err:
+                # Not acknowledged: the broker delivers it again.
+                log.warning("could not settle message", consumer=self._spec.name, error=repr(err))
+            finally:
+                self._idle.set()
+
+    async def _one(self, msg: AbstractIncomingMessage) -> None:
+        spec = self._spec
+        count = (msg.headers or {}).get("x-delivery-count", 0)
+        attempt = (count if isinstance(count, int) else 0) + 1
+        # A queue has no log position: seq 0; consumers recognise repeats by message id.
+        delivery = Delivery(0, attempt, msg.routing_key or "")
+        if attempt > spec.max_deliver:
+            outcome: Outcome = Bury(f"delivered {attempt} times without an outcome")
+        else:
+            outcome = await self._dispatch(msg.body, delivery)
+        if isinstance(outcome, Retry):
+            await asyncio.sleep(outcome.delay)
+            await msg.nack(requeue=True)
+            return
+        if isinstance(outcome, Bury):
+            log.warning("dead-lettered", consumer=spec.name, reason=outcome.reason[:200])
+            await self._bus.bury(
+                spec.name, msg.routing_key or "", msg.body, outcome.reason, attempt
+            )
+        assert isinstance(outcome, Ack | Bury)
+        await msg.ack()
+
+    async def stop(self) -> None:
+        if self._queue is not None and self._tag is not None:
+            with contextlib.suppress(Exception):
+                await self._queue.cancel(self._tag)
+        # Let the message in hand finish and be acknowledged; the rest go back.
+        await self._idle.wait()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while not self._inbox.empty():
+            msg = self._inbox.get_nowait()
+            with contextlib.suppress(Exception):
+                await msg.nack(requeue=True)
+        if self._channel is not None:
+            with contextlib.suppress(Exception):
+                await self._channel.close()

@@ -1,0 +1,50 @@
+"""Where the integration tests find their brokers: the environment, the local broker,
+or a container (where Docker exists); and how they clean up after themselves."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import pytest
+
+LOCAL_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def _listening(url: str) -> bool:
+    parts = urlsplit(url)
+    with (
+        contextlib.suppress(OSError),
+        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), 1),
+    ):
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def rabbitmq_url() -> Iterator[str]:
+    """VPLANE_TEST_AMQP_URL, else RabbitMQ on 127.0.0.1:5672, else a testcontainer."""
+    url = os.environ.get("VPLANE_TEST_AMQP_URL") or LOCAL_AMQP
+    if _listening(url):
+        yield url
+        return
+    if shutil.which("docker") and _docker_engine():
+        from testcontainers.rabbitmq import RabbitMqContainer
+
+        with RabbitMqContainer("rabbitmq:3.13-management") as container:
+            host = container.get_container_host_ip()
+            port = container.get_exposed_port(container.port)
+            yield f"amqp://guest:guest@{host}:{port}/"
+        return
+    pytest.skip(
+        f"no RabbitMQ at {url} (start it with `rabbitmq-server -detached`, "
+        "or set VPLANE_TEST_AMQP_URL)"
+    )
+
+
+def _docker_engine() -> bool:
+    return os.path.exists("/var/run/docker.sock") or bool(os.environ.get("DOCKER_HOST"))
