@@ -75,6 +75,10 @@ class Runtime:
         await self.bus.start()
         try:
             rebuilt = await self._rebuild()
+            if self.definition.setup is not None:
+                await self.definition.setup(self)
+            await self._start_consumers()
+            # Announced once its consumers are in place: from now on it takes commands.
             await self._append_own(
                 ServiceStarted(
                     service=self.name,
@@ -84,9 +88,6 @@ class Runtime:
                     rebuilt_events=rebuilt,
                 )
             )
-            if self.definition.setup is not None:
-                await self.definition.setup(self)
-            await self._start_consumers()
             self.ready.set()
             log.info("service ready", rebuilt_events=rebuilt, log_seq=self._applied_seq)
             await stop.wait()

@@ -3,6 +3,7 @@ or a container (where Docker exists); and how they clean up after themselves."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -48,3 +49,22 @@ def rabbitmq_url() -> Iterator[str]:
 
 def _docker_engine() -> bool:
     return os.path.exists("/var/run/docker.sock") or bool(os.environ.get("DOCKER_HOST"))
+
+
+# The queues the services create, by consumer name, for cleaning up after a test.
+SERVICE_CONSUMERS = ("hosts-commands",)
+
+
+def drop_rabbitmq_namespace(url: str, namespace: str) -> None:
+    """Delete a test namespace's queues and exchanges from RabbitMQ."""
+    from shared.bus.rabbit import RabbitBus, delete_namespace
+
+    async def drop() -> None:
+        bus = RabbitBus(url, namespace)
+        await bus.start()
+        try:
+            await delete_namespace(bus, SERVICE_CONSUMERS)
+        finally:
+            await bus.close()
+
+    asyncio.run(drop())

@@ -96,7 +96,9 @@ class RabbitBus:
         try:
             self._conn = await asyncio.wait_for(
                 aio_pika.connect_robust(
-                    self.url, client_properties={"connection_name": self._client_name}
+                    self.url,
+                    client_properties={"connection_name": self._client_name},
+                    reconnect_interval=1,
                 ),
                 self._connect_timeout,
             )

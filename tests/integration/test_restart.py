@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,23 +13,47 @@ import pytest
 from schemas import Envelope, Message
 from schemas.queries import ListVms, VmList
 from schemas.vm import CreateVm, PowerOffVm
-from shared.bus import RequestFailed
+from shared.bus import Bus, RequestFailed
+from shared.bus.factory import bus_from_url
 from shared.bus.nats import NatsBus
+from shared.bus.rabbit import RabbitBus
 from shared.client import Client
 from shared.testing import poll, unique_namespace
+from tests.brokers import drop_rabbitmq_namespace
 from tests.integration.stack import start_service
 
 pytestmark = [pytest.mark.broker, pytest.mark.integration]
 
 
+@pytest.fixture(params=["nats", "rabbitmq"])
+def bus_url(request: pytest.FixtureRequest) -> str:
+    url: str = request.getfixturevalue(f"{'amqp' if request.param == 'rabbitmq' else 'nats'}_url")
+    return url
+
+
 @pytest.fixture
-async def client(nats_url: str) -> AsyncIterator[Client]:
-    bus = NatsBus(nats_url, unique_namespace())
+async def client(bus_url: str) -> AsyncIterator[Client]:
+    namespace = unique_namespace()
+    bus = bus_from_url(bus_url, namespace)
     await bus.start()
     try:
         yield Client(bus, producer="test")
     finally:
         await bus.close()
+        if bus_url.startswith("amqp"):
+            await asyncio.to_thread(drop_rabbitmq_namespace, bus_url, namespace)
+
+
+async def started(client: Client, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start the hosts service and wait for its ServiceStarted event: on RabbitMQ a
+    command queue exists only once its service has declared it."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    async def launch() -> None:
+        procs.append(start_service("hosts", env, log))
+
+    await client.wait_for(lambda e: e.type == "ServiceStarted", before=launch(), timeout=60)
+    return procs[0]
 
 
 async def vm_states(client: Client) -> dict[str, str]:
@@ -50,18 +75,18 @@ async def log_types(client: Client) -> list[tuple[str, str]]:
 
 
 async def test_killed_hosts_service_rebuilds_and_handles_what_came_meanwhile(
-    client: Client, nats_url: str, tmp_path: Path
+    client: Client, bus_url: str, tmp_path: Path
 ) -> None:
     """SIGKILL the hosts service; commands sent while it is down are handled exactly once
     when it restarts, and the state it had before is rebuilt from the log."""
     env = {
-        "VPLANE_BUS_URL": nats_url,
+        "VPLANE_BUS_URL": bus_url,
         "VPLANE_NAMESPACE": client.bus.namespace,
         "VPLANE_HOSTS": "2",
         "VPLANE_TICK_SECONDS": "0.2",
     }
     log = tmp_path / "hosts.log"
-    first = start_service("hosts", env, log)
+    first = await started(client, env, log)
     try:
         answers = await client.send_and_wait(CreateVm(vm="before", cpu=1, mem_mib=512), timeout=30)
         assert answers[0].type == "VmCreated"
@@ -76,7 +101,7 @@ async def test_killed_hosts_service_rebuilds_and_handles_what_came_meanwhile(
     await asyncio.sleep(0.5)
     assert not [t for t in await log_types(client) if t[1] == "vm/during"]
 
-    second = start_service("hosts", env, log)
+    second = await started(client, env, log)
     try:
         states = await poll(
             lambda: vm_states(client),
@@ -109,17 +134,17 @@ async def test_killed_hosts_service_rebuilds_and_handles_what_came_meanwhile(
 
 
 async def test_service_exits_cleanly_on_sigterm_without_losing_acks(
-    client: Client, nats_url: str, tmp_path: Path
+    client: Client, bus_url: str, tmp_path: Path
 ) -> None:
     """After a SIGTERM drain, a restarted service gets no command redelivered: every
     command it handled was acknowledged before it exited."""
     env = {
-        "VPLANE_BUS_URL": nats_url,
+        "VPLANE_BUS_URL": bus_url,
         "VPLANE_NAMESPACE": client.bus.namespace,
         "VPLANE_HOSTS": "1",
     }
     log = tmp_path / "hosts.log"
-    proc = start_service("hosts", env, log)
+    proc = await started(client, env, log)
     try:
         for i in range(20):
             await client.send(CreateVm(vm=f"vm{i}", cpu=1, mem_mib=64))
@@ -127,9 +152,19 @@ async def test_service_exits_cleanly_on_sigterm_without_losing_acks(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
-    # Nothing left in the work queue for this consumer.
-    jsm = client.bus.nc.jsm()  # type: ignore[attr-defined]
-    info = await jsm.consumer_info(f"{client.bus.namespace.upper()}_COMMANDS", "hosts-commands")
-    assert info.num_ack_pending == 0
-    assert info.num_pending == 0
-    assert info.num_redelivered == 0
+    # Nothing left in the work queue for this consumer, acknowledged or not.
+    assert await commands_left(client.bus, "hosts-commands") == 0
+
+
+async def commands_left(bus: Bus, consumer: str) -> int:
+    if isinstance(bus, NatsBus):
+        info = await bus.nc.jsm().consumer_info(f"{bus.namespace.upper()}_COMMANDS", consumer)
+        assert info.num_redelivered == 0
+        return int(info.num_pending + info.num_ack_pending)
+    assert isinstance(bus, RabbitBus)
+    channel = await bus.conn.channel()
+    try:
+        queue = await channel.declare_queue(bus.topology.consumer_queue(consumer), passive=True)
+        return int(queue.declaration_result.message_count or 0)
+    finally:
+        await channel.close()

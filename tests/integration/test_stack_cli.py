@@ -11,18 +11,26 @@ from pathlib import Path
 
 import pytest
 
+from shared.testing import unique_namespace
+from tests.brokers import drop_rabbitmq_namespace
 from tests.integration.stack import VPLANE, cli, wait_for_line
 
 pytestmark = [pytest.mark.broker, pytest.mark.integration]
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """`vplane up` on an embedded NATS server; yields the env that points the CLI at it."""
-    env = {**os.environ, "VPLANE_DATA_DIR": str(tmp_path / "data")}
-    env.pop("VPLANE_BUS_URL", None)
+@pytest.fixture(params=["nats", "rabbitmq"])
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """`vplane up` on an embedded NATS server, or on RabbitMQ with `--bus amqp://...`;
+    yields the environment that points the CLI at it."""
+    cli_env = {"VPLANE_DATA_DIR": str(tmp_path / "data"), "VPLANE_BUS_URL": ""}
+    bus_args: list[str] = []
+    if request.param == "rabbitmq":
+        url = request.getfixturevalue("amqp_url")
+        cli_env = {"VPLANE_BUS_URL": url, "VPLANE_NAMESPACE": unique_namespace()}
+        bus_args = ["--bus", url]
+    env = {**os.environ, **cli_env}
     proc = subprocess.Popen(
-        [VPLANE, "up", "--hosts", "2", "--duration", "120", "--tick", "0.5"],
+        [VPLANE, "up", *bus_args, "--hosts", "2", "--duration", "120", "--tick", "0.5"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -31,7 +39,7 @@ def stack(tmp_path: Path) -> Iterator[dict[str, str]]:
     )
     try:
         wait_for_line(proc, "stack ready", timeout=60)
-        yield {"VPLANE_DATA_DIR": str(tmp_path / "data")} | {"_UP_PID": str(proc.pid)}
+        yield cli_env
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
@@ -40,6 +48,8 @@ def stack(tmp_path: Path) -> Iterator[dict[str, str]]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if request.param == "rabbitmq":
+            drop_rabbitmq_namespace(cli_env["VPLANE_BUS_URL"], cli_env["VPLANE_NAMESPACE"])
 
 
 def test_vm_create_is_answered_and_visible_everywhere(stack: dict[str, str]) -> None:
