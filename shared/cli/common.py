@@ -23,7 +23,8 @@ BusOption = Annotated[
     str | None,
     typer.Option(
         "--bus",
-        help="Bus URL (nats://HOST:PORT); default: VPLANE_BUS_URL, "
+        help="Bus URL (nats://HOST:PORT or amqp://USER:PASS@HOST:PORT/); "
+        "default: VPLANE_BUS_URL, "
         "else the stack `vplane up` runs from this directory.",
     ),
 ]

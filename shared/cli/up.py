@@ -119,7 +119,8 @@ def up(
     bus: Annotated[
         str | None,
         typer.Option(
-            "--bus", help="Use this broker (nats://...) instead of starting an embedded one."
+            "--bus",
+            help="Use this broker (nats://... or amqp://...) instead of an embedded NATS server.",
         ),
     ] = None,
     hosts: Annotated[int, typer.Option("--hosts", min=1, max=10_000, help="Emulated hosts.")] = 3,
