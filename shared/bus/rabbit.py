@@ -102,10 +102,13 @@ class RabbitBus:
                 ),
                 self._connect_timeout,
             )
-        except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as err:
+        except TimeoutError as err:
             raise BusUnavailable(
                 f"cannot reach RabbitMQ at {_redacted(self.url)} within {self._connect_timeout:g}s"
-                f" ({err or type(err).__name__})"
+            ) from err
+        except (OSError, aiormq.exceptions.AMQPError) as err:
+            raise BusUnavailable(
+                f"cannot connect to RabbitMQ at {_redacted(self.url)}: {err or type(err).__name__}"
             ) from err
         self._confirmed = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
         # Telemetry is a time series: a lost sample is replaced by the next one.

@@ -30,7 +30,7 @@ app.command("vms")(inventory.vms)
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; a usage error exits 2, any other failure 1, never with a traceback."""
-    configure(level="warning", fmt="console")
+    configure(level="warning", fmt="console", library_level="critical")
     try:
         # Outside standalone mode an exit code comes back instead of being raised.
         code = app(args=argv, prog_name="vplane", standalone_mode=False)

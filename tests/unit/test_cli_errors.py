@@ -77,3 +77,17 @@ def test_unsupported_bus_scheme(tmp_path: Path) -> None:
     done = cli("vms", "--bus", "kafka://127.0.0.1:9092")
     assert done.returncode == 1
     assert "unsupported bus URL 'kafka://127.0.0.1:9092'" in done.stderr
+
+
+@pytest.mark.broker
+def test_rabbitmq_refusing_the_login_is_one_line(amqp_url: str) -> None:
+    """Wrong RabbitMQ credentials give one line that hides the password."""
+    wrong = amqp_url.replace("guest:guest@", "guest:not-the-password@")
+    if wrong == amqp_url:
+        pytest.skip("the test broker does not use guest credentials")
+    done = cli("vms", "--bus", wrong)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "ACCESS_REFUSED" in lines[0]
+    assert "not-the-password" not in lines[0]
