@@ -12,7 +12,7 @@ from schemas import Envelope, Message, Reply
 from schemas.queries import QueryFailed
 from shared.bus.dedupe import RecentIds
 from shared.bus.errors import PoisonMessage, RequestFailed
-from shared.bus.protocol import Delivery, Handler, QueryHandler
+from shared.bus.protocol import Delivery, Handler, Logged, QueryHandler
 from shared.codec import MessageError, decode
 
 log = structlog.get_logger("vplane.bus")
@@ -91,6 +91,14 @@ async def answer(handler: QueryHandler, raw: bytes, *, producer: str) -> bytes:
         reply = QueryFailed(reason=f"{type(err).__name__}: {err}")
     subject = request.subject if request is not None else "query"
     return Envelope.wrap(reply, producer=producer, subject=subject, caused_by=request).encode()
+
+
+def entry_of(seq: int, subject: str, raw: bytes) -> Logged:
+    """A log entry as read back: decoded, or with the reason it does not decode."""
+    try:
+        return Logged(seq, subject, raw, decode(raw))
+    except MessageError as err:
+        return Logged(seq, subject, raw, None, err.describe())
 
 
 def read_reply(raw: bytes) -> Envelope[Message]:

@@ -11,7 +11,7 @@ from typing import Any
 from schemas import Envelope, Message
 from shared.bus import subjects
 from shared.bus.dedupe import RecentIds, unique
-from shared.bus.dispatch import Ack, Bury, Retry, answer, dispatch, read_reply
+from shared.bus.dispatch import Ack, Bury, Retry, answer, dispatch, entry_of, read_reply
 from shared.bus.errors import ConcurrencyError, RequestFailed
 from shared.bus.protocol import (
     AppendResult,
@@ -24,7 +24,6 @@ from shared.bus.protocol import (
     Stream,
     WatchHandler,
 )
-from shared.codec import MessageError, decode
 
 TELEMETRY_LIMIT = 10_000
 
@@ -245,7 +244,4 @@ class MemoryBus:
 
 
 def _logged(entry: _Entry) -> Logged:
-    try:
-        return Logged(entry.seq, entry.subject, entry.data, decode(entry.data))
-    except MessageError as err:
-        return Logged(entry.seq, entry.subject, entry.data, None, err.describe())
+    return entry_of(entry.seq, entry.subject, entry.data)

@@ -18,15 +18,15 @@ from nats.js import JetStreamContext, api
 
 from schemas import Envelope, Message
 from shared.bus import subjects
-from shared.bus.dedupe import RecentIds, unique
-from shared.bus.dispatch import Ack, Bury, Retry, answer, dispatch, read_reply
+from shared.bus.dedupe import unique
+from shared.bus.dispatch import answer, read_reply
 from shared.bus.errors import BusError, BusUnavailable, ConcurrencyError, RequestFailed
+from shared.bus.nats_readers import Puller, Server, Watcher, logged, messages, start_at
 from shared.bus.nats_streams import stream_configs
 from shared.bus.protocol import (
     AppendResult,
     ConsumerSpec,
     DeadLetter,
-    Delivery,
     Handler,
     Logged,
     QueryHandler,
@@ -34,7 +34,6 @@ from shared.bus.protocol import (
     Subscription,
     WatchHandler,
 )
-from shared.codec import MessageError, decode
 
 log = structlog.get_logger("vplane.bus.nats")
 
@@ -184,7 +183,7 @@ class NatsBus:
         sub = await self._reader(
             self._names[Stream.EVENTS], self._wanted(Stream.EVENTS, filters), from_seq
         )
-        async for entry in unique(_logged(msg) async for msg in _messages(sub, until=end)):
+        async for entry in unique(logged(msg) async for msg in messages(sub, until=end)):
             yield entry
 
     async def _reader(
@@ -198,7 +197,7 @@ class NatsBus:
             inactive_threshold=60,
             mem_storage=True,
             max_waiting=1,
-            **_start(from_seq),
+            **start_at(from_seq),
         )
         return await self.js.pull_subscribe(wanted[0], stream=stream_name, config=config)
 
@@ -228,7 +227,7 @@ class NatsBus:
         except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError) as err:
             raise BusUnavailable(f"publish to {subject} failed: {err}") from err
 
-    async def consume(self, spec: ConsumerSpec, handler: Handler) -> _Puller:
+    async def consume(self, spec: ConsumerSpec, handler: Handler) -> Puller:
         stream = self._names[spec.stream]
         wanted = [subjects.stream_subject(self.namespace, spec.stream, f) for f in spec.filters]
         config = api.ConsumerConfig(
@@ -240,7 +239,7 @@ class NatsBus:
             max_deliver=-1,
             max_ack_pending=max(spec.batch * 4, 1000),
             filter_subjects=wanted,
-            **_start(spec.start_seq),
+            **start_at(spec.start_seq),
         )
         try:
             await self.nc.jsm().add_consumer(stream, config)
@@ -249,7 +248,7 @@ class NatsBus:
             # resumes it as it was, even if it now asks for another start.
             log.info("resuming existing consumer", consumer=spec.name, note=str(err))
         sub = await self.js.pull_subscribe_bind(durable=spec.name, stream=stream)
-        puller = _Puller(self, spec, handler, sub)
+        puller = Puller(self, spec, handler, sub)
         self._subs.append(puller)
         return puller
 
@@ -273,9 +272,9 @@ class NatsBus:
         handler: WatchHandler,
         *,
         from_seq: int | None = None,
-    ) -> _Watcher:
+    ) -> Watcher:
         sub = await self._reader(self._names[stream], self._wanted(stream, filters), from_seq)
-        watcher = _Watcher(_messages(sub, until=None), handler)
+        watcher = Watcher(messages(sub, until=None), handler)
         self._subs.append(watcher)
         return watcher
 
@@ -290,13 +289,13 @@ class NatsBus:
             raise RequestFailed(f"no answer to {env.type} within {timeout}s") from None
         return read_reply(msg.data)
 
-    async def serve(self, target: str, handler: QueryHandler) -> _Server:
+    async def serve(self, target: str, handler: QueryHandler) -> Server:
         async def on_request(msg: Msg) -> None:
             await msg.respond(await answer(handler, msg.data, producer=target))
 
         subject = subjects.query_subject(self.namespace, target)
         sub = await self.nc.subscribe(subject, queue=f"q-{target.replace('/', '-')}", cb=on_request)
-        server = _Server(sub)
+        server = Server(sub)
         self._subs.append(server)
         return server
 
@@ -307,7 +306,7 @@ class NatsBus:
             return []
         out = []
         sub = await self._reader(self._dlq_stream, (subject,), 1)
-        async for msg in _messages(sub, until=int(info.state.last_seq)):
+        async for msg in messages(sub, until=int(info.state.last_seq)):
             h = msg.headers or {}
             out.append(
                 DeadLetter(
@@ -319,163 +318,6 @@ class NatsBus:
                 )
             )
         return out
-
-
-class _Puller:
-    """One durable pull consumer's loop."""
-
-    def __init__(
-        self,
-        bus: NatsBus,
-        spec: ConsumerSpec,
-        handler: Handler,
-        sub: JetStreamContext.PullSubscription,
-    ) -> None:
-        self._bus = bus
-        self._spec = spec
-        self._handler = handler
-        self._sub = sub
-        self._stopping = False
-        self._fetching = False
-        self._seen = RecentIds()
-        self._task = asyncio.create_task(self._run(), name=f"consume-{spec.name}")
-
-    async def _run(self) -> None:
-        spec = self._spec
-        while not self._stopping:
-            self._fetching = True
-            try:
-                msgs = await self._sub.fetch(spec.batch, timeout=1.0)
-            except TimeoutError:  # nats-py raises its own and asyncio's; both are this
-                continue
-            except (nats.errors.Error, OSError) as err:
-                # Disconnected or the broker is restarting: the client reconnects, we wait.
-                log.warning("fetch failed, retrying", consumer=spec.name, error=repr(err))
-                await asyncio.sleep(0.5)
-                continue
-            finally:
-                self._fetching = False
-            for i, msg in enumerate(msgs):
-                if self._stopping:
-                    # Hand back what this instance will not handle, for the next one.
-                    for rest in msgs[i:]:
-                        with contextlib.suppress(Exception):
-                            await rest.nak()
-                    break
-                try:
-                    await self._one(msg)
-                except (BusError, nats.errors.Error, OSError) as err:
-                    # Not acknowledged: the broker redelivers it after ack_wait.
-                    log.warning("could not settle message", consumer=spec.name, error=repr(err))
-
-    async def _one(self, msg: Msg) -> None:
-        meta = msg.metadata
-        attempt = int(meta.num_delivered)
-        delivery = Delivery(int(meta.sequence.stream), attempt, msg.subject)
-        if attempt > self._spec.max_deliver:
-            # Delivered more often than allowed: a handler crashed the process on it.
-            outcome: Ack | Retry | Bury = Bury(f"delivered {attempt} times without an outcome")
-        else:
-            outcome = await dispatch(
-                msg.data,
-                delivery,
-                self._handler,
-                max_deliver=self._spec.max_deliver,
-                retry_delay=self._spec.retry_delay,
-                seen=self._seen,
-            )
-        if isinstance(outcome, Retry):
-            await msg.nak(delay=outcome.delay)
-            return
-        if isinstance(outcome, Bury):
-            log.warning("dead-lettered", consumer=self._spec.name, reason=outcome.reason[:200])
-            await self._bus.bury(self._spec.name, msg, outcome.reason, attempt)
-        await msg.ack()
-
-    async def stop(self) -> None:
-        self._stopping = True
-        if self._fetching:
-            self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        with contextlib.suppress(Exception):
-            await self._bus.nc.flush(timeout=5)
-            await self._sub.unsubscribe()
-
-
-class _Watcher:
-    def __init__(self, reader: AsyncIterator[Msg], handler: WatchHandler) -> None:
-        self._reader = reader
-        self._handler = handler
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        async for msg in self._reader:
-            try:
-                await self._handler(_logged(msg))
-            except Exception:
-                # A watcher only observes; one bad callback must not end the follow.
-                log.exception("watch handler failed", subject=msg.subject)
-
-    async def stop(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-
-class _Server:
-    def __init__(self, sub: Any) -> None:
-        self._sub = sub
-
-    async def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._sub.drain()
-
-
-async def _messages(
-    sub: JetStreamContext.PullSubscription, *, until: int | None
-) -> AsyncIterator[Msg]:
-    """Messages of an ephemeral consumer in order; stop at ``until``, or follow forever."""
-    try:
-        if until is not None and (await sub.consumer_info()).num_pending == 0:
-            return
-        while True:
-            try:
-                msgs = await sub.fetch(1000, timeout=1.0)
-            except TimeoutError:  # nats-py raises its own and asyncio's; both are this
-                if until is not None:
-                    return
-                continue
-            except (nats.errors.Error, OSError) as err:
-                if until is not None:
-                    raise BusUnavailable(f"reading the stream failed: {err!r}") from err
-                log.warning("follow failed, retrying", error=repr(err))
-                await asyncio.sleep(0.5)
-                continue
-            for msg in msgs:
-                yield msg
-                meta = msg.metadata
-                if until is not None and (meta.sequence.stream >= until or meta.num_pending == 0):
-                    return
-    finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
-
-
-def _start(seq: int | None) -> dict[str, Any]:
-    if seq is None:
-        return {"deliver_policy": api.DeliverPolicy.NEW}
-    if seq <= 1:
-        return {"deliver_policy": api.DeliverPolicy.ALL}
-    return {"deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": seq}
-
-
-def _logged(msg: Msg) -> Logged:
-    seq = int(msg.metadata.sequence.stream)
-    try:
-        return Logged(seq, msg.subject, msg.data, decode(msg.data))
-    except MessageError as err:
-        return Logged(seq, msg.subject, msg.data, None, err.describe())
 
 
 async def _on_disconnect() -> None:

@@ -14,6 +14,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 import aio_pika
 import aiormq.exceptions
@@ -28,8 +29,8 @@ from aio_pika.abc import (
 from schemas import Envelope, Message
 from shared.bus import subjects
 from shared.bus.dedupe import unique
-from shared.bus.dispatch import answer, read_reply
-from shared.bus.errors import BusError, BusUnavailable, ConcurrencyError, RequestFailed
+from shared.bus.dispatch import entry_of
+from shared.bus.errors import BusError, BusUnavailable, ConcurrencyError
 from shared.bus.protocol import (
     AppendResult,
     ConsumerSpec,
@@ -43,8 +44,8 @@ from shared.bus.protocol import (
 )
 from shared.bus.rabbit_consumer import QueueConsumer
 from shared.bus.rabbit_log import MARKER_HEADER, LogIndex, StreamFollower
+from shared.bus.rabbit_queries import Requester, serve
 from shared.bus.rabbit_topology import H_CONSUMER, H_COUNT, H_REASON, H_SUBJECT, Topology
-from shared.codec import MessageError, decode
 
 log = structlog.get_logger("vplane.bus.rabbit")
 
@@ -83,8 +84,7 @@ class RabbitBus:
         self._index: LogIndex | None = None
         self._index_lock = asyncio.Lock()
         self._subs: list[Subscription] = []
-        self._replies: dict[str, asyncio.Future[bytes]] = {}
-        self._reply_channel: AbstractChannel | None = None
+        self._queries: Requester | None = None
 
     @property
     def conn(self) -> AbstractRobustConnection:
@@ -122,7 +122,7 @@ class RabbitBus:
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 await self._conn.close()
-        self._conn = self._confirmed = self._fast = self._index = None
+        self._conn = self._confirmed = self._fast = self._index = self._queries = None
 
     async def _publish(
         self,
@@ -316,55 +316,14 @@ class RabbitBus:
         return follower
 
     async def request(self, env: Envelope[Any], *, timeout: float = 5.0) -> Envelope[Message]:
-        channel = await self._reply_to()
-        correlation = uuid.uuid4().hex
-        future = self._replies[correlation] = asyncio.get_running_loop().create_future()
-        message = aio_pika.Message(
-            env.encode(), correlation_id=correlation, reply_to="amq.rabbitmq.reply-to"
-        )
-        try:
-            await asyncio.wait_for(
-                channel.default_exchange.publish(
-                    message, self.topology.query_queue(env.subject), mandatory=True
-                ),
-                self._timeout,
-            )
-            return read_reply(await asyncio.wait_for(future, timeout))
-        except aiormq.exceptions.PublishError:
-            raise RequestFailed(f"nobody answers queries to {env.subject}") from None
-        except TimeoutError:
-            raise RequestFailed(f"no answer to {env.type} within {timeout}s") from None
-        finally:
-            self._replies.pop(correlation, None)
-
-    async def _reply_to(self) -> AbstractChannel:
-        if self._reply_channel is None:
-            channel = await self.conn.channel(publisher_confirms=True, on_return_raises=True)
-            queue = await channel.get_queue("amq.rabbitmq.reply-to", ensure=False)
-
-            async def on_reply(msg: AbstractIncomingMessage) -> None:
-                future = self._replies.get(msg.correlation_id or "")
-                if future is not None and not future.done():
-                    future.set_result(msg.body)
-
-            await queue.consume(on_reply, no_ack=True)
-            self._reply_channel = channel
-        return self._reply_channel
+        if self._queries is None:
+            self._queries = Requester(await self.conn.channel(), self._timeout)
+        return await self._queries.request(self.topology.query_queue(env.subject), env, timeout)
 
     async def serve(self, target: str, handler: QueryHandler) -> Subscription:
-        channel = await self.conn.channel()
-        queue = await channel.declare_queue(self.topology.query_queue(target), auto_delete=True)
-
-        async def on_request(msg: AbstractIncomingMessage) -> None:
-            async with msg.process(ignore_processed=True):
-                body = await answer(handler, msg.body, producer=target)
-                if msg.reply_to:
-                    await channel.default_exchange.publish(
-                        aio_pika.Message(body, correlation_id=msg.correlation_id), msg.reply_to
-                    )
-
-        await queue.consume(on_request)
-        server = _Channel(channel)
+        server = await serve(
+            await self.conn.channel(), self.topology.query_queue(target), target, handler
+        )
         self._subs.append(server)
         return server
 
@@ -406,26 +365,10 @@ async def delete_namespace(bus: RabbitBus, consumers: Iterable[str] = ()) -> Non
     """Remove a namespace's queues and exchanges: for tests and tools, never services."""
     channel = await bus.conn.channel()
     try:
-        for name in sorted(bus.topology.queues_of(consumers)):
-            with contextlib.suppress(aiormq.exceptions.AMQPError):
-                await channel.queue_delete(name)
-        for name in bus.topology.exchange_names.values():
-            with contextlib.suppress(aiormq.exceptions.AMQPError):
-                await channel.exchange_delete(name)
+        await bus.topology.delete_all(channel, consumers)
     finally:
         with contextlib.suppress(Exception):
             await channel.close()
-
-
-class _Channel:
-    """A subscription that ends by closing its channel."""
-
-    def __init__(self, channel: AbstractChannel) -> None:
-        self._channel = channel
-
-    async def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._channel.close()
 
 
 def _selected(routing_key: str | None, patterns: tuple[str, ...]) -> bool:
@@ -433,11 +376,7 @@ def _selected(routing_key: str | None, patterns: tuple[str, ...]) -> bool:
 
 
 def _logged(seq: int, msg: AbstractIncomingMessage) -> Logged:
-    subject = msg.routing_key or ""
-    try:
-        return Logged(seq, subject, msg.body, decode(msg.body))
-    except MessageError as err:
-        return Logged(seq, subject, msg.body, None, err.describe())
+    return entry_of(seq, msg.routing_key or "", msg.body)
 
 
 def _int(value: object) -> int:
@@ -452,8 +391,6 @@ def _death_reason(headers: dict[str, Any]) -> str:
 
 
 def _redacted(url: str) -> str:
-    from urllib.parse import urlsplit
-
     parts = urlsplit(url)
     if parts.password:
         return url.replace(f":{parts.password}@", ":***@")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from typing import Any
 
 import aio_pika
+import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractExchange
 
 from shared.bus import subjects
@@ -106,3 +108,11 @@ class Topology:
             "x-dead-letter-strategy": "at-least-once",
             "x-overflow": "reject-publish",
         }
+
+    async def delete_all(self, channel: AbstractChannel, consumers: Iterable[str]) -> None:
+        for name in sorted(self.queues_of(consumers)):
+            with contextlib.suppress(aiormq.exceptions.AMQPError):
+                await channel.queue_delete(name)
+        for name in self.exchange_names.values():
+            with contextlib.suppress(aiormq.exceptions.AMQPError):
+                await channel.exchange_delete(name)
