@@ -35,7 +35,7 @@ class Client:
             lambda e: e.causation_id == env.id,
             count=count,
             timeout=timeout,
-            before=self.bus.send(env),
+            before=lambda: self.bus.send(env),
         )
 
     async def wait_for(
@@ -44,10 +44,10 @@ class Client:
         *,
         count: int = 1,
         timeout: float = 10.0,
-        before: Awaitable[None] | None = None,
+        before: Callable[[], Awaitable[None]] | None = None,
         filters: Sequence[str] = (),
     ) -> list[Envelope[Message]]:
-        """Wait for ``count`` new events that ``match``; ``before`` runs once watching began."""
+        """Wait for ``count`` new events that ``match``; ``before()`` runs once watching began."""
         found: list[Envelope[Message]] = []
         done = asyncio.Event()
 
@@ -61,7 +61,7 @@ class Client:
         watcher = await self.bus.watch(Stream.EVENTS, tuple(filters), on_event)
         try:
             if before is not None:
-                await before
+                await before()
             try:
                 await asyncio.wait_for(done.wait(), timeout)
             except TimeoutError:

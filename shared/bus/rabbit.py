@@ -22,7 +22,6 @@ import structlog
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
-    AbstractIncomingMessage,
     AbstractRobustConnection,
 )
 
@@ -43,7 +42,7 @@ from shared.bus.protocol import (
     WatchHandler,
 )
 from shared.bus.rabbit_consumer import QueueConsumer
-from shared.bus.rabbit_log import MARKER_HEADER, LogIndex, StreamFollower
+from shared.bus.rabbit_log import MARKER_HEADER, LogIndex, StreamFollower, StreamMessage
 from shared.bus.rabbit_queries import Requester, serve
 from shared.bus.rabbit_topology import H_CONSUMER, H_COUNT, H_REASON, H_SUBJECT, Topology
 
@@ -146,9 +145,9 @@ class RabbitBus:
             assert self._fast is not None
             target = await self._fast.get_exchange(target.name, ensure=False)
         try:
-            await asyncio.wait_for(
-                target.publish(message, routing_key, mandatory=confirm), self._timeout
-            )
+            # A timeout scope, not wait_for: no task per publish on the hot path.
+            async with asyncio.timeout(self._timeout):
+                await target.publish(message, routing_key, mandatory=confirm)
         except aiormq.exceptions.PublishError as err:
             raise Unroutable(f"no queue receives {routing_key}: nothing subscribes to it") from err
         except _CONNECTION_ERRORS as err:
@@ -241,12 +240,12 @@ class RabbitBus:
         """Entries of a stream from an offset, up to (not including) sequence ``until``."""
         inbox: asyncio.Queue[Logged | None] = asyncio.Queue()
 
-        async def on_message(off: int, msg: AbstractIncomingMessage) -> None:
-            seq = off + 1
+        async def on_message(msg: StreamMessage) -> None:
+            seq = msg.offset + 1
             if until is not None and seq >= until:
                 await inbox.put(None)
-            elif MARKER_HEADER not in (msg.headers or {}) and _selected(msg.routing_key, patterns):
-                await inbox.put(_logged(seq, msg))
+            elif not msg.is_marker and _selected(msg.routing_key, patterns):
+                await inbox.put(_logged(msg))
 
         follower = StreamFollower(await self.conn.channel(), queue, on_message)
         await follower.start(offset)
@@ -302,11 +301,11 @@ class RabbitBus:
             raise BusError(f"RabbitMQ keeps no log of {stream.name.lower()} to watch")
         wanted = self.topology.patterns(stream, filters)
 
-        async def on_message(offset: int, msg: AbstractIncomingMessage) -> None:
-            if MARKER_HEADER in (msg.headers or {}) or not _selected(msg.routing_key, wanted):
+        async def on_message(msg: StreamMessage) -> None:
+            if msg.is_marker or not _selected(msg.routing_key, wanted):
                 return
             try:
-                await handler(_logged(offset + 1, msg))
+                await handler(_logged(msg))
             except Exception:
                 log.exception("watch handler failed", subject=msg.routing_key)
 
@@ -340,16 +339,13 @@ class RabbitBus:
             out.append(DeadLetter(consumer, str(h.get(H_SUBJECT, "")), reason, count, entry.body))
         return out
 
-    async def _read_until_marker(
-        self, queue: str, key: str
-    ) -> AsyncIterator[AbstractIncomingMessage]:
-        inbox: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
+    async def _read_until_marker(self, queue: str, key: str) -> AsyncIterator[StreamMessage]:
+        inbox: asyncio.Queue[StreamMessage | None] = asyncio.Queue()
 
-        async def on_message(_offset: int, msg: AbstractIncomingMessage) -> None:
-            marker = (msg.headers or {}).get(MARKER_HEADER)
-            if marker == key:
+        async def on_message(msg: StreamMessage) -> None:
+            if msg.headers.get(MARKER_HEADER) == key:
                 await inbox.put(None)
-            elif not marker:
+            elif not msg.is_marker:
                 await inbox.put(msg)
 
         follower = StreamFollower(await self.conn.channel(), queue, on_message)
@@ -375,8 +371,8 @@ def _selected(routing_key: str | None, patterns: tuple[str, ...]) -> bool:
     return any(subjects.matches(p, routing_key or "") for p in patterns)
 
 
-def _logged(seq: int, msg: AbstractIncomingMessage) -> Logged:
-    return entry_of(seq, msg.routing_key or "", msg.body)
+def _logged(msg: StreamMessage) -> Logged:
+    return entry_of(msg.offset + 1, msg.routing_key, msg.body)
 
 
 def _int(value: object) -> int:

@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING
 
 import aiormq.exceptions
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel
+from aiormq.abc import AbstractChannel as RawChannel
+from aiormq.abc import DeliveredMessage
 
 from shared.bus.dedupe import RecentIds
 from shared.bus.dispatch import Ack, Bury, Outcome, Retry, dispatch
@@ -20,6 +22,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("vplane.bus.rabbit")
 
+ACK_EVERY = 64
+
 
 class QueueConsumer:
     def __init__(self, bus: RabbitBus, spec: ConsumerSpec, handler: Handler) -> None:
@@ -27,10 +31,12 @@ class QueueConsumer:
         self._spec = spec
         self._handler = handler
         self._seen = RecentIds()
-        self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._inbox: asyncio.Queue[tuple[DeliveredMessage, RawChannel]] = asyncio.Queue()
         self._channel: AbstractChannel | None = None
-        self._queue: AbstractQueue | None = None
-        self._tag: str | None = None
+        self._queue_name = ""
+        self._subscription: tuple[RawChannel, str] | None = None
+        # The newest delivery handled but not yet acknowledged: acks go out in groups.
+        self._unacked: tuple[RawChannel, int] | None = None
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -42,18 +48,31 @@ class QueueConsumer:
         name = topo.consumer_queue(spec.name)
         topo.declared.add(name)
         fresh = not await self._exists(f"{name}.ready")
-        self._queue = await channel.declare_queue(
+        queue = await channel.declare_queue(
             name, durable=True, arguments=topo.consumer_arguments(spec)
         )
         exchange = topo.exchange_names["events" if spec.stream is Stream.EVENTS else "commands"]
         for pattern in topo.patterns(spec.stream, spec.filters):
-            await self._queue.bind(exchange, topo.binding(pattern))
+            await queue.bind(exchange, topo.binding(pattern))
         if fresh and spec.stream is Stream.EVENTS:
             await self._backfill()
         # Created only once the backfill is done: its absence means "backfill again".
         await channel.declare_queue(f"{name}.ready", durable=True)
+        self._queue_name = name
         self._task = asyncio.create_task(self._run(), name=f"consume-{spec.name}")
-        self._tag = await self._queue.consume(self._inbox.put)
+        channel.reopen_callbacks.add(self._subscribe)
+        await self._subscribe()
+
+    async def _subscribe(self, *_: object) -> None:
+        """Consume on the channel underneath aio-pika; again after every reconnect."""
+        assert self._channel is not None
+        raw = await self._channel.get_underlay_channel()
+
+        async def deliver(message: DeliveredMessage) -> None:
+            self._inbox.put_nowait((message, raw))
+
+        ok = await raw.basic_consume(self._queue_name, deliver)
+        self._subscription = (raw, ok.consumer_tag or "")
 
     async def _exists(self, queue: str) -> bool:
         probe = await self._bus.conn.channel()
@@ -94,53 +113,70 @@ class QueueConsumer:
         )
 
     async def _run(self) -> None:
+        handled = 0
         while True:
-            msg = await self._inbox.get()
+            message, raw = await self._inbox.get()
             self._idle.clear()
             try:
-                await self._one(msg)
+                await self._one(message, raw)
+                handled += 1
+                if self._inbox.empty() or handled % ACK_EVERY == 0:
+                    await self._flush_acks()
             except (BusError, aiormq.exceptions.AMQPError, ConnectionError) as err:
                 # Not acknowledged: the broker delivers it again.
                 log.warning("could not settle message", consumer=self._spec.name, error=repr(err))
             finally:
                 self._idle.set()
 
-    async def _one(self, msg: AbstractIncomingMessage) -> None:
+    async def _flush_acks(self) -> None:
+        if self._unacked is not None:
+            raw, tag = self._unacked
+            self._unacked = None
+            await raw.basic_ack(tag, multiple=True)
+
+    async def _one(self, message: DeliveredMessage, raw: RawChannel) -> None:
         spec = self._spec
-        count = (msg.headers or {}).get("x-delivery-count", 0)
+        headers = message.header.properties.headers or {}
+        count = headers.get("x-delivery-count", 0)
         attempt = (count if isinstance(count, int) else 0) + 1
+        subject = message.routing_key or ""
         # A queue has no log position: seq 0; consumers recognise repeats by message id.
-        delivery = Delivery(0, attempt, msg.routing_key or "")
+        delivery = Delivery(0, attempt, subject)
         if attempt > spec.max_deliver:
             outcome: Outcome = Bury(f"delivered {attempt} times without an outcome")
         else:
-            outcome = await self._dispatch(msg.body, delivery)
+            outcome = await self._dispatch(message.body, delivery)
+        tag = message.delivery_tag or 0
         if isinstance(outcome, Retry):
+            await self._flush_acks()
             await asyncio.sleep(outcome.delay)
-            await msg.nack(requeue=True)
+            await raw.basic_nack(tag, multiple=False, requeue=True)
             return
         if isinstance(outcome, Bury):
             log.warning("dead-lettered", consumer=spec.name, reason=outcome.reason[:200])
-            await self._bus.bury(
-                spec.name, msg.routing_key or "", msg.body, outcome.reason, attempt
-            )
+            await self._bus.bury(spec.name, subject, message.body, outcome.reason, attempt)
         assert isinstance(outcome, Ack | Bury)
-        await msg.ack()
+        if self._unacked is not None and self._unacked[0] is not raw:
+            await self._flush_acks()
+        self._unacked = (raw, tag)
 
     async def stop(self) -> None:
-        if self._queue is not None and self._tag is not None:
+        if self._subscription is not None:
+            raw, tag = self._subscription
             with contextlib.suppress(Exception):
-                await self._queue.cancel(self._tag)
+                await raw.basic_cancel(tag)
         # Let the message in hand finish and be acknowledged; the rest go back.
         await self._idle.wait()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        with contextlib.suppress(Exception):
+            await self._flush_acks()
         while not self._inbox.empty():
-            msg = self._inbox.get_nowait()
+            message, raw = self._inbox.get_nowait()
             with contextlib.suppress(Exception):
-                await msg.nack(requeue=True)
+                await raw.basic_nack(message.delivery_tag or 0, requeue=True)
         if self._channel is not None:
             with contextlib.suppress(Exception):
                 await self._channel.close()

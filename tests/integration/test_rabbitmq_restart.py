@@ -53,7 +53,7 @@ async def test_broker_restart_loses_no_confirmed_event(
     async def launch() -> None:
         procs.append(start_service("hosts", env, tmp_path / "hosts.log"))
 
-    await client.wait_for(lambda e: e.type == "ServiceStarted", before=launch(), timeout=60)
+    await client.wait_for(lambda e: e.type == "ServiceStarted", before=launch, timeout=60)
     service = procs[0]
     try:
         for i in range(20):

@@ -52,7 +52,7 @@ async def started(client: Client, env: dict[str, str], log: Path) -> subprocess.
     async def launch() -> None:
         procs.append(start_service("hosts", env, log))
 
-    await client.wait_for(lambda e: e.type == "ServiceStarted", before=launch(), timeout=60)
+    await client.wait_for(lambda e: e.type == "ServiceStarted", before=launch, timeout=60)
     return procs[0]
 
 
