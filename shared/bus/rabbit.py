@@ -380,10 +380,12 @@ def _int(value: object) -> int:
 
 
 def _death_reason(headers: dict[str, Any]) -> str:
+    """Why the broker itself dead-lettered a message (for example its delivery limit)."""
+    reason = headers.get("x-first-death-reason")
     deaths = headers.get("x-death") or []
-    if deaths and isinstance(deaths[0], dict):
-        return f"rabbitmq: {deaths[0].get('reason', 'dead-lettered')}"
-    return "dead-lettered"
+    if not reason and deaths and isinstance(deaths[0], dict):
+        reason = deaths[0].get("reason")
+    return f"broker: {reason or 'dead-lettered'}"
 
 
 def _redacted(url: str) -> str:
