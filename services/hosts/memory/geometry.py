@@ -1,0 +1,37 @@
+"""Page geometry, the array types the model passes around, and the page-table entry encoding."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+PAGE_SIZE = 4096
+LARGE_PAGE_PAGES = 512
+LARGE_PAGE_SHIFT = 9  # page number >> 9 is its large page; & 511 its slot inside it
+LARGE_PAGE_SIZE = PAGE_SIZE * LARGE_PAGE_PAGES
+
+T = TypeVar("T", bound=np.generic)
+
+Ints = npt.NDArray[np.int64]
+Mask = npt.NDArray[np.bool_]
+PageBytes = npt.NDArray[np.uint8]  # shape (pages, PAGE_SIZE)
+
+# A page-table entry is a frame number (>= 0) or, for a swapped-out page, the swap block b
+# stored as ~b (< 0): one int64 lookup says where a page's bytes are.
+
+
+def swap_entry(blocks: Ints) -> Ints:
+    return np.invert(blocks)
+
+
+def swap_block(entries: Ints) -> Ints:
+    return np.invert(entries)
+
+
+def readonly(array: npt.NDArray[T]) -> npt.NDArray[T]:
+    """A view of ``array`` that cannot be written through."""
+    view = array.view()
+    view.flags.writeable = False
+    return view

@@ -1,0 +1,199 @@
+"""The guest memory of one emulated host: the API the host service uses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from services.hosts.memory import access, digest, paging, sharing, transfer, usage
+from services.hosts.memory.content import content_layout, fill_large_page
+from services.hosts.memory.errors import InvalidArgument, UnknownVm, VmExists
+from services.hosts.memory.frames import FramePool
+from services.hosts.memory.geometry import LARGE_PAGE_SIZE, PAGE_SIZE, Ints, readonly, swap_block
+from services.hosts.memory.guest import GuestMemory, MemoryMode, PageSelection, VmSpec
+from services.hosts.memory.swap import SwapSpace
+from services.hosts.memory.transfer import PageBatch
+from services.hosts.memory.usage import MemoryUsage, VmUsage
+from services.hosts.memory.workload import Accesses
+
+HEAT_DECAY = 0.5 ** (1 / 8)  # with one decay per tick, an untouched page's heat halves in 8
+
+
+class HostMemory:
+    """Frames on NUMA nodes, a swap reservation, and the memory of the VMs placed here.
+
+    Every method checks its whole input before it changes anything: when it raises (always a
+    ``MemoryModelError``), the host is as it was.
+    """
+
+    def __init__(self, large_pages_per_node: Sequence[int], swap_blocks: int = 0) -> None:
+        self._pool = FramePool(large_pages_per_node)
+        self._swap = SwapSpace(swap_blocks)
+        self._vms: dict[str, GuestMemory] = {}
+
+    @classmethod
+    def sized(cls, mem_mib: int, numa_nodes: int = 1, swap_mib: int = 0) -> HostMemory:
+        """A host whose ``mem_mib`` is split evenly (in whole large pages) over its nodes."""
+        large_pages = mem_mib * 2**20 // LARGE_PAGE_SIZE
+        if numa_nodes < 1 or large_pages < numa_nodes:
+            raise InvalidArgument(f"{mem_mib} MiB cannot span {numa_nodes} NUMA node(s)")
+        per_node = [large_pages // numa_nodes] * numa_nodes
+        return cls(per_node, swap_mib * 2**20 // PAGE_SIZE)
+
+    # VMs
+
+    @property
+    def vms(self) -> tuple[str, ...]:
+        return tuple(self._vms)
+
+    def spec(self, vm: str) -> VmSpec:
+        return self._vm(vm).spec
+
+    def create_vm(self, spec: VmSpec) -> None:
+        """Place a VM in whole large pages spread over the nodes, filled with its content."""
+        if spec.name in self._vms:
+            raise VmExists(spec.name)
+        full = spec.mode is MemoryMode.FULL
+        blocks = self._pool.allocate_large_pages(spec.large_pages, backed=full)
+        if full:
+            layout = content_layout(spec.seed, spec.profile, spec.pages)
+            for large_page, block in enumerate(blocks.tolist()):
+                fill_large_page(
+                    self._pool.block_bytes(block),
+                    seed=spec.seed,
+                    template=spec.template,
+                    large_page=large_page,
+                    layout=layout,
+                )
+        self._vms[spec.name] = GuestMemory(spec, blocks, self._pool.block_node[blocks])
+
+    def destroy_vm(self, vm: str) -> None:
+        guest = self._vm(vm)
+        entries = guest.flat
+        self._pool.release(entries[entries >= 0])
+        self._swap.give_back(swap_block(entries[entries < 0]))
+        del self._vms[vm]
+
+    # Guest accesses
+
+    def apply(self, vm: str, accesses: Accesses) -> None:
+        access.apply(self._pool, self._swap, self._vm(vm), accesses)
+
+    def write(self, vm: str, page: int, data: bytes, offset: int = 0) -> None:
+        guest = self._vm(vm)
+        guest.require_bytes()
+        access.apply(self._pool, self._swap, guest, Accesses.write(page, data, offset))
+
+    def read(self, vm: str, page: int) -> bytes:
+        guest = self._vm(vm)
+        guest.require_bytes()
+        pages = guest.check_pages([page])
+        access.apply(self._pool, self._swap, guest, Accesses.read(pages))
+        return access.gather(self._pool, self._swap, guest, pages).tobytes()
+
+    def collect_dirty(self, vm: str, *, clear: bool = True) -> Ints:
+        """Pages written since the last clearing collect, like nested-page-table dirty bits."""
+        guest = self._vm(vm)
+        dirty = np.flatnonzero(guest.dirty).astype(np.int64)
+        if clear:
+            guest.dirty[:] = False
+        return dirty
+
+    def read_counts(self, vm: str) -> npt.NDArray[np.uint32]:
+        return readonly(self._vm(vm).reads)
+
+    def heat(self, vm: str) -> npt.NDArray[np.float32]:
+        return readonly(self._vm(vm).heat)
+
+    def decay_heat(self, factor: float = HEAT_DECAY) -> None:
+        """Age every page's heat by ``factor``: call once per emulated tick."""
+        if not 0 <= factor <= 1:
+            raise InvalidArgument(f"heat decays by a factor in [0, 1], not {factor}")
+        for guest in self._vms.values():
+            guest.heat *= np.float32(factor)
+
+    # Sharing and swap
+
+    def share(self, vm_a: str, page_a: int, vm_b: str, page_b: int) -> int:
+        """Map page_b of vm_b onto page_a's frame (copy-on-write); return frames freed."""
+        return self.share_pages(vm_a, [page_a], vm_b, [page_b])
+
+    def share_pages(
+        self, vm_a: str, pages_a: PageSelection, vm_b: str, pages_b: PageSelection
+    ) -> int:
+        a, b = self._vm(vm_a), self._vm(vm_b)
+        return sharing.share(self._pool, a, a.check_pages(pages_a), b, b.check_pages(pages_b))
+
+    def unshare(self, vm: str, page: int) -> bool:
+        """Give a shared page a private copy; False if it was private already."""
+        guest = self._vm(vm)
+        guest.require_bytes()
+        return sharing.make_private(self._pool, guest, guest.check_pages([page])) == 1
+
+    def swap_out(self, vm: str, pages: PageSelection) -> int:
+        guest = self._vm(vm)
+        return paging.swap_out(self._pool, self._swap, guest, guest.check_pages(pages))
+
+    def swap_in(self, vm: str, pages: PageSelection) -> int:
+        guest = self._vm(vm)
+        return paging.swap_in(self._pool, self._swap, guest, guest.check_pages(pages))
+
+    # Migration and checkpoints
+
+    def export_pages(
+        self, vm: str, pages: PageSelection | None = None, batch: int = 256
+    ) -> Iterator[PageBatch]:
+        guest = self._vm(vm)
+        wanted = np.arange(guest.pages) if pages is None else pages
+        return transfer.export(self._pool, self._swap, guest, guest.check_pages(wanted), batch)
+
+    def export_dirty(self, vm: str, batch: int = 256) -> Iterator[PageBatch]:
+        """The pages written since the last dirty or checkpoint export; clears the dirty bits."""
+        self._vm(vm).require_bytes()
+        transfer.check_batch(batch)
+        return self.export_pages(vm, self.collect_dirty(vm), batch)
+
+    def export_checkpoint(self, vm: str, batch: int = 256) -> Iterator[PageBatch]:
+        """Every page, as the base later dirty exports apply to; clears the dirty bits."""
+        self._vm(vm).require_bytes()
+        transfer.check_batch(batch)
+        self.collect_dirty(vm)
+        return self.export_pages(vm, None, batch)
+
+    def import_pages(self, vm: str, batch: PageBatch) -> None:
+        transfer.import_batch(self._pool, self._swap, self._vm(vm), batch)
+
+    # Digests and accounting
+
+    def checksum(self, vm: str) -> str:
+        return digest.checksum(self._pool, self._swap, self._vm(vm))
+
+    def page_digests(self, vm: str) -> npt.NDArray[np.uint64]:
+        return digest.page_digests(self._pool, self._swap, self._vm(vm))
+
+    def used_frames(self) -> int:
+        return self._pool.used_frames()
+
+    def usage(self) -> MemoryUsage:
+        return usage.host_usage(self._pool, self._swap)
+
+    def vm_usage(self, vm: str) -> VmUsage:
+        return usage.vm_usage(self._pool, self._vm(vm))
+
+    def page_table(self, vm: str) -> Ints:
+        """The VM's page table, shape (large pages, 512): frame numbers, or ~block if swapped."""
+        return readonly(self._vm(vm).table)
+
+    def frame_refcounts(self) -> npt.NDArray[np.int32]:
+        return readonly(self._pool.refcount)
+
+    def swap_blocks_in_use(self) -> Ints:
+        return self._swap.blocks_in_use()
+
+    def _vm(self, vm: str) -> GuestMemory:
+        try:
+            return self._vms[vm]
+        except KeyError:
+            raise UnknownVm(vm) from None
