@@ -1,6 +1,6 @@
 """The contract: every message vplane's services exchange, and nothing else."""
 
-from schemas import host, queries, service, vm
+from schemas import host, memory, queries, service, vm
 from schemas.base import Command, Event, Kind, Message, Query, Reply, Telemetry, registry
 from schemas.envelope import Envelope
 
@@ -14,6 +14,7 @@ __all__ = [
     "Reply",
     "Telemetry",
     "host",
+    "memory",
     "queries",
     "registry",
     "service",

@@ -27,6 +27,12 @@ class Kind(enum.StrEnum):
     REPLY = "reply"
 
 
+class Part(BaseModel):
+    """A frozen value nested inside a message (a row of a list, a pair)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
 class Message(BaseModel):
     """A frozen payload; its class name is its type on the wire."""
 

@@ -1,10 +1,17 @@
-"""Emulated hypervisor hosts: their registration and telemetry."""
+"""Emulated hypervisor hosts: registration, failure injection, and telemetry."""
 
 from __future__ import annotations
 
+import enum
+
 from pydantic import Field
 
-from schemas.base import Event, Name, Telemetry, registry
+from schemas.base import Command, Event, Name, Part, Telemetry, registry
+
+
+class HostState(enum.StrEnum):
+    UP = "up"
+    DOWN = "down"
 
 
 @registry.register
@@ -13,9 +20,67 @@ class HostRegistered(Event):
     cpu_cores: int = Field(ge=1)
     cpu_mhz: int = Field(ge=1)
     mem_mib: int = Field(ge=1)
+    net_mbps: float = Field(10_000.0, ge=0)
+    storage_mbs: float = Field(2_000.0, ge=0, description="storage throughput, MB/s")
+    storage_gib: float = Field(10_240.0, ge=0)
+    numa_nodes: int = Field(1, ge=1)
+    swap_mib: int = Field(0, ge=0, description="thick-provisioned swap reservation")
 
     def aggregate(self) -> str:
         return f"host/{self.host}"
+
+
+class _HostCommand(Command):
+    host: Name
+
+    def aggregate(self) -> str:
+        return f"host/{self.host}"
+
+
+@registry.register
+class CrashHost(_HostCommand):
+    """Fail a host: it stops publishing and answering; its VMs power off."""
+
+
+@registry.register
+class RecoverHost(_HostCommand):
+    """Bring a crashed host back (empty of running VMs)."""
+
+
+@registry.register
+class HostCrashed(Event):
+    host: Name
+    vms_lost: list[Name]
+
+    def aggregate(self) -> str:
+        return f"host/{self.host}"
+
+
+@registry.register
+class HostRecovered(Event):
+    host: Name
+
+    def aggregate(self) -> str:
+        return f"host/{self.host}"
+
+
+class VmSample(Part):
+    """One VM's counters for one tick, named after the ones operators know."""
+
+    vm: Name
+    state: str
+    cpu_demand_mhz: float = Field(ge=0)
+    cpu_used_mhz: float = Field(ge=0)
+    cpu_ready_ms: float = Field(ge=0, description="cpu.ready: runnable but waiting, ms per tick")
+    cpu_latency_pct: float = Field(ge=0, description="cpu.latency")
+    mem_active_mib: float = Field(ge=0)
+    mem_balloon_mib: float = Field(ge=0)
+    mem_swap_mib: float = Field(ge=0)
+    net_tx_mbps: float = Field(ge=0)
+    net_rx_mbps: float = Field(ge=0)
+    storage_read_mbs: float = Field(ge=0)
+    storage_write_mbs: float = Field(ge=0)
+    slowdown: float = Field(ge=1, description="how much slower its work goes than alone")
 
 
 @registry.register
@@ -27,8 +92,17 @@ class HostTelemetry(Telemetry):
     cpu_used_mhz: int = Field(ge=0)
     mem_capacity_mib: int = Field(ge=0)
     mem_reserved_mib: int = Field(ge=0)
+    mem_active_mib: float = Field(0, ge=0)
+    mem_balloon_mib: float = Field(0, ge=0)
+    mem_swap_mib: float = Field(0, ge=0)
+    mem_shared_saved_mib: float = Field(0, ge=0, description="freed by copy-on-write sharing")
+    net_capacity_mbps: float = Field(0, ge=0)
+    net_used_mbps: float = Field(0, ge=0)
+    storage_capacity_mbs: float = Field(0, ge=0)
+    storage_used_mbs: float = Field(0, ge=0)
     vms_running: int = Field(ge=0)
     vms_total: int = Field(ge=0)
+    vms: list[VmSample] = Field(default_factory=list)
 
     def aggregate(self) -> str:
         return f"host/{self.host}"

@@ -37,6 +37,12 @@ class RejectionCode(enum.StrEnum):
     UNKNOWN_HOST = "unknown-host"
     WRONG_STATE = "wrong-state"
     INSUFFICIENT_CAPACITY = "insufficient-capacity"
+    BELOW_USED_MEMORY = "below-used-memory"
+    PAGE_OUT_OF_RANGE = "page-out-of-range"
+    SIZE_MISMATCH = "size-mismatch"
+    BYTES_DIFFER = "bytes-differ"
+    ACCOUNTING_ONLY = "accounting-only"
+    HOST_DOWN = "host-down"
 
 
 @registry.register

@@ -15,6 +15,24 @@ Priority = Literal["high", "low"]
 class VmState(enum.StrEnum):
     OFF = "off"
     ON = "on"
+    SUSPENDED = "suspended"
+
+
+class WorkloadKind(enum.StrEnum):
+    """The seeded demand profile a VM's work follows."""
+
+    STEADY = "steady"
+    BURSTY = "bursty"
+    DIURNAL = "diurnal"
+    HADOOP = "hadoop"
+    NOISY = "noisy"
+
+
+class MemoryMode(enum.StrEnum):
+    """``full``: guest memory of real bytes; ``accounting``: sizes only, for scale."""
+
+    FULL = "full"
+    ACCOUNTING = "accounting"
 
 
 @registry.register
@@ -27,6 +45,10 @@ class CreateVm(Command):
     priority: Priority = "low"
     host: Name | None = None
     power_on: bool = True
+    workload: WorkloadKind = WorkloadKind.STEADY
+    memory_mode: MemoryMode = MemoryMode.ACCOUNTING
+    template: Name = Field("linux", description="guest OS template its memory is built from")
+    seed: int = Field(0, ge=0, description="seeds its workload and its memory contents")
 
     def aggregate(self) -> str:
         return f"host/{self.host}" if self.host else "hosts"
@@ -58,6 +80,10 @@ class VmCreated(Event):
     mem_mib: int = Field(ge=1)
     priority: Priority
     powered_on: bool
+    workload: WorkloadKind = WorkloadKind.STEADY
+    memory_mode: MemoryMode = MemoryMode.ACCOUNTING
+    template: Name = "linux"
+    seed: int = 0
 
     def aggregate(self) -> str:
         return f"vm/{self.vm}"
@@ -79,3 +105,63 @@ class VmPoweredOff(Event):
 
     def aggregate(self) -> str:
         return f"vm/{self.vm}"
+
+
+class _HostedVmCommand(Command):
+    vm: Name
+    host: Name
+
+    def aggregate(self) -> str:
+        return f"host/{self.host}"
+
+
+class _VmEvent(Event):
+    vm: Name
+    host: Name
+
+    def aggregate(self) -> str:
+        return f"vm/{self.vm}"
+
+
+@registry.register
+class SuspendVm(_HostedVmCommand):
+    pass
+
+
+@registry.register
+class ResumeVm(_HostedVmCommand):
+    pass
+
+
+@registry.register
+class ResizeVm(_HostedVmCommand):
+    """Change vCPUs and/or memory, up or down; memory never below what the guest uses."""
+
+    cpu: int | None = Field(None, ge=1, le=256)
+    mem_mib: int | None = Field(None, ge=16, le=4 * 1024 * 1024)
+
+
+@registry.register
+class DestroyVm(_HostedVmCommand):
+    pass
+
+
+@registry.register
+class VmSuspended(_VmEvent):
+    pass
+
+
+@registry.register
+class VmResumed(_VmEvent):
+    pass
+
+
+@registry.register
+class VmResized(_VmEvent):
+    cpu: int = Field(ge=1)
+    mem_mib: int = Field(ge=1)
+
+
+@registry.register
+class VmDestroyed(_VmEvent):
+    pass

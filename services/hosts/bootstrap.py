@@ -12,40 +12,50 @@ from shared.runtime import Runtime, ServiceDefinition
 from shared.settings import Settings
 
 NAME = "hosts"
-# Every emulated host of this first model has the same shape.
-HOST_CORES = 16
-HOST_MHZ = 2400
-HOST_MEM_MIB = 64 * 1024
 
 
 def host_names(settings: Settings) -> list[str]:
     return [f"{settings.host_prefix}{i}" for i in range(1, settings.hosts + 1)]
 
 
+def host_shape(host: str) -> HostRegistered:
+    """Every emulated host of this process has the same shape: 16 cores of 2.4 GHz, 64 GiB
+    over two NUMA nodes, 8 GiB of swap, 10 Gbit/s and 2 GB/s of storage."""
+    return HostRegistered(
+        host=host,
+        cpu_cores=16,
+        cpu_mhz=2400,
+        mem_mib=64 * 1024,
+        numa_nodes=2,
+        swap_mib=8 * 1024,
+        net_mbps=10_000,
+        storage_mbs=2_000,
+        storage_gib=10_240,
+    )
+
+
 def build(settings: Settings) -> ServiceDefinition:
-    holder = FleetHolder()
     hosts = host_names(settings)
+    holder = FleetHolder(hosts)
     started = time.monotonic()
 
     def fold(_seq: int, env: Envelope[Message]) -> None:
-        holder.fleet = evolve(holder.fleet, env.data)
+        before = holder.fleet
+        holder.fleet = evolve(before, env.data)
+        holder.machine.apply(before, env.data)
 
     def on_command(env: Envelope[Message]) -> list[Event]:
-        return decide(holder.fleet, env)
+        return decide(holder.fleet, env, holder.machine.facts(holder.fleet))
 
     async def answer(env: Envelope[Message]) -> Reply:
         return await answer_query(holder, env)
 
     async def register_hosts(runtime: Runtime) -> None:
-        missing = [h for h in hosts if h not in holder.fleet.hosts]
-        for host in missing:
-            event = HostRegistered(
-                host=host, cpu_cores=HOST_CORES, cpu_mhz=HOST_MHZ, mem_mib=HOST_MEM_MIB
-            )
-            await runtime.publish([event], caused_by=None)
+        missing = [host_shape(h) for h in hosts if h not in holder.fleet.hosts]
+        await runtime.publish(list(missing), caused_by=None)
 
     async def publish_telemetry(runtime: Runtime) -> None:
-        await telemetry_loop(runtime, holder, hosts, settings.tick_seconds, settings.seed)
+        await telemetry_loop(runtime, holder, settings.tick_seconds, settings.speed)
 
     return ServiceDefinition(
         name=NAME,

@@ -1,39 +1,62 @@
-"""The hosts' state and decisions, pure: ``decide(fleet, command)`` and ``evolve(fleet, event)``."""
+"""The hosts' state and decisions, pure: ``decide(fleet, command, facts)`` and ``evolve``.
+
+``Facts`` are what the emulated hardware knows that the log does not (a guest's used
+memory, whether two pages hold the same bytes); the handler reads them from the
+machine and passes them in, so deciding stays free of I/O and of mutation.
+"""
 
 from __future__ import annotations
 
-import math
-import uuid
-import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from schemas import Envelope, Event, Message
-from schemas.host import HostRegistered, HostTelemetry
+from schemas.host import (
+    CrashHost,
+    HostCrashed,
+    HostRecovered,
+    HostRegistered,
+    HostState,
+    RecoverHost,
+)
+from schemas.memory import PagesShared, PagesUnshared, SharePages, UnsharePages
 from schemas.service import CommandRejected, RejectionCode
 from schemas.vm import (
     CreateVm,
+    DestroyVm,
+    MemoryMode,
     PowerOffVm,
     PowerOnVm,
     Priority,
+    ResizeVm,
+    ResumeVm,
+    SuspendVm,
     VmCreated,
+    VmDestroyed,
     VmPoweredOff,
     VmPoweredOn,
+    VmResized,
+    VmResumed,
     VmState,
+    VmSuspended,
+    WorkloadKind,
 )
+from services.hosts.resources import HostSpec
 
 # A vCPU may be overcommitted this many times over a host's physical cores.
 VCPU_PER_CORE = 4
-# Running guests use this share of their vCPUs on average; telemetry wobbles around it.
-BASE_UTILISATION = 0.5
+PAGE_MIB = 4 / 1024
 
 
 @dataclass(frozen=True, slots=True)
 class Host:
-    name: str
-    cpu_cores: int
-    cpu_mhz: int
-    mem_mib: int
+    spec: HostSpec
+    state: HostState = HostState.UP
+    swap_mib: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +67,10 @@ class Vm:
     mem_mib: int
     priority: Priority
     state: VmState
+    workload: WorkloadKind = WorkloadKind.STEADY
+    memory_mode: MemoryMode = MemoryMode.ACCOUNTING
+    template: str = "linux"
+    seed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,124 +87,254 @@ class Fleet:
     def vcpus_placed(self, host: str) -> int:
         return sum(vm.cpu for vm in self.vms_on(host))
 
+    def room(self, host: str, cpu: int, mem_mib: int, *, besides: str | None = None) -> bool:
+        h = self.hosts[host]
+        others = [vm for vm in self.vms_on(host) if vm.name != besides]
+        return (
+            h.state == HostState.UP
+            and h.spec.mem_mib - sum(vm.mem_mib for vm in others) >= mem_mib
+            and sum(vm.cpu for vm in others) + cpu <= h.spec.cpu_cores * VCPU_PER_CORE
+        )
 
-def decide(fleet: Fleet, env: Envelope[Message]) -> list[Event]:
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What the machine knows: a guest's used memory, and whether two pages are equal."""
+
+    used_mib: Callable[[str], float] = lambda _vm: 0.0
+    # None when the pages can be shared, else the rejection (code, reason).
+    share_problem: Callable[[SharePages], tuple[RejectionCode, str] | None] = lambda _c: None
+    unshare_problem: Callable[[UnsharePages], tuple[RejectionCode, str] | None] = lambda _c: None
+
+
+class _Rejected(Exception):
+    def __init__(self, code: RejectionCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def decide(fleet: Fleet, env: Envelope[Message], facts: Facts | None = None) -> list[Event]:
     cmd = env.data
+    try:
+        return _decide(fleet, cmd, facts or Facts())
+    except _Rejected as rejected:
+        about = f"vm/{cmd.vm}" if hasattr(cmd, "vm") else env.subject
+        return [
+            CommandRejected(
+                about=about,
+                command_id=env.id,
+                command_type=cmd.type_name(),
+                code=rejected.code,
+                reason=rejected.reason,
+            )
+        ]
+
+
+def _decide(fleet: Fleet, cmd: Message, facts: Facts) -> list[Event]:
     match cmd:
         case CreateVm():
-            return _create(fleet, cmd, env.id)
-        case PowerOnVm() | PowerOffVm():
-            return _power(fleet, cmd, env.id)
-    return [_reject(env.subject, env.id, cmd, RejectionCode.WRONG_STATE, "not a hosts command")]
-
-
-def _reject(
-    about: str, command_id: uuid.UUID, cmd: Message, code: RejectionCode, reason: str
-) -> CommandRejected:
-    return CommandRejected(
-        about=about, command_id=command_id, command_type=cmd.type_name(), code=code, reason=reason
+            return [_create(fleet, cmd)]
+        case CrashHost():
+            host = _host(fleet, cmd.host)
+            if host.state == HostState.DOWN:
+                raise _Rejected(RejectionCode.WRONG_STATE, f"host {cmd.host} is already down")
+            lost = sorted(vm.name for vm in fleet.vms_on(cmd.host) if vm.state != VmState.OFF)
+            return [HostCrashed(host=cmd.host, vms_lost=lost)]
+        case RecoverHost():
+            if _host(fleet, cmd.host).state == HostState.UP:
+                raise _Rejected(RejectionCode.WRONG_STATE, f"host {cmd.host} is up")
+            return [HostRecovered(host=cmd.host)]
+        case SharePages():
+            _up(fleet, cmd.host)
+            for pair in cmd.pairs:
+                for name in (pair.vm_a, pair.vm_b):
+                    _full_vm_on(fleet, name, cmd.host)
+            _check(facts.share_problem(cmd))
+            return [PagesShared(host=cmd.host, pairs=cmd.pairs)]
+        case UnsharePages():
+            _up(fleet, cmd.host)
+            _full_vm_on(fleet, cmd.vm, cmd.host)
+            _check(facts.unshare_problem(cmd))
+            return [PagesUnshared(host=cmd.host, vm=cmd.vm, pages=cmd.pages)]
+        case PowerOnVm() | PowerOffVm() | SuspendVm() | ResumeVm() | ResizeVm() | DestroyVm():
+            _up(fleet, cmd.host)
+            vm = _vm_on(fleet, cmd.vm, cmd.host)
+            return [_lifecycle(fleet, vm, cmd, facts)]
+    raise _Rejected(
+        RejectionCode.WRONG_STATE, f"the hosts service does not handle {cmd.type_name()}"
     )
 
 
-def _create(fleet: Fleet, cmd: CreateVm, cmd_id: uuid.UUID) -> list[Event]:
-    about = f"vm/{cmd.vm}"
+def _check(problem: tuple[RejectionCode, str] | None) -> None:
+    if problem is not None:
+        raise _Rejected(*problem)
+
+
+def _host(fleet: Fleet, name: str) -> Host:
+    host = fleet.hosts.get(name)
+    if host is None:
+        raise _Rejected(RejectionCode.UNKNOWN_HOST, f"no host {name}")
+    return host
+
+
+def _up(fleet: Fleet, name: str) -> Host:
+    host = _host(fleet, name)
+    if host.state == HostState.DOWN:
+        raise _Rejected(RejectionCode.HOST_DOWN, f"host {name} is down")
+    return host
+
+
+def _vm_on(fleet: Fleet, name: str, host: str) -> Vm:
+    vm = fleet.vms.get(name)
+    if vm is None or vm.host != host:
+        raise _Rejected(RejectionCode.UNKNOWN_VM, f"no VM {name} on {host}")
+    return vm
+
+
+def _full_vm_on(fleet: Fleet, name: str, host: str) -> Vm:
+    vm = _vm_on(fleet, name, host)
+    if vm.memory_mode != MemoryMode.FULL:
+        raise _Rejected(RejectionCode.ACCOUNTING_ONLY, f"VM {name} has no guest memory bytes")
+    return vm
+
+
+def _create(fleet: Fleet, cmd: CreateVm) -> VmCreated:
     if cmd.vm in fleet.vms:
-        return [
-            _reject(
-                about,
-                cmd_id,
-                cmd,
-                RejectionCode.ALREADY_EXISTS,
-                f"VM {cmd.vm} already exists on {fleet.vms[cmd.vm].host}",
-            )
-        ]
-    if cmd.host is not None and cmd.host not in fleet.hosts:
-        return [_reject(about, cmd_id, cmd, RejectionCode.UNKNOWN_HOST, f"no host {cmd.host}")]
-    names = [cmd.host] if cmd.host is not None else sorted(fleet.hosts)
-    fits = [
-        name
-        for name in names
-        if fleet.hosts[name].mem_mib - fleet.mem_reserved(name) >= cmd.mem_mib
-        and fleet.vcpus_placed(name) + cmd.cpu <= fleet.hosts[name].cpu_cores * VCPU_PER_CORE
-    ]
-    if not fits:
-        free = max((fleet.hosts[n].mem_mib - fleet.mem_reserved(n) for n in names), default=0)
-        return [
-            _reject(
-                about,
-                cmd_id,
-                cmd,
-                RejectionCode.INSUFFICIENT_CAPACITY,
-                f"no host has {cmd.mem_mib} MiB and {cmd.cpu} vCPUs free "
-                f"(most free memory: {free} MiB)",
-            )
-        ]
-    # The most free memory wins; among equals, the first host by name.
-    host = max(fits, key=lambda n: fleet.hosts[n].mem_mib - fleet.mem_reserved(n))
-    return [
-        VmCreated(
-            vm=cmd.vm,
-            host=host,
-            cpu=cmd.cpu,
-            mem_mib=cmd.mem_mib,
-            priority=cmd.priority,
-            powered_on=cmd.power_on,
+        raise _Rejected(
+            RejectionCode.ALREADY_EXISTS, f"VM {cmd.vm} already exists on {fleet.vms[cmd.vm].host}"
         )
-    ]
+    if cmd.host is not None:
+        _up(fleet, cmd.host)
+    names = [cmd.host] if cmd.host is not None else sorted(fleet.hosts)
+    fits = [name for name in names if fleet.room(name, cmd.cpu, cmd.mem_mib)]
+    if not fits:
+        up = [n for n in names if fleet.hosts[n].state == HostState.UP]
+        free = max((fleet.hosts[n].spec.mem_mib - fleet.mem_reserved(n) for n in up), default=0)
+        raise _Rejected(
+            RejectionCode.INSUFFICIENT_CAPACITY,
+            f"no host has {cmd.mem_mib} MiB and {cmd.cpu} vCPUs free "
+            f"(most free memory: {free} MiB)",
+        )
+    # The most free memory wins; among equals, the first host by name.
+    host = max(fits, key=lambda n: fleet.hosts[n].spec.mem_mib - fleet.mem_reserved(n))
+    return VmCreated(
+        vm=cmd.vm,
+        host=host,
+        cpu=cmd.cpu,
+        mem_mib=cmd.mem_mib,
+        priority=cmd.priority,
+        powered_on=cmd.power_on,
+        workload=cmd.workload,
+        memory_mode=cmd.memory_mode,
+        template=cmd.template,
+        seed=cmd.seed,
+    )
 
 
-def _power(fleet: Fleet, cmd: PowerOnVm | PowerOffVm, cmd_id: uuid.UUID) -> list[Event]:
-    about = f"vm/{cmd.vm}"
-    vm = fleet.vms.get(cmd.vm)
-    if vm is None or vm.host != cmd.host:
-        return [
-            _reject(about, cmd_id, cmd, RejectionCode.UNKNOWN_VM, f"no VM {cmd.vm} on {cmd.host}")
-        ]
-    want = VmState.ON if isinstance(cmd, PowerOnVm) else VmState.OFF
-    if vm.state == want:
-        return [
-            _reject(about, cmd_id, cmd, RejectionCode.WRONG_STATE, f"VM {cmd.vm} is already {want}")
-        ]
-    if want == VmState.ON:
-        return [VmPoweredOn(vm=vm.name, host=vm.host)]
-    return [VmPoweredOff(vm=vm.name, host=vm.host)]
+def _lifecycle(fleet: Fleet, vm: Vm, cmd: Message, facts: Facts) -> Event:
+    def need(*states: VmState) -> None:
+        if vm.state not in states:
+            raise _Rejected(RejectionCode.WRONG_STATE, f"VM {vm.name} is {vm.state}")
+
+    match cmd:
+        case PowerOnVm():
+            need(VmState.OFF)
+            return VmPoweredOn(vm=vm.name, host=vm.host)
+        case PowerOffVm():
+            need(VmState.ON, VmState.SUSPENDED)
+            return VmPoweredOff(vm=vm.name, host=vm.host)
+        case SuspendVm():
+            need(VmState.ON)
+            return VmSuspended(vm=vm.name, host=vm.host)
+        case ResumeVm():
+            need(VmState.SUSPENDED)
+            return VmResumed(vm=vm.name, host=vm.host)
+        case DestroyVm():
+            need(VmState.OFF)
+            return VmDestroyed(vm=vm.name, host=vm.host)
+        case ResizeVm():
+            return _resize(fleet, vm, cmd, facts)
+    raise _Rejected(RejectionCode.WRONG_STATE, f"not a VM lifecycle command: {cmd.type_name()}")
 
 
-def evolve(fleet: Fleet, event: Message) -> Fleet:
+def _resize(fleet: Fleet, vm: Vm, cmd: ResizeVm, facts: Facts) -> VmResized:
+    cpu = cmd.cpu if cmd.cpu is not None else vm.cpu
+    mem = cmd.mem_mib if cmd.mem_mib is not None else vm.mem_mib
+    if mem < vm.mem_mib:
+        used = facts.used_mib(vm.name)
+        if mem < used:
+            raise _Rejected(
+                RejectionCode.BELOW_USED_MEMORY,
+                f"VM {vm.name} uses {used:.0f} MiB; cannot shrink it to {mem} MiB",
+            )
+    if not fleet.room(vm.host, cpu, mem, besides=vm.name):
+        raise _Rejected(
+            RejectionCode.INSUFFICIENT_CAPACITY,
+            f"host {vm.host} has no room for {vm.name} at {cpu} vCPUs and {mem} MiB",
+        )
+    return VmResized(vm=vm.name, host=vm.host, cpu=cpu, mem_mib=mem)
+
+
+def evolve(fleet: Fleet, event: Message) -> Fleet:  # noqa: PLR0911 - one case per event
     match event:
         case HostRegistered():
-            host = Host(event.host, event.cpu_cores, event.cpu_mhz, event.mem_mib)
-            return replace(fleet, hosts={**fleet.hosts, event.host: host})
+            spec = HostSpec(
+                name=event.host,
+                cpu_cores=event.cpu_cores,
+                cpu_mhz=event.cpu_mhz,
+                mem_mib=event.mem_mib,
+                net_mbps=event.net_mbps,
+                storage_mbs=event.storage_mbs,
+                storage_gib=event.storage_gib,
+                numa_nodes=event.numa_nodes,
+            )
+            return _with_host(fleet, Host(spec, HostState.UP, event.swap_mib))
+        case HostCrashed() if event.host in fleet.hosts:
+            fleet = _with_host(fleet, replace(fleet.hosts[event.host], state=HostState.DOWN))
+            lost = {
+                name: replace(fleet.vms[name], state=VmState.OFF)
+                for name in event.vms_lost
+                if name in fleet.vms
+            }
+            return replace(fleet, vms={**fleet.vms, **lost})
+        case HostRecovered() if event.host in fleet.hosts:
+            return _with_host(fleet, replace(fleet.hosts[event.host], state=HostState.UP))
         case VmCreated():
             state = VmState.ON if event.powered_on else VmState.OFF
-            vm = Vm(event.vm, event.host, event.cpu, event.mem_mib, event.priority, state)
-            return replace(fleet, vms={**fleet.vms, event.vm: vm})
-        case VmPoweredOn() | VmPoweredOff() if event.vm in fleet.vms:
-            state = VmState.ON if isinstance(event, VmPoweredOn) else VmState.OFF
-            vm = replace(fleet.vms[event.vm], state=state)
-            return replace(fleet, vms={**fleet.vms, event.vm: vm})
+            return _with_vm(
+                fleet,
+                Vm(
+                    event.vm,
+                    event.host,
+                    event.cpu,
+                    event.mem_mib,
+                    event.priority,
+                    state,
+                    event.workload,
+                    event.memory_mode,
+                    event.template,
+                    event.seed,
+                ),
+            )
+        case VmDestroyed():
+            return replace(fleet, vms={k: v for k, v in fleet.vms.items() if k != event.vm})
+        case VmResized() if event.vm in fleet.vms:
+            return _with_vm(
+                fleet, replace(fleet.vms[event.vm], cpu=event.cpu, mem_mib=event.mem_mib)
+            )
+        case VmPoweredOn() | VmResumed() if event.vm in fleet.vms:
+            return _with_vm(fleet, replace(fleet.vms[event.vm], state=VmState.ON))
+        case VmPoweredOff() if event.vm in fleet.vms:
+            return _with_vm(fleet, replace(fleet.vms[event.vm], state=VmState.OFF))
+        case VmSuspended() if event.vm in fleet.vms:
+            return _with_vm(fleet, replace(fleet.vms[event.vm], state=VmState.SUSPENDED))
     return fleet
 
 
-def sample(fleet: Fleet, host: str, tick: int, seed: int) -> HostTelemetry:
-    """One telemetry sample: running guests' demand wobbles around a base utilisation."""
-    h = fleet.hosts[host]
-    vms = fleet.vms_on(host)
-    running = [vm for vm in vms if vm.state == VmState.ON]
-    capacity = h.cpu_cores * h.cpu_mhz
-    demand = 0
-    for vm in running:
-        phase = zlib.crc32(f"{seed}:{vm.name}".encode()) % 1000 / 1000 * math.tau
-        utilisation = BASE_UTILISATION + 0.3 * math.sin(tick / 10 + phase)
-        demand += int(vm.cpu * h.cpu_mhz * utilisation)
-    return HostTelemetry(
-        host=host,
-        tick=tick,
-        cpu_capacity_mhz=capacity,
-        cpu_demand_mhz=demand,
-        cpu_used_mhz=min(demand, capacity),
-        mem_capacity_mib=h.mem_mib,
-        mem_reserved_mib=sum(vm.mem_mib for vm in vms),
-        vms_running=len(running),
-        vms_total=len(vms),
-    )
+def _with_host(fleet: Fleet, host: Host) -> Fleet:
+    return replace(fleet, hosts={**fleet.hosts, host.name: host})
+
+
+def _with_vm(fleet: Fleet, vm: Vm) -> Fleet:
+    return replace(fleet, vms={**fleet.vms, vm.name: vm})

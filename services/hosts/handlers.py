@@ -7,35 +7,35 @@ import time
 
 from schemas import Envelope, Message, Reply
 from schemas.host import HostTelemetry
+from schemas.memory import GetVmMemory, VmMemory
 from schemas.queries import HostList, HostView, ListHosts, ListVms, VmList, VmView
-from services.hosts.domain import Fleet, sample
+from schemas.vm import MemoryMode
+from services.hosts.domain import Fleet
+from services.hosts.machine import Machine
 from shared.bus import PoisonMessage
 from shared.runtime import Runtime
 
 
 class FleetHolder:
-    """The one mutable cell: the current fold of the hosts' events."""
+    """The mutable cells: the current fold of the hosts' events, and the hardware."""
 
-    def __init__(self) -> None:
+    def __init__(self, hosts: list[str]) -> None:
         self.fleet = Fleet()
+        self.machine = Machine(hosts)
         self.tick = 0
         self.samples: dict[str, HostTelemetry] = {}
 
 
 async def telemetry_loop(
-    runtime: Runtime, holder: FleetHolder, hosts: list[str], tick_seconds: float, seed: int
+    runtime: Runtime, holder: FleetHolder, tick_seconds: float, speed: float
 ) -> None:
-    """Publish every host's sample once per tick, on a fixed schedule that does not drift."""
+    """Publish every live host's sample once per tick, on a schedule that does not drift."""
     start = time.monotonic()
     while True:
-        fleet = holder.fleet
         sim_time = runtime.definition.clock()
-        for host in hosts:
-            if host in fleet.hosts:
-                data = holder.samples[host] = sample(fleet, host, holder.tick, seed)
-                await runtime.bus.emit(
-                    Envelope.wrap(data, producer=runtime.name, sim_time=sim_time)
-                )
+        for data in holder.machine.tick(holder.fleet, holder.tick, sim_time, tick_seconds * speed):
+            holder.samples[data.host] = data
+            await runtime.bus.emit(Envelope.wrap(data, producer=runtime.name, sim_time=sim_time))
         holder.tick += 1
         next_at = start + holder.tick * tick_seconds
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))
@@ -45,21 +45,9 @@ async def answer_query(holder: FleetHolder, env: Envelope[Message]) -> Reply:
     fleet = holder.fleet
     match env.data:
         case ListHosts():
-            return HostList(
-                hosts=[
-                    HostView(
-                        host=h.name,
-                        cpu_cores=h.cpu_cores,
-                        cpu_mhz=h.cpu_mhz,
-                        mem_mib=h.mem_mib,
-                        mem_reserved_mib=fleet.mem_reserved(h.name),
-                        cpu_demand_mhz=s.cpu_demand_mhz if (s := holder.samples.get(h.name)) else 0,
-                        vms=len(fleet.vms_on(h.name)),
-                    )
-                    for h in sorted(fleet.hosts.values(), key=lambda h: h.name)
-                ]
-            )
+            return HostList(hosts=[_host_view(holder, name) for name in sorted(fleet.hosts)])
         case ListVms():
+            contention = holder.machine.contention
             return VmList(
                 vms=[
                     VmView(
@@ -69,8 +57,58 @@ async def answer_query(holder: FleetHolder, env: Envelope[Message]) -> Reply:
                         mem_mib=v.mem_mib,
                         priority=v.priority,
                         state=v.state,
+                        workload=v.workload,
+                        memory_mode=v.memory_mode,
+                        slowdown=round(contention.slowdown(v.name), 3),
+                        cpu_ready_ms=round(contention.cpu_ready_ms(v.name), 1),
                     )
                     for v in sorted(fleet.vms.values(), key=lambda v: v.name)
                 ]
             )
+        case GetVmMemory():
+            return _vm_memory(holder, env.data)
     raise PoisonMessage(f"the hosts service does not answer {env.type}")
+
+
+def _host_view(holder: FleetHolder, name: str) -> HostView:
+    fleet = holder.fleet
+    h = fleet.hosts[name]
+    s = holder.samples.get(name)
+    return HostView(
+        host=name,
+        state=h.state,
+        cpu_cores=h.spec.cpu_cores,
+        cpu_mhz=h.spec.cpu_mhz,
+        mem_mib=h.spec.mem_mib,
+        numa_nodes=h.spec.numa_nodes,
+        mem_reserved_mib=fleet.mem_reserved(name),
+        cpu_demand_mhz=s.cpu_demand_mhz if s else 0,
+        cpu_used_mhz=s.cpu_used_mhz if s else 0,
+        mem_active_mib=s.mem_active_mib if s else 0,
+        mem_balloon_mib=s.mem_balloon_mib if s else 0,
+        mem_swap_mib=s.mem_swap_mib if s else 0,
+        mem_shared_saved_mib=s.mem_shared_saved_mib if s else 0,
+        worst_slowdown=max((v.slowdown for v in s.vms), default=1.0) if s else 1.0,
+        vms=len(fleet.vms_on(name)),
+    )
+
+
+def _vm_memory(holder: FleetHolder, query: GetVmMemory) -> VmMemory:
+    vm = holder.fleet.vms.get(query.vm)
+    mem = holder.machine.memory.get(vm.host) if vm is not None else None
+    if vm is None or mem is None:
+        raise PoisonMessage(f"no VM {query.vm} on the hosts of this process")
+    usage = mem.vm_usage(vm.name)
+    full = vm.memory_mode == MemoryMode.FULL
+    return VmMemory(
+        vm=vm.name,
+        host=vm.host,
+        mode=vm.memory_mode.value,
+        pages=usage.pages,
+        resident_pages=usage.resident,
+        shared_pages=usage.shared,
+        swapped_pages=usage.swapped,
+        used_pages=mem.used_pages(vm.name),
+        checksum=mem.checksum(vm.name) if full else None,
+        digests=[int(d) for d in mem.page_digests(vm.name)] if full and query.digests else None,
+    )

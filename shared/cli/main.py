@@ -8,7 +8,7 @@ import typer
 
 from shared.broker import BrokerError
 from shared.bus import BusError
-from shared.cli import events, inventory, up
+from shared.cli import events, host, inventory, up, vm
 from shared.cli.common import CliError
 from shared.logs import configure
 from shared.settings import SettingsError
@@ -23,7 +23,8 @@ app = typer.Typer(
 )
 app.command("up")(up.up)
 app.add_typer(events.events_app, name="events")
-app.add_typer(inventory.vm_app, name="vm")
+app.add_typer(vm.vm_app, name="vm")
+app.add_typer(host.host_app, name="host")
 app.command("hosts")(inventory.hosts)
 app.command("vms")(inventory.vms)
 

@@ -16,7 +16,7 @@ from schemas.vm import (
     VmPoweredOn,
     VmState,
 )
-from services.hosts.domain import Fleet, decide, evolve, sample
+from services.hosts.domain import Facts, Fleet, decide, evolve
 
 
 def fleet_of(*events: Event) -> Fleet:
@@ -30,8 +30,8 @@ def two_hosts() -> Fleet:
     )
 
 
-def run(fleet: Fleet, cmd: Command) -> list[Event]:
-    return decide(fleet, Envelope.wrap(cmd, producer="test"))
+def run(fleet: Fleet, cmd: Command, facts: Facts | None = None) -> list[Event]:
+    return decide(fleet, Envelope.wrap(cmd, producer="test"), facts)
 
 
 def rejection(events: list[Event]) -> RejectionCode:
@@ -118,17 +118,3 @@ def test_rejection_links_to_the_command() -> None:
     [event] = decide(two_hosts(), cmd)
     assert isinstance(event, CommandRejected)
     assert (event.command_id, event.command_type, event.about) == (cmd.id, "CreateVm", "vm/a")
-
-
-def test_telemetry_counts_running_vms_and_repeats_for_a_seed() -> None:
-    """A sample reflects the host's VMs, and the same seed and tick give the same sample."""
-    fleet = two_hosts()
-    fleet = evolve(fleet, run(fleet, CreateVm(vm="a", cpu=2, mem_mib=1024, host="h1"))[0])
-    fleet = evolve(
-        fleet, run(fleet, CreateVm(vm="b", cpu=1, mem_mib=512, host="h1", power_on=False))[0]
-    )
-    s = sample(fleet, "h1", tick=5, seed=1)
-    assert (s.vms_running, s.vms_total, s.mem_reserved_mib) == (1, 2, 1536)
-    assert 0 < s.cpu_demand_mhz <= 2 * 1000
-    assert s == sample(fleet, "h1", tick=5, seed=1)
-    assert sample(fleet, "h2", tick=5, seed=1).cpu_demand_mhz == 0

@@ -12,17 +12,44 @@ import pytest
 
 from schemas import Envelope, Kind, Message, Reply, registry
 from schemas import export as ex
-from schemas.host import HostRegistered, HostTelemetry
+from schemas.host import (
+    CrashHost,
+    HostCrashed,
+    HostRecovered,
+    HostRegistered,
+    HostState,
+    HostTelemetry,
+    RecoverHost,
+)
+from schemas.memory import (
+    GetVmMemory,
+    PagePair,
+    PagesShared,
+    PagesUnshared,
+    SharePages,
+    UnsharePages,
+    VmMemory,
+)
 from schemas.queries import HostList, HostView, ListHosts, ListVms, QueryFailed, VmList, VmView
 from schemas.service import CommandRejected, RejectionCode, ServiceStarted, ServiceStopped
 from schemas.vm import (
     CreateVm,
+    DestroyVm,
+    MemoryMode,
     PowerOffVm,
     PowerOnVm,
+    ResizeVm,
+    ResumeVm,
+    SuspendVm,
     VmCreated,
+    VmDestroyed,
     VmPoweredOff,
     VmPoweredOn,
+    VmResized,
+    VmResumed,
     VmState,
+    VmSuspended,
+    WorkloadKind,
 )
 from shared.bus import subjects
 
@@ -71,6 +98,8 @@ EXAMPLES: dict[str, Message] = {
             hosts=[
                 HostView(
                     host="h1",
+                    state=HostState.UP,
+                    numa_nodes=2,
                     cpu_cores=8,
                     cpu_mhz=2400,
                     mem_mib=65536,
@@ -82,10 +111,48 @@ EXAMPLES: dict[str, Message] = {
         ),
         VmList(
             vms=[
-                VmView(vm="web-1", host="h1", cpu=2, mem_mib=2048, priority="low", state=VmState.ON)
+                VmView(
+                    vm="web-1",
+                    host="h1",
+                    cpu=2,
+                    mem_mib=2048,
+                    priority="low",
+                    state=VmState.ON,
+                    workload=WorkloadKind.STEADY,
+                    memory_mode=MemoryMode.FULL,
+                )
             ]
         ),
         QueryFailed(reason="projection is rebuilding"),
+        SuspendVm(vm="web-1", host="h1"),
+        ResumeVm(vm="web-1", host="h1"),
+        ResizeVm(vm="web-1", host="h1", cpu=4, mem_mib=4096),
+        DestroyVm(vm="web-1", host="h1"),
+        VmSuspended(vm="web-1", host="h1"),
+        VmResumed(vm="web-1", host="h1"),
+        VmResized(vm="web-1", host="h1", cpu=4, mem_mib=4096),
+        VmDestroyed(vm="web-1", host="h1"),
+        CrashHost(host="h1"),
+        RecoverHost(host="h1"),
+        HostCrashed(host="h1", vms_lost=["web-1"]),
+        HostRecovered(host="h1"),
+        SharePages(host="h1", pairs=[PagePair(vm_a="a", page_a=1, vm_b="b", page_b=2)]),
+        UnsharePages(host="h1", vm="a", pages=[1, 2]),
+        PagesShared(host="h1", pairs=[PagePair(vm_a="a", page_a=1, vm_b="b", page_b=2)]),
+        PagesUnshared(host="h1", vm="a", pages=[1, 2]),
+        GetVmMemory(vm="web-1", digests=True),
+        VmMemory(
+            vm="web-1",
+            host="h1",
+            mode="full",
+            pages=512,
+            resident_pages=512,
+            shared_pages=3,
+            swapped_pages=0,
+            used_pages=400,
+            checksum="00" * 16,
+            digests=[1, 2],
+        ),
     ]
 }
 

@@ -14,6 +14,7 @@ from services.hosts.memory.content import (
 )
 from services.hosts.memory.errors import (
     AccountingOnly,
+    BelowUsedMemory,
     BytesDiffer,
     InvalidArgument,
     MemoryModelError,
@@ -41,6 +42,7 @@ __all__ = [
     "PAGE_SIZE",
     "Accesses",
     "AccountingOnly",
+    "BelowUsedMemory",
     "BytesDiffer",
     "ContentLayout",
     "ContentProfile",

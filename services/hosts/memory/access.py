@@ -68,5 +68,6 @@ def apply(pool: FramePool, swap: SwapSpace, guest: GuestMemory, accesses: Access
     reads = guest.check_pages(accesses.read_pages)
     store(pool, swap, guest, writes, accesses.write_offsets, accesses.write_data)
     guest.dirty[writes] = True
+    guest.written_end = max(guest.written_end, int(writes.max(initial=-1)) + 1)
     np.add.at(guest.reads, reads, 1)
     np.add.at(guest.heat, np.concatenate([writes, reads]), 1.0)

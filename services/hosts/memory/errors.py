@@ -66,6 +66,18 @@ class OutOfFrames(MemoryModelError):
         self.free = free
 
 
+class BelowUsedMemory(MemoryModelError):
+    """A shrink that would cut off guest pages in use (see ``HostMemory.used_pages``)."""
+
+    def __init__(self, vm: str, large_pages: int, used_pages: int) -> None:
+        super().__init__(
+            f"VM {vm!r} cannot shrink to {large_pages} large page(s): it uses {used_pages} pages"
+        )
+        self.vm = vm
+        self.large_pages = large_pages
+        self.used_pages = used_pages
+
+
 class SwapFull(MemoryModelError):
     def __init__(self, wanted: int, free: int, reserved: int) -> None:
         super().__init__(

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import numpy as np
 import numpy.typing as npt
 
-from services.hosts.memory.content import DEFAULT_PROFILE, EMPTY_PROFILE, ContentProfile
+from services.hosts.memory.content import (
+    DEFAULT_PROFILE,
+    EMPTY_PROFILE,
+    ContentProfile,
+    PageKind,
+    content_layout,
+)
 from services.hosts.memory.errors import AccountingOnly, InvalidArgument, PageOutOfRange
 from services.hosts.memory.geometry import LARGE_PAGE_PAGES, Ints
 
@@ -48,22 +54,65 @@ class VmSpec:
 
 
 class GuestMemory:
-    """A fixed-height, two-level page table and per-page dirty bits, read counts and heat.
+    """A two-level page table and per-page dirty bits, read counts and heat.
 
     ``table[large_page, slot]`` is the entry of guest page ``large_page * 512 + slot`` (see
     ``geometry`` for the encoding): a lookup is one index, whatever the guest's size, and a
     row is one 2 MiB large page. ``home[large_page]`` is the NUMA node the large page was
-    placed on; frames the page needs later are taken there first.
+    placed on; frames the page needs later are taken there first. A resize adds or drops
+    whole rows (``grow``, ``shrink``); the arrays are replaced, so views taken before it
+    keep the old size.
     """
 
     def __init__(self, spec: VmSpec, blocks: Ints, home: Ints) -> None:
         self.spec = spec
-        self.table: Ints = blocks[:, None] * LARGE_PAGE_PAGES + np.arange(LARGE_PAGE_PAGES)
+        self.table: Ints = _rows(blocks)
         self.flat: Ints = self.table.reshape(-1)  # the same entries, by guest page number
         self.home = home
         self.dirty = np.zeros(spec.pages, np.bool_)
         self.reads = np.zeros(spec.pages, np.uint32)
         self.heat = np.zeros(spec.pages, np.float32)
+        # What an accounting-only guest's used size is made of (it has no bytes to test):
+        # 1 + the highest page ever written, and the pages its seeded content filled.
+        self.written_end = 0
+        self._content_pages = spec.pages
+        self._content_end: int | None = None
+
+    def content_end(self) -> int:
+        """1 + the highest page whose seeded content is not a zero page (0 if none).
+
+        Pages added by a resize start as zero pages, so only the pages the guest was created
+        with count, and a shrink never cuts below this (it is part of the used size)."""
+        if self._content_end is None:
+            kinds = content_layout(self.spec.seed, self.spec.profile, self._content_pages).kinds
+            filled = np.flatnonzero(kinds != PageKind.ZERO)
+            self._content_end = int(filled[-1]) + 1 if len(filled) else 0
+        return self._content_end
+
+    def grow(self, blocks: Ints, home: Ints) -> None:
+        """Append the whole large pages ``blocks`` (placed on nodes ``home``) as new rows."""
+        added = len(blocks) * LARGE_PAGE_PAGES
+        self.table = np.concatenate([self.table, _rows(blocks)])
+        self.flat = self.table.reshape(-1)
+        self.home = np.concatenate([self.home, home])
+        self.dirty = np.concatenate([self.dirty, np.zeros(added, np.bool_)])
+        self.reads = np.concatenate([self.reads, np.zeros(added, np.uint32)])
+        self.heat = np.concatenate([self.heat, np.zeros(added, np.float32)])
+        self.spec = replace(self.spec, large_pages=self.spec.large_pages + len(blocks))
+
+    def shrink(self, large_pages: int) -> Ints:
+        """Drop every row from ``large_pages`` on; return the dropped entries, which the
+        caller releases (frames and swap blocks)."""
+        pages = large_pages * LARGE_PAGE_PAGES
+        dropped = self.flat[pages:].copy()
+        self.table = self.table[:large_pages].copy()
+        self.flat = self.table.reshape(-1)
+        self.home = self.home[:large_pages].copy()
+        self.dirty = self.dirty[:pages].copy()
+        self.reads = self.reads[:pages].copy()
+        self.heat = self.heat[:pages].copy()
+        self.spec = replace(self.spec, large_pages=large_pages)
+        return dropped
 
     @property
     def name(self) -> str:
@@ -96,3 +145,9 @@ class GuestMemory:
 
     def home_of(self, pages: Ints) -> Ints:
         return self.home[pages // LARGE_PAGE_PAGES]
+
+
+def _rows(blocks: Ints) -> Ints:
+    """Page-table rows mapping each of ``blocks``' 512 frames in order."""
+    rows: Ints = blocks[:, None] * LARGE_PAGE_PAGES + np.arange(LARGE_PAGE_PAGES)
+    return rows

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from services.hosts.memory import access, digest, paging, sharing, transfer, usage
+from services.hosts.memory import access, digest, paging, sharing, sizing, transfer, usage
 from services.hosts.memory.content import content_layout, fill_large_page
 from services.hosts.memory.errors import InvalidArgument, UnknownVm, VmExists
 from services.hosts.memory.frames import FramePool
@@ -75,6 +75,27 @@ class HostMemory:
         self._pool.release(entries[entries >= 0])
         self._swap.give_back(swap_block(entries[entries < 0]))
         del self._vms[vm]
+
+    def used_pages(self, vm: str) -> int:
+        """The guest's used memory in pages: 1 + its highest page that is not all zeros, or
+        0 if every page is zero; the smallest size ``resize_vm`` can shrink it to.
+
+        Full VMs are read byte for byte (swapped-out pages included). Accounting-only VMs have
+        no bytes: for them it is 1 + the highest page that their seeded content filled (a
+        non-zero page of the content layout) or that a guest access has written.
+        """
+        return sizing.used_pages(self._pool, self._swap, self._vm(vm))
+
+    def resize_vm(self, vm: str, large_pages: int) -> None:
+        """Resize a VM to ``large_pages`` whole 2 MiB large pages.
+
+        Growing appends zero pages in whole large pages, placed over the nodes as by
+        ``create_vm`` (``OutOfFrames`` if too few whole large pages are free); shrinking
+        drops the trailing large pages, releasing their frames (less those other pages still
+        share) and swap blocks (``BelowUsedMemory`` if that would cut below ``used_pages``).
+        Dirty bits, read counts and heat of kept pages are kept; new pages start clear.
+        """
+        sizing.resize(self._pool, self._swap, self._vm(vm), large_pages)
 
     # Guest accesses
 

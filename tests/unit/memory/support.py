@@ -40,3 +40,18 @@ def zero_pages(spec: VmSpec) -> Ints:
     """The pages a VM's content starts as zero."""
     kinds = content_layout(spec.seed, spec.profile, spec.pages).kinds
     return np.flatnonzero(kinds == PageKind.ZERO).astype(np.int64)
+
+
+def content_end(spec: VmSpec) -> int:
+    """1 + the highest page a VM's seeded content makes non-zero (0 if none)."""
+    kinds = content_layout(spec.seed, spec.profile, spec.pages).kinds
+    filled = np.flatnonzero(kinds != PageKind.ZERO)
+    return int(filled[-1]) + 1 if len(filled) else 0
+
+
+def mappers_match_refcounts(host: HostMemory) -> bool:
+    """Every frame's refcount is the number of page-table entries (of all VMs) mapping it."""
+    tables = [host.page_table(vm).reshape(-1) for vm in host.vms]
+    resident = np.concatenate([np.zeros(0, np.int64), *(t[t >= 0] for t in tables)])
+    refcounts = host.frame_refcounts()
+    return bool(np.array_equal(np.bincount(resident, minlength=len(refcounts)), refcounts))

@@ -90,6 +90,8 @@ UNKNOWN: dict[str, Operation] = {
     "export": lambda h: h.export_dirty("ghost"),
     "destroy": lambda h: h.destroy_vm("ghost"),
     "usage": lambda h: h.vm_usage("ghost"),
+    "used_pages": lambda h: h.used_pages("ghost"),
+    "resize": lambda h: h.resize_vm("ghost", 1),
 }
 
 

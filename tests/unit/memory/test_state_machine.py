@@ -17,9 +17,13 @@ from hypothesis.stateful import (
 )
 
 from services.hosts.memory import (
+    DEFAULT_PROFILE,
+    EMPTY_PROFILE,
     PAGE_SIZE,
     AccountingOnly,
+    BelowUsedMemory,
     BytesDiffer,
+    ContentProfile,
     HostMemory,
     MemoryMode,
     OutOfFrames,
@@ -29,19 +33,21 @@ from services.hosts.memory import (
     Workload,
 )
 from services.hosts.memory.geometry import Ints, PageBytes
-from tests.unit.memory.support import state
+from tests.unit.memory.support import content_end, state
 
 NODES = [3, 3]
 SWAP_BLOCKS = 96
 
 
 class HostMachine(RuleBasedStateMachine):
-    """A small host; ``model`` holds each full VM's expected bytes (None: accounting-only)."""
+    """A small host; ``model`` holds each full VM's expected bytes (None: accounting-only),
+    ``written`` each accounting-only VM's expected used pages (content extent and writes)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.host = HostMemory(NODES, swap_blocks=SWAP_BLOCKS)
         self.model: dict[str, PageBytes | None] = {}
+        self.written: dict[str, int] = {}
         self.created = 0
 
     # Helpers
@@ -69,27 +75,47 @@ class HostMachine(RuleBasedStateMachine):
     def entries(self, vm: str, pages: list[int]) -> Ints:
         return self.host.page_table(vm).reshape(-1)[pages]
 
+    def used_pages(self, vm: str) -> int:
+        model = self.model[vm]
+        if model is None:
+            return self.written[vm]
+        filled = np.flatnonzero(model.any(axis=1))
+        return int(filled[-1]) + 1 if len(filled) else 0
+
+    def free_large_pages(self) -> int:
+        return sum(node.free_large_pages for node in self.host.usage().nodes)
+
     # Rules
 
     @initialize(seed=st.integers(0, 2))
     def first_vm(self, seed: int) -> None:
-        self.create(large_pages=2, seed=seed, template="linux", accounting=False)
+        self.create(2, seed, "linux", DEFAULT_PROFILE, accounting=False)
 
     @rule(
         large_pages=st.integers(1, 2),
         seed=st.integers(0, 2),
         template=st.sampled_from(["linux", "bsd"]),
+        profile=st.sampled_from([DEFAULT_PROFILE, DEFAULT_PROFILE, EMPTY_PROFILE]),
         accounting=st.sampled_from([False, False, True]),
     )
-    def create(self, large_pages: int, seed: int, template: str, accounting: bool) -> None:
+    def create(
+        self,
+        large_pages: int,
+        seed: int,
+        template: str,
+        profile: ContentProfile,
+        accounting: bool,
+    ) -> None:
         mode = MemoryMode.ACCOUNTING if accounting else MemoryMode.FULL
-        spec = VmSpec(f"vm{self.created}", large_pages, seed, template, mode=mode)
-        if sum(node.free_large_pages for node in self.host.usage().nodes) < large_pages:
+        spec = VmSpec(f"vm{self.created}", large_pages, seed, template, profile, mode)
+        if self.free_large_pages() < large_pages:
             self.refused(OutOfFrames, lambda: self.host.create_vm(spec))
             return
         self.host.create_vm(spec)
         self.created += 1
         self.model[spec.name] = None if accounting else self.contents(spec.name)
+        if accounting:
+            self.written[spec.name] = content_end(spec)
 
     def contents(self, vm: str) -> PageBytes:
         out = np.zeros((self.host.spec(vm).pages, PAGE_SIZE), np.uint8)
@@ -128,7 +154,9 @@ class HostMachine(RuleBasedStateMachine):
         except OutOfFrames:
             return
         model = self.model[vm]
-        if model is not None:
+        if model is None:
+            self.written[vm] = max(self.written[vm], int(accesses.write_pages.max()) + 1)
+        else:
             for page, offset, row in zip(
                 accesses.write_pages, accesses.write_offsets, accesses.write_data, strict=True
             ):
@@ -223,11 +251,43 @@ class HostMachine(RuleBasedStateMachine):
         self.model[spec.name] = model.copy()
 
     @precondition(lambda self: self.model)
+    @rule(data=st.data(), large_pages=st.integers(1, 3))
+    def resize(self, data: st.DataObject, large_pages: int) -> None:
+        vm = self.pick(data)
+        current, used = self.host.spec(vm).large_pages, self.used_pages(vm)
+        assert self.host.used_pages(vm) == used
+        if large_pages * 512 < used:
+            self.refused(BelowUsedMemory, lambda: self.host.resize_vm(vm, large_pages))
+            return
+        if large_pages - current > self.free_large_pages():
+            self.refused(OutOfFrames, lambda: self.host.resize_vm(vm, large_pages))
+            return
+        dropped = self.host.page_table(vm)[large_pages:].reshape(-1)
+        frames, drops = np.unique(dropped[dropped >= 0], return_counts=True)
+        freed = int(np.count_nonzero(self.host.frame_refcounts()[frames] == drops))
+        used_frames, blocks = self.host.used_frames(), len(self.host.swap_blocks_in_use())
+
+        self.host.resize_vm(vm, large_pages)
+
+        added = max(0, large_pages - current) * 512
+        assert self.host.used_frames() == used_frames + added - freed
+        assert len(self.host.swap_blocks_in_use()) == blocks - np.count_nonzero(dropped < 0)
+        assert self.host.spec(vm).large_pages == large_pages
+        assert self.host.used_pages(vm) == used
+        model = self.model[vm]
+        if model is not None:
+            grown = np.zeros((large_pages * 512, PAGE_SIZE), np.uint8)
+            kept = min(len(model), len(grown))
+            grown[:kept] = model[:kept]
+            self.model[vm] = grown
+
+    @precondition(lambda self: self.model)
     @rule(data=st.data())
     def destroy(self, data: st.DataObject) -> None:
         vm = self.pick(data)
         self.host.destroy_vm(vm)
         del self.model[vm]
+        self.written.pop(vm, None)
 
     # Invariants
 

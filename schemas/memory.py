@@ -1,0 +1,84 @@
+"""Guest-memory mechanisms the hosts offer to policy services."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from schemas.base import Command, Event, Name, Part, Query, Reply, registry
+
+
+class PagePair(Part):
+    """A page of one VM and a page of another (or the same) VM on one host."""
+
+    vm_a: Name
+    page_a: int = Field(ge=0)
+    vm_b: Name
+    page_b: int = Field(ge=0)
+
+
+@registry.register
+class SharePages(Command):
+    """Back each pair with one copy-on-write frame, after checking their bytes are equal."""
+
+    host: Name
+    # Bounded so that the answering event, which lists the pairs, stays a small message.
+    pairs: list[PagePair] = Field(min_length=1, max_length=2_048)
+
+    def aggregate(self) -> str:
+        return f"host/{self.host}"
+
+
+@registry.register
+class UnsharePages(Command):
+    """Give a VM private copies of these pages."""
+
+    host: Name
+    vm: Name
+    pages: list[int] = Field(min_length=1, max_length=2_048)
+
+    def aggregate(self) -> str:
+        return f"host/{self.host}"
+
+
+@registry.register
+class PagesShared(Event):
+    host: Name
+    pairs: list[PagePair]
+
+    def aggregate(self) -> str:
+        return f"host/{self.host}"
+
+
+@registry.register
+class PagesUnshared(Event):
+    host: Name
+    vm: Name
+    pages: list[int]
+
+    def aggregate(self) -> str:
+        return f"vm/{self.vm}"
+
+
+@registry.register
+class GetVmMemory(Query):
+    """A VM's memory: checksum, sizes and, if asked, per-page digests."""
+
+    vm: Name
+    digests: bool = False
+
+    def aggregate(self) -> str:
+        return "hosts"
+
+
+@registry.register
+class VmMemory(Reply):
+    vm: Name
+    host: Name
+    mode: str
+    pages: int
+    resident_pages: int
+    shared_pages: int
+    swapped_pages: int
+    used_pages: int
+    checksum: str | None = Field(None, description="xxh3-128 of the guest's pages in order")
+    digests: list[int] | None = Field(None, description="xxh3-64 per page, in guest order")

@@ -1,0 +1,189 @@
+"""The emulated hardware of this process's hosts: guest memory and resource contention.
+
+It follows the fold (``apply`` runs for every event, while rebuilding and live) and
+answers what deciding needs to know (``facts``). Guest memory is the hardware's own
+state, not a projection of the log: after a restart it is regenerated from each VM's
+seed and the page events in the log (sharing), as a host's RAM is after a reboot.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import structlog
+
+from schemas import Message
+from schemas.host import HostCrashed, HostRegistered, HostState, HostTelemetry
+from schemas.memory import PagesShared, PagesUnshared, SharePages, UnsharePages
+from schemas.service import RejectionCode
+from schemas.vm import MemoryMode, VmCreated, VmDestroyed, VmResized
+from services.hosts.domain import Facts, Fleet, Vm
+from services.hosts.memory import HostMemory, MemoryModelError
+from services.hosts.memory import MemoryMode as MemMode
+from services.hosts.memory import VmSpec as MemSpec
+from services.hosts.memory import Workload as MemWorkload
+from services.hosts.memory.geometry import LARGE_PAGE_PAGES
+from services.hosts.telemetry import Contention, samples
+
+log = structlog.get_logger("vplane.hosts")
+
+MIB_PER_LARGE_PAGE = 2
+PAGE_MIB = 4 / 1024
+# Page writes and reads a running full-memory guest makes per tick at full speed.
+WRITES_PER_TICK = 256
+READS_PER_TICK = 1024
+
+
+def large_pages(mem_mib: int) -> int:
+    return max(1, math.ceil(mem_mib / MIB_PER_LARGE_PAGE))
+
+
+class Machine:
+    def __init__(self, hosts: list[str]) -> None:
+        self.hosts = hosts
+        self.memory: dict[str, HostMemory] = {}
+        self.contention = Contention()
+        self._steps: dict[str, int] = defaultdict(int)
+
+    # Following the fold
+
+    def apply(self, before: Fleet, event: Message) -> None:
+        try:
+            self._apply(before, event)
+        except MemoryModelError as err:
+            # Only when rebuilding can an event fail to apply: the bytes it was decided on
+            # were written by ticks that a restart does not repeat.
+            log.warning(
+                "guest memory could not follow an event", event=event.type_name(), error=str(err)
+            )
+
+    def _apply(self, before: Fleet, event: Message) -> None:
+        match event:
+            case HostRegistered() if event.host in self.hosts:
+                self.memory[event.host] = HostMemory.sized(
+                    event.mem_mib, event.numa_nodes, event.swap_mib
+                )
+            case VmCreated() if event.host in self.memory:
+                self.memory[event.host].create_vm(
+                    _mem_spec(
+                        event.vm, event.mem_mib, event.seed, event.template, event.memory_mode
+                    )
+                )
+            case VmDestroyed() if event.host in self.memory:
+                self.memory[event.host].destroy_vm(event.vm)
+            case VmResized() if event.host in self.memory and event.vm in before.vms:
+                if before.vms[event.vm].mem_mib != event.mem_mib:
+                    self.memory[event.host].resize_vm(event.vm, large_pages(event.mem_mib))
+            case HostCrashed() if event.host in self.memory:
+                # The host's RAM is gone: its guests come back from their seeds.
+                mem = self.memory[event.host]
+                for name in event.vms_lost:
+                    vm = before.vms[name]
+                    mem.destroy_vm(name)
+                    mem.create_vm(_mem_spec(name, vm.mem_mib, vm.seed, vm.template, vm.memory_mode))
+            case PagesShared() if event.host in self.memory:
+                groups: dict[tuple[str, str], tuple[list[int], list[int]]] = defaultdict(
+                    lambda: ([], [])
+                )
+                for pair in event.pairs:
+                    a, b = groups[(pair.vm_a, pair.vm_b)]
+                    a.append(pair.page_a)
+                    b.append(pair.page_b)
+                for (vm_a, vm_b), (pages_a, pages_b) in groups.items():
+                    self.memory[event.host].share_pages(vm_a, pages_a, vm_b, pages_b)
+            case PagesUnshared() if event.host in self.memory:
+                for page in event.pages:
+                    self.memory[event.host].unshare(event.vm, page)
+
+    # What deciding needs to know
+
+    def facts(self, fleet: Fleet) -> Facts:
+        def used_mib(vm: str) -> float:
+            v = fleet.vms.get(vm)
+            if v is None:
+                return 0.0
+            if v.memory_mode == MemoryMode.FULL and v.host in self.memory:
+                return self.memory[v.host].used_pages(vm) * PAGE_MIB
+            return self.contention.active_mib(vm)
+
+        return Facts(
+            used_mib=used_mib,
+            share_problem=self._share_problem,
+            unshare_problem=self._unshare_problem,
+        )
+
+    def _share_problem(self, cmd: SharePages) -> tuple[RejectionCode, str] | None:
+        mem = self.memory.get(cmd.host)
+        if mem is None:
+            return RejectionCode.UNKNOWN_HOST, f"host {cmd.host} is not emulated here"
+        for pair in cmd.pairs:
+            for vm, page in ((pair.vm_a, pair.page_a), (pair.vm_b, pair.page_b)):
+                pages = mem.spec(vm).pages
+                if page >= pages:
+                    return (
+                        RejectionCode.PAGE_OUT_OF_RANGE,
+                        f"{vm} has pages 0..{pages - 1}, not {page}",
+                    )
+                if mem.page_table(vm).reshape(-1)[page] < 0:
+                    return RejectionCode.WRONG_STATE, f"page {page} of {vm} is swapped out"
+            if mem.read(pair.vm_a, pair.page_a) != mem.read(pair.vm_b, pair.page_b):
+                return RejectionCode.BYTES_DIFFER, (
+                    f"page {pair.page_a} of {pair.vm_a} and page {pair.page_b} of {pair.vm_b} "
+                    "hold different bytes"
+                )
+        return None
+
+    def _unshare_problem(self, cmd: UnsharePages) -> tuple[RejectionCode, str] | None:
+        mem = self.memory.get(cmd.host)
+        if mem is None:
+            return RejectionCode.UNKNOWN_HOST, f"host {cmd.host} is not emulated here"
+        pages = mem.spec(cmd.vm).pages
+        bad = [p for p in cmd.pages if p >= pages]
+        if bad:
+            return (
+                RejectionCode.PAGE_OUT_OF_RANGE,
+                f"{cmd.vm} has pages 0..{pages - 1}, not {bad[0]}",
+            )
+        return None
+
+    # Every tick
+
+    def tick(self, fleet: Fleet, tick: int, sim_time: float, tick_s: float) -> list[HostTelemetry]:
+        up = [h for h in self.hosts if h in fleet.hosts and fleet.hosts[h].state == HostState.UP]
+        usage = self.contention.run(fleet, up, sim_time, tick_s)
+        # The sample reports memory as the tick starts; the guests then work through it.
+        out = samples(fleet, up, tick, usage, self.memory, self.contention.index)
+        for host in up:
+            self._guest_work(fleet, host)
+        return out
+
+    def _guest_work(self, fleet: Fleet, host: str) -> None:
+        """Running full-memory guests write and read pages, slowed as their CPU is."""
+        mem = self.memory.get(host)
+        if mem is None:
+            return
+        for vm in fleet.vms_on(host):
+            if vm.memory_mode != MemoryMode.FULL or vm.state.value != "on":
+                continue
+            speed = 1.0 / self.contention.slowdown(vm.name)
+            step = self._steps[vm.name]
+            self._steps[vm.name] = step + 1
+            accesses = MemWorkload(seed=vm.seed).step(
+                mem.spec(vm.name).pages,
+                step,
+                writes=int(WRITES_PER_TICK * speed),
+                reads=int(READS_PER_TICK * speed),
+            )
+            mem.apply(vm.name, accesses)
+        mem.decay_heat()
+
+
+def _mem_spec(name: str, mem_mib: int, seed: int, template: str, mode: MemoryMode) -> MemSpec:
+    return MemSpec(
+        name, large_pages(mem_mib), seed=seed, template=template, mode=MemMode(mode.value)
+    )
+
+
+def guest_pages(vm: Vm) -> int:
+    return large_pages(vm.mem_mib) * LARGE_PAGE_PAGES

@@ -1,0 +1,169 @@
+"""Each tick's contention over this process's hosts, and the telemetry that reports it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from schemas.host import HostTelemetry, VmSample
+from schemas.vm import VmState, WorkloadKind
+from services.hosts.domain import Fleet, Vm
+from services.hosts.memory import HostMemory
+from services.hosts.resources import (
+    Bursty,
+    Diurnal,
+    HadoopWorker,
+    NoisyNeighbour,
+    PowerState,
+    Steady,
+    Usage,
+    VmSpec,
+    Workload,
+    WorkloadTable,
+    contend,
+    host_arrays,
+    vm_arrays,
+)
+
+PAGE_MIB = 4 / 1024
+_POWER = {
+    VmState.ON: PowerState.ON,
+    VmState.OFF: PowerState.OFF,
+    VmState.SUSPENDED: PowerState.SUSPENDED,
+}
+_PROFILES: Mapping[
+    WorkloadKind, type[Steady | Bursty | Diurnal | HadoopWorker | NoisyNeighbour]
+] = {
+    WorkloadKind.STEADY: Steady,
+    WorkloadKind.BURSTY: Bursty,
+    WorkloadKind.DIURNAL: Diurnal,
+    WorkloadKind.HADOOP: HadoopWorker,
+    WorkloadKind.NOISY: NoisyNeighbour,
+}
+
+
+def profile(vm: Vm) -> Workload:
+    return _PROFILES[vm.workload](seed=vm.seed)
+
+
+class Contention:
+    """Runs the vectorised resource model; its arrays are rebuilt only when the fleet changed."""
+
+    def __init__(self) -> None:
+        self._key: tuple[int, tuple[str, ...]] | None = None
+        self._vms: list[Vm] = []
+        self.index: dict[str, int] = {}
+        self.usage: Usage | None = None
+
+    def run(self, fleet: Fleet, hosts: list[str], sim_time: float, tick_s: float) -> Usage | None:
+        key = (id(fleet), tuple(hosts))
+        if key != self._key:
+            wanted = set(hosts)
+            self._vms = [vm for vm in fleet.vms.values() if vm.host in wanted]
+            host_specs = [fleet.hosts[h].spec for h in hosts]
+            specs = [
+                VmSpec(vm.name, vm.host, vm.cpu, vm.mem_mib, profile(vm), _POWER[vm.state])
+                for vm in self._vms
+            ]
+            self._hosts = host_arrays(host_specs)
+            self._rows = vm_arrays(specs, host_specs)
+            self._table = WorkloadTable([s.workload for s in specs])
+            self.index = {vm.name: i for i, vm in enumerate(self._vms)}
+            self._key = key
+        if not hosts:
+            self.usage = None
+            return None
+        demand = self._table.demand(sim_time, self._rows.vcpus, self._rows.mem_mib)
+        self.usage = contend(self._hosts, self._rows, demand, tick_s)
+        return self.usage
+
+    def slowdown(self, vm: str) -> float:
+        i = self.index.get(vm)
+        return 1.0 if i is None or self.usage is None else float(self.usage.vms.slowdown[i])
+
+    def active_mib(self, vm: str) -> float:
+        i = self.index.get(vm)
+        return 0.0 if i is None or self.usage is None else float(self.usage.vms.mem_active_mib[i])
+
+    def cpu_ready_ms(self, vm: str) -> float:
+        i = self.index.get(vm)
+        return 0.0 if i is None or self.usage is None else float(self.usage.vms.cpu_ready_ms[i])
+
+
+def samples(
+    fleet: Fleet,
+    hosts: list[str],
+    tick: int,
+    usage: Usage | None,
+    memory: Mapping[str, HostMemory],
+    index: Mapping[str, int],
+) -> list[HostTelemetry]:
+    """One telemetry message per host, carrying its VMs' samples."""
+    out = []
+    for row, name in enumerate(hosts):
+        spec = fleet.hosts[name].spec
+        vms = fleet.vms_on(name)
+        mem = memory.get(name)
+        saved = mem.usage().saved_frames * PAGE_MIB if mem is not None else 0.0
+        h = usage.hosts if usage is not None else None
+        out.append(
+            HostTelemetry(
+                host=name,
+                tick=tick,
+                cpu_capacity_mhz=spec.cpu_capacity_mhz,
+                cpu_demand_mhz=int(h.cpu_demand_mhz[row]) if h else 0,
+                cpu_used_mhz=int(h.cpu_used_mhz[row]) if h else 0,
+                mem_capacity_mib=spec.mem_mib,
+                mem_reserved_mib=sum(vm.mem_mib for vm in vms),
+                mem_active_mib=float(h.mem_active_mib[row]) if h else 0.0,
+                mem_balloon_mib=float(h.mem_balloon_mib[row]) if h else 0.0,
+                mem_swap_mib=float(h.mem_swap_mib[row]) if h else 0.0,
+                mem_shared_saved_mib=saved,
+                net_capacity_mbps=spec.net_mbps,
+                net_used_mbps=float(h.net_tx_mbps[row] + h.net_rx_mbps[row]) if h else 0.0,
+                storage_capacity_mbs=spec.storage_mbs,
+                storage_used_mbs=(
+                    float(h.storage_read_mbs[row] + h.storage_write_mbs[row]) if h else 0.0
+                ),
+                vms_running=sum(vm.state == VmState.ON for vm in vms),
+                vms_total=len(vms),
+                vms=[_sample(vm, usage, index.get(vm.name)) for vm in vms],
+            )
+        )
+    return out
+
+
+def _sample(vm: Vm, usage: Usage | None, i: int | None) -> VmSample:
+    if usage is None or i is None:
+        return VmSample(
+            vm=vm.name,
+            state=vm.state.value,
+            cpu_demand_mhz=0,
+            cpu_used_mhz=0,
+            cpu_ready_ms=0,
+            cpu_latency_pct=0,
+            mem_active_mib=0,
+            mem_balloon_mib=0,
+            mem_swap_mib=0,
+            net_tx_mbps=0,
+            net_rx_mbps=0,
+            storage_read_mbs=0,
+            storage_write_mbs=0,
+            slowdown=1.0,
+        )
+    u = usage.vms
+    return VmSample(
+        vm=vm.name,
+        state=vm.state.value,
+        cpu_demand_mhz=round(float(u.cpu_demand_mhz[i]), 1),
+        cpu_used_mhz=round(float(u.cpu_used_mhz[i]), 1),
+        cpu_ready_ms=round(float(u.cpu_ready_ms[i]), 2),
+        cpu_latency_pct=round(float(u.cpu_latency_pct[i]), 2),
+        mem_active_mib=round(float(u.mem_active_mib[i]), 1),
+        mem_balloon_mib=round(float(u.mem_balloon_mib[i]), 1),
+        mem_swap_mib=round(float(u.mem_swap_mib[i]), 1),
+        net_tx_mbps=round(float(u.net_tx_mbps[i]), 2),
+        net_rx_mbps=round(float(u.net_rx_mbps[i]), 2),
+        storage_read_mbs=round(float(u.storage_read_mbs[i]), 2),
+        storage_write_mbs=round(float(u.storage_write_mbs[i]), 2),
+        slowdown=max(1.0, round(float(u.slowdown[i]), 4)),
+    )

@@ -1,0 +1,103 @@
+"""Sending a command from the CLI: validate it, send it, and print its answer."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import typer
+from pydantic import ValidationError
+
+from schemas import Command, Envelope, Message
+from schemas.queries import ListVms, VmList
+from schemas.service import CommandRejected
+from schemas.vm import VmCreated
+from shared.bus import Bus
+from shared.cli.common import CliError, with_bus
+from shared.client import Client
+
+C = TypeVar("C", bound=Command)
+
+WaitOption = Annotated[bool, typer.Option("--wait", help="Wait for the answering event.")]
+TimeoutOption = Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait.")]
+
+
+def validated(build: type[C], **fields: object) -> C:
+    """A command built from CLI values, or a one-line error naming the bad field."""
+    try:
+        return build.model_validate(fields)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise CliError(f"invalid {where}: {first['msg']}") from None
+
+
+def describe(env: Envelope[Message]) -> str:
+    data = env.data
+    match data:
+        case CommandRejected():
+            return f"rejected ({data.code}): {data.reason}"
+        case VmCreated():
+            state = "on" if data.powered_on else "off"
+            return (
+                f"created {data.vm} on {data.host}: {data.cpu} vCPU, {data.mem_mib} MiB, "
+                f"{data.priority} priority, {data.workload} workload, {data.memory_mode} "
+                f"memory, {state}"
+            )
+    phrase = _PHRASES.get(data.type_name(), data.type_name())
+    fields = data.model_dump(mode="json")
+    where = " on ".join(str(fields[k]) for k in ("vm", "host") if k in fields)
+    detail = ", ".join(f"{k}={v}" for k, v in fields.items() if k not in {"vm", "host"})
+    return f"{phrase} {where}" + (f" ({detail})" if detail else "")
+
+
+_PHRASES = {
+    "VmPoweredOn": "powered on",
+    "VmPoweredOff": "powered off",
+    "VmSuspended": "suspended",
+    "VmResumed": "resumed",
+    "VmResized": "resized",
+    "VmDestroyed": "destroyed",
+    "HostCrashed": "crashed",
+    "HostRecovered": "recovered",
+}
+
+
+Make = Callable[[Client], Awaitable[Command]]
+
+
+def ready(cmd: Command) -> Make:
+    """A command that needs no question answered before it is sent."""
+
+    async def make(_client: Client) -> Command:
+        return cmd
+
+    return make
+
+
+def send(bus: str | None, wait: bool, timeout: float, make: Make) -> None:
+    """Send the command ``make`` builds (it may ask queries first); print the answer."""
+
+    async def work(b: Bus) -> list[Envelope[Message]]:
+        client = Client(b)
+        cmd = await make(client)
+        if wait:
+            return await client.send_and_wait(cmd, timeout=timeout)
+        env = await client.send(cmd)
+        typer.echo(f"sent {env.type} (command {env.id}); --wait shows the answer")
+        return []
+
+    answers = with_bus(bus, work)
+    for env in answers:
+        typer.echo(describe(env))
+    if any(isinstance(env.data, CommandRejected) for env in answers):
+        raise typer.Exit(1)
+
+
+async def host_of(client: Client, vm: str) -> str:
+    reply = await client.query(ListVms())
+    assert isinstance(reply, VmList)
+    host = next((v.host for v in reply.vms if v.vm == vm), None)
+    if host is None:
+        raise CliError(f"no VM named {vm!r} (see `vplane vms`)")
+    return host
