@@ -12,7 +12,7 @@ from schemas import Envelope, Message
 from shared.bus import subjects
 from shared.bus.dedupe import RecentIds, unique
 from shared.bus.dispatch import Ack, Bury, Retry, answer, dispatch, entry_of, read_reply
-from shared.bus.errors import ConcurrencyError, RequestFailed
+from shared.bus.errors import BusError, ConcurrencyError, RequestFailed
 from shared.bus.protocol import (
     AppendResult,
     ConsumerSpec,
@@ -85,6 +85,7 @@ class MemoryBus:
         self._cursors: dict[str, int] = {}
         self._dead: list[DeadLetter] = []
         self._servers: dict[str, QueryHandler] = {}
+        self._flows: dict[str, _Log] = {}
         self._tasks: list[_Task] = []
 
     async def start(self) -> None:
@@ -241,6 +242,24 @@ class MemoryBus:
 
     async def dead_letters(self, consumer: str) -> list[DeadLetter]:
         return [d for d in self._dead if d.consumer == consumer]
+
+    async def put_data(self, flow: str, chunks: list[bytes]) -> None:
+        log = self._flows.setdefault(flow, _Log())
+        for chunk in chunks:
+            await log.add(flow, chunk)
+
+    async def read_data(
+        self, flow: str, count: int, *, timeout: float = 30.0
+    ) -> AsyncIterator[bytes]:
+        log = self._flows.setdefault(flow, _Log())
+        for seq in range(1, count + 1):
+            try:
+                async with asyncio.timeout(timeout):
+                    while (entry := log.first_from(seq, ())) is None:
+                        await log.wait_change(0.05)
+            except TimeoutError:
+                raise BusError(f"data flow {flow}: chunk {seq} of {count} did not come") from None
+            yield entry.data
 
 
 def _logged(entry: _Entry) -> Logged:

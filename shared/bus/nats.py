@@ -64,6 +64,7 @@ class NatsBus:
         self._subs: list[Subscription] = []
         self._names = {s: f"{namespace.upper()}_{s.name}" for s in Stream}
         self._dlq_stream = f"{namespace.upper()}_DEADLETTERS"
+        self._data_stream = f"{namespace.upper()}_DATA"
 
     async def _on_error(self, err: Exception) -> None:
         self._last_error = str(err) or type(err).__name__
@@ -112,7 +113,9 @@ class NatsBus:
         self._nc = nc
         self._js = self._nc.jetstream(timeout=10)
         jsm = self._nc.jsm()
-        for config in stream_configs(self.namespace, self._names, self._dlq_stream):
+        for config in stream_configs(
+            self.namespace, self._names, self._dlq_stream, self._data_stream
+        ):
             try:
                 await jsm.add_stream(config)
             except nats.js.errors.BadRequestError:
@@ -318,6 +321,35 @@ class NatsBus:
                 )
             )
         return out
+
+    async def put_data(self, flow: str, chunks: list[bytes]) -> None:
+        subject = subjects.data_subject(self.namespace, flow)
+        futures = [await self.js.publish_async(subject, chunk) for chunk in chunks]
+        try:
+            async with asyncio.timeout(60):
+                await asyncio.gather(*futures)
+        except (TimeoutError, nats.js.errors.APIError) as err:
+            raise BusError(f"data flow {flow}: publish failed: {err!r}") from err
+
+    async def read_data(
+        self, flow: str, count: int, *, timeout: float = 30.0
+    ) -> AsyncIterator[bytes]:
+        sub = await self._reader(
+            self._data_stream, (subjects.data_subject(self.namespace, flow),), 1
+        )
+        chunks = messages(sub, until=None)
+        try:
+            for seq in range(1, count + 1):
+                try:
+                    async with asyncio.timeout(timeout):
+                        msg = await anext(chunks)
+                except TimeoutError:
+                    raise BusError(
+                        f"data flow {flow}: chunk {seq} of {count} did not come"
+                    ) from None
+                yield msg.data
+        finally:
+            await chunks.aclose()
 
 
 async def _on_disconnect() -> None:

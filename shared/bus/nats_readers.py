@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import nats.errors
@@ -136,7 +136,7 @@ class Server:
 
 async def messages(
     sub: JetStreamContext.PullSubscription, *, until: int | None
-) -> AsyncIterator[Msg]:
+) -> AsyncGenerator[Msg, None]:
     """Messages of an ephemeral consumer in order; stop at ``until``, or follow forever."""
     try:
         if until is not None and (await sub.consumer_info()).num_pending == 0:

@@ -12,8 +12,12 @@ TELEMETRY_PER_SUBJECT = 2_000
 DEAD_LETTER_MAX_AGE = 14 * 24 * 3600.0
 
 
+DATA_MAX_AGE = 15 * 60.0
+DATA_MAX_BYTES = 4 * 1024**3
+
+
 def stream_configs(
-    namespace: str, names: dict[Stream, str], dead_letters: str
+    namespace: str, names: dict[Stream, str], dead_letters: str, data: str
 ) -> list[api.StreamConfig]:
     return [
         # The log is the system's memory: no limits, so nothing is evicted, and
@@ -45,6 +49,16 @@ def stream_configs(
             discard=api.DiscardPolicy.OLD,
             max_age=TELEMETRY_MAX_AGE,
             max_msgs_per_subject=TELEMETRY_PER_SUBJECT,
+        ),
+        # Bulk page transfers: read soon after they are written, then of no use.
+        api.StreamConfig(
+            name=data,
+            subjects=[f"{namespace}.data.>"],
+            storage=api.StorageType.FILE,
+            retention=api.RetentionPolicy.LIMITS,
+            discard=api.DiscardPolicy.OLD,
+            max_age=DATA_MAX_AGE,
+            max_bytes=DATA_MAX_BYTES,
         ),
         api.StreamConfig(
             name=dead_letters,

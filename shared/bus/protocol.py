@@ -133,3 +133,9 @@ class Bus(Protocol):
 
     async def dead_letters(self, consumer: str) -> list[DeadLetter]:
         """What the named consumer gave up on, oldest first."""
+
+    async def put_data(self, flow: str, chunks: list[bytes]) -> None:
+        """Publish bulk bytes (guest pages) on a flow's data subject, in order, confirmed."""
+
+    def read_data(self, flow: str, count: int, *, timeout: float = 30.0) -> AsyncIterator[bytes]:
+        """The first ``count`` chunks of a flow, in order; waits up to ``timeout`` for each."""

@@ -356,6 +356,35 @@ class RabbitBus:
         finally:
             await follower.stop()
 
+    async def put_data(self, flow: str, chunks: list[bytes]) -> None:
+        assert self._confirmed is not None
+        await self.topology.declare_data(self._confirmed, flow)
+        await asyncio.gather(*(self._publish("data", flow, chunk) for chunk in chunks))
+
+    async def read_data(
+        self, flow: str, count: int, *, timeout: float = 30.0
+    ) -> AsyncIterator[bytes]:
+        channel = await self.conn.channel()
+        try:
+            await channel.set_qos(prefetch_count=16)
+            name = await self.topology.declare_data(channel, flow)
+            queue = await channel.get_queue(name, ensure=False)
+            async with queue.iterator() as messages:
+                for seq in range(1, count + 1):
+                    try:
+                        async with asyncio.timeout(timeout):
+                            message = await anext(messages)
+                    except TimeoutError:
+                        raise BusError(
+                            f"data flow {flow}: chunk {seq} of {count} did not come"
+                        ) from None
+                    await message.ack()
+                    yield message.body
+            await queue.delete(if_unused=False, if_empty=False)
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+
 
 async def delete_namespace(bus: RabbitBus, consumers: Iterable[str] = ()) -> None:
     """Remove a namespace's queues and exchanges: for tests and tools, never services."""

@@ -21,6 +21,7 @@ H_CONSUMER = "x-vplane-consumer"
 TELEMETRY_MAX_AGE = "15m"
 TELEMETRY_MAX_BYTES = 256 * 1024 * 1024
 DEAD_LETTER_MAX_AGE = "14D"
+DATA_EXPIRES_MS = 15 * 60 * 1000
 
 
 class Topology:
@@ -31,6 +32,7 @@ class Topology:
             "commands": f"{namespace}.commands",
             "telemetry": f"{namespace}.telemetry",
             "dlx": f"{namespace}.dlx",
+            "data": f"{namespace}.data",
         }
         # Queues declared through this topology, so that tools can remove them.
         self.declared: set[str] = set()
@@ -43,6 +45,19 @@ class Topology:
 
     def query_queue(self, target: str) -> str:
         return subjects.query_subject(self.ns, target)
+
+    def data_queue(self, flow: str) -> str:
+        return f"{self.ns}.data.{flow}"
+
+    async def declare_data(self, channel: AbstractChannel, flow: str) -> str:
+        """A queue per data flow, so its reader gets only its chunks; unused, it expires."""
+        name = self.data_queue(flow)
+        queue = await channel.declare_queue(
+            name, durable=True, arguments={"x-expires": DATA_EXPIRES_MS}
+        )
+        await queue.bind(self.exchange_names["data"], flow)
+        self.declared.add(name)
+        return name
 
     def consumer_queue(self, name: str) -> str:
         return f"{self.ns}.q.{name}"
@@ -70,7 +85,11 @@ class Topology:
     async def declare(self, channel: AbstractChannel) -> dict[str, AbstractExchange]:
         """Declare everything (idempotent) and return the exchanges by role."""
         exchanges = {
-            role: await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
+            role: await channel.declare_exchange(
+                name,
+                aio_pika.ExchangeType.DIRECT if role == "data" else aio_pika.ExchangeType.TOPIC,
+                durable=True,
+            )
             for role, name in self.exchange_names.items()
         }
         log = await channel.declare_queue(

@@ -50,3 +50,7 @@ def matches(pattern: str, subject: str) -> bool:
         if i >= len(sub) or (token != "*" and token != sub[i]):
             return False
     return len(pat) == len(sub)
+
+
+def data_subject(namespace: str, flow: str) -> str:
+    return f"{namespace}.data.{flow}"
