@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import enum
+
 from pydantic import Field
 
 from schemas.base import Command, Event, Name, Part, Query, Reply, registry
@@ -82,3 +84,66 @@ class VmMemory(Reply):
     used_pages: int
     checksum: str | None = Field(None, description="xxh3-128 of the guest's pages in order")
     digests: list[int] | None = Field(None, description="xxh3-64 per page, in guest order")
+
+
+class Selection(enum.StrEnum):
+    ALL = "all"
+    DIRTY = "dirty"  # written since the last dirty or checkpoint export; clears the dirty bits
+    CHECKPOINT = "checkpoint"  # every page, the base later dirty exports apply to
+
+
+@registry.register
+class ExportPages(Command):
+    """Send a VM's pages to a data flow, in batches; zero pages travel as markers."""
+
+    host: Name
+    vm: Name
+    flow: Name
+    selection: Selection = Selection.ALL
+    pages: list[int] | None = Field(None, max_length=1_048_576, description="for 'all': these")
+    batch: int = Field(128, ge=1, le=1024, description="pages per chunk on the data subject")
+
+    def aggregate(self) -> str:
+        return f"host/{self.host}"
+
+
+@registry.register
+class PagesExported(Event):
+    host: Name
+    vm: Name
+    flow: Name
+    selection: Selection
+    guest_pages: int = Field(ge=1)
+    pages: int = Field(ge=0)
+    zero_pages: int = Field(ge=0)
+    batches: int = Field(ge=0)
+    bytes: int = Field(ge=0)
+
+    def aggregate(self) -> str:
+        return f"vm/{self.vm}"
+
+
+@registry.register
+class ImportPages(Command):
+    """Write the batches of a data flow into a VM of the same size."""
+
+    host: Name
+    vm: Name
+    flow: Name
+    batches: int = Field(ge=0)
+
+    def aggregate(self) -> str:
+        return f"host/{self.host}"
+
+
+@registry.register
+class PagesImported(Event):
+    host: Name
+    vm: Name
+    flow: Name
+    pages: int = Field(ge=0)
+    zero_pages: int = Field(ge=0)
+    checksum: str
+
+    def aggregate(self) -> str:
+        return f"vm/{self.vm}"

@@ -165,3 +165,35 @@ class VmResized(_VmEvent):
 @registry.register
 class VmDestroyed(_VmEvent):
     pass
+
+
+@registry.register
+class StunVm(_HostedVmCommand):
+    """Pause a running VM's vCPUs (switchover of a live migration)."""
+
+
+@registry.register
+class UnstunVm(_HostedVmCommand):
+    pass
+
+
+@registry.register
+class ThrottleVm(_HostedVmCommand):
+    """Cap a VM's CPU at a fraction of its vCPUs (so that pre-copy converges); 1 lifts it."""
+
+    cpu_cap: float = Field(ge=0.0, le=1.0)
+
+
+@registry.register
+class VmStunned(_VmEvent):
+    pass
+
+
+@registry.register
+class VmUnstunned(_VmEvent):
+    pass
+
+
+@registry.register
+class VmThrottled(_VmEvent):
+    cpu_cap: float = Field(ge=0.0, le=1.0)

@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from schemas import Envelope, Event, Message
+from schemas import Envelope, Event, Message, Reply
 from schemas.service import ServiceStarted, ServiceStopped
 from shared.bus import Bus, ConsumerSpec, Delivery, Logged, QueryHandler, Stream, Subscription
 from shared.bus.subjects import event_subject, matches, stream_subject
@@ -21,7 +21,9 @@ from shared.bus.subjects import event_subject, matches, stream_subject
 log = structlog.get_logger("vplane.runtime")
 
 Fold = Callable[[int, Envelope[Message]], None]
-Decide = Callable[[Envelope[Message]], list[Event]]
+# Answers a command with the events to append; async, because mechanism services
+# (hosts) move bulk bytes at this edge before they can answer.
+Decide = Callable[[Envelope[Message]], Coroutine[Any, Any, list[Event]]]
 Loop = Callable[["Runtime"], Coroutine[Any, Any, None]]
 
 
@@ -62,6 +64,9 @@ class Runtime:
         self._applied_seq = 0
         # Commands whose answer is already in the log: a redelivery changes nothing.
         self._answered: set[uuid.UUID] = set()
+        # Held while a command is decided, appended and folded: a query waits for it, so
+        # whoever saw the answering event in the log also sees it in every query.
+        self._deciding = asyncio.Lock()
         self._subs: list[Subscription] = []
         self._loops: list[asyncio.Task[None]] = []
         self.ready = asyncio.Event()
@@ -140,16 +145,24 @@ class Runtime:
             )
             self._subs.append(await self.bus.consume(spec, self._on_command))
         for target, handler in d.queries.items():
-            self._subs.append(await self.bus.serve(target, handler))
+            self._subs.append(await self.bus.serve(target, self._after_commands(handler)))
         self._loops = [asyncio.create_task(loop(self)) for loop in d.loops]
+
+    def _after_commands(self, handler: QueryHandler) -> QueryHandler:
+        async def answer(env: Envelope[Message]) -> Reply:
+            async with self._deciding:
+                return await handler(env)
+
+        return answer
 
     async def _on_command(self, env: Envelope[Message], delivery: Delivery) -> None:
         if env.id in self._answered:
             log.info("command already answered, acknowledging", attempt=delivery.attempt)
             return
         assert self.definition.decide is not None
-        events = self.definition.decide(env)
-        await self.publish(events, caused_by=env)
+        async with self._deciding:
+            events = await self.definition.decide(env)
+            await self.publish(events, caused_by=env)
         self._answered.add(env.id)
         self.handled += 1
 

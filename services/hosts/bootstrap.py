@@ -6,8 +6,10 @@ import time
 
 from schemas import Envelope, Event, Message, Reply
 from schemas.host import HostRegistered
-from services.hosts.domain import decide, evolve
+from schemas.memory import ExportPages, ImportPages
+from services.hosts.domain import check_transfer, decide, evolve
 from services.hosts.handlers import FleetHolder, answer_query, telemetry_loop
+from services.hosts.transfers import export_pages, import_pages
 from shared.runtime import Runtime, ServiceDefinition
 from shared.settings import Settings
 
@@ -44,13 +46,22 @@ def build(settings: Settings) -> ServiceDefinition:
         holder.fleet = evolve(before, env.data)
         holder.machine.apply(before, env.data)
 
-    def on_command(env: Envelope[Message]) -> list[Event]:
-        return decide(holder.fleet, env, holder.machine.facts(holder.fleet))
+    async def on_command(env: Envelope[Message]) -> list[Event]:
+        fleet = holder.fleet
+        match env.data:
+            case ExportPages() | ImportPages():
+                if refused := check_transfer(fleet, env):
+                    return refused
+                move = export_pages if isinstance(env.data, ExportPages) else import_pages
+                assert holder.bus is not None, "set up before any command is taken"
+                return await move(holder.bus, holder.machine, env)
+        return decide(fleet, env, holder.machine.facts(fleet))
 
     async def answer(env: Envelope[Message]) -> Reply:
         return await answer_query(holder, env)
 
     async def register_hosts(runtime: Runtime) -> None:
+        holder.bus = runtime.bus
         missing = [host_shape(h) for h in hosts if h not in holder.fleet.hosts]
         await runtime.publish(list(missing), caused_by=None)
 

@@ -19,7 +19,14 @@ from schemas.host import (
     HostState,
     RecoverHost,
 )
-from schemas.memory import PagesShared, PagesUnshared, SharePages, UnsharePages
+from schemas.memory import (
+    ExportPages,
+    ImportPages,
+    PagesShared,
+    PagesUnshared,
+    SharePages,
+    UnsharePages,
+)
 from schemas.service import CommandRejected, RejectionCode
 from schemas.vm import (
     CreateVm,
@@ -30,7 +37,10 @@ from schemas.vm import (
     Priority,
     ResizeVm,
     ResumeVm,
+    StunVm,
     SuspendVm,
+    ThrottleVm,
+    UnstunVm,
     VmCreated,
     VmDestroyed,
     VmPoweredOff,
@@ -38,7 +48,10 @@ from schemas.vm import (
     VmResized,
     VmResumed,
     VmState,
+    VmStunned,
     VmSuspended,
+    VmThrottled,
+    VmUnstunned,
     WorkloadKind,
 )
 from services.hosts.resources import HostSpec
@@ -71,6 +84,8 @@ class Vm:
     memory_mode: MemoryMode = MemoryMode.ACCOUNTING
     template: str = "linux"
     seed: int = 0
+    stunned: bool = False
+    cpu_cap: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,16 +134,7 @@ def decide(fleet: Fleet, env: Envelope[Message], facts: Facts | None = None) -> 
     try:
         return _decide(fleet, cmd, facts or Facts())
     except _Rejected as rejected:
-        about = f"vm/{cmd.vm}" if hasattr(cmd, "vm") else env.subject
-        return [
-            CommandRejected(
-                about=about,
-                command_id=env.id,
-                command_type=cmd.type_name(),
-                code=rejected.code,
-                reason=rejected.reason,
-            )
-        ]
+        return [rejection(env, rejected.code, rejected.reason)]
 
 
 def _decide(fleet: Fleet, cmd: Message, facts: Facts) -> list[Event]:
@@ -157,7 +163,17 @@ def _decide(fleet: Fleet, cmd: Message, facts: Facts) -> list[Event]:
             _full_vm_on(fleet, cmd.vm, cmd.host)
             _check(facts.unshare_problem(cmd))
             return [PagesUnshared(host=cmd.host, vm=cmd.vm, pages=cmd.pages)]
-        case PowerOnVm() | PowerOffVm() | SuspendVm() | ResumeVm() | ResizeVm() | DestroyVm():
+        case (
+            PowerOnVm()
+            | PowerOffVm()
+            | SuspendVm()
+            | ResumeVm()
+            | ResizeVm()
+            | DestroyVm()
+            | StunVm()
+            | UnstunVm()
+            | ThrottleVm()
+        ):
             _up(fleet, cmd.host)
             vm = _vm_on(fleet, cmd.vm, cmd.host)
             return [_lifecycle(fleet, vm, cmd, facts)]
@@ -232,7 +248,7 @@ def _create(fleet: Fleet, cmd: CreateVm) -> VmCreated:
     )
 
 
-def _lifecycle(fleet: Fleet, vm: Vm, cmd: Message, facts: Facts) -> Event:
+def _lifecycle(fleet: Fleet, vm: Vm, cmd: Message, facts: Facts) -> Event:  # noqa: PLR0911
     def need(*states: VmState) -> None:
         if vm.state not in states:
             raise _Rejected(RejectionCode.WRONG_STATE, f"VM {vm.name} is {vm.state}")
@@ -255,6 +271,17 @@ def _lifecycle(fleet: Fleet, vm: Vm, cmd: Message, facts: Facts) -> Event:
             return VmDestroyed(vm=vm.name, host=vm.host)
         case ResizeVm():
             return _resize(fleet, vm, cmd, facts)
+        case StunVm():
+            need(VmState.ON)
+            if vm.stunned:
+                raise _Rejected(RejectionCode.WRONG_STATE, f"VM {vm.name} is already stunned")
+            return VmStunned(vm=vm.name, host=vm.host)
+        case UnstunVm():
+            if not vm.stunned:
+                raise _Rejected(RejectionCode.WRONG_STATE, f"VM {vm.name} is not stunned")
+            return VmUnstunned(vm=vm.name, host=vm.host)
+        case ThrottleVm():
+            return VmThrottled(vm=vm.name, host=vm.host, cpu_cap=cmd.cpu_cap)
     raise _Rejected(RejectionCode.WRONG_STATE, f"not a VM lifecycle command: {cmd.type_name()}")
 
 
@@ -274,6 +301,29 @@ def _resize(fleet: Fleet, vm: Vm, cmd: ResizeVm, facts: Facts) -> VmResized:
             f"host {vm.host} has no room for {vm.name} at {cpu} vCPUs and {mem} MiB",
         )
     return VmResized(vm=vm.name, host=vm.host, cpu=cpu, mem_mib=mem)
+
+
+def check_transfer(fleet: Fleet, env: Envelope[Message]) -> list[Event]:
+    """Why an ExportPages or ImportPages cannot run (a rejection), or [] when it can."""
+    cmd = env.data
+    assert isinstance(cmd, ExportPages | ImportPages)
+    try:
+        _up(fleet, cmd.host)
+        _full_vm_on(fleet, cmd.vm, cmd.host)
+    except _Rejected as rejected:
+        return [rejection(env, rejected.code, rejected.reason)]
+    return []
+
+
+def rejection(env: Envelope[Message], code: RejectionCode, reason: str) -> CommandRejected:
+    vm = getattr(env.data, "vm", None)
+    return CommandRejected(
+        about=f"vm/{vm}" if vm else env.subject,
+        command_id=env.id,
+        command_type=env.type,
+        code=code,
+        reason=reason,
+    )
 
 
 def evolve(fleet: Fleet, event: Message) -> Fleet:  # noqa: PLR0911 - one case per event
@@ -326,7 +376,13 @@ def evolve(fleet: Fleet, event: Message) -> Fleet:  # noqa: PLR0911 - one case p
         case VmPoweredOn() | VmResumed() if event.vm in fleet.vms:
             return _with_vm(fleet, replace(fleet.vms[event.vm], state=VmState.ON))
         case VmPoweredOff() if event.vm in fleet.vms:
-            return _with_vm(fleet, replace(fleet.vms[event.vm], state=VmState.OFF))
+            vm = replace(fleet.vms[event.vm], state=VmState.OFF, stunned=False)
+            return _with_vm(fleet, vm)
+        case VmStunned() | VmUnstunned() if event.vm in fleet.vms:
+            stunned = isinstance(event, VmStunned)
+            return _with_vm(fleet, replace(fleet.vms[event.vm], stunned=stunned))
+        case VmThrottled() if event.vm in fleet.vms:
+            return _with_vm(fleet, replace(fleet.vms[event.vm], cpu_cap=event.cpu_cap))
         case VmSuspended() if event.vm in fleet.vms:
             return _with_vm(fleet, replace(fleet.vms[event.vm], state=VmState.SUSPENDED))
     return fleet

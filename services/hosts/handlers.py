@@ -12,7 +12,7 @@ from schemas.queries import HostList, HostView, ListHosts, ListVms, VmList, VmVi
 from schemas.vm import MemoryMode
 from services.hosts.domain import Fleet
 from services.hosts.machine import Machine
-from shared.bus import PoisonMessage
+from shared.bus import Bus, PoisonMessage
 from shared.runtime import Runtime
 
 
@@ -24,6 +24,8 @@ class FleetHolder:
         self.machine = Machine(hosts)
         self.tick = 0
         self.samples: dict[str, HostTelemetry] = {}
+        # Page transfers move bytes on the bus; the runtime hands it over at setup.
+        self.bus: Bus | None = None
 
 
 async def telemetry_loop(

@@ -164,7 +164,7 @@ class Machine:
         if mem is None:
             return
         for vm in fleet.vms_on(host):
-            if vm.memory_mode != MemoryMode.FULL or vm.state.value != "on":
+            if vm.memory_mode != MemoryMode.FULL or vm.state.value != "on" or vm.stunned:
                 continue
             speed = 1.0 / self.contention.slowdown(vm.name)
             step = self._steps[vm.name]

@@ -61,7 +61,15 @@ class Contention:
             self._vms = [vm for vm in fleet.vms.values() if vm.host in wanted]
             host_specs = [fleet.hosts[h].spec for h in hosts]
             specs = [
-                VmSpec(vm.name, vm.host, vm.cpu, vm.mem_mib, profile(vm), _POWER[vm.state])
+                VmSpec(
+                    vm.name,
+                    vm.host,
+                    vm.cpu,
+                    vm.mem_mib,
+                    profile(vm),
+                    PowerState.SUSPENDED if vm.stunned else _POWER[vm.state],
+                    cpu_cap=vm.cpu_cap,
+                )
                 for vm in self._vms
             ]
             self._hosts = host_arrays(host_specs)

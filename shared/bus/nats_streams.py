@@ -13,7 +13,6 @@ DEAD_LETTER_MAX_AGE = 14 * 24 * 3600.0
 
 
 DATA_MAX_AGE = 15 * 60.0
-DATA_MAX_BYTES = 4 * 1024**3
 
 
 def stream_configs(
@@ -50,7 +49,8 @@ def stream_configs(
             max_age=TELEMETRY_MAX_AGE,
             max_msgs_per_subject=TELEMETRY_PER_SUBJECT,
         ),
-        # Bulk page transfers: read soon after they are written, then of no use.
+        # Bulk page transfers: read soon after they are written, then of no use. Bounded by
+        # age, not bytes: JetStream reserves a stream's max_bytes up front.
         api.StreamConfig(
             name=data,
             subjects=[f"{namespace}.data.>"],
@@ -58,7 +58,6 @@ def stream_configs(
             retention=api.RetentionPolicy.LIMITS,
             discard=api.DiscardPolicy.OLD,
             max_age=DATA_MAX_AGE,
-            max_bytes=DATA_MAX_BYTES,
         ),
         api.StreamConfig(
             name=dead_letters,

@@ -31,7 +31,7 @@ class Counter:
             if isinstance(env.data, VmCreated):
                 self.vms.append(env.data.vm)
 
-        def decide(env: Envelope[Message]) -> list[Event]:
+        async def decide(env: Envelope[Message]) -> list[Event]:
             self.decided += 1
             assert isinstance(env.data, CreateVm)
             return [

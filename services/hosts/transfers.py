@@ -1,0 +1,93 @@
+"""Page export and import over a data flow: the hosts' edge where bulk bytes move."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from schemas import Envelope, Event, Message
+from schemas.memory import ExportPages, ImportPages, PagesExported, PagesImported, Selection
+from schemas.service import RejectionCode
+from services.hosts import wire
+from services.hosts.domain import rejection
+from services.hosts.machine import Machine
+from services.hosts.memory import (
+    AccountingOnly,
+    BelowUsedMemory,
+    BytesDiffer,
+    MemoryModelError,
+    PageBatch,
+    PageOutOfRange,
+    SizeMismatch,
+    UnknownVm,
+)
+from shared.bus import Bus
+
+_CODES: list[tuple[type[MemoryModelError], RejectionCode]] = [
+    (PageOutOfRange, RejectionCode.PAGE_OUT_OF_RANGE),
+    (SizeMismatch, RejectionCode.SIZE_MISMATCH),
+    (AccountingOnly, RejectionCode.ACCOUNTING_ONLY),
+    (UnknownVm, RejectionCode.UNKNOWN_VM),
+    (BytesDiffer, RejectionCode.BYTES_DIFFER),
+    (BelowUsedMemory, RejectionCode.BELOW_USED_MEMORY),
+]
+
+
+def code_of(err: MemoryModelError) -> RejectionCode:
+    return next((code for kind, code in _CODES if isinstance(err, kind)), RejectionCode.WRONG_STATE)
+
+
+async def export_pages(bus: Bus, machine: Machine, env: Envelope[Message]) -> list[Event]:
+    cmd = env.data
+    assert isinstance(cmd, ExportPages)
+    mem = machine.memory[cmd.host]
+    try:
+        if cmd.selection is Selection.DIRTY:
+            batches = mem.export_dirty(cmd.vm, cmd.batch)
+        elif cmd.selection is Selection.CHECKPOINT:
+            batches = mem.export_checkpoint(cmd.vm, cmd.batch)
+        else:
+            pages = None if cmd.pages is None else np.asarray(cmd.pages, dtype=np.int64)
+            batches = mem.export_pages(cmd.vm, pages, cmd.batch)
+        chunks: list[PageBatch] = list(batches)
+    except MemoryModelError as err:
+        return [rejection(env, code_of(err), str(err))]
+    await bus.put_data(cmd.flow, [wire.encode(b) for b in chunks])
+    zero = sum(int(np.count_nonzero(b.zero)) for b in chunks)
+    return [
+        PagesExported(
+            host=cmd.host,
+            vm=cmd.vm,
+            flow=cmd.flow,
+            selection=cmd.selection,
+            guest_pages=mem.spec(cmd.vm).pages,
+            pages=sum(len(b.pages) for b in chunks),
+            zero_pages=zero,
+            batches=len(chunks),
+            bytes=sum(b.wire_bytes for b in chunks),
+        )
+    ]
+
+
+async def import_pages(bus: Bus, machine: Machine, env: Envelope[Message]) -> list[Event]:
+    cmd = env.data
+    assert isinstance(cmd, ImportPages)
+    mem = machine.memory[cmd.host]
+    pages = zero = 0
+    try:
+        async for chunk in bus.read_data(cmd.flow, cmd.batches):
+            batch = wire.decode(chunk)
+            mem.import_pages(cmd.vm, batch)
+            pages += len(batch.pages)
+            zero += int(np.count_nonzero(batch.zero))
+    except MemoryModelError as err:
+        return [rejection(env, code_of(err), str(err))]
+    return [
+        PagesImported(
+            host=cmd.host,
+            vm=cmd.vm,
+            flow=cmd.flow,
+            pages=pages,
+            zero_pages=zero,
+            checksum=mem.checksum(cmd.vm),
+        )
+    ]

@@ -1,0 +1,54 @@
+"""Page batches as bytes on a data flow: a small header, then pages, zero markers, contents."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+
+from services.hosts.memory import PAGE_SIZE, PageBatch, SizeMismatch
+
+MAGIC = b"VPB1"
+_HEAD = struct.Struct(">4sI")
+
+
+def encode(batch: PageBatch) -> bytes:
+    header = json.dumps({"guest_pages": batch.guest_pages, "pages": len(batch.pages)}).encode()
+    return b"".join(
+        (
+            _HEAD.pack(MAGIC, len(header)),
+            header,
+            np.asarray(batch.pages, dtype="<i8").tobytes(),
+            np.asarray(batch.zero, dtype=np.bool_).tobytes(),
+            np.ascontiguousarray(batch.data).tobytes(),
+        )
+    )
+
+
+def decode(raw: bytes) -> PageBatch:
+    """A batch from its bytes; anything malformed raises SizeMismatch, saying what."""
+    if len(raw) < _HEAD.size:
+        raise SizeMismatch(f"a page batch needs at least {_HEAD.size} bytes, got {len(raw)}")
+    magic, size = _HEAD.unpack_from(raw)
+    if magic != MAGIC:
+        raise SizeMismatch("not a page batch (bad magic)")
+    try:
+        header = json.loads(raw[_HEAD.size : _HEAD.size + size])
+        guest_pages, count = int(header["guest_pages"]), int(header["pages"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise SizeMismatch(f"page batch header unreadable: {err}") from None
+    at = _HEAD.size + size
+    if count < 0 or len(raw) < at + 9 * count:
+        raise SizeMismatch(f"page batch too short for {count} pages")
+    pages = np.frombuffer(raw, dtype="<i8", count=count, offset=at).astype(np.int64)
+    at += 8 * count
+    zero = np.frombuffer(raw, dtype=np.bool_, count=count, offset=at)
+    at += count
+    carried = count - int(np.count_nonzero(zero))
+    if len(raw) - at != carried * PAGE_SIZE:
+        raise SizeMismatch(
+            f"page batch carries {len(raw) - at} bytes for {carried} pages of {PAGE_SIZE}"
+        )
+    data = np.frombuffer(raw, dtype=np.uint8, offset=at).reshape(carried, PAGE_SIZE)
+    return PageBatch(guest_pages, pages, zero, data)
