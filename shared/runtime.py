@@ -40,7 +40,9 @@ class ServiceDefinition:
     fold: Fold | None = None
     fold_filters: tuple[str, ...] = ()
     decide: Decide | None = None
-    command_filters: tuple[str, ...] = ()
+    # Durable command consumers by name: several processes of one service share a
+    # consumer of the same name, or each takes its own (hosts addressed to it).
+    commands: dict[str, tuple[str, ...]] = field(default_factory=dict)
     queries: dict[str, QueryHandler] = field(default_factory=dict)
     # Runs once the state is rebuilt and before any command is taken.
     setup: Loop | None = None
@@ -140,10 +142,9 @@ class Runtime:
     async def _start_consumers(self) -> None:
         d = self.definition
         if d.decide is not None:
-            spec = ConsumerSpec(
-                name=f"{self.name}-commands", stream=Stream.COMMANDS, filters=d.command_filters
-            )
-            self._subs.append(await self.bus.consume(spec, self._on_command))
+            for consumer, filters in d.commands.items():
+                spec = ConsumerSpec(name=consumer, stream=Stream.COMMANDS, filters=filters)
+                self._subs.append(await self.bus.consume(spec, self._on_command))
         for target, handler in d.queries.items():
             self._subs.append(await self.bus.serve(target, self._after_commands(handler)))
         self._loops = [asyncio.create_task(loop(self)) for loop in d.loops]

@@ -24,7 +24,11 @@ class Settings(BaseModel):
     log_format: str = Field("auto", pattern=r"^(auto|json|console)$")
     instance: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     hosts: int = Field(3, ge=1, le=10_000)
-    host_prefix: str = Field("h", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,15}$")
+    host_prefix: str = Field(
+        "h",
+        pattern=r"^(auto|[A-Za-z][A-Za-z0-9_-]{0,15})$",
+        description="names this process's hosts <prefix>1..N; 'auto' uses the machine name",
+    )
     tick_seconds: float = Field(1.0, gt=0, le=3600)
     speed: float = Field(1.0, gt=0, le=10_000, description="emulated seconds per wall second")
     seed: int = 0

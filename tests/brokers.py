@@ -52,7 +52,7 @@ def _docker_engine() -> bool:
 
 
 # The queues the services create, by consumer name, for cleaning up after a test.
-SERVICE_CONSUMERS = ("hosts-commands",)
+SERVICE_CONSUMERS = ("hosts-commands", "hosts-h")
 
 
 def drop_rabbitmq_namespace(url: str, namespace: str) -> None:

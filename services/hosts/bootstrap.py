@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import socket
 import time
 
 from schemas import Envelope, Event, Message, Reply
@@ -16,8 +18,15 @@ from shared.settings import Settings
 NAME = "hosts"
 
 
+def host_prefix(settings: Settings) -> str:
+    """``auto`` gives each process (each compose replica) hosts of its own."""
+    if settings.host_prefix != "auto":
+        return settings.host_prefix
+    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:40] + "-h"
+
+
 def host_names(settings: Settings) -> list[str]:
-    return [f"{settings.host_prefix}{i}" for i in range(1, settings.hosts + 1)]
+    return [f"{host_prefix(settings)}{i}" for i in range(1, settings.hosts + 1)]
 
 
 def host_shape(host: str) -> HostRegistered:
@@ -73,7 +82,12 @@ def build(settings: Settings) -> ServiceDefinition:
         fold=fold,
         fold_filters=("host.>", "vm.>"),
         decide=on_command,
-        command_filters=("hosts.>", *(f"host.{h}.>" for h in hosts)),
+        commands={
+            # Any hosts process may place a VM that names no host, on one of its own.
+            "hosts-commands": ("hosts.>",),
+            # Commands for this process's hosts reach only it.
+            f"hosts-{host_prefix(settings)}": tuple(f"host.{h}.>" for h in hosts),
+        },
         queries={"hosts": answer},
         setup=register_hosts,
         loops=[publish_telemetry],

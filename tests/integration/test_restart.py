@@ -154,6 +154,7 @@ async def test_service_exits_cleanly_on_sigterm_without_losing_acks(
         assert proc.wait(15) == 0
     # Nothing left in the work queue for this consumer, acknowledged or not.
     assert await commands_left(client.bus, "hosts-commands") == 0
+    assert await commands_left(client.bus, "hosts-h") == 0
 
 
 async def commands_left(bus: Bus, consumer: str) -> int:

@@ -48,7 +48,7 @@ class Counter:
             fold=fold,
             fold_filters=("vm.>",),
             decide=decide,
-            command_filters=("hosts.>",),
+            commands={"counter-commands": ("hosts.>",)},
             queries={"hosts": answer},
         )
 
