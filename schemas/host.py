@@ -96,6 +96,8 @@ class HostTelemetry(Telemetry):
     mem_balloon_mib: float = Field(0, ge=0)
     mem_swap_mib: float = Field(0, ge=0)
     mem_shared_saved_mib: float = Field(0, ge=0, description="freed by copy-on-write sharing")
+    swap_reserved_mib: float = Field(0, ge=0, description="the host's thick swap reservation")
+    swap_used_mib: float = Field(0, ge=0, description="blocks the VMs' thin swap files hold")
     net_capacity_mbps: float = Field(0, ge=0)
     net_used_mbps: float = Field(0, ge=0)
     storage_capacity_mbs: float = Field(0, ge=0)

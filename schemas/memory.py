@@ -147,3 +147,47 @@ class PagesImported(Event):
 
     def aggregate(self) -> str:
         return f"vm/{self.vm}"
+
+
+@registry.register
+class SwapOutPages(Command):
+    """Move a VM's pages to its thin swap file, drawing blocks from the host's reservation."""
+
+    host: Name
+    vm: Name
+    pages: list[int] = Field(min_length=1, max_length=2_048)
+
+    def aggregate(self) -> str:
+        return f"host/{self.host}"
+
+
+@registry.register
+class SwapInPages(Command):
+    """Bring swapped pages of a VM back into frames, returning their swap blocks."""
+
+    host: Name
+    vm: Name
+    pages: list[int] = Field(min_length=1, max_length=2_048)
+
+    def aggregate(self) -> str:
+        return f"host/{self.host}"
+
+
+@registry.register
+class PagesSwappedOut(Event):
+    host: Name
+    vm: Name
+    pages: list[int]
+
+    def aggregate(self) -> str:
+        return f"vm/{self.vm}"
+
+
+@registry.register
+class PagesSwappedIn(Event):
+    host: Name
+    vm: Name
+    pages: list[int]
+
+    def aggregate(self) -> str:
+        return f"vm/{self.vm}"

@@ -23,8 +23,12 @@ from schemas.memory import (
     ExportPages,
     ImportPages,
     PagesShared,
+    PagesSwappedIn,
+    PagesSwappedOut,
     PagesUnshared,
     SharePages,
+    SwapInPages,
+    SwapOutPages,
     UnsharePages,
 )
 from schemas.service import CommandRejected, RejectionCode
@@ -120,6 +124,9 @@ class Facts:
     # None when the pages can be shared, else the rejection (code, reason).
     share_problem: Callable[[SharePages], tuple[RejectionCode, str] | None] = lambda _c: None
     unshare_problem: Callable[[UnsharePages], tuple[RejectionCode, str] | None] = lambda _c: None
+    swap_problem: Callable[[SwapOutPages | SwapInPages], tuple[RejectionCode, str] | None] = (
+        lambda _c: None
+    )
 
 
 class _Rejected(Exception):
@@ -137,7 +144,7 @@ def decide(fleet: Fleet, env: Envelope[Message], facts: Facts | None = None) -> 
         return [rejection(env, rejected.code, rejected.reason)]
 
 
-def _decide(fleet: Fleet, cmd: Message, facts: Facts) -> list[Event]:
+def _decide(fleet: Fleet, cmd: Message, facts: Facts) -> list[Event]:  # noqa: PLR0911
     match cmd:
         case CreateVm():
             return [_create(fleet, cmd)]
@@ -163,6 +170,13 @@ def _decide(fleet: Fleet, cmd: Message, facts: Facts) -> list[Event]:
             _full_vm_on(fleet, cmd.vm, cmd.host)
             _check(facts.unshare_problem(cmd))
             return [PagesUnshared(host=cmd.host, vm=cmd.vm, pages=cmd.pages)]
+        case SwapOutPages() | SwapInPages():
+            _up(fleet, cmd.host)
+            _vm_on(fleet, cmd.vm, cmd.host)
+            _check(facts.swap_problem(cmd))
+            if isinstance(cmd, SwapOutPages):
+                return [PagesSwappedOut(host=cmd.host, vm=cmd.vm, pages=cmd.pages)]
+            return [PagesSwappedIn(host=cmd.host, vm=cmd.vm, pages=cmd.pages)]
         case (
             PowerOnVm()
             | PowerOffVm()

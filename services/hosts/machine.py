@@ -11,11 +11,21 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
+import numpy as np
 import structlog
 
 from schemas import Message
 from schemas.host import HostCrashed, HostRegistered, HostState, HostTelemetry
-from schemas.memory import PagesShared, PagesUnshared, SharePages, UnsharePages
+from schemas.memory import (
+    PagesShared,
+    PagesSwappedIn,
+    PagesSwappedOut,
+    PagesUnshared,
+    SharePages,
+    SwapInPages,
+    SwapOutPages,
+    UnsharePages,
+)
 from schemas.service import RejectionCode
 from schemas.vm import MemoryMode, VmCreated, VmDestroyed, VmResized
 from services.hosts.domain import Facts, Fleet, Vm
@@ -58,7 +68,7 @@ class Machine:
                 "guest memory could not follow an event", event=event.type_name(), error=str(err)
             )
 
-    def _apply(self, before: Fleet, event: Message) -> None:
+    def _apply(self, before: Fleet, event: Message) -> None:  # noqa: PLR0912 - one branch per event
         match event:
             case HostRegistered() if event.host in self.hosts:
                 self.memory[event.host] = HostMemory.sized(
@@ -95,6 +105,10 @@ class Machine:
             case PagesUnshared() if event.host in self.memory:
                 for page in event.pages:
                     self.memory[event.host].unshare(event.vm, page)
+            case PagesSwappedOut() if event.host in self.memory:
+                self.memory[event.host].swap_out(event.vm, np.asarray(event.pages))
+            case PagesSwappedIn() if event.host in self.memory:
+                self.memory[event.host].swap_in(event.vm, np.asarray(event.pages))
 
     # What deciding needs to know
 
@@ -111,6 +125,7 @@ class Machine:
             used_mib=used_mib,
             share_problem=self._share_problem,
             unshare_problem=self._unshare_problem,
+            swap_problem=self._swap_problem,
         )
 
     def _share_problem(self, cmd: SharePages) -> tuple[RejectionCode, str] | None:
@@ -145,6 +160,24 @@ class Machine:
                 RejectionCode.PAGE_OUT_OF_RANGE,
                 f"{cmd.vm} has pages 0..{pages - 1}, not {bad[0]}",
             )
+        return None
+
+    def _swap_problem(self, cmd: SwapOutPages | SwapInPages) -> tuple[RejectionCode, str] | None:
+        mem = self.memory.get(cmd.host)
+        if mem is None:
+            return RejectionCode.UNKNOWN_HOST, f"host {cmd.host} is not emulated here"
+        table = mem.page_table(cmd.vm).reshape(-1)
+        bad = [p for p in cmd.pages if p >= len(table)]
+        if bad:
+            return RejectionCode.PAGE_OUT_OF_RANGE, f"{cmd.vm} has pages 0..{len(table) - 1}"
+        if isinstance(cmd, SwapOutPages):
+            wanted = np.unique(np.asarray(cmd.pages))
+            needed = int(np.count_nonzero(table[wanted] >= 0))
+            free = mem.usage().swap_free
+            if needed > free:
+                return RejectionCode.INSUFFICIENT_CAPACITY, (
+                    f"host {cmd.host} has {free} free swap blocks, {needed} needed"
+                )
         return None
 
     # Every tick

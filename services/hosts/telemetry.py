@@ -111,7 +111,7 @@ def samples(
         spec = fleet.hosts[name].spec
         vms = fleet.vms_on(name)
         mem = memory.get(name)
-        saved = mem.usage().saved_frames * PAGE_MIB if mem is not None else 0.0
+        mu = mem.usage() if mem is not None else None
         h = usage.hosts if usage is not None else None
         out.append(
             HostTelemetry(
@@ -125,7 +125,9 @@ def samples(
                 mem_active_mib=float(h.mem_active_mib[row]) if h else 0.0,
                 mem_balloon_mib=float(h.mem_balloon_mib[row]) if h else 0.0,
                 mem_swap_mib=float(h.mem_swap_mib[row]) if h else 0.0,
-                mem_shared_saved_mib=saved,
+                mem_shared_saved_mib=mu.saved_frames * PAGE_MIB if mu else 0.0,
+                swap_reserved_mib=mu.swap_reserved * PAGE_MIB if mu else 0.0,
+                swap_used_mib=(mu.swap_reserved - mu.swap_free) * PAGE_MIB if mu else 0.0,
                 net_capacity_mbps=spec.net_mbps,
                 net_used_mbps=float(h.net_tx_mbps[row] + h.net_rx_mbps[row]) if h else 0.0,
                 storage_capacity_mbs=spec.storage_mbs,

@@ -6,7 +6,7 @@ import numpy as np
 
 from schemas import Command, Envelope, Event
 from schemas.host import CrashHost, HostRegistered, HostTelemetry
-from schemas.memory import PagePair, SharePages
+from schemas.memory import PagePair, SharePages, SwapInPages, SwapOutPages
 from schemas.service import CommandRejected
 from schemas.vm import CreateVm, MemoryMode, PowerOffVm, ResizeVm, WorkloadKind
 from services.hosts.domain import Fleet, decide, evolve
@@ -151,3 +151,26 @@ def test_resize_of_a_full_vm_follows_in_guest_memory() -> None:
     pages = mem.spec("a").pages
     h.do(ResizeVm(vm="a", host="h1", mem_mib=32))
     assert mem.spec("a").pages == 2 * pages
+
+
+def test_swap_draws_thin_files_from_the_thick_reservation() -> None:
+    """Swapped-out pages keep their bytes, take blocks from the host's reservation, and
+    a swap beyond it is refused with nothing changed."""
+    h = Harness(HostRegistered(host="h1", cpu_cores=4, cpu_mhz=2000, mem_mib=1024, swap_mib=2))
+    h.do(
+        CreateVm(vm="a", cpu=1, mem_mib=16, host="h1", memory_mode=MemoryMode.FULL, power_on=False)
+    )
+    mem = h.machine.memory["h1"]
+    checksum = mem.checksum("a")
+    [out] = h.do(SwapOutPages(host="h1", vm="a", pages=list(range(300))))
+    assert out.type_name() == "PagesSwappedOut"
+    assert mem.vm_usage("a").swapped == 300
+    assert mem.checksum("a") == checksum
+    assert h.tick()["h1"].swap_used_mib == 300 * 4 / 1024
+    [refused] = h.do(SwapOutPages(host="h1", vm="a", pages=list(range(300, 600))))
+    assert isinstance(refused, CommandRejected)
+    assert refused.code == "insufficient-capacity"
+    assert mem.vm_usage("a").swapped == 300
+    h.do(SwapInPages(host="h1", vm="a", pages=list(range(300))))
+    assert mem.vm_usage("a").swapped == 0
+    assert mem.checksum("a") == checksum

@@ -29,9 +29,13 @@ from schemas.memory import (
     PagesExported,
     PagesImported,
     PagesShared,
+    PagesSwappedIn,
+    PagesSwappedOut,
     PagesUnshared,
     Selection,
     SharePages,
+    SwapInPages,
+    SwapOutPages,
     UnsharePages,
     VmMemory,
 )
@@ -168,6 +172,10 @@ EXAMPLES: dict[str, Message] = {
         PagesImported(
             host="h2", vm="web-1", flow="mig-1", pages=512, zero_pages=100, checksum="00" * 16
         ),
+        SwapOutPages(host="h1", vm="web-1", pages=[1, 2]),
+        SwapInPages(host="h1", vm="web-1", pages=[1, 2]),
+        PagesSwappedOut(host="h1", vm="web-1", pages=[1, 2]),
+        PagesSwappedIn(host="h1", vm="web-1", pages=[1, 2]),
         StunVm(vm="web-1", host="h1"),
         UnstunVm(vm="web-1", host="h1"),
         ThrottleVm(vm="web-1", host="h1", cpu_cap=0.5),
