@@ -30,9 +30,8 @@ class SharePages(Command):
         return f"host/{self.host}"
 
 
-@registry.register
-class UnsharePages(Command):
-    """Give a VM private copies of these pages."""
+class _PagesCommand(Command):
+    """A mechanism applied to some pages of one VM."""
 
     host: Name
     vm: Name
@@ -40,6 +39,20 @@ class UnsharePages(Command):
 
     def aggregate(self) -> str:
         return f"host/{self.host}"
+
+
+class _PagesEvent(Event):
+    host: Name
+    vm: Name
+    pages: list[int]
+
+    def aggregate(self) -> str:
+        return f"vm/{self.vm}"
+
+
+@registry.register
+class UnsharePages(_PagesCommand):
+    """Give a VM private copies of these pages."""
 
 
 @registry.register
@@ -52,13 +65,8 @@ class PagesShared(Event):
 
 
 @registry.register
-class PagesUnshared(Event):
-    host: Name
-    vm: Name
-    pages: list[int]
-
-    def aggregate(self) -> str:
-        return f"vm/{self.vm}"
+class PagesUnshared(_PagesEvent):
+    pass
 
 
 @registry.register
@@ -150,44 +158,20 @@ class PagesImported(Event):
 
 
 @registry.register
-class SwapOutPages(Command):
+class SwapOutPages(_PagesCommand):
     """Move a VM's pages to its thin swap file, drawing blocks from the host's reservation."""
 
-    host: Name
-    vm: Name
-    pages: list[int] = Field(min_length=1, max_length=2_048)
-
-    def aggregate(self) -> str:
-        return f"host/{self.host}"
-
 
 @registry.register
-class SwapInPages(Command):
+class SwapInPages(_PagesCommand):
     """Bring swapped pages of a VM back into frames, returning their swap blocks."""
 
-    host: Name
-    vm: Name
-    pages: list[int] = Field(min_length=1, max_length=2_048)
 
-    def aggregate(self) -> str:
-        return f"host/{self.host}"
+@registry.register
+class PagesSwappedOut(_PagesEvent):
+    pass
 
 
 @registry.register
-class PagesSwappedOut(Event):
-    host: Name
-    vm: Name
-    pages: list[int]
-
-    def aggregate(self) -> str:
-        return f"vm/{self.vm}"
-
-
-@registry.register
-class PagesSwappedIn(Event):
-    host: Name
-    vm: Name
-    pages: list[int]
-
-    def aggregate(self) -> str:
-        return f"vm/{self.vm}"
+class PagesSwappedIn(_PagesEvent):
+    pass

@@ -9,8 +9,9 @@ import time
 from schemas import Envelope, Event, Message, Reply
 from schemas.host import HostRegistered
 from schemas.memory import ExportPages, ImportPages
-from services.hosts.domain import check_transfer, decide, evolve
+from services.hosts.domain import check_transfer, decide
 from services.hosts.handlers import FleetHolder, answer_query, telemetry_loop
+from services.hosts.state import evolve
 from services.hosts.transfers import export_pages, import_pages
 from shared.runtime import Runtime, ServiceDefinition
 from shared.settings import Settings

@@ -10,8 +10,8 @@ from schemas.host import HostTelemetry
 from schemas.memory import GetVmMemory, VmMemory
 from schemas.queries import HostList, HostView, ListHosts, ListVms, VmList, VmView
 from schemas.vm import MemoryMode
-from services.hosts.domain import Fleet
 from services.hosts.machine import Machine
+from services.hosts.state import Fleet
 from shared.bus import Bus, PoisonMessage
 from shared.runtime import Runtime
 

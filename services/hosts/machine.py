@@ -28,12 +28,13 @@ from schemas.memory import (
 )
 from schemas.service import RejectionCode
 from schemas.vm import MemoryMode, VmCreated, VmDestroyed, VmResized
-from services.hosts.domain import Facts, Fleet, Vm
+from services.hosts.domain import Facts
 from services.hosts.memory import HostMemory, MemoryModelError
 from services.hosts.memory import MemoryMode as MemMode
 from services.hosts.memory import VmSpec as MemSpec
 from services.hosts.memory import Workload as MemWorkload
 from services.hosts.memory.geometry import LARGE_PAGE_PAGES
+from services.hosts.state import Fleet, Vm
 from services.hosts.telemetry import Contention, samples
 
 log = structlog.get_logger("vplane.hosts")

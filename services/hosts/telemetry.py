@@ -6,7 +6,6 @@ from collections.abc import Mapping
 
 from schemas.host import HostTelemetry, VmSample
 from schemas.vm import VmState, WorkloadKind
-from services.hosts.domain import Fleet, Vm
 from services.hosts.memory import HostMemory
 from services.hosts.resources import (
     Bursty,
@@ -23,6 +22,7 @@ from services.hosts.resources import (
     host_arrays,
     vm_arrays,
 )
+from services.hosts.state import Fleet, Vm
 
 PAGE_MIB = 4 / 1024
 _POWER = {

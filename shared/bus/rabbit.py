@@ -42,9 +42,18 @@ from shared.bus.protocol import (
     WatchHandler,
 )
 from shared.bus.rabbit_consumer import QueueConsumer
+from shared.bus.rabbit_data import read_flow
 from shared.bus.rabbit_log import MARKER_HEADER, LogIndex, StreamFollower, StreamMessage
 from shared.bus.rabbit_queries import Requester, serve
-from shared.bus.rabbit_topology import H_CONSUMER, H_COUNT, H_REASON, H_SUBJECT, Topology
+from shared.bus.rabbit_topology import (
+    H_CONSUMER,
+    H_COUNT,
+    H_REASON,
+    H_SUBJECT,
+    Topology,
+    death_reason,
+    header_int,
+)
 
 log = structlog.get_logger("vplane.bus.rabbit")
 
@@ -334,8 +343,8 @@ class RabbitBus:
             h = entry.headers or {}
             if entry.routing_key != consumer:
                 continue
-            reason = str(h.get(H_REASON) or _death_reason(h))
-            count = _int(h.get(H_COUNT) or h.get("x-delivery-count"))
+            reason = str(h.get(H_REASON) or death_reason(h))
+            count = header_int(h.get(H_COUNT) or h.get("x-delivery-count"))
             out.append(DeadLetter(consumer, str(h.get(H_SUBJECT, "")), reason, count, entry.body))
         return out
 
@@ -361,29 +370,8 @@ class RabbitBus:
         await self.topology.declare_data(self._confirmed, flow)
         await asyncio.gather(*(self._publish("data", flow, chunk) for chunk in chunks))
 
-    async def read_data(
-        self, flow: str, count: int, *, timeout: float = 30.0
-    ) -> AsyncIterator[bytes]:
-        channel = await self.conn.channel()
-        try:
-            await channel.set_qos(prefetch_count=16)
-            name = await self.topology.declare_data(channel, flow)
-            queue = await channel.get_queue(name, ensure=False)
-            async with queue.iterator() as messages:
-                for seq in range(1, count + 1):
-                    try:
-                        async with asyncio.timeout(timeout):
-                            message = await anext(messages)
-                    except TimeoutError:
-                        raise BusError(
-                            f"data flow {flow}: chunk {seq} of {count} did not come"
-                        ) from None
-                    await message.ack()
-                    yield message.body
-            await queue.delete(if_unused=False, if_empty=False)
-        finally:
-            with contextlib.suppress(Exception):
-                await channel.close()
+    def read_data(self, flow: str, count: int, *, timeout: float = 30.0) -> AsyncIterator[bytes]:
+        return read_flow(self.conn, self.topology, flow, count, timeout)
 
 
 async def delete_namespace(bus: RabbitBus, consumers: Iterable[str] = ()) -> None:
@@ -402,19 +390,6 @@ def _selected(routing_key: str | None, patterns: tuple[str, ...]) -> bool:
 
 def _logged(msg: StreamMessage) -> Logged:
     return entry_of(msg.offset + 1, msg.routing_key, msg.body)
-
-
-def _int(value: object) -> int:
-    return int(value) if isinstance(value, int | str) else 0
-
-
-def _death_reason(headers: dict[str, Any]) -> str:
-    """Why the broker itself dead-lettered a message (for example its delivery limit)."""
-    reason = headers.get("x-first-death-reason")
-    deaths = headers.get("x-death") or []
-    if not reason and deaths and isinstance(deaths[0], dict):
-        reason = deaths[0].get("reason")
-    return f"broker: {reason or 'dead-lettered'}"
 
 
 def _redacted(url: str) -> str:

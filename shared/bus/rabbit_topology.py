@@ -135,3 +135,16 @@ class Topology:
         for name in self.exchange_names.values():
             with contextlib.suppress(aiormq.exceptions.AMQPError):
                 await channel.exchange_delete(name)
+
+
+def header_int(value: object) -> int:
+    return int(value) if isinstance(value, int | str) else 0
+
+
+def death_reason(headers: dict[str, Any]) -> str:
+    """Why the broker itself dead-lettered a message (for example its delivery limit)."""
+    reason = headers.get("x-first-death-reason")
+    deaths = headers.get("x-death") or []
+    if not reason and deaths and isinstance(deaths[0], dict):
+        reason = deaths[0].get("reason")
+    return f"broker: {reason or 'dead-lettered'}"

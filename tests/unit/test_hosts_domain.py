@@ -16,7 +16,8 @@ from schemas.vm import (
     VmPoweredOn,
     VmState,
 )
-from services.hosts.domain import Facts, Fleet, decide, evolve
+from services.hosts.domain import Facts, decide
+from services.hosts.state import Fleet, evolve
 
 
 def fleet_of(*events: Event) -> Fleet:

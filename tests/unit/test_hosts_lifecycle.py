@@ -32,7 +32,8 @@ from schemas.vm import (
     VmState,
     VmSuspended,
 )
-from services.hosts.domain import Facts, Fleet, decide, evolve
+from services.hosts.domain import Facts, decide
+from services.hosts.state import Fleet, evolve
 
 
 def apply(fleet: Fleet, cmd: Command, facts: Facts | None = None) -> tuple[Fleet, list[Event]]:

@@ -9,8 +9,9 @@ from schemas.host import CrashHost, HostRegistered, HostTelemetry
 from schemas.memory import PagePair, SharePages, SwapInPages, SwapOutPages
 from schemas.service import CommandRejected
 from schemas.vm import CreateVm, MemoryMode, PowerOffVm, ResizeVm, WorkloadKind
-from services.hosts.domain import Fleet, decide, evolve
+from services.hosts.domain import decide
 from services.hosts.machine import Machine
+from services.hosts.state import Fleet, evolve
 
 
 class Harness:
