@@ -46,8 +46,8 @@ from nats.js import api
 from schemas import Envelope, Message
 from schemas.vm import MemoryMode, VmCreated, WorkloadKind
 from services.hosts.bootstrap import NAME, host_names, host_shape
-from services.hosts.domain import evolve
 from services.hosts.handlers import FleetHolder, telemetry_loop
+from services.hosts.state import evolve
 from shared.broker import EmbeddedNats
 from shared.bus import subjects
 from shared.bus.nats import NatsBus
@@ -104,7 +104,7 @@ class Tick:
 
     @property
     def ack_s(self) -> float | None:
-        """The last emit's return to the last ack of the tick coming back."""
+        """The last emit's return to as many acks back as messages sent up to then."""
         if self.acked is None or self.published is None:
             return None
         return self.acked - self.published

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import re
 import socket
 import time
@@ -74,6 +75,8 @@ def build(settings: Settings) -> ServiceDefinition:
         holder.bus = runtime.bus
         missing = [host_shape(h) for h in hosts if h not in holder.fleet.hosts]
         await runtime.publish(list(missing), caused_by=None)
+        # Everything rebuilt so far lives as long as the process: keep the collector off it.
+        gc.freeze()
 
     async def publish_telemetry(runtime: Runtime) -> None:
         await telemetry_loop(runtime, holder, settings.tick_seconds, settings.speed)

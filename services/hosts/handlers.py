@@ -15,6 +15,9 @@ from services.hosts.state import Fleet
 from shared.bus import Bus, PoisonMessage
 from shared.runtime import Runtime
 
+# Per-page digests travel in the reply envelope, which stays under the codec's size limit.
+MAX_DIGESTS = 8_192
+
 
 class FleetHolder:
     """The mutable cells: the current fold of the hosts' events, and the hardware."""
@@ -102,6 +105,11 @@ def _vm_memory(holder: FleetHolder, query: GetVmMemory) -> VmMemory:
         raise PoisonMessage(f"no VM {query.vm} on the hosts of this process")
     usage = mem.vm_usage(vm.name)
     full = vm.memory_mode == MemoryMode.FULL
+    if query.digests and usage.pages > MAX_DIGESTS:
+        raise PoisonMessage(
+            f"{vm.name} has {usage.pages} pages; a reply carries digests of at most "
+            f"{MAX_DIGESTS} (export its pages to a data flow instead)"
+        )
     return VmMemory(
         vm=vm.name,
         host=vm.host,

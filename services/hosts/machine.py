@@ -185,21 +185,24 @@ class Machine:
 
     def tick(self, fleet: Fleet, tick: int, sim_time: float, tick_s: float) -> list[HostTelemetry]:
         up = [h for h in self.hosts if h in fleet.hosts and fleet.hosts[h].state == HostState.UP]
-        usage = self.contention.run(fleet, up, sim_time, tick_s)
+        self.contention.run(fleet, up, sim_time, tick_s)
         # The sample reports memory as the tick starts; the guests then work through it.
-        out = samples(fleet, up, tick, usage, self.memory, self.contention.index)
+        out = samples(fleet, up, tick, self.contention, self.memory)
         for host in up:
-            self._guest_work(fleet, host)
+            self._guest_work(host)
         return out
 
-    def _guest_work(self, fleet: Fleet, host: str) -> None:
+    def _guest_work(self, host: str) -> None:
         """Running full-memory guests write and read pages, slowed as their CPU is."""
         mem = self.memory.get(host)
-        if mem is None:
+        working = [
+            vm
+            for vm in self.contention.by_host.get(host, [])
+            if vm.memory_mode == MemoryMode.FULL and vm.state.value == "on" and not vm.stunned
+        ]
+        if mem is None or not working:
             return
-        for vm in fleet.vms_on(host):
-            if vm.memory_mode != MemoryMode.FULL or vm.state.value != "on" or vm.stunned:
-                continue
+        for vm in working:
             speed = 1.0 / self.contention.slowdown(vm.name)
             step = self._steps[vm.name]
             self._steps[vm.name] = step + 1

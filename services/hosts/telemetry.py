@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from schemas.host import HostTelemetry, VmSample
-from schemas.vm import VmState, WorkloadKind
+from schemas.vm import MemoryMode, VmState, WorkloadKind
 from services.hosts.memory import HostMemory
 from services.hosts.resources import (
     Bursty,
@@ -52,6 +52,7 @@ class Contention:
         self._key: tuple[int, tuple[str, ...]] | None = None
         self._vms: list[Vm] = []
         self.index: dict[str, int] = {}
+        self.by_host: dict[str, list[Vm]] = {}
         self.usage: Usage | None = None
 
     def run(self, fleet: Fleet, hosts: list[str], sim_time: float, tick_s: float) -> Usage | None:
@@ -76,6 +77,9 @@ class Contention:
             self._rows = vm_arrays(specs, host_specs)
             self._table = WorkloadTable([s.workload for s in specs])
             self.index = {vm.name: i for i, vm in enumerate(self._vms)}
+            self.by_host = {h: [] for h in hosts}
+            for vm in self._vms:
+                self.by_host[vm.host].append(vm)
             self._key = key
         if not hosts:
             self.usage = None
@@ -101,17 +105,21 @@ def samples(
     fleet: Fleet,
     hosts: list[str],
     tick: int,
-    usage: Usage | None,
+    contention: Contention,
     memory: Mapping[str, HostMemory],
-    index: Mapping[str, int],
 ) -> list[HostTelemetry]:
     """One telemetry message per host, carrying its VMs' samples."""
     out = []
+    usage, index = contention.usage, contention.index
     for row, name in enumerate(hosts):
         spec = fleet.hosts[name].spec
-        vms = fleet.vms_on(name)
+        vms = contention.by_host.get(name, [])
         mem = memory.get(name)
-        mu = mem.usage() if mem is not None else None
+        saved = 0.0
+        if mem is not None and any(vm.memory_mode == MemoryMode.FULL for vm in vms):
+            # Only guests of real bytes share frames; counting them scans the host's frames.
+            saved = mem.usage().saved_frames * PAGE_MIB
+        reserved, used = mem.swap_usage() if mem is not None else (0, 0)
         h = usage.hosts if usage is not None else None
         out.append(
             HostTelemetry(
@@ -125,9 +133,9 @@ def samples(
                 mem_active_mib=float(h.mem_active_mib[row]) if h else 0.0,
                 mem_balloon_mib=float(h.mem_balloon_mib[row]) if h else 0.0,
                 mem_swap_mib=float(h.mem_swap_mib[row]) if h else 0.0,
-                mem_shared_saved_mib=mu.saved_frames * PAGE_MIB if mu else 0.0,
-                swap_reserved_mib=mu.swap_reserved * PAGE_MIB if mu else 0.0,
-                swap_used_mib=(mu.swap_reserved - mu.swap_free) * PAGE_MIB if mu else 0.0,
+                mem_shared_saved_mib=saved,
+                swap_reserved_mib=reserved * PAGE_MIB,
+                swap_used_mib=used * PAGE_MIB,
                 net_capacity_mbps=spec.net_mbps,
                 net_used_mbps=float(h.net_tx_mbps[row] + h.net_rx_mbps[row]) if h else 0.0,
                 storage_capacity_mbs=spec.storage_mbs,

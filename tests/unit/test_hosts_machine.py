@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from schemas import Command, Envelope, Event
 from schemas.host import CrashHost, HostRegistered, HostTelemetry
-from schemas.memory import PagePair, SharePages, SwapInPages, SwapOutPages
+from schemas.memory import GetVmMemory, PagePair, SharePages, SwapInPages, SwapOutPages
 from schemas.service import CommandRejected
 from schemas.vm import CreateVm, MemoryMode, PowerOffVm, ResizeVm, WorkloadKind
 from services.hosts.domain import decide
+from services.hosts.handlers import MAX_DIGESTS, FleetHolder, answer_query
 from services.hosts.machine import Machine
 from services.hosts.state import Fleet, evolve
+from shared.bus import PoisonMessage
 
 
 class Harness:
@@ -175,3 +178,20 @@ def test_swap_draws_thin_files_from_the_thick_reservation() -> None:
     h.do(SwapInPages(host="h1", vm="a", pages=list(range(300))))
     assert mem.vm_usage("a").swapped == 0
     assert mem.checksum("a") == checksum
+
+
+async def test_digests_are_refused_past_what_a_reply_can_carry() -> None:
+    """Asking digests of a VM too large for one reply fails with the reason, not a crash."""
+    holder = FleetHolder(["h1"])
+    h = Harness(HostRegistered(host="h1", cpu_cores=4, cpu_mhz=2000, mem_mib=1024))
+    h.do(CreateVm(vm="small", cpu=1, mem_mib=16, host="h1", memory_mode=MemoryMode.FULL))
+    h.do(CreateVm(vm="large", cpu=1, mem_mib=64, host="h1", memory_mode=MemoryMode.FULL))
+    holder.fleet, holder.machine = h.fleet, h.machine
+    small = await answer_query(
+        holder, Envelope.wrap(GetVmMemory(vm="small", digests=True), producer="test")
+    )
+    assert len(small.digests or []) == 4096 <= MAX_DIGESTS  # type: ignore[attr-defined]
+    with pytest.raises(PoisonMessage, match="export its pages"):
+        await answer_query(
+            holder, Envelope.wrap(GetVmMemory(vm="large", digests=True), producer="test")
+        )

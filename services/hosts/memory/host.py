@@ -194,6 +194,10 @@ class HostMemory:
     def page_digests(self, vm: str) -> npt.NDArray[np.uint64]:
         return digest.page_digests(self._pool, self._swap, self._vm(vm))
 
+    def swap_usage(self) -> tuple[int, int]:
+        """(blocks reserved, blocks in use): cheap enough for every tick."""
+        return self._swap.reserved, self._swap.used
+
     def used_frames(self) -> int:
         return self._pool.used_frames()
 
