@@ -86,6 +86,9 @@ async def answer(handler: QueryHandler, raw: bytes, *, producer: str) -> bytes:
         reply = await handler(request)
     except MessageError as err:
         reply = QueryFailed(reason=err.describe())
+    except PoisonMessage as err:
+        # The handler's own verdict on the question: its words are the answer.
+        reply = QueryFailed(reason=str(err))
     except Exception as err:
         log.exception("query handler failed")
         reply = QueryFailed(reason=f"{type(err).__name__}: {err}")

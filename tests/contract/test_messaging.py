@@ -6,7 +6,7 @@ import pytest
 
 from schemas import Envelope, Message, Reply
 from schemas.queries import HostList, ListHosts, ListVms
-from shared.bus import Bus, Logged, RequestFailed, Stream
+from shared.bus import Bus, Logged, PoisonMessage, RequestFailed, Stream
 from shared.testing import eventually
 from tests.contract.messages import sample, vm_created
 
@@ -77,3 +77,15 @@ async def test_watch_follows_the_log_from_a_sequence(bus: Bus) -> None:
     await bus.append(vm_created("c"))
     await eventually(lambda: seen == ["b", "c"], what="events b and c")
     await watcher.stop()
+
+
+async def test_query_refused_by_its_handler_says_why(bus: Bus) -> None:
+    """A handler that refuses a question (PoisonMessage) answers with its own words."""
+
+    async def serve(env: Envelope[Message]) -> Reply:
+        raise PoisonMessage("no VM nope on these hosts")
+
+    await bus.serve("hosts", serve)
+    with pytest.raises(RequestFailed) as caught:
+        await bus.request(Envelope.wrap(ListHosts(), producer="test"))
+    assert str(caught.value) == "no VM nope on these hosts"
