@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import re
 import socket
-import time
 
 from schemas import Envelope, Event, Message, Reply
 from schemas.host import HostRegistered
@@ -50,7 +49,6 @@ def host_shape(host: str) -> HostRegistered:
 def build(settings: Settings) -> ServiceDefinition:
     hosts = host_names(settings)
     holder = FleetHolder(hosts)
-    started = time.monotonic()
 
     def fold(_seq: int, env: Envelope[Message]) -> None:
         before = holder.fleet
@@ -95,5 +93,5 @@ def build(settings: Settings) -> ServiceDefinition:
         queries={"hosts": answer},
         setup=register_hosts,
         loops=[publish_telemetry],
-        clock=lambda: (time.monotonic() - started) * settings.speed,
+        clock=lambda: holder.sim_time(settings.tick_seconds * settings.speed),
     )

@@ -30,15 +30,23 @@ class FleetHolder:
         # Page transfers move bytes on the bus; the runtime hands it over at setup.
         self.bus: Bus | None = None
 
+    def sim_time(self, step: float) -> float:
+        """The emulated time of the current tick."""
+        return self.tick * step
+
 
 async def telemetry_loop(
     runtime: Runtime, holder: FleetHolder, tick_seconds: float, speed: float
 ) -> None:
-    """Publish every live host's sample once per tick, on a schedule that does not drift."""
+    """Publish every live host's sample once per tick, on a schedule that does not drift.
+
+    Emulated time advances by ``tick_seconds * speed`` a tick, whatever the wall clock
+    did, so the same seeds give the same telemetry in every run."""
     start = time.monotonic()
+    step = tick_seconds * speed
     while True:
-        sim_time = runtime.definition.clock()
-        for data in holder.machine.tick(holder.fleet, holder.tick, sim_time, tick_seconds * speed):
+        sim_time = holder.sim_time(step)
+        for data in holder.machine.tick(holder.fleet, holder.tick, sim_time, step):
             holder.samples[data.host] = data
             await runtime.bus.emit(Envelope.wrap(data, producer=runtime.name, sim_time=sim_time))
         holder.tick += 1

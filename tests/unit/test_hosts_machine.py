@@ -195,3 +195,20 @@ async def test_digests_are_refused_past_what_a_reply_can_carry() -> None:
         await answer_query(
             holder, Envelope.wrap(GetVmMemory(vm="large", digests=True), producer="test")
         )
+
+
+def test_a_seeded_run_repeats_exactly() -> None:
+    """The same VMs and seeds give identical telemetry, tick for tick, in a second run."""
+
+    def run() -> list[HostTelemetry]:
+        h = Harness(small_host())
+        for name, kind in (
+            ("s", WorkloadKind.STEADY),
+            ("b", WorkloadKind.BURSTY),
+            ("n", WorkloadKind.NOISY),
+            ("d", WorkloadKind.DIURNAL),
+        ):
+            h.do(CreateVm(vm=name, cpu=1, mem_mib=64, host="h1", workload=kind, seed=5))
+        return [h.tick()["h1"] for _ in range(20)]
+
+    assert run() == run()
