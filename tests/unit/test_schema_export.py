@@ -39,6 +39,7 @@ from schemas.memory import (
     UnsharePages,
     VmMemory,
 )
+from schemas.pool import CapacityReleased, CapacityReserved, Owner
 from schemas.queries import HostList, HostView, ListHosts, ListVms, QueryFailed, VmList, VmView
 from schemas.service import CommandRejected, RejectionCode, ServiceStarted, ServiceStopped
 from schemas.vm import (
@@ -176,6 +177,15 @@ EXAMPLES: dict[str, Message] = {
         SwapInPages(host="h1", vm="web-1", pages=[1, 2]),
         PagesSwappedOut(host="h1", vm="web-1", pages=[1, 2]),
         PagesSwappedIn(host="h1", vm="web-1", pages=[1, 2]),
+        CapacityReserved(
+            host="h1",
+            reservation="r-1",
+            workload="web-1",
+            owner=Owner.HIGH,
+            cpu_mhz=2400,
+            mem_mib=2048,
+        ),
+        CapacityReleased(host="h1", reservation="r-1"),
         StunVm(vm="web-1", host="h1"),
         UnstunVm(vm="web-1", host="h1"),
         ThrottleVm(vm="web-1", host="h1", cpu_cap=0.5),

@@ -1,0 +1,1 @@
+"""The two priority schedulers (scheduler-high, scheduler-low) on one shared pool."""
