@@ -1,6 +1,6 @@
 """The contract: every message vplane's services exchange, and nothing else."""
 
-from schemas import host, memory, pool, queries, service, vm
+from schemas import host, memory, pool, queries, scheduling, service, vm
 from schemas.base import Command, Event, Kind, Message, Query, Reply, Telemetry, registry
 from schemas.envelope import Envelope
 
@@ -18,6 +18,7 @@ __all__ = [
     "pool",
     "queries",
     "registry",
+    "scheduling",
     "service",
     "vm",
 ]

@@ -20,6 +20,8 @@ from shared.bus.subjects import event_subject, matches, stream_subject
 
 log = structlog.get_logger("vplane.runtime")
 
+OBSERVED_KEPT = 10_000
+
 Fold = Callable[[int, Envelope[Message]], None]
 # Answers a command with the events to append; async, because mechanism services
 # (hosts) move bulk bytes at this edge before they can answer.
@@ -39,6 +41,8 @@ class ServiceDefinition:
     name: str
     fold: Fold | None = None
     fold_filters: tuple[str, ...] = ()
+    # Keep folding other producers' events as they are appended, not only at start.
+    follow: bool = False
     decide: Decide | None = None
     # Durable command consumers by name: several processes of one service share a
     # consumer of the same name, or each takes its own (hosts addressed to it).
@@ -64,6 +68,8 @@ class Runtime:
         self.instance = instance
         self.handled = 0
         self._applied_seq = 0
+        self._rebuilt_seq = 0
+        self._observed: set[int] = set()
         # Commands whose answer is already in the log: a redelivery changes nothing.
         self._answered: set[uuid.UUID] = set()
         # Held while a command is decided, appended and folded: a query waits for it, so
@@ -82,6 +88,7 @@ class Runtime:
         await self.bus.start()
         try:
             rebuilt = await self._rebuild()
+            self._rebuilt_seq, self._observed = self._applied_seq, set()
             if self.definition.setup is not None:
                 await self.definition.setup(self)
             await self._start_consumers()
@@ -124,14 +131,17 @@ class Runtime:
         return count
 
     def _observe(self, entry: Logged) -> None:
+        """Fold an entry once. Own appends are folded as they are made and may overtake
+        entries the follower has yet to deliver, so entries are recognised by sequence."""
         env = entry.envelope
-        if env is None or entry.seq <= self._applied_seq:
+        if env is None or entry.seq <= self._rebuilt_seq or entry.seq in self._observed:
             return
+        self._observed.add(entry.seq)
         if env.producer == self.name and env.causation_id is not None:
             self._answered.add(env.causation_id)
         if self.definition.fold is not None and self._wanted(entry.subject):
             self.definition.fold(entry.seq, env)
-        self._applied_seq = entry.seq
+        self._applied_seq = max(self._applied_seq, entry.seq)
 
     def _wanted(self, subject: str) -> bool:
         filters = self.definition.fold_filters
@@ -141,6 +151,12 @@ class Runtime:
 
     async def _start_consumers(self) -> None:
         d = self.definition
+        if d.follow and d.fold is not None:
+            self._subs.append(
+                await self.bus.watch(
+                    Stream.EVENTS, d.fold_filters, self._follow, from_seq=self._applied_seq + 1
+                )
+            )
         if d.decide is not None:
             for consumer, filters in d.commands.items():
                 spec = ConsumerSpec(name=consumer, stream=Stream.COMMANDS, filters=filters)
@@ -148,6 +164,14 @@ class Runtime:
         for target, handler in d.queries.items():
             self._subs.append(await self.bus.serve(target, self._after_commands(handler)))
         self._loops = [asyncio.create_task(loop(self)) for loop in d.loops]
+
+    async def _follow(self, entry: Logged) -> None:
+        # Under the lock, a decision in progress never sees the fold change beneath it.
+        async with self._deciding:
+            self._observe(entry)
+            # The follower delivers in order: nothing below this entry is still to come.
+            if len(self._observed) > OBSERVED_KEPT:
+                self._observed = {seq for seq in self._observed if seq >= entry.seq}
 
     def _after_commands(self, handler: QueryHandler) -> QueryHandler:
         async def answer(env: Envelope[Message]) -> Reply:
@@ -167,19 +191,46 @@ class Runtime:
         self._answered.add(env.id)
         self.handled += 1
 
-    async def publish(self, events: list[Event], *, caused_by: Envelope[Message] | None) -> None:
-        """Append events and fold them; ids derive from the cause, so a retry is deduplicated."""
+    def exclusive(self) -> asyncio.Lock:
+        """Held while deciding: a loop that decides (a scheduling round) takes it too."""
+        return self._deciding
+
+    async def publish(
+        self,
+        events: list[Event],
+        *,
+        caused_by: Envelope[Message] | None,
+        ids: list[uuid.UUID] | None = None,
+    ) -> list[int]:
+        """Append events and fold them; ids derive from the cause (or are given), so a
+        retry is deduplicated. Returns their log sequences."""
         sim_time = self.definition.clock()
+        seqs = []
         for i, event in enumerate(events):
+            if ids is not None:
+                msg_id: uuid.UUID | None = ids[i]
+            else:
+                msg_id = caused_by.derived_id(i) if caused_by is not None else None
             env = Envelope.wrap(
-                event,
-                producer=self.name,
-                caused_by=caused_by,
-                sim_time=sim_time,
-                id=caused_by.derived_id(i) if caused_by is not None else None,
+                event, producer=self.name, caused_by=caused_by, sim_time=sim_time, id=msg_id
             )
             result = await self.bus.append(env)
             self._observe(Logged(result.seq, event_subject(self.bus.namespace, env), b"", env))
+            seqs.append(result.seq)
+        return seqs
+
+    async def append_at(self, event: Event, expected_version: int) -> int:
+        """Append one event at its aggregate's expected version (ConcurrencyError when
+        another writer got there first) and fold it."""
+        env = Envelope.wrap(event, producer=self.name, sim_time=self.definition.clock())
+        result = await self.bus.append(env, expected_version=expected_version)
+        self._observe(Logged(result.seq, event_subject(self.bus.namespace, env), b"", env))
+        return result.seq
+
+    async def catch_up(self, filters: tuple[str, ...], from_seq: int) -> None:
+        """Fold what the log holds of ``filters`` from ``from_seq`` on, ahead of the follower."""
+        async for entry in self.bus.replay(from_seq=from_seq, filters=filters):
+            self._observe(entry)
 
     async def _append_own(self, event: Event) -> None:
         await self.publish([event], caused_by=None)

@@ -32,6 +32,8 @@ class Settings(BaseModel):
     tick_seconds: float = Field(1.0, gt=0, le=3600)
     speed: float = Field(1.0, gt=0, le=10_000, description="emulated seconds per wall second")
     seed: int = 0
+    priority: str = Field("high", pattern=r"^(high|low)$", description="which scheduler")
+    round_seconds: float = Field(1.0, gt=0, le=3600, description="a scheduling round")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:

@@ -7,7 +7,7 @@ this ledger catches up with the host's new events, and the caller decides again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from schemas import Envelope, Message
@@ -106,45 +106,64 @@ def _at(ledger: Ledger, host: str, seq: int, held: Mapping[str, CapacityReserved
     )
 
 
+Choose = Callable[[Ledger], CapacityReserved | None]
+# Append a reservation at an expected pool version (ConcurrencyError when stale).
+AppendAt = Callable[[CapacityReserved, int], Awaitable[None]]
+CatchUp = Callable[[str], Awaitable[None]]
+
+
+@dataclass
+class Reserved:
+    reservation: CapacityReserved | None
+    conflicts: int
+
+
+async def reserve(
+    current: Callable[[], Ledger], choose: Choose, append_at: AppendAt, catch_up: CatchUp
+) -> Reserved:
+    """Append the reservation ``choose`` makes against the current ledger; on a conflict,
+    catch up with that host and choose again. None when nothing fits (any more)."""
+    conflicts = 0
+    for _ in range(MAX_ATTEMPTS):
+        wanted = choose(current())
+        if wanted is None:
+            return Reserved(None, conflicts)
+        try:
+            await append_at(wanted, current().versions.get(wanted.host, 0))
+        except ConcurrencyError:
+            conflicts += 1
+            await catch_up(wanted.host)
+            continue
+        return Reserved(wanted, conflicts)
+    return Reserved(None, conflicts)
+
+
 @dataclass
 class LedgerView:
-    """The one mutable cell a scheduler keeps: its current fold of the ledger."""
+    """A ledger kept by appending through one bus: what tests and tools use; a service
+    keeps its ledger in its fold and appends through its runtime instead."""
 
+    bus: Bus
+    producer: str
     ledger: Ledger = field(default_factory=Ledger)
     conflicts: int = 0
 
     def fold(self, seq: int, env: Envelope[Message]) -> None:
         self.ledger = evolve(self.ledger, seq, env.data)
 
-    async def catch_up(self, bus: Bus, host: str) -> None:
+    async def append_at(self, reservation: CapacityReserved, version: int) -> None:
+        env = Envelope.wrap(reservation, producer=self.producer)
+        result = await self.bus.append(env, expected_version=version)
+        self.fold(result.seq, env)
+
+    async def catch_up(self, host: str) -> None:
         """Read the host's pool events this ledger has not seen yet."""
         since = self.ledger.versions.get(host, 0) + 1
-        async for entry in bus.replay(from_seq=since, filters=(f"pool.{host}",)):
+        async for entry in self.bus.replay(from_seq=since, filters=(f"pool.{host}",)):
             if entry.envelope is not None:
                 self.fold(entry.seq, entry.envelope)
 
-
-Choose = Callable[[Ledger], CapacityReserved | None]
-
-
-async def reserve(
-    bus: Bus, view: LedgerView, choose: Choose, producer: str
-) -> CapacityReserved | None:
-    """Append the reservation ``choose`` makes against the current ledger; on a conflict,
-    catch up with that host and choose again. None when nothing fits (any more)."""
-    for _ in range(MAX_ATTEMPTS):
-        wanted = choose(view.ledger)
-        if wanted is None:
-            return None
-        env = Envelope.wrap(wanted, producer=producer)
-        try:
-            result = await bus.append(
-                env, expected_version=view.ledger.versions.get(wanted.host, 0)
-            )
-        except ConcurrencyError:
-            view.conflicts += 1
-            await view.catch_up(bus, wanted.host)
-            continue
-        view.fold(result.seq, env)
-        return wanted
-    return None
+    async def reserve(self, choose: Choose) -> CapacityReserved | None:
+        done = await reserve(lambda: self.ledger, choose, self.append_at, self.catch_up)
+        self.conflicts += done.conflicts
+        return done.reservation

@@ -75,12 +75,22 @@ def ready(cmd: Command) -> Make:
     return make
 
 
-def send(bus: str | None, wait: bool, timeout: float, make: Make) -> None:
-    """Send the command ``make`` builds (it may ask queries first); print the answer."""
+def send(
+    bus: str | None, wait: bool, timeout: float, make: Make, *, until: str | None = None
+) -> None:
+    """Send the command ``make`` builds (it may ask queries first); print the answer.
+    With ``until``, wait for that event further down the workflow (or a rejection)."""
 
     async def work(b: Bus) -> list[Envelope[Message]]:
         client = Client(b)
         cmd = await make(client)
+        if wait and until is not None:
+            env = Envelope.wrap(cmd, producer=client.producer)
+            return await client.wait_for(
+                lambda e: e.correlation_id == env.id and e.type in {until, "CommandRejected"},
+                timeout=timeout,
+                before=lambda: b.send(env),
+            )
         if wait:
             return await client.send_and_wait(cmd, timeout=timeout)
         env = await client.send(cmd)

@@ -10,8 +10,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-# Every deployable service; each runs as ``python -m services.<name>``.
-SERVICES = ("hosts",)
+# Every deployable service: its name, its module (``python -m services.<module>``) and
+# the settings that make it that service.
+SERVICES: tuple[tuple[str, str, dict[str, str]], ...] = (
+    ("hosts", "hosts", {}),
+    ("scheduler-high", "scheduler", {"VPLANE_PRIORITY": "high"}),
+    ("scheduler-low", "scheduler", {"VPLANE_PRIORITY": "low"}),
+)
+SERVICE_NAMES = frozenset(name for name, _, _ in SERVICES)
 
 
 @dataclass
@@ -31,14 +37,14 @@ class Supervisor:
         self._log_dir = log_dir
         self.children: list[Child] = []
 
-    def start(self, services: tuple[str, ...] = SERVICES) -> None:
+    def start(self, services: tuple[tuple[str, str, dict[str, str]], ...] = SERVICES) -> None:
         self._log_dir.mkdir(parents=True, exist_ok=True)
-        for name in services:
+        for name, module, env in services:
             log_path = self._log_dir / f"{name}.log"
             with log_path.open("ab") as log:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", f"services.{name}"],
-                    env=self._env,
+                    [sys.executable, "-m", f"services.{module}"],
+                    env={**self._env, **env},
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,

@@ -24,7 +24,7 @@ from shared.bus import Logged, Stream
 from shared.bus.factory import bus_from_url
 from shared.cli.common import URL_FILE, CliError, data_dir
 from shared.cli.events import format_entry
-from shared.cli.supervisor import SERVICES, Supervisor
+from shared.cli.supervisor import SERVICE_NAMES, Supervisor
 from shared.settings import Settings
 
 
@@ -98,7 +98,7 @@ async def _run(url: str, namespace: str, duration: float | None, sup: Supervisor
                 elapsed = time.monotonic() - start
                 if duration is not None and elapsed >= duration:
                     break
-                if not announced and view.started >= set(SERVICES):
+                if not announced and view.started >= SERVICE_NAMES:
                     announced = True
                     hint = "vplane vm create web1 --cpu 2 --mem 2048 --wait"
                     print(f"stack ready on {url}; try: {hint}", flush=True)

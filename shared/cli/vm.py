@@ -8,6 +8,7 @@ import typer
 
 from schemas import Command
 from schemas.memory import GetVmMemory, VmMemory
+from schemas.scheduling import PlaceVm
 from schemas.vm import (
     CreateVm,
     DestroyVm,
@@ -57,23 +58,38 @@ def vm_create(
     timeout: TimeoutOption = 10.0,
     bus: BusOption = None,
 ) -> None:
-    """Create a VM; the hosts service places it on a host with room."""
+    """Create a VM: its priority's scheduler places it (or --host puts it there directly)."""
     if priority not in ("high", "low"):
         raise CliError(f"invalid --priority {priority!r}: use high or low")
+    kind = _choice("--workload", workload, WorkloadKind)
+    mode = _choice("--memory", memory, MemoryMode)
+    if host is not None or not start:
+        cmd: Command = validated(
+            CreateVm,
+            vm=name,
+            cpu=cpu,
+            mem_mib=mem,
+            priority=priority,
+            host=host,
+            power_on=start,
+            workload=kind,
+            memory_mode=mode,
+            template=template,
+            seed=seed,
+        )
+        send(bus, wait, timeout, ready(cmd))
+        return
     cmd = validated(
-        CreateVm,
+        PlaceVm,
         vm=name,
+        priority=priority,
         cpu=cpu,
         mem_mib=mem,
-        priority=priority,
-        host=host,
-        power_on=start,
-        workload=_choice("--workload", workload, WorkloadKind),
-        memory_mode=_choice("--memory", memory, MemoryMode),
-        template=template,
+        workload=kind,
+        memory_mode=mode,
         seed=seed,
     )
-    send(bus, wait, timeout, ready(cmd))
+    send(bus, wait, timeout, ready(cmd), until="VmCreated")
 
 
 def _on_its_host(name: str, build: type[Command], **fields: object) -> Make:

@@ -11,7 +11,7 @@ import pytest
 from schemas import Envelope
 from schemas.host import HostRegistered
 from schemas.pool import CapacityReserved, Owner
-from services.scheduler.ledger import Amounts, Choose, Ledger, LedgerView, reserve
+from services.scheduler.ledger import Amounts, Choose, Ledger, LedgerView
 from shared.bus import Bus
 from shared.bus.memory import MemoryBus
 from shared.bus.nats import NatsBus
@@ -69,7 +69,7 @@ async def test_concurrent_schedulers_never_over_commit(pool_bus: Bus) -> None:
     second: Bus = NatsBus(bus.url, bus.namespace) if isinstance(bus, NatsBus) else bus
     if second is not bus:
         await second.start()
-    views = [LedgerView(), LedgerView()]
+    views = [LedgerView(bus, "sched-0"), LedgerView(second, "sched-1")]
     for view in views:
         async for entry in bus.replay():
             if entry.envelope is not None:
@@ -80,7 +80,7 @@ async def test_concurrent_schedulers_never_over_commit(pool_bus: Bus) -> None:
         out = []
         for n in range(20):
             await asyncio.sleep(rng.random() / 1000)
-            out.append(await reserve(b, views[i], first_fit(f"{owner}-{n}", owner), f"sched-{i}"))
+            out.append(await views[i].reserve(first_fit(f"{owner}-{n}", owner)))
         return out
 
     try:
@@ -93,7 +93,7 @@ async def test_concurrent_schedulers_never_over_commit(pool_bus: Bus) -> None:
     placed = [r for r in high + low if r is not None]
     assert len(placed) == 30  # 3 hosts x 10 slices; the other 10 found no room
 
-    truth = LedgerView()
+    truth = LedgerView(bus, "truth")
     async for entry in bus.replay():
         if entry.envelope is not None:
             truth.fold(entry.seq, entry.envelope)

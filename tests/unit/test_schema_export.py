@@ -41,6 +41,13 @@ from schemas.memory import (
 )
 from schemas.pool import CapacityReleased, CapacityReserved, Owner
 from schemas.queries import HostList, HostView, ListHosts, ListVms, QueryFailed, VmList, VmView
+from schemas.scheduling import (
+    Candidate,
+    PlacementRequested,
+    PlaceVm,
+    RoundCompleted,
+    VmPlaced,
+)
 from schemas.service import CommandRejected, RejectionCode, ServiceStarted, ServiceStopped
 from schemas.vm import (
     CreateVm,
@@ -186,6 +193,20 @@ EXAMPLES: dict[str, Message] = {
             mem_mib=2048,
         ),
         CapacityReleased(host="h1", reservation="r-1"),
+        PlaceVm(vm="web-1", priority=Owner.HIGH, cpu=2, mem_mib=2048, min_cpu=1),
+        PlacementRequested(vm="web-1", priority=Owner.HIGH, cpu=2, mem_mib=2048),
+        VmPlaced(
+            vm="web-1",
+            host="h1",
+            priority=Owner.HIGH,
+            round=3,
+            cpu=2,
+            mem_mib=2048,
+            score=0.9,
+            runners_up=[Candidate(host="h2", score=0.8)],
+            filtered={"capacity": 1},
+        ),
+        RoundCompleted(priority=Owner.LOW, round=3, placed=1, unplaced=0, without_high=True),
         StunVm(vm="web-1", host="h1"),
         UnstunVm(vm="web-1", host="h1"),
         ThrottleVm(vm="web-1", host="h1", cpu_cap=0.5),

@@ -1,0 +1,93 @@
+"""The two priority schedulers on one pool, as processes on a real NATS server."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from schemas import Envelope, Message
+from schemas.pool import Owner
+from schemas.scheduling import PlaceVm
+from shared.bus.nats import NatsBus
+from shared.client import Client
+from shared.testing import unique_namespace
+from tests.integration.stack import start_service
+
+pytestmark = [pytest.mark.broker, pytest.mark.integration]
+
+ROUND = 3.0
+
+
+@pytest.fixture
+async def stack(nats_url: str, tmp_path: Path) -> AsyncIterator[Client]:
+    """One 64 GiB host and both schedulers, rounds every few seconds."""
+    bus = NatsBus(nats_url, unique_namespace())
+    await bus.start()
+    client = Client(bus, producer="test")
+    base = {
+        "VPLANE_BUS_URL": nats_url,
+        "VPLANE_NAMESPACE": bus.namespace,
+        "VPLANE_HOSTS": "1",
+        "VPLANE_ROUND_SECONDS": str(ROUND),
+    }
+    procs: list[subprocess.Popen[bytes]] = []
+
+    async def launch() -> None:
+        procs.append(start_service("hosts", base, tmp_path / "hosts.log"))
+        for prio in ("high", "low"):
+            env = {**base, "VPLANE_PRIORITY": prio}
+            procs.append(start_service("scheduler", env, tmp_path / f"scheduler-{prio}.log"))
+
+    await client.wait_for(lambda e: e.type == "ServiceStarted", count=3, before=launch, timeout=60)
+    try:
+        yield client
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            await asyncio.to_thread(proc.wait, 15)
+        await bus.close()
+
+
+def outcome_of(vm: str) -> object:
+    def match(e: Envelope[Message]) -> bool:
+        return e.type in {"VmPlaced", "CommandRejected"} and e.subject == f"vm/{vm}"
+
+    return match
+
+
+async def test_high_places_before_low_within_a_round(stack: Client) -> None:
+    """Asked in the same round for more than the host holds, the high-priority VM gets
+    the host even though the low one asked first; the low one is refused."""
+    client = stack
+    # Start right after a round ended (low finishes it): the next is a whole period away.
+    await client.wait_for(
+        lambda e: e.type == "RoundCompleted" and e.data.priority == "low",  # type: ignore[attr-defined]
+        timeout=3 * ROUND,
+    )
+    results: list[Envelope[Message]] = []
+
+    async def ask() -> None:
+        await client.send(PlaceVm(vm="low-vm", priority=Owner.LOW, cpu=2, mem_mib=40_000))
+        await client.send(PlaceVm(vm="high-vm", priority=Owner.HIGH, cpu=2, mem_mib=40_000))
+
+    results = await client.wait_for(
+        lambda e: (
+            e.type in {"VmPlaced", "CommandRejected"} and e.subject in {"vm/low-vm", "vm/high-vm"}
+        ),
+        count=2,
+        before=ask,
+        timeout=4 * ROUND,
+    )
+    by_vm = {e.subject: e for e in results}
+    assert by_vm["vm/high-vm"].type == "VmPlaced", [(e.type, e.producer, e.data) for e in results]
+    assert by_vm["vm/low-vm"].type == "CommandRejected"
+    assert by_vm["vm/low-vm"].data.code == "insufficient-capacity"  # type: ignore[attr-defined]
+    placed = by_vm["vm/high-vm"].data
+    assert placed.host == "h1"  # type: ignore[attr-defined]
+    assert placed.filtered == {"capacity": 0}  # type: ignore[attr-defined]
