@@ -27,7 +27,7 @@ def build(settings: Settings) -> ServiceDefinition:
         cmd = env.data
         if not isinstance(cmd, PlaceVm) or cmd.priority != priority:
             return [_refuse(env, f"{name} does not handle {env.type}")]
-        if cmd.vm in holder.state.requests:
+        if cmd.vm in holder.state.known or cmd.vm in holder.state.created:
             return [
                 _refuse(env, f"VM {cmd.vm} was already asked for", RejectionCode.ALREADY_EXISTS)
             ]

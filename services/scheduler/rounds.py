@@ -93,9 +93,16 @@ async def _place(
         since = holder.state.ledger.versions.get(host, 0) + 1
         await runtime.catch_up((f"pool.{host}",), since)
 
-    # A reservation already in the ledger is this request's, made before a restart.
-    if holder.state.ledger.holds(ask.vm):
-        held = next(rs[ask.vm] for rs in holder.state.ledger.reservations.values() if ask.vm in rs)
+    # A reservation of ours already in the ledger is this request's, made before a restart.
+    held = next(
+        (
+            rs[ask.vm]
+            for rs in holder.state.ledger.reservations.values()
+            if ask.vm in rs and rs[ask.vm].owner == owner
+        ),
+        None,
+    )
+    if held is not None:
         picked["choice"] = Choice(held, ask.cpu, ask.mem_mib, degraded=False, score=0.0)
         conflicts = 0
     else:
@@ -131,9 +138,9 @@ async def _place(
     return True
 
 
-def create_id(vm: str) -> uuid.UUID:
+def create_id(vm: str, owner: Owner) -> uuid.UUID:
     """The CreateVm for a placed VM has one id, so sending it again changes nothing."""
-    return uuid.uuid5(uuid.NAMESPACE_URL, f"vplane:create:{vm}")
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"vplane:create:{owner.value}:{vm}")
 
 
 async def send_create(
@@ -150,7 +157,9 @@ async def send_create(
         memory_mode=ask.memory_mode,
         seed=ask.seed,
     )
-    env = Envelope.wrap(create, producer=runtime.name, caused_by=request, id=create_id(vm))
+    env = Envelope.wrap(
+        create, producer=runtime.name, caused_by=request, id=create_id(vm, placed.priority)
+    )
     await runtime.bus.send(env)
 
 

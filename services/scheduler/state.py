@@ -22,6 +22,8 @@ class SchedulerState:
     pending: Mapping[str, Envelope[PlacementRequested]] = field(default_factory=dict)
     placed: Mapping[str, VmPlaced] = field(default_factory=dict)
     requests: Mapping[str, Envelope[PlacementRequested]] = field(default_factory=dict)
+    # Every VM either scheduler was asked for: names are unique across priorities.
+    known: frozenset[str] = frozenset()
     created: frozenset[str] = frozenset()
     rounds: Mapping[Owner, int] = field(default_factory=dict)
 
@@ -29,6 +31,8 @@ class SchedulerState:
 def evolve(state: SchedulerState, seq: int, env: Envelope[Message]) -> SchedulerState:
     event = env.data
     state = replace(state, ledger=evolve_ledger(state.ledger, seq, event))
+    if isinstance(event, PlacementRequested):
+        state = replace(state, known=state.known | {event.vm})
     match event:
         case PlacementRequested() if event.priority == state.priority:
             request: Envelope[PlacementRequested] = env  # type: ignore[assignment]

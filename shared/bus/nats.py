@@ -126,7 +126,11 @@ class NatsBus:
             await sub.stop()
         self._subs.clear()
         if self._nc is not None and not self._nc.is_closed:
-            await self._nc.drain()
+            try:
+                await self._nc.drain()
+            except nats.errors.Error:
+                # Reconnecting or already gone: nothing left to drain, just let go.
+                await self._nc.close()
         self._nc = self._js = None
 
     async def append(

@@ -54,13 +54,6 @@ async def stack(nats_url: str, tmp_path: Path) -> AsyncIterator[Client]:
         await bus.close()
 
 
-def outcome_of(vm: str) -> object:
-    def match(e: Envelope[Message]) -> bool:
-        return e.type in {"VmPlaced", "CommandRejected"} and e.subject == f"vm/{vm}"
-
-    return match
-
-
 async def test_high_places_before_low_within_a_round(stack: Client) -> None:
     """Asked in the same round for more than the host holds, the high-priority VM gets
     the host even though the low one asked first; the low one is refused."""
@@ -91,3 +84,20 @@ async def test_high_places_before_low_within_a_round(stack: Client) -> None:
     placed = by_vm["vm/high-vm"].data
     assert placed.host == "h1"  # type: ignore[attr-defined]
     assert placed.filtered == {"capacity": 0}  # type: ignore[attr-defined]
+
+
+async def test_a_name_asked_of_both_schedulers_is_refused_the_second_time(stack: Client) -> None:
+    """VM names are unique across priorities: the second request is refused at once."""
+    client = stack
+    [first] = await client.send_and_wait(
+        PlaceVm(vm="twice", priority=Owner.HIGH, cpu=1, mem_mib=64), timeout=30
+    )
+    assert first.type == "PlacementRequested"
+    await client.wait_for(
+        lambda e: e.type == "VmCreated" and e.subject == "vm/twice", timeout=4 * ROUND
+    )
+    [second] = await client.send_and_wait(
+        PlaceVm(vm="twice", priority=Owner.LOW, cpu=1, mem_mib=64), timeout=30
+    )
+    assert second.type == "CommandRejected"
+    assert second.data.code == "already-exists"  # type: ignore[attr-defined]
