@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -21,6 +20,7 @@ from shared.bus.subjects import event_subject, matches, stream_subject
 log = structlog.get_logger("vplane.runtime")
 
 OBSERVED_KEPT = 10_000
+DRAIN_STEP_SECONDS = 5.0
 
 Fold = Callable[[int, Envelope[Message]], None]
 # Answers a command with the events to append; async, because mechanism services
@@ -239,10 +239,23 @@ class Runtime:
         for task in self._loops:
             task.cancel()
         for task in self._loops:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await self._bounded(task, f"loop {task.get_name()}")
         for sub in self._subs:
-            await sub.stop()
+            await self._bounded(sub.stop(), f"subscription {type(sub).__name__}")
+
+    async def _bounded(self, step: Awaitable[object], what: str) -> None:
+        """Stopping never hangs the process: a step that takes too long is left behind."""
+        try:
+            async with asyncio.timeout(DRAIN_STEP_SECONDS):
+                await step
+        except asyncio.CancelledError:
+            pass
+        except TimeoutError:
+            where = ""
+            if isinstance(step, asyncio.Task):
+                frames = step.get_stack(limit=8)
+                where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(frames))
+            log.warning("stopping took too long, leaving it", step=what, at=where)
 
 
 def run_service(definition: ServiceDefinition, bus: Bus, instance: str) -> None:

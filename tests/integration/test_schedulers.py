@@ -50,7 +50,12 @@ async def stack(nats_url: str, tmp_path: Path) -> AsyncIterator[Client]:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
         for proc in procs:
-            await asyncio.to_thread(proc.wait, 15)
+            try:
+                await asyncio.to_thread(proc.wait, 30)
+            except subprocess.TimeoutExpired:
+                # Seen rarely: a scheduler slow to exit (see the note on shutdown).
+                proc.kill()
+                await asyncio.to_thread(proc.wait, 10)
         await bus.close()
 
 
@@ -83,7 +88,8 @@ async def test_high_places_before_low_within_a_round(stack: Client) -> None:
     assert by_vm["vm/low-vm"].data.code == "insufficient-capacity"  # type: ignore[attr-defined]
     placed = by_vm["vm/high-vm"].data
     assert placed.host == "h1"  # type: ignore[attr-defined]
-    assert placed.filtered == {"capacity": 0}  # type: ignore[attr-defined]
+    assert placed.filtered["capacity"] == 0  # type: ignore[attr-defined]
+    assert set(placed.filtered) >= {"state", "capacity", "vm_anti_affinity"}  # type: ignore[attr-defined]
 
 
 async def test_a_name_asked_of_both_schedulers_is_refused_the_second_time(stack: Client) -> None:
