@@ -2,7 +2,8 @@
 
 Each broker module supplies a raw-client side and a vplane side; ``run_pair`` measures
 both the same way (warm-up, throughput with the consumer running, paced latency at
-half vplane's peak) and returns the figures as a JSON-ready dict.
+half vplane's peak) and returns the figures as a JSON-ready dict. ``terminate`` and
+``cancelled_by_sigterm`` let SIGTERM unwind any benchmark like Ctrl-C does.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -277,6 +279,23 @@ def summarise(samples: list[float], offered: float) -> Latency:
         return ordered[index] * 1000
 
     return Latency(len(ordered), offered, pct(50), pct(99), ordered[-1] * 1000)
+
+
+def terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+async def cancelled_by_sigterm(run: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+    """Run with SIGTERM cancelling the run, so every ``finally`` cleans up in order."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await run
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, terminate)
 
 
 async def to_the_end(close: Callable[[], Awaitable[None]]) -> None:

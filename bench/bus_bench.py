@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from _common import TICK, Settings
+from _common import TICK, Settings, cancelled_by_sigterm, terminate
 from _nats import run_nats
 from _rabbitmq import DEFAULT_URL, reachable, run_rabbitmq, shown_url
 
@@ -48,26 +48,9 @@ class Options:
     as_json: bool
 
 
-def _terminate(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
-async def _cancelled_by_sigterm(run: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
-    """Run with SIGTERM cancelling the run, so every ``finally`` cleans up in order."""
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-    loop.add_signal_handler(signal.SIGTERM, task.cancel)
-    try:
-        return await run
-    finally:
-        loop.remove_signal_handler(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, _terminate)
-
-
 def _run(run: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
     try:
-        return asyncio.run(_cancelled_by_sigterm(run))
+        return asyncio.run(cancelled_by_sigterm(run))
     except asyncio.CancelledError:
         raise SystemExit(128 + signal.SIGTERM) from None
 
@@ -209,8 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
     configure_logs(level="warning")
     # A plain kill unwinds like Ctrl-C does, so brokers and queues are always cleaned up;
-    # inside an event loop it cancels the run instead (see _cancelled_by_sigterm).
-    signal.signal(signal.SIGTERM, _terminate)
+    # inside an event loop it cancels the run instead (see _common.cancelled_by_sigterm).
+    signal.signal(signal.SIGTERM, terminate)
     if opts.broker != "nats" and not reachable(opts.amqp_url):
         print(
             f"no RabbitMQ listening at {shown_url(opts.amqp_url)}: start it with "
