@@ -8,7 +8,7 @@ import typer
 
 from shared.broker import BrokerError
 from shared.bus import BusError
-from shared.cli import events, host, inventory, up, vm
+from shared.cli import events, explain, host, inventory, up, vm
 from shared.cli.common import CliError
 from shared.logs import configure
 from shared.settings import SettingsError
@@ -27,6 +27,7 @@ app.add_typer(vm.vm_app, name="vm")
 app.add_typer(host.host_app, name="host")
 app.command("hosts")(inventory.hosts)
 app.command("vms")(inventory.vms)
+app.command("explain")(explain.explain)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -64,6 +64,12 @@ def test_vm_create_is_answered_and_visible_everywhere(stack: dict[str, str]) -> 
     hosts = json.loads(cli("hosts", "--json", env=stack).stdout)
     assert {h["host"]: h["mem_reserved_mib"] for h in hosts} == {"h1": 2048, "h2": 0}
 
+    why = cli("explain", "web1", env=stack)
+    assert why.returncode == 0, why.stderr
+    assert why.stdout.startswith("web1 -> h1 by scheduler-low in round ")
+    assert "hosts removed by filter: state 0" in why.stdout
+    assert "runner-up h2" in why.stdout
+
     tail = cli("events", "tail", "--since", "1", "--no-follow", "--json", env=stack)
     entries = [json.loads(line) for line in tail.stdout.splitlines()]
     created_events = [e for e in entries if e["type"] == "VmCreated"]

@@ -93,3 +93,12 @@ def test_rabbitmq_refusing_the_login_is_one_line(amqp_url: str) -> None:
     assert len(lines) == 1, done.stderr
     assert "ACCESS_REFUSED" in lines[0]
     assert "not-the-password" not in lines[0]
+
+
+def test_explain_of_a_vm_never_placed_is_one_line(tmp_path: Path) -> None:
+    """Explaining a VM the schedulers never saw says so in one line."""
+    done = cli("explain", "ghost", "--bus", "memory://", env={"VPLANE_DATA_DIR": str(tmp_path)})
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "vplane: error: no placement of 'ghost' in the log (was it created with --host?)"
+    )
