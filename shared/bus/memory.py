@@ -12,7 +12,8 @@ from schemas import Envelope, Message
 from shared.bus import subjects
 from shared.bus.dedupe import RecentIds, unique
 from shared.bus.dispatch import Ack, Bury, Retry, answer, dispatch, entry_of, read_reply
-from shared.bus.errors import BusError, ConcurrencyError, RequestFailed
+from shared.bus.errors import ConcurrencyError, RequestFailed
+from shared.bus.flows import first_chunks
 from shared.bus.protocol import (
     AppendResult,
     ConsumerSpec,
@@ -252,14 +253,17 @@ class MemoryBus:
         self, flow: str, count: int, *, timeout: float = 30.0
     ) -> AsyncIterator[bytes]:
         log = self._flows.setdefault(flow, _Log())
-        for seq in range(1, count + 1):
-            try:
-                async with asyncio.timeout(timeout):
-                    while (entry := log.first_from(seq, ())) is None:
-                        await log.wait_change(0.05)
-            except TimeoutError:
-                raise BusError(f"data flow {flow}: chunk {seq} of {count} did not come") from None
-            yield entry.data
+
+        async def arrivals() -> AsyncIterator[bytes]:
+            seq = 1
+            while True:
+                while (entry := log.first_from(seq, ())) is None:
+                    await log.wait_change(0.05)
+                seq += 1
+                yield entry.data
+
+        async for chunk in first_chunks(arrivals(), flow, count, timeout):
+            yield chunk
 
 
 def _logged(entry: _Entry) -> Logged:

@@ -21,6 +21,7 @@ from shared.bus import subjects
 from shared.bus.dedupe import unique
 from shared.bus.dispatch import answer, read_reply
 from shared.bus.errors import BusError, BusUnavailable, ConcurrencyError, RequestFailed
+from shared.bus.flows import first_chunks
 from shared.bus.nats_readers import Puller, Server, Watcher, logged, messages, start_at
 from shared.bus.nats_streams import stream_configs
 from shared.bus.protocol import (
@@ -343,14 +344,7 @@ class NatsBus:
         )
         chunks = messages(sub, until=None)
         try:
-            for seq in range(1, count + 1):
-                try:
-                    async with asyncio.timeout(timeout):
-                        msg = await anext(chunks)
-                except TimeoutError:
-                    raise BusError(
-                        f"data flow {flow}: chunk {seq} of {count} did not come"
-                    ) from None
+            async for msg in first_chunks(chunks, flow, count, timeout):
                 yield msg.data
         finally:
             await chunks.aclose()

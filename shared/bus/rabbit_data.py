@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
 from aio_pika.abc import AbstractRobustConnection
 
-from shared.bus.errors import BusError
+from shared.bus.flows import first_chunks
 from shared.bus.rabbit_topology import Topology
 
 
@@ -22,14 +21,7 @@ async def read_flow(
         name = await topology.declare_data(channel, flow)
         queue = await channel.get_queue(name, ensure=False)
         async with queue.iterator() as messages:
-            for seq in range(1, count + 1):
-                try:
-                    async with asyncio.timeout(timeout):
-                        message = await anext(messages)
-                except TimeoutError:
-                    raise BusError(
-                        f"data flow {flow}: chunk {seq} of {count} did not come"
-                    ) from None
+            async for message in first_chunks(messages, flow, count, timeout):
                 await message.ack()
                 yield message.body
         await queue.delete(if_unused=False, if_empty=False)
