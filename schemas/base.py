@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Iterator
 from typing import Annotated, ClassVar, TypeVar
 
@@ -12,11 +11,6 @@ from pydantic import BaseModel, ConfigDict, StringConstraints
 # Names become tokens of bus subjects, so they may not hold dots, spaces or wildcards.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
-_NAME_RE = re.compile(NAME_PATTERN)
-
-
-def is_name(text: str) -> bool:
-    return bool(_NAME_RE.match(text))
 
 
 class Kind(enum.StrEnum):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import enum
 import uuid
 
-from schemas.base import Event, Name, registry
+from schemas.base import Event, Message, Name, registry
+from schemas.envelope import Envelope
 
 
 @registry.register
@@ -57,3 +58,15 @@ class CommandRejected(Event):
 
     def aggregate(self) -> str:
         return self.about
+
+    @classmethod
+    def of(cls, command: Envelope[Message], code: RejectionCode, reason: str) -> CommandRejected:
+        """The refusal of ``command``, about its VM if it names one."""
+        vm = getattr(command.data, "vm", None)
+        return cls(
+            about=f"vm/{vm}" if vm else command.subject,
+            command_id=command.id,
+            command_type=command.type,
+            code=code,
+            reason=reason,
+        )

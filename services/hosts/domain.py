@@ -57,8 +57,6 @@ from schemas.vm import (
 )
 from services.hosts.state import Fleet, Host, Vm
 
-PAGE_MIB = 4 / 1024
-
 
 @dataclass(frozen=True, slots=True)
 class Facts:
@@ -85,7 +83,7 @@ def decide(fleet: Fleet, env: Envelope[Message], facts: Facts | None = None) -> 
     try:
         return _decide(fleet, cmd, facts or Facts())
     except _Rejected as rejected:
-        return [rejection(env, rejected.code, rejected.reason)]
+        return [CommandRejected.of(env, rejected.code, rejected.reason)]
 
 
 def _decide(fleet: Fleet, cmd: Message, facts: Facts) -> list[Event]:  # noqa: PLR0911
@@ -269,16 +267,5 @@ def check_transfer(fleet: Fleet, env: Envelope[Message]) -> list[Event]:
         _up(fleet, cmd.host)
         _full_vm_on(fleet, cmd.vm, cmd.host)
     except _Rejected as rejected:
-        return [rejection(env, rejected.code, rejected.reason)]
+        return [CommandRejected.of(env, rejected.code, rejected.reason)]
     return []
-
-
-def rejection(env: Envelope[Message], code: RejectionCode, reason: str) -> CommandRejected:
-    vm = getattr(env.data, "vm", None)
-    return CommandRejected(
-        about=f"vm/{vm}" if vm else env.subject,
-        command_id=env.id,
-        command_type=env.type,
-        code=code,
-        reason=reason,
-    )

@@ -33,21 +33,19 @@ from services.hosts.memory import HostMemory, MemoryModelError
 from services.hosts.memory import MemoryMode as MemMode
 from services.hosts.memory import VmSpec as MemSpec
 from services.hosts.memory import Workload as MemWorkload
-from services.hosts.memory.geometry import LARGE_PAGE_PAGES
-from services.hosts.state import Fleet, Vm
+from services.hosts.memory.geometry import LARGE_PAGE_MIB, PAGE_MIB
+from services.hosts.state import Fleet
 from services.hosts.telemetry import Contention, samples
 
 log = structlog.get_logger("vplane.hosts")
 
-MIB_PER_LARGE_PAGE = 2
-PAGE_MIB = 4 / 1024
 # Page writes and reads a running full-memory guest makes per tick at full speed.
 WRITES_PER_TICK = 256
 READS_PER_TICK = 1024
 
 
 def large_pages(mem_mib: int) -> int:
-    return max(1, math.ceil(mem_mib / MIB_PER_LARGE_PAGE))
+    return max(1, math.ceil(mem_mib / LARGE_PAGE_MIB))
 
 
 class Machine:
@@ -220,7 +218,3 @@ def _mem_spec(name: str, mem_mib: int, seed: int, template: str, mode: MemoryMod
     return MemSpec(
         name, large_pages(mem_mib), seed=seed, template=template, mode=MemMode(mode.value)
     )
-
-
-def guest_pages(vm: Vm) -> int:
-    return large_pages(vm.mem_mib) * LARGE_PAGE_PAGES

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from schemas.host import HostTelemetry, VmSample
 from schemas.vm import MemoryMode, VmState, WorkloadKind
 from services.hosts.memory import HostMemory
+from services.hosts.memory.geometry import PAGE_MIB
 from services.hosts.resources import (
     Bursty,
     Diurnal,
@@ -24,7 +25,6 @@ from services.hosts.resources import (
 )
 from services.hosts.state import Fleet, Vm
 
-PAGE_MIB = 4 / 1024
 _POWER = {
     VmState.ON: PowerState.ON,
     VmState.OFF: PowerState.OFF,

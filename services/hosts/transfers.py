@@ -6,9 +6,8 @@ import numpy as np
 
 from schemas import Envelope, Event, Message
 from schemas.memory import ExportPages, ImportPages, PagesExported, PagesImported, Selection
-from schemas.service import RejectionCode
+from schemas.service import CommandRejected, RejectionCode
 from services.hosts import wire
-from services.hosts.domain import rejection
 from services.hosts.machine import Machine
 from services.hosts.memory import (
     AccountingOnly,
@@ -50,7 +49,7 @@ async def export_pages(bus: Bus, machine: Machine, env: Envelope[Message]) -> li
             batches = mem.export_pages(cmd.vm, pages, cmd.batch)
         chunks: list[PageBatch] = list(batches)
     except MemoryModelError as err:
-        return [rejection(env, code_of(err), str(err))]
+        return [CommandRejected.of(env, code_of(err), str(err))]
     await bus.put_data(cmd.flow, [wire.encode(b) for b in chunks])
     zero = sum(int(np.count_nonzero(b.zero)) for b in chunks)
     return [
@@ -80,7 +79,7 @@ async def import_pages(bus: Bus, machine: Machine, env: Envelope[Message]) -> li
             pages += len(batch.pages)
             zero += int(np.count_nonzero(batch.zero))
     except MemoryModelError as err:
-        return [rejection(env, code_of(err), str(err))]
+        return [CommandRejected.of(env, code_of(err), str(err))]
     return [
         PagesImported(
             host=cmd.host,

@@ -26,10 +26,16 @@ def build(settings: Settings) -> ServiceDefinition:
     async def on_command(env: Envelope[Message]) -> list[Event]:
         cmd = env.data
         if not isinstance(cmd, PlaceVm) or cmd.priority != priority:
-            return [_refuse(env, f"{name} does not handle {env.type}")]
+            return [
+                CommandRejected.of(
+                    env, RejectionCode.WRONG_STATE, f"{name} does not handle {env.type}"
+                )
+            ]
         if cmd.vm in holder.state.known or cmd.vm in holder.state.created:
             return [
-                _refuse(env, f"VM {cmd.vm} was already asked for", RejectionCode.ALREADY_EXISTS)
+                CommandRejected.of(
+                    env, RejectionCode.ALREADY_EXISTS, f"VM {cmd.vm} was already asked for"
+                )
             ]
         return [
             PlacementRequested(
@@ -61,17 +67,4 @@ def build(settings: Settings) -> ServiceDefinition:
         setup=setup,
         loops=[rounds],
         clock=time.time,
-    )
-
-
-def _refuse(
-    env: Envelope[Message], reason: str, code: RejectionCode = RejectionCode.WRONG_STATE
-) -> CommandRejected:
-    vm = getattr(env.data, "vm", None)
-    return CommandRejected(
-        about=f"vm/{vm}" if vm else env.subject,
-        command_id=env.id,
-        command_type=env.type,
-        code=code,
-        reason=reason,
     )

@@ -27,7 +27,6 @@ class Holder:
 
     def __init__(self, priority: Owner) -> None:
         self.state = SchedulerState(priority)
-        self.conflicts = 0
 
 
 def round_id(service: str, number: int) -> uuid.UUID:
@@ -107,7 +106,6 @@ async def _place(
         conflicts = 0
     else:
         done = await reserve(lambda: holder.state.ledger, pick, append_at, catch_up)
-        holder.conflicts += done.conflicts
         conflicts = done.conflicts
         if done.reservation is None:
             refusal = CommandRejected(

@@ -11,6 +11,8 @@ PAGE_SIZE = 4096
 LARGE_PAGE_PAGES = 512
 LARGE_PAGE_SHIFT = 9  # page number >> 9 is its large page; & 511 its slot inside it
 LARGE_PAGE_SIZE = PAGE_SIZE * LARGE_PAGE_PAGES
+PAGE_MIB = PAGE_SIZE / 2**20  # a page, in the MiB that sizes and telemetry are given in
+LARGE_PAGE_MIB = LARGE_PAGE_SIZE // 2**20
 
 T = TypeVar("T", bound=np.generic)
 
