@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from shared.client import Client
 
 VPLANE = (
     str(Path(sys.executable).parent / "vplane")
@@ -58,3 +62,36 @@ def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = 60)
             break
         time.sleep(0.05)
     raise AssertionError(f"{needle!r} not printed within {timeout}s; got:\n{''.join(seen)}")
+
+
+async def start_ready(
+    client: Client, services: list[tuple[str, dict[str, str]]], log_dir: Path
+) -> list[subprocess.Popen[bytes]]:
+    """Start services (module, environment) and wait until each has said ServiceStarted:
+    only then do their command queues exist on every broker."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    async def launch() -> None:
+        for i, (module, env) in enumerate(services):
+            procs.append(start_service(module, env, log_dir / f"{module}-{i}.log"))
+
+    await client.wait_for(
+        lambda e: e.type == "ServiceStarted", count=len(services), before=launch, timeout=60
+    )
+    return procs
+
+
+async def stop_all(procs: list[subprocess.Popen[bytes]], timeout: float = 30) -> list[int]:
+    """SIGTERM every process, wait for each (killing one that outlasts ``timeout``), and
+    return their exit codes."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    codes = []
+    for proc in procs:
+        try:
+            codes.append(await asyncio.to_thread(proc.wait, timeout))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            codes.append(await asyncio.to_thread(proc.wait, 10))
+    return codes

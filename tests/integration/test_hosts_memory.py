@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +14,7 @@ from schemas.vm import CreateVm, MemoryMode, StunVm
 from shared.bus.nats import NatsBus
 from shared.client import Client
 from shared.testing import unique_namespace
-from tests.integration.stack import start_service
+from tests.integration.stack import start_ready, stop_all
 
 pytestmark = [pytest.mark.broker, pytest.mark.integration]
 
@@ -33,17 +30,11 @@ async def stack(nats_url: str, tmp_path: Path) -> AsyncIterator[Client]:
         "VPLANE_HOSTS": "2",
         "VPLANE_TICK_SECONDS": "0.2",
     }
-    procs: list[subprocess.Popen[bytes]] = []
-
-    async def launch() -> None:
-        procs.append(start_service("hosts", env, tmp_path / "hosts.log"))
-
-    await client.wait_for(lambda e: e.type == "ServiceStarted", before=launch, timeout=60)
+    procs = await start_ready(client, [("hosts", env)], tmp_path)
     try:
         yield client
     finally:
-        procs[0].send_signal(signal.SIGTERM)
-        await asyncio.to_thread(procs[0].wait, 15)
+        await stop_all(procs)
         await bus.close()
 
 

@@ -14,7 +14,7 @@ from shared.bus.rabbit import RabbitBus
 from shared.client import Client
 from shared.testing import unique_namespace
 from tests.brokers import drop_rabbitmq_namespace
-from tests.integration.stack import start_service
+from tests.integration.stack import start_ready
 
 pytestmark = [pytest.mark.broker, pytest.mark.integration]
 
@@ -48,13 +48,7 @@ async def test_broker_restart_loses_no_confirmed_event(
         "VPLANE_HOSTS": "2",
         "VPLANE_TICK_SECONDS": "0.5",
     }
-    procs: list[subprocess.Popen[bytes]] = []
-
-    async def launch() -> None:
-        procs.append(start_service("hosts", env, tmp_path / "hosts.log"))
-
-    await client.wait_for(lambda e: e.type == "ServiceStarted", before=launch, timeout=60)
-    service = procs[0]
+    [service] = await start_ready(client, [("hosts", env)], tmp_path)
     try:
         for i in range(20):
             await client.send_and_wait(CreateVm(vm=f"before{i}", cpu=1, mem_mib=64), timeout=30)

@@ -20,7 +20,7 @@ from shared.bus.rabbit import RabbitBus
 from shared.client import Client
 from shared.testing import poll, unique_namespace
 from tests.brokers import drop_rabbitmq_namespace
-from tests.integration.stack import start_service
+from tests.integration.stack import start_ready
 
 pytestmark = [pytest.mark.broker, pytest.mark.integration]
 
@@ -44,16 +44,10 @@ async def client(bus_url: str) -> AsyncIterator[Client]:
             await asyncio.to_thread(drop_rabbitmq_namespace, bus_url, namespace)
 
 
-async def started(client: Client, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """Start the hosts service and wait for its ServiceStarted event: on RabbitMQ a
-    command queue exists only once its service has declared it."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    async def launch() -> None:
-        procs.append(start_service("hosts", env, log))
-
-    await client.wait_for(lambda e: e.type == "ServiceStarted", before=launch, timeout=60)
-    return procs[0]
+async def started(client: Client, env: dict[str, str], log_dir: Path) -> subprocess.Popen[bytes]:
+    """Start the hosts service and wait until it is ready."""
+    [proc] = await start_ready(client, [("hosts", env)], log_dir)
+    return proc
 
 
 async def vm_states(client: Client) -> dict[str, str]:
@@ -85,8 +79,7 @@ async def test_killed_hosts_service_rebuilds_and_handles_what_came_meanwhile(
         "VPLANE_HOSTS": "2",
         "VPLANE_TICK_SECONDS": "0.2",
     }
-    log = tmp_path / "hosts.log"
-    first = await started(client, env, log)
+    first = await started(client, env, tmp_path)
     try:
         answers = await client.send_and_wait(CreateVm(vm="before", cpu=1, mem_mib=512), timeout=30)
         assert answers[0].type == "VmCreated"
@@ -101,7 +94,7 @@ async def test_killed_hosts_service_rebuilds_and_handles_what_came_meanwhile(
     await asyncio.sleep(0.5)
     assert not [t for t in await log_types(client) if t[1] == "vm/during"]
 
-    second = await started(client, env, log)
+    second = await started(client, env, tmp_path)
     try:
         states = await poll(
             lambda: vm_states(client),
@@ -143,8 +136,7 @@ async def test_service_exits_cleanly_on_sigterm_without_losing_acks(
         "VPLANE_NAMESPACE": client.bus.namespace,
         "VPLANE_HOSTS": "1",
     }
-    log = tmp_path / "hosts.log"
-    proc = await started(client, env, log)
+    proc = await started(client, env, tmp_path)
     try:
         for i in range(20):
             await client.send(CreateVm(vm=f"vm{i}", cpu=1, mem_mib=64))

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,7 +10,7 @@ from schemas.vm import CreateVm, PowerOffVm
 from shared.bus.nats import NatsBus
 from shared.client import Client
 from shared.testing import unique_namespace
-from tests.integration.stack import start_service
+from tests.integration.stack import start_ready, stop_all
 
 pytestmark = [pytest.mark.broker, pytest.mark.integration]
 
@@ -26,22 +23,11 @@ async def test_commands_reach_the_process_that_owns_their_host(
     bus = NatsBus(nats_url, unique_namespace())
     await bus.start()
     client = Client(bus, producer="test")
-    procs: list[subprocess.Popen[bytes]] = []
-
-    async def launch() -> None:
-        for prefix in ("a", "b"):
-            env = {
-                "VPLANE_BUS_URL": nats_url,
-                "VPLANE_NAMESPACE": bus.namespace,
-                "VPLANE_HOSTS": "1",
-                "VPLANE_HOST_PREFIX": prefix,
-            }
-            procs.append(start_service("hosts", env, tmp_path / f"hosts-{prefix}.log"))
-
+    base = {"VPLANE_BUS_URL": nats_url, "VPLANE_NAMESPACE": bus.namespace, "VPLANE_HOSTS": "1"}
+    procs = await start_ready(
+        client, [("hosts", {**base, "VPLANE_HOST_PREFIX": p}) for p in ("a", "b")], tmp_path
+    )
     try:
-        await client.wait_for(
-            lambda e: e.type == "ServiceStarted", count=2, before=launch, timeout=60
-        )
         for host in ("b1", "a1"):
             [created] = await client.send_and_wait(
                 CreateVm(vm=f"on-{host}", cpu=1, mem_mib=64, host=host), timeout=30
@@ -54,8 +40,5 @@ async def test_commands_reach_the_process_that_owns_their_host(
         [anywhere] = await client.send_and_wait(CreateVm(vm="any", cpu=1, mem_mib=64), timeout=30)
         assert anywhere.data.host in {"a1", "b1"}  # type: ignore[attr-defined]
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            await asyncio.to_thread(proc.wait, 15)
+        await stop_all(procs)
         await bus.close()

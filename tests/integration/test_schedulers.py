@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,7 +13,7 @@ from schemas.scheduling import PlaceVm
 from shared.bus.nats import NatsBus
 from shared.client import Client
 from shared.testing import unique_namespace
-from tests.integration.stack import start_service
+from tests.integration.stack import start_ready, stop_all
 
 pytestmark = [pytest.mark.broker, pytest.mark.integration]
 
@@ -35,27 +32,15 @@ async def stack(nats_url: str, tmp_path: Path) -> AsyncIterator[Client]:
         "VPLANE_HOSTS": "1",
         "VPLANE_ROUND_SECONDS": str(ROUND),
     }
-    procs: list[subprocess.Popen[bytes]] = []
-
-    async def launch() -> None:
-        procs.append(start_service("hosts", base, tmp_path / "hosts.log"))
-        for prio in ("high", "low"):
-            env = {**base, "VPLANE_PRIORITY": prio}
-            procs.append(start_service("scheduler", env, tmp_path / f"scheduler-{prio}.log"))
-
-    await client.wait_for(lambda e: e.type == "ServiceStarted", count=3, before=launch, timeout=60)
+    services = [("hosts", base)] + [
+        ("scheduler", {**base, "VPLANE_PRIORITY": prio}) for prio in ("high", "low")
+    ]
+    procs = await start_ready(client, services, tmp_path)
     try:
         yield client
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                await asyncio.to_thread(proc.wait, 30)
-            except subprocess.TimeoutExpired:
-                # Seen rarely: a scheduler slow to exit (see the note on shutdown).
-                proc.kill()
-                await asyncio.to_thread(proc.wait, 10)
+        # A scheduler is seen, rarely, slow to exit: stop_all kills it after 30 s.
+        await stop_all(procs)
         await bus.close()
 
 
