@@ -134,9 +134,15 @@ class Runtime:
         """Fold an entry once. Own appends are folded as they are made and may overtake
         entries the follower has yet to deliver, so entries are recognised by sequence."""
         env = entry.envelope
-        if env is None or entry.seq <= self._rebuilt_seq or entry.seq in self._observed:
+        if env is None or entry.seq <= self._rebuilt_seq:
             return
-        self._observed.add(entry.seq)
+        if self.definition.follow:
+            if entry.seq in self._observed:
+                return
+            self._observed.add(entry.seq)
+        elif entry.seq <= self._applied_seq:
+            # Without a follower only own appends arrive, in order: a high-water mark will do.
+            return
         if env.producer == self.name and env.causation_id is not None:
             self._answered.add(env.causation_id)
         if self.definition.fold is not None and self._wanted(entry.subject):
