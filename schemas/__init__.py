@@ -1,6 +1,6 @@
 """The contract: every message vplane's services exchange, and nothing else."""
 
-from schemas import host, memory, pool, queries, scheduling, service, vm
+from schemas import host, memory, pool, queries, scheduling, service, transfers, vm
 from schemas.base import Command, Event, Kind, Message, Query, Reply, Telemetry, registry
 from schemas.envelope import Envelope
 
@@ -20,5 +20,6 @@ __all__ = [
     "registry",
     "scheduling",
     "service",
+    "transfers",
     "vm",
 ]

@@ -44,6 +44,10 @@ class RejectionCode(enum.StrEnum):
     BYTES_DIFFER = "bytes-differ"
     ACCOUNTING_ONLY = "accounting-only"
     HOST_DOWN = "host-down"
+    INVALID_REQUEST = "invalid-request"
+    CONTRADICTORY_RULES = "contradictory-rules"
+    LAST_USABLE_HOST = "last-usable-host"
+    CANNOT_EVACUATE = "cannot-evacuate"
 
 
 @registry.register
