@@ -225,6 +225,7 @@ class CopyScheduled(Event):
     target: Name
     priority: Owner
     round: int = Field(ge=0)
+    size_mib: float = Field(gt=0)
     rate_mbps: float = Field(gt=0)
     expected_seconds: float = Field(ge=0)
     conflicts: int = Field(0, ge=0)

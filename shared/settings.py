@@ -34,6 +34,13 @@ class Settings(BaseModel):
     seed: int = 0
     priority: str = Field("high", pattern=r"^(high|low)$", description="which scheduler")
     round_seconds: float = Field(1.0, gt=0, le=3600, description="a scheduling round")
+    ha_failures: int = Field(
+        1, ge=0, le=100, description="hosts whose high-priority VMs the spare can restart"
+    )
+    rebalance_threshold: float = Field(
+        0.5, gt=0, le=1, description="host load spread (0-1) that triggers rebalancing; 1: never"
+    )
+    migration_mbps: float = Field(2_500, gt=0, description="bandwidth a live migration reserves")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:

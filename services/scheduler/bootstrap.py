@@ -6,9 +6,11 @@ import time
 
 from schemas import Envelope, Event, Message
 from schemas.pool import Owner
-from schemas.scheduling import PlacementRequested, PlaceVm
-from schemas.service import CommandRejected, RejectionCode
-from services.scheduler.rounds import Holder, resend_unconfirmed, run_rounds
+from services.scheduler.commands import decide
+from services.scheduler.holder import Holder, Knobs
+from services.scheduler.moving import resend_unstarted
+from services.scheduler.placing import resend_unconfirmed
+from services.scheduler.rounds import run_rounds
 from services.scheduler.state import evolve
 from shared.runtime import Runtime, ServiceDefinition
 from shared.settings import Settings
@@ -17,42 +19,23 @@ from shared.settings import Settings
 def build(settings: Settings) -> ServiceDefinition:
     priority = Owner(settings.priority)
     name = f"scheduler-{priority.value}"
-    holder = Holder(priority)
+    knobs = Knobs(
+        ha_failures=settings.ha_failures,
+        migration_mbps=settings.migration_mbps,
+        rebalance_threshold=settings.rebalance_threshold,
+    )
+    holder = Holder(priority, knobs)
     period = settings.round_seconds
 
     def fold(seq: int, env: Envelope[Message]) -> None:
         holder.state = evolve(holder.state, seq, env)
 
     async def on_command(env: Envelope[Message]) -> list[Event]:
-        cmd = env.data
-        if not isinstance(cmd, PlaceVm) or cmd.priority != priority:
-            return [
-                CommandRejected.of(
-                    env, RejectionCode.WRONG_STATE, f"{name} does not handle {env.type}"
-                )
-            ]
-        if cmd.vm in holder.state.known or cmd.vm in holder.state.created:
-            return [
-                CommandRejected.of(
-                    env, RejectionCode.ALREADY_EXISTS, f"VM {cmd.vm} was already asked for"
-                )
-            ]
-        return [
-            PlacementRequested(
-                vm=cmd.vm,
-                priority=cmd.priority,
-                cpu=cmd.cpu,
-                mem_mib=cmd.mem_mib,
-                min_cpu=cmd.min_cpu,
-                min_mem_mib=cmd.min_mem_mib,
-                workload=cmd.workload,
-                memory_mode=cmd.memory_mode,
-                seed=cmd.seed,
-            )
-        ]
+        return decide(holder.state, env, name)
 
     async def setup(runtime: Runtime) -> None:
         await resend_unconfirmed(runtime, holder)
+        await resend_unstarted(runtime, holder)
 
     async def rounds(runtime: Runtime) -> None:
         await run_rounds(runtime, holder, period, high_wait=period / 2)
@@ -60,7 +43,7 @@ def build(settings: Settings) -> ServiceDefinition:
     return ServiceDefinition(
         name=name,
         fold=fold,
-        fold_filters=("host.>", "pool.>", "vm.>", "scheduler.>"),
+        fold_filters=("host.>", "pool.>", "vm.>", "scheduler.>", "migration.>", "copy.>"),
         follow=True,
         decide=on_command,
         commands={f"{name}-commands": (f"scheduler.{priority.value}.>",)},

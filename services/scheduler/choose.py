@@ -3,21 +3,32 @@
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 from schemas.pool import CapacityReserved, Owner
-from schemas.scheduling import Candidate, PlacementRequested
+from schemas.scheduling import Affinity as AffinityPart
+from schemas.scheduling import Candidate, PlacementRules, VmAsk
 from services.scheduler.core import (
+    Affinity,
+    Decision,
     Host,
+    HostState,
     PlacedVm,
     Policy,
     Pool,
     Request,
     Resources,
+    Rules,
     SchedulerError,
+    SpareUncoverable,
     decide,
+    ha_spare,
 )
 from services.scheduler.ledger import Amounts, Ledger
+
+VM = "vm"  # the purpose of a VM's own reservation
 
 # A vCPU of a placed VM reserves this much of a host's CPU.
 MHZ_PER_VCPU = 1000.0
@@ -39,33 +50,72 @@ def demand(cpu: int, mem_mib: int) -> Resources:
 
 
 def pool_of(ledger: Ledger) -> Pool:
-    """The ledger as the core's snapshot: every reservation holds its amounts."""
-    hosts = [Host(name, _resources(cap)) for name, cap in sorted(ledger.capacity.items())]
-    vms = [
-        PlacedVm(r.reservation, r.host, _resources(Amounts.of(r)))
-        for held in ledger.reservations.values()
-        for r in held.values()
-        if r.host in ledger.capacity
+    """The ledger as the core's snapshot: a VM's reservation is a placed VM; what
+    migrations and copies hold is capacity held besides."""
+    hosts = [
+        Host(name, _resources(cap), _state(ledger, name))
+        for name, cap in sorted(ledger.capacity.items())
     ]
-    return Pool.build(hosts, vms)
+    vms, held = [], defaultdict[str, Amounts](Amounts)
+    for host, reservations in ledger.reservations.items():
+        if host not in ledger.capacity:
+            continue
+        for r in reservations.values():
+            if r.purpose == VM:
+                vms.append(PlacedVm(r.reservation, host, _resources(Amounts.of(r))))
+            else:
+                held[host] = held[host] + Amounts.of(r)
+    return Pool.build(hosts, vms, {h: _resources(a) for h, a in held.items()})
 
 
-def choose(
-    ledger: Ledger, request: PlacementRequested, owner: Owner, policy: Policy = Policy.BALANCED
-) -> Choice | None:
-    """The core's decision for ``request``, or None when no host can take it (even at
-    its stated minimum)."""
+def view_for(ledger: Ledger, owner: Owner, failures: int) -> Pool:
+    """The pool as ``owner`` may use it: the low scheduler never sees the HA spare that
+    lets the high VMs of any ``failures`` hosts restart elsewhere."""
+    pool = pool_of(ledger)
+    if owner is Owner.HIGH or failures == 0:
+        return pool
+    protect = {
+        r.reservation
+        for rs in ledger.reservations.values()
+        for r in rs.values()
+        if r.purpose == VM and r.owner is Owner.HIGH
+    }
+    try:
+        return pool.without(ha_spare(pool, failures, protect))
+    except SpareUncoverable:
+        # Too few hosts to survive that many failures: there is no spare to hold back.
+        return pool
+
+
+def rules_of(rules: PlacementRules) -> Rules:
+    """The core's rules; ``ContradictoryRules`` when they name one thing both ways."""
+
+    def one(a: AffinityPart) -> Affinity:
+        return Affinity(frozenset(a.must), frozenset(a.should))
+
+    return Rules(
+        one(rules.vm_affinity),
+        one(rules.vm_anti_affinity),
+        one(rules.host_affinity),
+        one(rules.host_anti_affinity),
+    )
+
+
+def request_of(ask: VmAsk) -> Request:
+    """The core's request (``SchedulerError`` when it is absurd or contradictory)."""
+    minimum = None
+    if ask.min_cpu is not None or ask.min_mem_mib is not None:
+        minimum = demand(ask.min_cpu or ask.cpu, ask.min_mem_mib or ask.mem_mib)
+    return Request(ask.vm, demand(ask.cpu, ask.mem_mib), minimum, ask.group, rules_of(ask.rules))
+
+
+def choose(ledger: Ledger, ask: VmAsk, owner: Owner, failures: int = 0) -> Choice | None:
+    """The core's decision for ``ask``, or None when no host can take it (even at its
+    stated minimum)."""
     if not ledger.capacity:
         return None
-    minimum = None
-    if request.min_cpu is not None or request.min_mem_mib is not None:
-        minimum = demand(request.min_cpu or request.cpu, request.min_mem_mib or request.mem_mib)
     try:
-        decision = decide(
-            pool_of(ledger),
-            Request(request.vm, demand(request.cpu, request.mem_mib), minimum),
-            policy,
-        )
+        decision = decide(view_for(ledger, owner, failures), request_of(ask), Policy(ask.policy))
     except SchedulerError:
         return None
     if decision.host is None or decision.granted is None:
@@ -74,8 +124,8 @@ def choose(
     return Choice(
         reservation=CapacityReserved(
             host=decision.host,
-            reservation=request.vm,
-            workload=request.vm,
+            reservation=ask.vm,
+            workload=ask.vm,
             owner=owner,
             cpu_mhz=granted.cpu_mhz,
             mem_mib=granted.mem_mib,
@@ -83,10 +133,27 @@ def choose(
         cpu=max(1, math.floor(granted.cpu_mhz / MHZ_PER_VCPU)),
         mem_mib=int(granted.mem_mib),
         degraded=decision.degraded,
-        score=round(decision.score or 0.0, 4),
-        runners_up=[Candidate(host=c.host, score=round(c.score, 4)) for c in decision.runners_up],
-        filtered={f.filter.value: f.removed for f in decision.filters},
+        **explained(decision),
     )
+
+
+def explained(decision: Decision) -> dict[str, Any]:
+    """What every placement event says of its decision: score, runners-up, filters."""
+    return {
+        "score": round(decision.score or 0.0, 4),
+        "runners_up": [
+            Candidate(host=c.host, score=round(c.score, 4)) for c in decision.runners_up
+        ],
+        "filtered": {f.filter.value: f.removed for f in decision.filters},
+    }
+
+
+def _state(ledger: Ledger, host: str) -> HostState:
+    if host in ledger.failed:
+        return HostState.FAILED
+    if host in ledger.maintenance:
+        return HostState.MAINTENANCE
+    return HostState.USABLE
 
 
 def _resources(amounts: Amounts) -> Resources:

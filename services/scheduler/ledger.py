@@ -11,8 +11,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from schemas import Envelope, Message
-from schemas.host import HostRegistered
+from schemas.host import HostCrashed, HostRecovered, HostRegistered
 from schemas.pool import CapacityReleased, CapacityReserved
+from schemas.scheduling import HostEvacuated, MaintenanceEnded, MaintenanceStarted
 from shared.bus import Bus, ConcurrencyError
 
 # Conflicts on one reservation before the scheduler gives up on it for this round.
@@ -61,6 +62,12 @@ class Ledger:
     reservations: Mapping[str, Mapping[str, CapacityReserved]] = field(default_factory=dict)
     # Each host's pool version: the log sequence of its last pool event (0: none yet).
     versions: Mapping[str, int] = field(default_factory=dict)
+    # Where each reservation is (a VM's own reservation names the VM).
+    located: Mapping[str, str] = field(default_factory=dict)
+    failed: frozenset[str] = frozenset()
+    # Hosts in maintenance, with the log sequence at which it began.
+    maintenance: Mapping[str, int] = field(default_factory=dict)
+    evacuated: frozenset[str] = frozenset()
 
     def reserved(self, host: str) -> Amounts:
         total = Amounts()
@@ -72,10 +79,28 @@ class Ledger:
         return self.capacity.get(host, Amounts()) - self.reserved(host)
 
     def holds(self, reservation: str) -> bool:
-        return any(reservation in rs for rs in self.reservations.values())
+        return reservation in self.located
+
+    def held(self, reservation: str) -> CapacityReserved | None:
+        host = self.located.get(reservation)
+        return None if host is None else self.reservations[host].get(reservation)
+
+    def usable(self, host: str) -> bool:
+        return host in self.capacity and host not in self.failed and host not in self.maintenance
 
 
 def evolve(ledger: Ledger, seq: int, event: Message) -> Ledger:
+    ledger = _evolve(ledger, seq, event)
+    # Every event of a host's pool aggregate moves its version, whatever its type.
+    pool, _, host = event.aggregate().partition("/")
+    if pool == "pool" and host:
+        ledger = replace(
+            ledger, versions={**ledger.versions, host: max(seq, ledger.versions.get(host, 0))}
+        )
+    return ledger
+
+
+def _evolve(ledger: Ledger, seq: int, event: Message) -> Ledger:  # noqa: PLR0911 - one branch per event
     match event:
         case HostRegistered():
             cap = Amounts(
@@ -87,23 +112,41 @@ def evolve(ledger: Ledger, seq: int, event: Message) -> Ledger:
             return replace(ledger, capacity={**ledger.capacity, event.host: cap})
         case CapacityReserved():
             held = {**ledger.reservations.get(event.host, {}), event.reservation: event}
-            return _at(ledger, event.host, seq, held)
+            located = {**ledger.located, event.reservation: event.host}
+            return replace(
+                ledger, reservations={**ledger.reservations, event.host: held}, located=located
+            )
         case CapacityReleased():
             held = {
                 k: v
                 for k, v in ledger.reservations.get(event.host, {}).items()
                 if k != event.reservation
             }
-            return _at(ledger, event.host, seq, held)
+            located = dict(ledger.located)
+            # A VM that moved is reserved on its new host before it is released on the old.
+            if located.get(event.reservation) == event.host:
+                del located[event.reservation]
+            return replace(
+                ledger, reservations={**ledger.reservations, event.host: held}, located=located
+            )
+        case HostCrashed():
+            return replace(ledger, failed=ledger.failed | {event.host})
+        case HostRecovered():
+            return replace(ledger, failed=ledger.failed - {event.host})
+        case MaintenanceStarted():
+            return replace(
+                ledger,
+                maintenance={**ledger.maintenance, event.host: seq},
+                evacuated=ledger.evacuated - {event.host},
+            )
+        case MaintenanceEnded():
+            maintenance = {h: s for h, s in ledger.maintenance.items() if h != event.host}
+            return replace(
+                ledger, maintenance=maintenance, evacuated=ledger.evacuated - {event.host}
+            )
+        case HostEvacuated():
+            return replace(ledger, evacuated=ledger.evacuated | {event.host})
     return ledger
-
-
-def _at(ledger: Ledger, host: str, seq: int, held: Mapping[str, CapacityReserved]) -> Ledger:
-    return replace(
-        ledger,
-        reservations={**ledger.reservations, host: held},
-        versions={**ledger.versions, host: max(seq, ledger.versions.get(host, 0))},
-    )
 
 
 Choose = Callable[[Ledger], CapacityReserved | None]

@@ -1,5 +1,10 @@
 """Scheduling rounds: the high scheduler places first; the low one after it, or after a
-bounded wait if the high one is down, saying so."""
+bounded wait if the high one is down, saying so.
+
+A round settles the transfers that ended, places the queue in arrival order (VMs,
+migrations, copies), raises degraded VMs where room freed, and, in the high scheduler,
+sweeps hosts in maintenance and proposes rebalancing migrations for the next round.
+"""
 
 from __future__ import annotations
 
@@ -9,29 +14,39 @@ import uuid
 
 import structlog
 
-from schemas import Envelope
-from schemas.pool import CapacityReserved, Owner
-from schemas.scheduling import PlacementRequested, RoundCompleted, VmPlaced
-from schemas.service import CommandRejected, RejectionCode
-from schemas.vm import CreateVm
-from services.scheduler.choose import Choice, choose
-from services.scheduler.ledger import Ledger, reserve
-from services.scheduler.state import SchedulerState
+from schemas import Envelope, Event
+from schemas.pool import Owner
+from schemas.scheduling import (
+    CopyRequested,
+    MigrationRequested,
+    PlacementRequested,
+    RoundCompleted,
+)
+from services.scheduler.evacuating import sweep
+from services.scheduler.holder import Holder
+from services.scheduler.moving import Outcome, schedule_copy, schedule_migration, settle
+from services.scheduler.placing import place
+from services.scheduler.raising import raise_degraded
+from services.scheduler.rebalancing import propose
+from services.scheduler.state import Work
 from shared.runtime import Runtime
 
 log = structlog.get_logger("vplane.scheduler")
 
 
-class Holder:
-    """The one mutable cell: this scheduler's fold."""
-
-    def __init__(self, priority: Owner) -> None:
-        self.state = SchedulerState(priority)
-
-
 def round_id(service: str, number: int) -> uuid.UUID:
     """One RoundCompleted per round, even if the scheduler restarts in the middle of it."""
     return uuid.uuid5(uuid.NAMESPACE_URL, f"vplane:{service}:round:{number}")
+
+
+def event_id(service: str, number: int, event: Event, index: int) -> uuid.UUID:
+    """A migration is asked for once, whichever round asks."""
+    key = (
+        f"requested:{event.migration}"
+        if isinstance(event, MigrationRequested)
+        else f"{number}:{event.aggregate()}:{index}"
+    )
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"vplane:{service}:{key}")
 
 
 async def run_rounds(runtime: Runtime, holder: Holder, period: float, high_wait: float) -> None:
@@ -42,15 +57,26 @@ async def run_rounds(runtime: Runtime, holder: Holder, period: float, high_wait:
         if holder.state.priority is Owner.LOW:
             without_high = not await _high_done(holder, number, high_wait)
         async with runtime.exclusive():
-            placed, unplaced = await place_pending(runtime, holder, number)
-            done = RoundCompleted(
-                priority=holder.state.priority,
-                round=number,
-                placed=placed,
-                unplaced=unplaced,
-                without_high=without_high,
-            )
-            await runtime.publish([done], caused_by=None, ids=[round_id(runtime.name, number)])
+            await run_round(runtime, holder, number, without_high)
+
+
+async def run_round(runtime: Runtime, holder: Holder, number: int, without_high: bool) -> None:
+    await settle(runtime, holder)
+    placed, unplaced = await place_pending(runtime, holder, number)
+    await raise_degraded(runtime, holder)
+    if holder.state.priority is Owner.HIGH:
+        follow_up = [*sweep(holder.state), *propose(holder.state, holder.knobs, number)]
+        if follow_up:
+            ids = [event_id(runtime.name, number, e, i) for i, e in enumerate(follow_up)]
+            await runtime.publish(follow_up, caused_by=None, ids=ids)
+    done = RoundCompleted(
+        priority=holder.state.priority,
+        round=number,
+        placed=placed,
+        unplaced=unplaced,
+        without_high=without_high,
+    )
+    await runtime.publish([done], caused_by=None, ids=[round_id(runtime.name, number)])
 
 
 async def _high_done(holder: Holder, number: int, wait: float) -> bool:
@@ -64,105 +90,22 @@ async def _high_done(holder: Holder, number: int, wait: float) -> bool:
 
 
 async def place_pending(runtime: Runtime, holder: Holder, number: int) -> tuple[int, int]:
+    """Work of the queue placed and not (refused, or waiting for room)."""
     placed = unplaced = 0
-    for request in list(holder.state.pending.values()):
-        if await _place(runtime, holder, request, number):
+    for work in list(holder.state.pending.values()):
+        if await _one(runtime, holder, work, number):
             placed += 1
         else:
             unplaced += 1
     return placed, unplaced
 
 
-async def _place(
-    runtime: Runtime, holder: Holder, request: Envelope[PlacementRequested], number: int
-) -> bool:
-    ask, owner = request.data, holder.state.priority
-    picked: dict[str, Choice] = {}
-
-    def pick(ledger: Ledger) -> CapacityReserved | None:
-        choice = choose(ledger, ask, owner)
-        if choice is not None:
-            picked["choice"] = choice
-        return None if choice is None else choice.reservation
-
-    async def append_at(reservation: CapacityReserved, version: int) -> None:
-        await runtime.append_at(reservation, version)
-
-    async def catch_up(host: str) -> None:
-        since = holder.state.ledger.versions.get(host, 0) + 1
-        await runtime.catch_up((f"pool.{host}",), since)
-
-    # A reservation of ours already in the ledger is this request's, made before a restart.
-    held = next(
-        (
-            rs[ask.vm]
-            for rs in holder.state.ledger.reservations.values()
-            if ask.vm in rs and rs[ask.vm].owner == owner
-        ),
-        None,
-    )
-    if held is not None:
-        picked["choice"] = Choice(held, ask.cpu, ask.mem_mib, degraded=False, score=0.0)
-        conflicts = 0
-    else:
-        done = await reserve(lambda: holder.state.ledger, pick, append_at, catch_up)
-        conflicts = done.conflicts
-        if done.reservation is None:
-            refusal = CommandRejected(
-                about=f"vm/{ask.vm}",
-                command_id=request.causation_id or request.id,
-                command_type="PlaceVm",
-                code=RejectionCode.INSUFFICIENT_CAPACITY,
-                reason=f"no host has room for {ask.vm} ({ask.cpu} vCPU, {ask.mem_mib} MiB)",
-            )
-            await runtime.publish([refusal], caused_by=request)
-            return False
-    choice = picked["choice"]
-    placed = VmPlaced(
-        vm=ask.vm,
-        host=choice.reservation.host,
-        priority=owner,
-        round=number,
-        cpu=choice.cpu,
-        mem_mib=choice.mem_mib,
-        degraded=choice.degraded,
-        score=choice.score,
-        runners_up=choice.runners_up,
-        filtered=choice.filtered,
-        conflicts=conflicts,
-    )
-    await runtime.publish([placed], caused_by=request)
-    await send_create(runtime, holder, ask.vm, request)
-    return True
-
-
-def create_id(vm: str, owner: Owner) -> uuid.UUID:
-    """The CreateVm for a placed VM has one id, so sending it again changes nothing."""
-    return uuid.uuid5(uuid.NAMESPACE_URL, f"vplane:create:{owner.value}:{vm}")
-
-
-async def send_create(
-    runtime: Runtime, holder: Holder, vm: str, request: Envelope[PlacementRequested]
-) -> None:
-    placed, ask = holder.state.placed[vm], request.data
-    create = CreateVm(
-        vm=vm,
-        cpu=placed.cpu,
-        mem_mib=placed.mem_mib,
-        host=placed.host,
-        priority=placed.priority.value,
-        workload=ask.workload,
-        memory_mode=ask.memory_mode,
-        seed=ask.seed,
-    )
-    env = Envelope.wrap(
-        create, producer=runtime.name, caused_by=request, id=create_id(vm, placed.priority)
-    )
-    await runtime.bus.send(env)
-
-
-async def resend_unconfirmed(runtime: Runtime, holder: Holder) -> None:
-    """Placed before a restart, but no VmCreated yet: ask the host again."""
-    for vm, request in holder.state.requests.items():
-        if vm in holder.state.placed and vm not in holder.state.created:
-            await send_create(runtime, holder, vm, request)
+async def _one(runtime: Runtime, holder: Holder, work: Envelope[Work], number: int) -> bool:
+    match work.data:
+        case PlacementRequested():
+            return await place(runtime, holder, work, number)  # type: ignore[arg-type]
+        case MigrationRequested():
+            outcome = await schedule_migration(runtime, holder, work, number)  # type: ignore[arg-type]
+        case CopyRequested():
+            outcome = await schedule_copy(runtime, holder, work, number)  # type: ignore[arg-type]
+    return outcome is Outcome.SCHEDULED

@@ -60,6 +60,13 @@ _PHRASES = {
     "VmDestroyed": "destroyed",
     "HostCrashed": "crashed",
     "HostRecovered": "recovered",
+    "MaintenanceStarted": "maintenance started",
+    "MaintenanceEnded": "maintenance ended",
+    "MigrationRequested": "migration queued for",
+    "MigrationScheduled": "migration scheduled for",
+    "MigrationCompleted": "migrated",
+    "MigrationAborted": "migration aborted for",
+    "MigrationRefused": "migration refused for",
 }
 
 

@@ -1,4 +1,4 @@
-"""``vplane host ...``: inject host failures and bring hosts back."""
+"""``vplane host ...``: inject host failures, bring hosts back, maintenance mode."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ from typing import Annotated
 import typer
 
 from schemas.host import CrashHost, RecoverHost
+from schemas.scheduling import SetMaintenance
 from shared.cli.commands import TimeoutOption, WaitOption, ready, send, validated
-from shared.cli.common import BusOption
+from shared.cli.common import BusOption, CliError
 
-host_app = typer.Typer(help="Fail hosts and bring them back.", no_args_is_help=True)
+host_app = typer.Typer(
+    help="Fail hosts, bring them back, put them in maintenance.", no_args_is_help=True
+)
 Host = Annotated[str, typer.Argument(help="Host name, as `vplane hosts` lists it.")]
 
 
@@ -29,4 +32,20 @@ def host_recover(
 ) -> None:
     """Bring a crashed host back, empty of running VMs."""
     cmd = validated(RecoverHost, host=host)
+    send(bus, wait, timeout, ready(cmd))
+
+
+@host_app.command("maintenance")
+def host_maintenance(
+    host: Host,
+    mode: Annotated[str, typer.Argument(help="on or off.", metavar="on|off")],
+    wait: WaitOption = False,
+    timeout: TimeoutOption = 10.0,
+    bus: BusOption = None,
+) -> None:
+    """Maintenance on: the host takes no new work and its VMs are migrated off (see
+    `vplane events tail`). Off: it takes work again."""
+    if mode not in ("on", "off"):
+        raise CliError(f"invalid mode {mode!r}: use on or off")
+    cmd = validated(SetMaintenance, host=host, on=mode == "on")
     send(bus, wait, timeout, ready(cmd))

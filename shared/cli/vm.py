@@ -8,7 +8,7 @@ import typer
 
 from schemas import Command
 from schemas.memory import GetVmMemory, VmMemory
-from schemas.scheduling import PlaceVm
+from schemas.scheduling import MigrateVm, PlacementPolicy, PlaceVm
 from schemas.vm import (
     CreateVm,
     DestroyVm,
@@ -29,7 +29,11 @@ vm_app = typer.Typer(help="Create VMs and take them through their lifecycle.", n
 Name = Annotated[str, typer.Argument(help="VM name: letters, digits, - and _.")]
 
 
-def _choice(option: str, value: str, allowed: type[WorkloadKind] | type[MemoryMode]) -> str:
+def _choice(
+    option: str,
+    value: str,
+    allowed: type[WorkloadKind] | type[MemoryMode] | type[PlacementPolicy],
+) -> str:
     names = [m.value for m in allowed]
     if value not in names:
         raise CliError(f"invalid {option} {value!r}: use {', '.join(names)}")
@@ -54,6 +58,31 @@ def vm_create(
     ] = "accounting",
     template: Annotated[str, typer.Option("--template", help="Guest OS template.")] = "linux",
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seeds workload and memory.")] = 0,
+    min_cpu: Annotated[
+        int | None, typer.Option("--min-cpu", help="Accept this few vCPUs if need be.")
+    ] = None,
+    min_mem: Annotated[
+        int | None, typer.Option("--min-mem", help="Accept this little MiB if need be.")
+    ] = None,
+    policy: Annotated[
+        str, typer.Option("--policy", help="balanced, binpack or spread.")
+    ] = "balanced",
+    group: Annotated[str, typer.Option("--group", help="Spread group.")] = "",
+    near: Annotated[
+        list[str] | None, typer.Option("--near", help="On the same host as this VM (repeat).")
+    ] = None,
+    apart: Annotated[
+        list[str] | None, typer.Option("--apart", help="Not on this VM's host (repeat).")
+    ] = None,
+    on_host: Annotated[
+        list[str] | None, typer.Option("--on-host", help="Only on these hosts (repeat).")
+    ] = None,
+    not_on_host: Annotated[
+        list[str] | None, typer.Option("--not-on-host", help="Never on this host (repeat).")
+    ] = None,
+    soft: Annotated[
+        bool, typer.Option("--soft", help="The rules above are preferences, not musts.")
+    ] = False,
     wait: WaitOption = False,
     timeout: TimeoutOption = 10.0,
     bus: BusOption = None,
@@ -63,6 +92,21 @@ def vm_create(
         raise CliError(f"invalid --priority {priority!r}: use high or low")
     kind = _choice("--workload", workload, WorkloadKind)
     mode = _choice("--memory", memory, MemoryMode)
+    how = _choice("--policy", policy, PlacementPolicy)
+    strength = "should" if soft else "must"
+    rules = {
+        rule: {strength: names}
+        for rule, names in (
+            ("vm_affinity", near),
+            ("vm_anti_affinity", apart),
+            ("host_affinity", on_host),
+            ("host_anti_affinity", not_on_host),
+        )
+        if names
+    }
+    scheduling = bool(rules) or min_cpu is not None or min_mem is not None or group
+    if scheduling and host is not None:
+        raise CliError("--host places the VM directly: drop it to use the scheduler's options")
     if host is not None or not start:
         cmd: Command = validated(
             CreateVm,
@@ -88,8 +132,31 @@ def vm_create(
         workload=kind,
         memory_mode=mode,
         seed=seed,
+        min_cpu=min_cpu,
+        min_mem_mib=min_mem,
+        policy=how,
+        group=group,
+        rules=rules,
     )
     send(bus, wait, timeout, ready(cmd), until="VmCreated")
+
+
+@vm_app.command("migrate")
+def vm_migrate(
+    name: Name,
+    to: Annotated[
+        str | None, typer.Option("--to", help="Target host; default: the best host.")
+    ] = None,
+    priority: Annotated[str, typer.Option("--priority", help="high or low.")] = "low",
+    wait: WaitOption = False,
+    timeout: TimeoutOption = 30.0,
+    bus: BusOption = None,
+) -> None:
+    """Live-migrate a VM: its scheduler reserves room and bandwidth, the hosts move it."""
+    if priority not in ("high", "low"):
+        raise CliError(f"invalid --priority {priority!r}: use high or low")
+    cmd = validated(MigrateVm, vm=name, priority=priority, target=to)
+    send(bus, wait, timeout, ready(cmd), until="MigrationCompleted")
 
 
 def _on_its_host(name: str, build: type[Command], **fields: object) -> Make:

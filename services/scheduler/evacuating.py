@@ -1,0 +1,107 @@
+"""Maintenance mode: a host takes no new work and is emptied by migrations.
+
+Entering it is decided against the pool as it is (the core's evacuation plan must fit,
+and the host may not be the last usable one); the migrations are then queued like any
+other and scheduled in the rounds, each to the best host at that time. A VM that lands
+on the host meanwhile, or whose migration was refused, is swept up in a later round
+(once per maintenance), and the host is announced empty when it holds no VM.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from schemas import Envelope, Event, Message
+from schemas.pool import Owner
+from schemas.scheduling import (
+    HostEvacuated,
+    MaintenanceEnded,
+    MaintenanceStarted,
+    MigrationReason,
+    MigrationRequested,
+    SetMaintenance,
+)
+from schemas.service import CommandRejected, RejectionCode
+from services.scheduler.choose import VM, pool_of, rules_of
+from services.scheduler.core import (
+    EvacuationDoesNotFit,
+    LastUsableHost,
+    SchedulerError,
+    cheapest_to_evacuate,
+    plan_evacuation,
+)
+from services.scheduler.state import SchedulerState
+
+
+def maintenance_migration(host: str, visit: str, vm: str) -> str:
+    """One migration id per VM per maintenance visit, so a retry asks for nothing twice."""
+    return "mnt-" + uuid.uuid5(uuid.NAMESPACE_URL, f"vplane:{host}:{visit}:{vm}").hex[:16]
+
+
+def decide_maintenance(state: SchedulerState, env: Envelope[Message]) -> list[Event]:  # noqa: PLR0911
+    cmd = env.data
+    assert isinstance(cmd, SetMaintenance)
+    ledger = state.ledger
+
+    def refuse(code: RejectionCode, reason: str) -> list[Event]:
+        return [CommandRejected.of(env, code, reason)]
+
+    if cmd.host not in ledger.capacity:
+        return refuse(RejectionCode.UNKNOWN_HOST, f"no host {cmd.host}")
+    if not cmd.on:
+        if cmd.host not in ledger.maintenance:
+            return refuse(RejectionCode.WRONG_STATE, f"host {cmd.host} is not in maintenance")
+        return [MaintenanceEnded(host=cmd.host)]
+    if cmd.host in ledger.maintenance:
+        return refuse(RejectionCode.WRONG_STATE, f"host {cmd.host} is already in maintenance")
+    if cmd.host in ledger.failed:
+        return refuse(RejectionCode.WRONG_STATE, f"host {cmd.host} has failed")
+    pool = pool_of(ledger)
+    rules = {vm: rules_of(r) for vm, r in state.rules.items()}
+    try:
+        plan = plan_evacuation(pool, cmd.host, rules=rules)
+    except LastUsableHost as err:
+        return refuse(RejectionCode.LAST_USABLE_HOST, str(err))
+    except (EvacuationDoesNotFit, SchedulerError) as err:
+        return refuse(RejectionCode.CANNOT_EVACUATE, str(err))
+    rank = next(i for i, cost in enumerate(cheapest_to_evacuate(pool)) if cost.host == cmd.host)
+    requests = [
+        MigrationRequested(
+            migration=maintenance_migration(cmd.host, str(env.id), move.vm),
+            vm=move.vm,
+            priority=Owner.HIGH,
+            reason=MigrationReason.MAINTENANCE,
+        )
+        for move in plan.moves
+    ]
+    started = MaintenanceStarted(
+        host=cmd.host, migrations=[r.migration for r in requests], cost_rank=rank
+    )
+    return [started, *requests]
+
+
+def sweep(state: SchedulerState) -> list[Event]:
+    """Migrations for VMs still on hosts in maintenance with none under way, and
+    ``HostEvacuated`` for such hosts that are empty."""
+    ledger = state.ledger
+    events: list[Event] = []
+    for host, since in sorted(ledger.maintenance.items()):
+        if host in ledger.failed:
+            continue
+        vms = [r.reservation for r in ledger.reservations.get(host, {}).values() if r.purpose == VM]
+        staying = [vm for vm in vms if ledger.located.get(vm) == host]
+        if not staying and host not in ledger.evacuated:
+            events.append(HostEvacuated(host=host))
+        for vm in staying:
+            ident = maintenance_migration(host, str(since), vm)
+            if vm in state.moving or ident in state.transfers:
+                continue
+            events.append(
+                MigrationRequested(
+                    migration=ident,
+                    vm=vm,
+                    priority=Owner.HIGH,
+                    reason=MigrationReason.MAINTENANCE,
+                )
+            )
+    return events

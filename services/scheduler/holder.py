@@ -1,0 +1,22 @@
+"""The one mutable cell of a scheduler: its fold, and the knobs it runs with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas.pool import Owner
+from services.scheduler.state import SchedulerState
+
+
+@dataclass(frozen=True, slots=True)
+class Knobs:
+    ha_failures: int = 1
+    migration_mbps: float = 2_500.0
+    rebalance_threshold: float = 0.5
+    rebalance_moves: int = 4
+
+
+class Holder:
+    def __init__(self, priority: Owner, knobs: Knobs | None = None) -> None:
+        self.state = SchedulerState(priority)
+        self.knobs = knobs or Knobs()

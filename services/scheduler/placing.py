@@ -1,0 +1,96 @@
+"""Placing a VM: reserve on the chosen host, say where and why, ask the host to create it."""
+
+from __future__ import annotations
+
+import uuid
+
+from schemas import Envelope
+from schemas.pool import CapacityReserved, Owner
+from schemas.scheduling import PlacementRequested, VmPlaced
+from schemas.service import CommandRejected, RejectionCode
+from schemas.vm import CreateVm
+from services.scheduler.choose import Choice, choose
+from services.scheduler.holder import Holder
+from services.scheduler.reserving import reserve_with
+from shared.runtime import Runtime
+
+
+async def place(
+    runtime: Runtime, holder: Holder, request: Envelope[PlacementRequested], number: int
+) -> bool:
+    ask, owner = request.data, holder.state.priority
+    picked: dict[str, Choice] = {}
+
+    def pick() -> CapacityReserved | None:
+        choice = choose(holder.state.ledger, ask, owner, holder.knobs.ha_failures)
+        if choice is not None:
+            picked["choice"] = choice
+        return None if choice is None else choice.reservation
+
+    # A reservation of ours already in the ledger is this request's, made before a restart.
+    held = holder.state.ledger.held(ask.vm)
+    if held is not None and held.owner == owner:
+        picked["choice"] = Choice(held, ask.cpu, ask.mem_mib, degraded=False, score=0.0)
+        conflicts = 0
+    else:
+        done = await reserve_with(runtime, holder, pick)
+        conflicts = done.conflicts
+        if done.reservation is None:
+            refusal = CommandRejected(
+                about=f"vm/{ask.vm}",
+                command_id=request.causation_id or request.id,
+                command_type="PlaceVm",
+                code=RejectionCode.INSUFFICIENT_CAPACITY,
+                reason=f"no host has room for {ask.vm} ({ask.cpu} vCPU, {ask.mem_mib} MiB)",
+            )
+            await runtime.publish([refusal], caused_by=request)
+            return False
+    choice = picked["choice"]
+    placed = VmPlaced(
+        vm=ask.vm,
+        host=choice.reservation.host,
+        priority=owner,
+        round=number,
+        cpu=choice.cpu,
+        mem_mib=choice.mem_mib,
+        degraded=choice.degraded,
+        score=choice.score,
+        runners_up=choice.runners_up,
+        filtered=choice.filtered,
+        conflicts=conflicts,
+    )
+    await runtime.publish([placed], caused_by=request)
+    await send_create(runtime, holder, ask.vm, request)
+    return True
+
+
+def create_id(vm: str, owner: Owner) -> uuid.UUID:
+    """The CreateVm for a placed VM has one id, so sending it again changes nothing."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"vplane:create:{owner.value}:{vm}")
+
+
+async def send_create(
+    runtime: Runtime, holder: Holder, vm: str, request: Envelope[PlacementRequested]
+) -> None:
+    placed, ask = holder.state.placed[vm], request.data
+    create = CreateVm(
+        vm=vm,
+        cpu=placed.cpu,
+        mem_mib=placed.mem_mib,
+        host=placed.host,
+        priority=placed.priority.value,
+        workload=ask.workload,
+        memory_mode=ask.memory_mode,
+        seed=ask.seed,
+    )
+    env = Envelope.wrap(
+        create, producer=runtime.name, caused_by=request, id=create_id(vm, placed.priority)
+    )
+    await runtime.bus.send(env)
+
+
+async def resend_unconfirmed(runtime: Runtime, holder: Holder) -> None:
+    """Placed before a restart, but no VmCreated yet: ask the host again."""
+    for vm, request in holder.state.requests.items():
+        if vm in holder.state.placed and vm not in holder.state.created:
+            await send_create(runtime, holder, vm, request)
