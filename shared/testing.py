@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
+
+from shared.runtime import Runtime
 
 T = TypeVar("T")
 
@@ -43,3 +46,16 @@ async def poll(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {value!r}")
         await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def running(runtime: Runtime, timeout: float = 5.0) -> AsyncIterator[asyncio.Event]:
+    """Run a service in this process until the block ends (setting the event stops it)."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(runtime.run(stop))
+    await asyncio.wait_for(runtime.ready.wait(), timeout)
+    try:
+        yield stop
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 from schemas import Envelope
-from schemas.pool import CapacityReserved, Owner
+from schemas.pool import CapacityReleased, CapacityReserved, Owner
 from schemas.scheduling import PlacementRequested, VmPlaced
 from schemas.service import CommandRejected, RejectionCode
 from schemas.vm import CreateVm
@@ -94,3 +94,14 @@ async def resend_unconfirmed(runtime: Runtime, holder: Holder) -> None:
     for vm, request in holder.state.requests.items():
         if vm in holder.state.placed and vm not in holder.state.created:
             await send_create(runtime, holder, vm, request)
+
+
+async def release_destroyed(runtime: Runtime, holder: Holder) -> None:
+    """A destroyed VM of ours gives its capacity back."""
+    for vm in sorted(holder.state.destroyed):
+        held = holder.state.ledger.held(vm)
+        if held is None or held.owner != holder.state.priority:
+            continue
+        release = CapacityReleased(host=held.host, reservation=vm)
+        ident = uuid.uuid5(uuid.NAMESPACE_URL, f"vplane:destroyed:{vm}")
+        await runtime.publish([release], caused_by=None, ids=[ident])

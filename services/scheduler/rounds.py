@@ -25,7 +25,7 @@ from schemas.scheduling import (
 from services.scheduler.evacuating import sweep
 from services.scheduler.holder import Holder
 from services.scheduler.moving import Outcome, schedule_copy, schedule_migration, settle
-from services.scheduler.placing import place
+from services.scheduler.placing import place, release_destroyed
 from services.scheduler.raising import raise_degraded
 from services.scheduler.rebalancing import propose
 from services.scheduler.state import Work
@@ -62,6 +62,7 @@ async def run_rounds(runtime: Runtime, holder: Holder, period: float, high_wait:
 
 async def run_round(runtime: Runtime, holder: Holder, number: int, without_high: bool) -> None:
     await settle(runtime, holder)
+    await release_destroyed(runtime, holder)
     placed, unplaced = await place_pending(runtime, holder, number)
     await raise_degraded(runtime, holder)
     if holder.state.priority is Owner.HIGH:

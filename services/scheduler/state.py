@@ -31,7 +31,7 @@ from schemas.transfers import (
     MigrationCompleted,
     MigrationStarted,
 )
-from schemas.vm import VmCreated
+from schemas.vm import VmCreated, VmDestroyed
 from services.scheduler.ledger import Ledger
 from services.scheduler.ledger import evolve as evolve_ledger
 
@@ -85,6 +85,8 @@ class SchedulerState:
     outcomes: Mapping[str, bool] = field(default_factory=dict)
     settled: frozenset[str] = frozenset()
     starts: Mapping[uuid.UUID, str] = field(default_factory=dict)
+    # Destroyed VMs whose reservations are still to be released.
+    destroyed: frozenset[str] = frozenset()
     # The placement rules of every VM that has some: a migration keeps to them.
     rules: Mapping[str, PlacementRules] = field(default_factory=dict)
 
@@ -156,6 +158,10 @@ def evolve(state: SchedulerState, seq: int, env: Envelope[Message]) -> Scheduler
             if state.scheduled(ident) is not None:
                 completed = isinstance(event, MigrationCompleted | CopyCompleted)
                 return replace(state, outcomes={**state.outcomes, ident: completed})
+        case VmDestroyed():
+            return replace(state, destroyed=state.destroyed | {event.vm})
+        case CapacityReleased() if event.reservation in state.destroyed:
+            return replace(state, destroyed=state.destroyed - {event.reservation})
         case CapacityReleased() if event.reservation.endswith("-out"):
             # The source's bandwidth is released last: the transfer is settled.
             ident = event.reservation.removesuffix("-out")

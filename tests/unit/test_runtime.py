@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-
 import pytest
 
 from schemas import Envelope, Event, Message, Reply
@@ -15,7 +11,7 @@ from schemas.vm import CreateVm, VmCreated
 from shared.bus import Stream
 from shared.bus.memory import MemoryBus
 from shared.runtime import Runtime, ServiceDefinition
-from shared.testing import eventually
+from shared.testing import eventually, running
 
 
 class Counter:
@@ -51,18 +47,6 @@ class Counter:
             commands={"counter-commands": ("hosts.>",)},
             queries={"hosts": answer},
         )
-
-
-@contextlib.asynccontextmanager
-async def running(runtime: Runtime) -> AsyncIterator[asyncio.Event]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(runtime.run(stop))
-    await asyncio.wait_for(runtime.ready.wait(), 5)
-    try:
-        yield stop
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
 
 
 def create(vm: str) -> Envelope[CreateVm]:

@@ -1,0 +1,265 @@
+"""The schedulers as services on the in-memory bus: HA spare, degraded VMs raised, bad
+input refused with nothing reserved."""
+
+from __future__ import annotations
+
+from schemas.pool import Owner
+from schemas.scheduling import (
+    Affinity,
+    CopyFile,
+    MigrateVm,
+    PlacementPolicy,
+    PlacementRules,
+    PlaceVm,
+    SetMaintenance,
+)
+from schemas.service import CommandRejected
+from schemas.vm import DestroyVm, PowerOffVm
+from shared.testing import poll
+from tests.unit.scheduler.stack import Stack, memory_stack
+
+GIB = 1024
+
+
+async def placed(stack: Stack, count: int) -> None:
+    await poll(
+        lambda: stack.of_type("VmPlaced", "CommandRejected"),
+        lambda es: len(es) >= count,
+        what=f"{count} placements or refusals",
+    )
+
+
+async def test_the_low_scheduler_never_takes_the_ha_spare() -> None:
+    """One high VM of 16 GiB on two 64 GiB hosts: each host holds back a 16 GiB slot so
+    it can restart there. The low scheduler fills the rest with 4 GiB VMs and no more."""
+    async with memory_stack(hosts=2, ha_failures=1) as stack:
+        await stack.client.send(PlaceVm(vm="hi", priority=Owner.HIGH, cpu=4, mem_mib=16 * GIB))
+        await placed(stack, 1)
+        for i in range(30):
+            await stack.client.send(
+                PlaceVm(vm=f"lo{i}", priority=Owner.LOW, cpu=1, mem_mib=4 * GIB)
+            )
+        await placed(stack, 31)
+
+        answers = await stack.of_type("VmPlaced", "CommandRejected")
+        low_placed = [e for e in answers if e.type == "VmPlaced" and e.subject != "vm/hi"]
+        # 128 GiB - 16 GiB placed high - 2 x 16 GiB spare = 80 GiB = 20 VMs.
+        assert len(low_placed) == 20
+        codes = {e.data.code for e in answers if isinstance(e.data, CommandRejected)}
+        assert codes == {"insufficient-capacity"}
+        ledger = await stack.ledger()
+        hi_host = ledger.located["hi"]
+        for host in ("h1", "h2"):
+            if host != hi_host:
+                # Where the high VM is not, its slot is free: it can restart there.
+                assert ledger.free(host).mem_mib >= 16 * GIB
+        # The high scheduler may use the spare: it protects its own VMs by it.
+        await stack.client.send(PlaceVm(vm="hi2", priority=Owner.HIGH, cpu=1, mem_mib=8 * GIB))
+        await placed(stack, 32)
+        [hi2] = await stack.events(lambda e: e.subject == "vm/hi2" and e.type == "VmPlaced")
+        assert hi2.type == "VmPlaced"
+
+
+async def test_a_degraded_vm_is_raised_when_capacity_frees() -> None:
+    async with memory_stack(hosts=1, ha_failures=0) as stack:
+        await stack.client.send(PlaceVm(vm="filler", priority=Owner.HIGH, cpu=2, mem_mib=48 * GIB))
+        await placed(stack, 1)
+        await stack.client.send(
+            PlaceVm(
+                vm="elastic",
+                priority=Owner.LOW,
+                cpu=4,
+                mem_mib=32 * GIB,
+                min_cpu=1,
+                min_mem_mib=8 * GIB,
+            )
+        )
+        await placed(stack, 2)
+        [first] = await stack.events(lambda e: e.subject == "vm/elastic" and e.type == "VmPlaced")
+        assert first.data.degraded  # type: ignore[attr-defined]
+        assert first.data.mem_mib == 16 * GIB  # type: ignore[attr-defined]
+        await poll(lambda: stack.of_type("VmCreated"), lambda es: len(es) == 2, what="created")
+
+        await stack.client.send(PowerOffVm(vm="filler", host="h1"))
+        await stack.client.send(DestroyVm(vm="filler", host="h1"))
+        [raised] = await poll(
+            lambda: stack.of_type("VmRaised"), lambda es: len(es) == 1, what="VmRaised"
+        )
+        assert (raised.data.mem_mib, raised.data.from_mem_mib) == (32 * GIB, 16 * GIB)  # type: ignore[attr-defined]
+        resized = await poll(
+            lambda: stack.of_type("VmResized"), lambda es: len(es) == 1, what="VmResized"
+        )
+        assert resized[0].data.mem_mib == 32 * GIB  # type: ignore[attr-defined]
+        ledger = await stack.ledger()
+        assert ledger.held("elastic") is not None
+        assert ledger.held("elastic").mem_mib == 32 * GIB  # type: ignore[union-attr]
+        assert not ledger.holds("filler")
+
+
+async def test_bad_requests_are_refused_with_a_reason_and_nothing_reserved() -> None:
+    async with memory_stack(hosts=1, ha_failures=0) as stack:
+        c = stack.client
+
+        async def refused(command: object) -> str:
+            [answer] = await c.send_and_wait(command, timeout=5)  # type: ignore[arg-type]
+            assert isinstance(answer.data, CommandRejected), answer
+            return answer.data.code
+
+        both = PlacementRules(
+            vm_affinity=Affinity(must=["db"]), vm_anti_affinity=Affinity(should=["db"])
+        )
+        assert (
+            await refused(PlaceVm(vm="a", priority=Owner.LOW, cpu=1, mem_mib=64, rules=both))
+            == "contradictory-rules"
+        )
+        assert (
+            await refused(PlaceVm(vm="b", priority=Owner.LOW, cpu=1, mem_mib=64, min_mem_mib=128))
+            == "invalid-request"
+        )
+        nowhere = PlacementRules(host_affinity=Affinity(must=["h9"]))
+        assert (
+            await refused(PlaceVm(vm="c", priority=Owner.LOW, cpu=1, mem_mib=64, rules=nowhere))
+            == "unknown-host"
+        )
+        assert (
+            await refused(PlaceVm(vm="d", priority=Owner.HIGH, cpu=64, mem_mib=64))
+            == "insufficient-capacity"
+        )
+        assert (
+            await refused(PlaceVm(vm="e", priority=Owner.HIGH, cpu=1, mem_mib=1024 * GIB))
+            == "insufficient-capacity"
+        )
+        assert await refused(SetMaintenance(host="h1", on=True)) == "last-usable-host"
+        assert await refused(SetMaintenance(host="h7", on=True)) == "unknown-host"
+        assert await refused(SetMaintenance(host="h1", on=False)) == "wrong-state"
+        assert await refused(MigrateVm(vm="ghost", priority=Owner.LOW)) == "unknown-vm"
+        same = CopyFile(
+            copy_id="c1", priority=Owner.LOW, source="h1", target="h1", size_mib=10, rate_mbps=100
+        )
+        assert await refused(same) == "invalid-request"
+        assert (
+            await stack.of_type("CapacityReserved", "PlacementRequested", "MaintenanceStarted")
+            == []
+        )
+
+
+async def test_maintenance_migrates_every_vm_off_the_host_and_releases_what_it_held() -> None:
+    async with memory_stack(hosts=3, ha_failures=0, rebalance_threshold=1.0) as stack:
+        for i in range(6):
+            await stack.client.send(PlaceVm(vm=f"v{i}", priority=Owner.LOW, cpu=1, mem_mib=2 * GIB))
+        await placed(stack, 6)
+        await poll(lambda: stack.of_type("VmCreated"), lambda es: len(es) == 6, what="created")
+        ledger = await stack.ledger()
+        host = ledger.located["v0"]
+        leaving = sorted(vm for vm, h in ledger.located.items() if h == host)
+
+        [started] = await stack.client.send_and_wait(SetMaintenance(host=host, on=True))
+        assert started.type == "MaintenanceStarted", started
+        assert len(started.data.migrations) == len(leaving)  # type: ignore[attr-defined]
+        await poll(
+            lambda: stack.of_type("HostEvacuated"), lambda es: len(es) == 1, what="HostEvacuated"
+        )
+        done = await stack.of_type("MigrationCompleted")
+        assert sorted(e.data.vm for e in done) == leaving  # type: ignore[attr-defined]
+        ledger = await poll(
+            stack.ledger,
+            lambda led: not any(r.endswith(("-in", "-out")) for r in led.located),
+            what="migration reservations released",
+        )
+        assert not ledger.reservations[host]
+        assert all(ledger.located[vm] != host for vm in leaving)
+        # The hosts agree: the VMs run elsewhere now.
+        hosts_moved = {e.data.vm: e.data.target for e in done}  # type: ignore[attr-defined]
+        assert all(target != host for target in hosts_moved.values())
+
+        # A host in maintenance takes no new VM.
+        await stack.client.send(PlaceVm(vm="new", priority=Owner.HIGH, cpu=1, mem_mib=GIB))
+        [new] = await poll(
+            lambda: stack.events(lambda e: e.subject == "vm/new" and e.type == "VmPlaced"),
+            lambda es: len(es) == 1,
+            what="new placed",
+        )
+        assert new.data.host != host  # type: ignore[attr-defined]
+        assert new.data.filtered["state"] == 1  # type: ignore[attr-defined]
+        [ended] = await stack.client.send_and_wait(SetMaintenance(host=host, on=False))
+        assert ended.type == "MaintenanceEnded"
+
+
+async def test_a_copy_holds_bandwidth_on_both_ends_until_it_completes() -> None:
+    async with memory_stack(hosts=2, ha_failures=0, speed=4.0) as stack:
+        copy = CopyFile(
+            copy_id="iso",
+            priority=Owner.LOW,
+            source="h1",
+            target="h2",
+            size_mib=500,
+            rate_mbps=4000,
+        )
+        [queued] = await stack.client.send_and_wait(copy)
+        assert queued.type == "CopyRequested"
+        [scheduled] = await poll(
+            lambda: stack.of_type("CopyScheduled"), lambda es: len(es) == 1, what="scheduled"
+        )
+        assert scheduled.data.expected_seconds == 1.0  # type: ignore[attr-defined]
+        during = await stack.ledger()
+        assert during.held("iso-out").net_mbps == 4000  # type: ignore[union-attr]
+        assert during.held("iso-in").host == "h2"  # type: ignore[union-attr]
+        await poll(lambda: stack.of_type("CopyCompleted"), lambda es: len(es) == 1, what="copied")
+        after = await poll(
+            stack.ledger,
+            lambda led: not led.holds("iso-out") and not led.holds("iso-in"),
+            what="copy reservations released",
+        )
+        assert after.free("h1") == after.capacity["h1"]
+
+
+async def test_a_requested_migration_moves_the_vm_and_its_reservation() -> None:
+    async with memory_stack(hosts=2, ha_failures=0, rebalance_threshold=1.0) as stack:
+        await stack.client.send(PlaceVm(vm="web", priority=Owner.LOW, cpu=2, mem_mib=4 * GIB))
+        await poll(lambda: stack.of_type("VmCreated"), lambda es: len(es) == 1, what="created")
+        source = (await stack.ledger()).located["web"]
+        target = "h2" if source == "h1" else "h1"
+        [queued] = await stack.client.send_and_wait(
+            MigrateVm(vm="web", priority=Owner.LOW, target=target)
+        )
+        assert queued.type == "MigrationRequested"
+        await poll(
+            lambda: stack.of_type("MigrationCompleted"), lambda es: len(es) == 1, what="migrated"
+        )
+        ledger = await poll(
+            stack.ledger,
+            lambda led: led.located.get("web") == target and len(led.located) == 1,
+            what="reservation moved",
+        )
+        assert ledger.free(source) == ledger.capacity[source]
+        assert ledger.held("web").mem_mib == 4 * GIB  # type: ignore[union-attr]
+
+
+async def test_rebalancing_proposes_migrations_that_shrink_the_spread() -> None:
+    async with memory_stack(hosts=2, ha_failures=0, rebalance_threshold=0.3) as stack:
+        for i in range(4):
+            await stack.client.send(
+                PlaceVm(
+                    vm=f"p{i}",
+                    priority=Owner.LOW,
+                    cpu=8,
+                    mem_mib=GIB,
+                    policy=PlacementPolicy.BINPACK,
+                )
+            )
+        [proposal] = await poll(
+            lambda: stack.of_type("RebalanceProposed"), lambda es: len(es) >= 1, what="proposal"
+        )
+        assert proposal.data.spread_before > 0.3  # type: ignore[attr-defined]
+        assert proposal.data.spread_after < proposal.data.spread_before  # type: ignore[attr-defined]
+        moves = len(proposal.data.migrations)  # type: ignore[attr-defined]
+        await poll(
+            lambda: stack.of_type("MigrationCompleted"), lambda es: len(es) >= moves, what="moved"
+        )
+        ledger = await poll(
+            stack.ledger,
+            lambda led: not any(r.endswith(("-in", "-out")) for r in led.located),
+            what="settled",
+        )
+        used = [ledger.capacity[h].cpu_mhz - ledger.free(h).cpu_mhz for h in ("h1", "h2")]
+        assert abs(used[0] - used[1]) <= 16_000
