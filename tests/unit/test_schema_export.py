@@ -42,11 +42,38 @@ from schemas.memory import (
 from schemas.pool import CapacityReleased, CapacityReserved, Owner
 from schemas.queries import HostList, HostView, ListHosts, ListVms, QueryFailed, VmList, VmView
 from schemas.scheduling import (
+    Affinity,
     Candidate,
+    CopyFile,
+    CopyRequested,
+    CopyScheduled,
+    HostEvacuated,
+    MaintenanceEnded,
+    MaintenanceStarted,
+    MigrateVm,
+    MigrationReason,
+    MigrationRefused,
+    MigrationRequested,
+    MigrationScheduled,
+    PlacementPolicy,
     PlacementRequested,
+    PlacementRules,
     PlaceVm,
+    RebalanceProposed,
     RoundCompleted,
+    SetMaintenance,
     VmPlaced,
+    VmRaised,
+)
+from schemas.transfers import (
+    CopyAborted,
+    CopyCompleted,
+    CopyStarted,
+    MigrationAborted,
+    MigrationCompleted,
+    MigrationStarted,
+    StartCopy,
+    StartMigration,
 )
 from schemas.service import CommandRejected, RejectionCode, ServiceStarted, ServiceStopped
 from schemas.vm import (
@@ -207,6 +234,71 @@ EXAMPLES: dict[str, Message] = {
             filtered={"capacity": 1},
         ),
         RoundCompleted(priority=Owner.LOW, round=3, placed=1, unplaced=0, without_high=True),
+        PlaceVm(
+            vm="web-2",
+            priority=Owner.LOW,
+            cpu=2,
+            mem_mib=2048,
+            policy=PlacementPolicy.SPREAD,
+            group="web",
+            rules=PlacementRules(
+                vm_anti_affinity=Affinity(must=["web-1"]), host_affinity=Affinity(should=["h2"])
+            ),
+        ),
+        VmRaised(vm="web-1", host="h1", cpu=2, mem_mib=2048, from_cpu=1, from_mem_mib=1024),
+        MigrateVm(vm="web-1", priority=Owner.LOW, target="h2"),
+        MigrationRequested(migration="mig-1", vm="web-1", priority=Owner.LOW, target="h2"),
+        MigrationScheduled(
+            migration="mig-1",
+            vm="web-1",
+            source="h1",
+            target="h2",
+            priority=Owner.LOW,
+            round=4,
+            reason=MigrationReason.REQUESTED,
+            rate_mbps=2500,
+            expected_seconds=6.5,
+        ),
+        MigrationRefused(migration="mig-1", vm="web-1", reason="no host can take web-1"),
+        StartMigration(host="h1", target="h2", rate_mbps=2500, migration="mig-1", vm="web-1"),
+        MigrationStarted(
+            migration="mig-1", vm="web-1", source="h1", target="h2", expected_seconds=6.5
+        ),
+        MigrationCompleted(migration="mig-1", vm="web-1", source="h1", target="h2"),
+        MigrationAborted(
+            migration="mig-1", vm="web-1", source="h1", target="h2", reason="h2 crashed"
+        ),
+        CopyFile(
+            copy_id="iso", priority=Owner.LOW, source="h1", target="h2", size_mib=500, rate_mbps=800
+        ),
+        CopyRequested(
+            copy_id="iso", priority=Owner.LOW, source="h1", target="h2", size_mib=500, rate_mbps=800
+        ),
+        CopyScheduled(
+            copy_id="iso",
+            source="h1",
+            target="h2",
+            priority=Owner.LOW,
+            round=4,
+            size_mib=500,
+            rate_mbps=800,
+            expected_seconds=5,
+        ),
+        StartCopy(host="h1", target="h2", rate_mbps=800, copy_id="iso", size_mib=500),
+        CopyStarted(copy_id="iso", source="h1", target="h2", size_mib=500, expected_seconds=5),
+        CopyCompleted(copy_id="iso", source="h1", target="h2"),
+        CopyAborted(copy_id="iso", source="h1", target="h2", reason="h1 crashed"),
+        SetMaintenance(host="h1", on=True),
+        MaintenanceStarted(host="h1", migrations=["mnt-1"], cost_rank=0),
+        HostEvacuated(host="h1"),
+        MaintenanceEnded(host="h1"),
+        RebalanceProposed(
+            resource="cpu",
+            spread_before=0.6,
+            spread_after=0.1,
+            threshold=0.5,
+            migrations=["reb-1"],
+        ),
         StunVm(vm="web-1", host="h1"),
         UnstunVm(vm="web-1", host="h1"),
         ThrottleVm(vm="web-1", host="h1", cpu_cap=0.5),
