@@ -96,8 +96,9 @@ async def resend_unconfirmed(runtime: Runtime, holder: Holder) -> None:
             await send_create(runtime, holder, vm, request)
 
 
-async def release_destroyed(runtime: Runtime, holder: Holder) -> None:
+async def release_destroyed(runtime: Runtime, holder: Holder) -> int:
     """A destroyed VM of ours gives its capacity back."""
+    released = 0
     for vm in sorted(holder.state.destroyed):
         held = holder.state.ledger.held(vm)
         if held is None or held.owner != holder.state.priority:
@@ -105,3 +106,5 @@ async def release_destroyed(runtime: Runtime, holder: Holder) -> None:
         release = CapacityReleased(host=held.host, reservation=vm)
         ident = uuid.uuid5(uuid.NAMESPACE_URL, f"vplane:destroyed:{vm}")
         await runtime.publish([release], caused_by=None, ids=[ident])
+        released += 1
+    return released

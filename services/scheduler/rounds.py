@@ -54,22 +54,26 @@ async def run_rounds(runtime: Runtime, holder: Holder, period: float, high_wait:
         number = int(time.time() // period) + 1
         await asyncio.sleep(max(0.0, number * period - time.time()))
         without_high = False
-        if holder.state.priority is Owner.LOW:
+        if holder.state.priority is Owner.LOW and holder.state.has_work(Owner.HIGH):
             without_high = not await _high_done(holder, number, high_wait)
         async with runtime.exclusive():
             await run_round(runtime, holder, number, without_high)
 
 
 async def run_round(runtime: Runtime, holder: Holder, number: int, without_high: bool) -> None:
-    await settle(runtime, holder)
-    await release_destroyed(runtime, holder)
+    """One round; it is announced only when it had work, so an idle pool logs nothing."""
+    work = await settle(runtime, holder)
+    work += await release_destroyed(runtime, holder)
     placed, unplaced = await place_pending(runtime, holder, number)
-    await raise_degraded(runtime, holder)
+    work += placed + unplaced + await raise_degraded(runtime, holder)
     if holder.state.priority is Owner.HIGH:
         follow_up = [*sweep(holder.state), *propose(holder.state, holder.knobs, number)]
         if follow_up:
             ids = [event_id(runtime.name, number, e, i) for i, e in enumerate(follow_up)]
             await runtime.publish(follow_up, caused_by=None, ids=ids)
+        work += len(follow_up)
+    if not work:
+        return
     done = RoundCompleted(
         priority=holder.state.priority,
         round=number,

@@ -74,6 +74,9 @@ class SchedulerState:
     known: frozenset[str] = frozenset()
     created: frozenset[str] = frozenset()
     rounds: Mapping[Owner, int] = field(default_factory=dict)
+    # Work of either priority asked for and not yet placed, scheduled or refused: the
+    # low scheduler waits for the high one's round only when the high one has work.
+    queued: Mapping[str, Owner] = field(default_factory=dict)
     # Migrations and copies: of either scheduler (ids are unique), and this one's.
     transfers: frozenset[str] = frozenset()
     moving: Mapping[str, str] = field(default_factory=dict)  # VM -> its migration
@@ -96,10 +99,36 @@ class SchedulerState:
     def scheduled(self, transfer: str) -> MigrationScheduled | CopyScheduled | None:
         return self.migrations.get(transfer) or self.copies.get(transfer)
 
+    def has_work(self, owner: Owner) -> bool:
+        return any(o is owner for o in self.queued.values())
 
-def evolve(state: SchedulerState, seq: int, env: Envelope[Message]) -> SchedulerState:  # noqa: PLR0911, PLR0912
+
+def evolve(state: SchedulerState, seq: int, env: Envelope[Message]) -> SchedulerState:
     event = env.data
     state = replace(state, ledger=evolve_ledger(state.ledger, seq, event))
+    queued = _queued(state.queued, event)
+    if queued is not state.queued:
+        state = replace(state, queued=queued)
+    return _evolve(state, env)
+
+
+def _queued(queued: Mapping[str, Owner], event: Message) -> Mapping[str, Owner]:
+    match event:
+        case PlacementRequested() | MigrationRequested() | CopyRequested():
+            return {**queued, work_key(event): event.priority}
+        case VmPlaced():
+            key = work_key_of_vm(event.vm)
+        case MigrationScheduled() | CopyScheduled() | MigrationRefused():
+            key = event.aggregate()
+        case CommandRejected():
+            key = event.about
+        case _:
+            return queued
+    return _without(queued, key) if key in queued else queued
+
+
+def _evolve(state: SchedulerState, env: Envelope[Message]) -> SchedulerState:  # noqa: PLR0911, PLR0912
+    event = env.data
     mine = getattr(event, "priority", None) == state.priority
     match event:
         case PlacementRequested():

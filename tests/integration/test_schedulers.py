@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -48,11 +50,9 @@ async def test_high_places_before_low_within_a_round(stack: Client) -> None:
     """Asked in the same round for more than the host holds, the high-priority VM gets
     the host even though the low one asked first; the low one is refused."""
     client = stack
-    # Start right after a round ended (low finishes it): the next is a whole period away.
-    await client.wait_for(
-        lambda e: e.type == "RoundCompleted" and e.data.priority == "low",  # type: ignore[attr-defined]
-        timeout=3 * ROUND,
-    )
+    # Rounds start at whole multiples of the period: ask right after one started, so
+    # both requests are in the queues a whole period before the next.
+    await asyncio.sleep(ROUND - time.time() % ROUND + 0.3)
     results: list[Envelope[Message]] = []
 
     async def ask() -> None:
@@ -92,3 +92,19 @@ async def test_a_name_asked_of_both_schedulers_is_refused_the_second_time(stack:
     )
     assert second.type == "CommandRejected"
     assert second.data.code == "already-exists"  # type: ignore[attr-defined]
+
+
+async def test_idle_rounds_are_not_logged(stack: Client) -> None:
+    """With nothing to do, neither scheduler writes a RoundCompleted: an idle pool logs
+    nothing; a round with work is announced by both, high first."""
+    client = stack
+    await asyncio.sleep(2 * ROUND)
+    idle = [
+        e async for e in client.bus.replay() if e.envelope and e.envelope.type == "RoundCompleted"
+    ]
+    assert idle == []
+    await client.send(PlaceVm(vm="busy", priority=Owner.HIGH, cpu=1, mem_mib=64))
+    await client.send(PlaceVm(vm="busy-low", priority=Owner.LOW, cpu=1, mem_mib=64))
+    rounds = await client.wait_for(lambda e: e.type == "RoundCompleted", count=2, timeout=4 * ROUND)
+    assert [e.data.priority for e in rounds] == ["high", "low"]  # type: ignore[attr-defined]
+    assert not rounds[1].data.without_high  # type: ignore[attr-defined]
