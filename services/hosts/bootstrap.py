@@ -10,7 +10,7 @@ from schemas import Envelope, Event, Message, Reply
 from schemas.host import HostRegistered
 from schemas.memory import ExportPages, ImportPages
 from services.hosts.domain import check_transfer, decide
-from services.hosts.handlers import FleetHolder, answer_query, telemetry_loop
+from services.hosts.handlers import FleetHolder, answer_query, telemetry_loop, transfer_loop
 from services.hosts.state import evolve
 from services.hosts.transfers import export_pages, import_pages
 from shared.runtime import Runtime, ServiceDefinition
@@ -52,7 +52,7 @@ def build(settings: Settings) -> ServiceDefinition:
 
     def fold(_seq: int, env: Envelope[Message]) -> None:
         before = holder.fleet
-        holder.fleet = evolve(before, env.data)
+        holder.fleet = evolve(before, env.data, env)
         holder.machine.apply(before, env.data)
 
     async def on_command(env: Envelope[Message]) -> list[Event]:
@@ -79,10 +79,16 @@ def build(settings: Settings) -> ServiceDefinition:
     async def publish_telemetry(runtime: Runtime) -> None:
         await telemetry_loop(runtime, holder, settings.tick_seconds, settings.speed)
 
+    async def finish_transfers(runtime: Runtime) -> None:
+        await transfer_loop(runtime, holder, settings.speed)
+
     return ServiceDefinition(
         name=NAME,
         fold=fold,
-        fold_filters=("host.>", "vm.>"),
+        fold_filters=("host.>", "vm.>", "copy.>"),
+        # A transfer's other end, or a crash that aborts it, may belong to another hosts
+        # process: each follows the others' events as they are appended.
+        follow=True,
         decide=on_command,
         commands={
             # Any hosts process may place a VM that names no host, on one of its own.
@@ -92,6 +98,6 @@ def build(settings: Settings) -> ServiceDefinition:
         },
         queries={"hosts": answer},
         setup=register_hosts,
-        loops=[publish_telemetry],
+        loops=[publish_telemetry, finish_transfers],
         clock=lambda: holder.sim_time(settings.tick_seconds * settings.speed),
     )

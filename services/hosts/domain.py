@@ -31,6 +31,7 @@ from schemas.memory import (
     UnsharePages,
 )
 from schemas.service import CommandRejected, RejectionCode
+from schemas.transfers import CopyStarted, MigrationStarted, StartCopy, StartMigration
 from schemas.vm import (
     CreateVm,
     DestroyVm,
@@ -55,7 +56,7 @@ from schemas.vm import (
     VmThrottled,
     VmUnstunned,
 )
-from services.hosts.state import Fleet, Host, Vm
+from services.hosts.state import Fleet, Host, TransferKind, Vm, transfer_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +87,7 @@ def decide(fleet: Fleet, env: Envelope[Message], facts: Facts | None = None) -> 
         return [CommandRejected.of(env, rejected.code, rejected.reason)]
 
 
-def _decide(fleet: Fleet, cmd: Message, facts: Facts) -> list[Event]:  # noqa: PLR0911
+def _decide(fleet: Fleet, cmd: Message, facts: Facts) -> list[Event]:  # noqa: PLR0911, PLR0912
     match cmd:
         case CreateVm():
             return [_create(fleet, cmd)]
@@ -119,6 +120,19 @@ def _decide(fleet: Fleet, cmd: Message, facts: Facts) -> list[Event]:  # noqa: P
             if isinstance(cmd, SwapOutPages):
                 return [PagesSwappedOut(host=cmd.host, vm=cmd.vm, pages=cmd.pages)]
             return [PagesSwappedIn(host=cmd.host, vm=cmd.vm, pages=cmd.pages)]
+        case StartMigration():
+            return [_start_migration(fleet, cmd)]
+        case StartCopy():
+            _ends(fleet, cmd, TransferKind.COPY, cmd.copy_id)
+            return [
+                CopyStarted(
+                    copy_id=cmd.copy_id,
+                    source=cmd.host,
+                    target=cmd.target,
+                    size_mib=cmd.size_mib,
+                    expected_seconds=cmd.size_mib * 8 / cmd.rate_mbps,
+                )
+            ]
         case (
             PowerOnVm()
             | PowerOffVm()
@@ -136,6 +150,38 @@ def _decide(fleet: Fleet, cmd: Message, facts: Facts) -> list[Event]:  # noqa: P
     raise _Rejected(
         RejectionCode.WRONG_STATE, f"the hosts service does not handle {cmd.type_name()}"
     )
+
+
+def _start_migration(fleet: Fleet, cmd: StartMigration) -> MigrationStarted:
+    _ends(fleet, cmd, TransferKind.MIGRATION, cmd.migration)
+    vm = _vm_on(fleet, cmd.vm, cmd.host)
+    _not_migrating(fleet, vm)
+    if not fleet.room(cmd.target, vm.cpu, vm.mem_mib):
+        raise _Rejected(
+            RejectionCode.INSUFFICIENT_CAPACITY,
+            f"host {cmd.target} has no room for {vm.name} ({vm.cpu} vCPUs, {vm.mem_mib} MiB)",
+        )
+    return MigrationStarted(
+        migration=cmd.migration,
+        vm=vm.name,
+        source=cmd.host,
+        target=cmd.target,
+        expected_seconds=vm.mem_mib * 8 / cmd.rate_mbps,
+    )
+
+
+def _ends(fleet: Fleet, cmd: StartMigration | StartCopy, kind: TransferKind, transfer: str) -> None:
+    """Both ends of a transfer exist, differ and are up, and its id is new."""
+    _host(fleet, cmd.host)
+    _host(fleet, cmd.target)
+    if cmd.target == cmd.host:
+        raise _Rejected(
+            RejectionCode.WRONG_STATE, f"{kind} {transfer} goes from {cmd.host} to itself"
+        )
+    _up(fleet, cmd.host)
+    _up(fleet, cmd.target)
+    if transfer_key(kind, transfer) in fleet.transfer_keys:
+        raise _Rejected(RejectionCode.ALREADY_EXISTS, f"{kind} {transfer} was started already")
 
 
 def _check(problem: tuple[RejectionCode, str] | None) -> None:
@@ -224,6 +270,7 @@ def _lifecycle(fleet: Fleet, vm: Vm, cmd: Message, facts: Facts) -> Event:  # no
             return VmResumed(vm=vm.name, host=vm.host)
         case DestroyVm():
             need(VmState.OFF)
+            _not_migrating(fleet, vm)
             return VmDestroyed(vm=vm.name, host=vm.host)
         case ResizeVm():
             return _resize(fleet, vm, cmd, facts)
@@ -241,7 +288,14 @@ def _lifecycle(fleet: Fleet, vm: Vm, cmd: Message, facts: Facts) -> Event:  # no
     raise _Rejected(RejectionCode.WRONG_STATE, f"not a VM lifecycle command: {cmd.type_name()}")
 
 
+def _not_migrating(fleet: Fleet, vm: Vm) -> None:
+    """A migrating VM keeps its size until it lands: its room on the target is taken at it."""
+    if (moving := fleet.migration_of(vm.name)) is not None:
+        raise _Rejected(RejectionCode.WRONG_STATE, f"VM {vm.name} is migrating to {moving.target}")
+
+
 def _resize(fleet: Fleet, vm: Vm, cmd: ResizeVm, facts: Facts) -> VmResized:
+    _not_migrating(fleet, vm)
     cpu = cmd.cpu if cmd.cpu is not None else vm.cpu
     mem = cmd.mem_mib if cmd.mem_mib is not None else vm.mem_mib
     if mem < vm.mem_mib:

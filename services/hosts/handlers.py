@@ -1,9 +1,12 @@
-"""The hosts service's I/O edges: telemetry ticks and query answers."""
+"""The hosts service's I/O edges: telemetry ticks, transfer outcomes and query answers."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
+
+import structlog
 
 from schemas import Envelope, Message, Reply
 from schemas.host import HostTelemetry
@@ -11,12 +14,17 @@ from schemas.memory import GetVmMemory, VmMemory
 from schemas.queries import HostList, HostView, ListHosts, ListVms, VmList, VmView
 from schemas.vm import MemoryMode
 from services.hosts.machine import Machine
+from services.hosts.outcomes import outcome_id, outcomes
 from services.hosts.state import Fleet
-from shared.bus import Bus, PoisonMessage
+from shared.bus import Bus, BusError, PoisonMessage
 from shared.runtime import Runtime
+
+log = structlog.get_logger("vplane.hosts")
 
 # Per-page digests travel in the reply envelope, which stays under the codec's size limit.
 MAX_DIGESTS = 8_192
+# How late past its emulated end a transfer may be reported, in wall seconds.
+TRANSFER_CHECK_SECONDS = 0.05
 
 
 class FleetHolder:
@@ -52,6 +60,31 @@ async def telemetry_loop(
         holder.tick += 1
         next_at = start + holder.tick * tick_seconds
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+
+async def transfer_loop(runtime: Runtime, holder: FleetHolder, speed: float) -> None:
+    """Publish how each transfer from this process's hosts ended, once it has.
+
+    Its clock is the Started event's wall time, so after a restart the rebuilt fold
+    finishes what was in flight; outcome ids are fixed per transfer, so it never
+    ends twice."""
+    hosts = set(holder.machine.hosts)
+    while True:
+        await asyncio.sleep(TRANSFER_CHECK_SECONDS)
+        if not outcomes(holder.fleet, hosts, datetime.now(UTC), speed):
+            continue
+        async with runtime.exclusive():
+            # Asked again: the fold may have moved on while the lock was awaited.
+            for transfer, outcome in outcomes(holder.fleet, hosts, datetime.now(UTC), speed):
+                try:
+                    await runtime.publish(
+                        [outcome], caused_by=transfer.cause, ids=[outcome_id(transfer, outcome)]
+                    )
+                except BusError as err:
+                    # Still in flight in the fold: the next check tries again, with the same id.
+                    log.warning(
+                        "transfer outcome not published", transfer=transfer.key, error=str(err)
+                    )
 
 
 async def answer_query(holder: FleetHolder, env: Envelope[Message]) -> Reply:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import replace
 
 import numpy as np
 import structlog
@@ -27,14 +28,15 @@ from schemas.memory import (
     UnsharePages,
 )
 from schemas.service import RejectionCode
+from schemas.transfers import MigrationCompleted
 from schemas.vm import MemoryMode, VmCreated, VmDestroyed, VmResized
 from services.hosts.domain import Facts
-from services.hosts.memory import HostMemory, MemoryModelError
+from services.hosts.memory import EMPTY_PROFILE, HostMemory, MemoryModelError
 from services.hosts.memory import MemoryMode as MemMode
 from services.hosts.memory import VmSpec as MemSpec
 from services.hosts.memory import Workload as MemWorkload
 from services.hosts.memory.geometry import LARGE_PAGE_MIB, PAGE_MIB
-from services.hosts.state import Fleet
+from services.hosts.state import Fleet, Vm
 from services.hosts.telemetry import Contention, samples
 
 log = structlog.get_logger("vplane.hosts")
@@ -42,6 +44,8 @@ log = structlog.get_logger("vplane.hosts")
 # Page writes and reads a running full-memory guest makes per tick at full speed.
 WRITES_PER_TICK = 256
 READS_PER_TICK = 1024
+# Pages per batch when a migration moves a guest's bytes between two hosts of this process.
+MIGRATION_BATCH = 4096
 
 
 def large_pages(mem_mib: int) -> int:
@@ -108,6 +112,31 @@ class Machine:
                 self.memory[event.host].swap_out(event.vm, np.asarray(event.pages))
             case PagesSwappedIn() if event.host in self.memory:
                 self.memory[event.host].swap_in(event.vm, np.asarray(event.pages))
+            case MigrationCompleted() if event.vm in before.vms:
+                self._migrate(before.vms[event.vm], event.source, event.target)
+
+    def _migrate(self, vm: Vm, source: str, target: str) -> None:
+        """Move a guest's memory to the target: its bytes when this process emulates both
+        ends; else the source lets it go, or the target builds it from its seed, as a
+        target whose source lives in another process has nothing else to build it from."""
+        src, dst = self.memory.get(source), self.memory.get(target)
+        if dst is not None and src is not None and vm.name in src.vms:
+            spec = src.spec(vm.name)
+            if vm.memory_mode != MemoryMode.FULL:
+                dst.create_vm(spec)
+            else:
+                # Filled by the pages that arrive, not by its seed.
+                dst.create_vm(replace(spec, profile=EMPTY_PROFILE))
+                try:
+                    for batch in src.export_checkpoint(vm.name, MIGRATION_BATCH):
+                        dst.import_pages(vm.name, batch)
+                except MemoryModelError:
+                    dst.destroy_vm(vm.name)
+                    raise
+        elif dst is not None:
+            dst.create_vm(_mem_spec(vm.name, vm.mem_mib, vm.seed, vm.template, vm.memory_mode))
+        if src is not None and vm.name in src.vms:
+            src.destroy_vm(vm.name)
 
     # What deciding needs to know
 

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 
-from schemas import Message
+from schemas import Envelope, Message
 from schemas.host import HostCrashed, HostRecovered, HostRegistered, HostState
+from schemas.transfers import (
+    CopyAborted,
+    CopyCompleted,
+    CopyStarted,
+    MigrationAborted,
+    MigrationCompleted,
+    MigrationStarted,
+)
 from schemas.vm import (
     MemoryMode,
     Priority,
@@ -27,6 +37,9 @@ from services.hosts.resources import HostSpec
 
 # A vCPU may be overcommitted this many times over a host's physical cores.
 VCPU_PER_CORE = 4
+
+# When a transfer started, for events folded without their envelope (in tests).
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,13 +69,63 @@ class Vm:
     cpu_cap: float = 1.0
 
 
+class TransferKind(enum.StrEnum):
+    MIGRATION = "migration"
+    COPY = "copy"
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """A live migration or a file copy in flight, from its Started event to its outcome."""
+
+    id: str
+    kind: TransferKind
+    source: str
+    target: str
+    vm: str | None
+    started_at: datetime
+    started_sim: float
+    expected_seconds: float
+    # The Started event: its outcome is caused by it, in the same workflow.
+    cause: Envelope[Message] | None = None
+    # The end that crashed meanwhile: the transfer is to be aborted.
+    failed: str | None = None
+
+    @property
+    def key(self) -> str:
+        return transfer_key(self.kind, self.id)
+
+
+def transfer_key(kind: TransferKind, transfer: str) -> str:
+    """Migration and copy ids are named by different parties, so each kind has its own."""
+    return f"{kind}/{transfer}"
+
+
 @dataclass(frozen=True, slots=True)
 class Fleet:
     hosts: Mapping[str, Host] = field(default_factory=dict)
     vms: Mapping[str, Vm] = field(default_factory=dict)
+    transfers: Mapping[str, Transfer] = field(default_factory=dict)
+    # Every transfer ever started: an outcome's id derives from its transfer's, so an id
+    # may never be used twice.
+    transfer_keys: frozenset[str] = frozenset()
 
     def vms_on(self, host: str) -> list[Vm]:
         return [vm for vm in self.vms.values() if vm.host == host]
+
+    def migration_of(self, vm: str) -> Transfer | None:
+        return next(
+            (t for t in self.transfers.values() if t.kind == TransferKind.MIGRATION and t.vm == vm),
+            None,
+        )
+
+    def incoming(self, host: str) -> list[Vm]:
+        """The VMs migrating to ``host``: their room there is taken from the start."""
+        return [
+            self.vms[t.vm]
+            for t in self.transfers.values()
+            if t.target == host and t.vm is not None and t.vm in self.vms
+        ]
 
     def mem_reserved(self, host: str) -> int:
         return sum(vm.mem_mib for vm in self.vms_on(host))
@@ -72,7 +135,7 @@ class Fleet:
 
     def room(self, host: str, cpu: int, mem_mib: int, *, besides: str | None = None) -> bool:
         h = self.hosts[host]
-        others = [vm for vm in self.vms_on(host) if vm.name != besides]
+        others = [vm for vm in self.vms_on(host) + self.incoming(host) if vm.name != besides]
         return (
             h.state == HostState.UP
             and h.spec.mem_mib - sum(vm.mem_mib for vm in others) >= mem_mib
@@ -80,7 +143,11 @@ class Fleet:
         )
 
 
-def evolve(fleet: Fleet, event: Message) -> Fleet:  # noqa: PLR0911 - one case per event
+def evolve(  # noqa: PLR0911, PLR0912 - one case per event
+    fleet: Fleet, event: Message, env: Envelope[Message] | None = None
+) -> Fleet:
+    """``env`` is the event's envelope, when the fold has it: a transfer's clock starts at
+    its Started event's ``occurred_at``."""
     match event:
         case HostRegistered():
             spec = HostSpec(
@@ -96,6 +163,7 @@ def evolve(fleet: Fleet, event: Message) -> Fleet:  # noqa: PLR0911 - one case p
             return _with_host(fleet, Host(spec, HostState.UP, event.swap_mib))
         case HostCrashed() if event.host in fleet.hosts:
             fleet = _with_host(fleet, replace(fleet.hosts[event.host], state=HostState.DOWN))
+            fleet = _fail_transfers(fleet, event.host)
             lost = {
                 name: replace(fleet.vms[name], state=VmState.OFF)
                 for name in event.vms_lost
@@ -139,7 +207,66 @@ def evolve(fleet: Fleet, event: Message) -> Fleet:  # noqa: PLR0911 - one case p
             return _with_vm(fleet, replace(fleet.vms[event.vm], cpu_cap=event.cpu_cap))
         case VmSuspended() if event.vm in fleet.vms:
             return _with_vm(fleet, replace(fleet.vms[event.vm], state=VmState.SUSPENDED))
+        case MigrationStarted() | CopyStarted():
+            return _started(fleet, event, env)
+        case MigrationCompleted():
+            fleet = _ended(fleet, transfer_key(TransferKind.MIGRATION, event.migration))
+            if event.vm not in fleet.vms:
+                return fleet
+            landed = replace(fleet.vms[event.vm], host=event.target)
+            target = fleet.hosts.get(event.target)
+            if target is not None and target.state == HostState.DOWN:
+                # Its target's crash (in the target's process) and its completion crossed:
+                # it is lost with the target, like the VMs the crash took.
+                landed = replace(landed, state=VmState.OFF, stunned=False)
+            return _with_vm(fleet, landed)
+        case MigrationAborted():
+            return _ended(fleet, transfer_key(TransferKind.MIGRATION, event.migration))
+        case CopyCompleted() | CopyAborted():
+            return _ended(fleet, transfer_key(TransferKind.COPY, event.copy_id))
     return fleet
+
+
+def _started(
+    fleet: Fleet, event: MigrationStarted | CopyStarted, env: Envelope[Message] | None
+) -> Fleet:
+    if isinstance(event, MigrationStarted):
+        kind, transfer, vm = TransferKind.MIGRATION, event.migration, event.vm
+    else:
+        kind, transfer, vm = TransferKind.COPY, event.copy_id, None
+    started = Transfer(
+        id=transfer,
+        kind=kind,
+        source=event.source,
+        target=event.target,
+        vm=vm,
+        started_at=env.occurred_at if env is not None else EPOCH,
+        started_sim=env.sim_time if env is not None else 0.0,
+        expected_seconds=event.expected_seconds,
+        cause=env,
+    )
+    return replace(
+        fleet,
+        transfers={**fleet.transfers, started.key: started},
+        transfer_keys=fleet.transfer_keys | {started.key},
+    )
+
+
+def _ended(fleet: Fleet, key: str) -> Fleet:
+    if key not in fleet.transfers:
+        return fleet
+    return replace(fleet, transfers={k: t for k, t in fleet.transfers.items() if k != key})
+
+
+def _fail_transfers(fleet: Fleet, host: str) -> Fleet:
+    failed = {
+        k: replace(t, failed=host)
+        for k, t in fleet.transfers.items()
+        if host in (t.source, t.target) and t.failed is None
+    }
+    if not failed:
+        return fleet
+    return replace(fleet, transfers={**fleet.transfers, **failed})
 
 
 def _with_host(fleet: Fleet, host: Host) -> Fleet:

@@ -23,7 +23,7 @@ from services.hosts.resources import (
     host_arrays,
     vm_arrays,
 )
-from services.hosts.state import Fleet, Vm
+from services.hosts.state import Fleet, Host, Vm
 
 _POWER = {
     VmState.ON: PowerState.ON,
@@ -46,18 +46,26 @@ def profile(vm: Vm) -> Workload:
 
 
 class Contention:
-    """Runs the vectorised resource model; its arrays are rebuilt only when the fleet changed."""
+    """Runs the vectorised resource model; its arrays are rebuilt only when the fleet's VMs or
+    hosts changed."""
 
     def __init__(self) -> None:
-        self._key: tuple[int, tuple[str, ...]] | None = None
+        # What the arrays were built from, held rather than its id: a freed map's id may be
+        # reused by the map that replaced it.
+        self._built_from: tuple[Mapping[str, Vm], Mapping[str, Host], tuple[str, ...]] | None = None
         self._vms: list[Vm] = []
         self.index: dict[str, int] = {}
         self.by_host: dict[str, list[Vm]] = {}
         self.usage: Usage | None = None
 
     def run(self, fleet: Fleet, hosts: list[str], sim_time: float, tick_s: float) -> Usage | None:
-        key = (id(fleet), tuple(hosts))
-        if key != self._key:
+        built = self._built_from
+        if (
+            built is None
+            or built[0] is not fleet.vms
+            or built[1] is not fleet.hosts
+            or built[2] != tuple(hosts)
+        ):
             wanted = set(hosts)
             self._vms = [vm for vm in fleet.vms.values() if vm.host in wanted]
             host_specs = [fleet.hosts[h].spec for h in hosts]
@@ -80,7 +88,7 @@ class Contention:
             self.by_host = {h: [] for h in hosts}
             for vm in self._vms:
                 self.by_host[vm.host].append(vm)
-            self._key = key
+            self._built_from = (fleet.vms, fleet.hosts, tuple(hosts))
         if not hosts:
             self.usage = None
             return None

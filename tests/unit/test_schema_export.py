@@ -65,6 +65,7 @@ from schemas.scheduling import (
     VmPlaced,
     VmRaised,
 )
+from schemas.service import CommandRejected, RejectionCode, ServiceStarted, ServiceStopped
 from schemas.transfers import (
     CopyAborted,
     CopyCompleted,
@@ -75,7 +76,6 @@ from schemas.transfers import (
     StartCopy,
     StartMigration,
 )
-from schemas.service import CommandRejected, RejectionCode, ServiceStarted, ServiceStopped
 from schemas.vm import (
     CreateVm,
     DestroyVm,

@@ -1,0 +1,237 @@
+"""Live migrations and file copies carried out by the running hosts service on NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from schemas import Command, Envelope, Message
+from schemas.host import CrashHost, HostTelemetry
+from schemas.memory import GetVmMemory, VmMemory
+from schemas.queries import ListVms, VmList
+from schemas.transfers import StartCopy, StartMigration
+from schemas.vm import CreateVm, MemoryMode
+from shared.bus import Logged, Stream
+from shared.bus.nats import NatsBus
+from shared.client import Client
+from shared.testing import poll, unique_namespace
+from tests.integration.stack import start_ready, stop_all
+
+pytestmark = [pytest.mark.broker, pytest.mark.integration]
+
+# Emulated seconds per wall second: a 64 MiB VM at 128 Mbit/s (4 emulated s) takes 0.5 s.
+SPEED = 8
+
+
+@pytest.fixture
+async def client(nats_url: str) -> AsyncIterator[Client]:
+    bus = NatsBus(nats_url, unique_namespace())
+    await bus.start()
+    try:
+        yield Client(bus, producer="test")
+    finally:
+        await bus.close()
+
+
+def settings(client: Client, nats_url: str, **extra: str) -> dict[str, str]:
+    return {
+        "VPLANE_BUS_URL": nats_url,
+        "VPLANE_NAMESPACE": client.bus.namespace,
+        "VPLANE_HOSTS": "2",
+        "VPLANE_SPEED": str(SPEED),
+        "VPLANE_TICK_SECONDS": "0.2",
+        **extra,
+    }
+
+
+@pytest.fixture
+async def hosts(client: Client, nats_url: str, tmp_path: Path) -> AsyncIterator[Client]:
+    procs = await start_ready(client, [("hosts", settings(client, nats_url))], tmp_path)
+    try:
+        yield client
+    finally:
+        assert await stop_all(procs) == [0]
+
+
+async def started_and_ended(
+    client: Client, cmd: Command, *, timeout: float = 15
+) -> tuple[Envelope[Message], Envelope[Message]]:
+    """Send a StartMigration or StartCopy; return its Started event and the outcome."""
+    env = Envelope.wrap(cmd, producer="test")
+    ids: set[uuid.UUID] = {env.id}
+
+    def in_workflow(e: Envelope[Message]) -> bool:
+        if e.causation_id in ids:
+            ids.add(e.id)
+            return True
+        return False
+
+    start, end = await client.wait_for(
+        in_workflow, count=2, timeout=timeout, before=lambda: client.bus.send(env)
+    )
+    return start, end
+
+
+async def create(client: Client, vm: str, host: str, **extra: object) -> None:
+    [created] = await client.send_and_wait(
+        CreateVm.model_validate({"vm": vm, "cpu": 1, "mem_mib": 64, "host": host, **extra}),
+        timeout=30,
+    )
+    assert created.type == "VmCreated", created.data
+
+
+async def placement(client: Client) -> dict[str, str]:
+    reply = await client.query(ListVms())
+    assert isinstance(reply, VmList)
+    return {v.vm: v.host for v in reply.vms}
+
+
+async def checksum(client: Client, vm: str) -> str | None:
+    reply = await client.query(GetVmMemory(vm=vm))
+    assert isinstance(reply, VmMemory)
+    return reply.checksum
+
+
+async def test_a_migration_completes_after_its_time_and_moves_the_vm(hosts: Client) -> None:
+    """MigrationStarted, then about expected_seconds / speed later MigrationCompleted; the
+    VM is then listed on the target, with the same guest memory bytes."""
+    client = hosts
+    await create(client, "web", "h1", memory_mode=MemoryMode.FULL, power_on=False, seed=5)
+    before = await checksum(client, "web")
+    start, end = await started_and_ended(
+        client, StartMigration(host="h1", target="h2", rate_mbps=128, migration="m1", vm="web")
+    )
+    assert (start.type, end.type) == ("MigrationStarted", "MigrationCompleted")
+    assert start.data.expected_seconds == 4.0  # type: ignore[attr-defined]
+    took = (end.occurred_at - start.occurred_at).total_seconds()
+    assert 4.0 / SPEED <= took < 4.0 / SPEED + 2
+    assert end.correlation_id == start.correlation_id
+    assert await placement(client) == {"web": "h2"}
+    assert await checksum(client, "web") == before
+
+
+async def test_a_copy_completes_after_its_time(hosts: Client) -> None:
+    """CopyStarted, then CopyCompleted once size * 8 / rate emulated seconds have passed."""
+    start, end = await started_and_ended(
+        hosts, StartCopy(host="h1", target="h2", rate_mbps=100, copy_id="c1", size_mib=50)
+    )
+    assert (start.type, end.type) == ("CopyStarted", "CopyCompleted")
+    assert start.subject == end.subject == "copy/c1"
+    assert (end.occurred_at - start.occurred_at).total_seconds() >= 4.0 / SPEED
+
+
+async def crash_aborts(client: Client, source: str, target: str) -> Envelope[Message]:
+    """Start a slow migration of a new VM from ``source``, crash ``target``, and return how
+    the migration ended."""
+    await create(client, "db", source)
+    # 64 emulated seconds: far longer than the test, were it not aborted.
+    cmd = StartMigration(host=source, target=target, rate_mbps=8, migration="slow", vm="db")
+    [started] = await client.send_and_wait(cmd, timeout=15)
+    assert started.type == "MigrationStarted", started.data
+
+    async def crash() -> None:
+        await client.send(CrashHost(host=target))
+
+    [ended] = await client.wait_for(
+        lambda e: e.causation_id == started.id, timeout=15, before=crash
+    )
+    return ended
+
+
+async def test_a_migration_whose_target_crashes_is_aborted(hosts: Client) -> None:
+    """A target crash while a migration is in flight ends it aborted, naming the target;
+    the VM stays on its source."""
+    aborted = await crash_aborts(hosts, "h1", "h2")
+    assert aborted.type == "MigrationAborted"
+    assert aborted.data.reason == "host h2 crashed"  # type: ignore[attr-defined]
+    assert await placement(hosts) == {"db": "h1"}
+
+
+async def logged(client: Client, kind: str) -> list[Envelope[Message]]:
+    return [
+        entry.envelope
+        async for entry in client.bus.replay()
+        if entry.envelope is not None and entry.envelope.type == kind
+    ]
+
+
+async def test_a_migration_in_flight_when_killed_completes_once_after_restart(
+    client: Client, nats_url: str, tmp_path: Path
+) -> None:
+    """SIGKILL the hosts service while a migration is in flight: the restarted service
+    finds it in the rebuilt fold and completes it, once."""
+    env = settings(client, nats_url)
+    [first] = await start_ready(client, [("hosts", env)], tmp_path)
+    try:
+        await create(client, "app", "h1")
+        # 16 emulated seconds: 2 s of wall time, more than the kill takes.
+        cmd = StartMigration(host="h1", target="h2", rate_mbps=32, migration="m3", vm="app")
+        [started] = await client.send_and_wait(cmd, timeout=15)
+        assert started.type == "MigrationStarted", started.data
+    finally:
+        first.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(first.wait, 10)
+    assert await logged(client, "MigrationCompleted") == []
+
+    second = await start_ready(client, [("hosts", env)], tmp_path)
+    try:
+        await poll(
+            lambda: logged(client, "MigrationCompleted"),
+            bool,
+            timeout=20,
+            what="the migration completed after the restart",
+        )
+        assert await placement(client) == {"app": "h2"}
+    finally:
+        assert await stop_all(second) == [0]
+    [completed] = await logged(client, "MigrationCompleted")
+    assert completed.causation_id == started.id
+
+
+async def next_sample(
+    client: Client, host: str, ok: Callable[[HostTelemetry], bool]
+) -> HostTelemetry:
+    """The first telemetry sample of ``host`` from now on that satisfies ``ok``."""
+    found: asyncio.Future[HostTelemetry] = asyncio.get_running_loop().create_future()
+
+    async def on_sample(entry: Logged) -> None:
+        data = entry.envelope.data if entry.envelope is not None else None
+        if isinstance(data, HostTelemetry) and ok(data) and not found.done():
+            found.set_result(data)
+
+    sub = await client.bus.watch(Stream.TELEMETRY, (f"host.{host}",), on_sample)
+    try:
+        return await asyncio.wait_for(found, 15)
+    finally:
+        await sub.stop()
+
+
+async def test_a_migration_between_two_hosts_processes(
+    client: Client, nats_url: str, tmp_path: Path
+) -> None:
+    """With the target in another hosts process the migration completes and the target's
+    process reports the VM in its telemetry; a crash of that target, handled by its own
+    process, aborts a migration in flight from the other."""
+    base = settings(client, nats_url, VPLANE_HOSTS="1")
+    procs = await start_ready(
+        client, [("hosts", {**base, "VPLANE_HOST_PREFIX": p}) for p in ("a", "b")], tmp_path
+    )
+    try:
+        await create(client, "web", "a1")
+        _, end = await started_and_ended(
+            client, StartMigration(host="a1", target="b1", rate_mbps=128, migration="m1", vm="web")
+        )
+        assert end.type == "MigrationCompleted", end.data
+        sample = await next_sample(client, "b1", lambda t: bool(t.vms))
+        assert [v.vm for v in sample.vms] == ["web"]
+
+        aborted = await crash_aborts(client, "a1", "b1")
+        assert (aborted.type, aborted.producer) == ("MigrationAborted", "hosts")
+        assert aborted.data.reason == "host b1 crashed"  # type: ignore[attr-defined]
+    finally:
+        assert await stop_all(procs) == [0, 0]

@@ -1,0 +1,361 @@
+"""Live migrations and file copies on the hosts' pure model, and the guest memory they move."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from functools import reduce
+
+import pytest
+
+from schemas import Command, Envelope, Event, Message
+from schemas.host import CrashHost, HostRegistered, HostState, RecoverHost
+from schemas.queries import ListVms, VmList
+from schemas.service import CommandRejected, RejectionCode
+from schemas.transfers import (
+    CopyAborted,
+    CopyCompleted,
+    CopyStarted,
+    MigrationAborted,
+    MigrationCompleted,
+    MigrationStarted,
+    StartCopy,
+    StartMigration,
+)
+from schemas.vm import (
+    CreateVm,
+    DestroyVm,
+    MemoryMode,
+    PowerOffVm,
+    ResizeVm,
+    VmCreated,
+    VmState,
+)
+from services.hosts.domain import decide
+from services.hosts.handlers import FleetHolder, answer_query
+from services.hosts.machine import Machine
+from services.hosts.outcomes import outcome_id, outcomes
+from services.hosts.state import EPOCH, Fleet, evolve
+from tests.unit.test_hosts_machine import Harness
+
+HOSTS = ("h1", "h2", "h3")
+
+
+def apply(fleet: Fleet, cmd: Command) -> tuple[Fleet, list[Event]]:
+    env = Envelope.wrap(cmd, producer="test")
+    events = decide(fleet, env)
+    return reduce(evolve, events, fleet), events
+
+
+def code(events: list[Event]) -> RejectionCode:
+    [event] = events
+    assert isinstance(event, CommandRejected)
+    return event.code
+
+
+def host(name: str, mem_mib: int = 4096) -> HostRegistered:
+    return HostRegistered(host=name, cpu_cores=4, cpu_mhz=2000, mem_mib=mem_mib)
+
+
+def fleet_with_vm(target_mib: int = 4096) -> Fleet:
+    """h1 runs VM a (1024 MiB); h2 has ``target_mib``; h3 is a third host."""
+    fleet = reduce(evolve, [host("h1"), host("h2", target_mib), host("h3")], Fleet())
+    fleet, _ = apply(fleet, CreateVm(vm="a", cpu=2, mem_mib=1024, host="h1"))
+    return fleet
+
+
+def migrate(
+    migration: str = "m1", vm: str = "a", source: str = "h1", target: str = "h2"
+) -> Command:
+    return StartMigration(host=source, target=target, rate_mbps=1000, migration=migration, vm=vm)
+
+
+def copy(copy_id: str = "c1", source: str = "h1", target: str = "h2") -> Command:
+    return StartCopy(host=source, target=target, rate_mbps=800, copy_id=copy_id, size_mib=500)
+
+
+def test_migration_starts_with_memory_over_rate_as_its_expected_time() -> None:
+    """A StartMigration is answered with MigrationStarted; the VM's memory in megabits over
+    the reserved rate is the emulated time it takes."""
+    fleet, events = apply(fleet_with_vm(), migrate())
+    assert events == [
+        MigrationStarted(
+            migration="m1", vm="a", source="h1", target="h2", expected_seconds=1024 * 8 / 1000
+        )
+    ]
+    [transfer] = fleet.transfers.values()
+    assert (transfer.source, transfer.target, transfer.vm) == ("h1", "h2", "a")
+    assert fleet.vms["a"].host == "h1"
+
+
+def test_copy_starts_with_size_over_rate_as_its_expected_time() -> None:
+    """A StartCopy is answered with CopyStarted, expected to take size * 8 / rate seconds."""
+    fleet, events = apply(fleet_with_vm(), copy())
+    assert events == [
+        CopyStarted(copy_id="c1", source="h1", target="h2", size_mib=500, expected_seconds=5.0)
+    ]
+    assert [t.vm for t in fleet.transfers.values()] == [None]
+
+
+@pytest.mark.parametrize(
+    ("cmd", "expected"),
+    [
+        (migrate(source="h9"), RejectionCode.UNKNOWN_HOST),
+        (migrate(target="h9"), RejectionCode.UNKNOWN_HOST),
+        (migrate(vm="zz"), RejectionCode.UNKNOWN_VM),
+        (migrate(vm="a", source="h3"), RejectionCode.UNKNOWN_VM),
+        (migrate(target="h1"), RejectionCode.WRONG_STATE),
+        (copy(source="h9"), RejectionCode.UNKNOWN_HOST),
+        (copy(target="h9"), RejectionCode.UNKNOWN_HOST),
+        (copy(target="h1"), RejectionCode.WRONG_STATE),
+    ],
+    ids=[
+        "unknown-source",
+        "unknown-target",
+        "unknown-vm",
+        "vm-elsewhere",
+        "to-itself",
+        "copy-unknown-source",
+        "copy-unknown-target",
+        "copy-to-itself",
+    ],
+)
+def test_rejects_a_transfer_that_names_the_wrong_hosts_or_vm(
+    cmd: Command, expected: RejectionCode
+) -> None:
+    """A transfer between hosts that do not exist, to its own source, or of a VM that is not
+    on its source is rejected with its code, and nothing starts."""
+    fleet, events = apply(fleet_with_vm(), cmd)
+    assert code(events) == expected
+    assert not fleet.transfers
+
+
+@pytest.mark.parametrize("down", ["h1", "h2"])
+@pytest.mark.parametrize("cmd", [migrate(), copy()], ids=["migration", "copy"])
+def test_rejects_a_transfer_with_an_end_down(down: str, cmd: Command) -> None:
+    """Neither a migration nor a copy starts while its source or target is down."""
+    fleet, _ = apply(fleet_with_vm(), CrashHost(host=down))
+    assert code(apply(fleet, cmd)[1]) == RejectionCode.HOST_DOWN
+
+
+def test_rejects_a_second_migration_of_a_migrating_vm() -> None:
+    """A VM migrates to one target at a time."""
+    fleet, _ = apply(fleet_with_vm(), migrate("m1"))
+    assert code(apply(fleet, migrate("m2", target="h3"))[1]) == RejectionCode.WRONG_STATE
+
+
+@pytest.mark.parametrize("cmd", [migrate(), copy()], ids=["migration", "copy"])
+def test_rejects_an_id_used_before_even_once_it_ended(cmd: Command) -> None:
+    """A transfer id names one transfer forever: its outcome's id derives from it."""
+    fleet, _ = apply(fleet_with_vm(), cmd)
+    assert code(apply(fleet, cmd)[1]) == RejectionCode.ALREADY_EXISTS
+    [(_, outcome)] = outcomes(fleet, HOSTS, EPOCH + timedelta(hours=1), 1.0)
+    fleet = evolve(fleet, outcome)
+    assert not fleet.transfers
+    back = migrate(target="h1", source="h2") if isinstance(cmd, StartMigration) else cmd
+    assert code(apply(fleet, back)[1]) == RejectionCode.ALREADY_EXISTS
+
+
+def test_migration_and_copy_ids_are_separate() -> None:
+    """A copy may share its id with a migration: different parties name them."""
+    fleet, _ = apply(fleet_with_vm(), migrate("x"))
+    _, events = apply(fleet, copy("x"))
+    assert isinstance(events[0], CopyStarted)
+
+
+def test_rejects_a_migration_the_target_has_no_room_for() -> None:
+    """A target without the VM's memory free is refused as insufficient capacity."""
+    _, events = apply(fleet_with_vm(target_mib=512), migrate())
+    assert code(events) == RejectionCode.INSUFFICIENT_CAPACITY
+
+
+def test_an_incoming_migration_takes_its_room_on_the_target_at_once() -> None:
+    """While a VM migrates in, its memory on the target is taken: another VM that would
+    need the same room is refused, whether created or migrated there."""
+    fleet = fleet_with_vm(target_mib=1536)
+    fleet, _ = apply(fleet, CreateVm(vm="b", cpu=1, mem_mib=1024, host="h3"))
+    fleet, _ = apply(fleet, migrate("m1"))
+    assert code(apply(fleet, CreateVm(vm="c", cpu=1, mem_mib=1024, host="h2"))[1]) == (
+        RejectionCode.INSUFFICIENT_CAPACITY
+    )
+    assert code(apply(fleet, migrate("m2", vm="b", source="h3"))[1]) == (
+        RejectionCode.INSUFFICIENT_CAPACITY
+    )
+
+
+@pytest.mark.parametrize(
+    "cmd", [DestroyVm(vm="a", host="h1"), ResizeVm(vm="a", host="h1", mem_mib=512)]
+)
+def test_a_migrating_vm_is_neither_destroyed_nor_resized(cmd: Command) -> None:
+    """The room taken on the target is for the VM as it is, until it lands."""
+    fleet, _ = apply(fleet_with_vm(), PowerOffVm(vm="a", host="h1"))
+    fleet, _ = apply(fleet, migrate())
+    assert code(apply(fleet, cmd)[1]) == RejectionCode.WRONG_STATE
+
+
+def started(fleet: Fleet, cmd: Command) -> tuple[Fleet, Envelope[Message]]:
+    """Start a transfer and fold its event with an envelope, as the service does."""
+    [event] = decide(fleet, Envelope.wrap(cmd, producer="test"))
+    env = Envelope.wrap(event, producer="hosts", sim_time=42.0)
+    return evolve(fleet, event, env), env
+
+
+def test_transfers_complete_once_their_emulated_time_has_passed() -> None:
+    """The clock starts at the Started event's wall time: at speed 10 a migration of 8.192
+    emulated seconds completes after 0.8192 wall seconds, not before; a copy likewise."""
+    fleet, env = started(fleet_with_vm(), migrate())
+    fleet, copy_env = started(fleet, copy())
+    [transfer, _] = fleet.transfers.values()
+    assert (transfer.started_at, transfer.started_sim, transfer.cause) == (
+        env.occurred_at,
+        42.0,
+        env,
+    )
+    assert outcomes(fleet, HOSTS, env.occurred_at + timedelta(seconds=0.4), 10.0) == []
+    later = max(env.occurred_at, copy_env.occurred_at) + timedelta(seconds=0.82)
+    assert [event for _, event in outcomes(fleet, HOSTS, later, 10.0)] == [
+        MigrationCompleted(migration="m1", vm="a", source="h1", target="h2"),
+        CopyCompleted(copy_id="c1", source="h1", target="h2"),
+    ]
+
+
+def test_only_the_sources_process_ends_a_transfer() -> None:
+    """A process whose hosts do not include the source leaves the transfer to its owner."""
+    fleet, _ = apply(fleet_with_vm(), migrate())
+    assert outcomes(fleet, ["h2", "h3"], EPOCH + timedelta(hours=1), 1.0) == []
+
+
+def test_completion_moves_the_vm_and_ends_the_migration() -> None:
+    """MigrationCompleted puts the VM on the target, as it was, and frees its source."""
+    fleet, _ = apply(fleet_with_vm(), migrate())
+    fleet = evolve(fleet, MigrationCompleted(migration="m1", vm="a", source="h1", target="h2"))
+    assert not fleet.transfers
+    assert (fleet.vms["a"].host, fleet.vms["a"].state) == ("h2", VmState.ON)
+    assert (fleet.mem_reserved("h1"), fleet.mem_reserved("h2")) == (0, 1024)
+
+
+@pytest.mark.parametrize("crashed", ["h1", "h2"])
+def test_a_crash_of_either_end_aborts_what_is_in_flight(crashed: str) -> None:
+    """When the source or the target crashes, its migrations and copies end aborted, naming
+    the host; a recovery meanwhile does not save them. The VM stays on its source."""
+    fleet, _ = apply(fleet_with_vm(), migrate())
+    fleet, _ = apply(fleet, copy())
+    fleet, _ = apply(fleet, CrashHost(host=crashed))
+    fleet, _ = apply(fleet, RecoverHost(host=crashed))
+    ended = [event for _, event in outcomes(fleet, HOSTS, EPOCH, 1.0)]
+    reason = f"host {crashed} crashed"
+    assert ended == [
+        MigrationAborted(migration="m1", vm="a", source="h1", target="h2", reason=reason),
+        CopyAborted(copy_id="c1", source="h1", target="h2", reason=reason),
+    ]
+    fleet = reduce(evolve, ended, fleet)
+    assert not fleet.transfers
+    assert fleet.vms["a"].host == "h1"
+
+
+def test_a_vm_that_lands_on_a_crashed_target_is_lost_with_it() -> None:
+    """A completion decided before the target's crash reached the source (another process)
+    lands the VM powered off on the dead host."""
+    fleet, _ = apply(fleet_with_vm(), migrate())
+    fleet, _ = apply(fleet, CrashHost(host="h2"))
+    fleet = evolve(fleet, MigrationCompleted(migration="m1", vm="a", source="h1", target="h2"))
+    assert fleet.hosts["h2"].state == HostState.DOWN
+    assert (fleet.vms["a"].host, fleet.vms["a"].state) == ("h2", VmState.OFF)
+
+
+def test_outcome_ids_are_fixed_per_transfer_and_outcome() -> None:
+    """Deciding an outcome again (after a restart) gives the same id; each outcome of each
+    transfer has its own."""
+    fleet, _ = apply(fleet_with_vm(), migrate())
+    [(transfer, done)] = outcomes(fleet, HOSTS, EPOCH + timedelta(hours=1), 1.0)
+    [(again, done_again)] = outcomes(fleet, HOSTS, EPOCH + timedelta(hours=2), 1.0)
+    assert outcome_id(transfer, done) == outcome_id(again, done_again)
+    crashed, _ = apply(fleet, CrashHost(host="h2"))
+    [(_, aborted)] = outcomes(crashed, HOSTS, EPOCH, 1.0)
+    assert outcome_id(transfer, aborted) != outcome_id(transfer, done)
+
+
+def full_hosts() -> Harness:
+    h = Harness(*(HostRegistered(host=n, cpu_cores=4, cpu_mhz=2000, mem_mib=1024) for n in HOSTS))
+    h.do(CreateVm(vm="a", cpu=1, mem_mib=16, host="h1", memory_mode=MemoryMode.FULL, seed=3))
+    h.do(CreateVm(vm="b", cpu=1, mem_mib=16, host="h1", seed=4))
+    return h
+
+
+def completed(h: Harness, migration: str, vm: str, target: str = "h2") -> None:
+    [event] = h.do(migrate(migration, vm=vm, target=target))
+    assert isinstance(event, MigrationStarted)
+    h.fold(MigrationCompleted(migration=migration, vm=vm, source="h1", target=target))
+
+
+async def test_a_full_memory_vm_arrives_byte_for_byte() -> None:
+    """A full-memory VM's bytes, as its guest wrote them, reach the target unchanged; the
+    source's frames are freed; telemetry and queries report the VM on the target."""
+    h = full_hosts()
+    for _ in range(3):
+        h.tick()  # the guest writes pages: its bytes are no longer what its seed gives
+    src, dst = h.machine.memory["h1"], h.machine.memory["h2"]
+    checksum, digests = src.checksum("a"), src.page_digests("a")
+    completed(h, "m1", "a")
+    assert "a" not in src.vms
+    assert dst.checksum("a") == checksum
+    assert (dst.page_digests("a") == digests).all()
+    assert not dst.collect_dirty("a", clear=False).size
+    samples = h.tick()
+    assert [s.vm for s in samples["h2"].vms] == ["a"]
+    assert [s.vm for s in samples["h1"].vms] == ["b"]
+    holder = FleetHolder(list(HOSTS))
+    holder.fleet, holder.machine = h.fleet, h.machine
+    reply = await answer_query(holder, Envelope.wrap(ListVms(), producer="test"))
+    assert isinstance(reply, VmList)
+    assert {v.vm: v.host for v in reply.vms} == {"a": "h2", "b": "h1"}
+
+
+def test_an_accounting_vm_just_moves() -> None:
+    """An accounting-only VM's reservation leaves the source and is taken on the target."""
+    h = full_hosts()
+    src, dst = h.machine.memory["h1"], h.machine.memory["h2"]
+    spec, frames = src.spec("b"), src.used_frames()
+    completed(h, "m1", "b")
+    assert ("b" in src.vms, dst.spec("b")) == (False, spec)
+    assert src.used_frames() < frames
+
+
+def machine_after(here: list[str], events: list[Event]) -> Machine:
+    machine, fleet = Machine(here), Fleet()
+    for event in events:
+        machine.apply(fleet, event)
+        fleet = evolve(fleet, event)
+    return machine
+
+
+@pytest.mark.parametrize("here", [["h1"], ["h2"]], ids=["source-only", "target-only"])
+def test_with_one_end_elsewhere_the_source_lets_go_or_the_target_builds_from_the_seed(
+    here: list[str],
+) -> None:
+    """A source whose target is in another process destroys the guest; a target whose
+    source is elsewhere creates it from its seed (its bytes are not here to copy)."""
+    placed = [
+        host("h1"),
+        host("h2"),
+        VmCreated(
+            vm="a",
+            host="h1",
+            cpu=1,
+            mem_mib=16,
+            priority="low",
+            powered_on=True,
+            memory_mode=MemoryMode.FULL,
+            seed=3,
+        ),
+    ]
+    fresh = machine_after(["h1"], placed).memory["h1"].checksum("a")
+    moved = [
+        *placed,
+        MigrationStarted(migration="m1", vm="a", source="h1", target="h2", expected_seconds=1),
+        MigrationCompleted(migration="m1", vm="a", source="h1", target="h2"),
+    ]
+    [mem] = machine_after(here, moved).memory.values()
+    if here == ["h1"]:
+        assert mem.vms == ()
+    else:
+        assert mem.checksum("a") == fresh
