@@ -12,7 +12,6 @@ from __future__ import annotations
 import enum
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
 
 import structlog
 
@@ -41,7 +40,7 @@ from services.scheduler.core import (
 from services.scheduler.holder import Holder
 from services.scheduler.ledger import Amounts, Ledger
 from services.scheduler.reserving import reserve_with
-from services.scheduler.state import incoming, outgoing, start_id
+from services.scheduler.state import SchedulerState, incoming, outgoing, start_id
 from shared.runtime import Runtime
 
 log = structlog.get_logger("vplane.scheduler")
@@ -70,16 +69,7 @@ def migration_target(
         return None, f"VM {ask.vm} is not placed"
     size = Amounts.of(held)
     try:
-        rules = rules_of(holder.state.rules[ask.vm]) if ask.vm in holder.state.rules else Rules()
-        away = rules.host_anti_affinity
-        rules = replace(
-            rules,
-            # It must leave its host; a named target is the only host it may go to.
-            host_anti_affinity=Affinity(away.must | {held.host}, away.should),
-            host_affinity=(
-                Affinity(frozenset({ask.target})) if ask.target else rules.host_affinity
-            ),
-        )
+        rules = migration_rules(holder.state, ask, held.host)
         request = Request(
             ask.migration,
             Resources(size.cpu_mhz, size.mem_mib, rate, 0.0),
@@ -92,6 +82,34 @@ def migration_target(
     if decision.host is None:
         return None, f"no host can take {ask.vm} (the {decision.reason} filter left none)"
     return decision, ""
+
+
+def migration_rules(state: SchedulerState, ask: MigrationRequested, source: str) -> Rules:
+    """The VM's own rules for its new host: it must leave ``source``; a named target is the
+    only host it may go to. A partner VM that is moving too counts where it is heading
+    once its migration is scheduled, and not at all before: of a pair that must stay
+    together, the first to be scheduled goes anywhere and the second follows it."""
+    rules = rules_of(state.rules[ask.vm]) if ask.vm in state.rules else Rules()
+    near, apart = rules.vm_affinity, rules.vm_anti_affinity
+    hosts, away = rules.host_affinity, rules.host_anti_affinity
+    away_hosts = set(away.must) | {source}
+    # Being together is mutual: a VM that must be near this one and is moving too counts.
+    drawn = {vm for vm, r in state.rules.items() if ask.vm in r.vm_affinity.must}
+    follow = {state.heading[vm] for vm in near.must | drawn if vm in state.heading}
+    avoid = {state.heading[vm] for vm in apart.must if vm in state.heading}
+    if ask.target:
+        hosts = Affinity(frozenset({ask.target}))
+    elif follow:
+        hosts = Affinity(frozenset(follow), hosts.should)
+    return Rules(
+        vm_affinity=Affinity(
+            frozenset(vm for vm in near.must if vm not in state.moving),
+            frozenset(vm for vm in near.should if vm not in state.moving),
+        ),
+        vm_anti_affinity=apart,
+        host_affinity=hosts,
+        host_anti_affinity=Affinity(frozenset(away_hosts | avoid), away.should - hosts.must),
+    )
 
 
 async def schedule_migration(

@@ -80,6 +80,7 @@ class SchedulerState:
     # Migrations and copies: of either scheduler (ids are unique), and this one's.
     transfers: frozenset[str] = frozenset()
     moving: Mapping[str, str] = field(default_factory=dict)  # VM -> its migration
+    heading: Mapping[str, str] = field(default_factory=dict)  # VM -> its migration's target
     migrations: Mapping[str, MigrationScheduled] = field(default_factory=dict)
     copies: Mapping[str, CopyScheduled] = field(default_factory=dict)
     started: frozenset[str] = frozenset()
@@ -160,9 +161,12 @@ def _evolve(state: SchedulerState, env: Envelope[Message]) -> SchedulerState:  #
             )
         case VmRaised():
             return replace(state, degraded=state.degraded - {event.vm})
-        case MigrationScheduled() if mine:
+        case MigrationScheduled() if not mine:
+            return replace(state, heading={**state.heading, event.vm: event.target})
+        case MigrationScheduled():
             return replace(
                 state,
+                heading={**state.heading, event.vm: event.target},
                 pending=_without(state.pending, f"migration/{event.migration}"),
                 migrations={**state.migrations, event.migration: event},
                 starts={**state.starts, start_id(event.migration): event.migration},
@@ -234,7 +238,7 @@ def _transfer(
 def _ended(state: SchedulerState, vm: str | None) -> SchedulerState:
     if vm is None or vm not in state.moving:
         return state
-    return replace(state, moving=_without(state.moving, vm))
+    return replace(state, moving=_without(state.moving, vm), heading=_without(state.heading, vm))
 
 
 def _without(mapping: Mapping[K, V], key: K) -> dict[K, V]:

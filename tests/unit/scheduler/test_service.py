@@ -263,3 +263,26 @@ async def test_rebalancing_proposes_migrations_that_shrink_the_spread() -> None:
         )
         used = [ledger.capacity[h].cpu_mhz - ledger.free(h).cpu_mhz for h in ("h1", "h2")]
         assert abs(used[0] - used[1]) <= 16_000
+
+
+async def test_maintenance_moves_a_pair_that_must_stay_together_to_one_host() -> None:
+    async with memory_stack(hosts=3, ha_failures=0, rebalance_threshold=1.0) as stack:
+        await stack.client.send(PlaceVm(vm="web", priority=Owner.HIGH, cpu=2, mem_mib=2 * GIB))
+        await poll(lambda: stack.of_type("VmCreated"), lambda es: len(es) == 1, what="web")
+        together = PlacementRules(vm_affinity=Affinity(must=["web"]))
+        await stack.client.send(
+            PlaceVm(vm="db", priority=Owner.LOW, cpu=2, mem_mib=4 * GIB, rules=together)
+        )
+        await poll(lambda: stack.of_type("VmCreated"), lambda es: len(es) == 2, what="db")
+        host = (await stack.ledger()).located["web"]
+
+        [started] = await stack.client.send_and_wait(SetMaintenance(host=host, on=True))
+        assert started.type == "MaintenanceStarted", started
+        await poll(lambda: stack.of_type("HostEvacuated"), lambda es: len(es) == 1, what="empty")
+        assert await stack.of_type("MigrationRefused") == []
+        ledger = await poll(
+            stack.ledger,
+            lambda led: not any(r.endswith(("-in", "-out")) for r in led.located),
+            what="settled",
+        )
+        assert ledger.located["web"] == ledger.located["db"] != host
