@@ -52,7 +52,12 @@ def _docker_engine() -> bool:
 
 
 # The queues the services create, by consumer name, for cleaning up after a test.
-SERVICE_CONSUMERS = ("hosts-commands", "hosts-h")
+SERVICE_CONSUMERS = (
+    "hosts-commands",
+    "hosts-h",
+    "scheduler-high-commands",
+    "scheduler-low-commands",
+)
 
 
 def drop_rabbitmq_namespace(url: str, namespace: str) -> None:

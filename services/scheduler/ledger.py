@@ -64,6 +64,8 @@ class Ledger:
     versions: Mapping[str, int] = field(default_factory=dict)
     # Where each reservation is (a VM's own reservation names the VM).
     located: Mapping[str, str] = field(default_factory=dict)
+    # Per host, the log sequence each reservation was made (or last changed) at.
+    made_at: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     failed: frozenset[str] = frozenset()
     # Hosts in maintenance, with the log sequence at which it began.
     maintenance: Mapping[str, int] = field(default_factory=dict)
@@ -77,6 +79,16 @@ class Ledger:
 
     def free(self, host: str) -> Amounts:
         return self.capacity.get(host, Amounts()) - self.reserved(host)
+
+    def free_as_of(self, host: str, seq: int) -> Amounts:
+        """What was free once the log up to ``seq`` was written: later reservations, even
+        those already folded, do not count."""
+        made = self.made_at.get(host, {})
+        total = Amounts()
+        for name, r in self.reservations.get(host, {}).items():
+            if made.get(name, 0) <= seq:
+                total = total + Amounts.of(r)
+        return self.capacity.get(host, Amounts()) - total
 
     def holds(self, reservation: str) -> bool:
         return reservation in self.located
@@ -113,21 +125,26 @@ def _evolve(ledger: Ledger, seq: int, event: Message) -> Ledger:  # noqa: PLR091
         case CapacityReserved():
             held = {**ledger.reservations.get(event.host, {}), event.reservation: event}
             located = {**ledger.located, event.reservation: event.host}
+            made = {**ledger.made_at.get(event.host, {}), event.reservation: seq}
             return replace(
-                ledger, reservations={**ledger.reservations, event.host: held}, located=located
+                ledger,
+                reservations={**ledger.reservations, event.host: held},
+                located=located,
+                made_at={**ledger.made_at, event.host: made},
             )
         case CapacityReleased():
-            held = {
-                k: v
-                for k, v in ledger.reservations.get(event.host, {}).items()
-                if k != event.reservation
-            }
+            host, name = event.host, event.reservation
+            held = {k: v for k, v in ledger.reservations.get(host, {}).items() if k != name}
+            made = {k: v for k, v in ledger.made_at.get(host, {}).items() if k != name}
             located = dict(ledger.located)
             # A VM that moved is reserved on its new host before it is released on the old.
-            if located.get(event.reservation) == event.host:
-                del located[event.reservation]
+            if located.get(name) == host:
+                del located[name]
             return replace(
-                ledger, reservations={**ledger.reservations, event.host: held}, located=located
+                ledger,
+                reservations={**ledger.reservations, host: held},
+                located=located,
+                made_at={**ledger.made_at, host: made},
             )
         case HostCrashed():
             return replace(ledger, failed=ledger.failed | {event.host})
@@ -152,7 +169,19 @@ def _evolve(ledger: Ledger, seq: int, event: Message) -> Ledger:  # noqa: PLR091
 Choose = Callable[[Ledger], CapacityReserved | None]
 # Append a reservation at an expected pool version (ConcurrencyError when stale).
 AppendAt = Callable[[CapacityReserved, int], Awaitable[None]]
-CatchUp = Callable[[str], Awaitable[None]]
+# Fold a host's pool events from a log sequence on.
+CatchUp = Callable[[str, int], Awaitable[None]]
+# Take back a reservation that failed its read-back: put the one it replaced back, if
+# any (a raised VM's), else release it.
+Undo = Callable[[CapacityReserved, CapacityReserved | None], Awaitable[None]]
+
+
+def taken_back(
+    wanted: CapacityReserved, previous: CapacityReserved | None
+) -> CapacityReserved | CapacityReleased:
+    if previous is not None and previous.host == wanted.host:
+        return previous
+    return CapacityReleased(host=wanted.host, reservation=wanted.reservation)
 
 
 @dataclass
@@ -162,21 +191,43 @@ class Reserved:
 
 
 async def reserve(
-    current: Callable[[], Ledger], choose: Choose, append_at: AppendAt, catch_up: CatchUp
+    current: Callable[[], Ledger],
+    choose: Choose,
+    append_at: AppendAt,
+    catch_up: CatchUp,
+    undo: Undo | None = None,
 ) -> Reserved:
     """Append the reservation ``choose`` makes against the current ledger; on a conflict,
-    catch up with that host and choose again. None when nothing fits (any more)."""
+    catch up with that host and choose again. None when nothing fits (any more).
+
+    With ``undo`` (a bus whose version check is not atomic), the host's pool is read
+    back after the append: if another writer's reservation landed beside ours and the
+    two over-commit the host, ours is taken back and the choice made again. A VM is only
+    created once its reservation has passed this check, so no host runs over-committed.
+    """
     conflicts = 0
     for _ in range(MAX_ATTEMPTS):
         wanted = choose(current())
         if wanted is None:
             return Reserved(None, conflicts)
+        previous = current().held(wanted.reservation)
+        version = current().versions.get(wanted.host, 0)
         try:
-            await append_at(wanted, current().versions.get(wanted.host, 0))
+            await append_at(wanted, version)
         except ConcurrencyError:
             conflicts += 1
-            await catch_up(wanted.host)
+            await catch_up(wanted.host, current().versions.get(wanted.host, 0) + 1)
             continue
+        if undo is not None:
+            # From the version we appended at: what landed before ours counts too. Of two
+            # reservations that over-commit a host, the later in the log is taken back.
+            await catch_up(wanted.host, version + 1)
+            ledger = current()
+            mine = ledger.made_at.get(wanted.host, {}).get(wanted.reservation, 0)
+            if not Amounts().fits_in(ledger.free_as_of(wanted.host, mine)):
+                conflicts += 1
+                await undo(wanted, previous)
+                continue
         return Reserved(wanted, conflicts)
     return Reserved(None, conflicts)
 
@@ -199,14 +250,18 @@ class LedgerView:
         result = await self.bus.append(env, expected_version=version)
         self.fold(result.seq, env)
 
-    async def catch_up(self, host: str) -> None:
-        """Read the host's pool events this ledger has not seen yet."""
-        since = self.ledger.versions.get(host, 0) + 1
+    async def catch_up(self, host: str, since: int) -> None:
+        """Read the host's pool events from ``since`` on."""
         async for entry in self.bus.replay(from_seq=since, filters=(f"pool.{host}",)):
             if entry.envelope is not None:
                 self.fold(entry.seq, entry.envelope)
 
+    async def undo(self, wanted: CapacityReserved, previous: CapacityReserved | None) -> None:
+        env = Envelope.wrap(taken_back(wanted, previous), producer=self.producer)
+        self.fold((await self.bus.append(env)).seq, env)
+
     async def reserve(self, choose: Choose) -> CapacityReserved | None:
-        done = await reserve(lambda: self.ledger, choose, self.append_at, self.catch_up)
+        undo = None if self.bus.atomic_versions else self.undo
+        done = await reserve(lambda: self.ledger, choose, self.append_at, self.catch_up, undo)
         self.conflicts += done.conflicts
         return done.reservation

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from schemas.pool import CapacityReserved
 from services.scheduler.holder import Holder
-from services.scheduler.ledger import Reserved, reserve
+from services.scheduler.ledger import Reserved, reserve, taken_back
 from shared.runtime import Runtime
 
 
@@ -17,8 +17,16 @@ async def reserve_with(
     async def append_at(reservation: CapacityReserved, version: int) -> None:
         await runtime.append_at(reservation, version)
 
-    async def catch_up(host: str) -> None:
-        since = holder.state.ledger.versions.get(host, 0) + 1
+    async def catch_up(host: str, since: int) -> None:
         await runtime.catch_up((f"pool.{host}",), since)
 
-    return await reserve(lambda: holder.state.ledger, lambda _: pick(), append_at, catch_up)
+    async def undo(wanted: CapacityReserved, previous: CapacityReserved | None) -> None:
+        await runtime.publish([taken_back(wanted, previous)], caused_by=None)
+
+    return await reserve(
+        lambda: holder.state.ledger,
+        lambda _: pick(),
+        append_at,
+        catch_up,
+        None if runtime.bus.atomic_versions else undo,
+    )

@@ -47,6 +47,8 @@ H_CONSUMER = "Vplane-Consumer"
 
 
 class NatsBus:
+    atomic_versions = True
+
     def __init__(
         self,
         url: str,

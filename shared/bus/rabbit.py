@@ -70,6 +70,8 @@ class Unroutable(BusError):
 
 
 class RabbitBus:
+    atomic_versions = False
+
     def __init__(
         self,
         url: str,

@@ -15,7 +15,9 @@ from services.scheduler.ledger import Amounts, Choose, Ledger, LedgerView
 from shared.bus import Bus
 from shared.bus.memory import MemoryBus
 from shared.bus.nats import NatsBus
+from shared.bus.rabbit import RabbitBus
 from shared.testing import unique_namespace
+from tests.brokers import drop_rabbitmq_namespace
 
 HOSTS = ["h1", "h2", "h3"]
 # Each host fits 10 of these; the two schedulers together ask for 40.
@@ -39,20 +41,32 @@ def first_fit(name: str, owner: Owner) -> Choose:
     return choose
 
 
-@pytest.fixture(params=["memory", pytest.param("nats", marks=pytest.mark.broker)])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("nats", marks=pytest.mark.broker),
+        pytest.param("rabbitmq", marks=pytest.mark.broker),
+    ]
+)
 async def pool_bus(request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
-    """The buses with an atomic conditional append. RabbitMQ has none: there each
-    aggregate has one writer (README), so two schedulers do not share a pool host."""
-    bus: Bus = (
-        MemoryBus(unique_namespace())
-        if request.param == "memory"
-        else NatsBus(request.getfixturevalue("nats_url"), unique_namespace())
-    )
+    """NATS and memory check the expected version atomically; RabbitMQ does not, and
+    the ledger reads back after each append there instead."""
+    namespace = unique_namespace()
+    bus: Bus
+    match request.param:
+        case "memory":
+            bus = MemoryBus(namespace)
+        case "nats":
+            bus = NatsBus(request.getfixturevalue("nats_url"), namespace)
+        case _:
+            bus = RabbitBus(request.getfixturevalue("amqp_url"), namespace)
     await bus.start()
     try:
         yield bus
     finally:
         await bus.close()
+        if isinstance(bus, RabbitBus):
+            await asyncio.to_thread(drop_rabbitmq_namespace, bus.url, namespace)
 
 
 async def test_concurrent_schedulers_never_over_commit(pool_bus: Bus) -> None:
@@ -66,7 +80,9 @@ async def test_concurrent_schedulers_never_over_commit(pool_bus: Bus) -> None:
                 HostRegistered(host=h, cpu_cores=10, cpu_mhz=1000, mem_mib=10 * 1024), producer="t"
             )
         )
-    second: Bus = NatsBus(bus.url, bus.namespace) if isinstance(bus, NatsBus) else bus
+    second: Bus = bus
+    if isinstance(bus, NatsBus | RabbitBus):
+        second = type(bus)(bus.url, bus.namespace)
     if second is not bus:
         await second.start()
     views = [LedgerView(bus, "sched-0"), LedgerView(second, "sched-1")]

@@ -1,8 +1,9 @@
 """A scheduler killed in the middle of a round comes back from the log and places
-nothing twice; maintenance empties a host, on a real NATS server."""
+nothing twice; maintenance empties a host; on real NATS and RabbitMQ servers."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,9 +14,11 @@ from schemas.pool import Owner
 from schemas.queries import ListVms, VmList
 from schemas.scheduling import PlaceVm, SetMaintenance
 from services.scheduler.ledger import Ledger, evolve
-from shared.bus.nats import NatsBus
+from shared.bus.factory import bus_from_url
+from shared.bus.rabbit import RabbitBus
 from shared.client import Client
 from shared.testing import poll, unique_namespace
+from tests.brokers import drop_rabbitmq_namespace
 from tests.integration.stack import start_ready, stop_all
 
 pytestmark = [pytest.mark.broker, pytest.mark.integration]
@@ -23,19 +26,28 @@ pytestmark = [pytest.mark.broker, pytest.mark.integration]
 VMS = 150
 
 
+@pytest.fixture(params=["nats", "rabbitmq"])
+def bus_url(request: pytest.FixtureRequest) -> str:
+    url: str = request.getfixturevalue(f"{'amqp' if request.param == 'rabbitmq' else 'nats'}_url")
+    return url
+
+
 @pytest.fixture
-async def client(nats_url: str) -> AsyncIterator[Client]:
-    bus = NatsBus(nats_url, unique_namespace())
+async def client(bus_url: str) -> AsyncIterator[Client]:
+    namespace = unique_namespace()
+    bus = bus_from_url(bus_url, namespace)
     await bus.start()
     try:
         yield Client(bus, producer="test")
     finally:
         await bus.close()
+        if isinstance(bus, RabbitBus):
+            await asyncio.to_thread(drop_rabbitmq_namespace, bus_url, namespace)
 
 
-def env_for(client: Client, nats_url: str, **extra: str) -> dict[str, str]:
+def env_for(client: Client, bus_url: str, **extra: str) -> dict[str, str]:
     return {
-        "VPLANE_BUS_URL": nats_url,
+        "VPLANE_BUS_URL": bus_url,
         "VPLANE_NAMESPACE": client.bus.namespace,
         "VPLANE_HOSTS": "8",
         "VPLANE_ROUND_SECONDS": "1",
@@ -62,9 +74,9 @@ async def ledger_of(client: Client) -> Ledger:
 
 
 async def test_scheduler_killed_mid_round_resumes_without_double_placements(
-    client: Client, nats_url: str, tmp_path: Path
+    client: Client, bus_url: str, tmp_path: Path
 ) -> None:
-    env = env_for(client, nats_url)
+    env = env_for(client, bus_url)
     procs = await start_ready(client, [("hosts", env), ("scheduler", env)], tmp_path)
     try:
         for i in range(VMS):
@@ -101,9 +113,9 @@ async def test_scheduler_killed_mid_round_resumes_without_double_placements(
 
 
 async def test_maintenance_empties_a_host_through_migrations(
-    client: Client, nats_url: str, tmp_path: Path
+    client: Client, bus_url: str, tmp_path: Path
 ) -> None:
-    env = env_for(client, nats_url, VPLANE_HOSTS="3", VPLANE_HA_FAILURES="0")
+    env = env_for(client, bus_url, VPLANE_HOSTS="3", VPLANE_HA_FAILURES="0")
     procs = await start_ready(client, [("hosts", env), ("scheduler", env)], tmp_path)
     try:
         for i in range(6):
