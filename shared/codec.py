@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from schemas import Envelope, Message, registry
+from schemas.envelope import envelope_class
 
 # Envelopes stay small; bulk bytes (guest pages) travel on data subjects instead.
 MAX_ENVELOPE_BYTES = 256 * 1024
@@ -64,7 +65,7 @@ def decode(raw: bytes) -> Envelope[Message]:
             f"{type_name} schema_version {version} is newer than {cls.schema_version}"
         )
     try:
-        return Envelope[cls].model_validate(obj)  # type: ignore[valid-type]
+        return envelope_class(cls).model_validate(obj)
     except ValidationError as err:
         raise InvalidMessage(_summarise(err)) from None
 

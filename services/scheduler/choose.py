@@ -23,6 +23,7 @@ from services.scheduler.core import (
     Rules,
     SchedulerError,
     SpareUncoverable,
+    commit,
     decide,
     ha_spare,
 )
@@ -43,6 +44,36 @@ class Choice:
     score: float
     runners_up: list[Candidate] = field(default_factory=list)
     filtered: dict[str, int] = field(default_factory=dict)
+    # The core's request and decision, to reserve it in a cached pool as well.
+    made: tuple[Request, Decision] | None = None
+
+
+@dataclass
+class PoolCache:
+    """The pool a scheduler decides on, kept from one decision to the next: building it
+    costs time in the number of VMs, deciding on it only in the number of hosts. It is
+    rebuilt when the ledger changed by anything but this scheduler's own reservations."""
+
+    pool: Pool | None = None
+    revision: int = -1
+    owner: Owner | None = None
+    builds: int = 0
+
+    def get(self, ledger: Ledger, owner: Owner, failures: int) -> Pool:
+        if self.pool is None or ledger.revision != self.revision or owner != self.owner:
+            self.pool = view_for(ledger, owner, failures)
+            self.revision, self.owner = ledger.revision, owner
+            self.builds += 1
+        return self.pool
+
+    def reserved(self, ledger: Ledger, choice: Choice) -> None:
+        """``choice`` was reserved: when that is the one change to the ledger since the
+        pool was built, reserve it in the pool too; otherwise build it again next time."""
+        if self.pool is not None and choice.made and ledger.revision == self.revision + 1:
+            commit(self.pool, *choice.made)
+            self.revision = ledger.revision
+        else:
+            self.pool = None
 
 
 def demand(cpu: int, mem_mib: int) -> Resources:
@@ -109,13 +140,21 @@ def request_of(ask: VmAsk) -> Request:
     return Request(ask.vm, demand(ask.cpu, ask.mem_mib), minimum, ask.group, rules_of(ask.rules))
 
 
-def choose(ledger: Ledger, ask: VmAsk, owner: Owner, failures: int = 0) -> Choice | None:
+def choose(
+    ledger: Ledger,
+    ask: VmAsk,
+    owner: Owner,
+    failures: int = 0,
+    pools: PoolCache | None = None,
+) -> Choice | None:
     """The core's decision for ``ask``, or None when no host can take it (even at its
     stated minimum)."""
     if not ledger.capacity:
         return None
     try:
-        decision = decide(view_for(ledger, owner, failures), request_of(ask), Policy(ask.policy))
+        pool = (pools or PoolCache()).get(ledger, owner, failures)
+        request = request_of(ask)
+        decision = decide(pool, request, Policy(ask.policy))
     except SchedulerError:
         return None
     if decision.host is None or decision.granted is None:
@@ -133,6 +172,7 @@ def choose(ledger: Ledger, ask: VmAsk, owner: Owner, failures: int = 0) -> Choic
         cpu=max(1, math.floor(granted.cpu_mhz / MHZ_PER_VCPU)),
         mem_mib=int(granted.mem_mib),
         degraded=decision.degraded,
+        made=(request, decision),
         **explained(decision),
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from schemas.pool import Owner
+from services.scheduler.choose import PoolCache
 from services.scheduler.state import SchedulerState
 
 
@@ -20,3 +21,7 @@ class Holder:
     def __init__(self, priority: Owner, knobs: Knobs | None = None) -> None:
         self.state = SchedulerState(priority)
         self.knobs = knobs or Knobs()
+        self.pools = PoolCache()
+        # The ledger revision rebalancing last looked at (it need not look again before
+        # the pool changes).
+        self.balanced_at = -1

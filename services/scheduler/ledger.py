@@ -67,6 +67,9 @@ class Ledger:
     # Per host, the log sequence each reservation was made (or last changed) at.
     made_at: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     failed: frozenset[str] = frozenset()
+    # Counts the events that changed the ledger: a snapshot built at a revision is current
+    # while the revision is.
+    revision: int = 0
     # Hosts in maintenance, with the log sequence at which it began.
     maintenance: Mapping[str, int] = field(default_factory=dict)
     evacuated: frozenset[str] = frozenset()
@@ -102,14 +105,12 @@ class Ledger:
 
 
 def evolve(ledger: Ledger, seq: int, event: Message) -> Ledger:
-    ledger = _evolve(ledger, seq, event)
+    new = _evolve(ledger, seq, event)
     # Every event of a host's pool aggregate moves its version, whatever its type.
     pool, _, host = event.aggregate().partition("/")
     if pool == "pool" and host:
-        ledger = replace(
-            ledger, versions={**ledger.versions, host: max(seq, ledger.versions.get(host, 0))}
-        )
-    return ledger
+        new = replace(new, versions={**new.versions, host: max(seq, new.versions.get(host, 0))})
+    return new if new is ledger else replace(new, revision=ledger.revision + 1)
 
 
 def _evolve(ledger: Ledger, seq: int, event: Message) -> Ledger:  # noqa: PLR0911 - one branch per event

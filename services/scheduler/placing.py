@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 from schemas import Envelope
@@ -22,7 +23,7 @@ async def place(
     picked: dict[str, Choice] = {}
 
     def pick() -> CapacityReserved | None:
-        choice = choose(holder.state.ledger, ask, owner, holder.knobs.ha_failures)
+        choice = choose(holder.state.ledger, ask, owner, holder.knobs.ha_failures, holder.pools)
         if choice is not None:
             picked["choice"] = choice
         return None if choice is None else choice.reservation
@@ -45,6 +46,7 @@ async def place(
             )
             await runtime.publish([refusal], caused_by=request)
             return False
+        holder.pools.reserved(holder.state.ledger, picked["choice"])
     choice = picked["choice"]
     placed = VmPlaced(
         vm=ask.vm,
@@ -59,8 +61,12 @@ async def place(
         filtered=choice.filtered,
         conflicts=conflicts,
     )
-    await runtime.publish([placed], caused_by=request)
-    await send_create(runtime, holder, ask.vm, request)
+    # Both in flight at once: were the process to stop between them, a restart finds the
+    # reservation and says VmPlaced again, and the CreateVm's fixed id makes a resend moot.
+    await asyncio.gather(
+        runtime.publish([placed], caused_by=request),
+        runtime.bus.send(create_envelope(runtime, placed, request)),
+    )
     return True
 
 
@@ -69,12 +75,12 @@ def create_id(vm: str, owner: Owner) -> uuid.UUID:
     return uuid.uuid5(uuid.NAMESPACE_URL, f"vplane:create:{owner.value}:{vm}")
 
 
-async def send_create(
-    runtime: Runtime, holder: Holder, vm: str, request: Envelope[PlacementRequested]
-) -> None:
-    placed, ask = holder.state.placed[vm], request.data
+def create_envelope(
+    runtime: Runtime, placed: VmPlaced, request: Envelope[PlacementRequested]
+) -> Envelope[CreateVm]:
+    ask = request.data
     create = CreateVm(
-        vm=vm,
+        vm=placed.vm,
         cpu=placed.cpu,
         mem_mib=placed.mem_mib,
         host=placed.host,
@@ -83,17 +89,16 @@ async def send_create(
         memory_mode=ask.memory_mode,
         seed=ask.seed,
     )
-    env = Envelope.wrap(
-        create, producer=runtime.name, caused_by=request, id=create_id(vm, placed.priority)
+    return Envelope.wrap(
+        create, producer=runtime.name, caused_by=request, id=create_id(placed.vm, placed.priority)
     )
-    await runtime.bus.send(env)
 
 
 async def resend_unconfirmed(runtime: Runtime, holder: Holder) -> None:
     """Placed before a restart, but no VmCreated yet: ask the host again."""
     for vm, request in holder.state.requests.items():
         if vm in holder.state.placed and vm not in holder.state.created:
-            await send_create(runtime, holder, vm, request)
+            await runtime.bus.send(create_envelope(runtime, holder.state.placed[vm], request))
 
 
 async def release_destroyed(runtime: Runtime, holder: Holder) -> int:

@@ -12,7 +12,7 @@ from schemas import Envelope
 from schemas.pool import CapacityReserved
 from schemas.scheduling import VmRaised
 from schemas.vm import ResizeVm
-from services.scheduler.choose import MHZ_PER_VCPU, demand, view_for
+from services.scheduler.choose import MHZ_PER_VCPU, demand
 from services.scheduler.holder import Holder
 from services.scheduler.reserving import reserve_with
 from shared.runtime import Runtime
@@ -29,7 +29,7 @@ def room_to_raise(holder: Holder, vm: str) -> CapacityReserved | None:
     if held is None or request is None or not state.ledger.usable(held.host):
         return None
     desired = demand(request.data.cpu, request.data.mem_mib)
-    pool = view_for(state.ledger, state.priority, holder.knobs.ha_failures)
+    pool = holder.pools.get(state.ledger, state.priority, holder.knobs.ha_failures)
     row = pool.row(held.host)
     more = desired.vector() - np.array([held.cpu_mhz, held.mem_mib, 0.0, 0.0])
     if np.any(more > pool.free[:, row] + 1e-9):

@@ -10,8 +10,8 @@ import uuid
 from schemas import Event
 from schemas.pool import Owner
 from schemas.scheduling import MigrationReason, MigrationRequested, RebalanceProposed
-from services.scheduler.choose import pool_of, rules_of
-from services.scheduler.core import Resource, load_spread, propose_rebalance
+from services.scheduler.choose import rules_of
+from services.scheduler.core import Pool, Resource, load_spread, propose_rebalance
 from services.scheduler.holder import Knobs
 from services.scheduler.state import SchedulerState
 
@@ -20,12 +20,12 @@ def rebalance_migration(round_number: int, vm: str) -> str:
     return "reb-" + uuid.uuid5(uuid.NAMESPACE_URL, f"vplane:{round_number}:{vm}").hex[:16]
 
 
-def propose(state: SchedulerState, knobs: Knobs, round_number: int) -> list[Event]:
+def propose(state: SchedulerState, knobs: Knobs, round_number: int, pool: Pool) -> list[Event]:
+    """``pool``: the ledger's pool as it is now (read, not changed)."""
     if knobs.rebalance_threshold >= 1 or state.moving or not state.ledger.capacity:
         return []
     if any(key.startswith("migration/") for key in state.pending):
         return []
-    pool = pool_of(state.ledger)
     if load_spread(pool) <= knobs.rebalance_threshold:
         return []
     rules = {vm: rules_of(r) for vm, r in state.rules.items()}

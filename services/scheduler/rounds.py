@@ -67,7 +67,11 @@ async def run_round(runtime: Runtime, holder: Holder, number: int, without_high:
     placed, unplaced = await place_pending(runtime, holder, number)
     work += placed + unplaced + await raise_degraded(runtime, holder)
     if holder.state.priority is Owner.HIGH:
-        follow_up = [*sweep(holder.state), *propose(holder.state, holder.knobs, number)]
+        follow_up = sweep(holder.state)
+        if holder.state.ledger.revision != holder.balanced_at:
+            holder.balanced_at = holder.state.ledger.revision
+            pool = holder.pools.get(holder.state.ledger, Owner.HIGH, holder.knobs.ha_failures)
+            follow_up += propose(holder.state, holder.knobs, number, pool)
         if follow_up:
             ids = [event_id(runtime.name, number, e, i) for i, e in enumerate(follow_up)]
             await runtime.publish(follow_up, caused_by=None, ids=ids)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from schemas.host import HostRegistered
 from schemas.pool import CapacityReserved, Owner
 from schemas.scheduling import PlacementRequested
-from services.scheduler.choose import choose
+from services.scheduler.choose import PoolCache, choose
 from services.scheduler.ledger import Ledger, evolve
 
 
@@ -58,3 +58,26 @@ def test_nothing_when_even_the_minimum_fits_nowhere() -> None:
     """A request larger than any host is no choice at all."""
     assert choose(two_hosts(), ask("huge", 2, 100_000), Owner.LOW) is None
     assert choose(Ledger(), ask("any", 1, 64), Owner.LOW) is None
+
+
+def test_the_pool_is_built_once_while_only_our_reservations_change_the_ledger() -> None:
+    """Deciding reuses the pool it reserved into; another writer's event rebuilds it."""
+    pools = PoolCache()
+    ledger, seq = two_hosts(), 10
+    hosts = []
+    for i in range(6):
+        choice = choose(ledger, ask(f"vm{i}", 1, 1024), Owner.LOW, pools=pools)
+        assert choice is not None
+        seq += 1
+        ledger = evolve(ledger, seq, choice.reservation)
+        pools.reserved(ledger, choice)
+        hosts.append(choice.reservation.host)
+    assert pools.builds == 1
+    # The cached pool saw every reservation: balanced placement alternates the hosts.
+    assert sorted(hosts) == ["h1"] * 3 + ["h2"] * 3
+    other = CapacityReserved(
+        host="h1", reservation="theirs", workload="theirs", owner=Owner.HIGH, cpu_mhz=1, mem_mib=1
+    )
+    ledger = evolve(ledger, seq + 1, other)
+    assert choose(ledger, ask("next", 1, 64), Owner.LOW, pools=pools) is not None
+    assert pools.builds == 2
