@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 
+from immutables import Map
+
 from schemas import Envelope, Message
 from schemas.host import HostCrashed, HostRecovered, HostRegistered
 from schemas.pool import CapacityReleased, CapacityReserved
@@ -63,7 +65,7 @@ class Ledger:
     # Each host's pool version: the log sequence of its last pool event (0: none yet).
     versions: Mapping[str, int] = field(default_factory=dict)
     # Where each reservation is (a VM's own reservation names the VM).
-    located: Mapping[str, str] = field(default_factory=dict)
+    located: Map[str, str] = field(default_factory=Map)
     # Per host, the log sequence each reservation was made (or last changed) at.
     made_at: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     failed: frozenset[str] = frozenset()
@@ -125,7 +127,7 @@ def _evolve(ledger: Ledger, seq: int, event: Message) -> Ledger:  # noqa: PLR091
             return replace(ledger, capacity={**ledger.capacity, event.host: cap})
         case CapacityReserved():
             held = {**ledger.reservations.get(event.host, {}), event.reservation: event}
-            located = {**ledger.located, event.reservation: event.host}
+            located = ledger.located.set(event.reservation, event.host)
             made = {**ledger.made_at.get(event.host, {}), event.reservation: seq}
             return replace(
                 ledger,
@@ -137,10 +139,10 @@ def _evolve(ledger: Ledger, seq: int, event: Message) -> Ledger:  # noqa: PLR091
             host, name = event.host, event.reservation
             held = {k: v for k, v in ledger.reservations.get(host, {}).items() if k != name}
             made = {k: v for k, v in ledger.made_at.get(host, {}).items() if k != name}
-            located = dict(ledger.located)
+            located = ledger.located
             # A VM that moved is reserved on its new host before it is released on the old.
             if located.get(name) == host:
-                del located[name]
+                located = located.delete(name)
             return replace(
                 ledger,
                 reservations={**ledger.reservations, host: held},

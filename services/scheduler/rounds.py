@@ -101,7 +101,7 @@ async def _high_done(holder: Holder, number: int, wait: float) -> bool:
 async def place_pending(runtime: Runtime, holder: Holder, number: int) -> tuple[int, int]:
     """Work of the queue placed and not (refused, or waiting for room)."""
     placed = unplaced = 0
-    for work in list(holder.state.pending.values()):
+    for work in holder.state.queue():
         if await _one(runtime, holder, work, number):
             placed += 1
         else:

@@ -4,9 +4,10 @@ and moved, and the rounds of both schedulers."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
+
+from immutables import Map
 
 from schemas import Envelope, Message
 from schemas.pool import CapacityReleased, Owner
@@ -37,6 +38,9 @@ from services.scheduler.ledger import evolve as evolve_ledger
 
 Work = PlacementRequested | MigrationRequested | CopyRequested
 NO_RULES = PlacementRules()
+# Persistent maps (a hash array mapped trie): a fold step changes one entry in O(log n)
+# instead of copying the whole map, which at thousands of VMs was most of the work.
+Set = Map[str, bool]
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -64,35 +68,39 @@ def incoming(transfer: str) -> str:
 class SchedulerState:
     priority: Owner
     ledger: Ledger = field(default_factory=Ledger)
-    # This scheduler's workloads not yet placed or refused, in arrival order.
-    pending: Mapping[str, Envelope[Work]] = field(default_factory=dict)
-    placed: Mapping[str, VmPlaced] = field(default_factory=dict)
-    requests: Mapping[str, Envelope[PlacementRequested]] = field(default_factory=dict)
+    # This scheduler's workloads not yet placed or refused, with their log sequences.
+    pending: Map[str, tuple[int, Envelope[Work]]] = field(default_factory=Map)
+    placed: Map[str, VmPlaced] = field(default_factory=Map)
+    requests: Map[str, Envelope[PlacementRequested]] = field(default_factory=Map)
     # Placed with less than asked for, and not raised yet.
-    degraded: frozenset[str] = frozenset()
+    degraded: Set = field(default_factory=Map)
     # Every VM either scheduler was asked for: names are unique across priorities.
-    known: frozenset[str] = frozenset()
-    created: frozenset[str] = frozenset()
-    rounds: Mapping[Owner, int] = field(default_factory=dict)
+    known: Set = field(default_factory=Map)
+    created: Set = field(default_factory=Map)
+    rounds: Map[Owner, int] = field(default_factory=Map)
     # Work of either priority asked for and not yet placed, scheduled or refused: the
     # low scheduler waits for the high one's round only when the high one has work.
-    queued: Mapping[str, Owner] = field(default_factory=dict)
+    queued: Map[str, Owner] = field(default_factory=Map)
     # Migrations and copies: of either scheduler (ids are unique), and this one's.
-    transfers: frozenset[str] = frozenset()
-    moving: Mapping[str, str] = field(default_factory=dict)  # VM -> its migration
-    heading: Mapping[str, str] = field(default_factory=dict)  # VM -> its migration's target
-    migrations: Mapping[str, MigrationScheduled] = field(default_factory=dict)
-    copies: Mapping[str, CopyScheduled] = field(default_factory=dict)
-    started: frozenset[str] = frozenset()
+    transfers: Set = field(default_factory=Map)
+    moving: Map[str, str] = field(default_factory=Map)  # VM -> its migration
+    heading: Map[str, str] = field(default_factory=Map)  # VM -> its migration's target
+    migrations: Map[str, MigrationScheduled] = field(default_factory=Map)
+    copies: Map[str, CopyScheduled] = field(default_factory=Map)
+    started: Set = field(default_factory=Map)
     # How this scheduler's transfers ended (True: completed), and which of them have
     # had their reservations settled since.
-    outcomes: Mapping[str, bool] = field(default_factory=dict)
-    settled: frozenset[str] = frozenset()
-    starts: Mapping[uuid.UUID, str] = field(default_factory=dict)
+    outcomes: Map[str, bool] = field(default_factory=Map)
+    settled: Set = field(default_factory=Map)
+    starts: Map[uuid.UUID, str] = field(default_factory=Map)
     # Destroyed VMs whose reservations are still to be released.
-    destroyed: frozenset[str] = frozenset()
+    destroyed: Set = field(default_factory=Map)
     # The placement rules of every VM that has some: a migration keeps to them.
-    rules: Mapping[str, PlacementRules] = field(default_factory=dict)
+    rules: Map[str, PlacementRules] = field(default_factory=Map)
+
+    def queue(self) -> list[Envelope[Work]]:
+        """The pending work in arrival order."""
+        return [env for _, env in sorted(self.pending.values(), key=lambda item: item[0])]
 
     def unsettled(self) -> list[str]:
         return [t for t in self.outcomes if t not in self.settled]
@@ -110,13 +118,13 @@ def evolve(state: SchedulerState, seq: int, env: Envelope[Message]) -> Scheduler
     queued = _queued(state.queued, event)
     if queued is not state.queued:
         state = replace(state, queued=queued)
-    return _evolve(state, env)
+    return _evolve(state, seq, env)
 
 
-def _queued(queued: Mapping[str, Owner], event: Message) -> Mapping[str, Owner]:
+def _queued(queued: Map[str, Owner], event: Message) -> Map[str, Owner]:
     match event:
         case PlacementRequested() | MigrationRequested() | CopyRequested():
-            return {**queued, work_key(event): event.priority}
+            return queued.set(work_key(event), event.priority)
         case VmPlaced():
             key = work_key_of_vm(event.vm)
         case MigrationScheduled() | CopyScheduled() | MigrationRefused():
@@ -128,78 +136,78 @@ def _queued(queued: Mapping[str, Owner], event: Message) -> Mapping[str, Owner]:
     return _without(queued, key) if key in queued else queued
 
 
-def _evolve(state: SchedulerState, env: Envelope[Message]) -> SchedulerState:  # noqa: PLR0911, PLR0912
+def _evolve(state: SchedulerState, seq: int, env: Envelope[Message]) -> SchedulerState:  # noqa: PLR0911, PLR0912
     event = env.data
     mine = getattr(event, "priority", None) == state.priority
     match event:
         case PlacementRequested():
-            state = replace(state, known=state.known | {event.vm})
+            state = replace(state, known=state.known.set(event.vm, True))
             if event.rules != NO_RULES:
-                state = replace(state, rules={**state.rules, event.vm: event.rules})
+                state = replace(state, rules=state.rules.set(event.vm, event.rules))
             if mine:
                 request: Envelope[PlacementRequested] = env  # type: ignore[assignment]
                 return replace(
                     state,
-                    pending={**state.pending, work_key(event): request},
-                    requests={**state.requests, event.vm: request},
+                    pending=state.pending.set(work_key(event), (seq, request)),
+                    requests=state.requests.set(event.vm, request),
                 )
         case MigrationRequested() | CopyRequested():
             ident = event.migration if isinstance(event, MigrationRequested) else event.copy_id
-            state = replace(state, transfers=state.transfers | {ident})
+            state = replace(state, transfers=state.transfers.set(ident, True))
             if isinstance(event, MigrationRequested):
-                state = replace(state, moving={**state.moving, event.vm: event.migration})
+                state = replace(state, moving=state.moving.set(event.vm, event.migration))
             if mine:
                 work: Envelope[Work] = env  # type: ignore[assignment]
-                return replace(state, pending={**state.pending, work_key(event): work})
+                return replace(state, pending=state.pending.set(work_key(event), (seq, work)))
         case VmPlaced() if mine:
-            degraded = state.degraded | {event.vm} if event.degraded else state.degraded
+            degraded = state.degraded.set(event.vm, True) if event.degraded else state.degraded
             return replace(
                 state,
                 pending=_without(state.pending, work_key_of_vm(event.vm)),
-                placed={**state.placed, event.vm: event},
+                placed=state.placed.set(event.vm, event),
                 degraded=degraded,
             )
         case VmRaised():
-            return replace(state, degraded=state.degraded - {event.vm})
+            return replace(state, degraded=_without(state.degraded, event.vm))
         case MigrationScheduled() if not mine:
-            return replace(state, heading={**state.heading, event.vm: event.target})
+            return replace(state, heading=state.heading.set(event.vm, event.target))
         case MigrationScheduled():
             return replace(
                 state,
-                heading={**state.heading, event.vm: event.target},
+                heading=state.heading.set(event.vm, event.target),
                 pending=_without(state.pending, f"migration/{event.migration}"),
-                migrations={**state.migrations, event.migration: event},
-                starts={**state.starts, start_id(event.migration): event.migration},
+                migrations=state.migrations.set(event.migration, event),
+                starts=state.starts.set(start_id(event.migration), event.migration),
             )
         case CopyScheduled() if mine:
             return replace(
                 state,
                 pending=_without(state.pending, f"copy/{event.copy_id}"),
-                copies={**state.copies, event.copy_id: event},
-                starts={**state.starts, start_id(event.copy_id): event.copy_id},
+                copies=state.copies.set(event.copy_id, event),
+                starts=state.starts.set(start_id(event.copy_id), event.copy_id),
             )
         case MigrationRefused():
             return _ended(
                 replace(state, pending=_without(state.pending, event.aggregate())), event.vm
             )
         case MigrationStarted() | CopyStarted():
-            return replace(state, started=state.started | {_transfer(event)})
+            return replace(state, started=state.started.set(_transfer(event), True))
         case MigrationCompleted() | MigrationAborted() | CopyCompleted() | CopyAborted():
             ident = _transfer(event)
             vm = event.vm if isinstance(event, MigrationCompleted | MigrationAborted) else None
             state = _ended(state, vm)
             if state.scheduled(ident) is not None:
                 completed = isinstance(event, MigrationCompleted | CopyCompleted)
-                return replace(state, outcomes={**state.outcomes, ident: completed})
+                return replace(state, outcomes=state.outcomes.set(ident, completed))
         case VmDestroyed():
-            return replace(state, destroyed=state.destroyed | {event.vm})
+            return replace(state, destroyed=state.destroyed.set(event.vm, True))
         case CapacityReleased() if event.reservation in state.destroyed:
-            return replace(state, destroyed=state.destroyed - {event.reservation})
+            return replace(state, destroyed=_without(state.destroyed, event.reservation))
         case CapacityReleased() if event.reservation.endswith("-out"):
             # The source's bandwidth is released last: the transfer is settled.
             ident = event.reservation.removesuffix("-out")
             if ident in state.outcomes:
-                return replace(state, settled=state.settled | {ident})
+                return replace(state, settled=state.settled.set(ident, True))
         case CommandRejected() if event.command_type in ("PlaceVm", "CopyFile"):
             return replace(state, pending=_without(state.pending, event.about))
         case CommandRejected() if event.command_id in state.starts:
@@ -207,12 +215,12 @@ def _evolve(state: SchedulerState, env: Envelope[Message]) -> SchedulerState:  #
             ident = state.starts[event.command_id]
             scheduled = state.scheduled(ident)
             vm = scheduled.vm if isinstance(scheduled, MigrationScheduled) else None
-            return replace(_ended(state, vm), outcomes={**state.outcomes, ident: False})
+            return replace(_ended(state, vm), outcomes=state.outcomes.set(ident, False))
         case VmCreated():
-            return replace(state, created=state.created | {event.vm})
+            return replace(state, created=state.created.set(event.vm, True))
         case RoundCompleted():
             done = max(event.round, state.rounds.get(event.priority, -1))
-            return replace(state, rounds={**state.rounds, event.priority: done})
+            return replace(state, rounds=state.rounds.set(event.priority, done))
     return state
 
 
@@ -241,5 +249,5 @@ def _ended(state: SchedulerState, vm: str | None) -> SchedulerState:
     return replace(state, moving=_without(state.moving, vm), heading=_without(state.heading, vm))
 
 
-def _without(mapping: Mapping[K, V], key: K) -> dict[K, V]:
-    return {k: v for k, v in mapping.items() if k != key}
+def _without(mapping: Map[K, V], key: K) -> Map[K, V]:
+    return mapping.delete(key) if key in mapping else mapping
