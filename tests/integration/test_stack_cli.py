@@ -99,6 +99,46 @@ def test_vm_power_and_rejections_through_the_cli(stack: dict[str, str]) -> None:
     assert missing.stderr.strip() == "vplane: error: no VM named 'nope' (see `vplane vms`)"
 
 
+def test_priorities_migration_and_maintenance_through_the_cli(stack: dict[str, str]) -> None:
+    """A newcomer's session: VMs of both priorities, a live migration, a host emptied for
+    maintenance and given back, and the refusals a wrong request gets."""
+    for name, prio in (("api", "high"), ("batch", "low")):
+        made = cli(
+            "vm",
+            "create",
+            name,
+            "--cpu",
+            "1",
+            "--mem",
+            "512",
+            "--priority",
+            prio,
+            "--wait",
+            env=stack,
+        )
+        assert made.returncode == 0, made.stderr
+    where = {v["vm"]: v["host"] for v in json.loads(cli("vms", "--json", env=stack).stdout)}
+    other = "h2" if where["api"] == "h1" else "h1"
+    moved = cli("vm", "migrate", "api", "--to", other, "--priority", "high", "--wait", env=stack)
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    assert "migrated api" in moved.stdout
+    assert f"target={other}" in moved.stdout
+
+    on = cli("host", "maintenance", other, "on", "--wait", env=stack)
+    assert on.returncode == 0, on.stdout + on.stderr
+    assert on.stdout.startswith(f"maintenance started {other}")
+    # Two hosts: with one in maintenance, the other is the last usable one.
+    last = cli("host", "maintenance", where["api"], "on", "--wait", env=stack)
+    assert last.returncode == 1
+    assert "rejected (last-usable-host)" in last.stdout
+    off = cli("host", "maintenance", other, "off", "--wait", env=stack)
+    assert off.returncode == 0
+    assert off.stdout.startswith(f"maintenance ended {other}")
+    ghost = cli("host", "maintenance", "h9", "on", "--wait", env=stack)
+    assert ghost.returncode == 1
+    assert "rejected (unknown-host): no host h9" in ghost.stdout
+
+
 def test_events_tail_follows_new_events(stack: dict[str, str]) -> None:
     """`events tail` keeps printing events as they are appended."""
     env = {**os.environ, **stack}

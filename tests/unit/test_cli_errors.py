@@ -45,6 +45,17 @@ def test_wrong_arguments_exit_2_with_one_line(args: list[str], message: str) -> 
             ["vm", "create", "x", "--cpu", "1", "--mem", "64", "--priority", "urgent"],
             "invalid --priority 'urgent'",
         ),
+        (
+            ["vm", "create", "x", "--cpu", "1", "--mem", "64", "--policy", "tightest"],
+            "invalid --policy 'tightest'",
+        ),
+        (
+            ["vm", "create", "x", "--cpu", "1", "--mem", "64", "--host", "h1", "--near", "y"],
+            "--host places the VM directly",
+        ),
+        (["vm", "create", "x", "--cpu", "1", "--mem", "64", "--near", "a.b"], "invalid rules"),
+        (["vm", "migrate", "x", "--to", "h/1"], "invalid target"),
+        (["host", "maintenance", "h1", "maybe"], "invalid mode 'maybe': use on or off"),
     ],
 )
 def test_invalid_values_are_refused_before_sending(args: list[str], message: str) -> None:
