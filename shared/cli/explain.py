@@ -7,8 +7,9 @@ from typing import Annotated
 import typer
 
 from schemas import Envelope, Message
-from schemas.scheduling import VmPlaced
+from schemas.scheduling import VmPlaced, VmRaised
 from schemas.service import CommandRejected
+from schemas.transfers import MigrationAborted, MigrationCompleted
 from shared.bus import Bus
 from shared.cli.common import BusOption, CliError, JsonOption, with_bus
 
@@ -18,16 +19,18 @@ def explain(
     bus: BusOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Why a VM went where it went: the chosen host, the runners-up, what each filter removed."""
+    """Why a VM went where it went: the chosen host, the runners-up, what each filter
+    removed; then whether it was raised or migrated since."""
 
     async def read(b: Bus) -> list[Envelope[Message]]:
         return [
             e.envelope
             async for e in b.replay(filters=(f"vm.{vm}",))
-            if e.envelope is not None and e.envelope.type in {"VmPlaced", "CommandRejected"}
+            if e.envelope is not None and e.envelope.type in _TOLD
         ]
 
-    found = with_bus(bus, read)
+    events = with_bus(bus, read)
+    found = [e for e in events if e.type in {"VmPlaced", "CommandRejected"}]
     if not found:
         raise CliError(f"no placement of {vm!r} in the log (was it created with --host?)")
     last = found[-1]
@@ -46,3 +49,18 @@ def explain(
         typer.echo(f"  runner-up {c.host}: score {c.score:.3f}")
     removed = ", ".join(f"{k} {v}" for k, v in data.filtered.items())
     typer.echo(f"  hosts removed by filter: {removed or 'none'}")
+    for env in events:
+        match env.data:
+            case VmRaised() as r:
+                typer.echo(
+                    f"  then raised on {r.host} from {r.from_cpu} vCPU, {r.from_mem_mib} MiB "
+                    f"to {r.cpu} vCPU, {r.mem_mib} MiB"
+                )
+            case MigrationCompleted() as m:
+                typer.echo(f"  then migrated {m.source} -> {m.target} ({m.migration})")
+            case MigrationAborted() as m:
+                typer.echo(f"  a migration to {m.target} aborted: {m.reason} ({m.migration})")
+
+
+# A placement, and what happened to it since.
+_TOLD = {"VmPlaced", "CommandRejected", "VmRaised", "MigrationCompleted", "MigrationAborted"}

@@ -123,6 +123,8 @@ def test_priorities_migration_and_maintenance_through_the_cli(stack: dict[str, s
     assert moved.returncode == 0, moved.stdout + moved.stderr
     assert "migrated api" in moved.stdout
     assert f"target={other}" in moved.stdout
+    why = cli("explain", "api", env=stack)
+    assert f"then migrated {where['api']} -> {other}" in why.stdout, why.stdout
 
     on = cli("host", "maintenance", other, "on", "--wait", env=stack)
     assert on.returncode == 0, on.stdout + on.stderr
