@@ -24,6 +24,9 @@ class Affinity(Part):
     must: list[Name] = Field(default_factory=list, max_length=64)
     should: list[Name] = Field(default_factory=list, max_length=64)
 
+    def names(self) -> set[str]:
+        return {*self.must, *self.should}
+
 
 class PlacementRules(Part):
     """VM-VM rules name other VMs (near: on the same host; away: on none of theirs);

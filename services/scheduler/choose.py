@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from schemas.pool import CapacityReserved, Owner
@@ -132,12 +133,50 @@ def rules_of(rules: PlacementRules) -> Rules:
     )
 
 
-def request_of(ask: VmAsk) -> Request:
-    """The core's request (``SchedulerError`` when it is absurd or contradictory)."""
+def with_partners(rules: Rules, vm: str, others: Mapping[str, PlacementRules]) -> Rules:
+    """VM-VM rules hold both ways: a VM that must (or should) be near or apart from ``vm``
+    binds ``vm`` to it in turn, whichever of the two is placed or moved later."""
+    near_must, near_should, away_must, away_should = (set[str]() for _ in range(4))
+    for other, r in others.items():
+        if other == vm:
+            continue
+        for names, bucket in (
+            (r.vm_affinity.must, near_must),
+            (r.vm_affinity.should, near_should),
+            (r.vm_anti_affinity.must, away_must),
+            (r.vm_anti_affinity.should, away_should),
+        ):
+            if vm in names:
+                bucket.add(other)
+    if not (near_must or near_should or away_must or away_should):
+        return rules
+    near, away = rules.vm_affinity, rules.vm_anti_affinity
+    return replace(
+        rules,
+        vm_affinity=Affinity(near.must | near_must, near.should | near_should),
+        vm_anti_affinity=Affinity(away.must | away_must, away.should | away_should),
+    )
+
+
+def every_rule(others: Mapping[str, PlacementRules]) -> dict[str, Rules]:
+    """Each VM's rules with its partners' (``with_partners``), for every VM named."""
+    named = set(others)
+    for r in others.values():
+        named |= {*r.vm_affinity.names(), *r.vm_anti_affinity.names()}
+    return {
+        vm: with_partners(rules_of(others[vm]) if vm in others else Rules(), vm, others)
+        for vm in named
+    }
+
+
+def request_of(ask: VmAsk, others: Mapping[str, PlacementRules] | None = None) -> Request:
+    """The core's request (``SchedulerError`` when it is absurd or contradictory);
+    ``others``: every VM's rules, which bind this one too (``with_partners``)."""
     minimum = None
     if ask.min_cpu is not None or ask.min_mem_mib is not None:
         minimum = demand(ask.min_cpu or ask.cpu, ask.min_mem_mib or ask.mem_mib)
-    return Request(ask.vm, demand(ask.cpu, ask.mem_mib), minimum, ask.group, rules_of(ask.rules))
+    rules = with_partners(rules_of(ask.rules), ask.vm, others or {})
+    return Request(ask.vm, demand(ask.cpu, ask.mem_mib), minimum, ask.group, rules)
 
 
 def choose(
@@ -146,6 +185,7 @@ def choose(
     owner: Owner,
     failures: int = 0,
     pools: PoolCache | None = None,
+    others: Mapping[str, PlacementRules] | None = None,
 ) -> Choice | None:
     """The core's decision for ``ask``, or None when no host can take it (even at its
     stated minimum)."""
@@ -153,7 +193,7 @@ def choose(
         return None
     try:
         pool = (pools or PoolCache()).get(ledger, owner, failures)
-        request = request_of(ask)
+        request = request_of(ask, others)
         decision = decide(pool, request, Policy(ask.policy))
     except SchedulerError:
         return None

@@ -22,10 +22,11 @@ from schemas.scheduling import (
     SetMaintenance,
 )
 from schemas.service import CommandRejected, RejectionCode
-from services.scheduler.choose import VM, pool_of, rules_of
+from services.scheduler.choose import VM, every_rule, pool_of
 from services.scheduler.core import (
     EvacuationDoesNotFit,
     LastUsableHost,
+    Rules,
     SchedulerError,
     cheapest_to_evacuate,
     plan_evacuation,
@@ -57,7 +58,7 @@ def decide_maintenance(state: SchedulerState, env: Envelope[Message]) -> list[Ev
     if cmd.host in ledger.failed:
         return refuse(RejectionCode.WRONG_STATE, f"host {cmd.host} has failed")
     pool = pool_of(ledger)
-    rules = {vm: rules_of(r) for vm, r in state.rules.items()}
+    rules = every_rule(state.rules)
     try:
         plan = plan_evacuation(pool, cmd.host, rules=rules)
     except LastUsableHost as err:
@@ -65,11 +66,14 @@ def decide_maintenance(state: SchedulerState, env: Envelope[Message]) -> list[Ev
     except (EvacuationDoesNotFit, SchedulerError) as err:
         return refuse(RejectionCode.CANNOT_EVACUATE, str(err))
     rank = next(i for i, cost in enumerate(cheapest_to_evacuate(pool)) if cost.host == cmd.host)
+    # Each to the host the plan found: the plan placed the host's VMs together, so pairs
+    # that must stay together (or apart) do.
     requests = [
         MigrationRequested(
             migration=maintenance_migration(cmd.host, str(env.id), move.vm),
             vm=move.vm,
             priority=Owner.HIGH,
+            target=move.target,
             reason=MigrationReason.MAINTENANCE,
         )
         for move in plan.moves
@@ -81,10 +85,11 @@ def decide_maintenance(state: SchedulerState, env: Envelope[Message]) -> list[Ev
 
 
 def sweep(state: SchedulerState) -> list[Event]:
-    """Migrations for VMs still on hosts in maintenance with none under way, and
-    ``HostEvacuated`` for such hosts that are empty."""
+    """Migrations for VMs still on hosts in maintenance with none under way (to where a
+    new plan puts them, if one fits), and ``HostEvacuated`` for such hosts that are empty."""
     ledger = state.ledger
     events: list[Event] = []
+    rules: dict[str, Rules] | None = None
     for host, since in sorted(ledger.maintenance.items()):
         if host in ledger.failed:
             continue
@@ -92,16 +97,29 @@ def sweep(state: SchedulerState) -> list[Event]:
         staying = [vm for vm in vms if ledger.located.get(vm) == host]
         if not staying and host not in ledger.evacuated:
             events.append(HostEvacuated(host=host))
-        for vm in staying:
-            ident = maintenance_migration(host, str(since), vm)
-            if vm in state.moving or ident in state.transfers:
-                continue
-            events.append(
-                MigrationRequested(
-                    migration=ident,
-                    vm=vm,
-                    priority=Owner.HIGH,
-                    reason=MigrationReason.MAINTENANCE,
-                )
+        asks = {
+            vm: maintenance_migration(host, str(since), vm)
+            for vm in staying
+            if vm not in state.moving
+        }
+        asks = {vm: ident for vm, ident in asks.items() if ident not in state.transfers}
+        if not asks:
+            continue
+        rules = every_rule(state.rules) if rules is None else rules
+        try:
+            targets = {
+                m.vm: m.target for m in plan_evacuation(pool_of(ledger), host, rules=rules).moves
+            }
+        except SchedulerError:
+            targets = {}  # then wherever the rounds find room, or a refusal saying why
+        events += [
+            MigrationRequested(
+                migration=ident,
+                vm=vm,
+                priority=Owner.HIGH,
+                target=targets.get(vm),
+                reason=MigrationReason.MAINTENANCE,
             )
+            for vm, ident in asks.items()
+        ]
     return events

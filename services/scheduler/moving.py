@@ -26,7 +26,7 @@ from schemas.scheduling import (
 )
 from schemas.service import CommandRejected, RejectionCode
 from schemas.transfers import StartCopy, StartMigration
-from services.scheduler.choose import explained, rules_of, view_for
+from services.scheduler.choose import explained, rules_of, view_for, with_partners
 from services.scheduler.core import (
     Affinity,
     Decision,
@@ -89,13 +89,12 @@ def migration_rules(state: SchedulerState, ask: MigrationRequested, source: str)
     only host it may go to. A partner VM that is moving too counts where it is heading
     once its migration is scheduled, and not at all before: of a pair that must stay
     together, the first to be scheduled goes anywhere and the second follows it."""
-    rules = rules_of(state.rules[ask.vm]) if ask.vm in state.rules else Rules()
+    own = rules_of(state.rules[ask.vm]) if ask.vm in state.rules else Rules()
+    rules = with_partners(own, ask.vm, state.rules)
     near, apart = rules.vm_affinity, rules.vm_anti_affinity
     hosts, away = rules.host_affinity, rules.host_anti_affinity
     away_hosts = set(away.must) | {source}
-    # Being together is mutual: a VM that must be near this one and is moving too counts.
-    drawn = {vm for vm, r in state.rules.items() if ask.vm in r.vm_affinity.must}
-    follow = {state.heading[vm] for vm in near.must | drawn if vm in state.heading}
+    follow = {state.heading[vm] for vm in near.must if vm in state.heading}
     avoid = {state.heading[vm] for vm in apart.must if vm in state.heading}
     if ask.target:
         hosts = Affinity(frozenset({ask.target}))

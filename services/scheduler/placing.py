@@ -23,7 +23,10 @@ async def place(
     picked: dict[str, Choice] = {}
 
     def pick() -> CapacityReserved | None:
-        choice = choose(holder.state.ledger, ask, owner, holder.knobs.ha_failures, holder.pools)
+        state = holder.state
+        choice = choose(
+            state.ledger, ask, owner, holder.knobs.ha_failures, holder.pools, state.rules
+        )
         if choice is not None:
             picked["choice"] = choice
         return None if choice is None else choice.reservation

@@ -10,7 +10,7 @@ import uuid
 from schemas import Event
 from schemas.pool import Owner
 from schemas.scheduling import MigrationReason, MigrationRequested, RebalanceProposed
-from services.scheduler.choose import rules_of
+from services.scheduler.choose import every_rule
 from services.scheduler.core import Pool, Resource, load_spread, propose_rebalance
 from services.scheduler.holder import Knobs
 from services.scheduler.state import SchedulerState
@@ -28,7 +28,7 @@ def propose(state: SchedulerState, knobs: Knobs, round_number: int, pool: Pool) 
         return []
     if load_spread(pool) <= knobs.rebalance_threshold:
         return []
-    rules = {vm: rules_of(r) for vm, r in state.rules.items()}
+    rules = every_rule(state.rules)
     plan = propose_rebalance(
         pool, knobs.rebalance_threshold, knobs.rebalance_moves, Resource.CPU, rules
     )

@@ -286,3 +286,31 @@ async def test_maintenance_moves_a_pair_that_must_stay_together_to_one_host() ->
             what="settled",
         )
         assert ledger.located["web"] == ledger.located["db"] != host
+
+
+async def test_vm_rules_bind_both_ways_in_placement_and_maintenance() -> None:
+    """b must be apart from a: a VM placed or moved later keeps to b's rule too, even
+    though its own request names nothing."""
+    async with memory_stack(hosts=3, ha_failures=0, rebalance_threshold=1.0) as stack:
+        apart = PlacementRules(vm_anti_affinity=Affinity(must=["a"]))
+        near = PlacementRules(vm_affinity=Affinity(must=["a"]))
+        await stack.client.send(
+            PlaceVm(vm="b", priority=Owner.LOW, cpu=1, mem_mib=GIB, rules=apart)
+        )
+        await stack.client.send(PlaceVm(vm="c", priority=Owner.LOW, cpu=1, mem_mib=GIB, rules=near))
+        await poll(lambda: stack.of_type("VmCreated"), lambda es: len(es) == 2, what="b, c")
+        await stack.client.send(PlaceVm(vm="a", priority=Owner.LOW, cpu=1, mem_mib=GIB))
+        await poll(lambda: stack.of_type("VmCreated"), lambda es: len(es) == 3, what="a")
+        ledger = await stack.ledger()
+        assert ledger.located["a"] != ledger.located["b"]
+        assert ledger.located["a"] == ledger.located["c"]
+
+        await stack.client.send_and_wait(SetMaintenance(host=ledger.located["a"], on=True))
+        await poll(lambda: stack.of_type("HostEvacuated"), lambda es: len(es) == 1, what="empty")
+        ledger = await poll(
+            stack.ledger,
+            lambda led: not any(r.endswith(("-in", "-out")) for r in led.located),
+            what="settled",
+        )
+        assert ledger.located["a"] != ledger.located["b"]
+        assert ledger.located["a"] == ledger.located["c"]
