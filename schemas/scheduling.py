@@ -249,6 +249,17 @@ class SetMaintenance(Command):
 
 
 @registry.register
+class MaintainCheapest(Command):
+    """Put the ``count`` hosts that are cheapest to empty (fewest VMs, then the lightest
+    load, and whose VMs fit elsewhere) in maintenance."""
+
+    count: int = Field(1, ge=1, le=1000)
+
+    def aggregate(self) -> str:
+        return "scheduler/high"
+
+
+@registry.register
 class MaintenanceStarted(Event):
     """The host takes no new work; the migrations that empty it are queued."""
 

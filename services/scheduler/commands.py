@@ -10,6 +10,7 @@ from schemas import Envelope, Event, Message
 from schemas.scheduling import (
     CopyFile,
     CopyRequested,
+    MaintainCheapest,
     MigrateVm,
     MigrationReason,
     MigrationRequested,
@@ -20,7 +21,7 @@ from schemas.scheduling import (
 from schemas.service import CommandRejected, RejectionCode
 from services.scheduler.choose import request_of
 from services.scheduler.core import AbsurdRequest, ContradictoryRules
-from services.scheduler.evacuating import decide_maintenance
+from services.scheduler.evacuating import decide_cheapest, decide_maintenance
 from services.scheduler.ledger import Amounts
 from services.scheduler.state import SchedulerState
 
@@ -36,7 +37,7 @@ def requested_migration(command_id: uuid.UUID) -> str:
     return "mig-" + command_id.hex[:16]
 
 
-def decide(state: SchedulerState, env: Envelope[Message], name: str) -> list[Event]:
+def decide(state: SchedulerState, env: Envelope[Message], name: str) -> list[Event]:  # noqa: PLR0911
     cmd = env.data
     try:
         match cmd:
@@ -48,6 +49,8 @@ def decide(state: SchedulerState, env: Envelope[Message], name: str) -> list[Eve
                 return [_copy(state, cmd)]
             case SetMaintenance() if state.priority.value == "high":
                 return decide_maintenance(state, env)
+            case MaintainCheapest() if state.priority.value == "high":
+                return decide_cheapest(state, env)
     except _Refused as refused:
         return [CommandRejected.of(env, refused.code, refused.reason)]
     return [

@@ -15,6 +15,7 @@ from schemas import Envelope, Event, Message
 from schemas.pool import Owner
 from schemas.scheduling import (
     HostEvacuated,
+    MaintainCheapest,
     MaintenanceEnded,
     MaintenanceStarted,
     MigrationReason,
@@ -24,8 +25,8 @@ from schemas.scheduling import (
 from schemas.service import CommandRejected, RejectionCode
 from services.scheduler.choose import VM, every_rule, pool_of
 from services.scheduler.core import (
-    EvacuationDoesNotFit,
     LastUsableHost,
+    Pool,
     Rules,
     SchedulerError,
     cheapest_to_evacuate,
@@ -58,19 +59,51 @@ def decide_maintenance(state: SchedulerState, env: Envelope[Message]) -> list[Ev
     if cmd.host in ledger.failed:
         return refuse(RejectionCode.WRONG_STATE, f"host {cmd.host} has failed")
     pool = pool_of(ledger)
-    rules = every_rule(state.rules)
     try:
-        plan = plan_evacuation(pool, cmd.host, rules=rules)
+        events, _ = _enter(state, pool, cmd.host, str(env.id))
     except LastUsableHost as err:
         return refuse(RejectionCode.LAST_USABLE_HOST, str(err))
-    except (EvacuationDoesNotFit, SchedulerError) as err:
+    except SchedulerError as err:
         return refuse(RejectionCode.CANNOT_EVACUATE, str(err))
-    rank = next(i for i, cost in enumerate(cheapest_to_evacuate(pool)) if cost.host == cmd.host)
+    return events
+
+
+def decide_cheapest(state: SchedulerState, env: Envelope[Message]) -> list[Event]:
+    """The cheapest hosts to empty, in order, each planned on the pool the plans before
+    it left; a host whose VMs fit nowhere else is passed over. All or nothing."""
+    cmd = env.data
+    assert isinstance(cmd, MaintainCheapest)
+    pool, events, chosen = pool_of(state.ledger), list[Event](), list[str]()
+    for cost in cheapest_to_evacuate(pool):
+        if len(chosen) == cmd.count:
+            break
+        try:
+            entered, pool = _enter(state, pool, cost.host, str(env.id))
+        except SchedulerError:
+            continue
+        events += entered
+        chosen.append(cost.host)
+    if len(chosen) < cmd.count:
+        return [
+            CommandRejected.of(
+                env,
+                RejectionCode.CANNOT_EVACUATE,
+                f"only {len(chosen)} of {cmd.count} hosts can be emptied now",
+            )
+        ]
+    return events
+
+
+def _enter(state: SchedulerState, pool: Pool, host: str, visit: str) -> tuple[list[Event], Pool]:
+    """``MaintenanceStarted`` and the migrations that empty ``host``, and the pool with
+    the host empty and in maintenance (``SchedulerError`` when it cannot be emptied)."""
+    plan = plan_evacuation(pool, host, rules=every_rule(state.rules))
+    rank = next(i for i, cost in enumerate(cheapest_to_evacuate(pool)) if cost.host == host)
     # Each to the host the plan found: the plan placed the host's VMs together, so pairs
     # that must stay together (or apart) do.
     requests = [
         MigrationRequested(
-            migration=maintenance_migration(cmd.host, str(env.id), move.vm),
+            migration=maintenance_migration(host, visit, move.vm),
             vm=move.vm,
             priority=Owner.HIGH,
             target=move.target,
@@ -79,9 +112,9 @@ def decide_maintenance(state: SchedulerState, env: Envelope[Message]) -> list[Ev
         for move in plan.moves
     ]
     started = MaintenanceStarted(
-        host=cmd.host, migrations=[r.migration for r in requests], cost_rank=rank
+        host=host, migrations=[r.migration for r in requests], cost_rank=rank
     )
-    return [started, *requests]
+    return [started, *requests], plan.pool
 
 
 def sweep(state: SchedulerState) -> list[Event]:

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from schemas.host import CrashHost, RecoverHost
-from schemas.scheduling import SetMaintenance
+from schemas.scheduling import MaintainCheapest, SetMaintenance
 from shared.cli.commands import TimeoutOption, WaitOption, ready, send, validated
 from shared.cli.common import BusOption, CliError
 
@@ -49,3 +49,15 @@ def host_maintenance(
         raise CliError(f"invalid mode {mode!r}: use on or off")
     cmd = validated(SetMaintenance, host=host, on=mode == "on")
     send(bus, wait, timeout, ready(cmd))
+
+
+@host_app.command("maintenance-cheapest")
+def host_maintenance_cheapest(
+    count: Annotated[int, typer.Argument(help="How many hosts.", min=1)] = 1,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = 10.0,
+    bus: BusOption = None,
+) -> None:
+    """Put the COUNT hosts that are cheapest to empty (fewest VMs, then the lightest
+    load) in maintenance; refused unless that many can be emptied."""
+    send(bus, wait, timeout, ready(validated(MaintainCheapest, count=count)))

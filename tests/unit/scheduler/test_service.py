@@ -7,6 +7,7 @@ from schemas.pool import Owner
 from schemas.scheduling import (
     Affinity,
     CopyFile,
+    MaintainCheapest,
     MigrateVm,
     PlacementPolicy,
     PlacementRules,
@@ -314,3 +315,28 @@ async def test_vm_rules_bind_both_ways_in_placement_and_maintenance() -> None:
         )
         assert ledger.located["a"] != ledger.located["b"]
         assert ledger.located["a"] == ledger.located["c"]
+
+
+async def test_the_cheapest_hosts_to_empty_go_into_maintenance() -> None:
+    async with memory_stack(hosts=3, ha_failures=0, rebalance_threshold=1.0) as stack:
+        counts = {"h1": 3, "h2": 1, "h3": 2}
+        for host, count in counts.items():
+            for i in range(count):
+                # h2's one VM may run nowhere else; the others only prefer their host.
+                on = Affinity(must=[host]) if host == "h2" else Affinity(should=[host])
+                await stack.client.send(
+                    PlaceVm(
+                        vm=f"{host}v{i}",
+                        priority=Owner.LOW,
+                        cpu=1,
+                        mem_mib=GIB,
+                        rules=PlacementRules(host_affinity=on),
+                    )
+                )
+        await poll(lambda: stack.of_type("VmCreated"), lambda es: len(es) == 6, what="created")
+        [refused] = await stack.client.send_and_wait(MaintainCheapest(count=3))
+        assert refused.data.code == "cannot-evacuate"  # type: ignore[attr-defined]
+        # h2's VM must stay on h2: no host can be emptied of it, so h3 is the cheapest.
+        [started, *_] = await stack.client.send_and_wait(MaintainCheapest(count=1))
+        assert started.type == "MaintenanceStarted"
+        assert started.data.host == "h3"  # type: ignore[attr-defined]
