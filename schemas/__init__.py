@@ -1,6 +1,18 @@
 """The contract: every message vplane's services exchange, and nothing else."""
 
-from schemas import host, memory, pool, queries, scheduling, service, transfers, vm
+from schemas import (
+    contention,
+    host,
+    memory,
+    pool,
+    queries,
+    scheduling,
+    scratch,
+    service,
+    tenants,
+    transfers,
+    vm,
+)
 from schemas.base import Command, Event, Kind, Message, Query, Reply, Telemetry, registry
 from schemas.envelope import Envelope
 
@@ -13,13 +25,16 @@ __all__ = [
     "Query",
     "Reply",
     "Telemetry",
+    "contention",
     "host",
     "memory",
     "pool",
     "queries",
     "registry",
     "scheduling",
+    "scratch",
     "service",
+    "tenants",
     "transfers",
     "vm",
 ]

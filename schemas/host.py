@@ -25,6 +25,7 @@ class HostRegistered(Event):
     storage_gib: float = Field(10_240.0, ge=0)
     numa_nodes: int = Field(1, ge=1)
     swap_mib: int = Field(0, ge=0, description="thick-provisioned swap reservation")
+    scratch_mib: int = Field(204_800, ge=0, description="the pool its VMs take scratch space from")
 
     def aggregate(self) -> str:
         return f"host/{self.host}"
@@ -81,6 +82,7 @@ class VmSample(Part):
     storage_read_mbs: float = Field(ge=0)
     storage_write_mbs: float = Field(ge=0)
     slowdown: float = Field(ge=1, description="how much slower its work goes than alone")
+    scratch_mib: float = Field(0, ge=0, description="scratch space it holds on the host")
 
 
 @registry.register
@@ -102,6 +104,8 @@ class HostTelemetry(Telemetry):
     net_used_mbps: float = Field(0, ge=0)
     storage_capacity_mbs: float = Field(0, ge=0)
     storage_used_mbs: float = Field(0, ge=0)
+    scratch_capacity_mib: float = Field(0, ge=0)
+    scratch_used_mib: float = Field(0, ge=0)
     vms_running: int = Field(ge=0)
     vms_total: int = Field(ge=0)
     vms: list[VmSample] = Field(default_factory=list)

@@ -48,6 +48,7 @@ class RejectionCode(enum.StrEnum):
     CONTRADICTORY_RULES = "contradictory-rules"
     LAST_USABLE_HOST = "last-usable-host"
     CANNOT_EVACUATE = "cannot-evacuate"
+    UNKNOWN_CLUSTER = "unknown-cluster"
 
 
 @registry.register

@@ -48,6 +48,10 @@ class ServiceDefinition:
     # consumer of the same name, or each takes its own (hosts addressed to it).
     commands: dict[str, tuple[str, ...]] = field(default_factory=dict)
     queries: dict[str, QueryHandler] = field(default_factory=dict)
+    # Answers a telemetry sample with the events to append (a durable consumer of the
+    # telemetry stream, ``telemetry_filters``); a PoisonMessage dead-letters the sample.
+    telemetry: Decide | None = None
+    telemetry_filters: tuple[str, ...] = ("host.>",)
     # Runs once the state is rebuilt and before any command is taken.
     setup: Loop | None = None
     loops: list[Loop] = field(default_factory=list)
@@ -167,6 +171,11 @@ class Runtime:
             for consumer, filters in d.commands.items():
                 spec = ConsumerSpec(name=consumer, stream=Stream.COMMANDS, filters=filters)
                 self._subs.append(await self.bus.consume(spec, self._on_command))
+        if d.telemetry is not None:
+            spec = ConsumerSpec(
+                name=f"{d.name}-telemetry", stream=Stream.TELEMETRY, filters=d.telemetry_filters
+            )
+            self._subs.append(await self.bus.consume(spec, self._on_telemetry))
         for target, handler in d.queries.items():
             self._subs.append(await self.bus.serve(target, self._after_commands(handler)))
         self._loops = [asyncio.create_task(loop(self)) for loop in d.loops]
@@ -196,6 +205,15 @@ class Runtime:
             await self.publish(events, caused_by=env)
         self._answered.add(env.id)
         self.handled += 1
+
+    async def _on_telemetry(self, env: Envelope[Message], _delivery: Delivery) -> None:
+        assert self.definition.telemetry is not None
+        async with self._deciding:
+            events = await self.definition.telemetry(env)
+            # Ids derive from the sample and this service (several services answer one
+            # sample): a redelivered sample appends nothing twice.
+            ids = [uuid.uuid5(env.id, f"{self.name}/{i}") for i in range(len(events))]
+            await self.publish(events, caused_by=env, ids=ids)
 
     def exclusive(self) -> asyncio.Lock:
         """Held while deciding: a loop that decides (a scheduling round) takes it too."""

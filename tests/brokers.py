@@ -57,6 +57,9 @@ SERVICE_CONSUMERS = (
     "hosts-h",
     "scheduler-high-commands",
     "scheduler-low-commands",
+    "tenants-commands",
+    "tenants-telemetry",
+    "contention-monitor-telemetry",
 )
 
 

@@ -32,7 +32,8 @@ def host_names(settings: Settings) -> list[str]:
 
 def host_shape(host: str) -> HostRegistered:
     """Every emulated host of this process has the same shape: 16 cores of 2.4 GHz, 64 GiB
-    over two NUMA nodes, 8 GiB of swap, 10 Gbit/s and 2 GB/s of storage."""
+    over two NUMA nodes, 8 GiB of swap, 10 Gbit/s and 2 GB/s of storage, 200 GiB of it a
+    scratch pool for its VMs."""
     return HostRegistered(
         host=host,
         cpu_cores=16,
@@ -43,6 +44,7 @@ def host_shape(host: str) -> HostRegistered:
         net_mbps=10_000,
         storage_mbs=2_000,
         storage_gib=10_240,
+        scratch_mib=200 * 1024,
     )
 
 

@@ -30,6 +30,7 @@ from schemas.memory import (
     SwapOutPages,
     UnsharePages,
 )
+from schemas.scratch import AllocateScratch, ReleaseScratch, ScratchAllocated, ScratchReleased
 from schemas.service import CommandRejected, RejectionCode
 from schemas.transfers import CopyStarted, MigrationStarted, StartCopy, StartMigration
 from schemas.vm import (
@@ -56,6 +57,7 @@ from schemas.vm import (
     VmThrottled,
     VmUnstunned,
 )
+from services.hosts.scratch import NoRoom, NotHeld
 from services.hosts.state import Fleet, Host, TransferKind, Vm, transfer_key
 
 
@@ -122,6 +124,8 @@ def _decide(fleet: Fleet, cmd: Message, facts: Facts) -> list[Event]:  # noqa: P
             return [PagesSwappedIn(host=cmd.host, vm=cmd.vm, pages=cmd.pages)]
         case StartMigration():
             return [_start_migration(fleet, cmd)]
+        case AllocateScratch() | ReleaseScratch():
+            return [_scratch(fleet, cmd)]
         case StartCopy():
             _ends(fleet, cmd, TransferKind.COPY, cmd.copy_id)
             return [
@@ -167,6 +171,32 @@ def _start_migration(fleet: Fleet, cmd: StartMigration) -> MigrationStarted:
         source=cmd.host,
         target=cmd.target,
         expected_seconds=vm.mem_mib * 8 / cmd.rate_mbps,
+    )
+
+
+def _scratch(fleet: Fleet, cmd: AllocateScratch | ReleaseScratch) -> Event:
+    pool = _up(fleet, cmd.host).scratch
+    _vm_on(fleet, cmd.vm, cmd.host)
+    try:
+        if isinstance(cmd, AllocateScratch):
+            after = pool.allocate(cmd.vm, cmd.tag, cmd.mib, cmd.quota_mib)
+            return ScratchAllocated(
+                host=cmd.host,
+                vm=cmd.vm,
+                tag=cmd.tag,
+                mib=cmd.mib,
+                extent=pool.next_extent,
+                quota_mib=after.quota(cmd.vm),
+                used_mib=after.used(cmd.vm),
+                pool_used_mib=after.used_mib,
+            )
+        after, freed = pool.release(cmd.vm, cmd.tag)
+    except NoRoom as err:
+        raise _Rejected(RejectionCode.INSUFFICIENT_CAPACITY, str(err)) from err
+    except NotHeld as err:
+        raise _Rejected(RejectionCode.WRONG_STATE, str(err)) from err
+    return ScratchReleased(
+        host=cmd.host, vm=cmd.vm, tag=cmd.tag, mib=freed, pool_used_mib=after.used_mib
     )
 
 

@@ -1,9 +1,12 @@
-"""The emulated hardware of this process's hosts: guest memory and resource contention.
+"""The emulated hardware of this process's hosts: guest memory, scratch disks and resource
+contention.
 
 It follows the fold (``apply`` runs for every event, while rebuilding and live) and
 answers what deciding needs to know (``facts``). Guest memory is the hardware's own
 state, not a projection of the log: after a restart it is regenerated from each VM's
 seed and the page events in the log (sharing), as a host's RAM is after a reboot.
+Scratch bytes are temporary data and are not regenerated: a restart rebuilds the pools'
+allocations from the log, and their space reads as zeros, as a fresh tmpfs does.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from schemas.memory import (
     SwapOutPages,
     UnsharePages,
 )
+from schemas.scratch import ScratchReleased
 from schemas.service import RejectionCode
 from schemas.transfers import MigrationCompleted
 from schemas.vm import MemoryMode, VmCreated, VmDestroyed, VmResized
@@ -36,6 +40,7 @@ from services.hosts.memory import MemoryMode as MemMode
 from services.hosts.memory import VmSpec as MemSpec
 from services.hosts.memory import Workload as MemWorkload
 from services.hosts.memory.geometry import LARGE_PAGE_MIB, PAGE_MIB
+from services.hosts.scratch import ScratchDisk
 from services.hosts.state import Fleet, Vm
 from services.hosts.telemetry import Contention, samples
 
@@ -56,12 +61,14 @@ class Machine:
     def __init__(self, hosts: list[str]) -> None:
         self.hosts = hosts
         self.memory: dict[str, HostMemory] = {}
+        self.scratch = {host: ScratchDisk() for host in hosts}
         self.contention = Contention()
         self._steps: dict[str, int] = defaultdict(int)
 
     # Following the fold
 
     def apply(self, before: Fleet, event: Message) -> None:
+        self._free_scratch(before, event)
         try:
             self._apply(before, event)
         except MemoryModelError as err:
@@ -114,6 +121,21 @@ class Machine:
                 self.memory[event.host].swap_in(event.vm, np.asarray(event.pages))
             case MigrationCompleted() if event.vm in before.vms:
                 self._migrate(before.vms[event.vm], event.source, event.target)
+
+    def _free_scratch(self, before: Fleet, event: Message) -> None:
+        """The bytes of extents the fold frees go with them."""
+        match event:
+            case ScratchReleased():
+                host, vm, tag = event.host, event.vm, event.tag
+            case VmDestroyed():
+                host, vm, tag = event.host, event.vm, None
+            case MigrationCompleted():
+                host, vm, tag = event.source, event.vm, None
+            case _:
+                return
+        disk, known = self.scratch.get(host), before.hosts.get(host)
+        if disk is not None and known is not None:
+            disk.forget(known.scratch.held(vm, tag))
 
     def _migrate(self, vm: Vm, source: str, target: str) -> None:
         """Move a guest's memory to the target: its bytes when this process emulates both

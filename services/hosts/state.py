@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from schemas import Envelope, Message
 from schemas.host import HostCrashed, HostRecovered, HostRegistered, HostState
+from schemas.scratch import ScratchAllocated, ScratchReleased
 from schemas.transfers import (
     CopyAborted,
     CopyCompleted,
@@ -34,6 +35,7 @@ from schemas.vm import (
     WorkloadKind,
 )
 from services.hosts.resources import HostSpec
+from services.hosts.scratch import ScratchPool
 
 # A vCPU may be overcommitted this many times over a host's physical cores.
 VCPU_PER_CORE = 4
@@ -47,6 +49,7 @@ class Host:
     spec: HostSpec
     state: HostState = HostState.UP
     swap_mib: int = 0
+    scratch: ScratchPool = field(default_factory=ScratchPool)
 
     @property
     def name(self) -> str:
@@ -160,7 +163,8 @@ def evolve(  # noqa: PLR0911, PLR0912 - one case per event
                 storage_gib=event.storage_gib,
                 numa_nodes=event.numa_nodes,
             )
-            return _with_host(fleet, Host(spec, HostState.UP, event.swap_mib))
+            pool = ScratchPool(event.scratch_mib)
+            return _with_host(fleet, Host(spec, HostState.UP, event.swap_mib, pool))
         case HostCrashed() if event.host in fleet.hosts:
             fleet = _with_host(fleet, replace(fleet.hosts[event.host], state=HostState.DOWN))
             fleet = _fail_transfers(fleet, event.host)
@@ -190,6 +194,7 @@ def evolve(  # noqa: PLR0911, PLR0912 - one case per event
                 ),
             )
         case VmDestroyed():
+            fleet = _reclaim(fleet, event.host, event.vm)
             return replace(fleet, vms={k: v for k, v in fleet.vms.items() if k != event.vm})
         case VmResized() if event.vm in fleet.vms:
             return _with_vm(
@@ -211,6 +216,8 @@ def evolve(  # noqa: PLR0911, PLR0912 - one case per event
             return _started(fleet, event, env)
         case MigrationCompleted():
             fleet = _ended(fleet, transfer_key(TransferKind.MIGRATION, event.migration))
+            # Scratch space is local to a host: the VM starts on the target without any.
+            fleet = _reclaim(fleet, event.source, event.vm)
             if event.vm not in fleet.vms:
                 return fleet
             landed = replace(fleet.vms[event.vm], host=event.target)
@@ -224,6 +231,8 @@ def evolve(  # noqa: PLR0911, PLR0912 - one case per event
             return _ended(fleet, transfer_key(TransferKind.MIGRATION, event.migration))
         case CopyCompleted() | CopyAborted():
             return _ended(fleet, transfer_key(TransferKind.COPY, event.copy_id))
+        case ScratchAllocated() | ScratchReleased() if event.host in fleet.hosts:
+            return _scratch(fleet, event)
     return fleet
 
 
@@ -267,6 +276,25 @@ def _fail_transfers(fleet: Fleet, host: str) -> Fleet:
     if not failed:
         return fleet
     return replace(fleet, transfers={**fleet.transfers, **failed})
+
+
+def _scratch(fleet: Fleet, event: ScratchAllocated | ScratchReleased) -> Fleet:
+    host = fleet.hosts[event.host]
+    if isinstance(event, ScratchAllocated):
+        pool = host.scratch.grant(event.vm, event.tag, event.mib, event.quota_mib, event.extent)
+    else:
+        pool = host.scratch.drop(event.vm, event.tag)
+    return _with_host(fleet, replace(host, scratch=pool))
+
+
+def _reclaim(fleet: Fleet, host: str, vm: str) -> Fleet:
+    """The VM left ``host``: its scratch space goes back to the pool. The fold does it
+    rather than an event of its own, so no VM can leave and keep space by a lost event."""
+    h = fleet.hosts.get(host)
+    if h is None:
+        return fleet
+    pool = h.scratch.reclaim(vm)
+    return fleet if pool is h.scratch else _with_host(fleet, replace(h, scratch=pool))
 
 
 def _with_host(fleet: Fleet, host: Host) -> Fleet:

@@ -128,6 +128,8 @@ def samples(
             # Only guests of real bytes share frames; counting them scans the host's frames.
             saved = mem.usage().saved_frames * PAGE_MIB
         reserved, used = mem.swap_usage() if mem is not None else (0, 0)
+        scratch = fleet.hosts[name].scratch
+        scratch_by_vm = scratch.by_vm()
         h = usage.hosts if usage is not None else None
         out.append(
             HostTelemetry(
@@ -150,15 +152,20 @@ def samples(
                 storage_used_mbs=(
                     float(h.storage_read_mbs[row] + h.storage_write_mbs[row]) if h else 0.0
                 ),
+                scratch_capacity_mib=scratch.capacity_mib,
+                scratch_used_mib=sum(scratch_by_vm.values()),
                 vms_running=sum(vm.state == VmState.ON for vm in vms),
                 vms_total=len(vms),
-                vms=[_sample(vm, usage, index.get(vm.name)) for vm in vms],
+                vms=[
+                    _sample(vm, usage, index.get(vm.name), scratch_by_vm.get(vm.name, 0))
+                    for vm in vms
+                ],
             )
         )
     return out
 
 
-def _sample(vm: Vm, usage: Usage | None, i: int | None) -> VmSample:
+def _sample(vm: Vm, usage: Usage | None, i: int | None, scratch_mib: int) -> VmSample:
     if usage is None or i is None:
         return VmSample(
             vm=vm.name,
@@ -175,6 +182,7 @@ def _sample(vm: Vm, usage: Usage | None, i: int | None) -> VmSample:
             storage_read_mbs=0,
             storage_write_mbs=0,
             slowdown=1.0,
+            scratch_mib=scratch_mib,
         )
     u = usage.vms
     return VmSample(
@@ -192,4 +200,5 @@ def _sample(vm: Vm, usage: Usage | None, i: int | None) -> VmSample:
         storage_read_mbs=round(float(u.storage_read_mbs[i]), 2),
         storage_write_mbs=round(float(u.storage_write_mbs[i]), 2),
         slowdown=max(1.0, round(float(u.slowdown[i]), 4)),
+        scratch_mib=scratch_mib,
     )

@@ -51,7 +51,7 @@ class QueueConsumer:
         queue = await channel.declare_queue(
             name, durable=True, arguments=topo.consumer_arguments(spec)
         )
-        exchange = topo.exchange_names["events" if spec.stream is Stream.EVENTS else "commands"]
+        exchange = topo.exchange_names[_EXCHANGES[spec.stream]]
         for pattern in topo.patterns(spec.stream, spec.filters):
             await queue.bind(exchange, topo.binding(pattern))
         if fresh and spec.stream is Stream.EVENTS:
@@ -180,3 +180,6 @@ class QueueConsumer:
         if self._channel is not None:
             with contextlib.suppress(Exception):
                 await self._channel.close()
+
+
+_EXCHANGES = {Stream.EVENTS: "events", Stream.COMMANDS: "commands", Stream.TELEMETRY: "telemetry"}

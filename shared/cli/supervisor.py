@@ -16,6 +16,8 @@ SERVICES: tuple[tuple[str, str, dict[str, str]], ...] = (
     ("hosts", "hosts", {}),
     ("scheduler-high", "scheduler", {"VPLANE_PRIORITY": "high"}),
     ("scheduler-low", "scheduler", {"VPLANE_PRIORITY": "low"}),
+    ("tenants", "tenants", {}),
+    ("contention-monitor", "contention", {}),
 )
 SERVICE_NAMES = frozenset(name for name, _, _ in SERVICES)
 

@@ -12,6 +12,13 @@ import pytest
 
 from schemas import Envelope, Kind, Message, Reply, registry
 from schemas import export as ex
+from schemas.contention import (
+    ContentionCleared,
+    ContentionDetected,
+    Direction,
+    Evidence,
+    ScalingDecided,
+)
 from schemas.host import (
     CrashHost,
     HostCrashed,
@@ -66,7 +73,27 @@ from schemas.scheduling import (
     VmPlaced,
     VmRaised,
 )
+from schemas.scratch import AllocateScratch, ReleaseScratch, ScratchAllocated, ScratchReleased
 from schemas.service import CommandRejected, RejectionCode, ServiceStarted, ServiceStopped
+from schemas.tenants import (
+    AllocateSlots,
+    Assignment,
+    ClusterCreated,
+    ClusterList,
+    ClusterScaled,
+    ClusterView,
+    CreateCluster,
+    JobCompleted,
+    JobSubmitted,
+    ListClusters,
+    ScaleCluster,
+    SlotAllocation,
+    SlotsAllocated,
+    SubmitJob,
+    TaskKind,
+    TasksAssigned,
+    TasksFinished,
+)
 from schemas.transfers import (
     CopyAborted,
     CopyCompleted,
@@ -290,6 +317,87 @@ EXAMPLES: dict[str, Message] = {
         CopyCompleted(copy_id="iso", source="h1", target="h2"),
         CopyAborted(copy_id="iso", source="h1", target="h2", reason="h1 crashed"),
         SetMaintenance(host="h1", on=True),
+        CreateCluster(cluster="gold", workers=3, min_workers=1, max_workers=5),
+        ClusterCreated(
+            cluster="gold",
+            workers=3,
+            min_workers=1,
+            max_workers=5,
+            priority=Owner.HIGH,
+            worker_cpu=2,
+            worker_mem_mib=4096,
+        ),
+        ScaleCluster(cluster="gold", delta=-1, host="h1", reason="contention on h1"),
+        ClusterScaled(
+            cluster="gold", from_workers=3, to_workers=2, removed=["gold-w2"], reason="contention"
+        ),
+        SubmitJob(cluster="gold", job="sort", maps=40, reduces=4),
+        JobSubmitted(
+            cluster="gold",
+            job="sort",
+            maps=40,
+            reduces=4,
+            map_cpu_seconds=10,
+            reduce_cpu_seconds=10,
+            scratch_mib_per_map=64,
+            submitted_sim_time=12.0,
+        ),
+        TasksAssigned(
+            cluster="gold",
+            job="sort",
+            tasks=[Assignment(vm="gold-w0", kind=TaskKind.MAP, task=0)],
+        ),
+        TasksFinished(
+            cluster="gold",
+            job="sort",
+            done=[Assignment(vm="gold-w0", kind=TaskKind.MAP, task=0)],
+            requeued=[Assignment(vm="gold-w2", kind=TaskKind.MAP, task=1)],
+        ),
+        JobCompleted(cluster="gold", job="sort", elapsed_seconds=95.0),
+        AllocateSlots(
+            cluster="gold", slots=[SlotAllocation(vm="gold-w0", map_slots=1, reduce_slots=1)]
+        ),
+        SlotsAllocated(
+            cluster="gold", slots=[SlotAllocation(vm="gold-w0", map_slots=1, reduce_slots=1)]
+        ),
+        ListClusters(),
+        ClusterList(
+            clusters=[
+                ClusterView(
+                    cluster="gold",
+                    priority=Owner.HIGH,
+                    workers=2,
+                    running=2,
+                    min_workers=1,
+                    max_workers=5,
+                    map_slots=4,
+                    reduce_slots=2,
+                    running_tasks=3,
+                    jobs_running=["sort"],
+                    contended_hosts=["h1"],
+                )
+            ]
+        ),
+        ContentionDetected(
+            host="h1",
+            episode="h1-t7",
+            tick=7,
+            evidence=Evidence(ticks=2, slowdown=2.1, cpu_ready_ms=900, demand_ratio=1.4),
+        ),
+        ContentionCleared(
+            host="h1",
+            episode="h1-t7",
+            tick=19,
+            evidence=Evidence(ticks=3, slowdown=1.0, cpu_ready_ms=0, demand_ratio=0.5),
+        ),
+        ScalingDecided(
+            host="h1",
+            episode="h1-t7",
+            cluster="batch",
+            direction=Direction.DOWN,
+            delta=-2,
+            reason="contention on h1",
+        ),
         MaintainCheapest(count=2),
         MaintenanceStarted(host="h1", migrations=["mnt-1"], cost_rank=0),
         HostEvacuated(host="h1"),
@@ -307,6 +415,19 @@ EXAMPLES: dict[str, Message] = {
         VmStunned(vm="web-1", host="h1"),
         VmUnstunned(vm="web-1", host="h1"),
         VmThrottled(vm="web-1", host="h1", cpu_cap=0.5),
+        AllocateScratch(host="h1", vm="worker-1", tag="job-1", mib=512, quota_mib=4096),
+        ReleaseScratch(host="h1", vm="worker-1", tag="job-1"),
+        ScratchAllocated(
+            host="h1",
+            vm="worker-1",
+            tag="job-1",
+            mib=512,
+            extent=0,
+            quota_mib=4096,
+            used_mib=512,
+            pool_used_mib=1536,
+        ),
+        ScratchReleased(host="h1", vm="worker-1", tag=None, mib=512, pool_used_mib=1024),
         VmMemory(
             vm="web-1",
             host="h1",

@@ -17,7 +17,7 @@ from schemas.scheduling import (
 from schemas.service import CommandRejected
 from schemas.vm import DestroyVm, PowerOffVm
 from shared.testing import poll
-from tests.unit.scheduler.stack import Stack, memory_stack
+from tests.unit.stack import Stack, memory_stack
 
 GIB = 1024
 

@@ -1,0 +1,140 @@
+"""Wire the contention monitor: telemetry in; contention events, scalings and slot
+allocations out."""
+
+from __future__ import annotations
+
+import uuid
+
+from schemas import Command, Envelope, Event, Message
+from schemas.contention import ContentionCleared, ContentionDetected, Direction, ScalingDecided
+from schemas.host import HostTelemetry
+from schemas.tenants import AllocateSlots, ScaleCluster
+from services.contention.detector import Change, Thresholds, Watch, measure, observe
+from services.contention.scaling import scale_down, scale_up
+from services.contention.slots import allocations
+from services.contention.state import Monitor, evolve
+from shared.bus import Bus, PoisonMessage
+from shared.runtime import Runtime, ServiceDefinition
+from shared.settings import Settings
+
+NAME = "contention-monitor"
+
+
+class Holder:
+    def __init__(self) -> None:
+        self.monitor = Monitor()
+        # Streaks are not logged: after a restart a host's streak starts again from 0,
+        # but an open episode comes back from the log.
+        self.watches: dict[str, Watch] = {}
+        self.bus: Bus | None = None
+        # The slots last asked for, per worker: asked once, not again every tick until
+        # the job tracker's answer is folded.
+        self.asked: dict[str, tuple[int, int]] = {}
+
+
+def command_id(what: str) -> uuid.UUID:
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"vplane:contention:{what}")
+
+
+def build(_settings: Settings, thresholds: Thresholds | None = None) -> ServiceDefinition:
+    holder = Holder()
+    th = thresholds or Thresholds()
+
+    def fold(_seq: int, env: Envelope[Message]) -> None:
+        holder.monitor = evolve(holder.monitor, env.data)
+
+    async def on_telemetry(env: Envelope[Message]) -> list[Event]:
+        sample = checked(holder.monitor, env)
+        events, commands = react(holder, sample, th)
+        assert holder.bus is not None, "set up before telemetry is taken"
+        for what, cmd in commands:
+            await holder.bus.send(Envelope.wrap(cmd, producer=NAME, id=command_id(what)))
+        return events
+
+    async def setup(runtime: Runtime) -> None:
+        holder.bus = runtime.bus
+
+    return ServiceDefinition(
+        name=NAME,
+        fold=fold,
+        fold_filters=("host.>", "cluster.>", "contention.>"),
+        follow=True,
+        telemetry=on_telemetry,
+        setup=setup,
+    )
+
+
+def checked(m: Monitor, env: Envelope[Message]) -> HostTelemetry:
+    """The sample, or a PoisonMessage naming what is wrong with it (it is dead-lettered
+    and changes nothing)."""
+    sample = env.data
+    if not isinstance(sample, HostTelemetry):
+        raise PoisonMessage(f"the contention monitor takes HostTelemetry, not {env.type}")
+    if env.subject != sample.aggregate():
+        raise PoisonMessage(f"a sample of host {sample.host} sent as {env.subject}")
+    if sample.host not in m.hosts:
+        raise PoisonMessage(f"telemetry from unknown host {sample.host}")
+    return sample
+
+
+def react(
+    holder: Holder, sample: HostTelemetry, th: Thresholds
+) -> tuple[list[Event], list[tuple[str, Command]]]:
+    """What one sample changes: the host's watch, and the events and commands that follow."""
+    m, host = holder.monitor, sample.host
+    watch = holder.watches.get(host) or Watch(m.episodes.get(host))
+    evidence = measure(sample)
+    watch, change = observe(watch, evidence, host, sample.tick, th)
+    holder.watches[host] = watch
+    evidence = evidence.model_copy(update={"ticks": th.ticks_on if change else 1})
+    events: list[Event] = []
+    commands: list[tuple[str, Command]] = []
+    if change is Change.DETECTED and watch.episode is not None:
+        episode = watch.episode
+        events.append(
+            ContentionDetected(host=host, episode=episode, tick=sample.tick, evidence=evidence)
+        )
+        for s in scale_down(m, sample, episode, evidence):
+            events.append(_decided(host, episode, s.cluster, s.direction, s.delta, s.reason))
+            commands.append(
+                (
+                    f"{episode}:{s.cluster}:down",
+                    ScaleCluster(cluster=s.cluster, delta=s.delta, host=host, reason=s.reason),
+                )
+            )
+    elif change is Change.CLEARED:
+        episode = m.episodes.get(host, f"{host}-t{sample.tick}")
+        cleared = evidence.model_copy(update={"ticks": th.ticks_off})
+        events.append(
+            ContentionCleared(host=host, episode=episode, tick=sample.tick, evidence=cleared)
+        )
+    if not watch.contended:
+        for episode, s in scale_up(m, sample):
+            events.append(_decided(host, episode, s.cluster, s.direction, s.delta, s.reason))
+            commands.append(
+                (
+                    f"{episode}:{s.cluster}:up",
+                    ScaleCluster(cluster=s.cluster, delta=s.delta, reason=s.reason),
+                )
+            )
+    for cluster, wanted in allocations(m, sample).items():
+        slots = [a for a in wanted if holder.asked.get(a.vm) != (a.map_slots, a.reduce_slots)]
+        if not slots:
+            continue
+        holder.asked.update({a.vm: (a.map_slots, a.reduce_slots) for a in slots})
+        reason = f"CPU the workers get on {host} at tick {sample.tick}"
+        commands.append(
+            (
+                f"slots:{cluster}:{host}:{sample.tick}",
+                AllocateSlots(cluster=cluster, slots=slots, reason=reason),
+            )
+        )
+    return events, commands
+
+
+def _decided(
+    host: str, episode: str, cluster: str, direction: Direction, delta: int, why: str
+) -> ScalingDecided:
+    return ScalingDecided(
+        host=host, episode=episode, cluster=cluster, direction=direction, delta=delta, reason=why
+    )

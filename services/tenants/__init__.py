@@ -1,0 +1,1 @@
+"""Elastic tenant clusters: emulated Hadoop-like job trackers and their worker VMs."""
