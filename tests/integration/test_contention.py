@@ -1,0 +1,126 @@
+"""The contention monitor and the tenants service as processes on real brokers: a noisy
+neighbour makes a cluster shrink; the monitor killed and restarted rebuilds its state
+from the log and repeats none of its actions; the cluster grows back once it clears."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from schemas.tenants import ClusterScaled, CreateCluster
+from schemas.vm import CreateVm, PowerOffVm, VmCreated, WorkloadKind
+from shared.bus.factory import bus_from_url
+from shared.bus.rabbit import RabbitBus
+from shared.client import Client
+from shared.testing import poll, unique_namespace
+from tests.brokers import drop_rabbitmq_namespace
+from tests.integration.stack import start_ready, stop_all
+
+pytestmark = [pytest.mark.broker, pytest.mark.integration]
+
+
+@pytest.fixture(params=["nats", "rabbitmq"])
+def bus_url(request: pytest.FixtureRequest) -> str:
+    url: str = request.getfixturevalue(f"{'amqp' if request.param == 'rabbitmq' else 'nats'}_url")
+    return url
+
+
+@pytest.fixture
+async def client(bus_url: str) -> AsyncIterator[Client]:
+    namespace = unique_namespace()
+    bus = bus_from_url(bus_url, namespace)
+    await bus.start()
+    try:
+        yield Client(bus, producer="test")
+    finally:
+        await bus.close()
+        if isinstance(bus, RabbitBus):
+            await asyncio.to_thread(drop_rabbitmq_namespace, bus_url, namespace)
+
+
+async def logged(client: Client, *types: str) -> list[object]:
+    return [
+        e.envelope.data
+        async for e in client.bus.replay()
+        if e.envelope is not None and e.envelope.type in types
+    ]
+
+
+async def test_monitor_restarted_mid_episode_repeats_nothing(
+    client: Client, bus_url: str, tmp_path: Path
+) -> None:
+    env = {
+        "VPLANE_BUS_URL": bus_url,
+        "VPLANE_NAMESPACE": client.bus.namespace,
+        "VPLANE_HOSTS": "2",
+        "VPLANE_TICK_SECONDS": "0.2",
+        "VPLANE_SPEED": "5",
+        "VPLANE_ROUND_SECONDS": "0.2",
+        "VPLANE_HA_FAILURES": "0",
+        "VPLANE_REBALANCE_THRESHOLD": "1",
+    }
+    services = [
+        ("hosts", env),
+        ("scheduler", {**env, "VPLANE_PRIORITY": "high"}),
+        ("scheduler", {**env, "VPLANE_PRIORITY": "low"}),
+        ("tenants", env),
+        ("contention", env),
+    ]
+    procs = await start_ready(client, services, tmp_path)
+    try:
+        await client.send(
+            CreateCluster(cluster="batch", workers=4, min_workers=1, max_workers=4, worker_cpu=4)
+        )
+        created = await poll(
+            lambda: logged(client, "VmCreated"), lambda c: len(c) == 4, timeout=30, what="workers"
+        )
+        where = Counter(c.host for c in created if isinstance(c, VmCreated))
+        host = where.most_common(1)[0][0]
+        await client.send(
+            CreateVm(vm="noisy", cpu=16, mem_mib=2048, host=host, workload=WorkloadKind.NOISY)
+        )
+        await poll(
+            lambda: logged(client, "ScalingDecided"), lambda d: len(d) == 1, timeout=30, what="down"
+        )
+
+        procs[4].kill()
+        procs[4].wait(10)
+        procs.append((await start_ready(client, [services[4]], tmp_path))[0])
+        # A dozen more ticks of the same contention reach the restarted monitor.
+        await asyncio.sleep(2.5)
+        assert len(await logged(client, "ContentionDetected")) == 1
+        assert len(await logged(client, "ScalingDecided")) == 1
+        shrunk = [
+            s
+            for s in await logged(client, "ClusterScaled")
+            if isinstance(s, ClusterScaled) and "contention" in s.reason
+        ]
+        assert len(shrunk) == 1
+        assert shrunk[0].to_workers < 4
+
+        await client.send(PowerOffVm(vm="noisy", host=host))
+        await poll(
+            lambda: logged(client, "ContentionCleared"),
+            lambda c: len(c) == 1,
+            timeout=30,
+            what="cleared",
+        )
+        decided = await poll(
+            lambda: logged(client, "ScalingDecided"), lambda d: len(d) == 2, timeout=30, what="up"
+        )
+        assert [d.direction for d in decided] == ["down", "up"]  # type: ignore[attr-defined]
+        grown = await poll(
+            lambda: logged(client, "ClusterScaled"),
+            lambda s: len(s) == 3,
+            timeout=30,
+            what="grown back",
+        )
+        assert grown[-1].to_workers == 4  # type: ignore[attr-defined]
+        await asyncio.sleep(1.0)
+        assert len(await logged(client, "ScalingDecided")) == 2
+    finally:
+        await stop_all(procs)
