@@ -48,7 +48,7 @@ def describe(env: Envelope[Message]) -> str:
     fields = data.model_dump(mode="json")
     where = " on ".join(str(fields[k]) for k in ("vm", "host") if k in fields)
     detail = ", ".join(f"{k}={v}" for k, v in fields.items() if k not in {"vm", "host"})
-    return f"{phrase} {where}" + (f" ({detail})" if detail else "")
+    return " ".join(part for part in (phrase, where) if part) + (f" ({detail})" if detail else "")
 
 
 _PHRASES = {
@@ -67,6 +67,9 @@ _PHRASES = {
     "MigrationCompleted": "migrated",
     "MigrationAborted": "migration aborted for",
     "MigrationRefused": "migration refused for",
+    "ClusterCreated": "cluster created:",
+    "ClusterScaled": "cluster scaled:",
+    "JobSubmitted": "job submitted:",
 }
 
 

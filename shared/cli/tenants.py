@@ -95,18 +95,11 @@ def clusters(bus: BusOption = None, as_json: JsonOption = False) -> None:
     if as_json:
         typer.echo(json.dumps([c.model_dump(mode="json") for c in reply.clusters]))
         return
-    table = Table(
-        "cluster",
-        "priority",
-        "workers (running/asked)",
-        "min..max",
-        "slots map/reduce",
-        "tasks",
-        "jobs running",
-        "done",
-        "contention",
-    )
+    # Short headers: the table must fit an 80-column terminal.
+    table = Table("cluster", "prio", "workers", "min..max", "slots m/r", "tasks", "jobs", "done")
+    table.add_column("contention")
     for c in reply.clusters:
+        # workers: running/asked for; jobs: those running now.
         table.add_row(
             c.cluster,
             str(c.priority),

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -139,6 +140,50 @@ def test_priorities_migration_and_maintenance_through_the_cli(stack: dict[str, s
     ghost = cli("host", "maintenance", "h9", "on", "--wait", env=stack)
     assert ghost.returncode == 1
     assert "rejected (unknown-host): no host h9" in ghost.stdout
+
+
+def test_tenant_clusters_through_the_cli(stack: dict[str, str]) -> None:
+    """Create a cluster, run a job on it, see it in `vplane clusters`; wrong requests
+    get one clear refusal each."""
+    made = cli(
+        "cluster", "create", "t1", "--workers", "2", "--min", "1", "--max", "3", "--wait", env=stack
+    )
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.startswith("cluster created: (cluster=t1, workers=2")
+    bad = cli(
+        "cluster", "create", "t2", "--workers", "2", "--min", "3", "--max", "2", "--wait", env=stack
+    )
+    assert bad.returncode == 1
+    assert "rejected (invalid-request): minimum 3 is above maximum 2" in bad.stdout
+    nowhere = cli("job", "submit", "nope", "--maps", "2", "--wait", env=stack)
+    assert "rejected (unknown-cluster): no cluster nope" in nowhere.stdout
+    ran = cli(
+        "job",
+        "submit",
+        "t1",
+        "--maps",
+        "4",
+        "--map-seconds",
+        "1",
+        "--name",
+        "j1",
+        "--wait",
+        env=stack,
+    )
+    assert ran.stdout.startswith("job submitted: (cluster=t1, job=j1"), ran.stdout + ran.stderr
+
+    def listed() -> dict[str, object]:
+        [row] = json.loads(cli("clusters", "--json", env=stack).stdout)
+        assert isinstance(row, dict)
+        return row
+
+    deadline = time.monotonic() + 60
+    while (row := listed())["jobs_done"] != 1:
+        assert time.monotonic() < deadline, row
+        time.sleep(0.5)
+    assert row["cluster"] == "t1"
+    assert row["running"] == 2
+    assert row["map_slots"] == 4  # 2 workers x 2 vCPU
 
 
 def test_events_tail_follows_new_events(stack: dict[str, str]) -> None:
