@@ -66,6 +66,17 @@ async def test_contention_shrinks_the_low_cluster_then_it_grows_back() -> None:
         assert shrunk.data.to_workers == 3  # type: ignore[attr-defined]
         assert set(shrunk.data.removed) <= set(on_h1)  # type: ignore[attr-defined]
         await poll(lambda: stack.of_type("VmDestroyed"), lambda es: len(es) == 1, what="destroyed")
+        # Workers slowed on h1 get fewer slots than vCPUs (test_tracker: the tracker keeps to them).
+        allocated = await poll(
+            lambda: stack.of_type("SlotsAllocated"),
+            lambda es: any(
+                a.vm in on_h1 and a.map_slots < 4
+                for e in es
+                for a in e.data.slots  # type: ignore[attr-defined]
+            ),
+            what="fewer slots on h1",
+        )
+        assert all(e.producer == "tenants" for e in allocated)
 
         await c.send(PowerOffVm(vm="noisy", host="h1"))
         await poll(
