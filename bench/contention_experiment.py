@@ -239,7 +239,7 @@ class Driver:
                 )
                 (rec.detected if isinstance(data, ContentionDetected) else rec.cleared).append(mark)
             case ScalingDecided():
-                # The monitor keeps no clock: its decision is timed by the sample it answered.
+                # Timed by the telemetry sample it answers: the tick, not only the clock.
                 tick, at = rec.telemetry.get(env.causation_id or uuid.UUID(int=0), (-1, -1.0))
                 rec.decided.append(
                     Mark(
@@ -815,7 +815,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--speed", type=float, default=4.0, help="emulated s per wall s")
     parser.add_argument("--round", type=float, default=0.2, help="scheduling round, seconds")
     parser.add_argument("--gold-workers", type=int, default=4)
-    parser.add_argument("--batch-workers", type=int, default=4)
+    parser.add_argument("--batch-workers", type=int, default=8)
     parser.add_argument("--worker-cpu", type=int, default=4, help="vCPUs of a worker")
     parser.add_argument("--batch-cpu", type=int, help="vCPUs of a batch worker (--worker-cpu)")
     parser.add_argument("--maps", type=int, default=48, help="map tasks of each job")
@@ -825,8 +825,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument(
         "--submit-at", type=float, default=26.0, help="emulated time the jobs are submitted"
     )
-    parser.add_argument("--noisy-on", type=float, default=4.0, help="after submission, emulated s")
-    parser.add_argument("--noisy-off", type=float, default=34.0, help="after submission")
+    parser.add_argument("--noisy-on", type=float, default=3.0, help="after submission, emulated s")
+    parser.add_argument("--noisy-off", type=float, default=48.0, help="after submission")
     parser.add_argument("--noisy-cpu", type=int, default=16, help="vCPUs of the noisy VM")
     parser.add_argument("--seed", type=int, default=7, help="seeds the noisy VM's workload")
     parser.add_argument("--timeout", type=float, default=120.0, help="wall seconds per run")

@@ -8,7 +8,7 @@ import uuid
 from schemas import Command, Envelope, Event, Message
 from schemas.contention import ContentionCleared, ContentionDetected, Direction, ScalingDecided
 from schemas.host import HostTelemetry
-from schemas.tenants import AllocateSlots, ScaleCluster
+from schemas.tenants import AllocateSlots, ScaleCluster, SlotAllocation
 from services.contention.detector import Change, Thresholds, Watch, measure, observe
 from services.contention.scaling import scale_down, scale_up
 from services.contention.slots import allocations
@@ -18,6 +18,7 @@ from shared.runtime import Runtime, ServiceDefinition
 from shared.settings import Settings
 
 NAME = "contention-monitor"
+SLOT_TICKS = 2
 
 
 class Holder:
@@ -28,8 +29,11 @@ class Holder:
         self.watches: dict[str, Watch] = {}
         self.bus: Bus | None = None
         # The slots last asked for, per worker: asked once, not again every tick until
-        # the job tracker's answer is folded.
+        # the job tracker's answer is folded; and a new figure with the ticks in a row
+        # it held (slots change only once it held for SLOT_TICKS).
         self.asked: dict[str, tuple[int, int]] = {}
+        self.seen: dict[str, tuple[tuple[int, int], int]] = {}
+        self.now = 0.0
 
 
 def command_id(what: str) -> uuid.UUID:
@@ -45,6 +49,7 @@ def build(_settings: Settings, thresholds: Thresholds | None = None) -> ServiceD
 
     async def on_telemetry(env: Envelope[Message]) -> list[Event]:
         sample = checked(holder.monitor, env)
+        holder.now = max(holder.now, env.sim_time)
         events, commands = react(holder, sample, th)
         assert holder.bus is not None, "set up before telemetry is taken"
         for what, cmd in commands:
@@ -61,6 +66,7 @@ def build(_settings: Settings, thresholds: Thresholds | None = None) -> ServiceD
         follow=True,
         telemetry=on_telemetry,
         setup=setup,
+        clock=lambda: holder.now,
     )
 
 
@@ -83,7 +89,7 @@ def react(
     """What one sample changes: the host's watch, and the events and commands that follow."""
     m, host = holder.monitor, sample.host
     watch = holder.watches.get(host) or Watch(m.episodes.get(host))
-    evidence = measure(sample)
+    evidence = measure(sample, workers=m.owner.keys())
     watch, change = observe(watch, evidence, host, sample.tick, th)
     holder.watches[host] = watch
     evidence = evidence.model_copy(update={"ticks": th.ticks_on if change else 1})
@@ -118,7 +124,7 @@ def react(
                 )
             )
     for cluster, wanted in allocations(m, sample).items():
-        slots = [a for a in wanted if holder.asked.get(a.vm) != (a.map_slots, a.reduce_slots)]
+        slots = [a for a in wanted if _settled(holder, a) and not _asked(holder, a)]
         if not slots:
             continue
         holder.asked.update({a.vm: (a.map_slots, a.reduce_slots) for a in slots})
@@ -130,6 +136,20 @@ def react(
             )
         )
     return events, commands
+
+
+def _settled(holder: Holder, a: SlotAllocation) -> bool:
+    """The figure held for SLOT_TICKS ticks in a row: a one-tick blip moves no slot (a
+    slot taken away sends its task back to the queue, to start again)."""
+    figure = (a.map_slots, a.reduce_slots)
+    before, streak = holder.seen.get(a.vm, (figure, 0))
+    streak = streak + 1 if before == figure else 1
+    holder.seen[a.vm] = (figure, streak)
+    return streak >= SLOT_TICKS
+
+
+def _asked(holder: Holder, a: SlotAllocation) -> bool:
+    return holder.asked.get(a.vm) == (a.map_slots, a.reduce_slots)
 
 
 def _decided(

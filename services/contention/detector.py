@@ -5,6 +5,7 @@ a row under the low bar, so a single spike (or a single quiet tick) changes noth
 from __future__ import annotations
 
 import enum
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from schemas.contention import Evidence
@@ -39,8 +40,12 @@ class Change(enum.Enum):
     CLEARED = "cleared"
 
 
-def measure(sample: HostTelemetry, ticks: int = 1) -> Evidence:
+def measure(sample: HostTelemetry, ticks: int = 1, workers: Collection[str] = ()) -> Evidence:
+    """The host's evidence; when it runs tenant ``workers``, theirs alone: contention
+    matters where it slows tasks, and a noisy neighbour is always slowed by itself."""
     running = [v for v in sample.vms if v.state == "on"]
+    mine = [v for v in running if v.vm in workers]
+    running = mine or running
     ready = sum(v.cpu_ready_ms for v in running) / len(running) if running else 0.0
     return Evidence(
         ticks=max(1, ticks),

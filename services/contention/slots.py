@@ -1,11 +1,14 @@
 """Task slots from the CPU a worker really gets: a slot per vCPU it can use now.
 
 A worker whose work runs ``slowdown`` times slower than alone gets ``vCPUs / slowdown``
-slots for maps (at least one, never more than its vCPUs) and half that for reduces, so
-the job tracker puts tasks where they will run instead of queueing them on a crowded
-host."""
+of CPU, so as many map slots, rounded up (at least one, never more than its vCPUs: its
+tasks then share no less than it gets), and half that for reduces. The job tracker
+then puts new tasks where they will run at full speed instead of queueing more of
+them on a crowded host."""
 
 from __future__ import annotations
+
+import math
 
 from schemas.host import HostTelemetry
 from schemas.tenants import SlotAllocation
@@ -13,7 +16,7 @@ from services.contention.state import Monitor
 
 
 def slots_for(cpu: int, slowdown: float) -> tuple[int, int]:
-    maps = max(1, min(cpu, round(cpu / max(1.0, slowdown))))
+    maps = max(1, min(cpu, math.ceil(cpu / max(1.0, slowdown) - 1e-9)))
     return maps, max(1, maps // 2)
 
 

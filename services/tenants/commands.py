@@ -137,9 +137,12 @@ def _submit(t: Tenants, cmd: SubmitJob, now: float) -> JobSubmitted:
 
 def _slots(t: Tenants, cmd: AllocateSlots) -> SlotsAllocated:
     _cluster(t, cmd.cluster)
-    strangers = sorted({s.vm for s in cmd.slots} - set(t.clusters[cmd.cluster].workers))
+    strangers = sorted(s.vm for s in cmd.slots if t.owner.get(s.vm) != cmd.cluster)
     if strangers:
         raise _Refused(
             RejectionCode.UNKNOWN_VM, f"not workers of {cmd.cluster}: {', '.join(strangers)}"
         )
-    return SlotsAllocated(cluster=cmd.cluster, slots=cmd.slots, reason=cmd.reason)
+    # Slots of a worker that has just left are moot: the others still count.
+    current = set(t.clusters[cmd.cluster].workers)
+    slots = [s for s in cmd.slots if s.vm in current]
+    return SlotsAllocated(cluster=cmd.cluster, slots=slots, reason=cmd.reason)

@@ -1,10 +1,15 @@
 """A tenant's job tracker, one step at a time, pure.
 
 Each telemetry tick of a host moves the tasks running on that host's workers on by the
-CPU their VM actually got: a slot is one vCPU, so a task gains ``dt / slowdown``
-CPU-seconds. The tracker honours slot allocations: it assigns tasks only to free active
-slots, and a worker that lost slots (or left) gives its surplus tasks back to the queue,
-those that got least far first. A job's reduces start once all its maps are done.
+CPU their VM actually got: a worker of ``c`` vCPUs slowed ``s`` times gets ``c / s``
+vCPUs, shared by its running tasks, each of which can use one at most. So a task
+gains ``dt * min(1, c / (s * k))`` CPU-seconds with ``k`` tasks on the worker: fewer
+slots on a slowed worker make each of its tasks faster.
+
+The tracker honours slot allocations: it assigns a task only to a free active slot. A
+slot taken away is deactivated, not emptied: the task in it runs to its end and the
+slot takes no other (killing it would throw its work away). A worker that leaves gives
+its tasks back to the queue. A job's reduces start once all its maps are done.
 """
 
 from __future__ import annotations
@@ -40,41 +45,45 @@ def advance(
     """One step of ``cluster``'s tracker: ``rates`` are the CPU-seconds per second a slot
     gets on each worker that reported this tick (1 / slowdown)."""
     step = Step()
-    c = t.clusters[cluster]
-    active = set(t.active(cluster))
-    running: dict[str, list[tuple[TaskId, float]]] = defaultdict(list)
     jobs = {j.spec.job: j for j in t.open_jobs(cluster)}
-
-    for tid, vm in t.assigned.items():
-        job = jobs.get(tid[1])
-        if tid[0] != cluster or job is None:
-            continue
-        gained = progress.get(tid, 0.0) + rates.get(vm, 0.0) * dt
-        a = Assignment(vm=vm, kind=tid[2], task=tid[3])
-        if vm not in active:
-            step.requeued[tid[1]].append(a)
-        elif gained >= job.work(tid[2]) - 1e-9:
-            step.done[tid[1]].append(a)
-        else:
-            running[vm].append((tid, gained))
-
-    for vm, tasks in running.items():
-        slots = c.slots_of(vm)
-        for kind, limit in ((TaskKind.MAP, slots.map_slots), (TaskKind.REDUCE, slots.reduce_slots)):
-            mine = sorted((p, tid) for tid, p in tasks if tid[2] is kind)
-            surplus = len(mine) - limit
-            for i, (p, tid) in enumerate(mine):
-                if i < surplus:
-                    step.requeued[tid[1]].append(Assignment(vm=vm, kind=kind, task=tid[3]))
-                else:
-                    step.progress[tid] = p
-
+    step.progress.update(_progress(t, cluster, jobs, progress, rates, dt, step))
     _assign(t, cluster, jobs, step)
     for job in jobs.values():
         finished = job.done | {job.task(a.kind, a.task) for a in step.done[job.spec.job]}
         if len(finished) == job.spec.maps + job.spec.reduces:
             step.completed.append(job)
     return step
+
+
+def _progress(
+    t: Tenants,
+    cluster: str,
+    jobs: Mapping[str, Job],
+    progress: Mapping[TaskId, float],
+    rates: Mapping[str, float],
+    dt: float,
+    step: Step,
+) -> dict[TaskId, float]:
+    """Move the running tasks on; the finished and orphaned ones go into ``step``, the
+    others come back with their progress."""
+    active = set(t.active(cluster))
+    mine = [(tid, vm) for tid, vm in t.assigned.items() if tid[0] == cluster and tid[1] in jobs]
+    sharing: dict[str, int] = defaultdict(int)
+    for _, vm in mine:
+        sharing[vm] += 1
+    cpu = t.clusters[cluster].spec.worker_cpu
+    running: dict[TaskId, float] = {}
+    for tid, vm in mine:
+        share = min(1.0, cpu * rates.get(vm, 0.0) / sharing[vm])
+        gained = progress.get(tid, 0.0) + share * dt
+        a = Assignment(vm=vm, kind=tid[2], task=tid[3])
+        if vm not in active:
+            step.requeued[tid[1]].append(a)
+        elif gained >= jobs[tid[1]].work(tid[2]) - 1e-9:
+            step.done[tid[1]].append(a)
+        else:
+            running[tid] = gained
+    return running
 
 
 def _assign(t: Tenants, cluster: str, jobs: Mapping[str, Job], step: Step) -> None:

@@ -72,3 +72,13 @@ def test_shrinking_stops_at_the_minimum() -> None:
     assert refusal(t, ScaleCluster(cluster="c", delta=-1)) == (
         "wrong-state: cluster c has 1 workers, at its minimum"
     )
+
+
+def test_slots_of_a_worker_that_just_left_are_dropped_not_refused() -> None:
+    t = with_cluster()
+    [shrunk] = answer(t, ScaleCluster(cluster="c", delta=-1))
+    t = evolve(t, shrunk)
+    gone = shrunk.removed[0]  # type: ignore[attr-defined]
+    slots = [SlotAllocation(vm=vm, map_slots=1, reduce_slots=1) for vm in ("c-w0", "c-w1")]
+    [allocated] = answer(t, AllocateSlots(cluster="c", slots=slots))
+    assert [s.vm for s in allocated.slots] == [v for v in ("c-w0", "c-w1") if v != gone]  # type: ignore[attr-defined]

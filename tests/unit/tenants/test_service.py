@@ -43,7 +43,7 @@ async def test_contention_shrinks_the_low_cluster_then_it_grows_back() -> None:
         on_h1 = [e.data.vm for e in created if e.data.host == "h1"]  # type: ignore[attr-defined]
         await c.send(SubmitJob(cluster="batch", job="b", maps=400, map_cpu_seconds=5))
         await c.send(
-            CreateVm(vm="noisy", cpu=16, mem_mib=2048, host="h1", workload=WorkloadKind.NOISY)
+            CreateVm(vm="noisy", cpu=32, mem_mib=2048, host="h1", workload=WorkloadKind.NOISY)
         )
 
         [detected] = await poll(

@@ -108,22 +108,25 @@ def test_tasks_go_only_to_allocated_slots_and_reduces_wait_for_maps() -> None:
     assert done == 8
 
 
-def test_fewer_slots_send_the_least_advanced_tasks_back_to_the_queue() -> None:
-    t = job(cluster(workers=1, cpu=2))
-    progress: dict[TaskId, float] = {}
-    step = advance(t, "c", progress, {"c-w0": 1.0}, dt=1.0)
+def test_a_slot_taken_away_lets_its_task_finish_and_takes_no_other() -> None:
+    t = job(cluster(workers=1, cpu=2), maps=4, reduces=0, work=2.0)
+    step = advance(t, "c", {}, {"c-w0": 1.0}, dt=1.0)
     t = apply(t, step)
     assert running_per_vm(t)[("c-w0", TaskKind.MAP)] == 2
-    progress = dict(step.progress)
-    first, second = sorted(progress)
-    progress[first] = 3.0  # one task is further along
     t = evolve(
         t,
         SlotsAllocated(cluster="c", slots=[SlotAllocation(vm="c-w0", map_slots=1, reduce_slots=1)]),
     )
-    step = advance(t, "c", progress, {"c-w0": 0.0}, dt=1.0)
-    assert [a.task for a in step.requeued["j"]] == [second[3]]
-    assert first in step.progress
+    # Both running tasks go on; no new one starts while two run in one slot's place.
+    step = advance(t, "c", step.progress, {"c-w0": 1.0}, dt=1.0)
+    assert not step.requeued["j"]
+    assert not step.assigned["j"]
+    assert sorted(step.progress.values()) == [1.0, 1.0]
+    t = apply(t, step)
+    # They finish; then one slot, one task at a time.
+    step = advance(t, "c", step.progress, {"c-w0": 1.0}, dt=1.0)
+    assert len(step.done["j"]) == 2
+    assert len(step.assigned["j"]) == 1
 
 
 def test_contention_stretches_tasks_and_a_lost_worker_gives_its_tasks_back() -> None:
@@ -137,3 +140,19 @@ def test_contention_stretches_tasks_and_a_lost_worker_gives_its_tasks_back() -> 
     step = advance(t, "c", step.progress, {}, dt=1.0)
     assert [a.vm for a in step.requeued["j"]] == ["c-w0"]
     assert not step.assigned["j"]
+
+
+def test_a_slowed_worker_shares_what_it_gets_among_its_tasks() -> None:
+    """4 vCPUs slowed twofold give 2 vCPUs: 4 tasks get half a CPU each, 2 tasks a whole."""
+    for slots, share in ((4, 0.5), (2, 1.0)):
+        t = job(cluster(workers=1, cpu=4), maps=8, reduces=0, work=100.0)
+        t = evolve(
+            t,
+            SlotsAllocated(
+                cluster="c", slots=[SlotAllocation(vm="c-w0", map_slots=slots, reduce_slots=1)]
+            ),
+        )
+        step = advance(t, "c", {}, {"c-w0": 0.5}, dt=1.0)
+        t = apply(t, step)
+        step = advance(t, "c", step.progress, {"c-w0": 0.5}, dt=1.0)
+        assert sorted(step.progress.values()) == [share] * slots
