@@ -209,11 +209,15 @@ class Runtime:
     async def _on_telemetry(self, env: Envelope[Message], _delivery: Delivery) -> None:
         assert self.definition.telemetry is not None
         async with self._deciding:
-            events = await self.definition.telemetry(env)
-            # Ids derive from the sample and this service (several services answer one
-            # sample): a redelivered sample appends nothing twice.
-            ids = [uuid.uuid5(env.id, f"{self.name}/{i}") for i in range(len(events))]
-            await self.publish(events, caused_by=env, ids=ids)
+            await self.publish_for_sample(env, await self.definition.telemetry(env))
+
+    async def publish_for_sample(self, sample: Envelope[Message], events: list[Event]) -> None:
+        """Append what a telemetry sample caused. Ids derive from the sample and this
+        service (several services answer one sample): a redelivered sample appends
+        nothing twice. A handler that sends commands because of these events appends
+        them itself first, so the log shows the cause before the effect."""
+        ids = [uuid.uuid5(sample.id, f"{self.name}/{i}") for i in range(len(events))]
+        await self.publish(events, caused_by=sample, ids=ids)
 
     def exclusive(self) -> asyncio.Lock:
         """Held while deciding: a loop that decides (a scheduling round) takes it too."""

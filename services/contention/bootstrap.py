@@ -13,7 +13,7 @@ from services.contention.detector import Change, Thresholds, Watch, measure, obs
 from services.contention.scaling import scale_down, scale_up
 from services.contention.slots import allocations
 from services.contention.state import Monitor, evolve
-from shared.bus import Bus, PoisonMessage
+from shared.bus import PoisonMessage
 from shared.runtime import Runtime, ServiceDefinition
 from shared.settings import Settings
 
@@ -27,7 +27,7 @@ class Holder:
         # Streaks are not logged: after a restart a host's streak starts again from 0,
         # but an open episode comes back from the log.
         self.watches: dict[str, Watch] = {}
-        self.bus: Bus | None = None
+        self.runtime: Runtime | None = None
         # The slots last asked for, per worker: asked once, not again every tick until
         # the job tracker's answer is folded; and a new figure with the ticks in a row
         # it held (slots change only once it held for SLOT_TICKS).
@@ -51,13 +51,14 @@ def build(_settings: Settings, thresholds: Thresholds | None = None) -> ServiceD
         sample = checked(holder.monitor, env)
         holder.now = max(holder.now, env.sim_time)
         events, commands = react(holder, sample, th)
-        assert holder.bus is not None, "set up before telemetry is taken"
+        assert holder.runtime is not None, "set up before telemetry is taken"
+        await holder.runtime.publish_for_sample(env, events)
         for what, cmd in commands:
-            await holder.bus.send(Envelope.wrap(cmd, producer=NAME, id=command_id(what)))
-        return events
+            await holder.runtime.bus.send(Envelope.wrap(cmd, producer=NAME, id=command_id(what)))
+        return []
 
     async def setup(runtime: Runtime) -> None:
-        holder.bus = runtime.bus
+        holder.runtime = runtime
 
     return ServiceDefinition(
         name=NAME,

@@ -26,7 +26,7 @@ from schemas.vm import DestroyVm, PowerOffVm, WorkloadKind
 from services.tenants.commands import decide
 from services.tenants.state import TaskId, Tenants, evolve
 from services.tenants.tracker import advance
-from shared.bus import Bus, PoisonMessage
+from shared.bus import PoisonMessage
 from shared.runtime import Runtime, ServiceDefinition
 from shared.settings import Settings
 
@@ -44,7 +44,7 @@ class Holder:
         self.last_seen: dict[str, float] = {}
         self.now = 0.0
         self.sent: set[uuid.UUID] = set()
-        self.bus: Bus | None = None
+        self.runtime: Runtime | None = None
 
 
 def command_id(what: str) -> uuid.UUID:
@@ -69,13 +69,17 @@ def build(_settings: Settings) -> ServiceDefinition:
         holder.last_seen[sample.host] = env.sim_time
         dt = 0.0 if last is None else max(0.0, env.sim_time - last)
         events = track(holder, sample, dt, env.sim_time)
-        assert holder.bus is not None, "set up before telemetry is taken"
-        for what, cmd in spills(holder.tenants, events):
-            await holder.bus.send(Envelope.wrap(cmd, producer=NAME, id=command_id(what)))
-        return events
+        assert holder.runtime is not None, "set up before telemetry is taken"
+        # Worked out on the fold before the events are: a job completed now still holds
+        # its scratch in it.
+        spilled = spills(holder.tenants, events)
+        await holder.runtime.publish_for_sample(env, events)
+        for what, cmd in spilled:
+            await holder.runtime.bus.send(Envelope.wrap(cmd, producer=NAME, id=command_id(what)))
+        return []
 
     async def setup(runtime: Runtime) -> None:
-        holder.bus = runtime.bus
+        holder.runtime = runtime
 
     async def answer(env: Envelope[Message]) -> Reply:
         if not isinstance(env.data, ListClusters):

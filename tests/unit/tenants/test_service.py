@@ -64,6 +64,9 @@ async def test_contention_shrinks_the_low_cluster_then_it_grows_back() -> None:
             what="shrunk",
         )
         assert shrunk.data.to_workers == 3  # type: ignore[attr-defined]
+        # The log tells the cause before the effect: the decision, then the scaling.
+        ids = [e.id for e in await stack.of_type("ScalingDecided", "ClusterScaled")]
+        assert ids.index(down.id) < ids.index(shrunk.id)
         assert set(shrunk.data.removed) <= set(on_h1)  # type: ignore[attr-defined]
         await poll(lambda: stack.of_type("VmDestroyed"), lambda es: len(es) == 1, what="destroyed")
         # Workers slowed on h1 get fewer slots than vCPUs (test_tracker: the tracker keeps to them).
