@@ -6,40 +6,17 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from schemas.tenants import ClusterScaled, CreateCluster
 from schemas.vm import CreateVm, PowerOffVm, VmCreated, WorkloadKind
-from shared.bus.factory import bus_from_url
-from shared.bus.rabbit import RabbitBus
 from shared.client import Client
-from shared.testing import poll, unique_namespace
-from tests.brokers import drop_rabbitmq_namespace
+from shared.testing import poll
 from tests.integration.stack import start_ready, stop_all
 
 pytestmark = [pytest.mark.broker, pytest.mark.integration]
-
-
-@pytest.fixture(params=["nats", "rabbitmq"])
-def bus_url(request: pytest.FixtureRequest) -> str:
-    url: str = request.getfixturevalue(f"{'amqp' if request.param == 'rabbitmq' else 'nats'}_url")
-    return url
-
-
-@pytest.fixture
-async def client(bus_url: str) -> AsyncIterator[Client]:
-    namespace = unique_namespace()
-    bus = bus_from_url(bus_url, namespace)
-    await bus.start()
-    try:
-        yield Client(bus, producer="test")
-    finally:
-        await bus.close()
-        if isinstance(bus, RabbitBus):
-            await asyncio.to_thread(drop_rabbitmq_namespace, bus_url, namespace)
 
 
 async def logged(client: Client, *types: str) -> list[object]:

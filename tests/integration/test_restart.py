@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,34 +13,13 @@ from schemas import Envelope, Message
 from schemas.queries import ListVms, VmList
 from schemas.vm import CreateVm, PowerOffVm
 from shared.bus import Bus, RequestFailed
-from shared.bus.factory import bus_from_url
 from shared.bus.nats import NatsBus
 from shared.bus.rabbit import RabbitBus
 from shared.client import Client
-from shared.testing import poll, unique_namespace
-from tests.brokers import drop_rabbitmq_namespace
+from shared.testing import poll
 from tests.integration.stack import start_ready
 
 pytestmark = [pytest.mark.broker, pytest.mark.integration]
-
-
-@pytest.fixture(params=["nats", "rabbitmq"])
-def bus_url(request: pytest.FixtureRequest) -> str:
-    url: str = request.getfixturevalue(f"{'amqp' if request.param == 'rabbitmq' else 'nats'}_url")
-    return url
-
-
-@pytest.fixture
-async def client(bus_url: str) -> AsyncIterator[Client]:
-    namespace = unique_namespace()
-    bus = bus_from_url(bus_url, namespace)
-    await bus.start()
-    try:
-        yield Client(bus, producer="test")
-    finally:
-        await bus.close()
-        if bus_url.startswith("amqp"):
-            await asyncio.to_thread(drop_rabbitmq_namespace, bus_url, namespace)
 
 
 async def started(client: Client, env: dict[str, str], log_dir: Path) -> subprocess.Popen[bytes]:
