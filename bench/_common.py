@@ -14,7 +14,7 @@ import math
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -395,3 +395,22 @@ async def run_pair(raw: Side, vplane: VplaneSide, opts: Settings) -> dict[str, A
             "vplane": asdict(vp_lat),
         },
     }
+
+
+def run_until_sigterm(run: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+    """Run a benchmark's coroutine; SIGTERM ends the process with 128 + SIGTERM."""
+    try:
+        return asyncio.run(cancelled_by_sigterm(run))
+    except asyncio.CancelledError:
+        raise SystemExit(128 + signal.SIGTERM) from None
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the clean-up inside is done, then take effect."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)

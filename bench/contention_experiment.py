@@ -33,12 +33,12 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import cancelled_by_sigterm, terminate, to_the_end
+from _common import run_until_sigterm, signals_held, terminate, to_the_end
 
 from schemas import Command, Envelope
 from schemas.contention import ContentionCleared, ContentionDetected, ScalingDecided
@@ -597,24 +597,6 @@ async def one_run(url: str, namespace: str, sup: Supervisor, opts: Options, moni
     return figures(drv, monitor, wall)
 
 
-def _run(run: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
-    try:
-        return asyncio.run(cancelled_by_sigterm(run))
-    except asyncio.CancelledError:
-        raise SystemExit(128 + signal.SIGTERM) from None
-
-
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """Ctrl-C and SIGTERM wait until the clean-up inside is done, then take effect."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
-
-
 def run_embedded(opts: Options, monitor: bool) -> dict[str, Any]:
     """A fresh server and fresh services for one run; both always stop."""
     label = "on" if monitor else "off"
@@ -638,7 +620,7 @@ def run_embedded(opts: Options, monitor: bool) -> dict[str, Any]:
         try:
             broker.start()
             start = time.monotonic()
-            result = _run(one_run(broker.url, namespace, sup, opts, monitor))
+            result = run_until_sigterm(one_run(broker.url, namespace, sup, opts, monitor))
             return result | {"url": broker.url, "run_wall_s": time.monotonic() - start}
         finally:
             with signals_held():

@@ -32,13 +32,20 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import nats
-from _common import Latency, cancelled_by_sigterm, summarise, terminate, to_the_end
+from _common import (
+    Latency,
+    run_until_sigterm,
+    signals_held,
+    summarise,
+    terminate,
+    to_the_end,
+)
 from nats.js import api
 
 from schemas import Envelope
@@ -656,24 +663,6 @@ async def measure(
     }
 
 
-def _run(run: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
-    try:
-        return asyncio.run(cancelled_by_sigterm(run))
-    except asyncio.CancelledError:
-        raise SystemExit(128 + signal.SIGTERM) from None
-
-
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """Ctrl-C and SIGTERM wait until the clean-up inside is done, then take effect."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
-
-
 def run_embedded(opts: Options) -> dict[str, Any]:
     """The server and the services live in a temporary directory; both always stop."""
     with tempfile.TemporaryDirectory(prefix="vplane-bench-") as tmp:
@@ -696,7 +685,7 @@ def run_embedded(opts: Options) -> dict[str, Any]:
             broker.start()
             proc = getattr(broker, "_proc", None)
             pid = int(proc.pid) if proc is not None else 0
-            return _run(measure(broker.url, pid, namespace, sup, opts)) | {
+            return run_until_sigterm(measure(broker.url, pid, namespace, sup, opts)) | {
                 "inherited_env": inherited
             }
         finally:
