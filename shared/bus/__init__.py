@@ -8,6 +8,7 @@ from shared.bus.errors import (
     RequestFailed,
 )
 from shared.bus.protocol import (
+    BATCH_LIMIT,
     AppendResult,
     Bus,
     ConsumerSpec,
@@ -21,6 +22,7 @@ from shared.bus.protocol import (
 )
 
 __all__ = [
+    "BATCH_LIMIT",
     "AppendResult",
     "Bus",
     "BusError",

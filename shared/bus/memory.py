@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,9 +12,10 @@ from schemas import Envelope, Message
 from shared.bus import subjects
 from shared.bus.dedupe import RecentIds, unique
 from shared.bus.dispatch import Ack, Bury, Retry, answer, dispatch, entry_of, read_reply
-from shared.bus.errors import ConcurrencyError, RequestFailed
+from shared.bus.errors import BusError, ConcurrencyError, RequestFailed
 from shared.bus.flows import first_chunks
 from shared.bus.protocol import (
+    BATCH_LIMIT,
     AppendResult,
     ConsumerSpec,
     DeadLetter,
@@ -43,11 +44,19 @@ class _Log:
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     async def add(self, subject: str, data: bytes) -> int:
+        seq = self.add_now(subject, data)
+        await self.notify()
+        return seq
+
+    async def notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+    def add_now(self, subject: str, data: bytes) -> int:
+        """Add without waking readers; they see the entry at their next look."""
         seq = self.next_seq
         self.next_seq += 1
         self.entries.append(_Entry(seq, subject, data))
-        async with self.changed:
-            self.changed.notify_all()
         return seq
 
     def first_from(self, seq: int, filters: tuple[str, ...]) -> _Entry | None:
@@ -118,6 +127,36 @@ class MemoryBus:
 
     async def append_many(self, envs: list[Envelope[Any]]) -> list[AppendResult]:
         return [await self.append(env) for env in envs]
+
+    async def append_batch(
+        self, envs: list[Envelope[Any]], *, expected: Mapping[int, int] | None = None
+    ) -> list[AppendResult]:
+        if len(envs) > BATCH_LIMIT:
+            raise BusError(f"a batch holds at most {BATCH_LIMIT} events, not {len(envs)}")
+        if any(str(env.id) in self._ids for env in envs):
+            return [AppendResult(self._ids.get(str(env.id), 0), duplicate=True) for env in envs]
+        # Checked against the versions as the batch itself moves them, as JetStream does.
+        versions: dict[str, int] = {}
+        last = self._logs[Stream.EVENTS].next_seq - 1
+        for i, env in enumerate(envs):
+            subject = subjects.event_subject(self.namespace, env)
+            current = versions.get(subject, self._versions.get(subject, 0))
+            want = (expected or {}).get(i)
+            if want is not None and want != current:
+                raise ConcurrencyError(env.subject, want, current)
+            last += 1
+            versions[subject] = last
+        # No await between the check and the last append: the batch lands whole.
+        results = [self._add_now(env) for env in envs]
+        await self._logs[Stream.EVENTS].notify()
+        return results
+
+    def _add_now(self, env: Envelope[Any]) -> AppendResult:
+        subject = subjects.event_subject(self.namespace, env)
+        seq = self._logs[Stream.EVENTS].add_now(subject, env.encode())
+        self._ids[str(env.id)] = seq
+        self._versions[subject] = seq
+        return AppendResult(seq, duplicate=False)
 
     async def version(self, aggregate: str) -> int:
         return self._versions.get(subjects.aggregate_subject(self.namespace, aggregate), 0)

@@ -30,6 +30,8 @@ def stream_configs(
             duplicate_window=DEDUPE_WINDOW,
             deny_delete=True,
             deny_purge=True,
+            # A decision's events land as one unit (atomic batch publish).
+            allow_atomic=True,
         ),
         api.StreamConfig(
             name=names[Stream.COMMANDS],

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from schemas import Envelope, Message, Reply
+
+
+# The most events one atomic append may hold (JetStream's limit for an atomic batch).
+BATCH_LIMIT = 1000
 
 
 class Stream(enum.StrEnum):
@@ -95,7 +99,19 @@ class Bus(Protocol):
         An envelope id already in the log is not appended again."""
 
     async def append_many(self, envs: list[Envelope[Any]]) -> list[AppendResult]:
-        """Append several events with their acknowledgements in flight together."""
+        """Append several events with their acknowledgements in flight together; each
+        lands on its own (a bulk path for tools and benchmarks, not for answers)."""
+
+    async def append_batch(
+        self, envs: list[Envelope[Any]], *, expected: Mapping[int, int] | None = None
+    ) -> list[AppendResult]:
+        """Append events as one unit, in order: all of them land or none does, and a
+        reader never sees part of it. ``expected`` maps a position in ``envs`` to the
+        expected version of that event's aggregate; when one is stale, raise
+        ConcurrencyError and append nothing. A batch any of whose ids is in the log
+        already was appended before: nothing is appended and every result is a
+        duplicate (its ``seq`` is 0 where the adapter cannot tell it). At most
+        BATCH_LIMIT events."""
 
     async def version(self, aggregate: str) -> int:
         """The log sequence of the aggregate's last event, 0 if it has none."""
