@@ -9,7 +9,6 @@ from typing import Any, Protocol
 
 from schemas import Envelope, Message, Reply
 
-
 # The most events one atomic append may hold (JetStream's limit for an atomic batch).
 BATCH_LIMIT = 1000
 

@@ -16,7 +16,9 @@ async def test_a_batch_lands_whole_and_in_order(bus: Bus) -> None:
     results = await bus.append_batch(envs)
     seqs = [r.seq for r in results]
     assert not any(r.duplicate for r in results)
-    assert seqs == sorted(seqs) and len(set(seqs)) == 5 and seqs[0] > before.seq
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == 5
+    assert seqs[0] > before.seq
     assert await bus.last_seq() == seqs[-1]
     replayed = [e async for e in bus.replay(from_seq=before.seq + 1)]
     assert [e.envelope for e in replayed] == envs
