@@ -100,6 +100,10 @@ class MemoryBus:
         self._flows: dict[str, _Log] = {}
         self._tasks: list[_Task] = []
 
+    @property
+    def available(self) -> bool:
+        return True
+
     async def start(self) -> None:
         return None
 

@@ -77,6 +77,10 @@ class NatsBus:
             log.warning("nats error", error=self._last_error)
 
     @property
+    def available(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    @property
     def js(self) -> JetStreamContext:
         if self._js is None:
             raise BusError("the bus is not started")

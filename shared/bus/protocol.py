@@ -85,6 +85,11 @@ class Bus(Protocol):
     # a writer that shares an aggregate reads back after appending (see the ledger).
     atomic_versions: bool
 
+    @property
+    def available(self) -> bool:
+        """False while the adapter knows its broker is away (disconnected, reconnecting);
+        a service reports itself not ready meanwhile."""
+
     async def start(self) -> None:
         """Connect and create the streams (idempotent)."""
 

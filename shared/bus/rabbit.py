@@ -97,6 +97,10 @@ class RabbitBus:
         self._queries: Requester | None = None
 
     @property
+    def available(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed
+
+    @property
     def conn(self) -> AbstractRobustConnection:
         if self._conn is None:
             raise BusError("the bus is not started")
