@@ -56,7 +56,7 @@ from _telemetry import (
 from nats.js import api
 
 from services.hosts.bootstrap import NAME
-from services.hosts.handlers import telemetry_loop
+from services.hosts.handlers import telemetry_step
 from shared.broker import EmbeddedNats
 from shared.bus import subjects
 from shared.bus.protocol import Stream
@@ -96,10 +96,15 @@ async def run_vplane(url: str, built: Built, opts: Options) -> VplaneRun:
         await bus.start()
 
         async def drive() -> None:
-            # telemetry_loop takes its schedule's start as it is entered, right after this.
+            # The telemetry step as the runtime carries it out, on a schedule that does
+            # not drift (the service's loop sleeps a period after each step).
             recorder.anchor = time.monotonic()
+            step = settings.tick_seconds * settings.speed
             with contextlib.suppress(Enough):
-                await telemetry_loop(runtime, holder, settings.tick_seconds, settings.speed)
+                while True:
+                    await runtime.carry_out(telemetry_step(holder, step))
+                    next_at = recorder.anchor + holder.tick * settings.tick_seconds
+                    await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
         if profiler is not None:
             profiler.enable()

@@ -75,3 +75,17 @@ class CommandRejected(Event):
             code=code,
             reason=reason,
         )
+
+
+@registry.register
+class CommandsIssued(Event):
+    """The commands a decision sends, logged in the same atomic append as its events and
+    before any is sent: a service restarted after appending but before sending finds
+    them here and sends them again (their ids are fixed, so nothing is done twice)."""
+
+    service: Name
+    # Each command as its encoded envelope, exactly as it is sent.
+    commands: list[str]
+
+    def aggregate(self) -> str:
+        return f"outbox/{self.service}"

@@ -1,32 +1,60 @@
-"""The service runtime: rebuild from the log, resume consumers, run, drain on a signal."""
+"""The service runtime: rebuild from the log, resume consumers, carry decisions out.
+
+A service is data (``ServiceDefinition``): a fold, and functions that decide and return
+outcomes. The runtime owns every effect: it appends an outcome's events as one unit,
+counts its cause answered only once that unit is in the log, sends the outcome's
+commands after it (outbox), decides again on a version conflict, and supervises the
+service's loops.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import signal
+import sys
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import structlog
 
-from schemas import Envelope, Event, Message, Reply
-from schemas.service import ServiceStarted, ServiceStopped
-from shared.bus import Bus, ConsumerSpec, Delivery, Logged, QueryHandler, Stream, Subscription
+from schemas import Envelope, Message, Reply
+from schemas.service import CommandsIssued, ServiceStarted, ServiceStopped
+from shared.bus import (
+    Bus,
+    ConcurrencyError,
+    ConsumerSpec,
+    Delivery,
+    Logged,
+    QueryHandler,
+    Stream,
+    Subscription,
+)
+from shared.bus.protocol import DataFlows
 from shared.bus.subjects import event_subject, matches, stream_subject
+from shared.effects import batches, issued
+from shared.loops import Loop, LoopFailed, LoopStats, supervise
+from shared.outcome import Outcome, Outcomes, Plan, as_list, attempt
 
 log = structlog.get_logger("vplane.runtime")
 
 OBSERVED_KEPT = 10_000
 DRAIN_STEP_SECONDS = 5.0
+# Conflicts on one decision before it is given up (and its cause retried later).
+MAX_CONFLICTS = 20
+OUTBOX_RETRY_SECONDS = 1.0
 
 Fold = Callable[[int, Envelope[Message]], None]
-# Answers a command with the events to append; async, because mechanism services
-# (hosts) move bulk bytes at this edge before they can answer.
-Decide = Callable[[Envelope[Message]], Coroutine[Any, Any, list[Event]]]
-Loop = Callable[["Runtime"], Coroutine[Any, Any, None]]
+Decide = Callable[[Envelope[Message]], Awaitable[Outcomes]]
+# Bulk I/O a command needs before it is decided (a data flow read), outside the lock;
+# returns the decision to take once the lock is held.
+Prepare = Callable[
+    [Envelope[Message], DataFlows], Awaitable[Callable[[], Awaitable[Outcomes]] | None]
+]
+Setup = Callable[[], Awaitable[Outcomes | None]]
 
 
 @dataclass
@@ -35,7 +63,7 @@ class ServiceDefinition:
 
     ``fold`` is applied to every event of ``fold_filters`` in log order, first while
     rebuilding and then for every event this service appends. ``decide`` answers a
-    command with the events to append; the runtime makes that exactly-once.
+    command with outcomes; the runtime makes that exactly-once.
     """
 
     name: str
@@ -44,18 +72,23 @@ class ServiceDefinition:
     # Keep folding other producers' events as they are appended, not only at start.
     follow: bool = False
     decide: Decide | None = None
+    prepare: Prepare | None = None
     # Durable command consumers by name: several processes of one service share a
     # consumer of the same name, or each takes its own (hosts addressed to it).
     commands: dict[str, tuple[str, ...]] = field(default_factory=dict)
     queries: dict[str, QueryHandler] = field(default_factory=dict)
-    # Answers a telemetry sample with the events to append (a durable consumer of the
-    # telemetry stream, ``telemetry_filters``); a PoisonMessage dead-letters the sample.
+    # Answers a telemetry sample (a durable consumer of the telemetry stream,
+    # ``telemetry_filters``); a PoisonMessage dead-letters the sample.
     telemetry: Decide | None = None
     telemetry_filters: tuple[str, ...] = ("host.>",)
     # Runs once the state is rebuilt and before any command is taken.
-    setup: Loop | None = None
+    setup: Setup | None = None
     loops: list[Loop] = field(default_factory=list)
     clock: Callable[[], float] = lambda: 0.0
+
+
+class ServiceFailed(Exception):
+    """The service cannot go on (a loop keeps failing); its supervisor restarts it."""
 
 
 def _package_version() -> str:
@@ -71,13 +104,22 @@ class Runtime:
         self.bus = bus
         self.instance = instance
         self.handled = 0
+        self.conflicts = 0
+        self.loop_stats: dict[str, LoopStats] = {
+            loop.name: LoopStats() for loop in definition.loops
+        }
         self._applied_seq = 0
         self._rebuilt_seq = 0
         self._observed: set[int] = set()
-        # Commands whose answer is already in the log: a redelivery changes nothing.
+        # Causes whose answer is in the log (a redelivery changes nothing), and the ids
+        # of this service's own events there (an outcome already carried out is skipped).
         self._answered: set[uuid.UUID] = set()
-        # Held while a command is decided, appended and folded: a query waits for it, so
-        # whoever saw the answering event in the log also sees it in every query.
+        self._landed: set[uuid.UUID] = set()
+        # Commands appended in the outbox and not yet sent.
+        self._unsent: list[Envelope[Any]] = []
+        self._last_issued: CommandsIssued | None = None
+        # Held while deciding and carrying out: a query waits for it, so whoever saw the
+        # answering event in the log also sees it in every query.
         self._deciding = asyncio.Lock()
         self._subs: list[Subscription] = []
         self._loops: list[asyncio.Task[None]] = []
@@ -87,17 +129,30 @@ class Runtime:
     def name(self) -> str:
         return self.definition.name
 
+    @property
+    def healthy(self) -> bool:
+        """Ready, and its broker is there."""
+        return self.ready.is_set() and self.bus.available
+
     async def run(self, stop: asyncio.Event) -> None:
         structlog.contextvars.bind_contextvars(service=self.name, instance=self.instance)
         await self.bus.start()
+        failure: BaseException | None = None
         try:
             rebuilt = await self._rebuild()
             self._rebuilt_seq, self._observed = self._applied_seq, set()
+            if self._last_issued is not None:
+                # Only the last record can be unsent: outcomes are carried out one at a
+                # time, each sent before the next is appended. Sending again is harmless.
+                self._unsent = issued(self._last_issued)
+            await self._flush_commands()
             if self.definition.setup is not None:
-                await self.definition.setup(self)
+                setup = self.definition.setup
+                async with self._deciding:
+                    await self._settle(setup)
             await self._start_consumers()
             # Announced once its consumers are in place: from now on it takes commands.
-            await self._append_own(
+            await self._announce(
                 ServiceStarted(
                     service=self.name,
                     instance=self.instance,
@@ -108,23 +163,37 @@ class Runtime:
             )
             self.ready.set()
             log.info("service ready", rebuilt_events=rebuilt, log_seq=self._applied_seq)
-            await stop.wait()
+            failure = await self._until_stopped(stop)
+            self.ready.clear()
             await self._drain()
-            await self._append_own(
+            reason = "signal" if failure is None else f"failed: {failure}"
+            await self._announce(
                 ServiceStopped(
-                    service=self.name, instance=self.instance, reason="signal", handled=self.handled
+                    service=self.name, instance=self.instance, reason=reason, handled=self.handled
                 )
             )
-            log.info("service stopped", handled=self.handled)
+            log.info("service stopped", handled=self.handled, reason=reason)
         finally:
             await self.bus.close()
+        if failure is not None:
+            raise ServiceFailed(str(failure)) from failure
+
+    async def _until_stopped(self, stop: asyncio.Event) -> BaseException | None:
+        """Wait for the signal, or for a loop that gave up."""
+        stopped = asyncio.create_task(stop.wait())
+        waiting: set[asyncio.Task[Any]] = {stopped, *self._loops}
+        while True:
+            done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if stopped in done:
+                return None
+            for task in done:
+                if not task.cancelled() and isinstance(task.exception(), LoopFailed):
+                    stopped.cancel()
+                    return task.exception()
 
     async def _rebuild(self) -> int:
-        fold = self.definition.fold
-        if fold is None:
-            return 0
         count = 0
-        async for entry in self.bus.replay(filters=self.definition.fold_filters):
+        async for entry in self.bus.replay(filters=self._replayed()):
             if entry.envelope is None:
                 log.warning(
                     "skipping undecodable event in the log", seq=entry.seq, error=entry.error
@@ -133,6 +202,12 @@ class Runtime:
             self._observe(entry)
             count += 1
         return count
+
+    def _replayed(self) -> tuple[str, ...]:
+        filters = self.definition.fold_filters
+        if not filters:
+            return ()
+        return (*filters, f"outbox.{self.name}")
 
     def _observe(self, entry: Logged) -> None:
         """Fold an entry once. Own appends are folded as they are made and may overtake
@@ -147,8 +222,12 @@ class Runtime:
         elif entry.seq <= self._applied_seq:
             # Without a follower only own appends arrive, in order: a high-water mark will do.
             return
-        if env.producer == self.name and env.causation_id is not None:
-            self._answered.add(env.causation_id)
+        if env.producer == self.name:
+            self._landed.add(env.id)
+            if env.causation_id is not None:
+                self._answered.add(env.causation_id)
+            if isinstance(env.data, CommandsIssued):
+                self._last_issued = env.data
         if self.definition.fold is not None and self._wanted(entry.subject):
             self.definition.fold(entry.seq, env)
         self._applied_seq = max(self._applied_seq, entry.seq)
@@ -178,7 +257,14 @@ class Runtime:
             self._subs.append(await self.bus.consume(spec, self._on_telemetry))
         for target, handler in d.queries.items():
             self._subs.append(await self.bus.serve(target, self._after_commands(handler)))
-        self._loops = [asyncio.create_task(loop(self)) for loop in d.loops]
+        loops = [*d.loops, Loop("outbox", self._retry_unsent, OUTBOX_RETRY_SECONDS)]
+        self._loops = [
+            asyncio.create_task(
+                supervise(loop, self._step, self.loop_stats.setdefault(loop.name, LoopStats())),
+                name=f"loop-{loop.name}",
+            )
+            for loop in loops
+        ]
 
     async def _follow(self, entry: Logged) -> None:
         # Under the lock, a decision in progress never sees the fold change beneath it.
@@ -195,73 +281,124 @@ class Runtime:
 
         return answer
 
-    async def _on_command(self, env: Envelope[Message], delivery: Delivery) -> None:
+    async def _on_command(self, env: Envelope[Message], _delivery: Delivery) -> None:
+        d = self.definition
+        assert d.decide is not None
         if env.id in self._answered:
-            log.info("command already answered, acknowledging", attempt=delivery.attempt)
+            log.info("command already answered, acknowledging", attempt=_delivery.attempt)
             return
-        assert self.definition.decide is not None
+        decide: Callable[[], Awaitable[Outcomes]] = lambda: d.decide(env)  # type: ignore[misc]  # noqa: E731
+        if d.prepare is not None:
+            # Bulk I/O outside the lock: queries are not held up by a data flow.
+            prepared = await d.prepare(env, self.bus)
+            decide = prepared or decide
         async with self._deciding:
-            events = await self.definition.decide(env)
-            await self.publish(events, caused_by=env)
-        self._answered.add(env.id)
+            if env.id not in self._answered:
+                await self._settle(decide, answers=env.id)
         self.handled += 1
 
     async def _on_telemetry(self, env: Envelope[Message], _delivery: Delivery) -> None:
-        assert self.definition.telemetry is not None
+        telemetry = self.definition.telemetry
+        assert telemetry is not None
         async with self._deciding:
-            await self.publish_for_sample(env, await self.definition.telemetry(env))
+            if env.id not in self._answered:
+                await self._settle(lambda: telemetry(env), answers=env.id)
 
-    async def publish_for_sample(self, sample: Envelope[Message], events: list[Event]) -> None:
-        """Append what a telemetry sample caused. Ids derive from the sample and this
-        service (several services answer one sample): a redelivered sample appends
-        nothing twice. A handler that sends commands because of these events appends
-        them itself first, so the log shows the cause before the effect."""
-        ids = [uuid.uuid5(sample.id, f"{self.name}/{i}") for i in range(len(events))]
-        await self.publish(events, caused_by=sample, ids=ids)
+    async def _step(self, loop: Loop) -> None:
+        if loop.exclusive:
+            async with self._deciding:
+                await self._carry_plan(await loop.step())
+            return
+        plan = await loop.step()
+        async with self._deciding:
+            await self._carry_plan(plan)
 
-    def exclusive(self) -> asyncio.Lock:
-        """Held while deciding: a loop that decides (a scheduling round) takes it too."""
-        return self._deciding
-
-    async def publish(
-        self,
-        events: list[Event],
-        *,
-        caused_by: Envelope[Message] | None,
-        ids: list[uuid.UUID] | None = None,
-    ) -> list[int]:
-        """Append events and fold them; ids derive from the cause (or are given), so a
-        retry is deduplicated. Returns their log sequences."""
-        sim_time = self.definition.clock()
-        seqs = []
-        for i, event in enumerate(events):
-            if ids is not None:
-                msg_id: uuid.UUID | None = ids[i]
+    async def _carry_plan(self, plan: Outcomes | Plan | None) -> None:
+        """A step's outcomes, or its decisions one after another, each taken once the
+        one before it has landed."""
+        items: Plan = [plan] if isinstance(plan, Outcome) else list(plan or ())
+        for item in items:
+            if isinstance(item, Outcome):
+                await self.carry_out(item)
             else:
-                msg_id = caused_by.derived_id(i) if caused_by is not None else None
-            env = Envelope.wrap(
-                event, producer=self.name, caused_by=caused_by, sim_time=sim_time, id=msg_id
-            )
-            result = await self.bus.append(env)
-            self._observe(Logged(result.seq, event_subject(self.bus.namespace, env), b"", env))
-            seqs.append(result.seq)
-        return seqs
+                await self._settle(item)
 
-    async def append_at(self, event: Event, expected_version: int) -> int:
-        """Append one event at its aggregate's expected version (ConcurrencyError when
-        another writer got there first) and fold it."""
-        env = Envelope.wrap(event, producer=self.name, sim_time=self.definition.clock())
-        result = await self.bus.append(env, expected_version=expected_version)
-        self._observe(Logged(result.seq, event_subject(self.bus.namespace, env), b"", env))
-        return result.seq
+    async def _retry_unsent(self) -> None:
+        await self._flush_commands()
+
+    async def _settle(
+        self,
+        decide: Callable[[], Awaitable[Outcomes | None] | Outcomes | None],
+        *,
+        answers: uuid.UUID | None = None,
+    ) -> None:
+        """Decide and carry out; on a version conflict, catch up with the aggregates the
+        decision relied on and decide again (``attempt()`` tells the decision how often)."""
+        for conflicts in range(MAX_CONFLICTS + 1):
+            token = attempt.set(conflicts)
+            try:
+                decided = decide()
+                outcomes = as_list(await decided if inspect.isawaitable(decided) else decided)
+            finally:
+                attempt.reset(token)
+            try:
+                await self.carry_out(outcomes)
+            except ConcurrencyError:
+                self.conflicts += 1
+                await self._catch_up_with(outcomes)
+                continue
+            if answers is not None:
+                self._answered.add(answers)
+            return
+        raise ConcurrencyError("(several)", 0, None)
+
+    async def _catch_up_with(self, outcomes: Sequence[Outcome]) -> None:
+        expected = {a: v for o in outcomes for a, v in o.expect.items()}
+        if expected:
+            filters = tuple(a.replace("/", ".") for a in expected)
+            await self.catch_up(filters, min(expected.values()) + 1)
+
+    async def carry_out(self, outcomes: Outcomes) -> None:
+        """Append each batch of events whole, then send its commands and samples."""
+        for batch in batches(
+            self.name, as_list(outcomes), self.definition.clock(), self._landed.__contains__
+        ):
+            for outcome in batch.outcomes:
+                for flow, chunks in outcome.data.items():
+                    await self.bus.put_data(flow, list(chunks))
+            if batch.events:
+                results = await self.bus.append_batch(batch.events, expected=batch.expected)
+                if any(r.duplicate for r in results):
+                    # Appended before (an acknowledgement lost): fold what is there.
+                    await self.catch_up(self._replayed(), self._applied_seq + 1)
+                else:
+                    for env, result in zip(batch.events, results, strict=True):
+                        self._observe(
+                            Logged(result.seq, event_subject(self.bus.namespace, env), b"", env)
+                        )
+            for outcome in batch.outcomes:
+                for done in outcome.on_landed:
+                    done()
+            if batch.commands:
+                self._unsent = [*self._unsent, *batch.commands]
+                await self._flush_commands()
+            for outcome in batch.outcomes:
+                for sample in outcome.samples:
+                    when = self.definition.clock() if outcome.sim_time is None else outcome.sim_time
+                    await self.bus.emit(Envelope.wrap(sample, producer=self.name, sim_time=when))
+
+    async def _flush_commands(self) -> None:
+        while self._unsent:
+            await self.bus.send(self._unsent[0])
+            self._unsent = self._unsent[1:]
 
     async def catch_up(self, filters: tuple[str, ...], from_seq: int) -> None:
         """Fold what the log holds of ``filters`` from ``from_seq`` on, ahead of the follower."""
         async for entry in self.bus.replay(from_seq=from_seq, filters=filters):
             self._observe(entry)
 
-    async def _append_own(self, event: Event) -> None:
-        await self.publish([event], caused_by=None)
+    async def _announce(self, event: ServiceStarted | ServiceStopped) -> None:
+        await self.carry_out(Outcome(events=[event], key=f"{self.instance}/{uuid.uuid4()}"))
 
     async def _drain(self) -> None:
         for task in self._loops:
@@ -278,6 +415,8 @@ class Runtime:
                 await step
         except asyncio.CancelledError:
             pass
+        except LoopFailed:
+            pass
         except TimeoutError:
             where = ""
             if isinstance(step, asyncio.Task):
@@ -287,7 +426,8 @@ class Runtime:
 
 
 def run_service(definition: ServiceDefinition, bus: Bus, instance: str) -> None:
-    """Run a service until SIGTERM or SIGINT; the entry point of every ``__main__``."""
+    """Run a service until SIGTERM or SIGINT; the entry point of every ``__main__``.
+    A service that fails exits non-zero, so that its supervisor starts it again."""
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -296,4 +436,7 @@ def run_service(definition: ServiceDefinition, bus: Bus, instance: str) -> None:
             loop.add_signal_handler(sig, stop.set)
         await Runtime(definition, bus, instance).run(stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except ServiceFailed as err:
+        sys.exit(f"vplane {definition.name}: {err}")

@@ -3,8 +3,6 @@ allocations out."""
 
 from __future__ import annotations
 
-import uuid
-
 from schemas import Command, Envelope, Event, Message
 from schemas.contention import ContentionCleared, ContentionDetected, Direction, ScalingDecided
 from schemas.host import HostTelemetry
@@ -14,7 +12,8 @@ from services.contention.scaling import scale_down, scale_up
 from services.contention.slots import allocations
 from services.contention.state import Monitor, evolve
 from shared.bus import PoisonMessage
-from shared.runtime import Runtime, ServiceDefinition
+from shared.outcome import Outcome
+from shared.runtime import ServiceDefinition
 from shared.settings import Settings
 
 NAME = "contention-monitor"
@@ -27,17 +26,12 @@ class Holder:
         # Streaks are not logged: after a restart a host's streak starts again from 0,
         # but an open episode comes back from the log.
         self.watches: dict[str, Watch] = {}
-        self.runtime: Runtime | None = None
         # The slots last asked for, per worker: asked once, not again every tick until
         # the job tracker's answer is folded; and a new figure with the ticks in a row
         # it held (slots change only once it held for SLOT_TICKS).
         self.asked: dict[str, tuple[int, int]] = {}
         self.seen: dict[str, tuple[tuple[int, int], int]] = {}
         self.now = 0.0
-
-
-def command_id(what: str) -> uuid.UUID:
-    return uuid.uuid5(uuid.NAMESPACE_URL, f"vplane:contention:{what}")
 
 
 def build(_settings: Settings, thresholds: Thresholds | None = None) -> ServiceDefinition:
@@ -47,18 +41,10 @@ def build(_settings: Settings, thresholds: Thresholds | None = None) -> ServiceD
     def fold(_seq: int, env: Envelope[Message]) -> None:
         holder.monitor = evolve(holder.monitor, env.data)
 
-    async def on_telemetry(env: Envelope[Message]) -> list[Event]:
+    async def on_telemetry(env: Envelope[Message]) -> list[Outcome]:
         sample = checked(holder.monitor, env)
         holder.now = max(holder.now, env.sim_time)
-        events, commands = react(holder, sample, th)
-        assert holder.runtime is not None, "set up before telemetry is taken"
-        await holder.runtime.publish_for_sample(env, events)
-        for what, cmd in commands:
-            await holder.runtime.bus.send(Envelope.wrap(cmd, producer=NAME, id=command_id(what)))
-        return []
-
-    async def setup(runtime: Runtime) -> None:
-        holder.runtime = runtime
+        return react(holder, sample, th, env)
 
     return ServiceDefinition(
         name=NAME,
@@ -66,7 +52,6 @@ def build(_settings: Settings, thresholds: Thresholds | None = None) -> ServiceD
         fold_filters=("host.>", "cluster.>", "contention.>"),
         follow=True,
         telemetry=on_telemetry,
-        setup=setup,
         clock=lambda: holder.now,
     )
 
@@ -85,17 +70,18 @@ def checked(m: Monitor, env: Envelope[Message]) -> HostTelemetry:
 
 
 def react(
-    holder: Holder, sample: HostTelemetry, th: Thresholds
-) -> tuple[list[Event], list[tuple[str, Command]]]:
-    """What one sample changes: the host's watch, and the events and commands that follow."""
+    holder: Holder, sample: HostTelemetry, th: Thresholds, cause: Envelope[Message]
+) -> list[Outcome]:
+    """What one sample changes: the events and commands that follow, and the host's
+    watch and asked slots, kept only once they have landed (a sample taken again after a
+    failed append decides the same)."""
     m, host = holder.monitor, sample.host
-    watch = holder.watches.get(host) or Watch(m.episodes.get(host))
+    before = holder.watches.get(host) or Watch(m.episodes.get(host))
     evidence = measure(sample, workers=m.owner.keys())
-    watch, change = observe(watch, evidence, host, sample.tick, th)
-    holder.watches[host] = watch
+    watch, change = observe(before, evidence, host, sample.tick, th)
     evidence = evidence.model_copy(update={"ticks": th.ticks_on if change else 1})
     events: list[Event] = []
-    commands: list[tuple[str, Command]] = []
+    commands: list[Command] = []
     if change is Change.DETECTED and watch.episode is not None:
         episode = watch.episode
         events.append(
@@ -104,10 +90,7 @@ def react(
         for s in scale_down(m, sample, episode, evidence):
             events.append(_decided(host, episode, s.cluster, s.direction, s.delta, s.reason))
             commands.append(
-                (
-                    f"{episode}:{s.cluster}:down",
-                    ScaleCluster(cluster=s.cluster, delta=s.delta, host=host, reason=s.reason),
-                )
+                ScaleCluster(cluster=s.cluster, delta=s.delta, host=host, reason=s.reason)
             )
     elif change is Change.CLEARED:
         episode = m.episodes.get(host, f"{host}-t{sample.tick}")
@@ -118,34 +101,32 @@ def react(
     if not watch.contended:
         for episode, s in scale_up(m, sample):
             events.append(_decided(host, episode, s.cluster, s.direction, s.delta, s.reason))
-            commands.append(
-                (
-                    f"{episode}:{s.cluster}:up",
-                    ScaleCluster(cluster=s.cluster, delta=s.delta, reason=s.reason),
-                )
-            )
+            commands.append(ScaleCluster(cluster=s.cluster, delta=s.delta, reason=s.reason))
+    seen = dict(holder.seen)
+    asked: dict[str, tuple[int, int]] = {}
     for cluster, wanted in allocations(m, sample).items():
-        slots = [a for a in wanted if _settled(holder, a) and not _asked(holder, a)]
+        slots = [a for a in wanted if _settled(seen, a) and not _asked(holder, a)]
         if not slots:
             continue
-        holder.asked.update({a.vm: (a.map_slots, a.reduce_slots) for a in slots})
+        asked.update({a.vm: (a.map_slots, a.reduce_slots) for a in slots})
         reason = f"CPU the workers get on {host} at tick {sample.tick}"
-        commands.append(
-            (
-                f"slots:{cluster}:{host}:{sample.tick}",
-                AllocateSlots(cluster=cluster, slots=slots, reason=reason),
-            )
-        )
-    return events, commands
+        commands.append(AllocateSlots(cluster=cluster, slots=slots, reason=reason))
+
+    def keep() -> None:
+        holder.watches[host] = watch
+        holder.seen = seen
+        holder.asked.update(asked)
+
+    return [Outcome(events=events, commands=commands, cause=cause, on_landed=[keep])]
 
 
-def _settled(holder: Holder, a: SlotAllocation) -> bool:
+def _settled(seen: dict[str, tuple[tuple[int, int], int]], a: SlotAllocation) -> bool:
     """The figure held for SLOT_TICKS ticks in a row: a one-tick blip moves no slot (a
     slot taken away sends its task back to the queue, to start again)."""
     figure = (a.map_slots, a.reduce_slots)
-    before, streak = holder.seen.get(a.vm, (figure, 0))
+    before, streak = seen.get(a.vm, (figure, 0))
     streak = streak + 1 if before == figure else 1
-    holder.seen[a.vm] = (figure, streak)
+    seen[a.vm] = (figure, streak)
     return streak >= SLOT_TICKS
 
 

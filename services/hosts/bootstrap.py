@@ -5,15 +5,25 @@ from __future__ import annotations
 import gc
 import re
 import socket
+from collections.abc import Awaitable, Callable
 
-from schemas import Envelope, Event, Message, Reply
+from schemas import Envelope, Message, Reply
 from schemas.host import HostRegistered
 from schemas.memory import ExportPages, ImportPages
 from services.hosts.domain import check_transfer, decide
-from services.hosts.handlers import FleetHolder, answer_query, telemetry_loop, transfer_loop
+from services.hosts.handlers import (
+    TRANSFER_CHECK_SECONDS,
+    FleetHolder,
+    answer_query,
+    telemetry_step,
+    transfer_step,
+)
 from services.hosts.state import evolve
-from services.hosts.transfers import export_pages, import_pages
-from shared.runtime import Runtime, ServiceDefinition
+from services.hosts.transfers import export_pages, import_pages, read_flow
+from shared.bus.protocol import DataFlows
+from shared.loops import Loop
+from shared.outcome import Outcome, Outcomes, answer
+from shared.runtime import ServiceDefinition
 from shared.settings import Settings
 
 NAME = "hosts"
@@ -57,32 +67,45 @@ def build(settings: Settings) -> ServiceDefinition:
         holder.fleet = evolve(before, env.data, env)
         holder.machine.apply(before, env.data)
 
-    async def on_command(env: Envelope[Message]) -> list[Event]:
+    async def on_command(env: Envelope[Message]) -> Outcome:
         fleet = holder.fleet
         match env.data:
             case ExportPages() | ImportPages():
                 if refused := check_transfer(fleet, env):
-                    return refused
-                move = export_pages if isinstance(env.data, ExportPages) else import_pages
-                assert holder.bus is not None, "set up before any command is taken"
-                return await move(holder.bus, holder.machine, env)
-        return decide(fleet, env, holder.machine.facts(fleet))
+                    return answer(env, *refused)
+                if isinstance(env.data, ExportPages):
+                    return export_pages(holder.machine, env)
+        return answer(env, *decide(fleet, env, holder.machine.facts(fleet)))
 
-    async def answer(env: Envelope[Message]) -> Reply:
+    async def prepare(
+        env: Envelope[Message], flows: DataFlows
+    ) -> Callable[[], Awaitable[Outcomes]] | None:
+        """An import reads its data flow first, without holding up queries."""
+        if not isinstance(env.data, ImportPages) or check_transfer(holder.fleet, env):
+            return None
+        chunks = await read_flow(flows, env)
+
+        async def imported() -> Outcomes:
+            if refused := check_transfer(holder.fleet, env):
+                return answer(env, *refused)
+            return answer(env, *import_pages(holder.machine, env, chunks))
+
+        return imported
+
+    async def query(env: Envelope[Message]) -> Reply:
         return await answer_query(holder, env)
 
-    async def register_hosts(runtime: Runtime) -> None:
-        holder.bus = runtime.bus
+    async def register_hosts() -> Outcome:
         missing = [host_shape(h) for h in hosts if h not in holder.fleet.hosts]
-        await runtime.publish(list(missing), caused_by=None)
         # Everything rebuilt so far lives as long as the process: keep the collector off it.
         gc.freeze()
+        return Outcome(events=missing, key="register")
 
-    async def publish_telemetry(runtime: Runtime) -> None:
-        await telemetry_loop(runtime, holder, settings.tick_seconds, settings.speed)
+    async def publish_telemetry() -> Outcome:
+        return telemetry_step(holder, settings.tick_seconds * settings.speed)
 
-    async def finish_transfers(runtime: Runtime) -> None:
-        await transfer_loop(runtime, holder, settings.speed)
+    async def finish_transfers() -> list[Outcome]:
+        return transfer_step(holder, settings.speed)
 
     return ServiceDefinition(
         name=NAME,
@@ -98,8 +121,12 @@ def build(settings: Settings) -> ServiceDefinition:
             # Commands for this process's hosts reach only it.
             f"hosts-{host_prefix(settings)}": tuple(f"host.{h}.>" for h in hosts),
         },
-        queries={"hosts": answer},
+        prepare=prepare,
+        queries={"hosts": query},
         setup=register_hosts,
-        loops=[publish_telemetry, finish_transfers],
+        loops=[
+            Loop("telemetry", publish_telemetry, every=settings.tick_seconds, exclusive=False),
+            Loop("transfers", finish_transfers, every=TRANSFER_CHECK_SECONDS),
+        ],
         clock=lambda: holder.sim_time(settings.tick_seconds * settings.speed),
     )

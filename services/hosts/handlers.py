@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from datetime import UTC, datetime
 
 import structlog
@@ -14,10 +12,10 @@ from schemas.memory import GetVmMemory, VmMemory
 from schemas.queries import HostList, HostView, ListHosts, ListVms, VmList, VmView
 from schemas.vm import MemoryMode
 from services.hosts.machine import Machine
-from services.hosts.outcomes import outcome_id, outcomes
+from services.hosts.outcomes import outcome_key, outcomes
 from services.hosts.state import Fleet
-from shared.bus import Bus, BusError, PoisonMessage
-from shared.runtime import Runtime
+from shared.bus import PoisonMessage
+from shared.outcome import Outcome
 
 log = structlog.get_logger("vplane.hosts")
 
@@ -35,56 +33,34 @@ class FleetHolder:
         self.machine = Machine(hosts)
         self.tick = 0
         self.samples: dict[str, HostTelemetry] = {}
-        # Page transfers move bytes on the bus; the runtime hands it over at setup.
-        self.bus: Bus | None = None
 
     def sim_time(self, step: float) -> float:
         """The emulated time of the current tick."""
         return self.tick * step
 
 
-async def telemetry_loop(
-    runtime: Runtime, holder: FleetHolder, tick_seconds: float, speed: float
-) -> None:
-    """Publish every live host's sample once per tick, on a schedule that does not drift.
-
-    Emulated time advances by ``tick_seconds * speed`` a tick, whatever the wall clock
-    did, so the same seeds give the same telemetry in every run."""
-    start = time.monotonic()
-    step = tick_seconds * speed
-    while True:
-        sim_time = holder.sim_time(step)
-        for data in holder.machine.tick(holder.fleet, holder.tick, sim_time, step):
-            holder.samples[data.host] = data
-            await runtime.bus.emit(Envelope.wrap(data, producer=runtime.name, sim_time=sim_time))
-        holder.tick += 1
-        next_at = start + holder.tick * tick_seconds
-        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+def telemetry_step(holder: FleetHolder, step: float) -> Outcome:
+    """Every live host's sample for this tick. Emulated time advances by ``step`` a
+    tick, whatever the wall clock did, so the same seeds give the same telemetry."""
+    sim_time = holder.sim_time(step)
+    samples = list(holder.machine.tick(holder.fleet, holder.tick, sim_time, step))
+    for data in samples:
+        holder.samples[data.host] = data
+    holder.tick += 1
+    return Outcome(samples=samples, sim_time=sim_time)
 
 
-async def transfer_loop(runtime: Runtime, holder: FleetHolder, speed: float) -> None:
-    """Publish how each transfer from this process's hosts ended, once it has.
+def transfer_step(holder: FleetHolder, speed: float) -> list[Outcome]:
+    """How each transfer from this process's hosts ended, once it has.
 
     Its clock is the Started event's wall time, so after a restart the rebuilt fold
-    finishes what was in flight; outcome ids are fixed per transfer, so it never
-    ends twice."""
+    finishes what was in flight; an outcome is keyed by its transfer, so a transfer
+    never ends twice."""
     hosts = set(holder.machine.hosts)
-    while True:
-        await asyncio.sleep(TRANSFER_CHECK_SECONDS)
-        if not outcomes(holder.fleet, hosts, datetime.now(UTC), speed):
-            continue
-        async with runtime.exclusive():
-            # Asked again: the fold may have moved on while the lock was awaited.
-            for transfer, outcome in outcomes(holder.fleet, hosts, datetime.now(UTC), speed):
-                try:
-                    await runtime.publish(
-                        [outcome], caused_by=transfer.cause, ids=[outcome_id(transfer, outcome)]
-                    )
-                except BusError as err:
-                    # Still in flight in the fold: the next check tries again, with the same id.
-                    log.warning(
-                        "transfer outcome not published", transfer=transfer.key, error=str(err)
-                    )
+    return [
+        Outcome(events=[outcome], cause=transfer.cause, key=outcome_key(transfer, outcome))
+        for transfer, outcome in outcomes(holder.fleet, hosts, datetime.now(UTC), speed)
+    ]
 
 
 async def answer_query(holder: FleetHolder, env: Envelope[Message]) -> Reply:

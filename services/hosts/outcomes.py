@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Collection
 from datetime import datetime
 
 from schemas import Event
 from schemas.transfers import CopyAborted, CopyCompleted, MigrationAborted, MigrationCompleted
 from services.hosts.state import Fleet, Transfer, TransferKind
-
-_OUTCOME_IDS = uuid.uuid5(uuid.NAMESPACE_URL, "vplane:hosts:transfer-outcomes")
 
 
 def outcomes(
@@ -45,7 +42,7 @@ def _aborted(t: Transfer, reason: str) -> Event:
     )
 
 
-def outcome_id(transfer: Transfer, outcome: Event) -> uuid.UUID:
+def outcome_key(transfer: Transfer, outcome: Event) -> str:
     """The same for every attempt at one transfer's outcome, so the log keeps one: a
     restart that finishes the transfer again is deduplicated."""
-    return uuid.uuid5(_OUTCOME_IDS, f"{transfer.key}/{outcome.type_name()}")
+    return f"transfer:{transfer.key}/{outcome.type_name()}"

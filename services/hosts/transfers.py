@@ -19,7 +19,8 @@ from services.hosts.memory import (
     SizeMismatch,
     UnknownVm,
 )
-from shared.bus import Bus
+from shared.bus.protocol import DataFlows
+from shared.outcome import Outcome, answer
 
 _CODES: list[tuple[type[MemoryModelError], RejectionCode]] = [
     (PageOutOfRange, RejectionCode.PAGE_OUT_OF_RANGE),
@@ -35,7 +36,8 @@ def code_of(err: MemoryModelError) -> RejectionCode:
     return next((code for kind, code in _CODES if isinstance(err, kind)), RejectionCode.WRONG_STATE)
 
 
-async def export_pages(bus: Bus, machine: Machine, env: Envelope[Message]) -> list[Event]:
+def export_pages(machine: Machine, env: Envelope[Message]) -> Outcome:
+    """The pages asked for, as data for the flow, and PagesExported once they are there."""
     cmd = env.data
     assert isinstance(cmd, ExportPages)
     mem = machine.memory[cmd.host]
@@ -49,31 +51,37 @@ async def export_pages(bus: Bus, machine: Machine, env: Envelope[Message]) -> li
             batches = mem.export_pages(cmd.vm, pages, cmd.batch)
         chunks: list[PageBatch] = list(batches)
     except MemoryModelError as err:
-        return [CommandRejected.of(env, code_of(err), str(err))]
-    await bus.put_data(cmd.flow, [wire.encode(b) for b in chunks])
+        return answer(env, CommandRejected.of(env, code_of(err), str(err)))
     zero = sum(int(np.count_nonzero(b.zero)) for b in chunks)
-    return [
-        PagesExported(
-            host=cmd.host,
-            vm=cmd.vm,
-            flow=cmd.flow,
-            selection=cmd.selection,
-            guest_pages=mem.spec(cmd.vm).pages,
-            pages=sum(len(b.pages) for b in chunks),
-            zero_pages=zero,
-            batches=len(chunks),
-            bytes=sum(b.wire_bytes for b in chunks),
-        )
-    ]
+    exported = PagesExported(
+        host=cmd.host,
+        vm=cmd.vm,
+        flow=cmd.flow,
+        selection=cmd.selection,
+        guest_pages=mem.spec(cmd.vm).pages,
+        pages=sum(len(b.pages) for b in chunks),
+        zero_pages=zero,
+        batches=len(chunks),
+        bytes=sum(b.wire_bytes for b in chunks),
+    )
+    data = {cmd.flow: [wire.encode(b) for b in chunks]}
+    return Outcome(events=[exported], cause=env, data=data)
 
 
-async def import_pages(bus: Bus, machine: Machine, env: Envelope[Message]) -> list[Event]:
+async def read_flow(flows: DataFlows, env: Envelope[Message]) -> list[bytes]:
+    """The chunks an ImportPages names, read before it is decided (outside the lock)."""
+    cmd = env.data
+    assert isinstance(cmd, ImportPages)
+    return [chunk async for chunk in flows.read_data(cmd.flow, cmd.batches)]
+
+
+def import_pages(machine: Machine, env: Envelope[Message], chunks: list[bytes]) -> list[Event]:
     cmd = env.data
     assert isinstance(cmd, ImportPages)
     mem = machine.memory[cmd.host]
     pages = zero = 0
     try:
-        async for chunk in bus.read_data(cmd.flow, cmd.batches):
+        for chunk in chunks:
             batch = wire.decode(chunk)
             mem.import_pages(cmd.vm, batch)
             pages += len(batch.pages)

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
-from schemas import Envelope, Event, Message
+from schemas import Envelope, Message
 from schemas.pool import Owner
 from services.scheduler.commands import decide
 from services.scheduler.holder import Holder, Knobs
-from services.scheduler.moving import resend_unstarted
-from services.scheduler.placing import resend_unconfirmed
-from services.scheduler.rounds import run_rounds
+from services.scheduler.rounds import Rounds, round_plan
 from services.scheduler.state import evolve
-from shared.runtime import Runtime, ServiceDefinition
+from shared.loops import Loop
+from shared.outcome import Outcome, Plan, answer
+from shared.runtime import ServiceDefinition
 from shared.settings import Settings
 
+# How often a scheduler looks whether its next round is due.
+ROUND_CHECK_SECONDS = 0.01
 
-def build(settings: Settings) -> ServiceDefinition:
+
+def build(settings: Settings, clock: Callable[[], float] = time.time) -> ServiceDefinition:
     priority = Owner(settings.priority)
     name = f"scheduler-{priority.value}"
     knobs = Knobs(
@@ -30,24 +34,29 @@ def build(settings: Settings) -> ServiceDefinition:
     def fold(seq: int, env: Envelope[Message]) -> None:
         holder.state = evolve(holder.state, seq, env)
 
-    async def on_command(env: Envelope[Message]) -> list[Event]:
-        return decide(holder.state, env, name)
+    async def on_command(env: Envelope[Message]) -> Outcome:
+        return answer(env, *decide(holder.state, env, name))
 
-    async def setup(runtime: Runtime) -> None:
-        await resend_unconfirmed(runtime, holder)
-        await resend_unstarted(runtime, holder)
+    rounds = Rounds(period=period, high_wait=period / 2, clock=clock)
 
-    async def rounds(runtime: Runtime) -> None:
-        await run_rounds(runtime, holder, period, high_wait=period / 2)
+    async def round_step() -> Plan:
+        return round_plan(holder, rounds)
 
     return ServiceDefinition(
         name=name,
         fold=fold,
-        fold_filters=("host.>", "pool.>", "vm.>", "scheduler.>", "migration.>", "copy.>"),
+        fold_filters=(
+            "host.>",
+            "pool.>",
+            "vm.>",
+            "scheduler.>",
+            "migration.>",
+            "copy.>",
+            f"outbox.{name}",
+        ),
         follow=True,
         decide=on_command,
         commands={f"{name}-commands": (f"scheduler.{priority.value}.>",)},
-        setup=setup,
-        loops=[rounds],
-        clock=time.time,
+        loops=[Loop("rounds", round_step, every=ROUND_CHECK_SECONDS)],
+        clock=clock,
     )

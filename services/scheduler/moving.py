@@ -10,8 +10,6 @@ anything on the source is released, so the ledger never holds less than is in us
 from __future__ import annotations
 
 import enum
-import uuid
-from collections.abc import Callable
 
 import structlog
 
@@ -39,9 +37,9 @@ from services.scheduler.core import (
 )
 from services.scheduler.holder import Holder
 from services.scheduler.ledger import Amounts, Ledger
-from services.scheduler.reserving import reserve_with
-from services.scheduler.state import SchedulerState, incoming, outgoing, start_id
-from shared.runtime import Runtime
+from services.scheduler.placing import reserving
+from services.scheduler.state import SchedulerState, incoming, outgoing
+from shared.outcome import Outcome, attempt
 
 log = structlog.get_logger("vplane.scheduler")
 
@@ -49,14 +47,10 @@ log = structlog.get_logger("vplane.scheduler")
 MBS_PER_MBPS = 1 / 8
 
 
-class Outcome(enum.Enum):
+class Progress(enum.Enum):
     SCHEDULED = "scheduled"
     WAITING = "waiting"  # bandwidth or room may free up: next round
     REFUSED = "refused"
-
-
-def settle_id(transfer: str, step: str) -> uuid.UUID:
-    return uuid.uuid5(uuid.NAMESPACE_URL, f"vplane:settle:{transfer}:{step}")
 
 
 def migration_target(
@@ -111,111 +105,78 @@ def migration_rules(state: SchedulerState, ask: MigrationRequested, source: str)
     )
 
 
-async def schedule_migration(
-    runtime: Runtime, holder: Holder, request: Envelope[MigrationRequested], number: int
-) -> Outcome:
+def schedule_migration(
+    holder: Holder, request: Envelope[MigrationRequested], number: int
+) -> tuple[Outcome | None, Progress]:
+    """The target's room and bandwidth and the source's bandwidth, reserved together with
+    MigrationScheduled and the source host's StartMigration; or why not yet."""
     ask, owner = request.data, holder.state.priority
     rate = holder.knobs.migration_mbps
     ledger = holder.state.ledger
     vm = ledger.held(ask.vm)
     if vm is None:
-        return await _refuse(runtime, request, f"VM {ask.vm} is not placed")
+        return _refuse(request, f"VM {ask.vm} is not placed")
     source = vm.host
     if ask.target == source:
-        return await _refuse(runtime, request, f"VM {ask.vm} is already on {source}")
-    decided: dict[str, Decision] = {}
-    conflicts = 0
-    target_held = ledger.held(incoming(ask.migration))
-    if target_held is None:
-
-        def pick_target() -> CapacityReserved | None:
-            decision, _ = migration_target(holder.state.ledger, holder, ask, rate=rate)
-            if decision is None or decision.host is None:
-                return None
-            decided["target"] = decision
-            return CapacityReserved(
-                host=decision.host,
-                reservation=incoming(ask.migration),
-                workload=ask.vm,
-                owner=owner,
-                purpose="migration",
-                cpu_mhz=vm.cpu_mhz,
-                mem_mib=vm.mem_mib,
-                net_mbps=rate,
-            )
-
-        done = await reserve_with(runtime, holder, pick_target)
-        conflicts += done.conflicts
-        if done.reservation is None:
-            _, why = migration_target(holder.state.ledger, holder, ask, rate=0.0)
-            if why:  # it fits nowhere even without the bandwidth
-                return await _refuse(runtime, request, why)
-            return Outcome.WAITING
-        target_held = done.reservation
-    target = target_held.host
-
-    if not holder.state.ledger.holds(outgoing(ask.migration)):
-        source_done = await reserve_with(
-            runtime,
-            holder,
-            lambda: _bandwidth(holder, outgoing(ask.migration), source, ask.vm, rate),
-        )
-        conflicts += source_done.conflicts
-        if source_done.reservation is None:
-            await runtime.publish(
-                [CapacityReleased(host=target, reservation=incoming(ask.migration))],
-                caused_by=None,
-                ids=[settle_id(ask.migration, f"unheld-{number}")],
-            )
-            return Outcome.WAITING
-
-    decision = decided.get("target")
+        return _refuse(request, f"VM {ask.vm} is already on {source}")
+    decision, _ = migration_target(ledger, holder, ask, rate=rate)
+    if decision is None or decision.host is None:
+        _, why = migration_target(ledger, holder, ask, rate=0.0)
+        if why:  # it fits nowhere even without the bandwidth
+            return _refuse(request, why)
+        return None, Progress.WAITING
+    target_in = CapacityReserved(
+        host=decision.host,
+        reservation=incoming(ask.migration),
+        workload=ask.vm,
+        owner=owner,
+        purpose="migration",
+        cpu_mhz=vm.cpu_mhz,
+        mem_mib=vm.mem_mib,
+        net_mbps=rate,
+    )
+    source_out = _bandwidth(holder, outgoing(ask.migration), source, ask.vm, rate)
+    if source_out is None:
+        return None, Progress.WAITING
     scheduled = MigrationScheduled(
         migration=ask.migration,
         vm=ask.vm,
         source=source,
-        target=target,
+        target=decision.host,
         priority=owner,
         round=number,
         reason=ask.reason,
         rate_mbps=rate,
         expected_seconds=round(vm.mem_mib * 8 / rate, 3),
-        conflicts=conflicts,
-        **(explained(decision) if decision is not None else {}),
+        conflicts=attempt.get(),
+        **explained(decision),
     )
-    await runtime.publish([scheduled], caused_by=request)
-    await send_start(runtime, scheduled, request)
-    return Outcome.SCHEDULED
+    expect = {**reserving(ledger, target_in), **reserving(ledger, source_out)}
+    outcome = Outcome(
+        events=[target_in, source_out, scheduled],
+        commands=[start_command(scheduled)],
+        cause=request,
+        key="schedule",
+        expect=expect,
+    )
+    return outcome, Progress.SCHEDULED
 
 
-async def schedule_copy(
-    runtime: Runtime, holder: Holder, request: Envelope[CopyRequested], number: int
-) -> Outcome:
+def schedule_copy(
+    holder: Holder, request: Envelope[CopyRequested], number: int
+) -> tuple[Outcome | None, Progress]:
     ask, owner = request.data, holder.state.priority
     ledger = holder.state.ledger
     for end in (ask.source, ask.target):
         if end in ledger.failed:
-            return await _refuse(runtime, request, f"host {end} has failed")
-    conflicts = 0
+            return _refuse(request, f"host {end} has failed")
     storage = ask.rate_mbps * MBS_PER_MBPS
-    for end, reservation in (
-        (ask.target, incoming(ask.copy_id)),
-        (ask.source, outgoing(ask.copy_id)),
-    ):
-        if holder.state.ledger.holds(reservation):
-            continue
-        done = await reserve_with(
-            runtime, holder, _one_end(holder, reservation, end, ask.copy_id, ask.rate_mbps, storage)
-        )
-        conflicts += done.conflicts
-        if done.reservation is None:
-            if end == ask.source and holder.state.ledger.holds(incoming(ask.copy_id)):
-                await runtime.publish(
-                    [CapacityReleased(host=ask.target, reservation=incoming(ask.copy_id))],
-                    caused_by=None,
-                    ids=[settle_id(ask.copy_id, f"unheld-{number}")],
-                )
-            return Outcome.WAITING
+    ends = [
+        _bandwidth(holder, incoming(ask.copy_id), ask.target, ask.copy_id, ask.rate_mbps, storage),
+        _bandwidth(holder, outgoing(ask.copy_id), ask.source, ask.copy_id, ask.rate_mbps, storage),
+    ]
+    if ends[0] is None or ends[1] is None:
+        return None, Progress.WAITING
     scheduled = CopyScheduled(
         copy_id=ask.copy_id,
         source=ask.source,
@@ -225,17 +186,16 @@ async def schedule_copy(
         size_mib=ask.size_mib,
         rate_mbps=ask.rate_mbps,
         expected_seconds=round(ask.size_mib * 8 / ask.rate_mbps, 3),
-        conflicts=conflicts,
+        conflicts=attempt.get(),
     )
-    await runtime.publish([scheduled], caused_by=request)
-    await send_start(runtime, scheduled, request)
-    return Outcome.SCHEDULED
-
-
-def _one_end(
-    holder: Holder, reservation: str, host: str, workload: str, rate: float, storage: float
-) -> Callable[[], CapacityReserved | None]:
-    return lambda: _bandwidth(holder, reservation, host, workload, rate, storage)
+    outcome = Outcome(
+        events=[ends[0], ends[1], scheduled],
+        commands=[start_command(scheduled)],
+        cause=request,
+        key="schedule",
+        expect={**reserving(ledger, ends[0]), **reserving(ledger, ends[1])},
+    )
+    return outcome, Progress.SCHEDULED
 
 
 def _bandwidth(
@@ -259,9 +219,9 @@ def _bandwidth(
     )
 
 
-async def _refuse(
-    runtime: Runtime, request: Envelope[MigrationRequested] | Envelope[CopyRequested], why: str
-) -> Outcome:
+def _refuse(
+    request: Envelope[MigrationRequested] | Envelope[CopyRequested], why: str
+) -> tuple[Outcome, Progress]:
     ask = request.data
     refusal: Event
     if isinstance(ask, MigrationRequested):
@@ -274,77 +234,47 @@ async def _refuse(
             code=RejectionCode.WRONG_STATE,
             reason=why,
         )
-    await runtime.publish([refusal], caused_by=request)
-    return Outcome.REFUSED
+    return Outcome(events=[refusal], cause=request, key="schedule"), Progress.REFUSED
 
 
-async def send_start(
-    runtime: Runtime,
-    scheduled: MigrationScheduled | CopyScheduled,
-    caused_by: Envelope[MigrationRequested] | Envelope[CopyRequested] | None = None,
-) -> None:
-    command: StartMigration | StartCopy
+def start_command(scheduled: MigrationScheduled | CopyScheduled) -> StartMigration | StartCopy:
     if isinstance(scheduled, MigrationScheduled):
-        ident = scheduled.migration
-        command = StartMigration(
+        return StartMigration(
             host=scheduled.source,
             target=scheduled.target,
             rate_mbps=scheduled.rate_mbps,
-            migration=ident,
+            migration=scheduled.migration,
             vm=scheduled.vm,
         )
-    else:
-        ident = scheduled.copy_id
-        command = StartCopy(
-            host=scheduled.source,
-            target=scheduled.target,
-            rate_mbps=scheduled.rate_mbps,
-            copy_id=ident,
-            size_mib=scheduled.size_mib,
-        )
-    env = Envelope.wrap(command, producer=runtime.name, caused_by=caused_by, id=start_id(ident))
-    await runtime.bus.send(env)
+    return StartCopy(
+        host=scheduled.source,
+        target=scheduled.target,
+        rate_mbps=scheduled.rate_mbps,
+        copy_id=scheduled.copy_id,
+        size_mib=scheduled.size_mib,
+    )
 
 
-async def settle(runtime: Runtime, holder: Holder) -> int:
-    """Release what ended transfers held; a completed migration's VM is reserved on its
-    target first. Every step has a fixed id, so a restart repeats none."""
-    count = 0
+def settle(holder: Holder) -> list[Outcome]:
+    """Release what ended transfers held, each transfer in one outcome; a completed
+    migration's VM is reserved on its target before anything is released."""
+    out = []
     for ident in holder.state.unsettled():
         scheduled = holder.state.scheduled(ident)
         if scheduled is None:
             continue
-        steps: list[tuple[str, Event]] = []
+        steps: list[Event] = []
         ledger = holder.state.ledger
         if isinstance(scheduled, MigrationScheduled) and holder.state.outcomes[ident]:
             vm = ledger.held(scheduled.vm)
             if vm is not None and vm.host != scheduled.target:
-                moved = vm.model_copy(update={"host": scheduled.target})
-                steps.append(("vm-in", moved))
+                steps.append(vm.model_copy(update={"host": scheduled.target}))
             if scheduled.vm in ledger.reservations.get(scheduled.source, {}):
-                steps.append(
-                    ("vm-out", CapacityReleased(host=scheduled.source, reservation=scheduled.vm))
-                )
+                steps.append(CapacityReleased(host=scheduled.source, reservation=scheduled.vm))
         if ledger.holds(incoming(ident)):
-            steps.append(
-                ("in", CapacityReleased(host=scheduled.target, reservation=incoming(ident)))
-            )
+            steps.append(CapacityReleased(host=scheduled.target, reservation=incoming(ident)))
         # Released last: its release marks the transfer settled.
-        steps.append(("out", CapacityReleased(host=scheduled.source, reservation=outgoing(ident))))
-        for step, event in steps:
-            await runtime.publish([event], caused_by=None, ids=[settle_id(ident, step)])
-        count += 1
+        steps.append(CapacityReleased(host=scheduled.source, reservation=outgoing(ident)))
+        out.append(Outcome(events=steps, key=f"settle:{ident}"))
         log.info("transfer settled", transfer=ident, completed=holder.state.outcomes[ident])
-    return count
-
-
-async def resend_unstarted(runtime: Runtime, holder: Holder) -> None:
-    """Scheduled before a restart, and the host has said nothing of it yet: ask again."""
-    state = holder.state
-    scheduled: list[tuple[str, MigrationScheduled | CopyScheduled]] = [
-        *state.migrations.items(),
-        *state.copies.items(),
-    ]
-    for ident, transfer in scheduled:
-        if ident not in state.started and ident not in state.outcomes:
-            await send_start(runtime, transfer)
+    return out

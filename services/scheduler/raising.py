@@ -3,23 +3,15 @@ on its host as soon as that host has the room (without the HA spare, for the low
 
 from __future__ import annotations
 
-import uuid
-from functools import partial
-
 import numpy as np
 
-from schemas import Envelope
 from schemas.pool import CapacityReserved
 from schemas.scheduling import VmRaised
 from schemas.vm import ResizeVm
 from services.scheduler.choose import MHZ_PER_VCPU, demand
 from services.scheduler.holder import Holder
-from services.scheduler.reserving import reserve_with
-from shared.runtime import Runtime
-
-
-def raise_id(vm: str, what: str) -> uuid.UUID:
-    return uuid.uuid5(uuid.NAMESPACE_URL, f"vplane:raise:{vm}:{what}")
+from services.scheduler.placing import reserving
+from shared.outcome import Outcome
 
 
 def room_to_raise(holder: Holder, vm: str) -> CapacityReserved | None:
@@ -37,20 +29,24 @@ def room_to_raise(holder: Holder, vm: str) -> CapacityReserved | None:
     return held.model_copy(update={"cpu_mhz": desired.cpu_mhz, "mem_mib": desired.mem_mib})
 
 
-async def raise_degraded(runtime: Runtime, holder: Holder) -> int:
-    raised = 0
-    for vm in sorted(holder.state.degraded):
-        request = holder.state.requests[vm]
-        ask = request.data
-        held = holder.state.ledger.held(vm)
-        if held is None:
-            continue
-        before = holder.state.placed[vm]
-        if held.mem_mib < ask.mem_mib or held.cpu_mhz < ask.cpu * MHZ_PER_VCPU:
-            done = await reserve_with(runtime, holder, partial(room_to_raise, holder, vm))
-            if done.reservation is None:
-                continue
-        event = VmRaised(
+def raise_degraded(holder: Holder, vm: str) -> Outcome | None:
+    """The raise of one degraded VM, if its host has the room now: the bigger
+    reservation, VmRaised and the host's ResizeVm in one outcome."""
+    state = holder.state
+    request, held = state.requests[vm], state.ledger.held(vm)
+    if held is None:
+        return None
+    ask, before = request.data, state.placed[vm]
+    events: list[CapacityReserved | VmRaised] = []
+    expect: dict[str, int] = {}
+    if held.mem_mib < ask.mem_mib or held.cpu_mhz < ask.cpu * MHZ_PER_VCPU:
+        bigger = room_to_raise(holder, vm)
+        if bigger is None:
+            return None
+        events.append(bigger)
+        expect = reserving(state.ledger, bigger)
+    events.append(
+        VmRaised(
             vm=vm,
             host=held.host,
             cpu=ask.cpu,
@@ -58,12 +54,12 @@ async def raise_degraded(runtime: Runtime, holder: Holder) -> int:
             from_cpu=before.cpu,
             from_mem_mib=before.mem_mib,
         )
-        await runtime.publish([event], caused_by=request, ids=[raise_id(vm, "event")])
-        resize = ResizeVm(vm=vm, host=held.host, cpu=ask.cpu, mem_mib=ask.mem_mib)
-        await runtime.bus.send(
-            Envelope.wrap(
-                resize, producer=runtime.name, caused_by=request, id=raise_id(vm, "resize")
-            )
-        )
-        raised += 1
-    return raised
+    )
+    resize = ResizeVm(vm=vm, host=held.host, cpu=ask.cpu, mem_mib=ask.mem_mib)
+    return Outcome(
+        events=events,
+        commands=[resize],
+        cause=request,
+        key="raise",
+        expect=expect,
+    )

@@ -4,13 +4,13 @@ bounded wait if the high one is down, saying so.
 A round settles the transfers that ended, places the queue in arrival order (VMs,
 migrations, copies), raises degraded VMs where room freed, and, in the high scheduler,
 sweeps hosts in maintenance and proposes rebalancing migrations for the next round.
+Round ``n`` is due once the clock passes ``n`` periods; the clock is injected.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -24,60 +24,131 @@ from schemas.scheduling import (
 )
 from services.scheduler.evacuating import sweep
 from services.scheduler.holder import Holder
-from services.scheduler.moving import Outcome, schedule_copy, schedule_migration, settle
+from services.scheduler.moving import Progress, schedule_copy, schedule_migration, settle
 from services.scheduler.placing import place, release_destroyed
 from services.scheduler.raising import raise_degraded
 from services.scheduler.rebalancing import propose
-from services.scheduler.state import Work
-from shared.runtime import Runtime
+from services.scheduler.state import Work, work_key
+from shared.outcome import Decision, Outcome, Plan
 
 log = structlog.get_logger("vplane.scheduler")
 
 
-def round_id(service: str, number: int) -> uuid.UUID:
-    """One RoundCompleted per round, even if the scheduler restarts in the middle of it."""
-    return uuid.uuid5(uuid.NAMESPACE_URL, f"vplane:{service}:round:{number}")
+@dataclass
+class Rounds:
+    period: float
+    high_wait: float
+    clock: Callable[[], float]
+    # The last round this scheduler ran (in this process).
+    done: int = 0
+    warned: int = 0
 
 
-def event_id(service: str, number: int, event: Event, index: int) -> uuid.UUID:
-    """A migration is asked for once, whichever round asks."""
-    key = (
-        f"requested:{event.migration}"
-        if isinstance(event, MigrationRequested)
-        else f"{number}:{event.aggregate()}:{index}"
-    )
-    return uuid.uuid5(uuid.NAMESPACE_URL, f"vplane:{service}:{key}")
+def due(holder: Holder, rounds: Rounds) -> tuple[int, bool] | None:
+    """The round to run now and whether it goes without the high scheduler's, or None."""
+    now = rounds.clock()
+    number = int(now // rounds.period)
+    if number <= rounds.done:
+        return None
+    state = holder.state
+    waits = state.priority is Owner.LOW and state.has_work(Owner.HIGH)
+    if waits and state.rounds.get(Owner.HIGH, -1) < number:
+        if now < number * rounds.period + rounds.high_wait:
+            return None
+        if rounds.warned < number:
+            rounds.warned = number
+            log.warning("high scheduler did not finish its round; going ahead", round=number)
+        return number, True
+    return number, False
 
 
-async def run_rounds(runtime: Runtime, holder: Holder, period: float, high_wait: float) -> None:
-    while True:
-        number = int(time.time() // period) + 1
-        await asyncio.sleep(max(0.0, number * period - time.time()))
-        without_high = False
-        if holder.state.priority is Owner.LOW and holder.state.has_work(Owner.HIGH):
-            without_high = not await _high_done(holder, number, high_wait)
-        async with runtime.exclusive():
-            await run_round(runtime, holder, number, without_high)
+def round_plan(holder: Holder, rounds: Rounds) -> Plan:
+    """The decisions of the round that is due, in order; nothing when none is."""
+    when = due(holder, rounds)
+    if when is None:
+        return []
+    number, without_high = when
+    rounds.done = number
+    return plan(holder, number, without_high)
 
 
-async def run_round(runtime: Runtime, holder: Holder, number: int, without_high: bool) -> None:
-    """One round; it is announced only when it had work, so an idle pool logs nothing."""
-    work = await settle(runtime, holder)
-    work += await release_destroyed(runtime, holder)
-    placed, unplaced = await place_pending(runtime, holder, number)
-    work += placed + unplaced + await raise_degraded(runtime, holder)
+@dataclass
+class Tally:
+    progress: dict[str, Progress] = field(default_factory=dict)
+    other: int = 0
+
+
+def plan(holder: Holder, number: int, without_high: bool) -> Plan:
+    tally = Tally()
+
+    def housekeeping() -> list[Outcome]:
+        done = settle(holder) + release_destroyed(holder)
+        tally.other += len(done)
+        return done
+
+    steps: list[Outcome | Decision] = [housekeeping]
+    steps += [_work(holder, work, number, tally) for work in holder.state.queue()]
+    steps += [_raise(holder, vm, tally) for vm in sorted(holder.state.degraded)]
     if holder.state.priority is Owner.HIGH:
-        follow_up = sweep(holder.state)
-        if holder.state.ledger.revision != holder.balanced_at:
-            holder.balanced_at = holder.state.ledger.revision
-            pool = holder.pools.get(holder.state.ledger, Owner.HIGH, holder.knobs.ha_failures)
-            follow_up += propose(holder.state, holder.knobs, number, pool)
-        if follow_up:
-            ids = [event_id(runtime.name, number, e, i) for i, e in enumerate(follow_up)]
-            await runtime.publish(follow_up, caused_by=None, ids=ids)
-        work += len(follow_up)
-    if not work:
-        return
+        steps.append(lambda: _follow_up(holder, number, tally))
+    steps.append(lambda: _completed(holder, number, without_high, tally))
+    return steps
+
+
+def _work(holder: Holder, work: Envelope[Work], number: int, tally: Tally) -> Decision:
+    def decide() -> Outcome | None:
+        outcome: Outcome | None
+        match work.data:
+            case PlacementRequested():
+                outcome = place(holder, work, number)  # type: ignore[arg-type]
+                placed = outcome.events and not outcome.events[0].type_name().endswith("Rejected")
+                progress = Progress.SCHEDULED if placed else Progress.REFUSED
+            case MigrationRequested():
+                outcome, progress = schedule_migration(holder, work, number)  # type: ignore[arg-type]
+            case CopyRequested():
+                outcome, progress = schedule_copy(holder, work, number)  # type: ignore[arg-type]
+        tally.progress[work_key(work.data)] = progress
+        return outcome
+
+    return decide
+
+
+def _raise(holder: Holder, vm: str, tally: Tally) -> Decision:
+    def decide() -> Outcome | None:
+        if vm not in holder.state.degraded:
+            return None
+        outcome = raise_degraded(holder, vm)
+        if outcome is not None:
+            tally.other += 1
+        return outcome
+
+    return decide
+
+
+def _follow_up(holder: Holder, number: int, tally: Tally) -> list[Outcome]:
+    """Sweeps of hosts in maintenance and rebalancing proposals. A migration is asked
+    for once, whichever round asks."""
+    follow_up = sweep(holder.state)
+    if holder.state.ledger.revision != holder.balanced_at:
+        holder.balanced_at = holder.state.ledger.revision
+        pool = holder.pools.get(holder.state.ledger, Owner.HIGH, holder.knobs.ha_failures)
+        follow_up += propose(holder.state, holder.knobs, number, pool)
+    tally.other += len(follow_up)
+    return [Outcome(events=[e], key=_follow_up_key(number, e, i)) for i, e in enumerate(follow_up)]
+
+
+def _follow_up_key(number: int, event: Event, index: int) -> str:
+    if isinstance(event, MigrationRequested):
+        return f"requested:{event.migration}"
+    return f"round:{number}:{event.aggregate()}:{index}"
+
+
+def _completed(holder: Holder, number: int, without_high: bool, tally: Tally) -> Outcome | None:
+    """A round is announced only when it had work, so an idle pool logs nothing."""
+    placed = sum(1 for p in tally.progress.values() if p is Progress.SCHEDULED)
+    unplaced = len(tally.progress) - placed
+    if not (placed or unplaced or tally.other):
+        return None
     done = RoundCompleted(
         priority=holder.state.priority,
         round=number,
@@ -85,36 +156,4 @@ async def run_round(runtime: Runtime, holder: Holder, number: int, without_high:
         unplaced=unplaced,
         without_high=without_high,
     )
-    await runtime.publish([done], caused_by=None, ids=[round_id(runtime.name, number)])
-
-
-async def _high_done(holder: Holder, number: int, wait: float) -> bool:
-    deadline = time.monotonic() + wait
-    while holder.state.rounds.get(Owner.HIGH, -1) < number:
-        if time.monotonic() > deadline:
-            log.warning("high scheduler did not finish its round; going ahead", round=number)
-            return False
-        await asyncio.sleep(0.02)
-    return True
-
-
-async def place_pending(runtime: Runtime, holder: Holder, number: int) -> tuple[int, int]:
-    """Work of the queue placed and not (refused, or waiting for room)."""
-    placed = unplaced = 0
-    for work in holder.state.queue():
-        if await _one(runtime, holder, work, number):
-            placed += 1
-        else:
-            unplaced += 1
-    return placed, unplaced
-
-
-async def _one(runtime: Runtime, holder: Holder, work: Envelope[Work], number: int) -> bool:
-    match work.data:
-        case PlacementRequested():
-            return await place(runtime, holder, work, number)  # type: ignore[arg-type]
-        case MigrationRequested():
-            outcome = await schedule_migration(runtime, holder, work, number)  # type: ignore[arg-type]
-        case CopyRequested():
-            outcome = await schedule_copy(runtime, holder, work, number)  # type: ignore[arg-type]
-    return outcome is Outcome.SCHEDULED
+    return Outcome(events=[done], key=f"round:{number}")

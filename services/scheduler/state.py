@@ -23,7 +23,7 @@ from schemas.scheduling import (
     VmPlaced,
     VmRaised,
 )
-from schemas.service import CommandRejected
+from schemas.service import CommandRejected, CommandsIssued
 from schemas.transfers import (
     CopyAborted,
     CopyCompleted,
@@ -31,10 +31,13 @@ from schemas.transfers import (
     MigrationAborted,
     MigrationCompleted,
     MigrationStarted,
+    StartCopy,
+    StartMigration,
 )
 from schemas.vm import VmCreated, VmDestroyed
 from services.scheduler.ledger import Ledger
 from services.scheduler.ledger import evolve as evolve_ledger
+from shared.effects import issued
 
 Work = PlacementRequested | MigrationRequested | CopyRequested
 NO_RULES = PlacementRules()
@@ -47,11 +50,6 @@ V = TypeVar("V")
 
 def work_key(work: Work) -> str:
     return work.aggregate()
-
-
-def start_id(transfer: str) -> uuid.UUID:
-    """The one id of the command that asks a host to start a migration or a copy."""
-    return uuid.uuid5(uuid.NAMESPACE_URL, f"vplane:start:{transfer}")
 
 
 def outgoing(transfer: str) -> str:
@@ -177,15 +175,22 @@ def _evolve(state: SchedulerState, seq: int, env: Envelope[Message]) -> Schedule
                 heading=state.heading.set(event.vm, event.target),
                 pending=_without(state.pending, f"migration/{event.migration}"),
                 migrations=state.migrations.set(event.migration, event),
-                starts=state.starts.set(start_id(event.migration), event.migration),
             )
         case CopyScheduled() if mine:
             return replace(
                 state,
                 pending=_without(state.pending, f"copy/{event.copy_id}"),
                 copies=state.copies.set(event.copy_id, event),
-                starts=state.starts.set(start_id(event.copy_id), event.copy_id),
             )
+        case CommandsIssued():
+            # A host refuses a start by the command's id: learn which transfer it starts.
+            starts = state.starts
+            for command in issued(event):
+                if isinstance(command.data, StartMigration):
+                    starts = starts.set(command.id, command.data.migration)
+                elif isinstance(command.data, StartCopy):
+                    starts = starts.set(command.id, command.data.copy_id)
+            return replace(state, starts=starts)
         case MigrationRefused():
             return _ended(
                 replace(state, pending=_without(state.pending, event.aggregate())), event.vm

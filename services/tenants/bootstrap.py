@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
-import uuid
 
 import structlog
 
@@ -27,10 +25,13 @@ from services.tenants.commands import decide
 from services.tenants.state import TaskId, Tenants, evolve
 from services.tenants.tracker import advance
 from shared.bus import PoisonMessage
-from shared.runtime import Runtime, ServiceDefinition
+from shared.loops import Loop
+from shared.outcome import Outcome, answer
+from shared.runtime import ServiceDefinition
 from shared.settings import Settings
 
 NAME = "tenants"
+RECONCILE_SECONDS = 0.25
 log = structlog.get_logger("vplane.tenants")
 
 
@@ -43,12 +44,6 @@ class Holder:
         self.progress: dict[str, dict[TaskId, float]] = {}
         self.last_seen: dict[str, float] = {}
         self.now = 0.0
-        self.sent: set[uuid.UUID] = set()
-        self.runtime: Runtime | None = None
-
-
-def command_id(what: str) -> uuid.UUID:
-    return uuid.uuid5(uuid.NAMESPACE_URL, f"vplane:tenants:{what}")
 
 
 def build(_settings: Settings) -> ServiceDefinition:
@@ -57,40 +52,35 @@ def build(_settings: Settings) -> ServiceDefinition:
     def fold(_seq: int, env: Envelope[Message]) -> None:
         holder.tenants = evolve(holder.tenants, env.data)
 
-    async def on_command(env: Envelope[Message]) -> list[Event]:
-        return decide(holder.tenants, env, holder.now)
+    async def on_command(env: Envelope[Message]) -> Outcome:
+        return answer(env, *decide(holder.tenants, env, holder.now))
 
-    async def on_telemetry(env: Envelope[Message]) -> list[Event]:
+    async def on_telemetry(env: Envelope[Message]) -> Outcome:
         sample = env.data
         if not isinstance(sample, HostTelemetry):
             raise PoisonMessage(f"the tenants service takes HostTelemetry, not {env.type}")
         holder.now = max(holder.now, env.sim_time)
         last = holder.last_seen.get(sample.host)
-        holder.last_seen[sample.host] = env.sim_time
         dt = 0.0 if last is None else max(0.0, env.sim_time - last)
-        events = track(holder, sample, dt, env.sim_time)
-        assert holder.runtime is not None, "set up before telemetry is taken"
+        events, progress = track(holder, sample, dt, env.sim_time)
+
+        def keep() -> None:
+            # Kept once landed: a sample taken again after a failed append decides the same.
+            holder.last_seen[sample.host] = env.sim_time
+            holder.progress.update(progress)
+
         # Worked out on the fold before the events are: a job completed now still holds
         # its scratch in it.
-        spilled = spills(holder.tenants, events)
-        await holder.runtime.publish_for_sample(env, events)
-        for what, cmd in spilled:
-            await holder.runtime.bus.send(Envelope.wrap(cmd, producer=NAME, id=command_id(what)))
-        return []
+        commands = spills(holder.tenants, events)
+        return Outcome(events=events, commands=commands, cause=env, on_landed=[keep])
 
-    async def setup(runtime: Runtime) -> None:
-        holder.runtime = runtime
-
-    async def answer(env: Envelope[Message]) -> Reply:
+    async def clusters(env: Envelope[Message]) -> Reply:
         if not isinstance(env.data, ListClusters):
             return QueryFailed(reason=f"the tenants service does not answer {env.type}")
         return ClusterList(clusters=views(holder.tenants))
 
-    async def reconcile_loop(runtime: Runtime) -> None:
-        while True:
-            async with runtime.exclusive():
-                await reconcile(runtime, holder)
-            await asyncio.sleep(0.25)
+    async def reconcile_step() -> list[Outcome]:
+        return reconcile(holder.tenants)
 
     return ServiceDefinition(
         name=NAME,
@@ -100,15 +90,17 @@ def build(_settings: Settings) -> ServiceDefinition:
         decide=on_command,
         commands={"tenants-commands": ("cluster.>",)},
         telemetry=on_telemetry,
-        queries={"tenants": answer},
-        setup=setup,
-        loops=[reconcile_loop],
+        queries={"tenants": clusters},
+        loops=[Loop("reconcile", reconcile_step, every=RECONCILE_SECONDS)],
         clock=lambda: holder.now,
     )
 
 
-def track(holder: Holder, sample: HostTelemetry, dt: float, now: float) -> list[Event]:
-    """Every cluster's tracker steps on for the workers this host reported."""
+def track(
+    holder: Holder, sample: HostTelemetry, dt: float, now: float
+) -> tuple[list[Event], dict[str, dict[TaskId, float]]]:
+    """Every cluster's tracker steps on for the workers this host reported: the events,
+    and each cluster's task progress after the step."""
     t = holder.tenants
     rates = {
         s.vm: 1.0 / s.slowdown
@@ -116,10 +108,10 @@ def track(holder: Holder, sample: HostTelemetry, dt: float, now: float) -> list[
         if s.vm in t.owner and s.state == "on" and t.running.get(s.vm) == sample.host
     }
     events: list[Event] = []
+    after: dict[str, dict[TaskId, float]] = {}
     for cluster in t.clusters:
-        progress = holder.progress.setdefault(cluster, {})
-        step = advance(t, cluster, progress, rates, dt)
-        holder.progress[cluster] = step.progress
+        step = advance(t, cluster, holder.progress.get(cluster, {}), rates, dt)
+        after[cluster] = step.progress
         for job in step.jobs:
             done, requeued = step.done.get(job, []), step.requeued.get(job, [])
             if done or requeued:
@@ -131,13 +123,13 @@ def track(holder: Holder, sample: HostTelemetry, dt: float, now: float) -> list[
             events.append(
                 JobCompleted(cluster=cluster, job=finished.spec.job, elapsed_seconds=elapsed)
             )
-    return events
+    return events, after
 
 
-def spills(t: Tenants, events: list[Event]) -> list[tuple[str, Command]]:
+def spills(t: Tenants, events: list[Event]) -> list[Command]:
     """Scratch space for the maps just assigned (on their worker's host), and back for
-    the jobs just completed: the commands, with what names each."""
-    out: list[tuple[str, Command]] = []
+    the jobs just completed."""
+    out: list[Command] = []
     for e in events:
         match e:
             case TasksAssigned():
@@ -145,21 +137,18 @@ def spills(t: Tenants, events: list[Event]) -> list[tuple[str, Command]]:
                 for a in e.tasks:
                     host = t.running.get(a.vm)
                     if a.kind is TaskKind.MAP and mib and host is not None:
-                        what = f"spill:{e.cluster}:{e.job}:{a.task}:{a.vm}"
-                        out.append((what, AllocateScratch(host=host, vm=a.vm, tag=e.job, mib=mib)))
+                        out.append(AllocateScratch(host=host, vm=a.vm, tag=e.job, mib=mib))
             case JobCompleted():
                 for host, vm in sorted(t.scratch.get((e.cluster, e.job), frozenset())):
                     if t.running.get(vm) == host:
-                        what = f"unspill:{e.cluster}:{e.job}:{vm}"
-                        out.append((what, ReleaseScratch(host=host, vm=vm, tag=e.job)))
+                        out.append(ReleaseScratch(host=host, vm=vm, tag=e.job))
     return out
 
 
-async def reconcile(runtime: Runtime, holder: Holder) -> None:
+def reconcile(t: Tenants) -> list[Outcome]:
     """Ask for the workers each cluster wants and has not got, and take away those it
-    no longer wants; every command has a fixed id, so asking twice changes nothing."""
-    t = holder.tenants
-    wanted: list[tuple[str, Command]] = []
+    no longer wants; each ask is one outcome with a fixed key, so it is made once."""
+    out: list[Outcome] = []
     for c in t.clusters.values():
         spec = c.spec
         for vm in c.workers:
@@ -171,18 +160,13 @@ async def reconcile(runtime: Runtime, holder: Holder) -> None:
                     mem_mib=spec.worker_mem_mib,
                     workload=WorkloadKind.HADOOP,
                 )
-                wanted.append((f"place:{vm}", place))
+                out.append(Outcome(commands=[place], key=f"place:{vm}"))
         for vm in c.removed:
             host = t.running.get(vm)
             if host is not None:
-                wanted.append((f"off:{vm}", PowerOffVm(vm=vm, host=host)))
-                wanted.append((f"destroy:{vm}", DestroyVm(vm=vm, host=host)))
-    for what, cmd in wanted:
-        ident = command_id(what)
-        if ident in holder.sent:
-            continue
-        await runtime.bus.send(Envelope.wrap(cmd, producer=runtime.name, id=ident))
-        holder.sent.add(ident)
+                off = [PowerOffVm(vm=vm, host=host), DestroyVm(vm=vm, host=host)]
+                out.append(Outcome(commands=off, key=f"remove:{vm}"))
+    return out
 
 
 def views(t: Tenants) -> list[ClusterView]:

@@ -74,6 +74,16 @@ WatchHandler = Callable[[Logged], Awaitable[None]]
 QueryHandler = Callable[[Envelope[Message]], Awaitable[Reply]]
 
 
+class DataFlows(Protocol):
+    """Bulk bytes beside the log (guest pages), the part of a bus a mechanism needs."""
+
+    async def put_data(self, flow: str, chunks: list[bytes]) -> None: ...
+
+    def read_data(
+        self, flow: str, count: int, *, timeout: float = 30.0
+    ) -> AsyncIterator[bytes]: ...
+
+
 class Subscription(Protocol):
     async def stop(self) -> None:
         """Stop taking messages, let in-flight handlers finish and acknowledge them."""

@@ -33,7 +33,7 @@ from schemas.vm import (
 from services.hosts.domain import decide
 from services.hosts.handlers import FleetHolder, answer_query
 from services.hosts.machine import Machine
-from services.hosts.outcomes import outcome_id, outcomes
+from services.hosts.outcomes import outcome_key, outcomes
 from services.hosts.state import EPOCH, Fleet, evolve
 from tests.unit.test_hosts_machine import Harness
 
@@ -262,16 +262,16 @@ def test_a_vm_that_lands_on_a_crashed_target_is_lost_with_it() -> None:
     assert (fleet.vms["a"].host, fleet.vms["a"].state) == ("h2", VmState.OFF)
 
 
-def test_outcome_ids_are_fixed_per_transfer_and_outcome() -> None:
-    """Deciding an outcome again (after a restart) gives the same id; each outcome of each
-    transfer has its own."""
+def test_outcome_keys_are_fixed_per_transfer_and_outcome() -> None:
+    """Deciding an outcome again (after a restart) gives the same key, so the same ids;
+    each outcome of each transfer has its own."""
     fleet, _ = apply(fleet_with_vm(), migrate())
     [(transfer, done)] = outcomes(fleet, HOSTS, EPOCH + timedelta(hours=1), 1.0)
     [(again, done_again)] = outcomes(fleet, HOSTS, EPOCH + timedelta(hours=2), 1.0)
-    assert outcome_id(transfer, done) == outcome_id(again, done_again)
+    assert outcome_key(transfer, done) == outcome_key(again, done_again)
     crashed, _ = apply(fleet, CrashHost(host="h2"))
     [(_, aborted)] = outcomes(crashed, HOSTS, EPOCH, 1.0)
-    assert outcome_id(transfer, aborted) != outcome_id(transfer, done)
+    assert outcome_key(transfer, aborted) != outcome_key(transfer, done)
 
 
 def full_hosts() -> Harness:

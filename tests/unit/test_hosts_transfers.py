@@ -12,7 +12,7 @@ from schemas.vm import CreateVm, MemoryMode, StunVm, ThrottleVm, UnstunVm
 from services.hosts import wire
 from services.hosts.domain import check_transfer
 from services.hosts.memory import SizeMismatch
-from services.hosts.transfers import export_pages, import_pages
+from services.hosts.transfers import export_pages, import_pages, read_flow
 from shared.bus.memory import MemoryBus
 from tests.unit.test_hosts_machine import Harness
 
@@ -41,8 +41,13 @@ async def move(h: Harness, bus: MemoryBus, cmd: Command) -> list[Event]:
     env = Envelope.wrap(cmd, producer="test")
     if refused := check_transfer(h.fleet, env):
         return refused
-    step = export_pages if isinstance(cmd, ExportPages) else import_pages
-    return await step(bus, h.machine, env)
+    if isinstance(cmd, ExportPages):
+        outcome = export_pages(h.machine, env)
+        # What the runtime does with it: the pages go on the flow before the event says so.
+        for flow, chunks in outcome.data.items():
+            await bus.put_data(flow, list(chunks))
+        return list(outcome.events)
+    return import_pages(h.machine, env, await read_flow(bus, env))
 
 
 async def test_export_then_import_reproduces_the_checksum() -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from schemas import Envelope, Event, Message, Reply
+from schemas import Envelope, Message, Reply
 from schemas.queries import ListVms, VmList
 from schemas.service import ServiceStarted, ServiceStopped
 from schemas.vm import CreateVm, VmCreated
 from shared.bus import Stream
 from shared.bus.memory import MemoryBus
+from shared.effects import derive
+from shared.outcome import Outcome, answer
 from shared.runtime import Runtime, ServiceDefinition
 from shared.testing import eventually, running
 
@@ -27,16 +29,15 @@ class Counter:
             if isinstance(env.data, VmCreated):
                 self.vms.append(env.data.vm)
 
-        async def decide(env: Envelope[Message]) -> list[Event]:
+        async def decide(env: Envelope[Message]) -> Outcome:
             self.decided += 1
             assert isinstance(env.data, CreateVm)
-            return [
-                VmCreated(
-                    vm=env.data.vm, host="h1", cpu=1, mem_mib=64, priority="low", powered_on=True
-                )
-            ]
+            created = VmCreated(
+                vm=env.data.vm, host="h1", cpu=1, mem_mib=64, priority="low", powered_on=True
+            )
+            return answer(env, created)
 
-        async def answer(env: Envelope[Message]) -> Reply:
+        async def listed(env: Envelope[Message]) -> Reply:
             return VmList(vms=[])
 
         return ServiceDefinition(
@@ -45,7 +46,7 @@ class Counter:
             fold_filters=("vm.>",),
             decide=decide,
             commands={"counter-commands": ("hosts.>",)},
-            queries={"hosts": answer},
+            queries={"hosts": listed},
         )
 
 
@@ -83,7 +84,8 @@ async def test_command_answer_is_appended_and_folded() -> None:
     events = [
         e.envelope async for e in bus.replay() if e.envelope and e.envelope.type == "VmCreated"
     ]
-    assert [(e.causation_id, e.id) for e in events] == [(cmd.id, cmd.derived_id(0))]
+    expected_id = derive("counter", Outcome(cause=cmd), "e0")
+    assert [(e.causation_id, e.id) for e in events] == [(cmd.id, expected_id)]
 
 
 async def test_redelivered_command_is_answered_once() -> None:

@@ -74,7 +74,13 @@ from schemas.scheduling import (
     VmRaised,
 )
 from schemas.scratch import AllocateScratch, ReleaseScratch, ScratchAllocated, ScratchReleased
-from schemas.service import CommandRejected, RejectionCode, ServiceStarted, ServiceStopped
+from schemas.service import (
+    CommandRejected,
+    CommandsIssued,
+    RejectionCode,
+    ServiceStarted,
+    ServiceStopped,
+)
 from schemas.tenants import (
     AllocateSlots,
     Assignment,
@@ -163,6 +169,14 @@ EXAMPLES: dict[str, Message] = {
             rebuilt_events=0,
         ),
         ServiceStopped(service="hosts", instance="hosts-1", reason="signal", handled=7),
+        CommandsIssued(
+            service="tenants",
+            commands=[
+                Envelope.wrap(CreateVm(vm="w1", cpu=1, mem_mib=64), producer="tenants")
+                .encode()
+                .decode()
+            ],
+        ),
         CommandRejected(
             about="vm/web-1",
             command_id=uuid.UUID(int=1),

@@ -1,0 +1,114 @@
+"""Carrying outcomes out: one id scheme, one atomic append, then the commands (outbox).
+
+Ids derive from an outcome's cause, its key and a position, so a decision taken again
+after a crash produces the same envelopes and the log keeps one copy. The events of
+the outcomes carried out together, and a ``CommandsIssued`` record of their commands,
+land in one atomic append; the commands are sent only after it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas import Envelope, Event
+from schemas.service import CommandsIssued
+from shared.bus import BATCH_LIMIT
+from shared.codec import decode
+from shared.outcome import Outcome
+
+_STEPS = uuid.uuid5(uuid.NAMESPACE_URL, "vplane:steps")
+
+
+def derive(service: str, outcome: Outcome, what: str) -> uuid.UUID:
+    """The id of the ``what`` (``e0``, ``c1``, ``outbox``...) of an outcome of ``service``."""
+    base = outcome.cause.id if outcome.cause is not None else _STEPS
+    return uuid.uuid5(base, f"{service}/{outcome.key}/{what}")
+
+
+@dataclass
+class Batch:
+    """Envelopes for one atomic append, the commands to send after it, and the expected
+    versions by position."""
+
+    events: list[Envelope[Any]] = field(default_factory=list)
+    commands: list[Envelope[Any]] = field(default_factory=list)
+    expected: dict[int, int] = field(default_factory=dict)
+    outcomes: list[Outcome] = field(default_factory=list)
+
+
+def batches(
+    service: str,
+    outcomes: Sequence[Outcome],
+    sim_time: float,
+    landed: Callable[[uuid.UUID], bool],
+) -> list[Batch]:
+    """The outcomes not yet in the log, in appends of at most BATCH_LIMIT events; one
+    outcome never spans two appends."""
+    out: list[Batch] = []
+    current = Batch()
+    for outcome in outcomes:
+        events = _events(service, outcome, sim_time)
+        commands = [
+            Envelope.wrap(
+                cmd,
+                producer=service,
+                caused_by=outcome.cause,
+                sim_time=sim_time,
+                id=derive(service, outcome, f"c{i}"),
+            )
+            for i, cmd in enumerate(outcome.commands)
+        ]
+        first = events[0].id if events else derive(service, outcome, "outbox")
+        if (events or commands) and landed(first):
+            continue
+        # One more for the outbox record.
+        size = len(events) + (1 if commands else 0)
+        if current.events and len(current.events) + size > BATCH_LIMIT:
+            out.append(current)
+            current = Batch()
+        seen: set[str] = set()
+        for i, env in enumerate(events):
+            aggregate = env.subject
+            if aggregate in outcome.expect and aggregate not in seen:
+                current.expected[len(current.events) + i] = outcome.expect[aggregate]
+                seen.add(aggregate)
+        current.events += events
+        if commands:
+            record = CommandsIssued(
+                service=service, commands=[c.encode().decode() for c in commands]
+            )
+            current.events.append(
+                Envelope.wrap(
+                    record,
+                    producer=service,
+                    caused_by=outcome.cause,
+                    sim_time=sim_time,
+                    id=derive(service, outcome, "outbox"),
+                )
+            )
+        current.commands += commands
+        current.outcomes.append(outcome)
+    if current.outcomes:
+        out.append(current)
+    return out
+
+
+def _events(service: str, outcome: Outcome, sim_time: float) -> list[Envelope[Event]]:
+    return [
+        Envelope.wrap(
+            event,
+            producer=service,
+            caused_by=outcome.cause,
+            sim_time=sim_time,
+            id=derive(service, outcome, f"e{i}"),
+        )
+        for i, event in enumerate(outcome.events)
+    ]
+
+
+def issued(record: CommandsIssued) -> list[Envelope[Any]]:
+    """The command envelopes a record holds, as they were (and are again) sent."""
+    return [decode(text.encode()) for text in record.commands]

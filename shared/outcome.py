@@ -1,0 +1,65 @@
+"""What a decision returns: the events to append and the commands to send, as data.
+
+Services decide and return outcomes; the runtime carries them out. An outcome names its
+cause (the command, sample or logged event that led to it, or nothing for a service's
+own step) and a key that tells it apart from the cause's other outcomes; every id is
+derived from those and a position, by the runtime alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas import Command, Envelope, Event, Message
+
+
+@dataclass(frozen=True)
+class Outcome:
+    events: Sequence[Event] = ()
+    commands: Sequence[Command] = ()
+    cause: Envelope[Any] | None = None
+    key: str = ""
+    # Aggregate -> the version the decision was made at: appended only if no other
+    # writer moved it meanwhile; else the runtime catches up and decides again.
+    expect: Mapping[str, int] = field(default_factory=dict)
+    # Telemetry to publish once the events are in the log (bounded retention, no ids).
+    samples: Sequence[Message] = ()
+    # The emulated time the outcome's messages carry, when not the service's clock now.
+    sim_time: float | None = None
+    # Bulk bytes to put on data flows before the events that say they are there.
+    data: Mapping[str, Sequence[bytes]] = field(default_factory=dict)
+    # In-memory bookkeeping a service does only once the outcome has landed (say, a
+    # detector's streak), so that a decision that failed to land is taken again whole.
+    on_landed: Sequence[Callable[[], None]] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.events or self.commands or self.samples or self.data)
+
+
+Outcomes = Outcome | Sequence[Outcome]
+# A decision taken only once the ones before it have landed: a loop's step returns a
+# plan of them when each must see what the one before it changed (a round's placements).
+Decision = Callable[[], "Outcomes | None"]
+Plan = Sequence["Outcome | Decision"]
+
+
+def as_list(outcomes: Outcomes | None) -> list[Outcome]:
+    if outcomes is None:
+        return []
+    if isinstance(outcomes, Outcome):
+        return [outcomes]
+    return list(outcomes)
+
+
+def answer(cause: Envelope[Message], *events: Event, commands: Sequence[Command] = ()) -> Outcome:
+    """The outcome that answers ``cause`` with ``events`` (and sends ``commands``)."""
+    return Outcome(events=events, commands=commands, cause=cause)
+
+
+# How many version conflicts the decision being taken has met so far (the runtime sets
+# it): a decision that reports its conflicts (a placement) reads it.
+attempt: ContextVar[int] = ContextVar("attempt", default=0)

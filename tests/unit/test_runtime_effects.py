@@ -1,0 +1,165 @@
+"""The runtime carries outcomes out: whole answers, commands after their cause, the
+outbox after a crash, and supervised loops; on a bus that fails on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from schemas import Envelope, Message
+from schemas.service import CommandsIssued
+from schemas.vm import CreateVm, PowerOnVm, VmCreated
+from shared.bus import AppendResult, BusUnavailable
+from shared.bus.memory import MemoryBus
+from shared.loops import Loop
+from shared.outcome import Outcome, answer
+from shared.runtime import Runtime, ServiceDefinition, ServiceFailed
+from shared.testing import eventually, running
+
+
+class FaultyBus(MemoryBus):
+    """A memory bus whose next appends or sends fail, and that remembers, for every
+    command it sends, how far the log was then."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing_appends = 0
+        self.failing_sends = 0
+        self.sent: list[tuple[Envelope[Any], int]] = []
+
+    async def append_batch(
+        self, envs: list[Envelope[Any]], *, expected: Mapping[int, int] | None = None
+    ) -> list[AppendResult]:
+        if self.failing_appends:
+            self.failing_appends -= 1
+            raise BusUnavailable("the broker went away during the append")
+        return await super().append_batch(envs, expected=expected)
+
+    async def send(self, env: Envelope[Any]) -> None:
+        if env.producer != "test" and self.failing_sends:
+            self.failing_sends -= 1
+            raise BusUnavailable("the broker went away during the send")
+        if env.producer != "test":
+            self.sent.append((env, await self.last_seq()))
+        await super().send(env)
+
+
+def created(vm: str) -> VmCreated:
+    return VmCreated(vm=vm, host="h1", cpu=1, mem_mib=64, priority="low", powered_on=False)
+
+
+class Starter:
+    """Answers CreateVm with three events and asks for the VM to be powered on."""
+
+    def __init__(self) -> None:
+        self.vms: list[str] = []
+
+    def definition(self, loops: list[Loop] | None = None) -> ServiceDefinition:
+        def fold(_seq: int, env: Envelope[Message]) -> None:
+            if isinstance(env.data, VmCreated):
+                self.vms.append(env.data.vm)
+
+        async def decide(env: Envelope[Message]) -> Outcome:
+            assert isinstance(env.data, CreateVm)
+            vm = env.data.vm
+            events = [created(f"{vm}-a"), created(f"{vm}-b"), created(f"{vm}-c")]
+            return answer(env, *events, commands=[PowerOnVm(vm=f"{vm}-a", host="h1")])
+
+        return ServiceDefinition(
+            name="starter",
+            fold=fold,
+            fold_filters=("vm.>",),
+            decide=decide,
+            commands={"starter-commands": ("hosts.>",)},
+            loops=loops or [],
+        )
+
+
+async def logged(bus: MemoryBus) -> list[Envelope[Message]]:
+    return [e.envelope async for e in bus.replay() if e.envelope is not None]
+
+
+async def test_an_answer_whose_append_failed_lands_whole_once_on_redelivery() -> None:
+    """The append fails; the redelivered command appends the whole answer, once."""
+    bus, svc = FaultyBus(), Starter()
+    async with running(Runtime(svc.definition(), bus, "i1")):
+        bus.failing_appends = 1
+        cmd = Envelope.wrap(CreateVm(vm="web", cpu=1, mem_mib=64), producer="test")
+        await bus.send(cmd)
+        await eventually(lambda: len(svc.vms) == 3, what="the whole answer")
+        await bus.send(cmd)
+        await bus.send(Envelope.wrap(CreateVm(vm="db", cpu=1, mem_mib=64), producer="test"))
+        await eventually(lambda: len(svc.vms) == 6, what="the next command")
+    names = [e.data.vm for e in await logged(bus) if isinstance(e.data, VmCreated)]
+    assert names == ["web-a", "web-b", "web-c", "db-a", "db-b", "db-c"]
+
+
+async def test_no_command_is_sent_before_its_cause_is_in_the_log() -> None:
+    """Each command goes out only once every event of its outcome is in the log, with the
+    outbox record of it."""
+    bus, svc = FaultyBus(), Starter()
+    async with running(Runtime(svc.definition(), bus, "i1")):
+        for vm in ("a", "b"):
+            await bus.send(Envelope.wrap(CreateVm(vm=vm, cpu=1, mem_mib=64), producer="test"))
+        await eventually(lambda: len(bus.sent) == 2, what="both power-ons")
+    log = [e async for e in bus.replay()]
+    for command, log_end in bus.sent:
+        cause = [e for e in log if e.envelope and e.envelope.causation_id == command.causation_id]
+        assert len(cause) == 4  # three VmCreated and the CommandsIssued record
+        assert max(e.seq for e in cause) <= log_end
+
+
+async def test_commands_appended_but_not_sent_before_a_stop_are_sent_after_restart() -> None:
+    """The sends fail until the service stops; the next instance sends them, from the
+    outbox record in the log, with the ids they were given."""
+    bus, svc = FaultyBus(), Starter()
+    bus.failing_sends = 10_000
+    async with running(Runtime(svc.definition(), bus, "i1")):
+        await bus.send(Envelope.wrap(CreateVm(vm="web", cpu=1, mem_mib=64), producer="test"))
+        await eventually(lambda: len(svc.vms) == 3, what="the events")
+    assert bus.sent == []
+    bus.failing_sends = 0
+    async with running(Runtime(Starter().definition(), bus, "i2")):
+        await eventually(lambda: len(bus.sent) == 1, what="the resent command")
+    [record] = [e.data for e in await logged(bus) if isinstance(e.data, CommandsIssued)]
+    [(sent, _)] = bus.sent
+    assert isinstance(sent.data, PowerOnVm)
+    assert sent.encode().decode() == record.commands[0]
+
+
+async def test_a_loop_that_fails_is_restarted_and_counted() -> None:
+    """A step that raises is tried again; the failure is counted; the loop goes on."""
+    bus, svc = FaultyBus(), Starter()
+    calls = 0
+
+    async def step() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise BusUnavailable("a reconnect")
+
+    runtime = Runtime(svc.definition([Loop("ticker", step, every=0.01)]), bus, "i1")
+    async with running(runtime):
+        await eventually(lambda: calls >= 5, what="the loop to go on after its failure")
+    stats = runtime.loop_stats["ticker"]
+    assert stats.failures == 1
+    assert stats.consecutive == 0
+
+
+async def test_a_loop_that_keeps_failing_stops_the_service_with_an_error() -> None:
+    """Five failures in a row: the service announces why and its run ends in an error."""
+    bus, svc = FaultyBus(), Starter()
+
+    async def step() -> None:
+        raise RuntimeError("broken")
+
+    runtime = Runtime(svc.definition([Loop("broken", step, every=0.01)]), bus, "i1")
+    with pytest.raises(ServiceFailed, match="loop broken failed 5 times"):
+        await asyncio.wait_for(runtime.run(asyncio.Event()), 30)
+    stopped = [e.data for e in await logged(bus) if e.type == "ServiceStopped"]
+    assert [getattr(s, "reason", "") for s in stopped] == [
+        "failed: loop broken failed 5 times: RuntimeError('broken')"
+    ]
