@@ -44,7 +44,7 @@ async def test_a_stale_expected_version_appends_none_of_the_batch(bus: Bus) -> N
     with pytest.raises(ConcurrencyError) as caught:
         await bus.append_batch(envs, expected={1: taken.seq})
     assert caught.value.aggregate == "vm/web1"
-    assert [e.envelope.data.vm async for e in bus.replay() if e.envelope] == ["web1", "web1"]
+    assert [e.envelope.data.vm async for e in bus.replay() if e.envelope] == ["web1", "web1"]  # type: ignore[attr-defined]
 
 
 async def test_current_expected_versions_append_and_move_the_versions(bus: Bus) -> None:
