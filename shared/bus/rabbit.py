@@ -1,10 +1,13 @@
 """The RabbitMQ adapter: events in a stream behind a topic exchange, commands and
 durable consumers on quorum queues, dead letters through a dead-letter exchange.
 
-RabbitMQ has no server-side deduplication and no conditional append. Here an
-append is checked against the log index (ids and aggregate versions read back
-from the stream), which is exact for a single writer per aggregate; duplicates
-that still reach the log are skipped by every reader and consumer by message id.
+RabbitMQ has no server-side deduplication and no conditional append. Every append
+is one stream message (a batch of one or more events, see rabbit_batch), so it
+lands whole; expected versions ride on the message and the log index of every
+client judges them in log order, the same way everywhere: the first writer wins,
+a refused batch is skipped by every reader, and its writer learns it from its own
+index. An id already in the index is not appended again; duplicates that still
+reach the log are skipped by every reader and consumer by message id.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,6 +34,7 @@ from shared.bus.dedupe import unique
 from shared.bus.dispatch import entry_of
 from shared.bus.errors import BusError, BusUnavailable, ConcurrencyError
 from shared.bus.protocol import (
+    BATCH_LIMIT,
     AppendResult,
     ConsumerSpec,
     DeadLetter,
@@ -41,9 +45,16 @@ from shared.bus.protocol import (
     Subscription,
     WatchHandler,
 )
+from shared.bus.rabbit_batch import Batch, offset_of, pack, selected, seq_of, unpack
 from shared.bus.rabbit_consumer import QueueConsumer
 from shared.bus.rabbit_data import read_flow
-from shared.bus.rabbit_log import MARKER_HEADER, LogIndex, StreamFollower, StreamMessage
+from shared.bus.rabbit_log import (
+    MARKER_HEADER,
+    LogIndex,
+    StreamFollower,
+    StreamMessage,
+    Verdict,
+)
 from shared.bus.rabbit_queries import Requester, serve
 from shared.bus.rabbit_topology import (
     H_CONSUMER,
@@ -70,7 +81,7 @@ class Unroutable(BusError):
 
 
 class RabbitBus:
-    atomic_versions = False
+    atomic_versions = True
 
     def __init__(
         self,
@@ -190,23 +201,61 @@ class RabbitBus:
     async def append(
         self, env: Envelope[Any], *, expected_version: int | None = None
     ) -> AppendResult:
+        expected = {} if expected_version is None else {0: expected_version}
+        return (await self.append_batch([env], expected=expected))[0]
+
+    async def append_batch(
+        self, envs: list[Envelope[Any]], *, expected: Mapping[int, int] | None = None
+    ) -> list[AppendResult]:
+        if len(envs) > BATCH_LIMIT:
+            raise BusError(f"a batch holds at most {BATCH_LIMIT} events, not {len(envs)}")
+        if not envs:
+            return []
+        expected = dict(expected or {})
         index = await self._log_index()
-        msg_id = str(env.id)
-        if msg_id in index.ids:
-            return AppendResult(index.ids[msg_id], duplicate=True)
-        subject = subjects.event_subject(self.namespace, env)
-        if expected_version is not None:
-            # A check for the single writer of this aggregate; see the module docstring.
-            current = index.versions.get(subject, 0)
-            if current != expected_version:
-                raise ConcurrencyError(env.subject, expected_version, current)
-        seq = index.expect(msg_id)
-        await self._publish("events", subject, env.encode(), msg_id=msg_id)
-        return AppendResult(await asyncio.wait_for(seq, self._timeout), duplicate=False)
+        if any(str(env.id) in index.ids for env in envs):
+            return _duplicates(index, envs)
+        self._check_known(index, envs, expected)
+        packed = pack(self.namespace, envs, expected)
+        verdict = index.expect(packed.msg_id)
+        try:
+            await self._publish(
+                "events",
+                packed.routing_key,
+                packed.body,
+                msg_id=packed.msg_id,
+                headers=packed.headers,
+            )
+            # The log decides, and this bus learns how from its own index.
+            taken = await asyncio.wait_for(verdict, self._timeout)
+        finally:
+            index.forget(packed.msg_id)
+        if taken.conflict is not None:
+            pos, want, actual = taken.conflict
+            raise ConcurrencyError(envs[pos].subject, want, actual)
+        if taken.duplicate:
+            return _duplicates(index, envs)
+        return [AppendResult(taken.seq + i, duplicate=False) for i in range(len(envs))]
+
+    def _check_known(
+        self, index: LogIndex, envs: list[Envelope[Any]], expected: Mapping[int, int]
+    ) -> None:
+        """Refuse at once what the log is sure to refuse: a version the index already
+        knows is past the expected one (versions only grow). Anything else goes to the
+        log, which decides."""
+        seen = set()
+        for pos, env in enumerate(envs):
+            subject = subjects.event_subject(self.namespace, env)
+            want = expected.get(pos)
+            if want is not None and subject not in seen:
+                current = index.versions.get(subject, 0)
+                if current > want:
+                    raise ConcurrencyError(env.subject, want, current)
+            seen.add(subject)
 
     async def append_many(self, envs: list[Envelope[Any]]) -> list[AppendResult]:
         index = await self._log_index()
-        futures: dict[str, asyncio.Future[int]] = {}
+        futures: dict[str, asyncio.Future[Verdict]] = {}
         sends = []
         for env in envs:
             msg_id = str(env.id)
@@ -222,11 +271,29 @@ class RabbitBus:
             msg_id = str(env.id)
             if msg_id in futures and msg_id not in firsts:
                 firsts.add(msg_id)
-                seq = await asyncio.wait_for(futures[msg_id], self._timeout)
-                results.append(AppendResult(seq, duplicate=False))
+                taken = await asyncio.wait_for(futures[msg_id], self._timeout)
+                results.append(AppendResult(taken.seq, duplicate=taken.duplicate))
             else:
-                results.append(AppendResult(index.ids[msg_id], duplicate=True))
+                results.append(AppendResult(index.ids.get(msg_id, 0), duplicate=True))
         return results
+
+    async def accepted(self, msg_id: str) -> bool:
+        """Whether the log took the conditional batch whose first id is ``msg_id``, for
+        readers that do not know its offset (queue consumers)."""
+        index = await self._log_index()
+        if msg_id not in index.ids and msg_id not in index.refused:
+            await index.sync(self._timeout)
+        # Neither taken nor refused after a sync: older than the index remembers.
+        return msg_id in index.ids or msg_id not in index.refused
+
+    async def _taken(self, offset: int, batch: Batch) -> bool:
+        """Whether the log took the message at ``offset``: a conditional batch only if
+        its expectations held there."""
+        if not batch.expected:
+            return True
+        index = await self._log_index()
+        await index.reached(offset)
+        return offset not in index.skipped
 
     async def version(self, aggregate: str) -> int:
         index = await self._log_index()
@@ -245,28 +312,46 @@ class RabbitBus:
         if from_seq >= end:
             return
         wanted = self.topology.patterns(Stream.EVENTS, filters)
-        entries = self._read(self.topology.log, max(from_seq, 1) - 1, until=end, patterns=wanted)
-        async for entry in unique(entries):
+        messages = self._read(self.topology.log, offset_of(from_seq), until=offset_of(end))
+        async for entry in unique(self._entries(messages, wanted, from_seq)):
             yield entry
 
-    async def _read(
-        self, queue: str, offset: int | str, *, until: int | None, patterns: tuple[str, ...]
+    async def _entries(
+        self, messages: AsyncIterator[StreamMessage], patterns: tuple[str, ...], from_seq: int
     ) -> AsyncIterator[Logged]:
-        """Entries of a stream from an offset, up to (not including) sequence ``until``."""
-        inbox: asyncio.Queue[Logged | None] = asyncio.Queue()
+        async for msg in messages:
+            for entry in await self._expand(msg, patterns, from_seq):
+                yield entry
+
+    async def _expand(
+        self, msg: StreamMessage, patterns: tuple[str, ...], from_seq: int = 0
+    ) -> list[Logged]:
+        """The events of a log message that a reader gets: those the log took, selected."""
+        batch = unpack(msg.routing_key, msg.message_id, msg.headers, msg.body)
+        if not await self._taken(msg.offset, batch):
+            return []
+        base = seq_of(msg.offset)
+        return [
+            entry_of(base + pos, subject, body)
+            for pos, (subject, body) in enumerate(zip(batch.subjects, batch.bodies, strict=True))
+            if base + pos >= from_seq and selected(subject, patterns)
+        ]
+
+    async def _read(self, queue: str, offset: int, *, until: int) -> AsyncIterator[StreamMessage]:
+        """Non-marker messages of a stream from an offset up to (not including) ``until``."""
+        inbox: asyncio.Queue[StreamMessage | None] = asyncio.Queue()
 
         async def on_message(msg: StreamMessage) -> None:
-            seq = msg.offset + 1
-            if until is not None and seq >= until:
+            if msg.offset >= until:
                 await inbox.put(None)
-            elif not msg.is_marker and _selected(msg.routing_key, patterns):
-                await inbox.put(_logged(msg))
+            elif not msg.is_marker:
+                await inbox.put(msg)
 
         follower = StreamFollower(await self.conn.channel(), queue, on_message)
         await follower.start(offset)
         try:
-            while (entry := await asyncio.wait_for(inbox.get(), 5 * self._timeout)) is not None:
-                yield entry
+            while (msg := await asyncio.wait_for(inbox.get(), 5 * self._timeout)) is not None:
+                yield msg
         finally:
             await follower.stop()
 
@@ -315,17 +400,19 @@ class RabbitBus:
         if queue is None:
             raise BusError(f"RabbitMQ keeps no log of {stream.name.lower()} to watch")
         wanted = self.topology.patterns(stream, filters)
+        start = 0 if from_seq is None else from_seq
 
         async def on_message(msg: StreamMessage) -> None:
-            if msg.is_marker or not _selected(msg.routing_key, wanted):
+            if msg.is_marker:
                 return
-            try:
-                await handler(_logged(msg))
-            except Exception:
-                log.exception("watch handler failed", subject=msg.routing_key)
+            for entry in await self._expand(msg, wanted, start):
+                try:
+                    await handler(entry)
+                except Exception:
+                    log.exception("watch handler failed", subject=entry.subject)
 
         follower = StreamFollower(await self.conn.channel(), queue, on_message)
-        await follower.start("next" if from_seq is None else max(from_seq, 1) - 1)
+        await follower.start("next" if from_seq is None else offset_of(from_seq))
         self._subs.append(follower)
         return follower
 
@@ -390,12 +477,8 @@ async def delete_namespace(bus: RabbitBus, consumers: Iterable[str] = ()) -> Non
             await channel.close()
 
 
-def _selected(routing_key: str | None, patterns: tuple[str, ...]) -> bool:
-    return any(subjects.matches(p, routing_key or "") for p in patterns)
-
-
-def _logged(msg: StreamMessage) -> Logged:
-    return entry_of(msg.offset + 1, msg.routing_key, msg.body)
+def _duplicates(index: LogIndex, envs: list[Envelope[Any]]) -> list[AppendResult]:
+    return [AppendResult(index.ids.get(str(env.id), 0), duplicate=True) for env in envs]
 
 
 def _redacted(url: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from typing import TYPE_CHECKING
 
 import aiormq.exceptions
@@ -13,9 +14,10 @@ from aiormq.abc import AbstractChannel as RawChannel
 from aiormq.abc import DeliveredMessage
 
 from shared.bus.dedupe import RecentIds
-from shared.bus.dispatch import Ack, Bury, Outcome, Retry, dispatch
+from shared.bus.dispatch import Bury, Outcome, Retry, dispatch
 from shared.bus.errors import BusError
 from shared.bus.protocol import ConsumerSpec, Delivery, Handler, Stream
+from shared.bus.rabbit_batch import selected, unpack
 
 if TYPE_CHECKING:
     from shared.bus.rabbit import RabbitBus
@@ -30,6 +32,7 @@ class QueueConsumer:
         self._bus = bus
         self._spec = spec
         self._handler = handler
+        self._patterns = bus.topology.patterns(spec.stream, spec.filters)
         self._seen = RecentIds()
         self._inbox: asyncio.Queue[tuple[DeliveredMessage, RawChannel]] = asyncio.Queue()
         self._channel: AbstractChannel | None = None
@@ -136,26 +139,38 @@ class QueueConsumer:
 
     async def _one(self, message: DeliveredMessage, raw: RawChannel) -> None:
         spec = self._spec
-        headers = message.header.properties.headers or {}
+        props = message.header.properties
+        headers = props.headers or {}
         count = headers.get("x-delivery-count", 0)
         attempt = (count if isinstance(count, int) else 0) + 1
-        subject = message.routing_key or ""
-        # A queue has no log position: seq 0; consumers recognise repeats by message id.
-        delivery = Delivery(0, attempt, subject)
-        if attempt > spec.max_deliver:
-            outcome: Outcome = Bury(f"delivered {attempt} times without an outcome")
-        else:
-            outcome = await self._dispatch(message.body, delivery)
-        tag = message.delivery_tag or 0
-        if isinstance(outcome, Retry):
-            await self._flush_acks()
-            await asyncio.sleep(outcome.delay)
-            await raw.basic_nack(tag, multiple=False, requeue=True)
+        batch = unpack(message.routing_key or "", props.message_id or "", headers, message.body)
+        if batch.expected and not await self._bus.accepted(batch.ids[0]):
+            # A conditional batch the log refused: nobody sees it.
+            await self._settle(raw, message.delivery_tag or 0)
             return
-        if isinstance(outcome, Bury):
-            log.warning("dead-lettered", consumer=spec.name, reason=outcome.reason[:200])
-            await self._bus.bury(spec.name, subject, message.body, outcome.reason, attempt)
-        assert isinstance(outcome, Ack | Bury)
+        for subject, body, msg_id in zip(batch.subjects, batch.bodies, batch.ids, strict=True):
+            if len(batch.ids) > 1 and not selected(subject, self._patterns):
+                continue
+            # A queue has no log position: seq 0; consumers recognise repeats by message id.
+            delivery = Delivery(0, attempt, subject)
+            if attempt > spec.max_deliver:
+                outcome: Outcome = Bury(f"delivered {attempt} times without an outcome")
+            else:
+                outcome = await self._dispatch(body, delivery)
+            if isinstance(outcome, Retry):
+                # The whole message comes back; the events handled are known by id.
+                await self._flush_acks()
+                await asyncio.sleep(outcome.delay)
+                await raw.basic_nack(message.delivery_tag or 0, multiple=False, requeue=True)
+                return
+            if isinstance(outcome, Bury):
+                log.warning("dead-lettered", consumer=spec.name, reason=outcome.reason[:200])
+                await self._bus.bury(spec.name, subject, body, outcome.reason, attempt)
+                with contextlib.suppress(ValueError):
+                    self._seen.add(uuid.UUID(msg_id))
+        await self._settle(raw, message.delivery_tag or 0)
+
+    async def _settle(self, raw: RawChannel, tag: int) -> None:
         if self._unacked is not None and self._unacked[0] is not raw:
             await self._flush_acks()
         self._unacked = (raw, tag)

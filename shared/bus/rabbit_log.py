@@ -2,9 +2,10 @@
 
 A RabbitMQ stream has offsets but no server-side dedupe, no conditional append and
 no way to ask where its end is over AMQP 0.9.1. The index follows the event log
-and answers those questions client-side: the sequence of each appended id, the
-version of each aggregate, and where the log ends (found by a marker message
-routed into the stream and read back).
+from its first offset and answers those questions client-side: the sequence of each
+appended id, the version of each aggregate, whether a conditional batch held at its
+place in the log, and where the log ends (found by a marker message routed into the
+stream and read back).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from aio_pika.abc import AbstractChannel
 from aiormq.abc import DeliveredMessage
 
 from shared.bus.dedupe import DEFAULT_WINDOW
+from shared.bus.rabbit_batch import Batch, seq_of, unpack
 
 log = structlog.get_logger("vplane.bus.rabbit")
 
@@ -121,49 +123,114 @@ class StreamFollower:
             await self._channel.close()
 
 
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """How the log took a message: appended at ``seq`` (its first event), a repeat of
+    messages already there, or refused because an expectation (position, expected,
+    actual) did not hold."""
+
+    seq: int
+    duplicate: bool = False
+    conflict: tuple[int, int, int] | None = None
+
+
 class LogIndex:
-    """What the event log holds, as far as it has been read: ids, versions, its end."""
+    """What the event log holds, as far as it has been read: ids, versions, its end,
+    and which conditional batches it refused (see rabbit_batch)."""
 
     def __init__(self, publish_marker: Callable[[str], Awaitable[None]]) -> None:
         self._publish_marker = publish_marker
         self.ids: OrderedDict[str, int] = OrderedDict()
         self.versions: dict[str, int] = {}
         self.last_event_seq = 0
-        self._waiting: dict[str, asyncio.Future[int]] = {}
+        self.last_offset = -1
+        # Offsets (and first ids) of conditional batches every reader skips.
+        self.skipped: set[int] = set()
+        self.refused: dict[str, int] = {}
+        self._waiting: dict[str, asyncio.Future[Verdict]] = {}
+        self._reaching: list[tuple[int, asyncio.Future[None]]] = []
 
     async def on_message(self, msg: StreamMessage) -> None:
-        seq = msg.offset + 1
         if msg.is_marker:
-            self._resolve(f"marker:{msg.headers[MARKER_HEADER]}", seq)
-            return
-        msg_id = msg.message_id
-        self.versions[msg.routing_key] = seq
-        self.last_event_seq = seq
-        if msg_id and msg_id not in self.ids:
-            self.ids[msg_id] = seq
-            if len(self.ids) > DEFAULT_WINDOW:
-                self.ids.popitem(last=False)
-        self._resolve(msg_id, self.ids.get(msg_id, seq))
+            self._resolve(f"marker:{msg.headers[MARKER_HEADER]}", Verdict(seq_of(msg.offset)))
+        else:
+            batch = unpack(msg.routing_key, msg.message_id, msg.headers, msg.body)
+            self._resolve(msg.message_id, self._judge(msg.offset, batch))
+        self.last_offset = msg.offset
+        if self._reaching:
+            self._wake()
 
-    def _resolve(self, key: str, seq: int) -> None:
+    def _judge(self, offset: int, batch: Batch) -> Verdict:
+        """Decide a message at its place in the log; the same in every process."""
+        known = [self.ids[i] for i in batch.ids if i in self.ids]
+        if known:
+            self._skip(offset, batch)
+            return Verdict(known[0], duplicate=True)
+        base = seq_of(offset)
+        # Checked against the versions as the batch itself moves them, as JetStream does.
+        moved: dict[str, int] = {}
+        for pos, subject in enumerate(batch.subjects):
+            current = moved.get(subject, self.versions.get(subject, 0))
+            want = batch.expected.get(pos)
+            if want is not None and want != current:
+                self._skip(offset, batch)
+                self.refused[batch.ids[0]] = offset
+                return Verdict(0, conflict=(pos, want, current))
+            moved[subject] = base + pos
+        self.versions.update(moved)
+        for pos, msg_id in enumerate(batch.ids):
+            if msg_id:
+                self.ids[msg_id] = base + pos
+        while len(self.ids) > DEFAULT_WINDOW:
+            self.ids.popitem(last=False)
+        self.last_event_seq = base + len(batch.ids) - 1
+        return Verdict(base)
+
+    def _skip(self, offset: int, batch: Batch) -> None:
+        # Only conditional batches: readers consult the index for those alone.
+        if batch.expected:
+            self.skipped.add(offset)
+
+    def _resolve(self, key: str, verdict: Verdict) -> None:
         future = self._waiting.pop(key, None)
         if future is not None and not future.done():
-            future.set_result(seq)
+            future.set_result(verdict)
 
-    def expect(self, msg_id: str) -> asyncio.Future[int]:
-        """A future for the sequence of a message about to be published."""
+    def _wake(self) -> None:
+        waiting = []
+        for offset, future in self._reaching:
+            if offset <= self.last_offset:
+                if not future.done():
+                    future.set_result(None)
+            else:
+                waiting.append((offset, future))
+        self._reaching = waiting
+
+    def expect(self, msg_id: str) -> asyncio.Future[Verdict]:
+        """A future for the verdict on a message about to be published."""
         future = self._waiting.get(msg_id)
         if future is None:
             future = self._waiting[msg_id] = asyncio.get_running_loop().create_future()
         return future
 
+    def forget(self, msg_id: str) -> None:
+        self._waiting.pop(msg_id, None)
+
+    async def reached(self, offset: int) -> None:
+        """Wait until the index has read the log up to ``offset``."""
+        if offset <= self.last_offset:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._reaching.append((offset, future))
+        await future
+
     async def sync(self, timeout: float) -> int:
         """Read the log up to now: publish a marker and wait until it is read back.
         Returns the marker's sequence; every event before it is in the index."""
-        key = uuid.uuid4().hex
-        future = self.expect(f"marker:{key}")
-        await self._publish_marker(key)
+        key = f"marker:{uuid.uuid4().hex}"
+        future = self.expect(key)
+        await self._publish_marker(key.removeprefix("marker:"))
         try:
-            return await asyncio.wait_for(future, timeout)
+            return (await asyncio.wait_for(future, timeout)).seq
         finally:
-            self._waiting.pop(f"marker:{key}", None)
+            self.forget(key)

@@ -49,8 +49,8 @@ def first_fit(name: str, owner: Owner) -> Choose:
     ]
 )
 async def pool_bus(request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
-    """NATS and memory check the expected version atomically; RabbitMQ does not, and
-    the ledger reads back after each append there instead."""
+    """Every bus checks the expected version atomically (RabbitMQ in log order, by
+    each client's log index), so neither ledger ever has to take a reservation back."""
     namespace = unique_namespace()
     bus: Bus
     match request.param:
