@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 import nats
@@ -23,8 +24,17 @@ from shared.bus.dispatch import answer, read_reply
 from shared.bus.errors import BusError, BusUnavailable, ConcurrencyError, RequestFailed
 from shared.bus.flows import first_chunks
 from shared.bus.nats_batch import publish_batch
-from shared.bus.nats_readers import Puller, Server, Watcher, logged, messages, start_at
-from shared.bus.nats_streams import stream_configs
+from shared.bus.nats_readers import (
+    TRANSIENT,
+    Puller,
+    Reader,
+    Server,
+    Trouble,
+    Watcher,
+    logged,
+    start_at,
+)
+from shared.bus.nats_streams import ensure_streams, stream_configs
 from shared.bus.protocol import (
     AppendResult,
     ConsumerSpec,
@@ -45,6 +55,8 @@ H_REASON = "Vplane-Reason"
 H_COUNT = "Vplane-Delivery-Count"
 H_SUBJECT = "Vplane-Subject"
 H_CONSUMER = "Vplane-Consumer"
+# How long a publish waits for the broker's acknowledgement.
+PUBLISH_TIMEOUT = 10.0
 
 
 class NatsBus:
@@ -69,16 +81,34 @@ class NatsBus:
         self._names = {s: f"{namespace.upper()}_{s.name}" for s in Stream}
         self._dlq_stream = f"{namespace.upper()}_DEADLETTERS"
         self._data_stream = f"{namespace.upper()}_DATA"
-
-    async def _on_error(self, err: Exception) -> None:
-        self._last_error = str(err) or type(err).__name__
-        # Before the first connection the caller is told; after it, reconnects are logged.
-        if self._nc is not None:
-            log.warning("nats error", error=self._last_error)
+        # Counts the connections lost: a reader that sees it change restores its consumer.
+        self._generation = 0
+        # Set while connected with every stream in place (they are made again after a
+        # reconnect: a restarted broker has lost its memory streams).
+        self._ready = asyncio.Event()
+        self._restoring: asyncio.Task[None] | None = None
+        self._created: dict[str, datetime.datetime | None] = {}
+        # Publishes awaiting their acknowledgement, failed as one when the connection drops.
+        self._in_flight: set[asyncio.Future[Any]] = set()
+        self._telemetry = Trouble("telemetry publish")
+        self._reconnecting = Trouble("reconnect")
+        self._closing = False
 
     @property
     def available(self) -> bool:
         return self._nc is not None and self._nc.is_connected
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    async def restored(self) -> int:
+        """Wait until connected with every stream in place; the generation then current."""
+        await self._ready.wait()
+        return self._generation
+
+    def stream_created(self, stream: str) -> datetime.datetime | None:
+        return self._created.get(stream)
 
     @property
     def js(self) -> JetStreamContext:
@@ -93,6 +123,7 @@ class NatsBus:
         return self._nc
 
     async def start(self) -> None:
+        self._closing = False
         nc = Client()
         try:
             # The client retries forever (a restarted broker is waited for), so the
@@ -106,8 +137,8 @@ class NatsBus:
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=1,
                     error_cb=self._on_error,
-                    disconnected_cb=_on_disconnect,
-                    reconnected_cb=_on_reconnect,
+                    disconnected_cb=self._on_disconnect,
+                    reconnected_cb=self._on_reconnect,
                 ),
                 timeout=self._connect_timeout,
             )
@@ -119,20 +150,70 @@ class NatsBus:
                 + (f" ({self._last_error})" if self._last_error else "")
             ) from err
         self._nc = nc
-        self._js = self._nc.jetstream(timeout=10)
-        jsm = self._nc.jsm()
-        for config in stream_configs(
-            self.namespace, self._names, self._dlq_stream, self._data_stream
-        ):
-            try:
-                await jsm.add_stream(config)
-            except nats.js.errors.BadRequestError:
-                await jsm.update_stream(config)
+        self._js = self._nc.jetstream(timeout=PUBLISH_TIMEOUT)
+        await self._ensure_streams()
+        self._ready.set()
+
+    async def _ensure_streams(self) -> None:
+        configs = stream_configs(self.namespace, self._names, self._dlq_stream, self._data_stream)
+        self._created = await ensure_streams(self.nc.jsm(), configs)
+
+    async def _on_error(self, err: Exception) -> None:
+        self._last_error = str(err) or type(err).__name__
+        # Before the first connection the caller is told; after it, errors are logged,
+        # and while reconnecting only the first of a run of failed attempts.
+        if self._nc is None:
+            return
+        if self._nc.is_connected:
+            log.warning("nats error", error=self._last_error)
+        else:
+            self._reconnecting.failed(self._last_error)
+
+    async def _on_disconnect(self) -> None:
+        self._generation += 1
+        self._ready.clear()
+        # Their acknowledgements were to come on the connection that dropped: they never will.
+        for future in list(self._in_flight):
+            if not future.done():
+                future.set_exception(BusUnavailable("the connection dropped before the ack"))
+        if not self._closing:
+            log.warning("disconnected from nats, reconnecting")
+
+    async def _on_reconnect(self) -> None:
+        self._reconnecting.ok()
+        log.info("reconnected to nats")
+        # The client waits for this callback: the streams are restored beside it.
+        if self._restoring is None or self._restoring.done():
+            self._restoring = asyncio.create_task(self._restore(), name="nats-restore")
+
+    async def _restore(self) -> None:
+        trouble = Trouble("restoring streams")
+        while not self._closing:
+            generation = self._generation
+            if self.available:
+                try:
+                    await self._ensure_streams()
+                except (nats.errors.Error, OSError) as err:
+                    trouble.failed(err)
+                else:
+                    if generation == self._generation:
+                        trouble.ok()
+                        self._ready.set()
+                        return
+            await asyncio.sleep(0.5)
 
     async def close(self) -> None:
         for sub in reversed(self._subs):
             await sub.stop()
         self._subs.clear()
+        if self._in_flight:
+            # Telemetry sent just before: let its acknowledgements come in.
+            await asyncio.wait(list(self._in_flight), timeout=2)
+        self._closing = True
+        if self._restoring is not None:
+            self._restoring.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._restoring
         if self._nc is not None and not self._nc.is_closed:
             try:
                 await self._nc.drain()
@@ -140,6 +221,7 @@ class NatsBus:
                 # Reconnecting or already gone: nothing left to drain, just let go.
                 await self._nc.close()
         self._nc = self._js = None
+        self._ready.clear()
 
     async def append(
         self, env: Envelope[Any], *, expected_version: int | None = None
@@ -156,24 +238,24 @@ class NatsBus:
                 found = _ACTUAL_SEQ.search(err.description or "")
                 actual = int(found.group(1)) if found else None
                 raise ConcurrencyError(env.subject, expected_version or 0, actual) from err
-            raise BusError(f"append failed: {err}") from err
-        except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError) as err:
-            raise BusUnavailable(f"append failed: {err}") from err
+            raise bus_error(err, "append failed") from err
+        except TRANSIENT as err:
+            raise bus_error(err, "append failed") from err
         return AppendResult(ack.seq, bool(ack.duplicate))
 
     async def append_many(self, envs: list[Envelope[Any]]) -> list[AppendResult]:
-        futures = [
-            await self.js.publish_async(
-                subjects.event_subject(self.namespace, env),
-                env.encode(),
-                headers={api.Header.MSG_ID: str(env.id)},
-            )
-            for env in envs
-        ]
-        try:
-            acks = await asyncio.wait_for(asyncio.gather(*futures), timeout=30)
-        except (TimeoutError, nats.js.errors.APIError) as err:
-            raise BusError(f"append failed: {err}") from err
+        acks = await self._confirmed(
+            (
+                (
+                    subjects.event_subject(self.namespace, env),
+                    env.encode(),
+                    {api.Header.MSG_ID: str(env.id)},
+                )
+                for env in envs
+            ),
+            timeout=30,
+            what="append failed",
+        )
         return [AppendResult(a.seq, bool(a.duplicate)) for a in acks]
 
     async def append_batch(
@@ -191,10 +273,15 @@ class NatsBus:
             )
         except nats.js.errors.NotFoundError:
             return 0
+        except TRANSIENT as err:
+            raise bus_error(err, f"version of {aggregate}") from err
         return int(msg.seq or 0)
 
     async def last_seq(self) -> int:
-        info = await self.nc.jsm().stream_info(self._names[Stream.EVENTS])
+        try:
+            info = await self.nc.jsm().stream_info(self._names[Stream.EVENTS])
+        except TRANSIENT as err:
+            raise bus_error(err, "end of the log") from err
         return int(info.state.last_seq)
 
     async def replay(
@@ -203,26 +290,23 @@ class NatsBus:
         end = await self.last_seq()
         if end < from_seq:
             return
-        sub = await self._reader(
+        reader = await self._reader(
             self._names[Stream.EVENTS], self._wanted(Stream.EVENTS, filters), from_seq
         )
-        async for entry in unique(logged(msg) async for msg in messages(sub, until=end)):
+        async for entry in unique(logged(msg) async for msg in reader.messages(until=end)):
             yield entry
 
     async def _reader(
         self, stream_name: str, wanted: tuple[str, ...], from_seq: int | None
-    ) -> JetStreamContext.PullSubscription:
+    ) -> Reader:
         """An ephemeral, unacknowledged consumer: created before it is read, so a
         watcher started "from now" misses nothing published after this returns."""
-        config = api.ConsumerConfig(
-            ack_policy=api.AckPolicy.NONE,
-            filter_subjects=list(wanted),
-            inactive_threshold=60,
-            mem_storage=True,
-            max_waiting=1,
-            **start_at(from_seq),
-        )
-        return await self.js.pull_subscribe(wanted[0], stream=stream_name, config=config)
+        reader = Reader(self, stream_name, wanted)
+        try:
+            await reader.open(from_seq)
+        except TRANSIENT as err:
+            raise bus_error(err, f"reading {stream_name}") from err
+        return reader
 
     def _wanted(self, stream: Stream, filters: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(subjects.stream_subject(self.namespace, stream, f) for f in filters or (">",))
@@ -235,9 +319,28 @@ class NatsBus:
         )
 
     async def emit(self, env: Envelope[Any]) -> None:
-        # Telemetry is a time series: a lost sample is replaced by the next tick,
-        # so it is published without waiting for each acknowledgement.
-        await self.js.publish_async(subjects.telemetry_subject(self.namespace, env), env.encode())
+        # Telemetry is a time series: a lost sample is replaced by the next tick, so it
+        # is published without waiting for each acknowledgement, and not at all while
+        # the broker is away; the samples lost are counted and logged once per outage.
+        if not self.available:
+            self._telemetry.failed("not connected")
+            return
+        try:
+            future = await self.js.publish_async(
+                subjects.telemetry_subject(self.namespace, env), env.encode()
+            )
+        except TRANSIENT as err:
+            self._telemetry.failed(err)
+            return
+        self._in_flight.add(future)
+        future.add_done_callback(self._emitted)
+
+    def _emitted(self, future: asyncio.Future[Any]) -> None:
+        self._in_flight.discard(future)
+        if future.cancelled() or future.exception() is not None:
+            self._telemetry.failed(future.exception() if not future.cancelled() else "cancelled")
+        else:
+            self._telemetry.ok()
 
     async def publish_raw(self, stream: Stream, subject: str, data: bytes) -> None:
         await self._publish(subjects.stream_subject(self.namespace, stream, subject), data, None)
@@ -245,10 +348,47 @@ class NatsBus:
     async def _publish(self, subject: str, data: bytes, headers: dict[str, str] | None) -> None:
         try:
             await self.js.publish(subject, data, headers=headers)
-        except nats.js.errors.APIError as err:
-            raise BusError(f"publish to {subject} failed: {err}") from err
-        except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError) as err:
-            raise BusUnavailable(f"publish to {subject} failed: {err}") from err
+        except TRANSIENT as err:
+            raise bus_error(err, f"publish to {subject} failed") from err
+
+    async def _confirmed(
+        self,
+        messages: Iterable[tuple[str, bytes, dict[str, str] | None]],
+        *,
+        timeout: float,
+        what: str,
+    ) -> list[Any]:
+        """Publish with every acknowledgement in flight together; all of them confirmed,
+        or one error raised and every future settled (none left unretrieved)."""
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            for subject, data, headers in messages:
+                futures.append(
+                    self._track(await self.js.publish_async(subject, data, headers=headers))
+                )
+            async with asyncio.timeout(timeout):
+                results = await asyncio.gather(*futures, return_exceptions=True)
+        except TRANSIENT as err:
+            _settle(futures)
+            raise bus_error(err, what) from err
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:
+            raise bus_error(failed, what) from failed
+        return results
+
+    def _track(self, future: asyncio.Future[Any]) -> asyncio.Future[Any]:
+        self._in_flight.add(future)
+        future.add_done_callback(self._in_flight.discard)
+        return future
+
+    async def ensure_consumer(self, stream: str, config: api.ConsumerConfig) -> None:
+        """Create a durable consumer, or keep the one there: an existing durable keeps its
+        position, so a restarted service resumes it as it was, even if it now asks for
+        another start."""
+        try:
+            await self.nc.jsm().add_consumer(stream, config)
+        except nats.js.errors.BadRequestError as err:
+            log.info("resuming existing consumer", consumer=config.durable_name, note=str(err))
 
     async def consume(self, spec: ConsumerSpec, handler: Handler) -> Puller:
         stream = self._names[spec.stream]
@@ -265,13 +405,11 @@ class NatsBus:
             **start_at(spec.start_seq),
         )
         try:
-            await self.nc.jsm().add_consumer(stream, config)
-        except nats.js.errors.BadRequestError as err:
-            # A durable that exists already keeps its position: a restarted service
-            # resumes it as it was, even if it now asks for another start.
-            log.info("resuming existing consumer", consumer=spec.name, note=str(err))
-        sub = await self.js.pull_subscribe_bind(durable=spec.name, stream=stream)
-        puller = Puller(self, spec, handler, sub)
+            await self.ensure_consumer(stream, config)
+            sub = await self.js.pull_subscribe_bind(durable=spec.name, stream=stream)
+        except TRANSIENT as err:
+            raise bus_error(err, f"consumer {spec.name}") from err
+        puller = Puller(self, spec, handler, stream, config, sub)
         self._subs.append(puller)
         return puller
 
@@ -296,8 +434,8 @@ class NatsBus:
         *,
         from_seq: int | None = None,
     ) -> Watcher:
-        sub = await self._reader(self._names[stream], self._wanted(stream, filters), from_seq)
-        watcher = Watcher(messages(sub, until=None), handler)
+        reader = await self._reader(self._names[stream], self._wanted(stream, filters), from_seq)
+        watcher = Watcher(reader.messages(until=None), handler)
         self._subs.append(watcher)
         return watcher
 
@@ -310,6 +448,8 @@ class NatsBus:
             raise RequestFailed(f"nobody answers queries to {env.subject}") from None
         except nats.errors.TimeoutError:
             raise RequestFailed(f"no answer to {env.type} within {timeout}s") from None
+        except TRANSIENT as err:
+            raise bus_error(err, f"query {env.type}") from err
         return read_reply(msg.data)
 
     async def serve(self, target: str, handler: QueryHandler) -> Server:
@@ -328,8 +468,8 @@ class NatsBus:
         if info.state.messages == 0:
             return []
         out = []
-        sub = await self._reader(self._dlq_stream, (subject,), 1)
-        async for msg in messages(sub, until=int(info.state.last_seq)):
+        reader = await self._reader(self._dlq_stream, (subject,), 1)
+        async for msg in reader.messages(until=int(info.state.last_seq)):
             h = msg.headers or {}
             out.append(
                 DeadLetter(
@@ -344,20 +484,19 @@ class NatsBus:
 
     async def put_data(self, flow: str, chunks: list[bytes]) -> None:
         subject = subjects.data_subject(self.namespace, flow)
-        futures = [await self.js.publish_async(subject, chunk) for chunk in chunks]
-        try:
-            async with asyncio.timeout(60):
-                await asyncio.gather(*futures)
-        except (TimeoutError, nats.js.errors.APIError) as err:
-            raise BusError(f"data flow {flow}: publish failed: {err!r}") from err
+        await self._confirmed(
+            ((subject, chunk, None) for chunk in chunks),
+            timeout=60,
+            what=f"data flow {flow}: publish failed",
+        )
 
     async def read_data(
         self, flow: str, count: int, *, timeout: float = 30.0
     ) -> AsyncIterator[bytes]:
-        sub = await self._reader(
+        reader = await self._reader(
             self._data_stream, (subjects.data_subject(self.namespace, flow),), 1
         )
-        chunks = messages(sub, until=None)
+        chunks = reader.messages(until=None)
         try:
             async for msg in first_chunks(chunks, flow, count, timeout):
                 yield msg.data
@@ -365,9 +504,21 @@ class NatsBus:
             await chunks.aclose()
 
 
-async def _on_disconnect() -> None:
-    log.debug("disconnected from nats")
+def bus_error(err: BaseException, what: str) -> BusError:
+    """A driver's error as the bus's: a refusal is a BusError, anything that says the
+    broker is not there (a timeout, a lost connection, no stream yet) BusUnavailable."""
+    if isinstance(err, BusError):
+        return err
+    refused = isinstance(err, nats.js.errors.APIError) and not isinstance(
+        err, nats.js.errors.ServiceUnavailableError
+    )
+    return (BusError if refused else BusUnavailable)(f"{what}: {err!r}")
 
 
-async def _on_reconnect() -> None:
-    log.info("reconnected to nats")
+def _settle(futures: list[asyncio.Future[Any]]) -> None:
+    """Cancel what is pending and retrieve what failed, so nothing is reported unretrieved."""
+    for future in futures:
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled():
+            future.exception()

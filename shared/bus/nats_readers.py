@@ -1,9 +1,16 @@
-"""The NATS adapter's readers: durable pull consumers, followers, query servers."""
+"""The NATS adapter's readers: durable pull consumers, followers, query servers.
+
+Each of them outlives its broker: when the connection drops, the bus counts a new
+generation; a reader that sees one waits until the bus is back with its streams, then
+makes sure of its consumer (a durable) or makes a new one where it left off (a follower).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +29,34 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("vplane.bus.nats")
 
+# How long a reader waits before trying again after a failure it cannot fix itself.
+RETRY_PAUSE = 0.5
+# Errors that mean "the broker, or the connection to it, is not there right now"
+# (a refusal too, which the caller tells apart: see ``bus_error``).
+TRANSIENT = (TimeoutError, nats.errors.Error, OSError, BusError)
+
+
+class Trouble:
+    """A run of failures of one thing: the first is logged, then only the recovery with
+    how many there were, so a broker away for minutes costs two lines, not thousands."""
+
+    __slots__ = ("_context", "_what", "count")
+
+    def __init__(self, what: str, **context: str) -> None:
+        self._what = what
+        self._context = context
+        self.count = 0
+
+    def failed(self, err: object) -> None:
+        self.count += 1
+        if self.count == 1:
+            log.warning(f"{self._what} failing", error=repr(err), **self._context)
+
+    def ok(self) -> None:
+        if self.count:
+            log.info(f"{self._what} works again", failures=self.count, **self._context)
+            self.count = 0
+
 
 class Puller:
     """One durable pull consumer's loop."""
@@ -31,32 +66,47 @@ class Puller:
         bus: NatsBus,
         spec: ConsumerSpec,
         handler: Handler,
+        stream: str,
+        config: api.ConsumerConfig,
         sub: JetStreamContext.PullSubscription,
     ) -> None:
         self._bus = bus
         self._spec = spec
         self._handler = handler
+        self._stream = stream
+        self._config = config
         self._sub = sub
+        self._generation = bus.generation
         self._stopping = False
-        self._fetching = False
+        self._waiting = False
         self._seen = RecentIds()
         self._task = asyncio.create_task(self._run(), name=f"consume-{spec.name}")
 
     async def _run(self) -> None:
         spec = self._spec
+        trouble = Trouble("fetch", consumer=spec.name)
         while not self._stopping:
-            self._fetching = True
+            self._waiting = True
             try:
+                if self._generation != self._bus.generation:
+                    # The broker went away: a consumer of a memory stream went with it; a
+                    # durable of a file stream is still there and resumes where it was.
+                    self._generation = await self._bus.restored()
+                    await self._bus.ensure_consumer(self._stream, self._config)
                 msgs = await self._sub.fetch(spec.batch, timeout=1.0)
             except TimeoutError:  # nats-py raises its own and asyncio's; both are this
+                if self._bus.available:
+                    trouble.ok()
                 continue
-            except (nats.errors.Error, OSError) as err:
-                # Disconnected or the broker is restarting: the client reconnects, we wait.
-                log.warning("fetch failed, retrying", consumer=spec.name, error=repr(err))
-                await asyncio.sleep(0.5)
+            except TRANSIENT as err:
+                # Its consumer is gone, or the broker is: make sure of it before fetching again.
+                trouble.failed(err)
+                self._generation = -1
+                await asyncio.sleep(RETRY_PAUSE)
                 continue
             finally:
-                self._fetching = False
+                self._waiting = False
+            trouble.ok()
             for i, msg in enumerate(msgs):
                 if self._stopping:
                     # Hand back what this instance will not handle, for the next one.
@@ -66,7 +116,7 @@ class Puller:
                     break
                 try:
                     await self._one(msg)
-                except (BusError, nats.errors.Error, OSError) as err:
+                except TRANSIENT as err:
                     # Not acknowledged: the broker redelivers it after ack_wait.
                     log.warning("could not settle message", consumer=spec.name, error=repr(err))
 
@@ -96,7 +146,7 @@ class Puller:
 
     async def stop(self) -> None:
         self._stopping = True
-        if self._fetching:
+        if self._waiting:
             self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
@@ -126,6 +176,8 @@ class Watcher:
 
 
 class Server:
+    """A query server: a plain subscription, which the client renews after a reconnect."""
+
     def __init__(self, sub: Any) -> None:
         self._sub = sub
 
@@ -134,34 +186,119 @@ class Server:
             await self._sub.drain()
 
 
-async def messages(
-    sub: JetStreamContext.PullSubscription, *, until: int | None
-) -> AsyncGenerator[Msg, None]:
-    """Messages of an ephemeral consumer in order; stop at ``until``, or follow forever."""
-    try:
-        if until is not None and (await sub.consumer_info()).num_pending == 0:
-            return
-        while True:
-            try:
-                msgs = await sub.fetch(1000, timeout=1.0)
-            except TimeoutError:  # nats-py raises its own and asyncio's; both are this
-                if until is not None:
+class Reader:
+    """An ephemeral, unacknowledged consumer, read in order. After the connection drops
+    (or a delivery goes missing), a new one is made from the entry after the last one
+    read, so a follower neither skips nor repeats whatever the broker lost meanwhile."""
+
+    def __init__(self, bus: NatsBus, stream: str, wanted: tuple[str, ...]) -> None:
+        self._bus = bus
+        self._stream = stream
+        self._wanted = wanted
+        self._sub: JetStreamContext.PullSubscription | None = None
+        # The connection generation the consumer was made in; -1 asks for a new one.
+        self._generation = -1
+        # When the stream was created, as the consumer knew it: one made anew starts at 1.
+        self._created: datetime.datetime | None = None
+        # The stream sequence read last (at first, the one before the start), the
+        # consumer sequence expected next, and how many matched when it was made.
+        self._last = 0
+        self._next = 1
+        self._pending = 0
+
+    async def open(self, from_seq: int | None) -> None:
+        """Make the consumer: anything stored from here on will be read."""
+        generation = self._bus.generation
+        name = uuid.uuid4().hex
+        config = api.ConsumerConfig(
+            name=name,
+            ack_policy=api.AckPolicy.NONE,
+            filter_subjects=list(self._wanted),
+            inactive_threshold=60,
+            mem_storage=True,
+            max_waiting=1,
+            **start_at(from_seq),
+        )
+        info = await self._bus.js.add_consumer(self._stream, config)
+        sub = await self._bus.js.pull_subscribe_bind(consumer=name, stream=self._stream)
+        await self._drop()
+        self._sub = sub
+        self._generation = generation
+        self._created = self._bus.stream_created(self._stream)
+        delivered = info.delivered or api.SequenceInfo(consumer_seq=0, stream_seq=0)
+        self._last = delivered.stream_seq
+        self._next = delivered.consumer_seq + 1
+        self._pending = info.num_pending or 0
+
+    async def _reopen(self) -> None:
+        await self._bus.restored()
+        same_stream = self._bus.stream_created(self._stream) == self._created
+        await self.open(self._last + 1 if same_stream else 1)
+
+    async def _drop(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def messages(self, *, until: int | None) -> AsyncGenerator[Msg, None]:
+        """Stop at ``until`` (a read of the log up to there, which an outage fails with
+        BusUnavailable), or follow forever, across outages."""
+        trouble = Trouble("follow", stream=self._stream)
+        try:
+            if until is not None and (self._pending == 0 or self._last >= until):
+                return
+            while True:
+                msgs = await (self._follow(trouble) if until is None else self._read())
+                if msgs is None:
                     return
-                continue
-            except (nats.errors.Error, OSError) as err:
-                if until is not None:
-                    raise BusUnavailable(f"reading the stream failed: {err!r}") from err
-                log.warning("follow failed, retrying", error=repr(err))
-                await asyncio.sleep(0.5)
-                continue
-            for msg in msgs:
-                yield msg
-                meta = msg.metadata
-                if until is not None and (meta.sequence.stream >= until or meta.num_pending == 0):
-                    return
-    finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
+                for msg in msgs:
+                    meta = msg.metadata
+                    if meta.sequence.consumer != self._next:
+                        # A delivery went missing (the connection dropped under it).
+                        if until is not None:
+                            raise BusUnavailable("a delivery was lost during a read")
+                        self._generation = -1
+                        break
+                    self._next += 1
+                    self._last = meta.sequence.stream
+                    yield msg
+                    if until is not None and (self._last >= until or meta.num_pending == 0):
+                        return
+        finally:
+            await self._drop()
+
+    async def _read(self) -> list[Msg] | None:
+        """The next messages of a read up to an end, None past it; an outage fails it."""
+        assert self._sub is not None
+        if self._generation != self._bus.generation:
+            raise BusUnavailable("the connection to NATS dropped during a read")
+        try:
+            return await self._sub.fetch(1000, timeout=1.0)
+        except TimeoutError:  # nats-py raises its own and asyncio's; both are this
+            if self._generation != self._bus.generation:
+                raise BusUnavailable("the connection to NATS dropped during a read") from None
+            return None
+        except (nats.errors.Error, OSError) as err:
+            raise BusUnavailable(f"reading the stream failed: {err!r}") from err
+
+    async def _follow(self, trouble: Trouble) -> list[Msg]:
+        """The next messages of a follow: none while there are none yet, or while the
+        broker is away; after it, a new consumer from where this one was."""
+        try:
+            if self._generation != self._bus.generation:
+                await self._reopen()
+            assert self._sub is not None
+            msgs: list[Msg] = await self._sub.fetch(1000, timeout=1.0)
+        except TimeoutError:
+            return []
+        except TRANSIENT as err:
+            trouble.failed(err)
+            self._generation = -1
+            await asyncio.sleep(RETRY_PAUSE)
+            return []
+        trouble.ok()
+        return msgs
 
 
 def start_at(seq: int | None) -> dict[str, Any]:

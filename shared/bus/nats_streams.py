@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from nats.js import api
+import datetime
+
+import nats.js.errors
+from nats.js import JetStreamManager, api
 
 from shared.bus.protocol import Stream
 
@@ -70,3 +73,19 @@ def stream_configs(
             duplicate_window=DEDUPE_WINDOW,
         ),
     ]
+
+
+async def ensure_streams(
+    jsm: JetStreamManager, configs: list[api.StreamConfig]
+) -> dict[str, datetime.datetime | None]:
+    """Create or update every stream (idempotent: run at start and after every reconnect,
+    since a restarted broker has lost its memory-stored streams). Returns when each
+    stream was created: a stream created anew numbers its messages from 1 again."""
+    created: dict[str, datetime.datetime | None] = {}
+    for config in configs:
+        try:
+            info = await jsm.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            info = await jsm.update_stream(config)
+        created[str(config.name)] = info.created
+    return created
