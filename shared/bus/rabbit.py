@@ -106,10 +106,21 @@ class RabbitBus:
         self._index_lock = asyncio.Lock()
         self._subs: list[Subscription] = []
         self._queries: Requester | None = None
+        self._connected = False
 
     @property
     def available(self) -> bool:
-        return self._conn is not None and not self._conn.is_closed
+        return self._connected and self._conn is not None and not self._conn.is_closed
+
+    def _lost(self, *_: object) -> None:
+        if self._connected:
+            log.warning("connection to RabbitMQ lost; reconnecting", client=self._client_name)
+        self._connected = False
+
+    def _restored(self, *_: object) -> None:
+        # Called once every channel has been reopened and every subscription restored.
+        log.info("connection to RabbitMQ restored", client=self._client_name)
+        self._connected = True
 
     @property
     def conn(self) -> AbstractRobustConnection:
@@ -135,6 +146,9 @@ class RabbitBus:
             raise BusUnavailable(
                 f"cannot connect to RabbitMQ at {_redacted(self.url)}: {err or type(err).__name__}"
             ) from err
+        self._conn.close_callbacks.add(self._lost)
+        self._conn.reconnect_callbacks.add(self._restored)
+        self._connected = True
         self._confirmed = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
         # Telemetry is a time series: a lost sample is replaced by the next one.
         self._fast = await self._conn.channel(publisher_confirms=False)
@@ -148,6 +162,7 @@ class RabbitBus:
             with contextlib.suppress(Exception):
                 await self._conn.close()
         self._conn = self._confirmed = self._fast = self._index = self._queries = None
+        self._connected = False
 
     async def _publish(
         self,
@@ -411,8 +426,13 @@ class RabbitBus:
                 except Exception:
                     log.exception("watch handler failed", subject=entry.subject)
 
+        offset: int | str = "next" if from_seq is None else offset_of(from_seq)
+        if from_seq is None and stream is Stream.EVENTS:
+            # "Now" as a place in the log, so that a reconnect before the first event
+            # resumes from there rather than from whatever "now" is by then.
+            offset = offset_of(await (await self._log_index()).sync(self._timeout))
         follower = StreamFollower(await self.conn.channel(), queue, on_message)
-        await follower.start("next" if from_seq is None else offset_of(from_seq))
+        await follower.start(offset)
         self._subs.append(follower)
         return follower
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import aiormq.exceptions
 import structlog
-from aio_pika.abc import AbstractChannel
+from aio_pika.abc import AbstractRobustChannel
 from aiormq.abc import AbstractChannel as RawChannel
 from aiormq.abc import DeliveredMessage
 
@@ -18,6 +18,7 @@ from shared.bus.dispatch import Bury, Outcome, Retry, dispatch
 from shared.bus.errors import BusError
 from shared.bus.protocol import ConsumerSpec, Delivery, Handler, Stream
 from shared.bus.rabbit_batch import selected, unpack
+from shared.bus.rabbit_log import cancel
 
 if TYPE_CHECKING:
     from shared.bus.rabbit import RabbitBus
@@ -35,7 +36,7 @@ class QueueConsumer:
         self._patterns = bus.topology.patterns(spec.stream, spec.filters)
         self._seen = RecentIds()
         self._inbox: asyncio.Queue[tuple[DeliveredMessage, RawChannel]] = asyncio.Queue()
-        self._channel: AbstractChannel | None = None
+        self._channel: AbstractRobustChannel | None = None
         self._queue_name = ""
         self._subscription: tuple[RawChannel, str] | None = None
         # The newest delivery handled but not yet acknowledged: acks go out in groups.
@@ -63,19 +64,29 @@ class QueueConsumer:
         await channel.declare_queue(f"{name}.ready", durable=True)
         self._queue_name = name
         self._task = asyncio.create_task(self._run(), name=f"consume-{spec.name}")
-        channel.reopen_callbacks.add(self._subscribe)
+        channel.reopen_callbacks.add(self._resubscribe)
         await self._subscribe()
 
-    async def _subscribe(self, *_: object) -> None:
-        """Consume on the channel underneath aio-pika; again after every reconnect."""
+    async def _subscribe(self) -> None:
+        """Consume on the channel underneath aio-pika, once per channel."""
         assert self._channel is not None
         raw = await self._channel.get_underlay_channel()
+        if self._subscription is not None and self._subscription[0] is raw:
+            return
 
         async def deliver(message: DeliveredMessage) -> None:
             self._inbox.put_nowait((message, raw))
 
         ok = await raw.basic_consume(self._queue_name, deliver)
         self._subscription = (raw, ok.consumer_tag or "")
+
+    async def _resubscribe(self, *_: object) -> None:
+        """After a lost connection: what was delivered and not acknowledged comes again,
+        and what was handled already is recognised by id."""
+        try:
+            await self._subscribe()
+        except Exception:
+            log.warning("consumer not resubscribed", consumer=self._spec.name, exc_info=True)
 
     async def _exists(self, queue: str) -> bool:
         probe = await self._bus.conn.channel()
@@ -135,7 +146,10 @@ class QueueConsumer:
         if self._unacked is not None:
             raw, tag = self._unacked
             self._unacked = None
-            await raw.basic_ack(tag, multiple=True)
+            # On a closed channel there is nothing to acknowledge: the broker has put
+            # those messages back, and they are recognised by id when they come again.
+            if not raw.is_closed:
+                await raw.basic_ack(tag, multiple=True)
 
     async def _one(self, message: DeliveredMessage, raw: RawChannel) -> None:
         spec = self._spec
@@ -176,10 +190,9 @@ class QueueConsumer:
         self._unacked = (raw, tag)
 
     async def stop(self) -> None:
-        if self._subscription is not None:
-            raw, tag = self._subscription
-            with contextlib.suppress(Exception):
-                await raw.basic_cancel(tag)
+        if self._channel is not None:
+            self._channel.reopen_callbacks.discard(self._resubscribe)
+        await cancel(self._subscription)
         # Let the message in hand finish and be acknowledged; the rest go back.
         await self._idle.wait()
         if self._task is not None:

@@ -53,7 +53,10 @@ class StreamFollower:
     """Consume a stream from an offset and hand each message over in order, once.
 
     It consumes on the channel underneath aio-pika (no per-message wrapper objects)
-    and, after a reconnect, subscribes again from the next offset it has not seen.
+    and, when its channel is reopened after a lost connection, subscribes again from
+    the next offset it has not handed over: no gap, no repeat. Stopping cancels the
+    subscription before closing the channel: a stream forgets a consumer whose
+    channel just closes only when the broker next collects its garbage.
     """
 
     def __init__(self, channel: AbstractChannel, queue: str, on_message: OnMessage) -> None:
@@ -65,6 +68,7 @@ class StreamFollower:
         )
         self._task: asyncio.Task[None] | None = None
         self._start: int | str = 0
+        self._subscription: tuple[aiormq.abc.AbstractChannel, str] | None = None
         self.last_offset = -1
 
     async def start(self, offset: int | str, prefetch: int = 1000) -> None:
@@ -74,18 +78,28 @@ class StreamFollower:
         reopened = getattr(self._channel, "reopen_callbacks", None)
         if reopened is not None:
             reopened.add(self._resubscribe)
-        await self._subscribe(offset)
+        await self._subscribe()
 
-    async def _subscribe(self, offset: int | str) -> None:
+    async def _subscribe(self) -> None:
         raw = await self._channel.get_underlay_channel()
+        if self._subscription is not None and self._subscription[0] is raw:
+            return  # already consuming on this channel
+        offset = self.last_offset + 1 if self.last_offset >= 0 else self._start
 
         async def deliver(message: DeliveredMessage) -> None:
             self._inbox.put_nowait((message, raw))
 
-        await raw.basic_consume(self._queue_name, deliver, arguments={"x-stream-offset": offset})
+        ok = await raw.basic_consume(
+            self._queue_name, deliver, arguments={"x-stream-offset": offset}
+        )
+        self._subscription = (raw, ok.consumer_tag or "")
 
     async def _resubscribe(self, *_: object) -> None:
-        await self._subscribe(self.last_offset + 1 if self.last_offset >= 0 else self._start)
+        try:
+            await self._subscribe()
+        except Exception:
+            # The channel went again; it is reopened, and this runs again, once it is back.
+            log.warning("stream not resubscribed", queue=self._queue_name, exc_info=True)
 
     async def _run(self) -> None:
         pending = 0
@@ -115,12 +129,28 @@ class StreamFollower:
                     await raw.basic_ack(message.delivery_tag or 0, multiple=True)
 
     async def stop(self) -> None:
+        reopened = getattr(self._channel, "reopen_callbacks", None)
+        if reopened is not None:
+            reopened.discard(self._resubscribe)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await cancel(self._subscription)
         with contextlib.suppress(Exception):
             await self._channel.close()
+
+
+async def cancel(subscription: tuple[aiormq.abc.AbstractChannel, str] | None) -> None:
+    """Cancel a consumer if its channel is still open (a closed one took it along)."""
+    if subscription is None:
+        return
+    raw, tag = subscription
+    if raw.is_closed:
+        return
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(5):
+            await raw.basic_cancel(tag)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from typing import Any
 
 import aio_pika
 import aiormq.exceptions
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustChannel
 
 from schemas import Envelope, Message
 from shared.bus.dispatch import answer, read_reply
@@ -22,10 +22,15 @@ REPLY_TO = "amq.rabbitmq.reply-to"
 class Requester:
     """Sends queries on one channel and matches replies by correlation id."""
 
-    def __init__(self, channel: AbstractChannel, publish_timeout: float) -> None:
+    def __init__(self, channel: AbstractRobustChannel, publish_timeout: float) -> None:
         self._channel = channel
         self._timeout = publish_timeout
         self._replies: dict[str, asyncio.Future[bytes]] = {}
+        self._listening = False
+        # Direct reply-to is a consumer of the channel: a reopened channel has none.
+        channel.reopen_callbacks.add(self._reopened)
+
+    def _reopened(self, *_: object) -> None:
         self._listening = False
 
     async def _listen(self) -> None:
