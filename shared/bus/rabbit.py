@@ -158,6 +158,8 @@ class RabbitBus:
         for sub in reversed(self._subs):
             await sub.stop()
         self._subs.clear()
+        if self._queries is not None:
+            await self._queries.close()
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 await self._conn.close()
@@ -199,9 +201,7 @@ class RabbitBus:
         async with self._index_lock:
             if self._index is None:
                 index = LogIndex(self._publish_marker)
-                follower = StreamFollower(
-                    await self.conn.channel(), self.topology.log, index.on_message
-                )
+                follower = StreamFollower(self.conn, self.topology.log, index.on_message)
                 await follower.start(0)
                 self._subs.append(follower)
                 await index.sync(timeout=max(self._timeout, 60))
@@ -362,7 +362,7 @@ class RabbitBus:
             elif not msg.is_marker:
                 await inbox.put(msg)
 
-        follower = StreamFollower(await self.conn.channel(), queue, on_message)
+        follower = StreamFollower(self.conn, queue, on_message)
         await follower.start(offset)
         try:
             while (msg := await asyncio.wait_for(inbox.get(), 5 * self._timeout)) is not None:
@@ -431,14 +431,14 @@ class RabbitBus:
             # "Now" as a place in the log, so that a reconnect before the first event
             # resumes from there rather than from whatever "now" is by then.
             offset = offset_of(await (await self._log_index()).sync(self._timeout))
-        follower = StreamFollower(await self.conn.channel(), queue, on_message)
+        follower = StreamFollower(self.conn, queue, on_message)
         await follower.start(offset)
         self._subs.append(follower)
         return follower
 
     async def request(self, env: Envelope[Any], *, timeout: float = 5.0) -> Envelope[Message]:
         if self._queries is None:
-            self._queries = Requester(await self.conn.channel(), self._timeout)
+            self._queries = Requester(self.conn, self._timeout)
         return await self._queries.request(self.topology.query_queue(env.subject), env, timeout)
 
     async def serve(self, target: str, handler: QueryHandler) -> Subscription:
@@ -470,7 +470,7 @@ class RabbitBus:
             elif not msg.is_marker:
                 await inbox.put(msg)
 
-        follower = StreamFollower(await self.conn.channel(), queue, on_message)
+        follower = StreamFollower(self.conn, queue, on_message)
         await follower.start(0)
         try:
             while (msg := await asyncio.wait_for(inbox.get(), 5 * self._timeout)) is not None:

@@ -18,13 +18,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiormq.abc
 import structlog
-from aio_pika.abc import AbstractChannel
+from aio_pika.abc import AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 
 from shared.bus.dedupe import DEFAULT_WINDOW
 from shared.bus.rabbit_batch import Batch, seq_of, unpack
+from shared.bus.rabbit_channels import RawChannel, Subscriber
 
 log = structlog.get_logger("vplane.bus.rabbit")
 
@@ -49,57 +49,37 @@ class StreamMessage:
 OnMessage = Callable[[StreamMessage], Awaitable[None]]
 
 
-class StreamFollower:
+class StreamFollower(Subscriber):
     """Consume a stream from an offset and hand each message over in order, once.
 
-    It consumes on the channel underneath aio-pika (no per-message wrapper objects)
-    and, when its channel is reopened after a lost connection, subscribes again from
-    the next offset it has not handed over: no gap, no repeat. Stopping cancels the
-    subscription before closing the channel: a stream forgets a consumer whose
-    channel just closes only when the broker next collects its garbage.
+    It consumes on a channel of its own (no per-message wrapper objects) and, when
+    that channel is lost, subscribes again from the next offset it has not handed
+    over: no gap, no repeat.
     """
 
-    def __init__(self, channel: AbstractChannel, queue: str, on_message: OnMessage) -> None:
-        self._channel = channel
-        self._queue_name = queue
+    def __init__(self, conn: AbstractRobustConnection, queue: str, on_message: OnMessage) -> None:
+        super().__init__(conn, queue, prefetch=1000)
         self._on_message = on_message
-        self._inbox: asyncio.Queue[tuple[DeliveredMessage, aiormq.abc.AbstractChannel]] = (
-            asyncio.Queue()
-        )
+        self._inbox: asyncio.Queue[tuple[DeliveredMessage, RawChannel]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._start: int | str = 0
-        self._subscription: tuple[aiormq.abc.AbstractChannel, str] | None = None
         self.last_offset = -1
 
-    async def start(self, offset: int | str, prefetch: int = 1000) -> None:
+    async def start(self, offset: int | str) -> None:
         self._start = offset
-        await self._channel.set_qos(prefetch_count=prefetch)
         self._task = asyncio.create_task(self._run())
-        reopened = getattr(self._channel, "reopen_callbacks", None)
-        if reopened is not None:
-            reopened.add(self._resubscribe)
-        await self._subscribe()
+        await self.subscribe()
 
-    async def _subscribe(self) -> None:
-        raw = await self._channel.get_underlay_channel()
-        if self._subscription is not None and self._subscription[0] is raw:
-            return  # already consuming on this channel
+    async def _consume(self, raw: RawChannel) -> str:
         offset = self.last_offset + 1 if self.last_offset >= 0 else self._start
 
         async def deliver(message: DeliveredMessage) -> None:
             self._inbox.put_nowait((message, raw))
 
         ok = await raw.basic_consume(
-            self._queue_name, deliver, arguments={"x-stream-offset": offset}
+            self.queue_name, deliver, arguments={"x-stream-offset": offset}
         )
-        self._subscription = (raw, ok.consumer_tag or "")
-
-    async def _resubscribe(self, *_: object) -> None:
-        try:
-            await self._subscribe()
-        except Exception:
-            # The channel went again; it is reopened, and this runs again, once it is back.
-            log.warning("stream not resubscribed", queue=self._queue_name, exc_info=True)
+        return ok.consumer_tag or ""
 
     async def _run(self) -> None:
         pending = 0
@@ -109,6 +89,7 @@ class StreamFollower:
             found = headers.get("x-stream-offset")
             offset = found if isinstance(found, int) else -1
             try:
+                # Deliveries of a lost channel may overlap those of the next one.
                 if offset > self.last_offset:
                     self.last_offset = offset
                     await self._on_message(
@@ -121,36 +102,21 @@ class StreamFollower:
                         )
                     )
             except Exception:
-                log.warning("stream message not handled", queue=self._queue_name, exc_info=True)
+                log.warning("stream message not handled", queue=self.queue_name, exc_info=True)
             pending += 1
             if pending >= ACK_EVERY or self._inbox.empty():
                 pending = 0
-                with contextlib.suppress(Exception):
-                    await raw.basic_ack(message.delivery_tag or 0, multiple=True)
+                if not raw.is_closed:
+                    with contextlib.suppress(Exception):
+                        await raw.basic_ack(message.delivery_tag or 0, multiple=True)
 
     async def stop(self) -> None:
-        reopened = getattr(self._channel, "reopen_callbacks", None)
-        if reopened is not None:
-            reopened.discard(self._resubscribe)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await cancel(self._subscription)
-        with contextlib.suppress(Exception):
-            await self._channel.close()
-
-
-async def cancel(subscription: tuple[aiormq.abc.AbstractChannel, str] | None) -> None:
-    """Cancel a consumer if its channel is still open (a closed one took it along)."""
-    if subscription is None:
-        return
-    raw, tag = subscription
-    if raw.is_closed:
-        return
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(5):
-            await raw.basic_cancel(tag)
+        await self.cancel()
+        await self.close()
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,51 +9,58 @@ from typing import Any
 
 import aio_pika
 import aiormq.exceptions
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustChannel
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aiormq.abc import DeliveredMessage
 
 from schemas import Envelope, Message
 from shared.bus.dispatch import answer, read_reply
 from shared.bus.errors import RequestFailed
 from shared.bus.protocol import QueryHandler
+from shared.bus.rabbit_channels import RawChannel
 
 REPLY_TO = "amq.rabbitmq.reply-to"
 
 
 class Requester:
-    """Sends queries on one channel and matches replies by correlation id."""
+    """Sends queries on a channel of its own and matches replies by correlation id.
 
-    def __init__(self, channel: AbstractRobustChannel, publish_timeout: float) -> None:
-        self._channel = channel
+    Direct reply-to is a consumer of the channel that publishes the request; a lost
+    channel takes it along, so a new one is opened (and listened on) when needed."""
+
+    def __init__(self, conn: AbstractRobustConnection, publish_timeout: float) -> None:
+        self._conn = conn
         self._timeout = publish_timeout
         self._replies: dict[str, asyncio.Future[bytes]] = {}
-        self._listening = False
-        # Direct reply-to is a consumer of the channel: a reopened channel has none.
-        channel.reopen_callbacks.add(self._reopened)
+        self._raw: RawChannel | None = None
+        self._opening = asyncio.Lock()
 
-    def _reopened(self, *_: object) -> None:
-        self._listening = False
+    async def _channel(self) -> RawChannel:
+        async with self._opening:
+            if self._raw is None or self._raw.is_closed:
+                transport = self._conn.transport
+                if transport is None or transport.connection.is_closed:
+                    raise RequestFailed("not connected to RabbitMQ")
+                raw = await transport.connection.channel(publisher_confirms=True)
+                await raw.basic_consume(REPLY_TO, self._on_reply, no_ack=True)
+                self._raw = raw
+            return self._raw
 
-    async def _listen(self) -> None:
-        queue = await self._channel.get_queue(REPLY_TO, ensure=False)
-
-        async def on_reply(msg: AbstractIncomingMessage) -> None:
-            future = self._replies.get(msg.correlation_id or "")
-            if future is not None and not future.done():
-                future.set_result(msg.body)
-
-        await queue.consume(on_reply, no_ack=True)
-        self._listening = True
+    async def _on_reply(self, message: DeliveredMessage) -> None:
+        future = self._replies.get(message.header.properties.correlation_id or "")
+        if future is not None and not future.done():
+            future.set_result(message.body)
 
     async def request(self, queue: str, env: Envelope[Any], timeout: float) -> Envelope[Message]:
-        if not self._listening:
-            await self._listen()
         correlation = uuid.uuid4().hex
         future = self._replies[correlation] = asyncio.get_running_loop().create_future()
-        message = aio_pika.Message(env.encode(), correlation_id=correlation, reply_to=REPLY_TO)
+        properties = aiormq.spec.Basic.Properties(correlation_id=correlation, reply_to=REPLY_TO)
         try:
+            raw = await asyncio.wait_for(self._channel(), self._timeout)
             # Mandatory: with no server, the query queue does not exist and we know at once.
             await asyncio.wait_for(
-                self._channel.default_exchange.publish(message, queue, mandatory=True),
+                raw.basic_publish(
+                    env.encode(), routing_key=queue, properties=properties, mandatory=True
+                ),
                 self._timeout,
             )
             return read_reply(await asyncio.wait_for(future, timeout))
@@ -61,8 +68,15 @@ class Requester:
             raise RequestFailed(f"nobody answers queries to {env.subject}") from None
         except TimeoutError:
             raise RequestFailed(f"no answer to {env.type} within {timeout}s") from None
+        except (aiormq.exceptions.AMQPError, ConnectionError) as err:
+            raise RequestFailed(f"query {env.type} failed: {err!r}") from None
         finally:
             self._replies.pop(correlation, None)
+
+    async def close(self) -> None:
+        if self._raw is not None and not self._raw.is_closed:
+            with contextlib.suppress(Exception):
+                await self._raw.close()
 
 
 class Server:
