@@ -160,6 +160,7 @@ class RabbitBus:
         self._subs.clear()
         if self._queries is not None:
             await self._queries.close()
+        self._connected = False  # a connection closed on purpose is not "lost"
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 await self._conn.close()
