@@ -31,7 +31,6 @@ from aio_pika.abc import (
 from schemas import Envelope, Message
 from shared.bus import subjects
 from shared.bus.dedupe import unique
-from shared.bus.dispatch import entry_of
 from shared.bus.errors import BusError, BusUnavailable, ConcurrencyError
 from shared.bus.protocol import (
     BATCH_LIMIT,
@@ -45,7 +44,7 @@ from shared.bus.protocol import (
     Subscription,
     WatchHandler,
 )
-from shared.bus.rabbit_batch import Batch, offset_of, pack, selected, seq_of, unpack
+from shared.bus.rabbit_batch import Batch, events_of, offset_of, pack, unpack
 from shared.bus.rabbit_consumer import QueueConsumer
 from shared.bus.rabbit_data import read_flow
 from shared.bus.rabbit_log import (
@@ -54,6 +53,7 @@ from shared.bus.rabbit_log import (
     StreamFollower,
     StreamMessage,
     Verdict,
+    read_stream,
 )
 from shared.bus.rabbit_queries import Requester, serve
 from shared.bus.rabbit_topology import (
@@ -165,7 +165,6 @@ class RabbitBus:
             with contextlib.suppress(Exception):
                 await self._conn.close()
         self._conn = self._confirmed = self._fast = self._index = self._queries = None
-        self._connected = False
 
     async def _publish(
         self,
@@ -328,7 +327,14 @@ class RabbitBus:
         if from_seq >= end:
             return
         wanted = self.topology.patterns(Stream.EVENTS, filters)
-        messages = self._read(self.topology.log, offset_of(from_seq), until=offset_of(end))
+        until = offset_of(end)
+        messages = read_stream(
+            self.conn,
+            self.topology.log,
+            offset_of(from_seq),
+            last=lambda msg: msg.offset >= until,
+            timeout=5 * self._timeout,
+        )
         async for entry in unique(self._entries(messages, wanted, from_seq)):
             yield entry
 
@@ -346,30 +352,7 @@ class RabbitBus:
         batch = unpack(msg.routing_key, msg.message_id, msg.headers, msg.body)
         if not await self._taken(msg.offset, batch):
             return []
-        base = seq_of(msg.offset)
-        return [
-            entry_of(base + pos, subject, body)
-            for pos, (subject, body) in enumerate(zip(batch.subjects, batch.bodies, strict=True))
-            if base + pos >= from_seq and selected(subject, patterns)
-        ]
-
-    async def _read(self, queue: str, offset: int, *, until: int) -> AsyncIterator[StreamMessage]:
-        """Non-marker messages of a stream from an offset up to (not including) ``until``."""
-        inbox: asyncio.Queue[StreamMessage | None] = asyncio.Queue()
-
-        async def on_message(msg: StreamMessage) -> None:
-            if msg.offset >= until:
-                await inbox.put(None)
-            elif not msg.is_marker:
-                await inbox.put(msg)
-
-        follower = StreamFollower(self.conn, queue, on_message)
-        await follower.start(offset)
-        try:
-            while (msg := await asyncio.wait_for(inbox.get(), 5 * self._timeout)) is not None:
-                yield msg
-        finally:
-            await follower.stop()
+        return events_of(msg.offset, batch, patterns, from_seq)
 
     async def send(self, env: Envelope[Any]) -> None:
         subject = subjects.command_subject(self.namespace, env)
@@ -453,7 +436,14 @@ class RabbitBus:
         key = uuid.uuid4().hex
         await self._publish("dlx", self.topology.marker_key(key), b"", headers={MARKER_HEADER: key})
         out = []
-        async for entry in self._read_until_marker(self.topology.dlq, key):
+        entries = read_stream(
+            self.conn,
+            self.topology.dlq,
+            0,
+            last=lambda msg: msg.headers.get(MARKER_HEADER) == key,
+            timeout=5 * self._timeout,
+        )
+        async for entry in entries:
             h = entry.headers or {}
             if entry.routing_key != consumer:
                 continue
@@ -461,23 +451,6 @@ class RabbitBus:
             count = header_int(h.get(H_COUNT) or h.get("x-delivery-count"))
             out.append(DeadLetter(consumer, str(h.get(H_SUBJECT, "")), reason, count, entry.body))
         return out
-
-    async def _read_until_marker(self, queue: str, key: str) -> AsyncIterator[StreamMessage]:
-        inbox: asyncio.Queue[StreamMessage | None] = asyncio.Queue()
-
-        async def on_message(msg: StreamMessage) -> None:
-            if msg.headers.get(MARKER_HEADER) == key:
-                await inbox.put(None)
-            elif not msg.is_marker:
-                await inbox.put(msg)
-
-        follower = StreamFollower(self.conn, queue, on_message)
-        await follower.start(0)
-        try:
-            while (msg := await asyncio.wait_for(inbox.get(), 5 * self._timeout)) is not None:
-                yield msg
-        finally:
-            await follower.stop()
 
     async def put_data(self, flow: str, chunks: list[bytes]) -> None:
         assert self._confirmed is not None

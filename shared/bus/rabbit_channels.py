@@ -5,8 +5,9 @@ aio-pika's robust channels reopen after a reconnect, but a channel the broker
 closes while it is being restored (a queue whose home node is still starting, say)
 is not reopened again, and a subscription made on the channel underneath is not
 restored at all. So every subscriber here owns a plain channel of the current
-connection, watches it close, and subscribes again on a new one once the
-connection is back: from where it was, which each subscriber decides.
+connection, watches it close (or the broker cancel its consumer), and subscribes
+again on a new one once the connection is back: from where it was, which each
+subscriber decides.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from abc import ABC, abstractmethod
+from asyncio import FIRST_COMPLETED
 
 import aiormq.abc
 import structlog
@@ -23,6 +25,7 @@ log = structlog.get_logger("vplane.bus.rabbit")
 
 RawChannel = aiormq.abc.AbstractChannel
 RETRY_DELAY = 0.5
+MAX_RETRY_DELAY = 5.0
 
 
 class Subscriber(ABC):
@@ -32,6 +35,7 @@ class Subscriber(ABC):
         self._prefetch = prefetch
         self._subscription: tuple[RawChannel, str] | None = None
         self._keeper: asyncio.Task[None] | None = None
+        self._cancelled = asyncio.Event()
 
     @abstractmethod
     async def _consume(self, raw: RawChannel) -> str:
@@ -51,6 +55,14 @@ class Subscriber(ABC):
                 await raw.close()
             raise
         self._subscription = (raw, tag)
+        self._cancelled.clear()
+
+        def on_cancel(frame: aiormq.spec.Basic.Cancel) -> None:
+            # The broker ended the subscription (its queue went, or moved): start over.
+            if frame.consumer_tag == tag:
+                self._cancelled.set()
+
+        raw.on_consumer_cancel_callbacks.add(on_cancel)
 
     async def subscribe(self) -> None:
         """Subscribe now, then keep subscribed until stopped."""
@@ -58,19 +70,28 @@ class Subscriber(ABC):
         self._keeper = asyncio.create_task(self._keep(), name=f"keep-{self.queue_name}")
 
     async def _keep(self) -> None:
+        delay = RETRY_DELAY
         while True:
             if self._subscription is not None:
                 raw = self._subscription[0]
-                await asyncio.wait([raw.closing])
+                cancelled = asyncio.ensure_future(self._cancelled.wait())
+                try:
+                    await asyncio.wait([raw.closing, cancelled], return_when=FIRST_COMPLETED)
+                finally:
+                    cancelled.cancel()
                 log.info("subscription lost; subscribing again", queue=self.queue_name)
+                with contextlib.suppress(Exception):
+                    await raw.close()
             try:
                 await self._subscribe()
+                delay = RETRY_DELAY
             except asyncio.CancelledError:
                 raise
             except Exception as err:
                 self._subscription = None
                 log.warning("subscribe failed; retrying", queue=self.queue_name, error=repr(err))
-                await asyncio.sleep(RETRY_DELAY)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_DELAY)
 
     async def cancel(self) -> None:
         """Stop resubscribing and cancel the consumer. A stream forgets a consumer whose

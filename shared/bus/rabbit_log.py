@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,6 +117,33 @@ class StreamFollower(Subscriber):
                 await self._task
         await self.cancel()
         await self.close()
+
+
+async def read_stream(
+    conn: AbstractRobustConnection,
+    queue: str,
+    offset: int,
+    *,
+    last: Callable[[StreamMessage], bool],
+    timeout: float,
+) -> AsyncIterator[StreamMessage]:
+    """The messages of a stream from ``offset`` on, markers left out, up to (not
+    including) the first for which ``last`` holds; waits up to ``timeout`` for each."""
+    inbox: asyncio.Queue[StreamMessage | None] = asyncio.Queue()
+
+    async def on_message(msg: StreamMessage) -> None:
+        if last(msg):
+            await inbox.put(None)
+        elif not msg.is_marker:
+            await inbox.put(msg)
+
+    follower = StreamFollower(conn, queue, on_message)
+    await follower.start(offset)
+    try:
+        while (msg := await asyncio.wait_for(inbox.get(), timeout)) is not None:
+            yield msg
+    finally:
+        await follower.stop()
 
 
 @dataclass(frozen=True, slots=True)
