@@ -55,7 +55,7 @@ from shared.bus.rabbit_log import (
     Verdict,
     read_stream,
 )
-from shared.bus.rabbit_queries import Requester, serve
+from shared.bus.rabbit_queries import Requester, Server
 from shared.bus.rabbit_topology import (
     H_CONSUMER,
     H_COUNT,
@@ -426,9 +426,8 @@ class RabbitBus:
         return await self._queries.request(self.topology.query_queue(env.subject), env, timeout)
 
     async def serve(self, target: str, handler: QueryHandler) -> Subscription:
-        server = await serve(
-            await self.conn.channel(), self.topology.query_queue(target), target, handler
-        )
+        server = Server(self.conn, self.topology.query_queue(target), target, handler)
+        await server.subscribe()
         self._subs.append(server)
         return server
 

@@ -7,18 +7,19 @@ import contextlib
 import uuid
 from typing import Any
 
-import aio_pika
 import aiormq.exceptions
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 
 from schemas import Envelope, Message
 from shared.bus.dispatch import answer, read_reply
 from shared.bus.errors import RequestFailed
 from shared.bus.protocol import QueryHandler
-from shared.bus.rabbit_channels import RawChannel
+from shared.bus.rabbit_channels import RawChannel, Subscriber
 
 REPLY_TO = "amq.rabbitmq.reply-to"
+# Queries answered at once by one server.
+SERVER_PREFETCH = 32
 
 
 class Requester:
@@ -79,29 +80,40 @@ class Requester:
                 await self._raw.close()
 
 
-class Server:
-    """A subscription that ends by closing its channel."""
+class Server(Subscriber):
+    """Answers the queries of one target from its queue, which goes away with its last
+    server and is declared again with each subscription."""
 
-    def __init__(self, channel: AbstractChannel) -> None:
-        self._channel = channel
+    def __init__(
+        self, conn: AbstractRobustConnection, queue: str, target: str, handler: QueryHandler
+    ) -> None:
+        super().__init__(conn, queue, prefetch=SERVER_PREFETCH)
+        self._target = target
+        self._handler = handler
+        self._answering: set[asyncio.Task[None]] = set()
+
+    async def _consume(self, raw: RawChannel) -> str:
+        await raw.queue_declare(self.queue_name, auto_delete=True)
+
+        async def on_request(message: DeliveredMessage) -> None:
+            task = asyncio.create_task(self._answer(raw, message))
+            self._answering.add(task)
+            task.add_done_callback(self._answering.discard)
+
+        ok = await raw.basic_consume(self.queue_name, on_request)
+        return ok.consumer_tag or ""
+
+    async def _answer(self, raw: RawChannel, message: DeliveredMessage) -> None:
+        props = message.header.properties
+        body = await answer(self._handler, message.body, producer=self._target)
+        with contextlib.suppress(aiormq.exceptions.AMQPError, ConnectionError):
+            if props.reply_to:
+                reply = aiormq.spec.Basic.Properties(correlation_id=props.correlation_id)
+                await raw.basic_publish(body, routing_key=props.reply_to, properties=reply)
+            await raw.basic_ack(message.delivery_tag or 0)
 
     async def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._channel.close()
-
-
-async def serve(
-    channel: AbstractChannel, queue_name: str, target: str, handler: QueryHandler
-) -> Server:
-    """Answer queries from ``queue_name``; the queue goes away with its last server."""
-    queue = await channel.declare_queue(queue_name, auto_delete=True)
-
-    async def on_request(msg: AbstractIncomingMessage) -> None:
-        async with msg.process(ignore_processed=True):
-            body = await answer(handler, msg.body, producer=target)
-            if msg.reply_to:
-                reply = aio_pika.Message(body, correlation_id=msg.correlation_id)
-                await channel.default_exchange.publish(reply, msg.reply_to)
-
-    await queue.consume(on_request)
-    return Server(channel)
+        await self.cancel()
+        if self._answering:
+            await asyncio.wait(self._answering)
+        await self.close()
