@@ -19,9 +19,8 @@ import pytest
 from schemas import Envelope, Message, Reply
 from schemas.queries import HostList, ListHosts
 from shared.bus import ConsumerSpec, Delivery, Logged, Stream
-from shared.bus.rabbit import RabbitBus
+from shared.bus.rabbit import RabbitBus, delete_namespace
 from shared.testing import eventually, unique_namespace
-from tests.brokers import drop_rabbitmq_namespace
 from tests.contract.messages import create_vm, sample, vm_created
 
 pytestmark = [pytest.mark.broker, pytest.mark.integration]
@@ -76,8 +75,8 @@ async def bus(amqp_url: str, client_name: str) -> AsyncIterator[RabbitBus]:
     try:
         yield adapter
     finally:
+        await delete_namespace(adapter)
         await adapter.close()
-        await asyncio.to_thread(drop_rabbitmq_namespace, amqp_url, namespace)
 
 
 class Availability:
