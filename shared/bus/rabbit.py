@@ -31,7 +31,6 @@ from aio_pika.abc import (
 from schemas import Envelope, Message
 from shared.bus import subjects
 from shared.bus.dedupe import unique
-from shared.bus.dispatch import entry_of
 from shared.bus.errors import BusError, BusUnavailable, ConcurrencyError
 from shared.bus.protocol import (
     BATCH_LIMIT,
@@ -45,7 +44,7 @@ from shared.bus.protocol import (
     Subscription,
     WatchHandler,
 )
-from shared.bus.rabbit_batch import Batch, offset_of, pack, selected, seq_of, unpack
+from shared.bus.rabbit_batch import Batch, events_of, offset_of, pack, unpack
 from shared.bus.rabbit_consumer import QueueConsumer
 from shared.bus.rabbit_data import read_flow
 from shared.bus.rabbit_log import (
@@ -54,8 +53,9 @@ from shared.bus.rabbit_log import (
     StreamFollower,
     StreamMessage,
     Verdict,
+    read_stream,
 )
-from shared.bus.rabbit_queries import Requester, serve
+from shared.bus.rabbit_queries import Requester, Server
 from shared.bus.rabbit_topology import (
     H_CONSUMER,
     H_COUNT,
@@ -106,10 +106,21 @@ class RabbitBus:
         self._index_lock = asyncio.Lock()
         self._subs: list[Subscription] = []
         self._queries: Requester | None = None
+        self._connected = False
 
     @property
     def available(self) -> bool:
-        return self._conn is not None and not self._conn.is_closed
+        return self._connected and self._conn is not None and not self._conn.is_closed
+
+    def _lost(self, *_: object) -> None:
+        if self._connected:
+            log.warning("connection to RabbitMQ lost; reconnecting", client=self._client_name)
+        self._connected = False
+
+    def _restored(self, *_: object) -> None:
+        # Called once every channel has been reopened and every subscription restored.
+        log.info("connection to RabbitMQ restored", client=self._client_name)
+        self._connected = True
 
     @property
     def conn(self) -> AbstractRobustConnection:
@@ -135,6 +146,9 @@ class RabbitBus:
             raise BusUnavailable(
                 f"cannot connect to RabbitMQ at {_redacted(self.url)}: {err or type(err).__name__}"
             ) from err
+        self._conn.close_callbacks.add(self._lost)
+        self._conn.reconnect_callbacks.add(self._restored)
+        self._connected = True
         self._confirmed = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
         # Telemetry is a time series: a lost sample is replaced by the next one.
         self._fast = await self._conn.channel(publisher_confirms=False)
@@ -144,6 +158,9 @@ class RabbitBus:
         for sub in reversed(self._subs):
             await sub.stop()
         self._subs.clear()
+        if self._queries is not None:
+            await self._queries.close()
+        self._connected = False  # a connection closed on purpose is not "lost"
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 await self._conn.close()
@@ -184,9 +201,7 @@ class RabbitBus:
         async with self._index_lock:
             if self._index is None:
                 index = LogIndex(self._publish_marker)
-                follower = StreamFollower(
-                    await self.conn.channel(), self.topology.log, index.on_message
-                )
+                follower = StreamFollower(self.conn, self.topology.log, index.on_message)
                 await follower.start(0)
                 self._subs.append(follower)
                 await index.sync(timeout=max(self._timeout, 60))
@@ -312,7 +327,14 @@ class RabbitBus:
         if from_seq >= end:
             return
         wanted = self.topology.patterns(Stream.EVENTS, filters)
-        messages = self._read(self.topology.log, offset_of(from_seq), until=offset_of(end))
+        until = offset_of(end)
+        messages = read_stream(
+            self.conn,
+            self.topology.log,
+            offset_of(from_seq),
+            last=lambda msg: msg.offset >= until,
+            timeout=5 * self._timeout,
+        )
         async for entry in unique(self._entries(messages, wanted, from_seq)):
             yield entry
 
@@ -330,30 +352,7 @@ class RabbitBus:
         batch = unpack(msg.routing_key, msg.message_id, msg.headers, msg.body)
         if not await self._taken(msg.offset, batch):
             return []
-        base = seq_of(msg.offset)
-        return [
-            entry_of(base + pos, subject, body)
-            for pos, (subject, body) in enumerate(zip(batch.subjects, batch.bodies, strict=True))
-            if base + pos >= from_seq and selected(subject, patterns)
-        ]
-
-    async def _read(self, queue: str, offset: int, *, until: int) -> AsyncIterator[StreamMessage]:
-        """Non-marker messages of a stream from an offset up to (not including) ``until``."""
-        inbox: asyncio.Queue[StreamMessage | None] = asyncio.Queue()
-
-        async def on_message(msg: StreamMessage) -> None:
-            if msg.offset >= until:
-                await inbox.put(None)
-            elif not msg.is_marker:
-                await inbox.put(msg)
-
-        follower = StreamFollower(await self.conn.channel(), queue, on_message)
-        await follower.start(offset)
-        try:
-            while (msg := await asyncio.wait_for(inbox.get(), 5 * self._timeout)) is not None:
-                yield msg
-        finally:
-            await follower.stop()
+        return events_of(msg.offset, batch, patterns, from_seq)
 
     async def send(self, env: Envelope[Any]) -> None:
         subject = subjects.command_subject(self.namespace, env)
@@ -411,20 +410,24 @@ class RabbitBus:
                 except Exception:
                     log.exception("watch handler failed", subject=entry.subject)
 
-        follower = StreamFollower(await self.conn.channel(), queue, on_message)
-        await follower.start("next" if from_seq is None else offset_of(from_seq))
+        offset: int | str = "next" if from_seq is None else offset_of(from_seq)
+        if from_seq is None and stream is Stream.EVENTS:
+            # "Now" as a place in the log, so that a reconnect before the first event
+            # resumes from there rather than from whatever "now" is by then.
+            offset = offset_of(await (await self._log_index()).sync(self._timeout))
+        follower = StreamFollower(self.conn, queue, on_message)
+        await follower.start(offset)
         self._subs.append(follower)
         return follower
 
     async def request(self, env: Envelope[Any], *, timeout: float = 5.0) -> Envelope[Message]:
         if self._queries is None:
-            self._queries = Requester(await self.conn.channel(), self._timeout)
+            self._queries = Requester(self.conn, self._timeout)
         return await self._queries.request(self.topology.query_queue(env.subject), env, timeout)
 
     async def serve(self, target: str, handler: QueryHandler) -> Subscription:
-        server = await serve(
-            await self.conn.channel(), self.topology.query_queue(target), target, handler
-        )
+        server = Server(self.conn, self.topology.query_queue(target), target, handler)
+        await server.subscribe()
         self._subs.append(server)
         return server
 
@@ -432,7 +435,14 @@ class RabbitBus:
         key = uuid.uuid4().hex
         await self._publish("dlx", self.topology.marker_key(key), b"", headers={MARKER_HEADER: key})
         out = []
-        async for entry in self._read_until_marker(self.topology.dlq, key):
+        entries = read_stream(
+            self.conn,
+            self.topology.dlq,
+            0,
+            last=lambda msg: msg.headers.get(MARKER_HEADER) == key,
+            timeout=5 * self._timeout,
+        )
+        async for entry in entries:
             h = entry.headers or {}
             if entry.routing_key != consumer:
                 continue
@@ -440,23 +450,6 @@ class RabbitBus:
             count = header_int(h.get(H_COUNT) or h.get("x-delivery-count"))
             out.append(DeadLetter(consumer, str(h.get(H_SUBJECT, "")), reason, count, entry.body))
         return out
-
-    async def _read_until_marker(self, queue: str, key: str) -> AsyncIterator[StreamMessage]:
-        inbox: asyncio.Queue[StreamMessage | None] = asyncio.Queue()
-
-        async def on_message(msg: StreamMessage) -> None:
-            if msg.headers.get(MARKER_HEADER) == key:
-                await inbox.put(None)
-            elif not msg.is_marker:
-                await inbox.put(msg)
-
-        follower = StreamFollower(await self.conn.channel(), queue, on_message)
-        await follower.start(0)
-        try:
-            while (msg := await asyncio.wait_for(inbox.get(), 5 * self._timeout)) is not None:
-                yield msg
-        finally:
-            await follower.stop()
 
     async def put_data(self, flow: str, chunks: list[bytes]) -> None:
         assert self._confirmed is not None

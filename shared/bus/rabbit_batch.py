@@ -27,7 +27,8 @@ from typing import Any
 
 from schemas import Envelope
 from shared.bus import subjects
-from shared.bus.protocol import BATCH_LIMIT
+from shared.bus.dispatch import entry_of
+from shared.bus.protocol import BATCH_LIMIT, Logged
 
 SLOTS = 1024
 assert BATCH_LIMIT <= SLOTS
@@ -104,3 +105,15 @@ def unpack(routing_key: str, msg_id: str, headers: Mapping[str, Any], body: byte
     except (ValueError, KeyError, TypeError, AttributeError):
         # Not written by pack: one opaque entry, the same for every reader.
         return Batch((routing_key,), (msg_id,), (body,))
+
+
+def events_of(
+    offset: int, batch: Batch, patterns: tuple[str, ...], from_seq: int = 0
+) -> list[Logged]:
+    """The events of the log message at ``offset`` from ``from_seq`` on, selected."""
+    base = seq_of(offset)
+    return [
+        entry_of(base + pos, subject, body)
+        for pos, (subject, body) in enumerate(zip(batch.subjects, batch.bodies, strict=True))
+        if base + pos >= from_seq and selected(subject, patterns)
+    ]

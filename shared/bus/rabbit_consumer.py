@@ -9,8 +9,6 @@ from typing import TYPE_CHECKING
 
 import aiormq.exceptions
 import structlog
-from aio_pika.abc import AbstractChannel
-from aiormq.abc import AbstractChannel as RawChannel
 from aiormq.abc import DeliveredMessage
 
 from shared.bus.dedupe import RecentIds
@@ -18,6 +16,7 @@ from shared.bus.dispatch import Bury, Outcome, Retry, dispatch
 from shared.bus.errors import BusError
 from shared.bus.protocol import ConsumerSpec, Delivery, Handler, Stream
 from shared.bus.rabbit_batch import selected, unpack
+from shared.bus.rabbit_channels import RawChannel, Subscriber
 
 if TYPE_CHECKING:
     from shared.bus.rabbit import RabbitBus
@@ -27,17 +26,15 @@ log = structlog.get_logger("vplane.bus.rabbit")
 ACK_EVERY = 64
 
 
-class QueueConsumer:
+class QueueConsumer(Subscriber):
     def __init__(self, bus: RabbitBus, spec: ConsumerSpec, handler: Handler) -> None:
+        super().__init__(bus.conn, bus.topology.consumer_queue(spec.name), spec.batch)
         self._bus = bus
         self._spec = spec
         self._handler = handler
         self._patterns = bus.topology.patterns(spec.stream, spec.filters)
         self._seen = RecentIds()
         self._inbox: asyncio.Queue[tuple[DeliveredMessage, RawChannel]] = asyncio.Queue()
-        self._channel: AbstractChannel | None = None
-        self._queue_name = ""
-        self._subscription: tuple[RawChannel, str] | None = None
         # The newest delivery handled but not yet acknowledged: acks go out in groups.
         self._unacked: tuple[RawChannel, int] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -46,36 +43,38 @@ class QueueConsumer:
 
     async def start(self) -> None:
         bus, spec, topo = self._bus, self._spec, self._bus.topology
-        self._channel = channel = await bus.conn.channel()
-        await channel.set_qos(prefetch_count=spec.batch)
-        name = topo.consumer_queue(spec.name)
+        name = self.queue_name
         topo.declared.add(name)
         fresh = not await self._exists(f"{name}.ready")
-        queue = await channel.declare_queue(
-            name, durable=True, arguments=topo.consumer_arguments(spec)
-        )
-        exchange = topo.exchange_names[_EXCHANGES[spec.stream]]
-        for pattern in topo.patterns(spec.stream, spec.filters):
-            await queue.bind(exchange, topo.binding(pattern))
-        if fresh and spec.stream is Stream.EVENTS:
-            await self._backfill()
-        # Created only once the backfill is done: its absence means "backfill again".
-        await channel.declare_queue(f"{name}.ready", durable=True)
-        self._queue_name = name
+        # Declared once on a channel of its own: the queue and its bindings are durable,
+        # and nothing is declared again while the connection is being restored.
+        channel = await bus.conn.channel()
+        try:
+            queue = await channel.declare_queue(
+                name, durable=True, arguments=topo.consumer_arguments(spec), robust=False
+            )
+            exchange = topo.exchange_names[_EXCHANGES[spec.stream]]
+            for pattern in topo.patterns(spec.stream, spec.filters):
+                await queue.bind(exchange, topo.binding(pattern), robust=False)
+            if fresh and spec.stream is Stream.EVENTS:
+                await self._backfill()
+            # Created only once the backfill is done: its absence means "backfill again".
+            await channel.declare_queue(f"{name}.ready", durable=True, robust=False)
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
         self._task = asyncio.create_task(self._run(), name=f"consume-{spec.name}")
-        channel.reopen_callbacks.add(self._subscribe)
-        await self._subscribe()
+        await self.subscribe()
 
-    async def _subscribe(self, *_: object) -> None:
-        """Consume on the channel underneath aio-pika; again after every reconnect."""
-        assert self._channel is not None
-        raw = await self._channel.get_underlay_channel()
+    async def _consume(self, raw: RawChannel) -> str:
+        """After a lost channel, what was delivered and not acknowledged comes again,
+        and what was handled already is recognised by id."""
 
         async def deliver(message: DeliveredMessage) -> None:
             self._inbox.put_nowait((message, raw))
 
-        ok = await raw.basic_consume(self._queue_name, deliver)
-        self._subscription = (raw, ok.consumer_tag or "")
+        ok = await raw.basic_consume(self.queue_name, deliver)
+        return ok.consumer_tag or ""
 
     async def _exists(self, queue: str) -> bool:
         probe = await self._bus.conn.channel()
@@ -135,7 +134,10 @@ class QueueConsumer:
         if self._unacked is not None:
             raw, tag = self._unacked
             self._unacked = None
-            await raw.basic_ack(tag, multiple=True)
+            # On a closed channel there is nothing to acknowledge: the broker has put
+            # those messages back, and they are recognised by id when they come again.
+            if not raw.is_closed:
+                await raw.basic_ack(tag, multiple=True)
 
     async def _one(self, message: DeliveredMessage, raw: RawChannel) -> None:
         spec = self._spec
@@ -176,10 +178,7 @@ class QueueConsumer:
         self._unacked = (raw, tag)
 
     async def stop(self) -> None:
-        if self._subscription is not None:
-            raw, tag = self._subscription
-            with contextlib.suppress(Exception):
-                await raw.basic_cancel(tag)
+        await self.cancel()
         # Let the message in hand finish and be acknowledged; the rest go back.
         await self._idle.wait()
         if self._task is not None:
@@ -192,9 +191,7 @@ class QueueConsumer:
             message, raw = self._inbox.get_nowait()
             with contextlib.suppress(Exception):
                 await raw.basic_nack(message.delivery_tag or 0, requeue=True)
-        if self._channel is not None:
-            with contextlib.suppress(Exception):
-                await self._channel.close()
+        await self.close()
 
 
 _EXCHANGES = {Stream.EVENTS: "events", Stream.COMMANDS: "commands", Stream.TELEMETRY: "telemetry"}

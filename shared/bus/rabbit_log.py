@@ -14,17 +14,17 @@ import asyncio
 import contextlib
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiormq.abc
 import structlog
-from aio_pika.abc import AbstractChannel
+from aio_pika.abc import AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 
 from shared.bus.dedupe import DEFAULT_WINDOW
 from shared.bus.rabbit_batch import Batch, seq_of, unpack
+from shared.bus.rabbit_channels import RawChannel, Subscriber
 
 log = structlog.get_logger("vplane.bus.rabbit")
 
@@ -49,43 +49,37 @@ class StreamMessage:
 OnMessage = Callable[[StreamMessage], Awaitable[None]]
 
 
-class StreamFollower:
+class StreamFollower(Subscriber):
     """Consume a stream from an offset and hand each message over in order, once.
 
-    It consumes on the channel underneath aio-pika (no per-message wrapper objects)
-    and, after a reconnect, subscribes again from the next offset it has not seen.
+    It consumes on a channel of its own (no per-message wrapper objects) and, when
+    that channel is lost, subscribes again from the next offset it has not handed
+    over: no gap, no repeat.
     """
 
-    def __init__(self, channel: AbstractChannel, queue: str, on_message: OnMessage) -> None:
-        self._channel = channel
-        self._queue_name = queue
+    def __init__(self, conn: AbstractRobustConnection, queue: str, on_message: OnMessage) -> None:
+        super().__init__(conn, queue, prefetch=1000)
         self._on_message = on_message
-        self._inbox: asyncio.Queue[tuple[DeliveredMessage, aiormq.abc.AbstractChannel]] = (
-            asyncio.Queue()
-        )
+        self._inbox: asyncio.Queue[tuple[DeliveredMessage, RawChannel]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._start: int | str = 0
         self.last_offset = -1
 
-    async def start(self, offset: int | str, prefetch: int = 1000) -> None:
+    async def start(self, offset: int | str) -> None:
         self._start = offset
-        await self._channel.set_qos(prefetch_count=prefetch)
         self._task = asyncio.create_task(self._run())
-        reopened = getattr(self._channel, "reopen_callbacks", None)
-        if reopened is not None:
-            reopened.add(self._resubscribe)
-        await self._subscribe(offset)
+        await self.subscribe()
 
-    async def _subscribe(self, offset: int | str) -> None:
-        raw = await self._channel.get_underlay_channel()
+    async def _consume(self, raw: RawChannel) -> str:
+        offset = self.last_offset + 1 if self.last_offset >= 0 else self._start
 
         async def deliver(message: DeliveredMessage) -> None:
             self._inbox.put_nowait((message, raw))
 
-        await raw.basic_consume(self._queue_name, deliver, arguments={"x-stream-offset": offset})
-
-    async def _resubscribe(self, *_: object) -> None:
-        await self._subscribe(self.last_offset + 1 if self.last_offset >= 0 else self._start)
+        ok = await raw.basic_consume(
+            self.queue_name, deliver, arguments={"x-stream-offset": offset}
+        )
+        return ok.consumer_tag or ""
 
     async def _run(self) -> None:
         pending = 0
@@ -95,6 +89,7 @@ class StreamFollower:
             found = headers.get("x-stream-offset")
             offset = found if isinstance(found, int) else -1
             try:
+                # Deliveries of a lost channel may overlap those of the next one.
                 if offset > self.last_offset:
                     self.last_offset = offset
                     await self._on_message(
@@ -107,20 +102,48 @@ class StreamFollower:
                         )
                     )
             except Exception:
-                log.warning("stream message not handled", queue=self._queue_name, exc_info=True)
+                log.warning("stream message not handled", queue=self.queue_name, exc_info=True)
             pending += 1
             if pending >= ACK_EVERY or self._inbox.empty():
                 pending = 0
-                with contextlib.suppress(Exception):
-                    await raw.basic_ack(message.delivery_tag or 0, multiple=True)
+                if not raw.is_closed:
+                    with contextlib.suppress(Exception):
+                        await raw.basic_ack(message.delivery_tag or 0, multiple=True)
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        with contextlib.suppress(Exception):
-            await self._channel.close()
+        await self.cancel()
+        await self.close()
+
+
+async def read_stream(
+    conn: AbstractRobustConnection,
+    queue: str,
+    offset: int,
+    *,
+    last: Callable[[StreamMessage], bool],
+    timeout: float,
+) -> AsyncIterator[StreamMessage]:
+    """The messages of a stream from ``offset`` on, markers left out, up to (not
+    including) the first for which ``last`` holds; waits up to ``timeout`` for each."""
+    inbox: asyncio.Queue[StreamMessage | None] = asyncio.Queue()
+
+    async def on_message(msg: StreamMessage) -> None:
+        if last(msg):
+            await inbox.put(None)
+        elif not msg.is_marker:
+            await inbox.put(msg)
+
+    follower = StreamFollower(conn, queue, on_message)
+    await follower.start(offset)
+    try:
+        while (msg := await asyncio.wait_for(inbox.get(), timeout)) is not None:
+            yield msg
+    finally:
+        await follower.stop()
 
 
 @dataclass(frozen=True, slots=True)
