@@ -205,9 +205,11 @@ class Runtime:
 
     def _replayed(self) -> tuple[str, ...]:
         filters = self.definition.fold_filters
-        if not filters:
-            return ()
-        return (*filters, f"outbox.{self.name}")
+        outbox = f"outbox.{self.name}"
+        if not filters or any(matches(f, outbox) for f in filters):
+            return filters
+        # The outbox tells what was sent; brokers refuse filters that overlap.
+        return (*filters, outbox)
 
     def _observe(self, entry: Logged) -> None:
         """Fold an entry once. Own appends are folded as they are made and may overtake
