@@ -86,6 +86,9 @@ class CommandsIssued(Event):
     service: Name
     # Each command as its encoded envelope, exactly as it is sent.
     commands: list[str]
+    # The atomic append it landed in: a service sends a batch's commands only after it,
+    # and all of them before its next append, so only the last batch can be unsent.
+    batch: uuid.UUID
 
     def aggregate(self) -> str:
         return f"outbox/{self.service}"

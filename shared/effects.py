@@ -37,6 +37,8 @@ class Batch:
     commands: list[Envelope[Any]] = field(default_factory=list)
     expected: dict[int, int] = field(default_factory=dict)
     outcomes: list[Outcome] = field(default_factory=list)
+    guarded: set[str] = field(default_factory=set)
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
 
 
 def batches(
@@ -69,16 +71,19 @@ def batches(
         if current.events and len(current.events) + size > BATCH_LIMIT:
             out.append(current)
             current = Batch()
-        seen: set[str] = set()
         for i, env in enumerate(events):
             aggregate = env.subject
-            if aggregate in outcome.expect and aggregate not in seen:
+            # The first expectation of an aggregate in the batch guards it: what later
+            # events of the batch expect is what the earlier ones leave.
+            if aggregate in outcome.expect and aggregate not in current.guarded:
                 current.expected[len(current.events) + i] = outcome.expect[aggregate]
-                seen.add(aggregate)
+                current.guarded.add(aggregate)
         current.events += events
         if commands:
             record = CommandsIssued(
-                service=service, commands=[c.encode().decode() for c in commands]
+                service=service,
+                commands=[c.encode().decode() for c in commands],
+                batch=current.id,
             )
             current.events.append(
                 Envelope.wrap(

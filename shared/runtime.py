@@ -117,7 +117,8 @@ class Runtime:
         self._landed: set[uuid.UUID] = set()
         # Commands appended in the outbox and not yet sent.
         self._unsent: list[Envelope[Any]] = []
-        self._last_issued: CommandsIssued | None = None
+        # The outbox records of this service's last append (only they can be unsent).
+        self._last_issued: list[CommandsIssued] = []
         # Held while deciding and carrying out: a query waits for it, so whoever saw the
         # answering event in the log also sees it in every query.
         self._deciding = asyncio.Lock()
@@ -141,10 +142,9 @@ class Runtime:
         try:
             rebuilt = await self._rebuild()
             self._rebuilt_seq, self._observed = self._applied_seq, set()
-            if self._last_issued is not None:
-                # Only the last record can be unsent: outcomes are carried out one at a
-                # time, each sent before the next is appended. Sending again is harmless.
-                self._unsent = issued(self._last_issued)
+            # Sending again is harmless: a command's id is fixed, and a handler acknowledges
+            # a command whose answer is in the log without acting.
+            self._unsent = [env for record in self._last_issued for env in issued(record)]
             await self._flush_commands()
             if self.definition.setup is not None:
                 setup = self.definition.setup
@@ -229,7 +229,9 @@ class Runtime:
             if env.causation_id is not None:
                 self._answered.add(env.causation_id)
             if isinstance(env.data, CommandsIssued):
-                self._last_issued = env.data
+                last = self._last_issued
+                same = last and last[0].batch == env.data.batch
+                self._last_issued = [*last, env.data] if same else [env.data]
         if self.definition.fold is not None and self._wanted(entry.subject):
             self.definition.fold(entry.seq, env)
         self._applied_seq = max(self._applied_seq, entry.seq)
@@ -316,14 +318,18 @@ class Runtime:
             await self._carry_plan(plan)
 
     async def _carry_plan(self, plan: Outcomes | Plan | None) -> None:
-        """A step's outcomes, or its decisions one after another, each taken once the
-        one before it has landed."""
+        """A step's outcomes (carried out together), or its decisions one after another,
+        each taken once the one before it has landed."""
         items: Plan = [plan] if isinstance(plan, Outcome) else list(plan or ())
+        together: list[Outcome] = []
         for item in items:
             if isinstance(item, Outcome):
-                await self.carry_out(item)
-            else:
-                await self._settle(item)
+                together.append(item)
+                continue
+            await self.carry_out(together)
+            together = []
+            await self._settle(item)
+        await self.carry_out(together)
 
     async def _retry_unsent(self) -> None:
         await self._flush_commands()

@@ -67,6 +67,10 @@ class PoolCache:
             self.builds += 1
         return self.pool
 
+    def copy(self) -> PoolCache:
+        pool = None if self.pool is None else self.pool.copy()
+        return PoolCache(pool, self.revision, self.owner, self.builds)
+
     def reserved(self, ledger: Ledger, choice: Choice) -> None:
         """``choice`` was reserved: when that is the one change to the ledger since the
         pool was built, reserve it in the pool too; otherwise build it again next time."""

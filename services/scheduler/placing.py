@@ -8,7 +8,7 @@ from schemas.pool import CapacityReleased, CapacityReserved
 from schemas.scheduling import PlacementRequested, VmPlaced
 from schemas.service import CommandRejected, RejectionCode
 from schemas.vm import CreateVm
-from services.scheduler.choose import Choice, choose
+from services.scheduler.choose import choose
 from services.scheduler.holder import Holder
 from services.scheduler.ledger import Ledger
 from shared.outcome import Outcome, attempt
@@ -50,12 +50,8 @@ def place(holder: Holder, request: Envelope[PlacementRequested], number: int) ->
         cause=request,
         key="place",
         expect=reserving(state.ledger, choice.reservation),
-        on_landed=[lambda: _reserved(holder, choice)],
+        on_landed=[lambda: holder.pools.reserved(holder.state.ledger, choice)],
     )
-
-
-def _reserved(holder: Holder, choice: Choice) -> None:
-    holder.pools.reserved(holder.state.ledger, choice)
 
 
 def create_vm(placed: VmPlaced, request: Envelope[PlacementRequested]) -> CreateVm:

@@ -10,7 +10,7 @@ Round ``n`` is due once the clock passes ``n`` periods; the clock is injected.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 
@@ -22,14 +22,16 @@ from schemas.scheduling import (
     PlacementRequested,
     RoundCompleted,
 )
+from schemas.service import CommandRejected
+from services.scheduler.choose import PoolCache
 from services.scheduler.evacuating import sweep
 from services.scheduler.holder import Holder
 from services.scheduler.moving import Progress, schedule_copy, schedule_migration, settle
 from services.scheduler.placing import place, release_destroyed
 from services.scheduler.raising import raise_degraded
 from services.scheduler.rebalancing import propose
-from services.scheduler.state import Work, work_key
-from shared.outcome import Decision, Outcome, Plan
+from services.scheduler.state import Work, evolve, work_key
+from shared.outcome import Outcome, Plan
 
 log = structlog.get_logger("vplane.scheduler")
 
@@ -79,53 +81,97 @@ class Tally:
 
 
 def plan(holder: Holder, number: int, without_high: bool) -> Plan:
-    tally = Tally()
-
-    def housekeeping() -> list[Outcome]:
-        done = settle(holder) + release_destroyed(holder)
-        tally.other += len(done)
-        return done
-
-    steps: list[Outcome | Decision] = [housekeeping]
-    steps += [_work(holder, work, number, tally) for work in holder.state.queue()]
-    steps += [_raise(holder, vm, tally) for vm in sorted(holder.state.degraded)]
-    if holder.state.priority is Owner.HIGH:
-        steps.append(lambda: _follow_up(holder, number, tally))
-    steps.append(lambda: _completed(holder, number, without_high, tally))
-    return steps
+    """The whole round as one decision: its outcomes land in one atomic append."""
+    return [lambda: decide_round(holder, number, without_high)]
 
 
-def _work(holder: Holder, work: Envelope[Work], number: int, tally: Tally) -> Decision:
-    def decide() -> Outcome | None:
-        outcome: Outcome | None
-        match work.data:
-            case PlacementRequested():
-                outcome = place(holder, work, number)  # type: ignore[arg-type]
-                placed = outcome.events and not outcome.events[0].type_name().endswith("Rejected")
-                progress = Progress.SCHEDULED if placed else Progress.REFUSED
-            case MigrationRequested():
-                outcome, progress = schedule_migration(holder, work, number)  # type: ignore[arg-type]
-            case CopyRequested():
-                outcome, progress = schedule_copy(holder, work, number)  # type: ignore[arg-type]
-        tally.progress[work_key(work.data)] = progress
-        return outcome
+def decide_round(holder: Holder, number: int, without_high: bool) -> list[Outcome]:
+    """Every decision of the round, each taken on the state the ones before it leave.
 
-    return decide
-
-
-def _raise(holder: Holder, vm: str, tally: Tally) -> Decision:
-    def decide() -> Outcome | None:
-        if vm not in holder.state.degraded:
-            return None
-        outcome = raise_degraded(holder, vm)
-        if outcome is not None:
+    They are decided on a scratch copy of the fold (and of the pool cache) that each
+    outcome's events are folded into as if they had landed; the real fold sees them only
+    when they do. Should the append meet another writer's change, the runtime catches up
+    and the round is decided again from the start."""
+    real, real_pools = holder.state, holder.pools
+    scratch = Scratch(holder)
+    try:
+        tally = Tally()
+        for housekeeping in settle(holder) + release_destroyed(holder):
+            scratch.take(housekeeping)
             tally.other += 1
-        return outcome
+        for work in real.queue():
+            outcome, progress = _work(holder, work, number)
+            tally.progress[work_key(work.data)] = progress
+            scratch.take(outcome)
+        for vm in sorted(real.degraded):
+            if vm in holder.state.degraded and scratch.take(raise_degraded(holder, vm)):
+                tally.other += 1
+        if real.priority is Owner.HIGH:
+            for asked in _follow_up(holder, number):
+                scratch.take(asked)
+                tally.other += 1
+        scratch.take(_completed(holder, number, without_high, tally))
+    finally:
+        holder.state, holder.pools = real, real_pools
+    return scratch.landed(real_pools)
 
-    return decide
+
+class Scratch:
+    """A round's outcomes, folded as they are decided into the holder's scratch state."""
+
+    def __init__(self, holder: Holder) -> None:
+        self.holder = holder
+        self.outcomes: list[Outcome] = []
+        holder.pools = holder.pools.copy()
+        self.start_revision = holder.state.ledger.revision
+
+    def take(self, outcome: Outcome | None) -> bool:
+        if outcome is None:
+            return False
+        h = self.holder
+        for event in outcome.events:
+            env = Envelope.wrap(event, producer=h.state.priority.value, caused_by=outcome.cause)
+            # Not a log sequence: moves no version, so later reservations of the round
+            # expect what the log holds (the runtime keeps the first per aggregate).
+            h.state = evolve(h.state, PROVISIONAL, env)
+        for done in outcome.on_landed:
+            done()
+        self.outcomes.append(replace(outcome, on_landed=()))
+        return True
+
+    def landed(self, real_pools: PoolCache) -> list[Outcome]:
+        """The outcomes, the last of them keeping the scratch pool once the round landed,
+        if the fold then holds exactly what the round decided on."""
+        if not self.outcomes:
+            return []
+        holder, pools = self.holder, self.holder.pools
+        revision = pools.revision
+
+        def keep() -> None:
+            if holder.state.ledger.revision == revision and holder.pools is real_pools:
+                holder.pools = pools
+
+        last = self.outcomes[-1]
+        return [*self.outcomes[:-1], replace(last, on_landed=(*last.on_landed, keep))]
 
 
-def _follow_up(holder: Holder, number: int, tally: Tally) -> list[Outcome]:
+PROVISIONAL = -1
+
+
+def _work(holder: Holder, work: Envelope[Work], number: int) -> tuple[Outcome | None, Progress]:
+    match work.data:
+        case PlacementRequested():
+            outcome = place(holder, work, number)  # type: ignore[arg-type]
+            refused = isinstance(outcome.events[0], CommandRejected)
+            return outcome, Progress.REFUSED if refused else Progress.SCHEDULED
+        case MigrationRequested():
+            return schedule_migration(holder, work, number)  # type: ignore[arg-type]
+        case CopyRequested():
+            return schedule_copy(holder, work, number)  # type: ignore[arg-type]
+    raise AssertionError(f"no such work: {work.type}")
+
+
+def _follow_up(holder: Holder, number: int) -> list[Outcome]:
     """Sweeps of hosts in maintenance and rebalancing proposals. A migration is asked
     for once, whichever round asks."""
     follow_up = sweep(holder.state)
@@ -133,7 +179,6 @@ def _follow_up(holder: Holder, number: int, tally: Tally) -> list[Outcome]:
         holder.balanced_at = holder.state.ledger.revision
         pool = holder.pools.get(holder.state.ledger, Owner.HIGH, holder.knobs.ha_failures)
         follow_up += propose(holder.state, holder.knobs, number, pool)
-    tally.other += len(follow_up)
     return [Outcome(events=[e], key=_follow_up_key(number, e, i)) for i, e in enumerate(follow_up)]
 
 

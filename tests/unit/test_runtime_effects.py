@@ -163,3 +163,28 @@ async def test_a_loop_that_keeps_failing_stops_the_service_with_an_error() -> No
     assert [getattr(s, "reason", "") for s in stopped] == [
         "failed: loop broken failed 5 times: RuntimeError('broken')"
     ]
+
+
+async def test_every_command_of_the_last_append_is_sent_after_a_restart() -> None:
+    """Two outcomes carried out together share one append: both their commands are sent
+    by the next instance when the first could send neither."""
+    bus, svc = FaultyBus(), Starter()
+    bus.failing_sends = 10_000
+    steps = 0
+
+    async def step() -> list[Outcome]:
+        nonlocal steps
+        steps += 1
+        return [
+            Outcome(commands=[PowerOnVm(vm=vm, host="h1")], key=f"on:{vm}") for vm in ("a", "b")
+        ]
+
+    async with running(Runtime(svc.definition([Loop("asks", step, every=0.01)]), bus, "i1")):
+        await eventually(lambda: steps >= 3, what="a few steps")
+    records = [e.data for e in await logged(bus) if isinstance(e.data, CommandsIssued)]
+    assert len(records) == 2  # decided again each step, appended once
+    assert records[0].batch == records[1].batch
+    bus.failing_sends = 0
+    async with running(Runtime(Starter().definition(), bus, "i2")):
+        await eventually(lambda: len(bus.sent) == 2, what="both resent commands")
+    assert sorted(getattr(env.data, "vm", "") for env, _ in bus.sent) == ["a", "b"]

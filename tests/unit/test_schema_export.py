@@ -176,6 +176,7 @@ EXAMPLES: dict[str, Message] = {
                 .encode()
                 .decode()
             ],
+            batch=uuid.UUID(int=7),
         ),
         CommandRejected(
             about="vm/web-1",
