@@ -21,6 +21,8 @@ class Outcome:
     events: Sequence[Event] = ()
     commands: Sequence[Command] = ()
     cause: Envelope[Any] | None = None
+    # Without a cause, the key alone names the outcome among all this service's (in
+    # every process of it): it must say what the outcome is about (``register:h1``).
     key: str = ""
     # Aggregate -> the version the decision was made at: appended only if no other
     # writer moved it meanwhile; else the runtime catches up and decides again.

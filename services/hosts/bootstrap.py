@@ -95,11 +95,15 @@ def build(settings: Settings) -> ServiceDefinition:
     async def query(env: Envelope[Message]) -> Reply:
         return await answer_query(holder, env)
 
-    async def register_hosts() -> Outcome:
-        missing = [host_shape(h) for h in hosts if h not in holder.fleet.hosts]
+    async def register_hosts() -> list[Outcome]:
         # Everything rebuilt so far lives as long as the process: keep the collector off it.
         gc.freeze()
-        return Outcome(events=missing, key="register")
+        # Keyed by host: a host is registered once, whichever process registers it.
+        return [
+            Outcome(events=[host_shape(h)], key=f"register:{h}")
+            for h in hosts
+            if h not in holder.fleet.hosts
+        ]
 
     async def publish_telemetry() -> Outcome:
         return telemetry_step(holder, settings.tick_seconds * settings.speed)

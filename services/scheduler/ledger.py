@@ -66,8 +66,6 @@ class Ledger:
     versions: Mapping[str, int] = field(default_factory=dict)
     # Where each reservation is (a VM's own reservation names the VM).
     located: Map[str, str] = field(default_factory=Map)
-    # Per host, the log sequence each reservation was made (or last changed) at.
-    made_at: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     failed: frozenset[str] = frozenset()
     # Counts the events that changed the ledger: a snapshot built at a revision is current
     # while the revision is.
@@ -84,16 +82,6 @@ class Ledger:
 
     def free(self, host: str) -> Amounts:
         return self.capacity.get(host, Amounts()) - self.reserved(host)
-
-    def free_as_of(self, host: str, seq: int) -> Amounts:
-        """What was free once the log up to ``seq`` was written: later reservations, even
-        those already folded, do not count."""
-        made = self.made_at.get(host, {})
-        total = Amounts()
-        for name, r in self.reservations.get(host, {}).items():
-            if made.get(name, 0) <= seq:
-                total = total + Amounts.of(r)
-        return self.capacity.get(host, Amounts()) - total
 
     def holds(self, reservation: str) -> bool:
         return reservation in self.located
@@ -128,26 +116,18 @@ def _evolve(ledger: Ledger, seq: int, event: Message) -> Ledger:  # noqa: PLR091
         case CapacityReserved():
             held = {**ledger.reservations.get(event.host, {}), event.reservation: event}
             located = ledger.located.set(event.reservation, event.host)
-            made = {**ledger.made_at.get(event.host, {}), event.reservation: seq}
             return replace(
-                ledger,
-                reservations={**ledger.reservations, event.host: held},
-                located=located,
-                made_at={**ledger.made_at, event.host: made},
+                ledger, reservations={**ledger.reservations, event.host: held}, located=located
             )
         case CapacityReleased():
             host, name = event.host, event.reservation
             held = {k: v for k, v in ledger.reservations.get(host, {}).items() if k != name}
-            made = {k: v for k, v in ledger.made_at.get(host, {}).items() if k != name}
             located = ledger.located
             # A VM that moved is reserved on its new host before it is released on the old.
             if located.get(name) == host:
                 located = located.delete(name)
             return replace(
-                ledger,
-                reservations={**ledger.reservations, host: held},
-                located=located,
-                made_at={**ledger.made_at, host: made},
+                ledger, reservations={**ledger.reservations, host: held}, located=located
             )
         case HostCrashed():
             return replace(ledger, failed=ledger.failed | {event.host})
@@ -174,17 +154,6 @@ Choose = Callable[[Ledger], CapacityReserved | None]
 AppendAt = Callable[[CapacityReserved, int], Awaitable[None]]
 # Fold a host's pool events from a log sequence on.
 CatchUp = Callable[[str, int], Awaitable[None]]
-# Take back a reservation that failed its read-back: put the one it replaced back, if
-# any (a raised VM's), else release it.
-Undo = Callable[[CapacityReserved, CapacityReserved | None], Awaitable[None]]
-
-
-def taken_back(
-    wanted: CapacityReserved, previous: CapacityReserved | None
-) -> CapacityReserved | CapacityReleased:
-    if previous is not None and previous.host == wanted.host:
-        return previous
-    return CapacityReleased(host=wanted.host, reservation=wanted.reservation)
 
 
 @dataclass
@@ -198,22 +167,15 @@ async def reserve(
     choose: Choose,
     append_at: AppendAt,
     catch_up: CatchUp,
-    undo: Undo | None = None,
 ) -> Reserved:
     """Append the reservation ``choose`` makes against the current ledger; on a conflict,
-    catch up with that host and choose again. None when nothing fits (any more).
-
-    With ``undo`` (a bus whose version check is not atomic), the host's pool is read
-    back after the append: if another writer's reservation landed beside ours and the
-    two over-commit the host, ours is taken back and the choice made again. A VM is only
-    created once its reservation has passed this check, so no host runs over-committed.
-    """
+    catch up with that host and choose again. None when nothing fits (any more). Every
+    bus checks an expected version atomically, so a reservation that lands fits."""
     conflicts = 0
     for _ in range(MAX_ATTEMPTS):
         wanted = choose(current())
         if wanted is None:
             return Reserved(None, conflicts)
-        previous = current().held(wanted.reservation)
         version = current().versions.get(wanted.host, 0)
         try:
             await append_at(wanted, version)
@@ -221,16 +183,6 @@ async def reserve(
             conflicts += 1
             await catch_up(wanted.host, current().versions.get(wanted.host, 0) + 1)
             continue
-        if undo is not None:
-            # From the version we appended at: what landed before ours counts too. Of two
-            # reservations that over-commit a host, the later in the log is taken back.
-            await catch_up(wanted.host, version + 1)
-            ledger = current()
-            mine = ledger.made_at.get(wanted.host, {}).get(wanted.reservation, 0)
-            if not Amounts().fits_in(ledger.free_as_of(wanted.host, mine)):
-                conflicts += 1
-                await undo(wanted, previous)
-                continue
         return Reserved(wanted, conflicts)
     return Reserved(None, conflicts)
 
@@ -259,12 +211,7 @@ class LedgerView:
             if entry.envelope is not None:
                 self.fold(entry.seq, entry.envelope)
 
-    async def undo(self, wanted: CapacityReserved, previous: CapacityReserved | None) -> None:
-        env = Envelope.wrap(taken_back(wanted, previous), producer=self.producer)
-        self.fold((await self.bus.append(env)).seq, env)
-
     async def reserve(self, choose: Choose) -> CapacityReserved | None:
-        undo = None if self.bus.atomic_versions else self.undo
-        done = await reserve(lambda: self.ledger, choose, self.append_at, self.catch_up, undo)
+        done = await reserve(lambda: self.ledger, choose, self.append_at, self.catch_up)
         self.conflicts += done.conflicts
         return done.reservation

@@ -87,8 +87,6 @@ class _Task:
 
 
 class MemoryBus:
-    atomic_versions = True
-
     def __init__(self, namespace: str = "vplane") -> None:
         self.namespace = namespace
         self._logs = {s: _Log() for s in Stream}

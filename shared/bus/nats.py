@@ -60,8 +60,6 @@ PUBLISH_TIMEOUT = 10.0
 
 
 class NatsBus:
-    atomic_versions = True
-
     def __init__(
         self,
         url: str,

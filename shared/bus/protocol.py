@@ -91,9 +91,6 @@ class Subscription(Protocol):
 
 class Bus(Protocol):
     namespace: str
-    # True where the broker checks an expected version atomically; where it does not,
-    # a writer that shares an aggregate reads back after appending (see the ledger).
-    atomic_versions: bool
 
     @property
     def available(self) -> bool:

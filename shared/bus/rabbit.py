@@ -81,8 +81,6 @@ class Unroutable(BusError):
 
 
 class RabbitBus:
-    atomic_versions = True
-
     def __init__(
         self,
         url: str,
