@@ -28,6 +28,12 @@ def derive(service: str, outcome: Outcome, what: str) -> uuid.UUID:
     return uuid.uuid5(base, f"{service}/{outcome.key}/{what}")
 
 
+def first_id(service: str, outcome: Outcome) -> uuid.UUID:
+    """The id of an outcome's first envelope in the log: its first event, or else its
+    outbox record; an outcome whose first envelope is there has landed."""
+    return derive(service, outcome, "e0" if outcome.events else "outbox")
+
+
 @dataclass
 class Batch:
     """Envelopes for one atomic append, the commands to send after it, and the expected
@@ -63,8 +69,7 @@ def batches(
             )
             for i, cmd in enumerate(outcome.commands)
         ]
-        first = events[0].id if events else derive(service, outcome, "outbox")
-        if (events or commands) and landed(first):
+        if (events or commands) and landed(first_id(service, outcome)):
             continue
         # One more for the outbox record.
         size = len(events) + (1 if commands else 0)
