@@ -1,4 +1,4 @@
-"""The two priority schedulers on one pool, as processes on a real NATS server."""
+"""The two priority schedulers on one pool, as processes on each broker."""
 
 from __future__ import annotations
 
@@ -12,9 +12,7 @@ import pytest
 from schemas import Envelope, Message
 from schemas.pool import Owner
 from schemas.scheduling import PlaceVm
-from shared.bus.nats import NatsBus
 from shared.client import Client
-from shared.testing import unique_namespace
 from tests.integration.stack import start_ready, stop_all
 
 pytestmark = [pytest.mark.broker, pytest.mark.integration]
@@ -23,14 +21,11 @@ ROUND = 3.0
 
 
 @pytest.fixture
-async def stack(nats_url: str, tmp_path: Path) -> AsyncIterator[Client]:
+async def stack(client: Client, bus_url: str, tmp_path: Path) -> AsyncIterator[Client]:
     """One 64 GiB host and both schedulers, rounds every few seconds."""
-    bus = NatsBus(nats_url, unique_namespace())
-    await bus.start()
-    client = Client(bus, producer="test")
     base = {
-        "VPLANE_BUS_URL": nats_url,
-        "VPLANE_NAMESPACE": bus.namespace,
+        "VPLANE_BUS_URL": bus_url,
+        "VPLANE_NAMESPACE": client.bus.namespace,
         "VPLANE_HOSTS": "1",
         "VPLANE_ROUND_SECONDS": str(ROUND),
     }
@@ -43,7 +38,6 @@ async def stack(nats_url: str, tmp_path: Path) -> AsyncIterator[Client]:
     finally:
         # A scheduler is seen, rarely, slow to exit: stop_all kills it after 30 s.
         await stop_all(procs)
-        await bus.close()
 
 
 async def test_high_places_before_low_within_a_round(stack: Client) -> None:
