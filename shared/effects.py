@@ -44,6 +44,8 @@ class Batch:
     expected: dict[int, int] = field(default_factory=dict)
     outcomes: list[Outcome] = field(default_factory=list)
     guarded: set[str] = field(default_factory=set)
+    # The position of the batch's first event of each aggregate.
+    written: dict[str, int] = field(default_factory=dict)
     id: uuid.UUID = field(default_factory=uuid.uuid4)
 
 
@@ -78,10 +80,12 @@ def batches(
             current = Batch()
         for i, env in enumerate(events):
             aggregate = env.subject
-            # The first expectation of an aggregate in the batch guards it: what later
-            # events of the batch expect is what the earlier ones leave.
+            first = current.written.setdefault(aggregate, len(current.events) + i)
+            # The first expectation of an aggregate guards the batch's first event of it,
+            # whichever outcome wrote that: outcomes carried out together are decided
+            # together, on what the log held before them.
             if aggregate in outcome.expect and aggregate not in current.guarded:
-                current.expected[len(current.events) + i] = outcome.expect[aggregate]
+                current.expected[first] = outcome.expect[aggregate]
                 current.guarded.add(aggregate)
         current.events += events
         if commands:
