@@ -20,6 +20,7 @@ from schemas.scheduling import MaintainCheapest, MigrateVm, PlaceVm, SetMaintena
 from schemas.tenants import ClusterScaled, CreateCluster, SubmitJob
 from schemas.transfers import StartMigration
 from schemas.vm import CreateVm, PowerOffVm, WorkloadKind
+from shared.loops import MAX_FAILURES
 from shared.testing import eventually, poll
 from shared.testing_faults import Faults, Rule, of_type
 from tests.contract.conftest import Broker
@@ -315,3 +316,22 @@ async def test_the_monitor_shrinks_a_cluster_once_through_lost_appends_and_sends
     assert len(await stack.of_type("ContentionDetected")) == 1
     assert len(await stack.of_type("ScalingDecided")) == 1
     assert len(await count(stack, "ClusterScaled", 1, by_contention)) == 1
+
+
+async def test_every_service_rides_out_a_connection_dropped_for_seconds(
+    tenants: Stack, faults: Faults
+) -> None:
+    """The connection drops for three seconds, longer than MAX_FAILURES failed steps of a
+    loop take: no service stops; the workers asked for before the drop are placed once
+    and a job submitted after it completes once."""
+    stack, me = tenants, Sender(tenants)
+    await me.send(CreateCluster(cluster="t", workers=2, max_workers=2, worker_cpu=2))
+    faults.drop(3.0)
+    await eventually(lambda: not faults.dropped, timeout=10, what="the connection back")
+    telemetry = stack.running["hosts"].runtime.loop_stats["telemetry"]
+    assert telemetry.failures >= MAX_FAILURES
+    await count(stack, "VmCreated", 2)
+    await me.send(SubmitJob(cluster="t", job="j", maps=4, map_cpu_seconds=1))
+    await count(stack, "JobCompleted", 1)
+    await assert_exactly_once(stack, me.ids)
+    assert len(await stack.of_type("VmCreated")) == 2
