@@ -46,6 +46,8 @@ class Batch:
     guarded: set[str] = field(default_factory=set)
     # The position of the batch's first event of each aggregate.
     written: dict[str, int] = field(default_factory=dict)
+    # Outbox records of commands still unsent from earlier appends, recorded again.
+    carried: set[uuid.UUID] = field(default_factory=set)
     id: uuid.UUID = field(default_factory=uuid.uuid4)
 
 

@@ -24,6 +24,7 @@ import structlog
 from schemas import Envelope, Message, Reply
 from schemas.service import CommandsIssued, ServiceStarted, ServiceStopped
 from shared.bus import (
+    BATCH_LIMIT,
     Bus,
     ConcurrencyError,
     ConsumerSpec,
@@ -385,6 +386,8 @@ class Runtime:
             for outcome in batch.outcomes:
                 for flow, chunks in outcome.data.items():
                     await self.bus.put_data(flow, list(chunks))
+            if batch.commands and self._unsent:
+                await self._carry_over_unsent(batch)
             landed_before = bool(batch.events) and await self._append(batch)
             for outcome in batch.outcomes:
                 for done in outcome.on_landed:
@@ -399,9 +402,31 @@ class Runtime:
                     when = self.definition.clock() if outcome.sim_time is None else outcome.sim_time
                     await self.bus.emit(Envelope.wrap(sample, producer=self.name, sim_time=when))
 
+    async def _carry_over_unsent(self, batch: Batch) -> None:
+        """A restarted service sends the commands of its last append: commands of an
+        earlier one, still unsent, are recorded again in this one (or sent first, when
+        it has no room for one more record)."""
+        if len(batch.events) >= BATCH_LIMIT:
+            await self._flush_commands()
+            return
+        carried = CommandsIssued(
+            service=self.name,
+            commands=[c.encode().decode() for c in self._unsent],
+            batch=batch.id,
+        )
+        env = Envelope.wrap(carried, producer=self.name, sim_time=self.definition.clock())
+        # First, so that a restart sends them in the order they were decided.
+        batch.events.insert(0, env)
+        batch.expected = {at + 1: version for at, version in batch.expected.items()}
+        batch.carried.add(env.id)
+
     async def _append(self, batch: Batch) -> bool:
         """Append a batch and fold it; True when it was in the log already."""
-        records = {e.id for e in batch.events if isinstance(e.data, CommandsIssued)}
+        records = {
+            e.id
+            for e in batch.events
+            if isinstance(e.data, CommandsIssued) and e.id not in batch.carried
+        }
         try:
             results = await self.bus.append_batch(batch.events, expected=batch.expected)
         except ConcurrencyError:

@@ -1,7 +1,8 @@
-"""An append that lands but whose acknowledgement is lost: the runtime cannot tell it
-landed, so it must send the outcome's commands once the log shows them, as the log
-has them; whether it learns that by deciding again (a duplicate append) or from its
-follower (which folds the append before the command is redelivered)."""
+"""The outbox through failures the runtime cannot see the end of. An append that lands
+but whose acknowledgement is lost: the runtime must send the outcome's commands once
+the log shows them, as the log has them, whether it learns that by deciding again (a
+duplicate append) or from its follower. Commands still unsent when a later append is
+made: a restart must send them too, though it sends only its last append's."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from shared.bus.memory import MemoryBus
 from shared.effects import issued
 from shared.outcome import Outcome, answer
 from shared.runtime import Runtime, ServiceDefinition
-from shared.testing import eventually, running
+from shared.testing import eventually, poll, running
 from shared.testing_faults import Faults, FaultyBus, of_type
 
 
@@ -61,3 +62,27 @@ async def test_commands_of_an_append_whose_ack_was_lost_are_sent_once(follow: bo
     logged = [cmd for record in records for cmd in issued(record)]
     assert [s.env for s in bus.record.sent] == logged
     assert all(s.recorded_before for s in bus.record.sent)
+
+
+async def test_commands_unsent_from_an_earlier_append_are_sent_after_a_restart() -> None:
+    """Sends fail while two commands are answered (two appends): the instance started
+    next sends the first answer's command too, though its record was not the last."""
+    memory, faults = MemoryBus(), Faults()
+    bus = FaultyBus(memory, faults)
+    lost = faults.fail_send(of_type("PowerOnVm"), times=1000)
+
+    async def created() -> list[str]:
+        return [
+            e.envelope.data.vm
+            async for e in memory.replay()
+            if e.envelope is not None and isinstance(e.envelope.data, VmCreated)
+        ]
+
+    async with running(Runtime(starter(follow=False), bus, "i1")):
+        for vm in ("web", "db"):
+            await memory.send(Envelope.wrap(CreateVm(vm=vm, cpu=1, mem_mib=64), producer="test"))
+        await poll(created, lambda vms: len(vms) == 2, what="both answers")
+    lost.times = lost.hits
+    async with running(Runtime(starter(follow=False), FaultyBus(memory, faults, bus.record), "i2")):
+        await eventually(lambda: len(bus.record.sent) == 2, what="both power-ons")
+    assert [getattr(s.env.data, "vm", "") for s in bus.record.sent] == ["web", "db"]
