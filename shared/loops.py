@@ -3,29 +3,23 @@
 A step returns outcomes, which the runtime carries out like any other decision. A step
 that raises is logged, counted and tried again after a growing pause; one that keeps
 failing stops the service with an error, so that its supervisor (``vplane up``, or
-compose's restart policy) starts it again from the log. A step that fails because the
-broker is away is given time for the adapter to reconnect first.
+compose's restart policy) starts it again from the log.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
 
-from shared.bus.errors import BusUnavailable
 from shared.outcome import Outcomes, Plan
 
 log = structlog.get_logger("vplane.runtime")
 
 # Consecutive failures of one loop after which the service gives up.
 MAX_FAILURES = 5
-# A broker away (BusUnavailable) is waited out this long before it counts: a restart of
-# the broker or a dropped connection takes seconds, and the adapters reconnect.
-BROKER_GRACE_SECONDS = 60.0
 FIRST_BACKOFF = 0.1
 MAX_BACKOFF = 5.0
 
@@ -52,7 +46,6 @@ class LoopStats:
     steps: int = 0
     failures: int = 0
     consecutive: int = 0
-    failing_since: float = 0.0
 
 
 async def supervise(
@@ -60,7 +53,6 @@ async def supervise(
     run_step: Callable[[Loop], Awaitable[None]],
     stats: LoopStats,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    clock: Callable[[], float] = time.monotonic,
 ) -> None:
     """Run ``loop`` until cancelled; raise LoopFailed when it keeps failing."""
     while True:
@@ -71,13 +63,7 @@ async def supervise(
         except Exception as err:
             stats.failures += 1
             stats.consecutive += 1
-            now = clock()
-            if stats.consecutive == 1:
-                stats.failing_since = now
-            broker_away = (
-                isinstance(err, BusUnavailable) and now - stats.failing_since < BROKER_GRACE_SECONDS
-            )
-            if stats.consecutive >= MAX_FAILURES and not broker_away:
+            if stats.consecutive >= MAX_FAILURES:
                 log.exception(
                     "loop keeps failing; the service stops",
                     loop=loop.name,
