@@ -188,3 +188,22 @@ async def test_every_command_of_the_last_append_is_sent_after_a_restart() -> Non
     async with running(Runtime(Starter().definition(), bus, "i2")):
         await eventually(lambda: len(bus.sent) == 2, what="both resent commands")
     assert sorted(getattr(env.data, "vm", "") for env, _ in bus.sent) == ["a", "b"]
+
+
+async def test_a_loop_that_fails_while_the_broker_is_away_waits_for_it() -> None:
+    """Failures that are the broker's absence never stop the service: the loop waits."""
+    bus, svc = FaultyBus(), Starter()
+    calls = 0
+
+    async def step() -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= 6:
+            raise BusUnavailable("the broker restarts")
+
+    runtime = Runtime(svc.definition([Loop("ticker", step, every=0.01)]), bus, "i1")
+    async with running(runtime):
+        await eventually(lambda: calls > 7, timeout=30, what="the loop to outlast the outage")
+        assert runtime.healthy
+    stats = runtime.loop_stats["ticker"]
+    assert (stats.failures, stats.consecutive) == (6, 0)
