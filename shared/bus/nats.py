@@ -172,12 +172,15 @@ class NatsBus:
     async def _on_disconnect(self) -> None:
         self._generation += 1
         self._ready.clear()
+        self._fail_in_flight()
+        if not self._closing:
+            log.warning("disconnected from nats, reconnecting")
+
+    def _fail_in_flight(self) -> None:
         # Their acknowledgements were to come on the connection that dropped: they never will.
         for future in list(self._in_flight):
             if not future.done():
                 future.set_exception(BusUnavailable("the connection dropped before the ack"))
-        if not self._closing:
-            log.warning("disconnected from nats, reconnecting")
 
     async def _on_reconnect(self) -> None:
         self._reconnecting.ok()
@@ -219,7 +222,11 @@ class NatsBus:
                 await self._nc.drain()
             except nats.errors.Error:
                 # Reconnecting or already gone: nothing left to drain, just let go.
-                await self._nc.close()
+                try:
+                    await self._nc.close()
+                except OSError:
+                    _abandon(self._nc)
+        self._fail_in_flight()
         self._nc = self._js = None
         self._ready.clear()
 
@@ -522,3 +529,13 @@ def _settle(futures: list[asyncio.Future[Any]]) -> None:
             future.cancel()
         elif not future.cancelled():
             future.exception()
+
+
+def _abandon(nc: Client) -> None:
+    """Finish what nats-py's close leaves undone when it cannot write what it buffered
+    while disconnected to the dead socket: its subscriptions' tasks would be destroyed
+    pending. (Private parts of the client, looked up defensively.)"""
+    for sub in list(getattr(nc, "_subs", {}).values()):
+        task = getattr(sub, "_wait_for_msgs_task", None)
+        if task is not None and not task.done():
+            task.cancel()
