@@ -196,7 +196,7 @@ class NatsBus:
             if self.available:
                 try:
                     await self._ensure_streams()
-                except (nats.errors.Error, OSError) as err:
+                except TRANSIENT as err:
                     trouble.failed(err)
                 else:
                     if generation == self._generation:
@@ -344,10 +344,11 @@ class NatsBus:
 
     def _emitted(self, future: asyncio.Future[Any]) -> None:
         self._in_flight.discard(future)
-        if future.cancelled() or future.exception() is not None:
-            self._telemetry.failed(future.exception() if not future.cancelled() else "cancelled")
-        else:
+        error = "cancelled" if future.cancelled() else future.exception()
+        if error is None:
             self._telemetry.ok()
+        else:
+            self._telemetry.failed(error)
 
     async def publish_raw(self, stream: Stream, subject: str, data: bytes) -> None:
         await self._publish(subjects.stream_subject(self.namespace, stream, subject), data, None)
@@ -365,8 +366,8 @@ class NatsBus:
         timeout: float,
         what: str,
     ) -> list[Any]:
-        """Publish with every acknowledgement in flight together; all of them confirmed,
-        or one error raised and every future settled (none left unretrieved)."""
+        """Publish with every acknowledgement in flight together: all of them confirmed,
+        or one error raised (and the rest cancelled)."""
         futures: list[asyncio.Future[Any]] = []
         try:
             for subject, data, headers in messages:
@@ -376,7 +377,8 @@ class NatsBus:
             async with asyncio.timeout(timeout):
                 results = await asyncio.gather(*futures, return_exceptions=True)
         except TRANSIENT as err:
-            _settle(futures)
+            for future in futures:
+                future.cancel()
             raise bus_error(err, what) from err
         failed = next((r for r in results if isinstance(r, BaseException)), None)
         if failed is not None:
@@ -385,8 +387,15 @@ class NatsBus:
 
     def _track(self, future: asyncio.Future[Any]) -> asyncio.Future[Any]:
         self._in_flight.add(future)
-        future.add_done_callback(self._in_flight.discard)
+        future.add_done_callback(self._untrack)
         return future
+
+    def _untrack(self, future: asyncio.Future[Any]) -> None:
+        self._in_flight.discard(future)
+        if not future.cancelled():
+            # Retrieved here, so that one nobody awaits any more (its caller gave up)
+            # is never reported; whoever awaits it still gets its exception.
+            future.exception()
 
     async def ensure_consumer(self, stream: str, config: api.ConsumerConfig) -> None:
         """Create a durable consumer, or keep the one there: an existing durable keeps its
@@ -520,15 +529,6 @@ def bus_error(err: BaseException, what: str) -> BusError:
         err, nats.js.errors.ServiceUnavailableError
     )
     return (BusError if refused else BusUnavailable)(f"{what}: {err!r}")
-
-
-def _settle(futures: list[asyncio.Future[Any]]) -> None:
-    """Cancel what is pending and retrieve what failed, so nothing is reported unretrieved."""
-    for future in futures:
-        if not future.done():
-            future.cancel()
-        elif not future.cancelled():
-            future.exception()
 
 
 def _abandon(nc: Client) -> None:
