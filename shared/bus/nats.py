@@ -173,7 +173,8 @@ class NatsBus:
         self._generation += 1
         self._ready.clear()
         self._fail_in_flight()
-        if not self._closing:
+        # Before the first connection (a failed start) the caller is told, not the log.
+        if self._nc is not None and not self._closing:
             log.warning("disconnected from nats, reconnecting")
 
     def _fail_in_flight(self) -> None:
