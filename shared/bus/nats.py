@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import itertools
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
@@ -88,8 +89,10 @@ class NatsBus:
         self._ready = asyncio.Event()
         self._restoring: asyncio.Task[None] | None = None
         self._created: dict[str, datetime.datetime | None] = {}
-        # Publishes awaiting their acknowledgement, failed as one when the connection drops.
+        # Publishes awaiting their acknowledgement (telemetry one by one, bulk appends and
+        # data by the batch), failed as one when the connection drops.
         self._in_flight: set[asyncio.Future[Any]] = set()
+        self._batches: dict[int, list[asyncio.Future[Any]]] = {}
         self._telemetry = Trouble("telemetry publish")
         self._reconnecting = Trouble("reconnect")
         self._closing = False
@@ -179,7 +182,7 @@ class NatsBus:
 
     def _fail_in_flight(self) -> None:
         # Their acknowledgements were to come on the connection that dropped: they never will.
-        for future in list(self._in_flight):
+        for future in [*self._in_flight, *itertools.chain(*self._batches.values())]:
             if not future.done():
                 future.set_exception(BusUnavailable("the connection dropped before the ack"))
 
@@ -368,35 +371,23 @@ class NatsBus:
         what: str,
     ) -> list[Any]:
         """Publish with every acknowledgement in flight together: all of them confirmed,
-        or one error raised (and the rest cancelled)."""
+        or one error raised, and none left pending or failed unretrieved either way."""
         futures: list[asyncio.Future[Any]] = []
+        self._batches[id(futures)] = futures
         try:
             for subject, data, headers in messages:
-                futures.append(
-                    self._track(await self.js.publish_async(subject, data, headers=headers))
-                )
+                futures.append(await self.js.publish_async(subject, data, headers=headers))
             async with asyncio.timeout(timeout):
                 results = await asyncio.gather(*futures, return_exceptions=True)
         except TRANSIENT as err:
-            for future in futures:
-                future.cancel()
             raise bus_error(err, what) from err
+        finally:
+            del self._batches[id(futures)]
+            _settle(futures)
         failed = next((r for r in results if isinstance(r, BaseException)), None)
         if failed is not None:
             raise bus_error(failed, what) from failed
         return results
-
-    def _track(self, future: asyncio.Future[Any]) -> asyncio.Future[Any]:
-        self._in_flight.add(future)
-        future.add_done_callback(self._untrack)
-        return future
-
-    def _untrack(self, future: asyncio.Future[Any]) -> None:
-        self._in_flight.discard(future)
-        if not future.cancelled():
-            # Retrieved here, so that one nobody awaits any more (its caller gave up)
-            # is never reported; whoever awaits it still gets its exception.
-            future.exception()
 
     async def ensure_consumer(self, stream: str, config: api.ConsumerConfig) -> None:
         """Create a durable consumer, or keep the one there: an existing durable keeps its
@@ -540,3 +531,11 @@ def _abandon(nc: Client) -> None:
         task = getattr(sub, "_wait_for_msgs_task", None)
         if task is not None and not task.done():
             task.cancel()
+
+
+def _settle(futures: list[asyncio.Future[Any]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled():
+            future.exception()
