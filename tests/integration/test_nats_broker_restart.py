@@ -5,8 +5,9 @@ back by themselves, without the process restarting."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +110,8 @@ async def test_bus_restores_followers_consumers_servers_and_streams_after_a_cras
     """After the broker is killed and started again, with no restart of the process: the
     follower sees every event once with no gap, a command delivered but not acknowledged
     before the crash is delivered again, new commands and telemetry are consumed (the
-    TELEMETRY stream, in memory, and its durable are made again), queries are answered."""
+    TELEMETRY stream, in memory, and its durable are made again), queries are answered,
+    and nothing acknowledged before the crash comes again."""
     followed: list[Logged] = []
 
     async def follow(entry: Logged) -> None:
@@ -123,7 +125,9 @@ async def test_bus_restores_followers_consumers_servers_and_streams_after_a_cras
         vm: str = env.data.vm  # type: ignore[attr-defined]
         if vm == "before" and delivery.attempt == 1:
             in_handler.set()
-            await crashed.wait()
+            # Bounded, so that a test failing before the crash still stops its consumer.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(crashed.wait(), 30)
             raise RuntimeError("the broker went away while this was handled")
         handled.append((vm, delivery.attempt))
 
@@ -145,6 +149,8 @@ async def test_bus_restores_followers_consumers_servers_and_streams_after_a_cras
     for env in before:
         await bus.append(env)
     await bus.emit(sample(tick=0))
+    await bus.send(create_vm("early"))
+    await eventually(lambda: handled == [("early", 1)], what="the command sent first")
     await bus.send(create_vm("before"))
     await eventually(lambda: len(followed) == 3, what="the events appended before the crash")
     await eventually(lambda: ticks == [0], what="the sample emitted before the crash")
@@ -152,6 +158,7 @@ async def test_bus_restores_followers_consumers_servers_and_streams_after_a_cras
 
     server.kill()
     await eventually(lambda: not bus.available, timeout=10, what="the bus to notice")
+    await bus.emit(sample(tick=1000))  # dropped while the broker is away, and counted
     crashed.set()
     await asyncio.to_thread(server.start)
     await eventually(lambda: bus.available, timeout=30, what="the bus to reconnect")
@@ -162,20 +169,23 @@ async def test_bus_restores_followers_consumers_servers_and_streams_after_a_cras
     await bus.send(create_vm("after"))
     await eventually(lambda: len(followed) >= 6, timeout=20, what="the events appended after")
     await eventually(
-        lambda: {vm for vm, _ in handled} == {"before", "after"},
+        lambda: {vm for vm, _ in handled} == {"early", "before", "after"},
         timeout=20,
         what="the command cut by the crash and the one sent after",
     )
     assert dict(handled)["before"] >= 2, "the interrupted command was not delivered again"
+    assert [vm for vm, _ in handled].count("early") == 1, "an acknowledged command came again"
 
     # Telemetry is dropped while the broker (or its stream) is away, by design: emit
     # until a sample gets through to the consumer of the TELEMETRY stream made again.
     tick = 0
-    while not any(t > 0 for t in ticks):
+    while not any(0 < t < 1000 for t in ticks):
         tick += 1
         assert tick < 100, "no telemetry reached the consumer after the restart"
         await bus.emit(sample(tick=tick))
         await asyncio.sleep(0.1)
+
+    assert 1000 not in ticks
 
     reply = await bus.request(Envelope.wrap(ListHosts(), producer="test"), timeout=10)
     assert reply.data == HostList(hosts=[])
@@ -190,11 +200,13 @@ async def test_bus_restores_followers_consumers_servers_and_streams_after_a_cras
     assert_nothing_unretrieved(loop_errors)
 
 
-async def test_follower_sees_every_event_once_across_two_crashes_under_load(
-    server: CrashableNats, bus: NatsBus, loop_errors: list[dict[str, Any]]
+@pytest.mark.parametrize("outage", ["crash", "dropped connection"])
+async def test_follower_sees_every_event_once_across_two_outages_under_load(
+    server: CrashableNats, bus: NatsBus, loop_errors: list[dict[str, Any]], outage: str
 ) -> None:
-    """Appends keep coming while the broker is killed twice: the follower sees each of the
-    200 events exactly once, in order."""
+    """Appends keep coming while the broker is killed twice (or the connection to it
+    drops twice, the broker staying up): the follower sees each of the 200 events
+    exactly once, in order."""
     followed: list[Logged] = []
 
     async def follow(entry: Logged) -> None:
@@ -211,15 +223,17 @@ async def test_follower_sees_every_event_once_across_two_crashes_under_load(
             stored += 1
             await asyncio.sleep(0.01)
 
+    def reached(count: int) -> Callable[[], bool]:
+        return lambda: stored >= count
+
     producer = asyncio.create_task(produce())
     try:
-        for crash_at in (60, 130):
-            await eventually(
-                lambda at=crash_at: stored >= at,  # type: ignore[misc]
-                timeout=30,
-                what=f"{crash_at} appends",
-            )
-            await crash_and_restart(server, bus)
+        for at in (60, 130):
+            await eventually(reached(at), timeout=30, what=f"{at} appends")
+            if outage == "crash":
+                await crash_and_restart(server, bus)
+            else:
+                await bus.nc.force_reconnect()
         await asyncio.wait_for(producer, 40)
     finally:
         producer.cancel()
@@ -230,4 +244,35 @@ async def test_follower_sees_every_event_once_across_two_crashes_under_load(
     assert ids == [e.id for e in [*envs, last]]
     seqs = [e.seq for e in followed]
     assert seqs == sorted(set(seqs))
+    assert_nothing_unretrieved(loop_errors)
+
+
+async def test_bus_closes_promptly_while_the_broker_is_down(
+    server: CrashableNats, bus: NatsBus, loop_errors: list[dict[str, Any]]
+) -> None:
+    """A process stopping while its broker is away closes its bus at once, leaving no
+    exception unretrieved and no task pending behind (what it buffered meanwhile
+    cannot be written to the dead connection)."""
+
+    async def ignore(env: Envelope[Message], delivery: Delivery) -> None:
+        pass
+
+    async def follow(entry: Logged) -> None:
+        pass
+
+    async def on_query(env: Envelope[Message]) -> Reply:
+        return HostList(hosts=[])
+
+    await bus.watch(Stream.EVENTS, (), follow)
+    await bus.consume(ConsumerSpec("commands", Stream.COMMANDS, (">",)), ignore)
+    await bus.consume(ConsumerSpec("telemetry", Stream.TELEMETRY, (">",)), ignore)
+    await bus.serve("hosts", on_query)
+    for tick in range(20):
+        await bus.emit(sample(tick=tick))
+    server.kill()
+    await eventually(lambda: not bus.available, timeout=10, what="the bus to notice")
+    await bus.emit(sample(tick=20))
+    with pytest.raises(BusError):
+        await bus.request(Envelope.wrap(ListHosts(), producer="test"), timeout=0.5)
+    await asyncio.wait_for(bus.close(), 10)
     assert_nothing_unretrieved(loop_errors)
