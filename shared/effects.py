@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas import Envelope, Event
+from schemas import Envelope, Message
 from schemas.service import CommandsIssued
 from shared.bus import BATCH_LIMIT
 from shared.codec import decode
@@ -52,16 +52,11 @@ def batches(
     out: list[Batch] = []
     current = Batch()
     for outcome in outcomes:
-        events = _events(service, outcome, sim_time)
+        events = [
+            _wrap(service, outcome, e, f"e{i}", sim_time) for i, e in enumerate(outcome.events)
+        ]
         commands = [
-            Envelope.wrap(
-                cmd,
-                producer=service,
-                caused_by=outcome.cause,
-                sim_time=sim_time,
-                id=derive(service, outcome, f"c{i}"),
-            )
-            for i, cmd in enumerate(outcome.commands)
+            _wrap(service, outcome, c, f"c{i}", sim_time) for i, c in enumerate(outcome.commands)
         ]
         first = events[0].id if events else derive(service, outcome, "outbox")
         if (events or commands) and landed(first):
@@ -85,15 +80,7 @@ def batches(
                 commands=[c.encode().decode() for c in commands],
                 batch=current.id,
             )
-            current.events.append(
-                Envelope.wrap(
-                    record,
-                    producer=service,
-                    caused_by=outcome.cause,
-                    sim_time=sim_time,
-                    id=derive(service, outcome, "outbox"),
-                )
-            )
+            current.events.append(_wrap(service, outcome, record, "outbox", sim_time))
         current.commands += commands
         current.outcomes.append(outcome)
     if current.outcomes:
@@ -101,17 +88,16 @@ def batches(
     return out
 
 
-def _events(service: str, outcome: Outcome, sim_time: float) -> list[Envelope[Event]]:
-    return [
-        Envelope.wrap(
-            event,
-            producer=service,
-            caused_by=outcome.cause,
-            sim_time=sim_time,
-            id=derive(service, outcome, f"e{i}"),
-        )
-        for i, event in enumerate(outcome.events)
-    ]
+def _wrap(
+    service: str, outcome: Outcome, message: Message, what: str, sim_time: float
+) -> Envelope[Any]:
+    return Envelope.wrap(
+        message,
+        producer=service,
+        caused_by=outcome.cause,
+        sim_time=sim_time,
+        id=derive(service, outcome, what),
+    )
 
 
 def issued(record: CommandsIssued) -> list[Envelope[Any]]:
