@@ -15,11 +15,15 @@ import pytest
 
 from schemas import Envelope, Message, Reply
 from schemas.queries import HostList, ListHosts
+from schemas.vm import CreateVm
 from shared.broker import BrokerError, EmbeddedNats
 from shared.bus import BusError, ConsumerSpec, Delivery, Logged, Stream
 from shared.bus.nats import NatsBus
+from shared.client import Client
 from shared.testing import eventually, unique_namespace
 from tests.contract.messages import create_vm, sample, vm_created
+from tests.integration.stack import start_ready
+from tests.integration.test_rabbitmq_restart import retry_until_answered
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(60)]
 
@@ -276,3 +280,40 @@ async def test_bus_closes_promptly_while_the_broker_is_down(
         await bus.request(Envelope.wrap(ListHosts(), producer="test"), timeout=0.5)
     await asyncio.wait_for(bus.close(), 10)
     assert_nothing_unretrieved(loop_errors)
+
+
+@pytest.mark.integration
+async def test_hosts_service_carries_on_after_the_broker_is_killed(
+    server: CrashableNats, bus: NatsBus, tmp_path: Path
+) -> None:
+    """The hosts service, a process of its own, lives through nats-server killed and
+    started again: it answers commands and publishes telemetry without a restart, and
+    reports no exception left unretrieved."""
+    client = Client(bus, producer="test")
+    env = {
+        "VPLANE_BUS_URL": server.url,
+        "VPLANE_NAMESPACE": bus.namespace,
+        "VPLANE_HOSTS": "2",
+        "VPLANE_TICK_SECONDS": "0.2",
+    }
+    [service] = await start_ready(client, [("hosts", env)], tmp_path)
+    try:
+        await client.send_and_wait(CreateVm(vm="before", cpu=1, mem_mib=64), timeout=20)
+        await crash_and_restart(server, bus)
+        answer = await retry_until_answered(client, CreateVm(vm="after", cpu=1, mem_mib=64))
+        assert answer == "VmCreated"
+
+        samples: list[Logged] = []
+
+        async def on_sample(entry: Logged) -> None:
+            samples.append(entry)
+
+        await bus.watch(Stream.TELEMETRY, (), on_sample)
+        await eventually(lambda: len(samples) > 0, timeout=20, what="telemetry after the restart")
+        assert service.poll() is None, "the hosts service died with the broker"
+    finally:
+        service.terminate()
+        service.wait(15)
+    log = (tmp_path / "hosts-0.log").read_text()
+    assert "never retrieved" not in log
+    assert "reconnected to nats" in log
