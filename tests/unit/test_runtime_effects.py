@@ -207,3 +207,15 @@ async def test_a_loop_that_fails_while_the_broker_is_away_waits_for_it() -> None
         assert runtime.healthy
     stats = runtime.loop_stats["ticker"]
     assert (stats.failures, stats.consecutive) == (6, 0)
+
+
+async def test_a_command_whose_append_meets_an_absent_broker_is_answered_once_it_is_back() -> None:
+    """More failed appends in a row than a command has deliveries: it is not dead-lettered
+    (the broker was away, not the command at fault) and is answered, once."""
+    bus, svc = FaultyBus(), Starter()
+    async with running(Runtime(svc.definition(), bus, "i1")):
+        bus.failing_appends = 8
+        cmd = Envelope.wrap(CreateVm(vm="web", cpu=1, mem_mib=64), producer="test")
+        await bus.send(cmd)
+        await eventually(lambda: len(svc.vms) == 3, timeout=60, what="the answer")
+    assert await bus.dead_letters("starter-commands") == []
