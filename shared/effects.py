@@ -28,6 +28,12 @@ def derive(service: str, outcome: Outcome, what: str) -> uuid.UUID:
     return uuid.uuid5(base, f"{service}/{outcome.key}/{what}")
 
 
+def first_id(service: str, outcome: Outcome) -> uuid.UUID:
+    """The id of an outcome's first envelope in the log: its first event, or else its
+    outbox record; an outcome whose first envelope is there has landed."""
+    return derive(service, outcome, "e0" if outcome.events else "outbox")
+
+
 @dataclass
 class Batch:
     """Envelopes for one atomic append, the commands to send after it, and the expected
@@ -38,6 +44,8 @@ class Batch:
     expected: dict[int, int] = field(default_factory=dict)
     outcomes: list[Outcome] = field(default_factory=list)
     guarded: set[str] = field(default_factory=set)
+    # The position of the batch's first event of each aggregate.
+    written: dict[str, int] = field(default_factory=dict)
     id: uuid.UUID = field(default_factory=uuid.uuid4)
 
 
@@ -58,8 +66,7 @@ def batches(
         commands = [
             _wrap(service, outcome, c, f"c{i}", sim_time) for i, c in enumerate(outcome.commands)
         ]
-        first = events[0].id if events else derive(service, outcome, "outbox")
-        if (events or commands) and landed(first):
+        if (events or commands) and landed(first_id(service, outcome)):
             continue
         # One more for the outbox record.
         size = len(events) + (1 if commands else 0)
@@ -68,10 +75,12 @@ def batches(
             current = Batch()
         for i, env in enumerate(events):
             aggregate = env.subject
-            # The first expectation of an aggregate in the batch guards it: what later
-            # events of the batch expect is what the earlier ones leave.
+            first = current.written.setdefault(aggregate, len(current.events) + i)
+            # The first expectation of an aggregate guards the batch's first event of it,
+            # whichever outcome wrote that: outcomes carried out together are decided
+            # together, on what the log held before them.
             if aggregate in outcome.expect and aggregate not in current.guarded:
-                current.expected[len(current.events) + i] = outcome.expect[aggregate]
+                current.expected[first] = outcome.expect[aggregate]
                 current.guarded.add(aggregate)
         current.events += events
         if commands:

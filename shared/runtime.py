@@ -36,7 +36,7 @@ from shared.bus import (
 )
 from shared.bus.protocol import DataFlows
 from shared.bus.subjects import event_subject, matches, stream_subject
-from shared.effects import batches, issued
+from shared.effects import Batch, batches, first_id, issued
 from shared.loops import Loop, LoopFailed, LoopStats, supervise
 from shared.outcome import Outcome, Outcomes, Plan, as_list, attempt
 
@@ -120,6 +120,11 @@ class Runtime:
         self._unsent: list[Envelope[Any]] = []
         # The outbox records of this service's last append (only they can be unsent).
         self._last_issued: list[CommandsIssued] = []
+        # Appends that failed without saying whether they landed (an acknowledgement
+        # lost): by the id of each outcome's first envelope, its bookkeeping, and by
+        # outbox record, nothing; done and sent, as logged, once the log shows them.
+        self._in_doubt: dict[uuid.UUID, Sequence[Callable[[], None]]] = {}
+        self._records_in_doubt: set[uuid.UUID] = set()
         # Held while deciding and carrying out: a query waits for it, so whoever saw the
         # answering event in the log also sees it in every query.
         self._deciding = asyncio.Lock()
@@ -227,9 +232,14 @@ class Runtime:
             return
         if env.producer == self.name:
             self._landed.add(env.id)
+            for done in self._in_doubt.pop(env.id, ()):
+                done()
             if env.causation_id is not None:
                 self._answered.add(env.causation_id)
             if isinstance(env.data, CommandsIssued):
+                if env.id in self._records_in_doubt:
+                    self._records_in_doubt.discard(env.id)
+                    self._unsent = [*self._unsent, *issued(env.data)]
                 last = self._last_issued
                 same = last and last[0].batch == env.data.batch
                 self._last_issued = [*last, env.data] if same else [env.data]
@@ -246,9 +256,10 @@ class Runtime:
     async def _start_consumers(self) -> None:
         d = self.definition
         if d.follow and d.fold is not None:
+            # With the outbox: an append whose acknowledgement was lost is learnt from it.
             self._subs.append(
                 await self.bus.watch(
-                    Stream.EVENTS, d.fold_filters, self._follow, from_seq=self._applied_seq + 1
+                    Stream.EVENTS, self._replayed(), self._follow, from_seq=self._applied_seq + 1
                 )
             )
         if d.decide is not None:
@@ -383,26 +394,48 @@ class Runtime:
             for outcome in batch.outcomes:
                 for flow, chunks in outcome.data.items():
                     await self.bus.put_data(flow, list(chunks))
-            if batch.events:
-                results = await self.bus.append_batch(batch.events, expected=batch.expected)
-                if any(r.duplicate for r in results):
-                    # Appended before (an acknowledgement lost): fold what is there.
-                    await self.catch_up(self._replayed(), self._applied_seq + 1)
-                else:
-                    for env, result in zip(batch.events, results, strict=True):
-                        self._observe(
-                            Logged(result.seq, event_subject(self.bus.namespace, env), b"", env)
-                        )
+            landed_before = bool(batch.events) and await self._append(batch)
             for outcome in batch.outcomes:
                 for done in outcome.on_landed:
                     done()
             if batch.commands:
-                self._unsent = [*self._unsent, *batch.commands]
+                # Appended before: the log's records sent their commands to ``_unsent``.
+                if not landed_before:
+                    self._unsent = [*self._unsent, *batch.commands]
                 await self._flush_commands()
             for outcome in batch.outcomes:
                 for sample in outcome.samples:
                     when = self.definition.clock() if outcome.sim_time is None else outcome.sim_time
                     await self.bus.emit(Envelope.wrap(sample, producer=self.name, sim_time=when))
+
+    async def _append(self, batch: Batch) -> bool:
+        """Append a batch and fold it; True when it was in the log already."""
+        records = {e.id for e in batch.events if isinstance(e.data, CommandsIssued)}
+        try:
+            results = await self.bus.append_batch(batch.events, expected=batch.expected)
+        except ConcurrencyError:
+            raise
+        except Exception:
+            # Perhaps landed all the same (an acknowledgement lost): whoever sees it in
+            # the log (the follower, a catch-up) does its bookkeeping and sends its
+            # commands, as logged.
+            for outcome in batch.outcomes:
+                self._in_doubt[first_id(self.name, outcome)] = outcome.on_landed
+            self._records_in_doubt |= records
+            raise
+        # Decided again and in the log: this decision's bookkeeping is what counts.
+        for outcome in batch.outcomes:
+            self._in_doubt.pop(first_id(self.name, outcome), None)
+        if any(r.duplicate for r in results):
+            # Appended before: fold what is there, and send the commands the log holds,
+            # not those decided again.
+            self._records_in_doubt |= records
+            await self.catch_up(self._replayed(), self._applied_seq + 1)
+            return True
+        self._records_in_doubt -= records
+        for env, result in zip(batch.events, results, strict=True):
+            self._observe(Logged(result.seq, event_subject(self.bus.namespace, env), b"", env))
+        return False
 
     async def _flush_commands(self) -> None:
         while self._unsent:

@@ -55,6 +55,8 @@ def _docker_engine() -> bool:
 SERVICE_CONSUMERS = (
     "hosts-commands",
     "hosts-h",
+    "hosts-a",
+    "hosts-b",
     "scheduler-high-commands",
     "scheduler-low-commands",
     "tenants-commands",

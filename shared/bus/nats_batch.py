@@ -25,6 +25,9 @@ from shared.bus.errors import BusError, BusUnavailable, ConcurrencyError
 from shared.bus.protocol import BATCH_LIMIT, AppendResult
 
 WRONG_LAST_SEQUENCE = 10071
+# The same, without the sequence found: a guard behind an earlier write of its subject
+# in the same batch.
+WRONG_LAST_SEQUENCE_CONSTANT = 10164
 DUPLICATE_IN_BATCH = 10201
 _ACTUAL_SEQ = re.compile(r"(\d+)\s*$")
 
@@ -68,8 +71,8 @@ async def publish_batch(
     description = error.get("description", "")
     if code == DUPLICATE_IN_BATCH:
         return [AppendResult(0, duplicate=True) for _ in envs]
-    if code == WRONG_LAST_SEQUENCE:
-        found = _ACTUAL_SEQ.search(description)
+    if code in {WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_CONSTANT}:
+        found = _ACTUAL_SEQ.search(description) if code == WRONG_LAST_SEQUENCE else None
         first = min(expected) if expected else 0
         raise ConcurrencyError(
             envs[first].subject, expected.get(first, 0), int(found.group(1)) if found else None

@@ -48,6 +48,18 @@ async def test_a_stale_expected_version_appends_none_of_the_batch(bus: Bus) -> N
     assert kept == ["vm/web1", "vm/web1"]
 
 
+async def test_a_guard_behind_an_earlier_write_of_its_aggregate_is_a_conflict(bus: Bus) -> None:
+    """A guard on an aggregate the batch already wrote is judged against what that write
+    left: expecting the version before the batch is a version conflict, not another
+    error, and nothing lands."""
+    web = await bus.append(vm_created("web1"))
+    envs = [vm_created("web1"), vm_created("web1")]
+    with pytest.raises(ConcurrencyError) as caught:
+        await bus.append_batch(envs, expected={1: web.seq})
+    assert caught.value.aggregate == "vm/web1"
+    assert await bus.version("vm/web1") == web.seq
+
+
 async def test_current_expected_versions_append_and_move_the_versions(bus: Bus) -> None:
     """Expectations that hold let the batch land; the versions are the batch's sequences."""
     web = await bus.append(vm_created("web1"))

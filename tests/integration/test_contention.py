@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from schemas import Envelope
+from schemas.host import HostTelemetry
 from schemas.tenants import ClusterScaled, CreateCluster
 from schemas.vm import CreateVm, PowerOffVm, VmCreated, WorkloadKind
+from shared.bus import Logged, Stream
 from shared.client import Client
 from shared.testing import poll
 from tests.integration.stack import start_ready, stop_all
@@ -67,18 +70,10 @@ async def test_monitor_restarted_mid_episode_repeats_nothing(
         procs[4].kill()
         procs[4].wait(10)
         procs.append((await start_ready(client, [services[4]], tmp_path))[0])
-        # A dozen more ticks of the same contention reach the restarted monitor.
-        await asyncio.sleep(2.5)
-        assert len(await logged(client, "ContentionDetected")) == 1
-        assert len(await logged(client, "ScalingDecided")) == 1
-        shrunk = [
-            s
-            for s in await logged(client, "ClusterScaled")
-            if isinstance(s, ClusterScaled) and "contention" in s.reason
-        ]
-        assert len(shrunk) == 1
-        assert shrunk[0].to_workers < 4
-
+        # A dozen more ticks of the same contention reach the restarted monitor. It takes
+        # them in order: ContentionCleared, which needs calm ticks sent after them, shows
+        # that it has taken them all.
+        await ticks_of(client, host, 12)
         await client.send(PowerOffVm(vm="noisy", host=host))
         await poll(
             lambda: logged(client, "ContentionCleared"),
@@ -86,6 +81,16 @@ async def test_monitor_restarted_mid_episode_repeats_nothing(
             timeout=30,
             what="cleared",
         )
+        assert len(await logged(client, "ContentionDetected")) == 1
+        shrunk = [
+            s
+            for s in await logged(client, "ClusterScaled")
+            if isinstance(s, ClusterScaled) and "contention" in s.reason
+            if s.to_workers < s.from_workers
+        ]
+        assert len(shrunk) == 1
+        assert shrunk[0].to_workers < 4
+
         decided = await poll(
             lambda: logged(client, "ScalingDecided"), lambda d: len(d) == 2, timeout=30, what="up"
         )
@@ -97,7 +102,53 @@ async def test_monitor_restarted_mid_episode_repeats_nothing(
             what="grown back",
         )
         assert grown[-1].to_workers == 4  # type: ignore[attr-defined]
-        await asyncio.sleep(1.0)
+        # More calm ticks, then a sample the monitor dead-letters: once it has, it has
+        # taken every tick before it.
+        await ticks_of(client, host, 5)
+        await consumed_so_far(client)
         assert len(await logged(client, "ScalingDecided")) == 2
     finally:
         await stop_all(procs)
+
+
+async def ticks_of(client: Client, host: str, count: int) -> None:
+    """Wait for ``count`` telemetry samples of ``host`` from now on."""
+    seen = 0
+    enough = asyncio.Event()
+
+    async def on_sample(entry: Logged) -> None:
+        nonlocal seen
+        if entry.envelope is not None and isinstance(entry.envelope.data, HostTelemetry):
+            seen += 1
+            if seen >= count:
+                enough.set()
+
+    sub = await client.bus.watch(Stream.TELEMETRY, (f"host.{host}",), on_sample)
+    try:
+        await asyncio.wait_for(enough.wait(), 30)
+    finally:
+        await sub.stop()
+
+
+async def consumed_so_far(client: Client) -> None:
+    """Emit a sample of an unknown host and wait until the monitor has dead-lettered it:
+    its telemetry consumer takes samples in order, so it has taken all before it."""
+    marker = HostTelemetry(
+        host="nowhere",
+        tick=1,
+        cpu_capacity_mhz=1,
+        cpu_demand_mhz=1,
+        cpu_used_mhz=1,
+        mem_capacity_mib=1,
+        mem_reserved_mib=0,
+        vms_running=0,
+        vms_total=0,
+    )
+    env = Envelope.wrap(marker, producer="test")
+    await client.bus.emit(env)
+    await poll(
+        lambda: client.bus.dead_letters("contention-monitor-telemetry"),
+        lambda dead: any(str(env.id).encode() in d.data for d in dead),
+        timeout=30,
+        what="the monitor to reach the marker sample",
+    )

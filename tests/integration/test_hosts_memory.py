@@ -1,4 +1,5 @@
-"""Guest memory through the running hosts service: share, export, import, verified by checksum."""
+"""Guest memory through the running hosts service on each broker: share, export, import,
+verified by checksum."""
 
 from __future__ import annotations
 
@@ -11,22 +12,17 @@ import pytest
 from schemas import Command
 from schemas.memory import ExportPages, GetVmMemory, ImportPages, PagePair, SharePages, VmMemory
 from schemas.vm import CreateVm, MemoryMode, StunVm
-from shared.bus.nats import NatsBus
 from shared.client import Client
-from shared.testing import unique_namespace
 from tests.integration.stack import start_ready, stop_all
 
 pytestmark = [pytest.mark.broker, pytest.mark.integration]
 
 
 @pytest.fixture
-async def stack(nats_url: str, tmp_path: Path) -> AsyncIterator[Client]:
-    bus = NatsBus(nats_url, unique_namespace())
-    await bus.start()
-    client = Client(bus, producer="test")
+async def stack(client: Client, bus_url: str, tmp_path: Path) -> AsyncIterator[Client]:
     env = {
-        "VPLANE_BUS_URL": nats_url,
-        "VPLANE_NAMESPACE": bus.namespace,
+        "VPLANE_BUS_URL": bus_url,
+        "VPLANE_NAMESPACE": client.bus.namespace,
         "VPLANE_HOSTS": "2",
         "VPLANE_TICK_SECONDS": "0.2",
     }
@@ -34,8 +30,7 @@ async def stack(nats_url: str, tmp_path: Path) -> AsyncIterator[Client]:
     try:
         yield client
     finally:
-        await stop_all(procs)
-        await bus.close()
+        assert await stop_all(procs) == [0]
 
 
 async def answer(client: Client, cmd: Command) -> Any:

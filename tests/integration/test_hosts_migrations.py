@@ -1,4 +1,4 @@
-"""Live migrations and file copies carried out by the running hosts service on NATS."""
+"""Live migrations and file copies carried out by the running hosts service on each broker."""
 
 from __future__ import annotations
 
@@ -17,9 +17,8 @@ from schemas.queries import ListVms, VmList
 from schemas.transfers import StartCopy, StartMigration
 from schemas.vm import CreateVm, MemoryMode
 from shared.bus import Logged, Stream
-from shared.bus.nats import NatsBus
 from shared.client import Client
-from shared.testing import poll, unique_namespace
+from shared.testing import poll
 from tests.integration.stack import start_ready, stop_all
 
 pytestmark = [pytest.mark.broker, pytest.mark.integration]
@@ -28,19 +27,9 @@ pytestmark = [pytest.mark.broker, pytest.mark.integration]
 SPEED = 8
 
 
-@pytest.fixture
-async def client(nats_url: str) -> AsyncIterator[Client]:
-    bus = NatsBus(nats_url, unique_namespace())
-    await bus.start()
-    try:
-        yield Client(bus, producer="test")
-    finally:
-        await bus.close()
-
-
-def settings(client: Client, nats_url: str, **extra: str) -> dict[str, str]:
+def settings(client: Client, bus_url: str, **extra: str) -> dict[str, str]:
     return {
-        "VPLANE_BUS_URL": nats_url,
+        "VPLANE_BUS_URL": bus_url,
         "VPLANE_NAMESPACE": client.bus.namespace,
         "VPLANE_HOSTS": "2",
         "VPLANE_SPEED": str(SPEED),
@@ -50,8 +39,8 @@ def settings(client: Client, nats_url: str, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture
-async def hosts(client: Client, nats_url: str, tmp_path: Path) -> AsyncIterator[Client]:
-    procs = await start_ready(client, [("hosts", settings(client, nats_url))], tmp_path)
+async def hosts(client: Client, bus_url: str, tmp_path: Path) -> AsyncIterator[Client]:
+    procs = await start_ready(client, [("hosts", settings(client, bus_url))], tmp_path)
     try:
         yield client
     finally:
@@ -161,11 +150,11 @@ async def logged(client: Client, kind: str) -> list[Envelope[Message]]:
 
 
 async def test_a_migration_in_flight_when_killed_completes_once_after_restart(
-    client: Client, nats_url: str, tmp_path: Path
+    client: Client, bus_url: str, tmp_path: Path
 ) -> None:
     """SIGKILL the hosts service while a migration is in flight: the restarted service
     finds it in the rebuilt fold and completes it, once."""
-    env = settings(client, nats_url)
+    env = settings(client, bus_url)
     [first] = await start_ready(client, [("hosts", env)], tmp_path)
     try:
         await create(client, "app", "h1")
@@ -212,12 +201,12 @@ async def next_sample(
 
 
 async def test_a_migration_between_two_hosts_processes(
-    client: Client, nats_url: str, tmp_path: Path
+    client: Client, bus_url: str, tmp_path: Path
 ) -> None:
     """With the target in another hosts process the migration completes and the target's
     process reports the VM in its telemetry; a crash of that target, handled by its own
     process, aborts a migration in flight from the other."""
-    base = settings(client, nats_url, VPLANE_HOSTS="1")
+    base = settings(client, bus_url, VPLANE_HOSTS="1")
     procs = await start_ready(
         client, [("hosts", {**base, "VPLANE_HOST_PREFIX": p}) for p in ("a", "b")], tmp_path
     )

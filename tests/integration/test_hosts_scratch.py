@@ -1,9 +1,8 @@
-"""Scratch space allocated and released by the running hosts service on NATS, and rebuilt
+"""Scratch space allocated and released by the running hosts service on each broker, and rebuilt
 from the log by a restarted one."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -11,23 +10,11 @@ import pytest
 from schemas import Command, Message
 from schemas.scratch import AllocateScratch, ReleaseScratch, ScratchAllocated, ScratchReleased
 from schemas.service import CommandRejected, RejectionCode
-from shared.bus.nats import NatsBus
 from shared.client import Client
-from shared.testing import unique_namespace
 from tests.integration.stack import start_ready, stop_all
 from tests.integration.test_hosts_migrations import create, next_sample, settings
 
 pytestmark = [pytest.mark.broker, pytest.mark.integration]
-
-
-@pytest.fixture
-async def client(nats_url: str) -> AsyncIterator[Client]:
-    bus = NatsBus(nats_url, unique_namespace())
-    await bus.start()
-    try:
-        yield Client(bus, producer="test")
-    finally:
-        await bus.close()
 
 
 async def answer(client: Client, cmd: Command) -> Message:
@@ -55,12 +42,12 @@ async def scratch_in_telemetry(client: Client, used_mib: float) -> dict[str, flo
 
 
 async def test_scratch_is_allocated_limited_released_and_rebuilt_after_a_restart(
-    client: Client, nats_url: str, tmp_path: Path
+    client: Client, bus_url: str, tmp_path: Path
 ) -> None:
     """Two VMs take scratch space; one over its quota is refused; telemetry shows the use
     and a release gives it back; a restarted service holds the same allocations and
     quotas, and numbers new extents after the old ones."""
-    env = settings(client, nats_url, VPLANE_HOSTS="1")
+    env = settings(client, bus_url, VPLANE_HOSTS="1")
     first = await start_ready(client, [("hosts", env)], tmp_path)
     try:
         for vm in ("w1", "w2"):

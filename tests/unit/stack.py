@@ -1,11 +1,13 @@
-"""The services in this process on the in-memory bus, with short rounds and fast emulated
-time: their behaviour without a broker (the integration tests use real brokers)."""
+"""The services in this process with short rounds and fast emulated time, on the
+in-memory bus (their behaviour without a broker) or, given a way to connect, on a real
+broker; each service's bus can be made to fail on purpose (shared/testing_faults.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 
 from schemas import Envelope, Message
 from services.contention.bootstrap import build as build_monitor
@@ -13,19 +15,70 @@ from services.hosts.bootstrap import build as build_hosts
 from services.scheduler.bootstrap import build as build_scheduler
 from services.scheduler.ledger import Ledger, evolve
 from services.tenants.bootstrap import build as build_tenants
+from shared.bus import Bus
 from shared.bus.memory import MemoryBus
 from shared.client import Client
-from shared.runtime import Runtime
+from shared.runtime import Runtime, ServiceDefinition
 from shared.settings import Settings
-from shared.testing import running, unique_namespace
+from shared.testing import unique_namespace
+from shared.testing_faults import Faults, FaultyBus, Record
 
 ROUND = 0.1
+START_TIMEOUT = 10.0
+
+# A new connection to the test's broker in a namespace.
+Connect = Callable[[str], Bus]
+
+
+@dataclass
+class _Running:
+    runtime: Runtime
+    stop: asyncio.Event
+    task: asyncio.Task[None]
 
 
 @dataclass
 class Stack:
-    bus: MemoryBus
+    bus: Bus
     client: Client
+    faults: Faults
+    record: Record
+    builders: dict[str, Callable[[], ServiceDefinition]]
+    connect: Callable[[], FaultyBus]
+    running: dict[str, _Running] = field(default_factory=dict)
+    instances: int = 0
+
+    async def start(self, name: str) -> Runtime:
+        """Start the service (from the log, as a restarted process does)."""
+        self.instances += 1
+        runtime = Runtime(self.builders[name](), self.connect(), f"i{self.instances}")
+        stop = asyncio.Event()
+        task = asyncio.create_task(runtime.run(stop), name=f"service-{name}")
+        ready = asyncio.create_task(runtime.ready.wait())
+        await asyncio.wait({task, ready}, timeout=START_TIMEOUT, return_when="FIRST_COMPLETED")
+        ready.cancel()
+        if not runtime.ready.is_set():
+            task.cancel()
+            raise AssertionError(f"{name} did not start within {START_TIMEOUT}s")
+        self.running[name] = _Running(runtime, stop, task)
+        return runtime
+
+    async def stop(self, name: str) -> None:
+        service = self.running.pop(name)
+        service.stop.set()
+        await asyncio.wait_for(service.task, START_TIMEOUT)
+
+    async def restart(self, name: str) -> Runtime:
+        await self.stop(name)
+        return await self.start(name)
+
+    def failed(self) -> dict[str, BaseException]:
+        """The services whose run ended by itself (a loop that gave up, say)."""
+        return {
+            name: s.task.exception() or RuntimeError("stopped")
+            for name, s in self.running.items()
+            if s.task.done() and not s.task.cancelled()
+        }
 
     async def ledger(self) -> Ledger:
         """The pool as the log has it now."""
@@ -46,22 +99,79 @@ class Stack:
         return await self.events(lambda e: e.type in types)
 
 
-@contextlib.asynccontextmanager
-async def memory_stack(
-    hosts: int = 2, *, tenants: bool = False, monitor: bool = False, **settings: object
-) -> AsyncIterator[Stack]:
-    """``settings``: VPLANE_* settings by field name (ha_failures=0, speed=50, ...);
-    ``tenants`` and ``monitor`` add the tenants service and the contention monitor."""
-    bus = MemoryBus(unique_namespace())
-    base = {"hosts": hosts, "round_seconds": ROUND, "speed": 50.0, **settings}
-    definitions = [build_hosts(Settings.from_env({}, **base))] + [
-        build_scheduler(Settings.from_env({}, priority=p, **base)) for p in ("high", "low")
-    ]
+def _builders(
+    tenants: bool, monitor: bool, settings: dict[str, object]
+) -> dict[str, Callable[[], ServiceDefinition]]:
+    def of(**extra: object) -> Settings:
+        return Settings.from_env({}, **settings, **extra)
+
+    builders: dict[str, Callable[[], ServiceDefinition]] = {
+        "hosts": lambda: build_hosts(of()),
+        "scheduler-high": lambda: build_scheduler(of(priority="high")),
+        "scheduler-low": lambda: build_scheduler(of(priority="low")),
+    }
     if tenants:
-        definitions.append(build_tenants(Settings.from_env({}, **base)))
+        builders["tenants"] = lambda: build_tenants(of())
     if monitor:
-        definitions.append(build_monitor(Settings.from_env({}, **base)))
-    async with contextlib.AsyncExitStack() as stack:
-        for i, definition in enumerate(definitions):
-            await stack.enter_async_context(running(Runtime(definition, bus, f"i{i}")))
-        yield Stack(bus, Client(bus, producer="test"))
+        builders["contention-monitor"] = lambda: build_monitor(of())
+    return builders
+
+
+@contextlib.asynccontextmanager
+async def service_stack(
+    hosts: int = 2,
+    *,
+    connect: Connect | None = None,
+    namespace: str | None = None,
+    faults: Faults | None = None,
+    tenants: bool = False,
+    monitor: bool = False,
+    settings: Mapping[str, object] | None = None,
+) -> AsyncIterator[Stack]:
+    """``connect``: a broker (else one in-memory bus for all); ``faults``: what each
+    service's bus fails (the test's own client never fails); ``settings``: VPLANE_*
+    settings by field name (ha_failures=0, speed=50, ...); ``tenants`` and ``monitor`` add
+    the tenants service and the contention monitor."""
+    namespace = namespace or unique_namespace()
+    faults = faults or Faults()
+    record = Record()
+    memory = MemoryBus(namespace) if connect is None else None
+
+    def service_bus() -> FaultyBus:
+        if memory is not None:
+            return FaultyBus(memory, faults, record, owns=False)
+        assert connect is not None
+        return FaultyBus(connect(namespace), faults, record)
+
+    client_bus: Bus = memory if memory is not None else service_bus().inner
+    await client_bus.start()
+    base = {"hosts": hosts, "round_seconds": ROUND, "speed": 50.0, **(settings or {})}
+    stack = Stack(
+        bus=client_bus,
+        client=Client(client_bus, producer="test"),
+        faults=faults,
+        record=record,
+        builders=_builders(tenants, monitor, base),
+        connect=service_bus,
+    )
+    errors: list[Exception] = []
+    try:
+        for name in stack.builders:
+            await stack.start(name)
+        yield stack
+    finally:
+        for name in reversed(list(stack.running)):
+            try:
+                await stack.stop(name)
+            except Exception as err:
+                errors.append(err)
+        await client_bus.close()
+    if errors:
+        raise errors[0]
+
+
+def memory_stack(
+    hosts: int = 2, *, tenants: bool = False, monitor: bool = False, **settings: object
+) -> contextlib.AbstractAsyncContextManager[Stack]:
+    """The stack on the in-memory bus."""
+    return service_stack(hosts, tenants=tenants, monitor=monitor, settings=settings)
