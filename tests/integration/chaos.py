@@ -14,7 +14,7 @@ from typing import Any
 
 from schemas import Envelope
 from schemas.pool import Owner
-from schemas.scheduling import PlaceVm
+from schemas.scheduling import Affinity, PlacementRules, PlaceVm
 from shared.bus import BusError
 from shared.client import Client
 from shared.testing import poll
@@ -36,7 +36,7 @@ def stack_env(bus_url: str, namespace: str, **extra: str) -> dict[str, str]:
     return {
         "VPLANE_BUS_URL": bus_url,
         "VPLANE_NAMESPACE": namespace,
-        "VPLANE_HOSTS": "6",
+        "VPLANE_HOSTS": "8",
         "VPLANE_TICK_SECONDS": "0.5",
         "VPLANE_SPEED": "5",
         "VPLANE_ROUND_SECONDS": "0.5",
@@ -108,10 +108,11 @@ async def send_surely(client: Client, env: Envelope[Any]) -> None:
             return
 
 
-def placements(count: int, seed: int = 7) -> list[Envelope[PlaceVm]]:
-    """A mix of high and low priority VMs of 1-2 vCPUs: more than the pool holds, so
-    some are refused for capacity and the pool runs full."""
+def placements(count: int, avoid: list[str], seed: int = 7) -> list[Envelope[PlaceVm]]:
+    """A mix of high and low priority VMs of 1-2 vCPUs, kept off the hosts in ``avoid``:
+    more than the other hosts hold, so some are refused for capacity and they run full."""
     rng = random.Random(seed)
+    rules = PlacementRules(host_anti_affinity=Affinity(must=avoid))
     return [
         Envelope.wrap(
             PlaceVm(
@@ -119,6 +120,7 @@ def placements(count: int, seed: int = 7) -> list[Envelope[PlaceVm]]:
                 priority=Owner.HIGH if i % 3 == 0 else Owner.LOW,
                 cpu=rng.choice((1, 1, 2)),
                 mem_mib=rng.choice((256, 512, 1024)),
+                rules=rules,
             ),
             producer="chaos",
         )

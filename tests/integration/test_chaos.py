@@ -79,8 +79,8 @@ async def run_chaos(
             producer="chaos",
         ),
     )
-    await poll(
-        lambda: audit.read_log(client.bus),
+    log = await log_until(
+        client,
         lambda log: len(workers_created(log)) == WORKERS,
         timeout=60,
         what="the tenant cluster's workers",
@@ -88,7 +88,9 @@ async def run_chaos(
     timings["start"] = time.monotonic() - began
 
     began = time.monotonic()
-    sent = placements(PLACEMENTS)
+    # The load keeps off the workers' hosts: hadoop workers and a full host of steady VMs
+    # contend by themselves, and the cluster would be at its minimum before the faults end.
+    sent = placements(PLACEMENTS, avoid=sorted(set(workers_created(log).values())))
 
     def kill(role: str) -> Callable[[], Awaitable[None]]:
         async def fault() -> None:
@@ -115,8 +117,8 @@ async def run_chaos(
 
     began = time.monotonic()
     await wait_all_started(client, stack)
-    await poll(
-        lambda: audit.read_log(client.bus),
+    await log_until(
+        client,
         lambda log: settled(log, sent),
         timeout=90,
         what="every placement answered and every VM placed created",
@@ -153,6 +155,19 @@ async def run_chaos(
     return timings
 
 
+async def log_until(
+    client: Client, ok: Callable[[audit.LogView], bool], *, timeout: float, what: str
+) -> audit.LogView:
+    """Read the log until ``ok`` holds; on a timeout, say what the log held by type."""
+    deadline = time.monotonic() + timeout
+    while not ok(log := await audit.read_log(client.bus)):
+        if time.monotonic() > deadline:
+            held = Counter(env.type for _, env in log.entries)
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; log: {held}")
+        await asyncio.sleep(0.5)
+    return log
+
+
 def workers_created(log: audit.LogView) -> dict[str, str]:
     return {c.vm: c.host for c in log.data("VmCreated") if c.vm.startswith(f"{CLUSTER}-")}
 
@@ -167,10 +182,14 @@ def settled(log: audit.LogView, sent: list[Envelope[PlaceVm]]) -> bool:
 
 async def still_reacts_to_telemetry(client: Client) -> None:
     """After the faults, a noisy VM beside the cluster's workers makes the monitor see
-    contention on that host and scale the cluster down."""
+    contention on that host (a new episode) and scale the cluster down (a new decision)."""
     log = await audit.read_log(client.bus)
     host, _ = Counter(workers_created(log).values()).most_common(1)[0]
-    seen = len([d for d in log.data("ContentionDetected") if d.host == host])
+
+    def on_host(log: audit.LogView, kind: str) -> int:
+        return len([d for d in log.data(kind) if d.host == host])
+
+    detected, decided = on_host(log, "ContentionDetected"), on_host(log, "ScalingDecided")
     await send_surely(
         client,
         Envelope.wrap(
@@ -178,11 +197,11 @@ async def still_reacts_to_telemetry(client: Client) -> None:
             producer="chaos",
         ),
     )
-    await poll(
-        lambda: audit.read_log(client.bus),
+    await log_until(
+        client,
         lambda log: (
-            len([d for d in log.data("ContentionDetected") if d.host == host]) > seen
-            and any(d.host == host for d in log.data("ScalingDecided"))
+            on_host(log, "ContentionDetected") > detected
+            and on_host(log, "ScalingDecided") > decided
         ),
         timeout=60,
         what=f"contention detected on {host} and the cluster scaled",
