@@ -148,11 +148,14 @@ async def run_faults(faults: list[tuple[str, Fault]], gap: float, done: list[str
 
 
 async def started_instances(client: Client) -> set[str]:
-    return {
-        e.envelope.data.instance  # type: ignore[attr-defined]
-        async for e in client.bus.replay(filters=("service.>",))
-        if e.envelope is not None and e.envelope.type == "ServiceStarted"
-    }
+    try:
+        return {
+            e.envelope.data.instance  # type: ignore[attr-defined]
+            async for e in client.bus.replay(filters=("service.>",))
+            if e.envelope is not None and e.envelope.type == "ServiceStarted"
+        }
+    except BusError:  # the broker away for a moment: read again
+        return set()
 
 
 async def wait_all_started(client: Client, stack: Stack, timeout: float = 60) -> None:

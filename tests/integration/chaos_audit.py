@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import nats
+import nats.errors
 
 from schemas import Envelope, Message
 from schemas.scheduling import PlaceVm
@@ -138,7 +139,8 @@ def assert_no_host_over_capacity(log: LogView) -> Ledger:
 
 
 async def nats_backlog(url: str, namespace: str) -> dict[str, tuple[int, int]]:
-    """(pending, awaiting acknowledgement) of every durable on COMMANDS and TELEMETRY."""
+    """(pending, awaiting acknowledgement) of every durable on COMMANDS and TELEMETRY;
+    a broker that cannot tell yet (a leader being elected) counts as not drained."""
     nc = await nats.connect(url, connect_timeout=5)
     try:
         jsm = nc.jsm()
@@ -150,6 +152,35 @@ async def nats_backlog(url: str, namespace: str) -> dict[str, tuple[int, int]]:
                         info.num_pending or 0,
                         info.num_ack_pending or 0,
                     )
+    except (nats.errors.Error, TimeoutError) as err:
+        return {f"unknown: {err!r}": (1, 0)}
+    else:
         return backlog
+    finally:
+        await nc.close()
+
+
+async def stream_leader(urls: list[str], stream: str) -> str:
+    """The name of the cluster node that leads ``stream``."""
+    nc = await nats.connect(urls, connect_timeout=5)
+    try:
+        info = await nc.jsm().stream_info(stream)
+        assert info.cluster is not None, f"{stream} is not clustered"
+        assert info.cluster.leader, f"{stream} has no leader"
+        return str(info.cluster.leader)
+    finally:
+        await nc.close()
+
+
+async def replicas(url: str, namespace: str) -> dict[str, int]:
+    """How many copies each of the namespace's streams keeps."""
+    nc = await nats.connect(url, connect_timeout=5)
+    try:
+        prefix = f"{namespace.upper()}_"
+        return {
+            str(info.config.name).removeprefix(prefix): int(info.config.num_replicas or 1)
+            for info in await nc.jsm().streams_info()
+            if str(info.config.name).startswith(prefix)
+        }
     finally:
         await nc.close()

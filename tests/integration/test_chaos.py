@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import nats.errors
 import pytest
 
 from schemas import Envelope
@@ -60,6 +61,7 @@ LOAD_SECONDS = 40.0
 CLUSTER = "batch"
 WORKERS = 4
 
+REPLICATED = ("EVENTS", "COMMANDS", "TELEMETRY", "DATA", "DEADLETTERS")
 Backlog = Callable[[], Awaitable[dict[str, int]]]
 
 
@@ -136,7 +138,7 @@ async def run_chaos(
     await poll(backlog, lambda b: not any(b.values()), timeout=60, what="every consumer drained")
     timings["drain"] = time.monotonic() - began
 
-    log = await audit.read_log(client.bus)
+    log = await log_until(client, lambda _: True, timeout=30, what="the log")
     audit.assert_every_request_answered_once(log, sent)
     audit.assert_nothing_lost(log)
     audit.assert_no_host_over_capacity(log)
@@ -158,14 +160,22 @@ async def run_chaos(
 async def log_until(
     client: Client, ok: Callable[[audit.LogView], bool], *, timeout: float, what: str
 ) -> audit.LogView:
-    """Read the log until ``ok`` holds; on a timeout, say what the log held by type."""
+    """Read the log until ``ok`` holds; on a timeout, say what the log held by type. A read
+    cut by the broker (a node down, a leader being elected) is tried again."""
     deadline = time.monotonic() + timeout
-    while not ok(log := await audit.read_log(client.bus)):
+    log = audit.LogView([])
+    while True:
+        try:
+            log = await audit.read_log(client.bus)
+        except BusError:
+            pass
+        else:
+            if ok(log):
+                return log
         if time.monotonic() > deadline:
             held = Counter(env.type for _, env in log.entries)
             raise AssertionError(f"timed out after {timeout}s waiting for {what}; log: {held}")
         await asyncio.sleep(0.5)
-    return log
 
 
 def workers_created(log: audit.LogView) -> dict[str, str]:
@@ -183,7 +193,7 @@ def settled(log: audit.LogView, sent: list[Envelope[PlaceVm]]) -> bool:
 async def still_reacts_to_telemetry(client: Client) -> None:
     """After the faults, a noisy VM beside the cluster's workers makes the monitor see
     contention on that host (a new episode) and scale the cluster down (a new decision)."""
-    log = await audit.read_log(client.bus)
+    log = await log_until(client, lambda _: True, timeout=30, what="the log")
     host, _ = Counter(workers_created(log).values()).most_common(1)[0]
 
     def on_host(log: audit.LogView, kind: str) -> int:
@@ -287,8 +297,9 @@ async def test_chaos_on_rabbitmq_with_connections_dropped(amqp_url: str, tmp_pat
 
 async def test_chaos_on_a_jetstream_cluster_with_a_node_killed(tmp_path: Path) -> None:
     """Three nats-server nodes, every stream replicated three times; kill -9 of the
-    schedulers (3), the hosts process (2) and one node at a time (2, each started again
-    on its port and store), under 300 placements."""
+    schedulers (3), the hosts process (2) and the node leading the event log, then the
+    one leading the command queues (each started again on its port and store), under
+    300 placements."""
     nodes = nats_cluster(tmp_path / "cluster")
     try:
         await asyncio.to_thread(start_cluster, nodes)
@@ -302,10 +313,15 @@ async def test_chaos_on_a_jetstream_cluster_with_a_node_killed(tmp_path: Path) -
         up = [n for n in nodes if n.running]
         return up[next(turn) % len(up)].url
 
-    victims = iter(nodes[1:])
+    # The leader of the event log, then that of the command queues: the nodes whose loss
+    # forces an election under load.
+    victims = iter(("EVENTS", "COMMANDS"))
 
-    async def kill_node() -> None:
-        node = next(victims)
+    async def kill_leader() -> None:
+        leader = await audit.stream_leader(
+            [n.url for n in nodes if n.running], f"{namespace.upper()}_{next(victims)}"
+        )
+        [node] = [n for n in nodes if n.name == leader]
         node.kill()
         await asyncio.sleep(2.0)
         await asyncio.to_thread(node.start)
@@ -321,7 +337,9 @@ async def test_chaos_on_a_jetstream_cluster_with_a_node_killed(tmp_path: Path) -
         async with chaos_client(bus) as client:
             stack = Stack(client, env, tmp_path, url=url)
             try:
-                await run_chaos(client, stack, kill_node, backlog)
+                await run_chaos(client, stack, kill_leader, backlog)
+                copies = await audit.replicas(nodes[0].url, namespace)
+                assert copies == dict.fromkeys(REPLICATED, 3)
             finally:
                 await stack.stop()
     finally:
@@ -335,7 +353,7 @@ async def started_on_cluster(bus: NatsBus, timeout: float = 60) -> None:
     while True:
         try:
             await bus.start()
-        except BusError:
+        except (BusError, nats.errors.Error, TimeoutError):
             if time.monotonic() > deadline:
                 raise
             await bus.close()
