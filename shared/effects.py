@@ -43,9 +43,8 @@ class Batch:
     commands: list[Envelope[Any]] = field(default_factory=list)
     expected: dict[int, int] = field(default_factory=dict)
     outcomes: list[Outcome] = field(default_factory=list)
-    guarded: set[str] = field(default_factory=set)
-    # The position of the batch's first event of each aggregate.
-    written: dict[str, int] = field(default_factory=dict)
+    # Where the batch first writes each aggregate.
+    first: dict[str, int] = field(default_factory=dict)
     id: uuid.UUID = field(default_factory=uuid.uuid4)
 
 
@@ -75,13 +74,13 @@ def batches(
             current = Batch()
         for i, env in enumerate(events):
             aggregate = env.subject
-            first = current.written.setdefault(aggregate, len(current.events) + i)
-            # The first expectation of an aggregate guards the batch's first event of it,
-            # whichever outcome wrote that: outcomes carried out together are decided
-            # together, on what the log held before them.
-            if aggregate in outcome.expect and aggregate not in current.guarded:
-                current.expected[first] = outcome.expect[aggregate]
-                current.guarded.add(aggregate)
+            written = current.first.setdefault(aggregate, len(current.events) + i)
+            # An expectation is the aggregate's version in the log before the append (the
+            # outcomes were decided before any of them landed), so the first one guards
+            # the aggregate where the batch first writes it, even if an earlier outcome
+            # with no expectation does: a guard placed after that write could never hold.
+            if aggregate in outcome.expect and written not in current.expected:
+                current.expected[written] = outcome.expect[aggregate]
         current.events += events
         if commands:
             record = CommandsIssued(

@@ -68,8 +68,11 @@ class NatsBus:
         *,
         client_name: str = "vplane",
         connect_timeout: float = 5.0,
+        replicas: int = 1,
     ) -> None:
         self.url = url
+        # Copies of each stream: 3 on a JetStream cluster, so that it outlives a node.
+        self._replicas = replicas
         self._connect_timeout = connect_timeout
         self._last_error = ""
         self.namespace = namespace
@@ -156,7 +159,9 @@ class NatsBus:
         self._ready.set()
 
     async def _ensure_streams(self) -> None:
-        configs = stream_configs(self.namespace, self._names, self._dlq_stream, self._data_stream)
+        configs = stream_configs(
+            self.namespace, self._names, self._dlq_stream, self._data_stream, self._replicas
+        )
         self._created = await ensure_streams(self.nc.jsm(), configs)
 
     async def _on_error(self, err: Exception) -> None:

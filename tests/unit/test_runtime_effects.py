@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from schemas import Envelope, Message
+from schemas.pool import CapacityReleased, CapacityReserved, Owner
 from schemas.service import CommandsIssued
 from schemas.vm import CreateVm, PowerOnVm, VmCreated
-from shared.bus import AppendResult, BusUnavailable
+from shared.bus import AppendResult, BusUnavailable, ConcurrencyError
 from shared.bus.memory import MemoryBus
 from shared.loops import Loop
 from shared.outcome import Outcome, answer
@@ -219,3 +220,35 @@ async def test_a_command_whose_append_meets_an_absent_broker_is_answered_once_it
         await bus.send(cmd)
         await eventually(lambda: len(svc.vms) == 3, timeout=60, what="the answer")
     assert await bus.dead_letters("starter-commands") == []
+
+
+def reservation(name: str) -> CapacityReserved:
+    return CapacityReserved(
+        host="h1", reservation=name, workload=name, owner=Owner.LOW, cpu_mhz=100, mem_mib=64
+    )
+
+
+async def test_a_guard_holds_for_the_aggregate_an_earlier_outcome_of_the_append_writes() -> None:
+    """A release (no expectation) and a reservation that expects the pool's version as the
+    log holds it, carried out together in that order (a round's housekeeping, then its
+    placements): the append lands; and it is refused if the pool moved meanwhile."""
+    bus = MemoryBus()
+    await bus.start()
+    await bus.append(Envelope.wrap(reservation("old"), producer="test"))
+    version = await bus.version("pool/h1")
+    runtime = Runtime(ServiceDefinition(name="pooler"), bus, "i1")
+
+    def outcomes(vm: str) -> list[Outcome]:
+        return [
+            Outcome(events=[CapacityReleased(host="h1", reservation="old")], key=f"free:{vm}"),
+            Outcome(events=[reservation(vm)], key=f"place:{vm}", expect={"pool/h1": version}),
+        ]
+
+    await runtime.carry_out(outcomes("new"))
+    assert [e.type for e in await logged(bus)] == [
+        "CapacityReserved",
+        "CapacityReleased",
+        "CapacityReserved",
+    ]
+    with pytest.raises(ConcurrencyError):
+        await runtime.carry_out(outcomes("newer"))
