@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas import Envelope, Event
+from schemas import Envelope, Message
 from schemas.service import CommandsIssued
 from shared.bus import BATCH_LIMIT
 from shared.codec import decode
@@ -43,9 +43,8 @@ class Batch:
     commands: list[Envelope[Any]] = field(default_factory=list)
     expected: dict[int, int] = field(default_factory=dict)
     outcomes: list[Outcome] = field(default_factory=list)
-    guarded: set[str] = field(default_factory=set)
-    # The position of the batch's first event of each aggregate.
-    written: dict[str, int] = field(default_factory=dict)
+    # Where the batch first writes each aggregate.
+    first: dict[str, int] = field(default_factory=dict)
     # Outbox records of commands still unsent from earlier appends, recorded again.
     carried: set[uuid.UUID] = field(default_factory=set)
     id: uuid.UUID = field(default_factory=uuid.uuid4)
@@ -62,16 +61,11 @@ def batches(
     out: list[Batch] = []
     current = Batch()
     for outcome in outcomes:
-        events = _events(service, outcome, sim_time)
+        events = [
+            _wrap(service, outcome, e, f"e{i}", sim_time) for i, e in enumerate(outcome.events)
+        ]
         commands = [
-            Envelope.wrap(
-                cmd,
-                producer=service,
-                caused_by=outcome.cause,
-                sim_time=sim_time,
-                id=derive(service, outcome, f"c{i}"),
-            )
-            for i, cmd in enumerate(outcome.commands)
+            _wrap(service, outcome, c, f"c{i}", sim_time) for i, c in enumerate(outcome.commands)
         ]
         if (events or commands) and landed(first_id(service, outcome)):
             continue
@@ -82,13 +76,13 @@ def batches(
             current = Batch()
         for i, env in enumerate(events):
             aggregate = env.subject
-            first = current.written.setdefault(aggregate, len(current.events) + i)
-            # The first expectation of an aggregate guards the batch's first event of it,
-            # whichever outcome wrote that: outcomes carried out together are decided
-            # together, on what the log held before them.
-            if aggregate in outcome.expect and aggregate not in current.guarded:
-                current.expected[first] = outcome.expect[aggregate]
-                current.guarded.add(aggregate)
+            written = current.first.setdefault(aggregate, len(current.events) + i)
+            # An expectation is the aggregate's version in the log before the append (the
+            # outcomes were decided before any of them landed), so the first one guards
+            # the aggregate where the batch first writes it, even if an earlier outcome
+            # with no expectation does: a guard placed after that write could never hold.
+            if aggregate in outcome.expect and written not in current.expected:
+                current.expected[written] = outcome.expect[aggregate]
         current.events += events
         if commands:
             record = CommandsIssued(
@@ -96,15 +90,7 @@ def batches(
                 commands=[c.encode().decode() for c in commands],
                 batch=current.id,
             )
-            current.events.append(
-                Envelope.wrap(
-                    record,
-                    producer=service,
-                    caused_by=outcome.cause,
-                    sim_time=sim_time,
-                    id=derive(service, outcome, "outbox"),
-                )
-            )
+            current.events.append(_wrap(service, outcome, record, "outbox", sim_time))
         current.commands += commands
         current.outcomes.append(outcome)
     if current.outcomes:
@@ -112,17 +98,16 @@ def batches(
     return out
 
 
-def _events(service: str, outcome: Outcome, sim_time: float) -> list[Envelope[Event]]:
-    return [
-        Envelope.wrap(
-            event,
-            producer=service,
-            caused_by=outcome.cause,
-            sim_time=sim_time,
-            id=derive(service, outcome, f"e{i}"),
-        )
-        for i, event in enumerate(outcome.events)
-    ]
+def _wrap(
+    service: str, outcome: Outcome, message: Message, what: str, sim_time: float
+) -> Envelope[Any]:
+    return Envelope.wrap(
+        message,
+        producer=service,
+        caused_by=outcome.cause,
+        sim_time=sim_time,
+        id=derive(service, outcome, what),
+    )
 
 
 def issued(record: CommandsIssued) -> list[Envelope[Any]]:

@@ -22,6 +22,8 @@ log = structlog.get_logger("vplane.runtime")
 MAX_FAILURES = 5
 FIRST_BACKOFF = 0.1
 MAX_BACKOFF = 5.0
+# The broker is looked for again at least this often while it is away.
+BROKER_BACKOFF = 1.0
 
 Step = Callable[[], Awaitable[Outcomes | Plan | None]]
 
@@ -46,6 +48,8 @@ class LoopStats:
     steps: int = 0
     failures: int = 0
     consecutive: int = 0
+    # Failures in a row while the broker was away.
+    waits: int = 0
 
 
 async def supervise(
@@ -53,8 +57,11 @@ async def supervise(
     run_step: Callable[[Loop], Awaitable[None]],
     stats: LoopStats,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    excused: Callable[[Exception], bool] = lambda _: False,
 ) -> None:
-    """Run ``loop`` until cancelled; raise LoopFailed when it keeps failing."""
+    """Run ``loop`` until cancelled; raise LoopFailed when it keeps failing. A failure
+    ``excused`` says is not the loop's own (its broker is away) is retried and counted,
+    but never stops the service: the broker is waited for."""
     while True:
         try:
             await run_step(loop)
@@ -62,6 +69,11 @@ async def supervise(
             raise
         except Exception as err:
             stats.failures += 1
+            if excused(err):
+                stats.waits += 1
+                log.warning("loop waits for the broker", loop=loop.name, error=repr(err))
+                await sleep(min(BROKER_BACKOFF, FIRST_BACKOFF * 2 ** (stats.waits - 1)))
+                continue
             stats.consecutive += 1
             if stats.consecutive >= MAX_FAILURES:
                 log.exception(
@@ -84,5 +96,5 @@ async def supervise(
             await sleep(pause)
             continue
         stats.steps += 1
-        stats.consecutive = 0
+        stats.consecutive = stats.waits = 0
         await sleep(loop.every)

@@ -26,6 +26,7 @@ from schemas.service import CommandsIssued, ServiceStarted, ServiceStopped
 from shared.bus import (
     BATCH_LIMIT,
     Bus,
+    BusUnavailable,
     ConcurrencyError,
     ConsumerSpec,
     Delivery,
@@ -276,11 +277,19 @@ class Runtime:
         loops = [*d.loops, Loop("outbox", self._retry_unsent, OUTBOX_RETRY_SECONDS)]
         self._loops = [
             asyncio.create_task(
-                supervise(loop, self._step, self.loop_stats.setdefault(loop.name, LoopStats())),
+                supervise(
+                    loop,
+                    self._step,
+                    self.loop_stats.setdefault(loop.name, LoopStats()),
+                    excused=self._broker_away,
+                ),
                 name=f"loop-{loop.name}",
             )
             for loop in loops
         ]
+
+    def _broker_away(self, err: Exception) -> bool:
+        return isinstance(err, BusUnavailable) or not self.bus.available
 
     async def _follow(self, entry: Logged) -> None:
         # Under the lock, a decision in progress never sees the fold change beneath it.

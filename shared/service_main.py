@@ -23,7 +23,12 @@ def main(build: Callable[[Settings], ServiceDefinition]) -> None:
     if settings.bus_url is None:
         sys.exit("vplane: VPLANE_BUS_URL is not set (for example nats://127.0.0.1:4222)")
     definition = build(settings)
-    bus = bus_from_url(settings.bus_url, settings.namespace, client_name=definition.name)
+    bus = bus_from_url(
+        settings.bus_url,
+        settings.namespace,
+        client_name=definition.name,
+        replicas=settings.nats_replicas,
+    )
     try:
         run_service(definition, bus, settings.instance)
     except BusError as err:

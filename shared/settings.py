@@ -41,6 +41,9 @@ class Settings(BaseModel):
         0.5, gt=0, le=1, description="host load spread (0-1) that triggers rebalancing; 1: never"
     )
     migration_mbps: float = Field(2_500, gt=0, description="bandwidth a live migration reserves")
+    nats_replicas: int = Field(
+        1, ge=1, le=5, description="copies of each JetStream stream (3 on a cluster)"
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:

@@ -63,6 +63,8 @@ def build(settings: Settings) -> ServiceDefinition:
     holder = FleetHolder(hosts)
 
     def fold(_seq: int, env: Envelope[Message]) -> None:
+        if env.producer == NAME:
+            holder.logged_time = max(holder.logged_time, env.sim_time)
         before = holder.fleet
         holder.fleet = evolve(before, env.data, env)
         holder.machine.apply(before, env.data)
@@ -98,6 +100,7 @@ def build(settings: Settings) -> ServiceDefinition:
     async def register_hosts() -> list[Outcome]:
         # Everything rebuilt so far lives as long as the process: keep the collector off it.
         gc.freeze()
+        holder.resume(settings.tick_seconds * settings.speed)
         # Keyed by host: a host is registered once, whichever process registers it.
         return [
             Outcome(events=[host_shape(h)], key=f"register:{h}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
 import structlog
@@ -33,10 +34,17 @@ class FleetHolder:
         self.machine = Machine(hosts)
         self.tick = 0
         self.samples: dict[str, HostTelemetry] = {}
+        # The latest emulated time of the hosts' own events in the log.
+        self.logged_time = 0.0
 
     def sim_time(self, step: float) -> float:
         """The emulated time of the current tick."""
         return self.tick * step
+
+    def resume(self, step: float) -> None:
+        """Go on from the emulated time the log has reached: a restarted process's
+        clock never goes back."""
+        self.tick = max(self.tick, math.ceil(self.logged_time / step - 1e-9))
 
 
 def telemetry_step(holder: FleetHolder, step: float) -> Outcome:

@@ -122,7 +122,7 @@ class Scratch:
     def __init__(self, holder: Holder) -> None:
         self.holder = holder
         self.outcomes: list[Outcome] = []
-        holder.pools = holder.pools.copy()
+        self.pools = holder.pools = holder.pools.copy()
         self.start_revision = holder.state.ledger.revision
 
     def take(self, outcome: Outcome | None) -> bool:
@@ -144,7 +144,7 @@ class Scratch:
         if the fold then holds exactly what the round decided on."""
         if not self.outcomes:
             return []
-        holder, pools = self.holder, self.holder.pools
+        holder, pools = self.holder, self.pools
         revision = pools.revision
 
         def keep() -> None:

@@ -11,7 +11,7 @@ import structlog
 from schemas import Envelope, Message, Reply
 from schemas.queries import QueryFailed
 from shared.bus.dedupe import RecentIds
-from shared.bus.errors import PoisonMessage, RequestFailed
+from shared.bus.errors import BusUnavailable, PoisonMessage, RequestFailed
 from shared.bus.protocol import Delivery, Handler, Logged, QueryHandler
 from shared.codec import MessageError, decode
 
@@ -61,20 +61,38 @@ async def dispatch(
         seq=delivery.seq,
     ):
         try:
-            await handler(env, delivery)
+            await _patiently(handler, env, delivery)
         except asyncio.CancelledError:
             raise
         except PoisonMessage as err:
             log.warning("message rejected by handler", reason=str(err))
             return Bury(f"poison: {err}")
         except Exception as err:
-            if delivery.attempt >= max_deliver:
+            # A broker that went away is not the message's fault: never a dead letter.
+            if delivery.attempt >= max_deliver and not isinstance(err, BusUnavailable):
                 log.error("handler failed, giving up", attempt=delivery.attempt, exc_info=True)
                 return Bury(f"handler-failed: {type(err).__name__}: {err}")
             log.warning("handler failed, will retry", attempt=delivery.attempt, error=str(err))
             return Retry(retry_delay * delivery.attempt)
     seen.add(env.id)
     return Ack()
+
+
+# Pauses before a handler that failed for want of its broker is run again in place.
+BROKER_PAUSES = (0.5, 1.0, 2.0)
+
+
+async def _patiently(handler: Handler, env: Envelope[Any], delivery: Delivery) -> None:
+    """Run the handler; while it fails because the broker is away, wait and run it
+    again (its outcome's ids are fixed, so nothing lands twice)."""
+    for pause in BROKER_PAUSES:
+        try:
+            await handler(env, delivery)
+        except BusUnavailable:
+            await asyncio.sleep(pause)
+        else:
+            return
+    await handler(env, delivery)
 
 
 async def answer(handler: QueryHandler, raw: bytes, *, producer: str) -> bytes:

@@ -8,12 +8,14 @@ from shared.bus.errors import BusError
 from shared.bus.protocol import Bus
 
 
-def bus_from_url(url: str, namespace: str = "vplane", *, client_name: str = "vplane") -> Bus:
+def bus_from_url(
+    url: str, namespace: str = "vplane", *, client_name: str = "vplane", replicas: int = 1
+) -> Bus:
     scheme = urlsplit(url).scheme
     if scheme in {"nats", "tls"}:
         from shared.bus.nats import NatsBus
 
-        return NatsBus(url, namespace, client_name=client_name)
+        return NatsBus(url, namespace, client_name=client_name, replicas=replicas)
     if scheme in {"amqp", "amqps"}:
         from shared.bus.rabbit import RabbitBus
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import itertools
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
@@ -67,8 +68,11 @@ class NatsBus:
         *,
         client_name: str = "vplane",
         connect_timeout: float = 5.0,
+        replicas: int = 1,
     ) -> None:
         self.url = url
+        # Copies of each stream: 3 on a JetStream cluster, so that it outlives a node.
+        self._replicas = replicas
         self._connect_timeout = connect_timeout
         self._last_error = ""
         self.namespace = namespace
@@ -86,8 +90,10 @@ class NatsBus:
         self._ready = asyncio.Event()
         self._restoring: asyncio.Task[None] | None = None
         self._created: dict[str, datetime.datetime | None] = {}
-        # Publishes awaiting their acknowledgement, failed as one when the connection drops.
+        # Publishes awaiting their acknowledgement (telemetry one by one, bulk appends and
+        # data by the batch), failed as one when the connection drops.
         self._in_flight: set[asyncio.Future[Any]] = set()
+        self._batches: dict[int, list[asyncio.Future[Any]]] = {}
         self._telemetry = Trouble("telemetry publish")
         self._reconnecting = Trouble("reconnect")
         self._closing = False
@@ -153,7 +159,9 @@ class NatsBus:
         self._ready.set()
 
     async def _ensure_streams(self) -> None:
-        configs = stream_configs(self.namespace, self._names, self._dlq_stream, self._data_stream)
+        configs = stream_configs(
+            self.namespace, self._names, self._dlq_stream, self._data_stream, self._replicas
+        )
         self._created = await ensure_streams(self.nc.jsm(), configs)
 
     async def _on_error(self, err: Exception) -> None:
@@ -170,12 +178,16 @@ class NatsBus:
     async def _on_disconnect(self) -> None:
         self._generation += 1
         self._ready.clear()
+        self._fail_in_flight()
+        # Before the first connection (a failed start) the caller is told, not the log.
+        if self._nc is not None and not self._closing:
+            log.warning("disconnected from nats, reconnecting")
+
+    def _fail_in_flight(self) -> None:
         # Their acknowledgements were to come on the connection that dropped: they never will.
-        for future in list(self._in_flight):
+        for future in [*self._in_flight, *itertools.chain(*self._batches.values())]:
             if not future.done():
                 future.set_exception(BusUnavailable("the connection dropped before the ack"))
-        if not self._closing:
-            log.warning("disconnected from nats, reconnecting")
 
     async def _on_reconnect(self) -> None:
         self._reconnecting.ok()
@@ -191,7 +203,7 @@ class NatsBus:
             if self.available:
                 try:
                     await self._ensure_streams()
-                except (nats.errors.Error, OSError) as err:
+                except TRANSIENT as err:
                     trouble.failed(err)
                 else:
                     if generation == self._generation:
@@ -217,7 +229,11 @@ class NatsBus:
                 await self._nc.drain()
             except nats.errors.Error:
                 # Reconnecting or already gone: nothing left to drain, just let go.
-                await self._nc.close()
+                try:
+                    await self._nc.close()
+                except OSError:
+                    _abandon(self._nc)
+        self._fail_in_flight()
         self._nc = self._js = None
         self._ready.clear()
 
@@ -335,10 +351,11 @@ class NatsBus:
 
     def _emitted(self, future: asyncio.Future[Any]) -> None:
         self._in_flight.discard(future)
-        if future.cancelled() or future.exception() is not None:
-            self._telemetry.failed(future.exception() if not future.cancelled() else "cancelled")
-        else:
+        error = "cancelled" if future.cancelled() else future.exception()
+        if error is None:
             self._telemetry.ok()
+        else:
+            self._telemetry.failed(error)
 
     async def publish_raw(self, stream: Stream, subject: str, data: bytes) -> None:
         await self._publish(subjects.stream_subject(self.namespace, stream, subject), data, None)
@@ -356,28 +373,24 @@ class NatsBus:
         timeout: float,
         what: str,
     ) -> list[Any]:
-        """Publish with every acknowledgement in flight together; all of them confirmed,
-        or one error raised and every future settled (none left unretrieved)."""
+        """Publish with every acknowledgement in flight together: all of them confirmed,
+        or one error raised, and none left pending or failed unretrieved either way."""
         futures: list[asyncio.Future[Any]] = []
+        self._batches[id(futures)] = futures
         try:
             for subject, data, headers in messages:
-                futures.append(
-                    self._track(await self.js.publish_async(subject, data, headers=headers))
-                )
+                futures.append(await self.js.publish_async(subject, data, headers=headers))
             async with asyncio.timeout(timeout):
                 results = await asyncio.gather(*futures, return_exceptions=True)
         except TRANSIENT as err:
-            _settle(futures)
             raise bus_error(err, what) from err
+        finally:
+            del self._batches[id(futures)]
+            _settle(futures)
         failed = next((r for r in results if isinstance(r, BaseException)), None)
         if failed is not None:
             raise bus_error(failed, what) from failed
         return results
-
-    def _track(self, future: asyncio.Future[Any]) -> asyncio.Future[Any]:
-        self._in_flight.add(future)
-        future.add_done_callback(self._in_flight.discard)
-        return future
 
     async def ensure_consumer(self, stream: str, config: api.ConsumerConfig) -> None:
         """Create a durable consumer, or keep the one there: an existing durable keeps its
@@ -513,8 +526,17 @@ def bus_error(err: BaseException, what: str) -> BusError:
     return (BusError if refused else BusUnavailable)(f"{what}: {err!r}")
 
 
+def _abandon(nc: Client) -> None:
+    """Finish what nats-py's close leaves undone when it cannot write what it buffered
+    while disconnected to the dead socket: its subscriptions' tasks would be destroyed
+    pending. (Private parts of the client, looked up defensively.)"""
+    for sub in list(getattr(nc, "_subs", {}).values()):
+        task = getattr(sub, "_wait_for_msgs_task", None)
+        if task is not None and not task.done():
+            task.cancel()
+
+
 def _settle(futures: list[asyncio.Future[Any]]) -> None:
-    """Cancel what is pending and retrieve what failed, so nothing is reported unretrieved."""
     for future in futures:
         if not future.done():
             future.cancel()

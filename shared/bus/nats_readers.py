@@ -50,7 +50,8 @@ class Trouble:
     def failed(self, err: object) -> None:
         self.count += 1
         if self.count == 1:
-            log.warning(f"{self._what} failing", error=repr(err), **self._context)
+            error = err if isinstance(err, str) else repr(err)
+            log.warning(f"{self._what} failing", error=error, **self._context)
 
     def ok(self) -> None:
         if self.count:
@@ -151,7 +152,9 @@ class Puller:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         with contextlib.suppress(Exception):
-            await self._bus.nc.flush(timeout=5)
+            if self._bus.available:
+                # Let the last acknowledgements reach the broker (not waited for while away).
+                await self._bus.nc.flush(timeout=5)
             await self._sub.unsubscribe()
 
 
@@ -233,7 +236,9 @@ class Reader:
     async def _reopen(self) -> None:
         await self._bus.restored()
         same_stream = self._bus.stream_created(self._stream) == self._created
-        await self.open(self._last + 1 if same_stream else 1)
+        start = self._last + 1 if same_stream else 1
+        await self.open(start)
+        log.info("follow resumes", stream=self._stream, from_seq=start)
 
     async def _drop(self) -> None:
         sub, self._sub = self._sub, None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 
 import nats.js.errors
@@ -19,9 +20,9 @@ DATA_MAX_AGE = 15 * 60.0
 
 
 def stream_configs(
-    namespace: str, names: dict[Stream, str], dead_letters: str, data: str
+    namespace: str, names: dict[Stream, str], dead_letters: str, data: str, replicas: int = 1
 ) -> list[api.StreamConfig]:
-    return [
+    configs = [
         # The log is the system's memory: no limits, so nothing is evicted, and
         # were a limit ever set, new appends fail instead of old events vanishing.
         api.StreamConfig(
@@ -73,6 +74,7 @@ def stream_configs(
             duplicate_window=DEDUPE_WINDOW,
         ),
     ]
+    return [dataclasses.replace(config, num_replicas=replicas) for config in configs]
 
 
 async def ensure_streams(

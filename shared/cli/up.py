@@ -22,7 +22,7 @@ from schemas.service import ServiceStarted
 from shared.broker import EmbeddedNats
 from shared.bus import Logged, Stream
 from shared.bus.factory import bus_from_url
-from shared.cli.common import URL_FILE, CliError, data_dir
+from shared.cli.common import URL_FILE, data_dir
 from shared.cli.events import format_entry
 from shared.cli.supervisor import SERVICE_NAMES, Supervisor
 from shared.settings import Settings
@@ -102,9 +102,11 @@ async def _run(url: str, namespace: str, duration: float | None, sup: Supervisor
                     announced = True
                     hint = "vplane vm create web1 --cpu 2 --mem 2048 --wait"
                     print(f"stack ready on {url}; try: {hint}", flush=True)
-                for child in sup.crashed():
-                    raise CliError(
-                        f"service {child.name} exited with {child.exit_code}; see {child.log_path}"
+                for child in sup.restart_crashed():
+                    print(
+                        f"service {child.name} failed; started it again "
+                        f"(restart {child.restarts}); see {child.log_path}",
+                        flush=True,
                     )
                 if live is not None:
                     live.update(view.render(url, elapsed), refresh=True)

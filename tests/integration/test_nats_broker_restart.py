@@ -5,8 +5,9 @@ back by themselves, without the process restarting."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,15 @@ import pytest
 
 from schemas import Envelope, Message, Reply
 from schemas.queries import HostList, ListHosts
+from schemas.vm import CreateVm
 from shared.broker import BrokerError, EmbeddedNats
 from shared.bus import BusError, ConsumerSpec, Delivery, Logged, Stream
 from shared.bus.nats import NatsBus
+from shared.client import Client
 from shared.testing import eventually, unique_namespace
 from tests.contract.messages import create_vm, sample, vm_created
+from tests.integration.stack import start_ready
+from tests.integration.test_rabbitmq_restart import retry_until_answered
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(60)]
 
@@ -109,7 +114,8 @@ async def test_bus_restores_followers_consumers_servers_and_streams_after_a_cras
     """After the broker is killed and started again, with no restart of the process: the
     follower sees every event once with no gap, a command delivered but not acknowledged
     before the crash is delivered again, new commands and telemetry are consumed (the
-    TELEMETRY stream, in memory, and its durable are made again), queries are answered."""
+    TELEMETRY stream, in memory, and its durable are made again), queries are answered,
+    and nothing acknowledged before the crash comes again."""
     followed: list[Logged] = []
 
     async def follow(entry: Logged) -> None:
@@ -123,7 +129,9 @@ async def test_bus_restores_followers_consumers_servers_and_streams_after_a_cras
         vm: str = env.data.vm  # type: ignore[attr-defined]
         if vm == "before" and delivery.attempt == 1:
             in_handler.set()
-            await crashed.wait()
+            # Bounded, so that a test failing before the crash still stops its consumer.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(crashed.wait(), 30)
             raise RuntimeError("the broker went away while this was handled")
         handled.append((vm, delivery.attempt))
 
@@ -145,6 +153,8 @@ async def test_bus_restores_followers_consumers_servers_and_streams_after_a_cras
     for env in before:
         await bus.append(env)
     await bus.emit(sample(tick=0))
+    await bus.send(create_vm("early"))
+    await eventually(lambda: handled == [("early", 1)], what="the command sent first")
     await bus.send(create_vm("before"))
     await eventually(lambda: len(followed) == 3, what="the events appended before the crash")
     await eventually(lambda: ticks == [0], what="the sample emitted before the crash")
@@ -152,6 +162,7 @@ async def test_bus_restores_followers_consumers_servers_and_streams_after_a_cras
 
     server.kill()
     await eventually(lambda: not bus.available, timeout=10, what="the bus to notice")
+    await bus.emit(sample(tick=1000))  # dropped while the broker is away, and counted
     crashed.set()
     await asyncio.to_thread(server.start)
     await eventually(lambda: bus.available, timeout=30, what="the bus to reconnect")
@@ -162,20 +173,23 @@ async def test_bus_restores_followers_consumers_servers_and_streams_after_a_cras
     await bus.send(create_vm("after"))
     await eventually(lambda: len(followed) >= 6, timeout=20, what="the events appended after")
     await eventually(
-        lambda: {vm for vm, _ in handled} == {"before", "after"},
+        lambda: {vm for vm, _ in handled} == {"early", "before", "after"},
         timeout=20,
         what="the command cut by the crash and the one sent after",
     )
     assert dict(handled)["before"] >= 2, "the interrupted command was not delivered again"
+    assert [vm for vm, _ in handled].count("early") == 1, "an acknowledged command came again"
 
     # Telemetry is dropped while the broker (or its stream) is away, by design: emit
     # until a sample gets through to the consumer of the TELEMETRY stream made again.
     tick = 0
-    while not any(t > 0 for t in ticks):
+    while not any(0 < t < 1000 for t in ticks):
         tick += 1
         assert tick < 100, "no telemetry reached the consumer after the restart"
         await bus.emit(sample(tick=tick))
         await asyncio.sleep(0.1)
+
+    assert 1000 not in ticks
 
     reply = await bus.request(Envelope.wrap(ListHosts(), producer="test"), timeout=10)
     assert reply.data == HostList(hosts=[])
@@ -190,11 +204,13 @@ async def test_bus_restores_followers_consumers_servers_and_streams_after_a_cras
     assert_nothing_unretrieved(loop_errors)
 
 
-async def test_follower_sees_every_event_once_across_two_crashes_under_load(
-    server: CrashableNats, bus: NatsBus, loop_errors: list[dict[str, Any]]
+@pytest.mark.parametrize("outage", ["crash", "dropped connection"])
+async def test_follower_sees_every_event_once_across_two_outages_under_load(
+    server: CrashableNats, bus: NatsBus, loop_errors: list[dict[str, Any]], outage: str
 ) -> None:
-    """Appends keep coming while the broker is killed twice: the follower sees each of the
-    200 events exactly once, in order."""
+    """Appends keep coming while the broker is killed twice (or the connection to it
+    drops twice, the broker staying up): the follower sees each of the 200 events
+    exactly once, in order."""
     followed: list[Logged] = []
 
     async def follow(entry: Logged) -> None:
@@ -211,15 +227,17 @@ async def test_follower_sees_every_event_once_across_two_crashes_under_load(
             stored += 1
             await asyncio.sleep(0.01)
 
+    def reached(count: int) -> Callable[[], bool]:
+        return lambda: stored >= count
+
     producer = asyncio.create_task(produce())
     try:
-        for crash_at in (60, 130):
-            await eventually(
-                lambda at=crash_at: stored >= at,  # type: ignore[misc]
-                timeout=30,
-                what=f"{crash_at} appends",
-            )
-            await crash_and_restart(server, bus)
+        for at in (60, 130):
+            await eventually(reached(at), timeout=30, what=f"{at} appends")
+            if outage == "crash":
+                await crash_and_restart(server, bus)
+            else:
+                await bus.nc.force_reconnect()
         await asyncio.wait_for(producer, 40)
     finally:
         producer.cancel()
@@ -231,3 +249,71 @@ async def test_follower_sees_every_event_once_across_two_crashes_under_load(
     seqs = [e.seq for e in followed]
     assert seqs == sorted(set(seqs))
     assert_nothing_unretrieved(loop_errors)
+
+
+async def test_bus_closes_promptly_while_the_broker_is_down(
+    server: CrashableNats, bus: NatsBus, loop_errors: list[dict[str, Any]]
+) -> None:
+    """A process stopping while its broker is away closes its bus at once, leaving no
+    exception unretrieved and no task pending behind (what it buffered meanwhile
+    cannot be written to the dead connection)."""
+
+    async def ignore(env: Envelope[Message], delivery: Delivery) -> None:
+        pass
+
+    async def follow(entry: Logged) -> None:
+        pass
+
+    async def on_query(env: Envelope[Message]) -> Reply:
+        return HostList(hosts=[])
+
+    await bus.watch(Stream.EVENTS, (), follow)
+    await bus.consume(ConsumerSpec("commands", Stream.COMMANDS, (">",)), ignore)
+    await bus.consume(ConsumerSpec("telemetry", Stream.TELEMETRY, (">",)), ignore)
+    await bus.serve("hosts", on_query)
+    for tick in range(20):
+        await bus.emit(sample(tick=tick))
+    server.kill()
+    await eventually(lambda: not bus.available, timeout=10, what="the bus to notice")
+    await bus.emit(sample(tick=20))
+    with pytest.raises(BusError):
+        await bus.request(Envelope.wrap(ListHosts(), producer="test"), timeout=0.5)
+    await asyncio.wait_for(bus.close(), 10)
+    assert_nothing_unretrieved(loop_errors)
+
+
+@pytest.mark.integration
+async def test_hosts_service_carries_on_after_the_broker_is_killed(
+    server: CrashableNats, bus: NatsBus, tmp_path: Path
+) -> None:
+    """The hosts service, a process of its own, lives through nats-server killed and
+    started again: it answers commands and publishes telemetry without a restart, and
+    reports no exception left unretrieved."""
+    client = Client(bus, producer="test")
+    env = {
+        "VPLANE_BUS_URL": server.url,
+        "VPLANE_NAMESPACE": bus.namespace,
+        "VPLANE_HOSTS": "2",
+        "VPLANE_TICK_SECONDS": "0.2",
+    }
+    [service] = await start_ready(client, [("hosts", env)], tmp_path)
+    try:
+        await client.send_and_wait(CreateVm(vm="before", cpu=1, mem_mib=64), timeout=20)
+        await crash_and_restart(server, bus)
+        answer = await retry_until_answered(client, CreateVm(vm="after", cpu=1, mem_mib=64))
+        assert answer == "VmCreated"
+
+        samples: list[Logged] = []
+
+        async def on_sample(entry: Logged) -> None:
+            samples.append(entry)
+
+        await bus.watch(Stream.TELEMETRY, (), on_sample)
+        await eventually(lambda: len(samples) > 0, timeout=20, what="telemetry after the restart")
+        assert service.poll() is None, "the hosts service died with the broker"
+    finally:
+        service.terminate()
+        service.wait(15)
+    log = (tmp_path / "hosts-0.log").read_text()
+    assert "never retrieved" not in log
+    assert "reconnected to nats" in log

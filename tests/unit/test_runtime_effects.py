@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from schemas import Envelope, Message
+from schemas.pool import CapacityReleased, CapacityReserved, Owner
 from schemas.service import CommandsIssued
 from schemas.vm import CreateVm, PowerOnVm, VmCreated
-from shared.bus import AppendResult, BusUnavailable
+from shared.bus import AppendResult, BusUnavailable, ConcurrencyError
 from shared.bus.memory import MemoryBus
 from shared.loops import Loop
 from shared.outcome import Outcome, answer
@@ -188,3 +189,66 @@ async def test_every_command_of_the_last_append_is_sent_after_a_restart() -> Non
     async with running(Runtime(Starter().definition(), bus, "i2")):
         await eventually(lambda: len(bus.sent) == 2, what="both resent commands")
     assert sorted(getattr(env.data, "vm", "") for env, _ in bus.sent) == ["a", "b"]
+
+
+async def test_a_loop_that_fails_while_the_broker_is_away_waits_for_it() -> None:
+    """Failures that are the broker's absence never stop the service: the loop waits."""
+    bus, svc = FaultyBus(), Starter()
+    calls = 0
+
+    async def step() -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= 6:
+            raise BusUnavailable("the broker restarts")
+
+    runtime = Runtime(svc.definition([Loop("ticker", step, every=0.01)]), bus, "i1")
+    async with running(runtime):
+        await eventually(lambda: calls > 7, timeout=30, what="the loop to outlast the outage")
+        assert runtime.healthy
+    stats = runtime.loop_stats["ticker"]
+    assert (stats.failures, stats.consecutive) == (6, 0)
+
+
+async def test_a_command_whose_append_meets_an_absent_broker_is_answered_once_it_is_back() -> None:
+    """More failed appends in a row than a command has deliveries: it is not dead-lettered
+    (the broker was away, not the command at fault) and is answered, once."""
+    bus, svc = FaultyBus(), Starter()
+    async with running(Runtime(svc.definition(), bus, "i1")):
+        bus.failing_appends = 8
+        cmd = Envelope.wrap(CreateVm(vm="web", cpu=1, mem_mib=64), producer="test")
+        await bus.send(cmd)
+        await eventually(lambda: len(svc.vms) == 3, timeout=60, what="the answer")
+    assert await bus.dead_letters("starter-commands") == []
+
+
+def reservation(name: str) -> CapacityReserved:
+    return CapacityReserved(
+        host="h1", reservation=name, workload=name, owner=Owner.LOW, cpu_mhz=100, mem_mib=64
+    )
+
+
+async def test_a_guard_holds_for_the_aggregate_an_earlier_outcome_of_the_append_writes() -> None:
+    """A release (no expectation) and a reservation that expects the pool's version as the
+    log holds it, carried out together in that order (a round's housekeeping, then its
+    placements): the append lands; and it is refused if the pool moved meanwhile."""
+    bus = MemoryBus()
+    await bus.start()
+    await bus.append(Envelope.wrap(reservation("old"), producer="test"))
+    version = await bus.version("pool/h1")
+    runtime = Runtime(ServiceDefinition(name="pooler"), bus, "i1")
+
+    def outcomes(vm: str) -> list[Outcome]:
+        return [
+            Outcome(events=[CapacityReleased(host="h1", reservation="old")], key=f"free:{vm}"),
+            Outcome(events=[reservation(vm)], key=f"place:{vm}", expect={"pool/h1": version}),
+        ]
+
+    await runtime.carry_out(outcomes("new"))
+    assert [e.type for e in await logged(bus)] == [
+        "CapacityReserved",
+        "CapacityReleased",
+        "CapacityReserved",
+    ]
+    with pytest.raises(ConcurrencyError):
+        await runtime.carry_out(outcomes("newer"))
