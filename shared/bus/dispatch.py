@@ -11,11 +11,16 @@ import structlog
 from schemas import Envelope, Message, Reply
 from schemas.queries import QueryFailed
 from shared.bus.dedupe import RecentIds
-from shared.bus.errors import PoisonMessage, RequestFailed
+from shared.bus.errors import BusUnavailable, PoisonMessage, RequestFailed
 from shared.bus.protocol import Delivery, Handler, Logged, QueryHandler
 from shared.codec import MessageError, decode
 
 log = structlog.get_logger("vplane.bus")
+
+# How long a handler cut off from the broker is tried again in place, its message held
+# (within a consumer's usual ack wait): an outage is no fault of the message, and handing
+# it back would count a delivery toward burying it.
+UNAVAILABLE_PATIENCE = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +43,7 @@ class Bury:
 Outcome = Ack | Retry | Bury
 
 
-async def dispatch(
+async def dispatch(  # noqa: PLR0911 - one return per verdict
     raw: bytes,
     delivery: Delivery,
     handler: Handler,
@@ -61,9 +66,12 @@ async def dispatch(
         seq=delivery.seq,
     ):
         try:
-            await handler(env, delivery)
+            await _through_outages(handler, env, delivery)
         except asyncio.CancelledError:
             raise
+        except BusUnavailable as err:
+            log.warning("broker still away; message handed back", error=str(err))
+            return Retry(retry_delay)
         except PoisonMessage as err:
             log.warning("message rejected by handler", reason=str(err))
             return Bury(f"poison: {err}")
@@ -75,6 +83,24 @@ async def dispatch(
             return Retry(retry_delay * delivery.attempt)
     seen.add(env.id)
     return Ack()
+
+
+async def _through_outages(handler: Handler, env: Envelope[Message], delivery: Delivery) -> None:
+    """Run the handler, again while it fails only because the broker is away."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + UNAVAILABLE_PATIENCE
+    pause = 0.1
+    while True:
+        try:
+            await handler(env, delivery)
+        except BusUnavailable as err:
+            if loop.time() + pause > deadline:
+                raise
+            log.info("broker away; trying the message again", error=str(err), retry_in=pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
+        else:
+            return
 
 
 async def answer(handler: QueryHandler, raw: bytes, *, producer: str) -> bytes:
