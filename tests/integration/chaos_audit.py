@@ -184,3 +184,16 @@ async def replicas(url: str, namespace: str) -> dict[str, int]:
         }
     finally:
         await nc.close()
+
+
+def clock_regressions(log: LogView) -> dict[str, list[tuple[int, float, float]]]:
+    """Per producer, where an event's emulated time is earlier than that of the
+    producer's event before it (seq, before, then)."""
+    last: dict[str, float] = {}
+    back: dict[str, list[tuple[int, float, float]]] = {}
+    for seq, env in log.entries:
+        before = last.get(env.producer)
+        if before is not None and env.sim_time < before:
+            back.setdefault(env.producer, []).append((seq, before, env.sim_time))
+        last[env.producer] = max(before or env.sim_time, env.sim_time)
+    return back

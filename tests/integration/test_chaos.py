@@ -29,7 +29,7 @@ from shared.bus.nats import NatsBus
 from shared.bus.rabbit import RabbitBus
 from shared.client import Client
 from shared.testing import poll, unique_namespace
-from tests.brokers import drop_rabbitmq_namespace
+from tests.brokers import SERVICE_CONSUMERS, drop_rabbitmq_namespace
 from tests.integration import chaos_audit as audit
 from tests.integration.chaos import (
     ROLES,
@@ -148,11 +148,17 @@ async def run_chaos(
         else None
     )
     audit.assert_nothing_doubled(log, raw)
+    back = audit.clock_regressions(log)
+    assert "hosts" not in back, f"the hosts' emulated time went back: {back['hosts'][:5]}"
     outcome = Counter(e.type for _, e in log.entries)
+    buried = {c: len(await client.bus.dead_letters(c)) for c in SERVICE_CONSUMERS}
     print(
         f"faults: {done}; timings: { {k: round(v, 1) for k, v in timings.items()} }; "
         f"placed {outcome['VmPlaced']}, refused {outcome['CommandRejected']}, "
-        f"created {outcome['VmCreated']}, events {len(log.entries)}"
+        f"created {outcome['VmCreated']}, events {len(log.entries)}; "
+        f"emulated time went back: { {p: len(b) for p, b in back.items()} }; "
+        f"restarted after failing to start: {stack.failed_starts}; "
+        f"dead letters: { {c: n for c, n in buried.items() if n} }"
     )
     return timings
 
