@@ -4,7 +4,9 @@ capacity at any point of the log."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -160,14 +162,21 @@ async def nats_backlog(url: str, namespace: str) -> dict[str, tuple[int, int]]:
         await nc.close()
 
 
-async def stream_leader(urls: list[str], stream: str) -> str:
-    """The name of the cluster node that leads ``stream``."""
+async def stream_leader(urls: list[str], stream: str, timeout: float = 30) -> str:
+    """The name of the cluster node that leads ``stream`` (asked again while an election
+    after the last fault is still under way)."""
     nc = await nats.connect(urls, connect_timeout=5)
+    deadline = time.monotonic() + timeout
     try:
-        info = await nc.jsm().stream_info(stream)
-        assert info.cluster is not None, f"{stream} is not clustered"
-        assert info.cluster.leader, f"{stream} has no leader"
-        return str(info.cluster.leader)
+        while True:
+            try:
+                info = await nc.jsm().stream_info(stream)
+            except (nats.errors.Error, TimeoutError):
+                info = None
+            if info is not None and info.cluster is not None and info.cluster.leader:
+                return str(info.cluster.leader)
+            assert time.monotonic() < deadline, f"{stream} has no leader"
+            await asyncio.sleep(0.5)
     finally:
         await nc.close()
 

@@ -223,6 +223,16 @@ async def still_reacts_to_telemetry(client: Client) -> None:
         what=f"contention detected on {host} and the cluster scaled",
     )
 
+    def shrunk(log: audit.LogView) -> bool:
+        """The tenants service took workers away and the hosts destroyed them: nothing of
+        the episode is still on its way when the hosts stop."""
+        scaled = [s for s in log.data("ClusterScaled") if s.reason.startswith("contention")]
+        removed = {vm for s in scaled for vm in s.removed}
+        destroyed = {d.vm for d in log.data("VmDestroyed")}
+        return bool(removed) and removed <= destroyed
+
+    await log_until(client, shrunk, timeout=60, what="the workers taken away destroyed")
+
 
 # --- the three variants -----------------------------------------------------------
 
