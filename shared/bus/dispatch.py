@@ -17,6 +17,11 @@ from shared.codec import MessageError, decode
 
 log = structlog.get_logger("vplane.bus")
 
+# How long a handler cut off from the broker is tried again in place, its message held
+# (within a consumer's usual ack wait): an outage is no fault of the message, and handing
+# it back would count a delivery toward burying it.
+UNAVAILABLE_PATIENCE = 20.0
+
 
 @dataclass(frozen=True, slots=True)
 class Ack:
@@ -38,7 +43,7 @@ class Bury:
 Outcome = Ack | Retry | Bury
 
 
-async def dispatch(
+async def dispatch(  # noqa: PLR0911 - one return per verdict
     raw: bytes,
     delivery: Delivery,
     handler: Handler,
@@ -61,15 +66,17 @@ async def dispatch(
         seq=delivery.seq,
     ):
         try:
-            await _patiently(handler, env, delivery)
+            await _through_outages(handler, env, delivery)
         except asyncio.CancelledError:
             raise
+        except BusUnavailable as err:
+            log.warning("broker still away; message handed back", error=str(err))
+            return Retry(retry_delay)
         except PoisonMessage as err:
             log.warning("message rejected by handler", reason=str(err))
             return Bury(f"poison: {err}")
         except Exception as err:
-            # A broker that went away is not the message's fault: never a dead letter.
-            if delivery.attempt >= max_deliver and not isinstance(err, BusUnavailable):
+            if delivery.attempt >= max_deliver:
                 log.error("handler failed, giving up", attempt=delivery.attempt, exc_info=True)
                 return Bury(f"handler-failed: {type(err).__name__}: {err}")
             log.warning("handler failed, will retry", attempt=delivery.attempt, error=str(err))
@@ -78,21 +85,22 @@ async def dispatch(
     return Ack()
 
 
-# Pauses before a handler that failed for want of its broker is run again in place.
-BROKER_PAUSES = (0.5, 1.0, 2.0)
-
-
-async def _patiently(handler: Handler, env: Envelope[Any], delivery: Delivery) -> None:
-    """Run the handler; while it fails because the broker is away, wait and run it
-    again (its outcome's ids are fixed, so nothing lands twice)."""
-    for pause in BROKER_PAUSES:
+async def _through_outages(handler: Handler, env: Envelope[Message], delivery: Delivery) -> None:
+    """Run the handler, again while it fails only because the broker is away."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + UNAVAILABLE_PATIENCE
+    pause = 0.1
+    while True:
         try:
             await handler(env, delivery)
-        except BusUnavailable:
+        except BusUnavailable as err:
+            if loop.time() + pause > deadline:
+                raise
+            log.info("broker away; trying the message again", error=str(err), retry_in=pause)
             await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
         else:
             return
-    await handler(env, delivery)
 
 
 async def answer(handler: QueryHandler, raw: bytes, *, producer: str) -> bytes:

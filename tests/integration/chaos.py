@@ -57,6 +57,8 @@ class Stack:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     dead: list[subprocess.Popen[bytes]] = field(default_factory=list)
     starts: dict[str, int] = field(default_factory=dict)
+    # Processes that exited before they announced themselves, and were started again.
+    failed_starts: list[str] = field(default_factory=list)
 
     def _env(self, role: str) -> dict[str, str]:
         env = {**self.env, **ROLES[role][1]}
@@ -77,10 +79,22 @@ class Stack:
         proc = self.procs[role]
         proc.kill()
         proc.wait(10)
-        self.dead.append(proc)
+        self._replace(role)
+
+    def _replace(self, role: str) -> None:
+        self.dead.append(self.procs[role])
         self.starts[role] += 1
         log = self.log_dir / f"{role}-{self.starts[role]}.log"
         self.procs[role] = start_service(ROLES[role][0], self._env(role), log)
+
+    def supervise(self, announced: set[str]) -> None:
+        """Start again, as a supervisor would, a process that exited before announcing
+        itself (one whose broker was away while it rebuilt from the log)."""
+        pids = {i.rsplit("-", 1)[-1] for i in announced}
+        for role, proc in list(self.procs.items()):
+            if proc.poll() is not None and str(proc.pid) not in pids:
+                self.failed_starts.append(f"{role} (exit {proc.returncode})")
+                self._replace(role)
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs.values()]
@@ -147,7 +161,8 @@ async def run_faults(faults: list[tuple[str, Fault]], gap: float, done: list[str
         done.append(f"{name} ({time.monotonic() - started:.1f}s)")
 
 
-async def started_instances(client: Client) -> set[str]:
+async def started_instances(client: Client) -> set[str] | None:
+    """The instances that announced themselves; None when the log cannot be read now."""
     try:
         return {
             e.envelope.data.instance  # type: ignore[attr-defined]
@@ -155,13 +170,16 @@ async def started_instances(client: Client) -> set[str]:
             if e.envelope is not None and e.envelope.type == "ServiceStarted"
         }
     except BusError:  # the broker away for a moment: read again
-        return set()
+        return None
 
 
 async def wait_all_started(client: Client, stack: Stack, timeout: float = 60) -> None:
     """Every current process has announced itself (its instance ends with its pid)."""
 
-    def all_in(instances: set[str]) -> bool:
+    def all_in(instances: set[str] | None) -> bool:
+        if instances is None:
+            return False
+        stack.supervise(instances)
         pids = {i.rsplit("-", 1)[-1] for i in instances}
         return all(str(pid) in pids for pid in stack.pids())
 

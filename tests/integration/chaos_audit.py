@@ -4,7 +4,9 @@ capacity at any point of the log."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -160,14 +162,21 @@ async def nats_backlog(url: str, namespace: str) -> dict[str, tuple[int, int]]:
         await nc.close()
 
 
-async def stream_leader(urls: list[str], stream: str) -> str:
-    """The name of the cluster node that leads ``stream``."""
+async def stream_leader(urls: list[str], stream: str, timeout: float = 30) -> str:
+    """The name of the cluster node that leads ``stream`` (asked again while an election
+    after the last fault is still under way)."""
     nc = await nats.connect(urls, connect_timeout=5)
+    deadline = time.monotonic() + timeout
     try:
-        info = await nc.jsm().stream_info(stream)
-        assert info.cluster is not None, f"{stream} is not clustered"
-        assert info.cluster.leader, f"{stream} has no leader"
-        return str(info.cluster.leader)
+        while True:
+            try:
+                info = await nc.jsm().stream_info(stream)
+            except (nats.errors.Error, TimeoutError):
+                info = None
+            if info is not None and info.cluster is not None and info.cluster.leader:
+                return str(info.cluster.leader)
+            assert time.monotonic() < deadline, f"{stream} has no leader"
+            await asyncio.sleep(0.5)
     finally:
         await nc.close()
 
@@ -184,3 +193,16 @@ async def replicas(url: str, namespace: str) -> dict[str, int]:
         }
     finally:
         await nc.close()
+
+
+def clock_regressions(log: LogView) -> dict[str, list[tuple[int, float, float]]]:
+    """Per producer, where an event's emulated time is earlier than that of the
+    producer's event before it (seq, before, then)."""
+    last: dict[str, float] = {}
+    back: dict[str, list[tuple[int, float, float]]] = {}
+    for seq, env in log.entries:
+        before = last.get(env.producer)
+        if before is not None and env.sim_time < before:
+            back.setdefault(env.producer, []).append((seq, before, env.sim_time))
+        last[env.producer] = max(before or env.sim_time, env.sim_time)
+    return back

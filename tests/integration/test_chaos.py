@@ -29,7 +29,7 @@ from shared.bus.nats import NatsBus
 from shared.bus.rabbit import RabbitBus
 from shared.client import Client
 from shared.testing import poll, unique_namespace
-from tests.brokers import drop_rabbitmq_namespace
+from tests.brokers import SERVICE_CONSUMERS, drop_rabbitmq_namespace
 from tests.integration import chaos_audit as audit
 from tests.integration.chaos import (
     ROLES,
@@ -148,11 +148,17 @@ async def run_chaos(
         else None
     )
     audit.assert_nothing_doubled(log, raw)
+    back = audit.clock_regressions(log)
+    assert "hosts" not in back, f"the hosts' emulated time went back: {back['hosts'][:5]}"
     outcome = Counter(e.type for _, e in log.entries)
+    buried = {c: len(await client.bus.dead_letters(c)) for c in SERVICE_CONSUMERS}
     print(
         f"faults: {done}; timings: { {k: round(v, 1) for k, v in timings.items()} }; "
         f"placed {outcome['VmPlaced']}, refused {outcome['CommandRejected']}, "
-        f"created {outcome['VmCreated']}, events {len(log.entries)}"
+        f"created {outcome['VmCreated']}, events {len(log.entries)}; "
+        f"emulated time went back: { {p: len(b) for p, b in back.items()} }; "
+        f"restarted after failing to start: {stack.failed_starts}; "
+        f"dead letters: { {c: n for c, n in buried.items() if n} }"
     )
     return timings
 
@@ -216,6 +222,16 @@ async def still_reacts_to_telemetry(client: Client) -> None:
         timeout=60,
         what=f"contention detected on {host} and the cluster scaled",
     )
+
+    def shrunk(log: audit.LogView) -> bool:
+        """The tenants service took workers away and the hosts destroyed them: nothing of
+        the episode is still on its way when the hosts stop."""
+        scaled = [s for s in log.data("ClusterScaled") if s.reason.startswith("contention")]
+        removed = {vm for s in scaled for vm in s.removed}
+        destroyed = {d.vm for d in log.data("VmDestroyed")}
+        return bool(removed) and removed <= destroyed
+
+    await log_until(client, shrunk, timeout=60, what="the workers taken away destroyed")
 
 
 # --- the three variants -----------------------------------------------------------
