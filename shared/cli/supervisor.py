@@ -107,5 +107,8 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 child.proc.kill()
                 child.proc.wait()
-            codes[child.name] = child.proc.returncode
+            code = child.proc.returncode
+            # Still starting (no handler of its own yet), it ended by the SIGTERM it was
+            # sent: stopped as asked.
+            codes[child.name] = 0 if code == -signal.SIGTERM else code
         return codes

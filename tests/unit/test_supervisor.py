@@ -40,3 +40,10 @@ def test_a_failed_service_is_started_again_after_a_growing_pause(tmp_path: Path)
         assert "VPLANE_BUS_URL" in child.log_path.read_text()
     finally:
         sup.stop()
+
+
+def test_a_service_stopped_while_still_starting_counts_as_stopped(tmp_path: Path) -> None:
+    """SIGTERM before the service set up its own handler ends it by that signal: as asked."""
+    sup = Supervisor({}, tmp_path)
+    sup.start((("hosts", "hosts", {"VPLANE_BUS_URL": "nats://127.0.0.1:9"}),))
+    assert sup.stop() == {"hosts": 0}
