@@ -141,7 +141,7 @@ def report(results: dict[str, Any]) -> None:
                 f"{rabbit['latency']['vplane'][field]:8.2f}"
             )
         print(
-            f"  {'latency p99 ratio (target <= 3)':<30}: {nats['latency']['ratio_p99']:8.2f}   "
+            f"  {'latency p99 ratio (target <=3)':<30}: {nats['latency']['ratio_p99']:8.2f}   "
             f"{rabbit['latency']['ratio_p99']:8.2f}"
         )
 
