@@ -88,6 +88,10 @@ def report_section(result: dict[str, Any], raw_label: str) -> None:
             f"  {label}: p50 {cell['p50_ms']:7.2f} ms   p99 {cell['p99_ms']:7.2f} ms   "
             f"max {cell['max_ms']:7.2f} ms   (sent at {cell['offered_msgs_per_s']:.0f} msg/s)"
         )
+    print(
+        f"  ratio         : p50 {lat['ratio_p50']:7.2f}      p99 {lat['ratio_p99']:7.2f}"
+        f"      (target: p99 <= {lat['target_ratio_p99']:g})"
+    )
 
 
 def report(results: dict[str, Any]) -> None:
@@ -136,6 +140,10 @@ def report(results: dict[str, Any]) -> None:
                 f"  {label:<30}: {nats['latency']['vplane'][field]:8.2f}   "
                 f"{rabbit['latency']['vplane'][field]:8.2f}"
             )
+        print(
+            f"  {'latency p99 ratio (target <=3)':<30}: {nats['latency']['ratio_p99']:8.2f}   "
+            f"{rabbit['latency']['ratio_p99']:8.2f}"
+        )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:
