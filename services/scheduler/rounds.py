@@ -99,7 +99,9 @@ def decide_round(holder: Holder, number: int, without_high: bool) -> list[Outcom
         for housekeeping in settle(holder) + release_destroyed(holder):
             scratch.take(housekeeping)
             tally.other += 1
-        for work in real.queue():
+        # With no host known yet (the stack is starting, or this scheduler's view of the
+        # log is behind), the queue waits for one rather than being refused for room.
+        for work in real.queue() if real.ledger.capacity else ():
             outcome, progress = _work(holder, work, number)
             tally.progress[work_key(work.data)] = progress
             scratch.take(outcome)

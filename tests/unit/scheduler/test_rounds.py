@@ -106,3 +106,15 @@ def test_the_low_scheduler_waits_for_the_high_round_then_goes_without_it() -> No
     now[0] = 2.6
     assert len(round_plan(holder, rounds)) == 1
     assert rounds.done == 2
+
+
+def test_a_placement_waits_while_no_host_is_known() -> None:
+    """Before any host has registered (or reached this scheduler), a request is kept,
+    not refused; it is placed once a host is known."""
+    holder = Holder(Owner.HIGH)
+    log = Log(holder)
+    ask(log, "early")
+    assert decide_round(holder, 1, without_high=False) == []
+    hosts(holder, log, 1)
+    log.land(decide_round(holder, 2, without_high=False))
+    assert "early" in holder.state.placed
