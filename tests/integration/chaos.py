@@ -18,7 +18,7 @@ from schemas.scheduling import Affinity, PlacementRules, PlaceVm
 from shared.bus import BusError
 from shared.client import Client
 from shared.testing import poll
-from tests.integration.stack import start_ready, start_service, stop_all
+from tests.integration.stack import start_service, stop_all
 
 # role -> (module, extra environment); the role is also the name the service connects as.
 ROLES: dict[str, tuple[str, dict[str, str]]] = {
@@ -67,12 +67,13 @@ class Stack:
         return env
 
     async def start(self) -> None:
-        roles = list(ROLES)
-        procs = await start_ready(
-            self.client, [(ROLES[r][0], self._env(r)) for r in roles], self.log_dir
-        )
-        self.procs = dict(zip(roles, procs, strict=True))
-        self.starts = dict.fromkeys(roles, 1)
+        """Every service, until each has announced itself (its command queues exist)."""
+        self.starts = dict.fromkeys(ROLES, 1)
+        self.procs = {
+            role: start_service(module, self._env(role), self.log_dir / f"{role}-1.log")
+            for role, (module, _) in ROLES.items()
+        }
+        await wait_all_started(self.client, self)
 
     def kill(self, role: str) -> None:
         """SIGKILL, as in a crash, then a new process in its place (not waited for)."""
