@@ -156,7 +156,7 @@ class Runtime:
             if self.definition.setup is not None:
                 setup = self.definition.setup
                 async with self._deciding:
-                    await self._settle(setup)
+                    await self.settle(setup)
             await self._start_consumers()
             # Announced once its consumers are in place: from now on it takes commands.
             await self._announce(
@@ -319,7 +319,7 @@ class Runtime:
             decide = prepared or decide
         async with self._deciding:
             if env.id not in self._answered:
-                await self._settle(decide, answers=env.id)
+                await self.settle(decide, answers=env.id)
         self.handled += 1
 
     async def _on_telemetry(self, env: Envelope[Message], _delivery: Delivery) -> None:
@@ -327,7 +327,7 @@ class Runtime:
         assert telemetry is not None
         async with self._deciding:
             if env.id not in self._answered:
-                await self._settle(lambda: telemetry(env), answers=env.id)
+                await self.settle(lambda: telemetry(env), answers=env.id)
 
     async def _step(self, loop: Loop) -> None:
         if loop.exclusive:
@@ -349,20 +349,27 @@ class Runtime:
                 continue
             await self.carry_out(together)
             together = []
-            await self._settle(item)
+            await self.settle(item)
         await self.carry_out(together)
+
+    def exclusive(self) -> asyncio.Lock:
+        """The lock decisions are taken under (commands, samples, loop steps)."""
+        return self._deciding
 
     async def _retry_unsent(self) -> None:
         await self._flush_commands()
 
-    async def _settle(
+    async def settle(
         self,
         decide: Callable[[], Awaitable[Outcomes | None] | Outcomes | None],
         *,
         answers: uuid.UUID | None = None,
     ) -> None:
-        """Decide and carry out; on a version conflict, catch up with the aggregates the
-        decision relied on and decide again (``attempt()`` tells the decision how often)."""
+        """Decide and carry out under the service's lock; on a version conflict, catch up
+        with the aggregates the decision relied on and decide again (``attempt`` tells
+        the decision how often). This is the reservation primitive: a decision that
+        reserves says so with its outcome's ``expect``. The runtime calls it for every
+        command, sample and loop step; callers outside those hold ``exclusive()``."""
         for conflicts in range(MAX_CONFLICTS + 1):
             token = attempt.set(conflicts)
             try:

@@ -1,25 +1,22 @@
 """The shared pool as an event-sourced ledger: what each host has, and what is reserved.
 
-The fold is pure (``evolve``). ``reserve`` appends a reservation at the host's pool
-version: if another scheduler reserved on that host meanwhile, the append is refused,
-this ledger catches up with the host's new events, and the caller decides again.
+The fold is pure (``evolve``). A reservation is appended at the host's pool version
+(its outcome's ``expect``): if another scheduler reserved on that host meanwhile, the
+append is refused, the runtime catches up with the host's new events, and the
+scheduler decides again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from immutables import Map
 
-from schemas import Envelope, Message
+from schemas import Message
 from schemas.host import HostCrashed, HostRecovered, HostRegistered
 from schemas.pool import CapacityReleased, CapacityReserved
 from schemas.scheduling import HostEvacuated, MaintenanceEnded, MaintenanceStarted
-from shared.bus import Bus, ConcurrencyError
-
-# Conflicts on one reservation before the scheduler gives up on it for this round.
-MAX_ATTEMPTS = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,71 +144,3 @@ def _evolve(ledger: Ledger, seq: int, event: Message) -> Ledger:  # noqa: PLR091
         case HostEvacuated():
             return replace(ledger, evacuated=ledger.evacuated | {event.host})
     return ledger
-
-
-Choose = Callable[[Ledger], CapacityReserved | None]
-# Append a reservation at an expected pool version (ConcurrencyError when stale).
-AppendAt = Callable[[CapacityReserved, int], Awaitable[None]]
-# Fold a host's pool events from a log sequence on.
-CatchUp = Callable[[str, int], Awaitable[None]]
-
-
-@dataclass
-class Reserved:
-    reservation: CapacityReserved | None
-    conflicts: int
-
-
-async def reserve(
-    current: Callable[[], Ledger],
-    choose: Choose,
-    append_at: AppendAt,
-    catch_up: CatchUp,
-) -> Reserved:
-    """Append the reservation ``choose`` makes against the current ledger; on a conflict,
-    catch up with that host and choose again. None when nothing fits (any more). Every
-    bus checks an expected version atomically, so a reservation that lands fits."""
-    conflicts = 0
-    for _ in range(MAX_ATTEMPTS):
-        wanted = choose(current())
-        if wanted is None:
-            return Reserved(None, conflicts)
-        version = current().versions.get(wanted.host, 0)
-        try:
-            await append_at(wanted, version)
-        except ConcurrencyError:
-            conflicts += 1
-            await catch_up(wanted.host, current().versions.get(wanted.host, 0) + 1)
-            continue
-        return Reserved(wanted, conflicts)
-    return Reserved(None, conflicts)
-
-
-@dataclass
-class LedgerView:
-    """A ledger kept by appending through one bus: what tests and tools use; a service
-    keeps its ledger in its fold and appends through its runtime instead."""
-
-    bus: Bus
-    producer: str
-    ledger: Ledger = field(default_factory=Ledger)
-    conflicts: int = 0
-
-    def fold(self, seq: int, env: Envelope[Message]) -> None:
-        self.ledger = evolve(self.ledger, seq, env.data)
-
-    async def append_at(self, reservation: CapacityReserved, version: int) -> None:
-        env = Envelope.wrap(reservation, producer=self.producer)
-        result = await self.bus.append(env, expected_version=version)
-        self.fold(result.seq, env)
-
-    async def catch_up(self, host: str, since: int) -> None:
-        """Read the host's pool events from ``since`` on."""
-        async for entry in self.bus.replay(from_seq=since, filters=(f"pool.{host}",)):
-            if entry.envelope is not None:
-                self.fold(entry.seq, entry.envelope)
-
-    async def reserve(self, choose: Choose) -> CapacityReserved | None:
-        done = await reserve(lambda: self.ledger, choose, self.append_at, self.catch_up)
-        self.conflicts += done.conflicts
-        return done.reservation

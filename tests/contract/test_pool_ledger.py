@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from schemas import Envelope
+from schemas import Envelope, Message
 from schemas.host import HostRegistered
 from schemas.pool import CapacityReserved, Owner
-from services.scheduler.ledger import Amounts, Choose, Ledger, LedgerView
+from services.scheduler.ledger import Amounts, Ledger, evolve
 from shared.bus import Bus
 from shared.bus.memory import MemoryBus
 from shared.bus.nats import NatsBus
 from shared.bus.rabbit import RabbitBus
-from shared.testing import unique_namespace
+from shared.outcome import Outcome
+from shared.runtime import Runtime, ServiceDefinition
+from shared.testing import running, unique_namespace
 from tests.brokers import drop_rabbitmq_namespace
 
 HOSTS = ["h1", "h2", "h3"]
@@ -24,7 +27,7 @@ HOSTS = ["h1", "h2", "h3"]
 SLICE = Amounts(cpu_mhz=1000, mem_mib=1024)
 
 
-def first_fit(name: str, owner: Owner) -> Choose:
+def first_fit(name: str, owner: Owner) -> Callable[[Ledger], CapacityReserved | None]:
     def choose(ledger: Ledger) -> CapacityReserved | None:
         for host in sorted(ledger.capacity):
             if SLICE.fits_in(ledger.free(host)):
@@ -69,10 +72,34 @@ async def pool_bus(request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
             await asyncio.to_thread(drop_rabbitmq_namespace, bus.url, namespace)
 
 
+class Reserver:
+    """A service that only reserves slices, first fit, through its runtime: the ledger is
+    its fold, and each reservation is decided again when another writer got there first."""
+
+    def __init__(self, name: str, owner: Owner) -> None:
+        self.name, self.owner = name, owner
+        self.ledger = Ledger()
+
+    def definition(self) -> ServiceDefinition:
+        def fold(seq: int, env: Envelope[Message]) -> None:
+            self.ledger = evolve(self.ledger, seq, env.data)
+
+        return ServiceDefinition(
+            name=self.name, fold=fold, fold_filters=("host.>", "pool.>"), follow=True
+        )
+
+    def decide(self, n: int) -> Outcome | None:
+        wanted = first_fit(f"{self.owner}-{n}", self.owner)(self.ledger)
+        if wanted is None:
+            return None
+        version = self.ledger.versions.get(wanted.host, 0)
+        return Outcome(events=[wanted], key=f"slice:{n}", expect={f"pool/{wanted.host}": version})
+
+
 async def test_concurrent_schedulers_never_over_commit(pool_bus: Bus) -> None:
-    """Reservations appended at the host's pool version: when two schedulers race, one
-    append is refused, the loser catches up and tries again; no host is over-committed,
-    and the conflicts are counted."""
+    """Reservations appended at the host's pool version through two runtimes on two
+    connections: when they race, one append is refused, the loser's runtime catches up
+    and it decides again; no host is over-committed, and the conflicts are counted."""
     bus = pool_bus
     for h in HOSTS:
         await bus.append(
@@ -80,40 +107,31 @@ async def test_concurrent_schedulers_never_over_commit(pool_bus: Bus) -> None:
                 HostRegistered(host=h, cpu_cores=10, cpu_mhz=1000, mem_mib=10 * 1024), producer="t"
             )
         )
-    second: Bus = bus
+    # Each runtime has a connection of its own (it closes it when it stops).
+    own: list[Bus] = [bus, bus]
     if isinstance(bus, NatsBus | RabbitBus):
-        second = type(bus)(bus.url, bus.namespace)
-    if second is not bus:
-        await second.start()
-    views = [LedgerView(bus, "sched-0"), LedgerView(second, "sched-1")]
-    for view in views:
-        async for entry in bus.replay():
-            if entry.envelope is not None:
-                view.fold(entry.seq, entry.envelope)
+        own = [type(bus)(bus.url, bus.namespace) for _ in range(2)]
+    services = [Reserver("sched-0", Owner.HIGH), Reserver("sched-1", Owner.LOW)]
+    runtimes = [
+        Runtime(services[0].definition(), own[0], "i0"),
+        Runtime(services[1].definition(), own[1], "i1"),
+    ]
 
-    async def scheduler(i: int, b: Bus, owner: Owner) -> list[CapacityReserved | None]:
+    async def scheduler(i: int) -> None:
         rng = random.Random(i)
-        out = []
         for n in range(20):
             await asyncio.sleep(rng.random() / 1000)
-            out.append(await views[i].reserve(first_fit(f"{owner}-{n}", owner)))
-        return out
+            async with runtimes[i].exclusive():
+                await runtimes[i].settle(functools.partial(services[i].decide, n))
 
-    try:
-        high, low = await asyncio.gather(
-            scheduler(0, bus, Owner.HIGH), scheduler(1, second, Owner.LOW)
-        )
-    finally:
-        if second is not bus:
-            await second.close()
-    placed = [r for r in high + low if r is not None]
-    assert len(placed) == 30  # 3 hosts x 10 slices; the other 10 found no room
-
-    truth = LedgerView(bus, "truth")
+    async with running(runtimes[0], timeout=30), running(runtimes[1], timeout=30):
+        await asyncio.gather(scheduler(0), scheduler(1))
+    truth = Ledger()
     async for entry in bus.replay():
         if entry.envelope is not None:
-            truth.fold(entry.seq, entry.envelope)
+            truth = evolve(truth, entry.seq, entry.envelope.data)
     for h in HOSTS:
-        assert truth.ledger.free(h).cpu_mhz >= 0
-        assert len(truth.ledger.reservations[h]) == 10
-    assert views[0].conflicts + views[1].conflicts > 0
+        assert truth.free(h).cpu_mhz >= 0
+        assert len(truth.reservations[h]) == 10
+    assert sum(len(truth.reservations[h]) for h in HOSTS) == 30  # the other 10 found no room
+    assert runtimes[0].conflicts + runtimes[1].conflicts > 0
