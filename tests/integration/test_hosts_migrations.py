@@ -14,6 +14,7 @@ from schemas import Command, Envelope, Message
 from schemas.host import CrashHost, HostTelemetry
 from schemas.memory import GetVmMemory, VmMemory
 from schemas.queries import ListVms, VmList
+from schemas.service import RejectionCode
 from schemas.transfers import StartCopy, StartMigration
 from schemas.vm import CreateVm, MemoryMode
 from shared.bus import Logged, Stream
@@ -64,6 +65,27 @@ async def started_and_ended(
         in_workflow, count=2, timeout=timeout, before=lambda: client.bus.send(env)
     )
     return start, end
+
+
+async def until_known(client: Client, host: str, other: str) -> None:
+    """A host of another process reaches this process's fold through the log a moment
+    after it registered: ask for a tiny copy to it until it is not refused as unknown."""
+    deadline = asyncio.get_running_loop().time() + 15
+    while True:
+        probe = StartCopy(
+            host=host,
+            target=other,
+            rate_mbps=1000,
+            copy_id=f"probe-{uuid.uuid4().hex[:8]}",
+            size_mib=1,
+        )
+        [first] = await client.send_and_wait(probe, timeout=15)
+        code = getattr(first.data, "code", None)
+        if code != RejectionCode.UNKNOWN_HOST:
+            assert first.type == "CopyStarted", first.data
+            return
+        assert asyncio.get_running_loop().time() < deadline, f"{host}'s process never saw {other}"
+        await asyncio.sleep(0.1)
 
 
 async def create(client: Client, vm: str, host: str, **extra: object) -> None:
@@ -212,6 +234,7 @@ async def test_a_migration_between_two_hosts_processes(
     )
     try:
         await create(client, "web", "a1")
+        await until_known(client, "a1", "b1")
         _, end = await started_and_ended(
             client, StartMigration(host="a1", target="b1", rate_mbps=128, migration="m1", vm="web")
         )
