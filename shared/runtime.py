@@ -15,7 +15,7 @@ import signal
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -37,6 +37,7 @@ from shared.bus import (
 )
 from shared.bus.protocol import DataFlows
 from shared.bus.subjects import event_subject, matches, stream_subject
+from shared.command_groups import CommandGroups, DecideGroup
 from shared.effects import Batch, batches, first_id, issued
 from shared.loops import Loop, LoopFailed, LoopStats, supervise
 from shared.outcome import Outcome, Outcomes, Plan, as_list, attempt
@@ -48,6 +49,8 @@ DRAIN_STEP_SECONDS = 5.0
 # Conflicts on one decision before it is given up (and its cause retried later).
 MAX_CONFLICTS = 20
 OUTBOX_RETRY_SECONDS = 1.0
+# Commands sent with their acknowledgements in flight together, in order.
+SEND_CHUNK = 256
 
 Fold = Callable[[int, Envelope[Message]], None]
 Decide = Callable[[Envelope[Message]], Awaitable[Outcomes]]
@@ -74,6 +77,12 @@ class ServiceDefinition:
     # Keep folding other producers' events as they are appended, not only at start.
     follow: bool = False
     decide: Decide | None = None
+    # Answers the commands a consumer delivered together, each decided on the state the
+    # answers before it leave, one outcome per command naming it as cause; their answers
+    # land in one append (group commit). It may answer only the first few (at least
+    # one): the rest come again once those have landed. Without it, commands are decided
+    # one by one.
+    decide_group: DecideGroup | None = None
     prepare: Prepare | None = None
     # Durable command consumers by name: several processes of one service share a
     # consumer of the same name, or each takes its own (hosts addressed to it).
@@ -129,6 +138,11 @@ class Runtime:
         # Held while deciding and carrying out: a query waits for it, so whoever saw the
         # answering event in the log also sees it in every query.
         self._deciding = asyncio.Lock()
+        self._groups = (
+            None
+            if definition.decide_group is None
+            else CommandGroups(self, definition.decide_group)
+        )
         self._subs: list[Subscription] = []
         self._loops: list[asyncio.Task[None]] = []
         self.ready = asyncio.Event()
@@ -136,6 +150,11 @@ class Runtime:
     @property
     def name(self) -> str:
         return self.definition.name
+
+    @property
+    def answered(self) -> set[uuid.UUID]:
+        """The commands and samples whose answer is in the log (or needs none)."""
+        return self._answered
 
     @property
     def healthy(self) -> bool:
@@ -266,6 +285,8 @@ class Runtime:
         if d.decide is not None:
             for consumer, filters in d.commands.items():
                 spec = ConsumerSpec(name=consumer, stream=Stream.COMMANDS, filters=filters)
+                if self._groups is not None:
+                    spec = replace(spec, in_flight=spec.batch)
                 self._subs.append(await self.bus.consume(spec, self._on_command))
         if d.telemetry is not None:
             spec = ConsumerSpec(
@@ -311,6 +332,10 @@ class Runtime:
         assert d.decide is not None
         if env.id in self._answered:
             log.info("command already answered, acknowledging", attempt=_delivery.attempt)
+            return
+        if self._groups is not None:
+            await self._groups.answer(env)
+            self.handled += 1
             return
         decide: Callable[[], Awaitable[Outcomes]] = lambda: d.decide(env)  # type: ignore[misc]  # noqa: E731
         if d.prepare is not None:
@@ -471,8 +496,11 @@ class Runtime:
 
     async def _flush_commands(self) -> None:
         while self._unsent:
-            await self.bus.send(self._unsent[0])
-            self._unsent = self._unsent[1:]
+            chunk = self._unsent[:SEND_CHUNK]
+            await self.bus.send_many(chunk)
+            # By id: the outbox loop may flush at the same time, and the log may add more.
+            sent = {env.id for env in chunk}
+            self._unsent = [env for env in self._unsent if env.id not in sent]
 
     async def catch_up(self, filters: tuple[str, ...], from_seq: int) -> None:
         """Fold what the log holds of ``filters`` from ``from_seq`` on, ahead of the follower."""

@@ -217,6 +217,11 @@ class FaultyBus:
         await self.inner.send(env)
         self.record.sent.append(Sent(env, recorded))
 
+    async def send_many(self, envs: list[Envelope[Any]]) -> None:
+        # One at a time, so that a fault can fall between any two.
+        for env in envs:
+            await self.send(env)
+
     async def emit(self, env: Envelope[Any]) -> None:
         if self._fail(self.faults.emits, [env], "emit") is not None:
             raise BusUnavailable("injected: the sample was lost")

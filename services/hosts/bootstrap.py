@@ -5,11 +5,19 @@ from __future__ import annotations
 import gc
 import re
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from schemas import Envelope, Message, Reply
 from schemas.host import HostRegistered
-from schemas.memory import ExportPages, ImportPages
+from schemas.memory import (
+    ExportPages,
+    ImportPages,
+    SharePages,
+    SwapInPages,
+    SwapOutPages,
+    UnsharePages,
+)
+from schemas.vm import ResizeVm
 from services.hosts.domain import check_transfer, decide
 from services.hosts.handlers import (
     TRANSFER_CHECK_SECONDS,
@@ -18,7 +26,7 @@ from services.hosts.handlers import (
     telemetry_step,
     transfer_step,
 )
-from services.hosts.state import evolve
+from services.hosts.state import Fleet, evolve
 from services.hosts.transfers import export_pages, import_pages, read_flow
 from shared.bus.protocol import DataFlows
 from shared.loops import Loop
@@ -27,6 +35,26 @@ from shared.runtime import ServiceDefinition
 from shared.settings import Settings
 
 NAME = "hosts"
+
+
+# Commands decided on what the emulated machine holds, not on the fleet alone.
+ON_THE_MACHINE = (
+    ExportPages,
+    ImportPages,
+    SharePages,
+    UnsharePages,
+    SwapOutPages,
+    SwapInPages,
+    ResizeVm,
+)
+
+
+def _provisional(fleet: Fleet, outcome: Outcome) -> Fleet:
+    """``fleet`` as if ``outcome`` had landed."""
+    for event in outcome.events:
+        env = Envelope.wrap(event, producer=NAME, caused_by=outcome.cause)
+        fleet = evolve(fleet, event, env)
+    return fleet
 
 
 def host_prefix(settings: Settings) -> str:
@@ -79,6 +107,20 @@ def build(settings: Settings) -> ServiceDefinition:
                     return export_pages(holder.machine, env)
         return answer(env, *decide(fleet, env, holder.machine.facts(fleet)))
 
+    async def on_commands(envs: Sequence[Envelope[Message]]) -> list[Outcome]:
+        """The first command's answer, and those of the ones after it that the fleet
+        alone decides, each on the fleet the answers before it leave. A command that
+        reads the machine (its pages, its guests' use) waits until those have landed:
+        the machine sees an answer only once it is folded."""
+        outcomes = [await on_command(envs[0])]
+        fleet = holder.fleet
+        for env in envs[1:]:
+            fleet = _provisional(fleet, outcomes[-1])
+            if isinstance(env.data, ON_THE_MACHINE):
+                break
+            outcomes.append(answer(env, *decide(fleet, env, holder.machine.facts(fleet))))
+        return outcomes
+
     async def prepare(
         env: Envelope[Message], flows: DataFlows
     ) -> Callable[[], Awaitable[Outcomes]] | None:
@@ -122,6 +164,7 @@ def build(settings: Settings) -> ServiceDefinition:
         # process: each follows the others' events as they are appended.
         follow=True,
         decide=on_command,
+        decide_group=on_commands,
         commands={
             # Any hosts process may place a VM that names no host, on one of its own.
             "hosts-commands": ("hosts.>",),

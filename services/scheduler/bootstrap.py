@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from schemas import Envelope, Message
 from schemas.pool import Owner
-from services.scheduler.commands import decide
+from services.scheduler.commands import answer_group, decide
 from services.scheduler.holder import Holder, Knobs
 from services.scheduler.rounds import Rounds, round_plan
 from services.scheduler.state import evolve
@@ -37,6 +37,9 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
     async def on_command(env: Envelope[Message]) -> Outcome:
         return answer(env, *decide(holder.state, env, name))
 
+    async def on_commands(envs: Sequence[Envelope[Message]]) -> list[Outcome]:
+        return answer_group(holder, envs, name)
+
     rounds = Rounds(period=period, high_wait=period / 2, clock=clock)
 
     async def round_step() -> Plan:
@@ -56,6 +59,7 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         ),
         follow=True,
         decide=on_command,
+        decide_group=on_commands,
         commands={f"{name}-commands": (f"scheduler.{priority.value}.>",)},
         loops=[Loop("rounds", round_step, every=ROUND_CHECK_SECONDS)],
         clock=clock,

@@ -4,6 +4,7 @@ with nothing reserved. Placing happens later, in the rounds."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import astuple
 
 from schemas import Envelope, Event, Message
@@ -22,8 +23,11 @@ from schemas.service import CommandRejected, RejectionCode
 from services.scheduler.choose import request_of
 from services.scheduler.core import AbsurdRequest, ContradictoryRules
 from services.scheduler.evacuating import decide_cheapest, decide_maintenance
+from services.scheduler.holder import Holder
 from services.scheduler.ledger import Amounts
+from services.scheduler.rounds import Scratch
 from services.scheduler.state import SchedulerState
+from shared.outcome import Outcome, answer
 
 
 class _Refused(Exception):
@@ -56,6 +60,19 @@ def decide(state: SchedulerState, env: Envelope[Message], name: str) -> list[Eve
     return [
         CommandRejected.of(env, RejectionCode.WRONG_STATE, f"{name} does not handle {env.type}")
     ]
+
+
+def answer_group(holder: Holder, envs: Sequence[Envelope[Message]], name: str) -> list[Outcome]:
+    """Each command's answer, decided on the state the answers before it leave (a
+    second PlaceVm of one VM in the group is refused, as it would be one after another)."""
+    real, real_pools = holder.state, holder.pools
+    scratch = Scratch(holder)
+    try:
+        for env in envs:
+            scratch.take(answer(env, *decide(holder.state, env, name)))
+    finally:
+        holder.state, holder.pools = real, real_pools
+    return scratch.outcomes
 
 
 def _place(state: SchedulerState, cmd: PlaceVm) -> PlacementRequested:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -16,6 +17,8 @@ from shared.bus.protocol import Delivery, Handler, Logged, QueryHandler
 from shared.codec import MessageError, decode
 
 log = structlog.get_logger("vplane.bus")
+
+T = TypeVar("T")
 
 # How long a handler cut off from the broker is tried again in place, its message held
 # (within a consumer's usual ack wait): an outage is no fault of the message, and handing
@@ -83,6 +86,17 @@ async def dispatch(  # noqa: PLR0911 - one return per verdict
             return Retry(retry_delay * delivery.attempt)
     seen.add(env.id)
     return Ack()
+
+
+async def together(steps: Sequence[Awaitable[T]]) -> list[T | BaseException]:
+    """Run ``steps`` at once, started in order, each one's result or error in its place;
+    a single step runs in place, without a task of its own."""
+    if len(steps) == 1:
+        try:
+            return [await steps[0]]
+        except Exception as err:
+            return [err]
+    return list(await asyncio.gather(*steps, return_exceptions=True))
 
 
 async def _through_outages(handler: Handler, env: Envelope[Message], delivery: Delivery) -> None:

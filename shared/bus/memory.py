@@ -11,7 +11,16 @@ from typing import Any
 from schemas import Envelope, Message
 from shared.bus import subjects
 from shared.bus.dedupe import RecentIds, unique
-from shared.bus.dispatch import Ack, Bury, Retry, answer, dispatch, entry_of, read_reply
+from shared.bus.dispatch import (
+    Ack,
+    Bury,
+    Retry,
+    answer,
+    dispatch,
+    entry_of,
+    read_reply,
+    together,
+)
 from shared.bus.errors import BusError, ConcurrencyError, RequestFailed
 from shared.bus.flows import first_chunks
 from shared.bus.protocol import (
@@ -60,10 +69,18 @@ class _Log:
         return seq
 
     def first_from(self, seq: int, filters: tuple[str, ...]) -> _Entry | None:
+        found = self.firsts_from(seq, filters, 1)
+        return found[0] if found else None
+
+    def firsts_from(self, seq: int, filters: tuple[str, ...], count: int) -> list[_Entry]:
+        """The first ``count`` entries from ``seq`` on that ``filters`` select."""
+        found: list[_Entry] = []
         for entry in self.entries:
             if entry.seq >= seq and _selected(entry.subject, filters):
-                return entry
-        return None
+                found.append(entry)
+                if len(found) == count:
+                    break
+        return found
 
     async def wait_change(self, timeout: float) -> None:
         async with self.changed:
@@ -189,6 +206,10 @@ class MemoryBus:
             subjects.command_subject(self.namespace, env), env.encode()
         )
 
+    async def send_many(self, envs: list[Envelope[Any]]) -> None:
+        for env in envs:
+            await self.send(env)
+
     async def emit(self, env: Envelope[Any]) -> None:
         log = self._logs[Stream.TELEMETRY]
         await log.add(subjects.telemetry_subject(self.namespace, env), env.encode())
@@ -211,33 +232,50 @@ class MemoryBus:
         attempts: dict[int, int] = {}
         seen = RecentIds()
         while not me.stopping:
-            entry = log.first_from(self._cursors[spec.name], filters)
-            if entry is None:
+            entries = log.firsts_from(self._cursors[spec.name], filters, max(spec.in_flight, 1))
+            if not entries:
                 await log.wait_change(0.05)
                 continue
-            attempt = attempts[entry.seq] = attempts.get(entry.seq, 0) + 1
-            delivery = Delivery(entry.seq, attempt, entry.subject)
-            outcome = await dispatch(
-                entry.data,
-                delivery,
-                handler,
-                max_deliver=spec.max_deliver,
-                retry_delay=spec.retry_delay,
-                seen=seen,
+            deliveries = []
+            for entry in entries:
+                attempt = attempts[entry.seq] = attempts.get(entry.seq, 0) + 1
+                deliveries.append(Delivery(entry.seq, attempt, entry.subject))
+            outcomes = await together(
+                [
+                    dispatch(
+                        entry.data,
+                        delivery,
+                        handler,
+                        max_deliver=spec.max_deliver,
+                        retry_delay=spec.retry_delay,
+                        seen=seen,
+                    )
+                    for entry, delivery in zip(entries, deliveries, strict=True)
+                ]
             )
-            if isinstance(outcome, Retry):
-                await asyncio.sleep(outcome.delay)
-                continue
-            if isinstance(outcome, Bury):
-                self._dead.append(
-                    DeadLetter(spec.name, entry.subject, outcome.reason, attempt, entry.data)
-                )
-            assert isinstance(outcome, Ack | Bury)
-            del attempts[entry.seq]
-            if work_queue:
-                log.entries.remove(entry)
-            else:
-                self._cursors[spec.name] = entry.seq + 1
+            pause = 0.0
+            for entry, delivery, outcome in zip(entries, deliveries, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                if isinstance(outcome, Retry):
+                    # Delivered again next time; a cursor stays at the first to retry (the
+                    # ones after it that were handled are recognised by id).
+                    pause = max(pause, outcome.delay)
+                    continue
+                if isinstance(outcome, Bury):
+                    self._dead.append(
+                        DeadLetter(
+                            spec.name, entry.subject, outcome.reason, delivery.attempt, entry.data
+                        )
+                    )
+                assert isinstance(outcome, Ack | Bury)
+                del attempts[entry.seq]
+                if work_queue:
+                    log.entries.remove(entry)
+                elif not pause:
+                    self._cursors[spec.name] = entry.seq + 1
+            if pause:
+                await asyncio.sleep(pause)
 
     async def watch(
         self,

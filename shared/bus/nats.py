@@ -332,6 +332,20 @@ class NatsBus:
             {api.Header.MSG_ID: str(env.id)},
         )
 
+    async def send_many(self, envs: list[Envelope[Any]]) -> None:
+        await self._confirmed(
+            (
+                (
+                    subjects.command_subject(self.namespace, env),
+                    env.encode(),
+                    {api.Header.MSG_ID: str(env.id)},
+                )
+                for env in envs
+            ),
+            timeout=30,
+            what="send failed",
+        )
+
     async def emit(self, env: Envelope[Any]) -> None:
         # Telemetry is a time series: a lost sample is replaced by the next tick, so it
         # is published without waiting for each acknowledgement, and not at all while

@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from shared.bus.dedupe import RecentIds
-from shared.bus.dispatch import Ack, Bury, Retry, dispatch, entry_of
+from shared.bus.dispatch import Ack, Bury, Retry, dispatch, entry_of, together
 from shared.bus.errors import BusError, BusUnavailable
 from shared.bus.protocol import ConsumerSpec, Delivery, Handler, Logged, WatchHandler
 
@@ -108,18 +108,23 @@ class Puller:
             finally:
                 self._waiting = False
             trouble.ok()
-            for i, msg in enumerate(msgs):
+            step = max(spec.in_flight, 1)
+            for i in range(0, len(msgs), step):
                 if self._stopping:
                     # Hand back what this instance will not handle, for the next one.
                     for rest in msgs[i:]:
                         with contextlib.suppress(Exception):
                             await rest.nak()
                     break
-                try:
-                    await self._one(msg)
-                except TRANSIENT as err:
-                    # Not acknowledged: the broker redelivers it after ack_wait.
-                    log.warning("could not settle message", consumer=spec.name, error=repr(err))
+                settled = await together([self._one(msg) for msg in msgs[i : i + step]])
+                for result in settled:
+                    if isinstance(result, TRANSIENT):
+                        # Not acknowledged: the broker redelivers it after ack_wait.
+                        log.warning(
+                            "could not settle message", consumer=spec.name, error=repr(result)
+                        )
+                    elif isinstance(result, BaseException):
+                        raise result
 
     async def _one(self, msg: Msg) -> None:
         meta = msg.metadata

@@ -67,6 +67,10 @@ class ConsumerSpec:
     retry_delay: float = 0.2
     # Where a new consumer starts in the event log; an existing one resumes where it was.
     start_seq: int = 1
+    # How many delivered messages the handler is given at once, each settled on its own
+    # verdict; 1 hands them over strictly one after another. Handlers are started in
+    # delivery order and run until their first wait in that order.
+    in_flight: int = 1
 
 
 Handler = Callable[[Envelope[Message], Delivery], Awaitable[None]]
@@ -135,6 +139,11 @@ class Bus(Protocol):
 
     async def send(self, env: Envelope[Any]) -> None:
         """Queue a command; it waits for its handler even if none is running."""
+
+    async def send_many(self, envs: list[Envelope[Any]]) -> None:
+        """Queue commands in this order with their acknowledgements in flight together;
+        all of them are queued, or an error is raised (and sending them again is safe:
+        a command's id is recognised)."""
 
     async def emit(self, env: Envelope[Any]) -> None:
         """Publish a telemetry sample (bounded retention)."""

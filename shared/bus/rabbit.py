@@ -356,6 +356,20 @@ class RabbitBus:
         subject = subjects.command_subject(self.namespace, env)
         await self._publish("commands", subject, env.encode(), msg_id=str(env.id))
 
+    async def send_many(self, envs: list[Envelope[Any]]) -> None:
+        # Published in order on one channel; only the confirmations are awaited together.
+        await asyncio.gather(
+            *(
+                self._publish(
+                    "commands",
+                    subjects.command_subject(self.namespace, env),
+                    env.encode(),
+                    msg_id=str(env.id),
+                )
+                for env in envs
+            )
+        )
+
     async def emit(self, env: Envelope[Any]) -> None:
         subject = subjects.telemetry_subject(self.namespace, env)
         await self._publish("telemetry", subject, env.encode(), msg_id=str(env.id), confirm=False)

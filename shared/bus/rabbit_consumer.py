@@ -12,7 +12,7 @@ import structlog
 from aiormq.abc import DeliveredMessage
 
 from shared.bus.dedupe import RecentIds
-from shared.bus.dispatch import Bury, Outcome, Retry, dispatch
+from shared.bus.dispatch import Bury, Outcome, Retry, dispatch, together
 from shared.bus.errors import BusError
 from shared.bus.protocol import ConsumerSpec, Delivery, Handler, Stream
 from shared.bus.rabbit_batch import selected, unpack
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("vplane.bus.rabbit")
 
 ACK_EVERY = 64
+_SETTLE_ERRORS = (BusError, aiormq.exceptions.AMQPError, ConnectionError)
 
 
 class QueueConsumer(Subscriber):
@@ -117,15 +118,30 @@ class QueueConsumer(Subscriber):
     async def _run(self) -> None:
         handled = 0
         while True:
-            message, raw = await self._inbox.get()
+            taken = [await self._inbox.get()]
+            while len(taken) < self._spec.in_flight and not self._inbox.empty():
+                taken.append(self._inbox.get_nowait())
             self._idle.clear()
             try:
-                await self._one(message, raw)
-                handled += 1
-                if self._inbox.empty() or handled % ACK_EVERY == 0:
+                # Settled in delivery order once all are handled: an acknowledgement covers
+                # every earlier delivery, so none may go out while one is still in hand.
+                results = await together(
+                    [self._one(m, raw, alone=len(taken) == 1) for m, raw in taken]
+                )
+                for (message, raw), result in zip(taken, results, strict=True):
+                    if isinstance(result, _SETTLE_ERRORS):
+                        # Not acknowledged: the broker delivers it again.
+                        log.warning(
+                            "could not settle message", consumer=self._spec.name, error=repr(result)
+                        )
+                    elif isinstance(result, BaseException):
+                        raise result
+                    elif result:
+                        await self._settle(raw, message.delivery_tag or 0)
+                handled += len(taken)
+                if self._inbox.empty() or handled % ACK_EVERY < len(taken):
                     await self._flush_acks()
-            except (BusError, aiormq.exceptions.AMQPError, ConnectionError) as err:
-                # Not acknowledged: the broker delivers it again.
+            except _SETTLE_ERRORS as err:
                 log.warning("could not settle message", consumer=self._spec.name, error=repr(err))
             finally:
                 self._idle.set()
@@ -139,7 +155,9 @@ class QueueConsumer(Subscriber):
             if not raw.is_closed:
                 await raw.basic_ack(tag, multiple=True)
 
-    async def _one(self, message: DeliveredMessage, raw: RawChannel) -> None:
+    async def _one(self, message: DeliveredMessage, raw: RawChannel, *, alone: bool) -> bool:
+        """Handle a delivery; True when it is to be acknowledged (it was handed back
+        otherwise)."""
         spec = self._spec
         props = message.header.properties
         headers = props.headers or {}
@@ -148,8 +166,7 @@ class QueueConsumer(Subscriber):
         batch = unpack(message.routing_key or "", props.message_id or "", headers, message.body)
         if batch.expected and not await self._bus.accepted(batch.ids[0]):
             # A conditional batch the log refused: nobody sees it.
-            await self._settle(raw, message.delivery_tag or 0)
-            return
+            return True
         for subject, body, msg_id in zip(batch.subjects, batch.bodies, batch.ids, strict=True):
             if len(batch.ids) > 1 and not selected(subject, self._patterns):
                 continue
@@ -161,16 +178,17 @@ class QueueConsumer(Subscriber):
                 outcome = await self._dispatch(body, delivery)
             if isinstance(outcome, Retry):
                 # The whole message comes back; the events handled are known by id.
-                await self._flush_acks()
+                if alone:
+                    await self._flush_acks()
                 await asyncio.sleep(outcome.delay)
                 await raw.basic_nack(message.delivery_tag or 0, multiple=False, requeue=True)
-                return
+                return False
             if isinstance(outcome, Bury):
                 log.warning("dead-lettered", consumer=spec.name, reason=outcome.reason[:200])
                 await self._bus.bury(spec.name, subject, body, outcome.reason, attempt)
                 with contextlib.suppress(ValueError):
                     self._seen.add(uuid.UUID(msg_id))
-        await self._settle(raw, message.delivery_tag or 0)
+        return True
 
     async def _settle(self, raw: RawChannel, tag: int) -> None:
         if self._unacked is not None and self._unacked[0] is not raw:
