@@ -79,6 +79,10 @@ class EmbeddedNats:
         )
 
     def start(self, timeout: float = 15.0) -> EmbeddedNats:
+        """Start the server; a started one is left as it is (a second server on the same
+        store would fail to bind its port, but only after it had opened the store)."""
+        if self._proc is not None and self._proc.poll() is None:
+            return self
         self.data_dir.mkdir(parents=True, exist_ok=True)
         conf = self.data_dir / "nats-server.conf"
         conf.write_text(self._config())

@@ -404,8 +404,13 @@ class Runtime:
                 attempt.reset(token)
             try:
                 await self.carry_out(outcomes)
-            except ConcurrencyError:
+            except ConcurrencyError as err:
                 self.conflicts += 1
+                log.info(
+                    "decision met a newer log; deciding again",
+                    conflict=str(err),
+                    detail=getattr(err, "__notes__", None),
+                )
                 await self._catch_up_with(outcomes)
                 continue
             if answers is not None:

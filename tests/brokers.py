@@ -8,6 +8,7 @@ import contextlib
 import os
 import shutil
 import socket
+import subprocess
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -78,3 +79,11 @@ def drop_rabbitmq_namespace(url: str, namespace: str) -> None:
             await bus.close()
 
     asyncio.run(drop())
+
+
+def rabbitmqctl(*args: str) -> str:
+    """What the local broker's ``rabbitmqctl`` prints (quiet)."""
+    done = subprocess.run(
+        ["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True, timeout=60
+    )
+    return done.stdout

@@ -74,7 +74,10 @@ async def publish_batch(
     if code in {WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_CONSTANT}:
         found = _ACTUAL_SEQ.search(description) if code == WRONG_LAST_SEQUENCE else None
         first = min(expected) if expected else 0
-        raise ConcurrencyError(
+        conflict = ConcurrencyError(
             envs[first].subject, expected.get(first, 0), int(found.group(1)) if found else None
         )
+        # What the broker said: a conflict that keeps coming back is told apart by it.
+        conflict.add_note(f"{description} ({code})")
+        raise conflict
     raise BusError(f"atomic append refused: {description} ({code})")

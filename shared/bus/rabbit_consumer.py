@@ -119,6 +119,9 @@ class QueueConsumer(Subscriber):
         handled = 0
         while True:
             taken = [await self._inbox.get()]
+            if self._spec.in_flight > 1:
+                # Deliveries arrive one callback at a time: let those on the wire queue up.
+                await asyncio.sleep(0)
             while len(taken) < self._spec.in_flight and not self._inbox.empty():
                 taken.append(self._inbox.get_nowait())
             self._idle.clear()

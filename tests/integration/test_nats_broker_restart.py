@@ -317,3 +317,22 @@ async def test_hosts_service_carries_on_after_the_broker_is_killed(
     log = (tmp_path / "hosts-0.log").read_text()
     assert "never retrieved" not in log
     assert "reconnected to nats" in log
+
+
+async def test_starting_a_running_server_again_leaves_it_alone(tmp_path: Path) -> None:
+    """``with EmbeddedNats(d).start()`` starts it once: a second server on the same store
+    would open the store before failing to bind the port, and break the first one's."""
+    server = EmbeddedNats(tmp_path)
+    with server.start() as again:
+        assert again is server
+        first = server._proc
+        server.start()
+        assert server._proc is first
+        bus = NatsBus(server.url, unique_namespace())
+        await bus.start()
+        try:
+            await bus.append(vm_created("after"))
+            assert await bus.last_seq() == 1
+        finally:
+            await bus.close()
+    assert "address already in use" not in (tmp_path / "nats-server.log").read_text()

@@ -9,7 +9,6 @@ each one was.
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -21,16 +20,10 @@ from schemas.queries import HostList, ListHosts
 from shared.bus import ConsumerSpec, Delivery, Logged, Stream
 from shared.bus.rabbit import RabbitBus, delete_namespace
 from shared.testing import eventually, unique_namespace
+from tests.brokers import rabbitmqctl
 from tests.contract.messages import create_vm, sample, vm_created
 
 pytestmark = [pytest.mark.broker, pytest.mark.integration]
-
-
-def rabbitmqctl(*args: str) -> str:
-    done = subprocess.run(
-        ["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True, timeout=60
-    )
-    return done.stdout
 
 
 def drop_connections(client_name: str) -> int:

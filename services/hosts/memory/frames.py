@@ -91,8 +91,8 @@ class FramePool:
             blocks.append(heapq.heappop(self._free_blocks[node]))
             node = (node + 1) % self.nodes
         taken = np.asarray(blocks, np.int64)
-        frames = taken[:, None] * LARGE_PAGE_PAGES + np.arange(LARGE_PAGE_PAGES)
-        self.refcount[frames.reshape(-1)] = 1
+        # Row by row (a block's frames are one row): no index array of every frame.
+        self.refcount.reshape(-1, LARGE_PAGE_PAGES)[taken] = 1
         self._block_used[taken] = LARGE_PAGE_PAGES
         np.subtract.at(self._node_free, self.block_node[taken], LARGE_PAGE_PAGES)
         if backed:

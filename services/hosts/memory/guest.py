@@ -64,19 +64,41 @@ class GuestMemory:
     keep the old size.
     """
 
+    # Made on first use (``__getattr__``): a guest nothing has looked into yet costs no
+    # page-sized arrays, so creating many VMs is cheap until their pages are used.
+    table: Ints
+    flat: Ints  # the same entries as ``table``, by guest page number
+    dirty: npt.NDArray[np.bool_]
+    reads: npt.NDArray[np.uint32]
+    heat: npt.NDArray[np.float32]
+
     def __init__(self, spec: VmSpec, blocks: Ints, home: Ints) -> None:
         self.spec = spec
-        self.table: Ints = _rows(blocks)
-        self.flat: Ints = self.table.reshape(-1)  # the same entries, by guest page number
+        self._blocks: Ints | None = blocks
         self.home = home
-        self.dirty = np.zeros(spec.pages, np.bool_)
-        self.reads = np.zeros(spec.pages, np.uint32)
-        self.heat = np.zeros(spec.pages, np.float32)
         # What an accounting-only guest's used size is made of (it has no bytes to test):
         # 1 + the highest page ever written, and the pages its seeded content filled.
         self.written_end = 0
         self._content_pages = spec.pages
         self._content_end: int | None = None
+
+    def __getattr__(self, name: str) -> object:
+        blocks: Ints | None = self.__dict__.get("_blocks")
+        if name not in _LAZY or blocks is None:
+            raise AttributeError(name)
+        self._blocks = None
+        pages = self.spec.pages
+        self.table = _rows(blocks)
+        self.flat = self.table.reshape(-1)
+        self.dirty = np.zeros(pages, np.bool_)
+        self.reads = np.zeros(pages, np.uint32)
+        self.heat = np.zeros(pages, np.float32)
+        return self.__dict__[name]
+
+    @property
+    def untouched(self) -> bool:
+        """Nothing has looked at its pages yet: every bit and count is still zero."""
+        return self._blocks is not None
 
     def content_end(self) -> int:
         """1 + the highest page whose seeded content is not a zero page (0 if none).
@@ -145,6 +167,9 @@ class GuestMemory:
 
     def home_of(self, pages: Ints) -> Ints:
         return self.home[pages // LARGE_PAGE_PAGES]
+
+
+_LAZY = frozenset({"table", "flat", "dirty", "reads", "heat"})
 
 
 def _rows(blocks: Ints) -> Ints:

@@ -133,7 +133,8 @@ class HostMemory:
         if not 0 <= factor <= 1:
             raise InvalidArgument(f"heat decays by a factor in [0, 1], not {factor}")
         for guest in self._vms.values():
-            guest.heat *= np.float32(factor)
+            if not guest.untouched:
+                guest.heat *= np.float32(factor)
 
     # Sharing and swap
 

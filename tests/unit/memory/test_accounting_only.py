@@ -79,3 +79,29 @@ def test_a_host_holds_many_accounting_only_vms_cheaply() -> None:
         host.create_vm(VmSpec(f"vm{index}", 64, seed=index, mode=MemoryMode.ACCOUNTING))
     assert host.usage().used_frames == 200 * 64 * 512
     assert host.usage().nodes[0].used_frames == host.usage().nodes[1].used_frames
+
+
+def test_a_guest_gets_its_page_arrays_only_once_something_looks_at_its_pages() -> None:
+    """Creating a VM allocates its frames but no per-page arrays; the first look at its
+    pages makes them (all zero, its table mapping its frames), and heat decays on them."""
+    host = HostMemory.sized(mem_mib=1024, numa_nodes=2)
+    host.create_vm(VmSpec("quiet", 4, seed=1, mode=MemoryMode.ACCOUNTING))
+    host.create_vm(VmSpec("busy", 4, seed=2, mode=MemoryMode.ACCOUNTING))
+    guests = {name: host._vm(name) for name in ("quiet", "busy")}
+    assert all(g.untouched for g in guests.values())
+    host.decay_heat()
+    assert guests["quiet"].untouched
+
+    host.apply("busy", Workload(seed=3).step(4 * 512, 0, writes=50, reads=50))
+    busy = guests["busy"]
+    assert not busy.untouched
+    assert guests["quiet"].untouched
+    assert busy.table.shape == (4, 512)
+    assert len(np.unique(busy.flat)) == 4 * 512
+    assert busy.heat.max() > 0
+    before = busy.heat.copy()
+    host.decay_heat()
+    assert (busy.heat <= before).all()
+    assert busy.heat.sum() < before.sum()
+    assert host.read_counts("quiet").sum() == 0
+    assert not guests["quiet"].untouched
