@@ -20,7 +20,9 @@ from services.hosts.memory.geometry import (
     LARGE_PAGE_SHIFT,
     Ints,
     PageBytes,
+    block_rows,
 )
+from services.hosts.memory.refcounts import Counts, RefCounts
 
 _SLOT_MASK = LARGE_PAGE_PAGES - 1
 
@@ -34,7 +36,7 @@ class FramePool:
         self.total_large_pages = sum(counts)
         self.total_frames = self.total_large_pages * LARGE_PAGE_PAGES
         self.block_node: Ints = np.repeat(np.arange(self.nodes, dtype=np.int64), counts)
-        self.refcount: npt.NDArray[np.int32] = np.zeros(self.total_frames, np.int32)
+        self.refs = RefCounts(self.total_large_pages)
         self._block_used: npt.NDArray[np.int32] = np.zeros(self.total_large_pages, np.int32)
         starts = np.cumsum([0, *counts]).tolist()
         # Per node: whole free blocks (a heap, lowest first) and partly used blocks (in order).
@@ -91,8 +93,7 @@ class FramePool:
             blocks.append(heapq.heappop(self._free_blocks[node]))
             node = (node + 1) % self.nodes
         taken = np.asarray(blocks, np.int64)
-        # Row by row (a block's frames are one row): no index array of every frame.
-        self.refcount.reshape(-1, LARGE_PAGE_PAGES)[taken] = 1
+        self.refs.set_blocks(taken, 1)
         self._block_used[taken] = LARGE_PAGE_PAGES
         np.subtract.at(self._node_free, self.block_node[taken], LARGE_PAGE_PAGES)
         if backed:
@@ -108,22 +109,40 @@ class FramePool:
             frames[wanted] = self._take(node, len(wanted), backed=backed)
         return frames
 
+    def refcount(self, frames: Ints) -> Counts:
+        return self.refs.of(frames)
+
     def retain(self, frames: Ints) -> None:
-        np.add.at(self.refcount, frames, 1)
+        unique, counts = np.unique(frames, return_counts=True)
+        self.refs.add(unique, counts)
 
     def release(self, frames: Ints) -> int:
         """Drop one reference per entry of ``frames``; return how many frames became free."""
         if not len(frames):
             return 0
         unique, counts = np.unique(frames, return_counts=True)
-        self.refcount[unique] -= counts.astype(np.int32)
-        freed = unique[self.refcount[unique] == 0]
+        self.refs.add(unique, -counts)
+        freed = unique[self.refs.of(unique) == 0]
         blocks, per_block = np.unique(freed >> LARGE_PAGE_SHIFT, return_counts=True)
+        self._free(blocks, per_block)
+        return len(freed)
+
+    def release_blocks(self, blocks: Ints) -> int:
+        """``release`` of every frame of the whole large pages ``blocks``, without an array of
+        their frames."""
+        alone = self.refs.counted_alone(blocks)
+        freed = self.release(block_rows(blocks[alone]).reshape(-1))
+        blocks = blocks[~alone]
+        self.refs.whole[blocks] -= 1
+        emptied = blocks[self.refs.whole[blocks] == 0]
+        self._free(emptied, np.full(len(emptied), LARGE_PAGE_PAGES, np.int64))
+        return freed + len(emptied) * LARGE_PAGE_PAGES
+
+    def _free(self, blocks: Ints, per_block: Ints) -> None:
         self._block_used[blocks] -= per_block.astype(np.int32)
         np.add.at(self._node_free, self.block_node[blocks], per_block)
         for block in blocks.tolist():
             self._file(block)
-        return len(freed)
 
     def _take(self, first_node: int, count: int, *, backed: bool) -> Ints:
         taken: list[Ints] = []
@@ -135,9 +154,9 @@ class FramePool:
                 else:
                     block = heapq.heappop(self._free_blocks[node])
                 base = block * LARGE_PAGE_PAGES
-                idle = np.flatnonzero(self.refcount[base : base + LARGE_PAGE_PAGES] == 0)
+                idle = np.flatnonzero(self.refs.block(block) == 0)
                 frames = base + idle[:count].astype(np.int64)
-                self.refcount[frames] = 1
+                self.refs.add(frames, np.ones(len(frames), np.int64))
                 self._block_used[block] += len(frames)
                 self._node_free[node] -= len(frames)
                 count -= len(frames)
@@ -158,6 +177,7 @@ class FramePool:
         else:
             self._partial[node].pop(block, None)
             heapq.heappush(self._free_blocks[node], block)
+            self.refs.set_blocks(np.asarray([block], np.int64), 0)
             if self._slot[block] >= 0:
                 self._arena.release(self._slot[block : block + 1])
                 self._slot[block] = -1

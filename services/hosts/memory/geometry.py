@@ -32,6 +32,12 @@ def swap_block(entries: Ints) -> Ints:
     return np.invert(entries)
 
 
+def block_rows(blocks: Ints) -> Ints:
+    """The frames of each of ``blocks``, one row of 512 per block, in order."""
+    rows: Ints = blocks[:, None] * LARGE_PAGE_PAGES + np.arange(LARGE_PAGE_PAGES)
+    return rows
+
+
 def readonly(array: npt.NDArray[T]) -> npt.NDArray[T]:
     """A view of ``array`` that cannot be written through."""
     view = array.view()

@@ -17,7 +17,7 @@ from services.hosts.memory.content import (
     content_layout,
 )
 from services.hosts.memory.errors import AccountingOnly, InvalidArgument, PageOutOfRange
-from services.hosts.memory.geometry import LARGE_PAGE_PAGES, Ints
+from services.hosts.memory.geometry import LARGE_PAGE_PAGES, Ints, block_rows
 
 PageSelection = int | Sequence[int] | npt.NDArray[np.integer]
 
@@ -88,7 +88,7 @@ class GuestMemory:
             raise AttributeError(name)
         self._blocks = None
         pages = self.spec.pages
-        self.table = _rows(blocks)
+        self.table = block_rows(blocks)
         self.flat = self.table.reshape(-1)
         self.dirty = np.zeros(pages, np.bool_)
         self.reads = np.zeros(pages, np.uint32)
@@ -99,6 +99,11 @@ class GuestMemory:
     def untouched(self) -> bool:
         """Nothing has looked at its pages yet: every bit and count is still zero."""
         return self._blocks is not None
+
+    @property
+    def untouched_blocks(self) -> Ints | None:
+        """The large pages of a guest nothing has looked into yet (``None`` once touched)."""
+        return self._blocks
 
     def content_end(self) -> int:
         """1 + the highest page whose seeded content is not a zero page (0 if none).
@@ -114,7 +119,7 @@ class GuestMemory:
     def grow(self, blocks: Ints, home: Ints) -> None:
         """Append the whole large pages ``blocks`` (placed on nodes ``home``) as new rows."""
         added = len(blocks) * LARGE_PAGE_PAGES
-        self.table = np.concatenate([self.table, _rows(blocks)])
+        self.table = np.concatenate([self.table, block_rows(blocks)])
         self.flat = self.table.reshape(-1)
         self.home = np.concatenate([self.home, home])
         self.dirty = np.concatenate([self.dirty, np.zeros(added, np.bool_)])
@@ -170,9 +175,3 @@ class GuestMemory:
 
 
 _LAZY = frozenset({"table", "flat", "dirty", "reads", "heat"})
-
-
-def _rows(blocks: Ints) -> Ints:
-    """Page-table rows mapping each of ``blocks``' 512 frames in order."""
-    rows: Ints = blocks[:, None] * LARGE_PAGE_PAGES + np.arange(LARGE_PAGE_PAGES)
-    return rows

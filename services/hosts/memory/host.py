@@ -71,9 +71,13 @@ class HostMemory:
 
     def destroy_vm(self, vm: str) -> None:
         guest = self._vm(vm)
-        entries = guest.flat
-        self._pool.release(entries[entries >= 0])
-        self._swap.give_back(swap_block(entries[entries < 0]))
+        blocks = guest.untouched_blocks
+        if blocks is not None:
+            self._pool.release_blocks(blocks)
+        else:
+            entries = guest.flat
+            self._pool.release(entries[entries >= 0])
+            self._swap.give_back(swap_block(entries[entries < 0]))
         del self._vms[vm]
 
     def used_pages(self, vm: str) -> int:
@@ -213,7 +217,7 @@ class HostMemory:
         return readonly(self._vm(vm).table)
 
     def frame_refcounts(self) -> npt.NDArray[np.int32]:
-        return readonly(self._pool.refcount)
+        return readonly(self._pool.refs.every_frame())
 
     def swap_blocks_in_use(self) -> Ints:
         return self._swap.blocks_in_use()

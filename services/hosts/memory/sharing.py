@@ -61,13 +61,13 @@ def copies_needed(pool: FramePool, guest: GuestMemory, pages: Ints) -> Ints:
     pages = np.unique(pages)
     pages = pages[shared(pool, guest.flat[pages])]
     frames, first, mappers = np.unique(guest.flat[pages], return_index=True, return_counts=True)
-    return np.delete(pages, first[mappers == pool.refcount[frames]])
+    return np.delete(pages, first[mappers == pool.refcount(frames)])
 
 
 def shared(pool: FramePool, entries: Ints) -> Mask:
     """Which page-table entries point at a frame other entries also point at."""
     resident = entries >= 0
-    return resident & (pool.refcount[np.where(resident, entries, 0)] > 1)
+    return resident & (pool.refcount(np.where(resident, entries, 0)) > 1)
 
 
 def _differing(pool: FramePool, frames_a: Ints, frames_b: Ints) -> Mask:

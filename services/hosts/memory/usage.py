@@ -48,8 +48,7 @@ class VmUsage:
 
 
 def host_usage(pool: FramePool, swap: SwapSpace) -> MemoryUsage:
-    refcount = pool.refcount
-    mapped = int(refcount.sum(dtype=np.int64))
+    mapped = pool.refs.total()
     nodes = tuple(
         NodeUsage(
             node,
@@ -65,7 +64,7 @@ def host_usage(pool: FramePool, swap: SwapSpace) -> MemoryUsage:
         used_frames=pool.used_frames(),
         free_frames=pool.free_frames(),
         mapped_pages=mapped,
-        shared_frames=int(np.count_nonzero(refcount > 1)),
+        shared_frames=pool.refs.above(1),
         saved_frames=mapped - pool.used_frames(),
         swapped_pages=swap.used,
         swap_reserved=swap.reserved,
