@@ -79,6 +79,9 @@ class SchedulerState:
     # Work of either priority asked for and not yet placed, scheduled or refused: the
     # low scheduler waits for the high one's round only when the high one has work.
     queued: Map[str, Owner] = field(default_factory=Map)
+    # The command that asked for each queued piece of work: only a refusal of that command
+    # ends it (refusing a second request for the same VM leaves the first one queued).
+    asked: Map[str, uuid.UUID] = field(default_factory=Map)
     # Migrations and copies: of either scheduler (ids are unique), and this one's.
     transfers: Set = field(default_factory=Map)
     moving: Map[str, str] = field(default_factory=Map)  # VM -> its migration
@@ -113,25 +116,34 @@ class SchedulerState:
 def evolve(state: SchedulerState, seq: int, env: Envelope[Message]) -> SchedulerState:
     event = env.data
     state = replace(state, ledger=evolve_ledger(state.ledger, seq, event))
-    queued = _queued(state.queued, event)
-    if queued is not state.queued:
-        state = replace(state, queued=queued)
+    state = _queued(state, env)
     return _evolve(state, seq, env)
 
 
-def _queued(queued: Map[str, Owner], event: Message) -> Map[str, Owner]:
+def _queued(state: SchedulerState, env: Envelope[Message]) -> SchedulerState:
+    event = env.data
     match event:
         case PlacementRequested() | MigrationRequested() | CopyRequested():
-            return queued.set(work_key(event), event.priority)
+            key = work_key(event)
+            asked = state.asked.set(key, env.causation_id or env.id)
+            return replace(state, queued=state.queued.set(key, event.priority), asked=asked)
         case VmPlaced():
             key = work_key_of_vm(event.vm)
         case MigrationScheduled() | CopyScheduled() | MigrationRefused():
             key = event.aggregate()
-        case CommandRejected():
+        case CommandRejected() if refuses_queued(state, event):
             key = event.about
         case _:
-            return queued
-    return _without(queued, key) if key in queued else queued
+            return state
+    if key not in state.queued:
+        return state
+    return replace(state, queued=_without(state.queued, key), asked=_without(state.asked, key))
+
+
+def refuses_queued(state: SchedulerState, event: CommandRejected) -> bool:
+    """The refusal is of the command that asked for queued work, not of another request
+    that named the same VM or copy."""
+    return state.asked.get(event.about) == event.command_id
 
 
 def _evolve(state: SchedulerState, seq: int, env: Envelope[Message]) -> SchedulerState:  # noqa: PLR0911, PLR0912
@@ -214,7 +226,7 @@ def _evolve(state: SchedulerState, seq: int, env: Envelope[Message]) -> Schedule
             if ident in state.outcomes:
                 return replace(state, settled=state.settled.set(ident, True))
         case CommandRejected() if event.command_type in ("PlaceVm", "CopyFile"):
-            return replace(state, pending=_without(state.pending, event.about))
+            return _unqueued(state, event)
         case CommandRejected() if event.command_id in state.starts:
             # The host refused to start it: as good as aborted.
             ident = state.starts[event.command_id]
@@ -252,6 +264,13 @@ def _ended(state: SchedulerState, vm: str | None) -> SchedulerState:
     if vm is None or vm not in state.moving:
         return state
     return replace(state, moving=_without(state.moving, vm), heading=_without(state.heading, vm))
+
+
+def _unqueued(state: SchedulerState, refusal: CommandRejected) -> SchedulerState:
+    waiting = state.pending.get(refusal.about)
+    if waiting is None or (waiting[1].causation_id or waiting[1].id) != refusal.command_id:
+        return state  # another request's refusal
+    return replace(state, pending=state.pending.delete(refusal.about))
 
 
 def _without(mapping: Map[K, V], key: K) -> Map[K, V]:

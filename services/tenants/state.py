@@ -9,7 +9,7 @@ from immutables import Map
 
 from schemas import Message
 from schemas.contention import ContentionCleared, ContentionDetected
-from schemas.service import CommandRejected
+from schemas.service import CommandRejected, RejectionCode
 from schemas.tenants import (
     Assignment,
     ClusterCreated,
@@ -119,8 +119,11 @@ def evolve(t: Tenants, event: Message) -> Tenants:  # noqa: PLR0911, PLR0912
             return replace(t, running=t.running.set(event.vm, event.target))
         case VmDestroyed() if event.vm in t.running:
             return replace(t, running=t.running.delete(event.vm))
-        case CommandRejected() if event.command_type == "PlaceVm":
-            # A worker the scheduler could not place: the cluster is smaller by one.
+        case CommandRejected() if (
+            event.command_type == "PlaceVm" and event.code != RejectionCode.ALREADY_EXISTS
+        ):
+            # A worker the scheduler could not place: the cluster is smaller by one (a
+            # second request for a worker already asked for is refused, not the worker).
             vm = event.about.removeprefix("vm/")
             name = t.owner.get(vm)
             if name is None:

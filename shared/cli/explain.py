@@ -8,7 +8,7 @@ import typer
 
 from schemas import Envelope, Message
 from schemas.scheduling import VmPlaced, VmRaised
-from schemas.service import CommandRejected
+from schemas.service import CommandRejected, RejectionCode
 from schemas.transfers import MigrationAborted, MigrationCompleted
 from shared.bus import Bus
 from shared.cli.common import BusOption, CliError, JsonOption, with_bus
@@ -30,7 +30,13 @@ def explain(
         ]
 
     events = with_bus(bus, read)
-    found = [e for e in events if e.type in {"VmPlaced", "CommandRejected"}]
+    # A refused second request for the VM says nothing of its placement.
+    found = [
+        e
+        for e in events
+        if isinstance(e.data, VmPlaced)
+        or (isinstance(e.data, CommandRejected) and e.data.code != RejectionCode.ALREADY_EXISTS)
+    ] or [e for e in events if isinstance(e.data, CommandRejected)]
     if not found:
         raise CliError(f"no placement of {vm!r} in the log (was it created with --host?)")
     last = found[-1]

@@ -340,3 +340,32 @@ async def test_the_cheapest_hosts_to_empty_go_into_maintenance() -> None:
         [started, *_] = await stack.client.send_and_wait(MaintainCheapest(count=1))
         assert started.type == "MaintenanceStarted"
         assert started.data.host == "h3"  # type: ignore[attr-defined]
+
+
+async def test_a_repeated_request_is_refused_alone_and_the_first_is_placed() -> None:
+    """A second PlaceVm for a VM is refused (already-exists), sent back to back with the
+    first or after the first was placed; the refusal leaves the first request alone: it is
+    placed and created once, and its reservation stays."""
+    async with memory_stack(hosts=2, ha_failures=0) as stack:
+        c = stack.client
+        ask = PlaceVm(vm="twin", priority=Owner.HIGH, cpu=1, mem_mib=256)
+        first = await c.send(ask)
+        again = await c.send(ask)
+        await poll(
+            lambda: stack.events(lambda e: e.subject == "vm/twin" and e.type == "VmCreated"),
+            lambda es: len(es) == 1,
+            what="twin created",
+        )
+        late = await c.send(ask.model_copy(update={"priority": Owner.LOW}))
+        await poll(
+            lambda: stack.of_type("CommandRejected"), lambda es: len(es) == 2, what="2 refusals"
+        )
+        refusals = await stack.of_type("CommandRejected")
+        assert {e.data.command_id for e in refusals} == {again.id, late.id}  # type: ignore[attr-defined]
+        assert {e.data.code for e in refusals} == {"already-exists"}  # type: ignore[attr-defined]
+        [placed] = await stack.of_type("VmPlaced")
+        assert placed.causation_id is not None
+        [requested] = await stack.events(lambda e: e.id == placed.causation_id)
+        assert requested.causation_id == first.id
+        assert "twin" in (await stack.ledger()).located
+        assert len(await stack.of_type("VmCreated")) == 1
