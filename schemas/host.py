@@ -58,6 +58,21 @@ class HostCrashed(Event):
 
 
 @registry.register
+class GuestMemoryDiverged(Event):
+    """A host's guest memory could not follow an event of the log (found rebuilding from
+    it): the event stands; the memory model is as near to it as it could get."""
+
+    host: Name
+    event_type: str
+    event_seq: int = Field(ge=0)
+    subject: str
+    error: str
+
+    def aggregate(self) -> str:
+        return f"host/{self.host}"
+
+
+@registry.register
 class HostRecovered(Event):
     host: Name
 

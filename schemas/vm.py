@@ -160,6 +160,9 @@ class VmResumed(_VmEvent):
 class VmResized(_VmEvent):
     cpu: int = Field(ge=1)
     mem_mib: int = Field(ge=1)
+    # A shrink: the memory the guest used when it was decided. Replaying the event applies
+    # the size it gives, whatever the rebuilt guest holds then.
+    used_mib: float | None = Field(None, ge=0)
 
 
 @registry.register

@@ -8,7 +8,7 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 
 from schemas import Envelope, Message, Reply
-from schemas.host import HostRegistered
+from schemas.host import GuestMemoryDiverged, HostRegistered
 from schemas.memory import (
     ExportPages,
     ImportPages,
@@ -23,6 +23,7 @@ from services.hosts.handlers import (
     TRANSFER_CHECK_SECONDS,
     FleetHolder,
     answer_query,
+    divergences,
     telemetry_step,
     transfer_step,
 )
@@ -90,12 +91,14 @@ def build(settings: Settings) -> ServiceDefinition:
     hosts = host_names(settings)
     holder = FleetHolder(hosts)
 
-    def fold(_seq: int, env: Envelope[Message]) -> None:
+    def fold(seq: int, env: Envelope[Message]) -> None:
         if env.producer == NAME:
             holder.logged_time = max(holder.logged_time, env.sim_time)
+        if isinstance(env.data, GuestMemoryDiverged):
+            holder.divergences_logged.add(env.data.event_seq)
         before = holder.fleet
         holder.fleet = evolve(before, env.data, env)
-        holder.machine.apply(before, env.data)
+        holder.machine.apply(before, env.data, seq)
 
     async def on_command(env: Envelope[Message]) -> Outcome:
         fleet = holder.fleet
@@ -145,13 +148,19 @@ def build(settings: Settings) -> ServiceDefinition:
         holder.resume(settings.tick_seconds * settings.speed)
         # Keyed by host: a host is registered once, whichever process registers it.
         return [
-            Outcome(events=[host_shape(h)], key=f"register:{h}")
-            for h in hosts
-            if h not in holder.fleet.hosts
+            *(
+                Outcome(events=[host_shape(h)], key=f"register:{h}")
+                for h in hosts
+                if h not in holder.fleet.hosts
+            ),
+            *divergences(holder),
         ]
 
-    async def publish_telemetry() -> Outcome:
-        return telemetry_step(holder, settings.tick_seconds * settings.speed)
+    async def publish_telemetry() -> list[Outcome]:
+        return [
+            telemetry_step(holder, settings.tick_seconds * settings.speed),
+            *divergences(holder),
+        ]
 
     async def finish_transfers() -> list[Outcome]:
         return transfer_step(holder, settings.speed)

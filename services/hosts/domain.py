@@ -328,6 +328,7 @@ def _resize(fleet: Fleet, vm: Vm, cmd: ResizeVm, facts: Facts) -> VmResized:
     _not_migrating(fleet, vm)
     cpu = cmd.cpu if cmd.cpu is not None else vm.cpu
     mem = cmd.mem_mib if cmd.mem_mib is not None else vm.mem_mib
+    used = None
     if mem < vm.mem_mib:
         used = facts.used_mib(vm.name)
         if mem < used:
@@ -340,7 +341,7 @@ def _resize(fleet: Fleet, vm: Vm, cmd: ResizeVm, facts: Facts) -> VmResized:
             RejectionCode.INSUFFICIENT_CAPACITY,
             f"host {vm.host} has no room for {vm.name} at {cpu} vCPUs and {mem} MiB",
         )
-    return VmResized(vm=vm.name, host=vm.host, cpu=cpu, mem_mib=mem)
+    return VmResized(vm=vm.name, host=vm.host, cpu=cpu, mem_mib=mem, used_mib=used)
 
 
 def check_transfer(fleet: Fleet, env: Envelope[Message]) -> list[Event]:

@@ -36,6 +36,8 @@ class FleetHolder:
         self.samples: dict[str, HostTelemetry] = {}
         # The latest emulated time of the hosts' own events in the log.
         self.logged_time = 0.0
+        # Log sequences of events whose divergence from guest memory is logged already.
+        self.divergences_logged: set[int] = set()
 
     def sim_time(self, step: float) -> float:
         """The emulated time of the current tick."""
@@ -45,6 +47,17 @@ class FleetHolder:
         """Go on from the emulated time the log has reached: a restarted process's
         clock never goes back."""
         self.tick = max(self.tick, math.ceil(self.logged_time / step - 1e-9))
+
+
+def divergences(holder: FleetHolder) -> list[Outcome]:
+    """Each event the guest memory could not follow, logged once, however many rebuilds
+    meet it."""
+    found, holder.machine.diverged = holder.machine.diverged, []
+    return [
+        Outcome(events=[d], key=f"diverged:{d.event_seq}")
+        for d in found
+        if d.event_seq not in holder.divergences_logged
+    ]
 
 
 def telemetry_step(holder: FleetHolder, step: float) -> Outcome:

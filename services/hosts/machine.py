@@ -19,7 +19,13 @@ import numpy as np
 import structlog
 
 from schemas import Message
-from schemas.host import HostCrashed, HostRegistered, HostState, HostTelemetry
+from schemas.host import (
+    GuestMemoryDiverged,
+    HostCrashed,
+    HostRegistered,
+    HostState,
+    HostTelemetry,
+)
 from schemas.memory import (
     PagesShared,
     PagesSwappedIn,
@@ -64,19 +70,27 @@ class Machine:
         self.scratch = {host: ScratchDisk() for host in hosts}
         self.contention = Contention()
         self._steps: dict[str, int] = defaultdict(int)
+        # Events of the log the guest memory could not follow, not yet logged as such.
+        self.diverged: list[GuestMemoryDiverged] = []
 
     # Following the fold
 
-    def apply(self, before: Fleet, event: Message) -> None:
+    def apply(self, before: Fleet, event: Message, seq: int = 0) -> None:
         self._free_scratch(before, event)
         try:
             self._apply(before, event)
         except MemoryModelError as err:
             # Only when rebuilding can an event fail to apply: the bytes it was decided on
-            # were written by ticks that a restart does not repeat.
-            log.warning(
-                "guest memory could not follow an event", event=event.type_name(), error=str(err)
+            # were written by ticks that a restart does not repeat. The event stands.
+            diverged = GuestMemoryDiverged(
+                host=str(getattr(event, "host", None) or getattr(event, "target", "")),
+                event_type=event.type_name(),
+                event_seq=seq,
+                subject=event.aggregate(),
+                error=str(err),
             )
+            log.warning("guest memory could not follow an event", **diverged.model_dump())
+            self.diverged.append(diverged)
 
     def _apply(self, before: Fleet, event: Message) -> None:  # noqa: PLR0912 - one branch per event
         match event:
@@ -94,7 +108,10 @@ class Machine:
                 self.memory[event.host].destroy_vm(event.vm)
             case VmResized() if event.host in self.memory and event.vm in before.vms:
                 if before.vms[event.vm].mem_mib != event.mem_mib:
-                    self.memory[event.host].resize_vm(event.vm, large_pages(event.mem_mib))
+                    # Decided on the guest's working set: the log's size stands.
+                    self.memory[event.host].resize_vm(
+                        event.vm, large_pages(event.mem_mib), keep_used=False
+                    )
             case HostCrashed() if event.host in self.memory:
                 # The host's RAM is gone: its guests come back from their seeds.
                 mem = self.memory[event.host]

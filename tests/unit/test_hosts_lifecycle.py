@@ -99,7 +99,7 @@ def test_resize_up_and_down() -> None:
     fleet, events = apply(fleet, ResizeVm(vm="a", host="h1", cpu=4, mem_mib=4096), facts)
     assert events == [VmResized(vm="a", host="h1", cpu=4, mem_mib=4096)]
     fleet, events = apply(fleet, ResizeVm(vm="a", host="h1", mem_mib=1024), facts)
-    assert events == [VmResized(vm="a", host="h1", cpu=4, mem_mib=1024)]
+    assert events == [VmResized(vm="a", host="h1", cpu=4, mem_mib=1024, used_mib=512.0)]
     assert (fleet.vms["a"].cpu, fleet.vms["a"].mem_mib) == (4, 1024)
 
 

@@ -21,6 +21,7 @@ from schemas.contention import (
 )
 from schemas.host import (
     CrashHost,
+    GuestMemoryDiverged,
     HostCrashed,
     HostRecovered,
     HostRegistered,
@@ -229,6 +230,9 @@ EXAMPLES: dict[str, Message] = {
         RecoverHost(host="h1"),
         HostCrashed(host="h1", vms_lost=["web-1"]),
         HostRecovered(host="h1"),
+        GuestMemoryDiverged(
+            host="h1", event_type="PagesShared", event_seq=9, subject="vm/a", error="not equal"
+        ),
         SharePages(host="h1", pairs=[PagePair(vm_a="a", page_a=1, vm_b="b", page_b=2)]),
         UnsharePages(host="h1", vm="a", pages=[1, 2]),
         PagesShared(host="h1", pairs=[PagePair(vm_a="a", page_a=1, vm_b="b", page_b=2)]),

@@ -90,16 +90,17 @@ class HostMemory:
         """
         return sizing.used_pages(self._pool, self._swap, self._vm(vm))
 
-    def resize_vm(self, vm: str, large_pages: int) -> None:
+    def resize_vm(self, vm: str, large_pages: int, *, keep_used: bool = True) -> None:
         """Resize a VM to ``large_pages`` whole 2 MiB large pages.
 
         Growing appends zero pages in whole large pages, placed over the nodes as by
         ``create_vm`` (``OutOfFrames`` if too few whole large pages are free); shrinking
         drops the trailing large pages, releasing their frames (less those other pages still
-        share) and swap blocks (``BelowUsedMemory`` if that would cut below ``used_pages``).
+        share) and swap blocks (``BelowUsedMemory`` if that would cut below ``used_pages``,
+        unless ``keep_used`` is False: a shrink decided on the guest's working set).
         Dirty bits, read counts and heat of kept pages are kept; new pages start clear.
         """
-        sizing.resize(self._pool, self._swap, self._vm(vm), large_pages)
+        sizing.resize(self._pool, self._swap, self._vm(vm), large_pages, keep_used=keep_used)
 
     # Guest accesses
 

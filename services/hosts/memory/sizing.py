@@ -38,14 +38,23 @@ def used_pages(pool: FramePool, swap: SwapSpace, guest: GuestMemory) -> int:
     return 0
 
 
-def resize(pool: FramePool, swap: SwapSpace, guest: GuestMemory, large_pages: int) -> None:
+def resize(
+    pool: FramePool,
+    swap: SwapSpace,
+    guest: GuestMemory,
+    large_pages: int,
+    *,
+    keep_used: bool = True,
+) -> None:
     """Give ``guest`` exactly ``large_pages`` large pages.
 
     Growing takes whole free large pages, placed over the nodes as ``create_vm`` places them,
     and maps them as zero pages. Shrinking drops the trailing large pages: one reference per
     dropped entry comes off its frame (a frame another page still maps stays in use) and the
-    swap blocks of dropped swapped-out pages go back. Checks come first: nothing changes when
-    this raises.
+    swap blocks of dropped swapped-out pages go back. With ``keep_used`` a shrink never cuts
+    below the used size; without, it is a shrink already decided on other facts (the guest's
+    working set, recorded in the log) and the trailing pages go whatever they hold. Checks
+    come first: nothing changes when this raises.
     """
     if large_pages < 1:
         raise InvalidArgument(f"VM {guest.name!r} needs >= 1 large page, not {large_pages}")
@@ -55,7 +64,7 @@ def resize(pool: FramePool, swap: SwapSpace, guest: GuestMemory, large_pages: in
         blocks = pool.allocate_large_pages(large_pages - current, backed=guest.full)
         guest.grow(blocks, pool.block_node[blocks])
     elif large_pages < current:
-        used = used_pages(pool, swap, guest)
+        used = used_pages(pool, swap, guest) if keep_used else 0
         if used > large_pages * LARGE_PAGE_PAGES:
             raise BelowUsedMemory(guest.name, large_pages, used)
         dropped = guest.shrink(large_pages)
