@@ -2,6 +2,7 @@
 
 from schemas import (
     contention,
+    ha,
     host,
     memory,
     pool,
@@ -26,6 +27,7 @@ __all__ = [
     "Reply",
     "Telemetry",
     "contention",
+    "ha",
     "host",
     "memory",
     "pool",

@@ -37,6 +37,9 @@ class Settings(BaseModel):
     ha_failures: int = Field(
         1, ge=0, le=100, description="hosts whose high-priority VMs the spare can restart"
     )
+    failure_ticks: int = Field(
+        5, ge=1, le=1000, description="telemetry ticks a host may miss before it is declared failed"
+    )
     rebalance_threshold: float = Field(
         0.5, gt=0, le=1, description="host load spread (0-1) that triggers rebalancing; 1: never"
     )

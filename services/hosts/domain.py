@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from schemas import Envelope, Event, Message
+from schemas.ha import RestartVm, VmRestarted
 from schemas.host import (
     CrashHost,
     HostCrashed,
@@ -72,6 +74,8 @@ class Facts:
     swap_problem: Callable[[SwapOutPages | SwapInPages], tuple[RejectionCode, str] | None] = (
         lambda _c: None
     )
+    # The wall clock, for how long a restart took after its host's failure.
+    now: Callable[[], datetime] = lambda: datetime.now(UTC)
 
 
 class _Rejected(Exception):
@@ -124,6 +128,8 @@ def _decide(fleet: Fleet, cmd: Message, facts: Facts) -> list[Event]:  # noqa: P
             return [PagesSwappedIn(host=cmd.host, vm=cmd.vm, pages=cmd.pages)]
         case StartMigration():
             return [_start_migration(fleet, cmd)]
+        case RestartVm():
+            return [_restart(fleet, cmd, facts)]
         case AllocateScratch() | ReleaseScratch():
             return [_scratch(fleet, cmd)]
         case StartCopy():
@@ -245,6 +251,27 @@ def _full_vm_on(fleet: Fleet, name: str, host: str) -> Vm:
     if vm.memory_mode != MemoryMode.FULL:
         raise _Rejected(RejectionCode.ACCOUNTING_ONLY, f"VM {name} has no guest memory bytes")
     return vm
+
+
+def _restart(fleet: Fleet, cmd: RestartVm, facts: Facts) -> VmRestarted:
+    """A failed host's VM, started here from its seed at the size its scheduler reserved
+    (the reservation is the say on room: it was taken in the ledger)."""
+    _up(fleet, cmd.host)
+    vm = fleet.vms.get(cmd.vm)
+    if vm is None:
+        raise _Rejected(RejectionCode.UNKNOWN_VM, f"no VM {cmd.vm}")
+    if vm.host != cmd.from_host:
+        raise _Rejected(
+            RejectionCode.WRONG_STATE, f"VM {cmd.vm} is on {vm.host}, not on {cmd.from_host}"
+        )
+    return VmRestarted(
+        vm=cmd.vm,
+        host=cmd.host,
+        from_host=cmd.from_host,
+        cpu=cmd.cpu,
+        mem_mib=cmd.mem_mib,
+        since_failure_s=round(max(0.0, (facts.now() - cmd.failed_at).total_seconds()), 3),
+    )
 
 
 def _create(fleet: Fleet, cmd: CreateVm) -> VmCreated:

@@ -19,6 +19,7 @@ import numpy as np
 import structlog
 
 from schemas import Message
+from schemas.ha import VmRestarted
 from schemas.host import (
     GuestMemoryDiverged,
     HostCrashed,
@@ -138,6 +139,18 @@ class Machine:
                 self.memory[event.host].swap_in(event.vm, np.asarray(event.pages))
             case MigrationCompleted() if event.vm in before.vms:
                 self._migrate(before.vms[event.vm], event.source, event.target)
+            case VmRestarted() if event.vm in before.vms:
+                # Its memory comes back from its seed; the failed host's copy is dropped
+                # (fenced) wherever this process emulates that host.
+                vm = before.vms[event.vm]
+                old = self.memory.get(vm.host)
+                if old is not None and vm.name in old.vms:
+                    old.destroy_vm(vm.name)
+                new = self.memory.get(event.host)
+                if new is not None:
+                    new.create_vm(
+                        _mem_spec(vm.name, event.mem_mib, vm.seed, vm.template, vm.memory_mode)
+                    )
 
     def _free_scratch(self, before: Fleet, event: Message) -> None:
         """The bytes of extents the fold frees go with them."""
@@ -146,6 +159,8 @@ class Machine:
                 host, vm, tag = event.host, event.vm, event.tag
             case VmDestroyed():
                 host, vm, tag = event.host, event.vm, None
+            case VmRestarted() if event.vm in before.vms:
+                host, vm, tag = before.vms[event.vm].host, event.vm, None
             case MigrationCompleted():
                 host, vm, tag = event.source, event.vm, None
             case _:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from schemas import Envelope, Message
+from schemas.ha import VmRestarted
 from schemas.host import HostCrashed, HostRecovered, HostRegistered, HostState
 from schemas.scratch import ScratchAllocated, ScratchReleased
 from schemas.transfers import (
@@ -193,6 +194,21 @@ def evolve(  # noqa: PLR0911, PLR0912 - one case per event
                     event.seed,
                 ),
             )
+        case VmRestarted() if event.vm in fleet.vms:
+            # Its old host never runs it again (when that host returns, it is fenced).
+            old = fleet.vms[event.vm]
+            fleet = _fail_transfers_of(fleet, event.vm, old.host)
+            fleet = _reclaim(fleet, old.host, event.vm)
+            restarted = replace(
+                old,
+                host=event.host,
+                cpu=event.cpu,
+                mem_mib=event.mem_mib,
+                state=VmState.ON,
+                stunned=False,
+                cpu_cap=1.0,
+            )
+            return _with_vm(fleet, restarted)
         case VmDestroyed():
             fleet = _reclaim(fleet, event.host, event.vm)
             return replace(fleet, vms={k: v for k, v in fleet.vms.items() if k != event.vm})
@@ -276,6 +292,16 @@ def _fail_transfers(fleet: Fleet, host: str) -> Fleet:
     if not failed:
         return fleet
     return replace(fleet, transfers={**fleet.transfers, **failed})
+
+
+def _fail_transfers_of(fleet: Fleet, vm: str, host: str) -> Fleet:
+    """A VM restarted elsewhere leaves its migration (from its failed host) to be aborted."""
+    failed = {
+        k: replace(t, failed=host)
+        for k, t in fleet.transfers.items()
+        if t.vm == vm and not t.failed
+    }
+    return replace(fleet, transfers={**fleet.transfers, **failed}) if failed else fleet
 
 
 def _scratch(fleet: Fleet, event: ScratchAllocated | ScratchReleased) -> Fleet:

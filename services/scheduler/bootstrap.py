@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from schemas import Envelope, Message
 from schemas.pool import Owner
 from services.scheduler.commands import answer_group, decide
+from services.scheduler.failing import check, heard
 from services.scheduler.holder import Holder, Knobs
 from services.scheduler.rounds import Rounds, round_plan
 from services.scheduler.state import evolve
@@ -27,6 +28,8 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         ha_failures=settings.ha_failures,
         migration_mbps=settings.migration_mbps,
         rebalance_threshold=settings.rebalance_threshold,
+        failure_ticks=settings.failure_ticks,
+        tick_seconds=settings.tick_seconds,
     )
     holder = Holder(priority, knobs)
     period = settings.round_seconds
@@ -45,6 +48,16 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
     async def round_step() -> Plan:
         return round_plan(holder, rounds)
 
+    async def on_telemetry(env: Envelope[Message]) -> list[Outcome]:
+        heard(holder, env)
+        return []
+
+    async def failure_step() -> list[Outcome]:
+        return check(holder, clock())
+
+    # Failure is declared by one party, the high scheduler, which restarts first.
+    detects = priority is Owner.HIGH
+
     return ServiceDefinition(
         name=name,
         fold=fold,
@@ -55,12 +68,17 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
             "scheduler.>",
             "migration.>",
             "copy.>",
+            "ha.>",
             f"outbox.{name}",
         ),
         follow=True,
         decide=on_command,
         decide_group=on_commands,
         commands={f"{name}-commands": (f"scheduler.{priority.value}.>",)},
-        loops=[Loop("rounds", round_step, every=ROUND_CHECK_SECONDS)],
+        telemetry=on_telemetry if detects else None,
+        loops=[
+            Loop("rounds", round_step, every=ROUND_CHECK_SECONDS),
+            *([Loop("failures", failure_step, every=settings.tick_seconds)] if detects else []),
+        ],
         clock=clock,
     )

@@ -15,6 +15,9 @@ class Knobs:
     migration_mbps: float = 2_500.0
     rebalance_threshold: float = 0.5
     rebalance_moves: int = 4
+    # A host silent this long (its telemetry ticks missed x tick length) is declared failed.
+    failure_ticks: int = 5
+    tick_seconds: float = 1.0
 
 
 class Holder:
@@ -25,3 +28,8 @@ class Holder:
         # The ledger revision rebalancing last looked at (it need not look again before
         # the pool changes).
         self.balanced_at = -1
+        # Each host's latest heartbeat: when its telemetry was sent, and its tick. Not in
+        # the log (telemetry is not): a restarted detector gives every host a full silence
+        # from its start before it declares one failed.
+        self.heartbeats: dict[str, tuple[float, int]] = {}
+        self.watching_since: float | None = None

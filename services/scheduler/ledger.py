@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from immutables import Map
 
 from schemas import Message
+from schemas.ha import HostFailed, HostReturned
 from schemas.host import HostCrashed, HostRecovered, HostRegistered
 from schemas.pool import CapacityReleased, CapacityReserved
 from schemas.scheduling import HostEvacuated, MaintenanceEnded, MaintenanceStarted
@@ -63,7 +64,9 @@ class Ledger:
     versions: Mapping[str, int] = field(default_factory=dict)
     # Where each reservation is (a VM's own reservation names the VM).
     located: Map[str, str] = field(default_factory=Map)
-    failed: frozenset[str] = frozenset()
+    crashed: frozenset[str] = frozenset()
+    # Declared failed by their silence (HostFailed), until they send telemetry again.
+    silent: frozenset[str] = frozenset()
     # Counts the events that changed the ledger: a snapshot built at a revision is current
     # while the revision is.
     revision: int = 0
@@ -89,6 +92,11 @@ class Ledger:
 
     def usable(self, host: str) -> bool:
         return host in self.capacity and host not in self.failed and host not in self.maintenance
+
+    @property
+    def failed(self) -> frozenset[str]:
+        """Hosts that run nothing now: crashed by command, or silent."""
+        return self.crashed | self.silent
 
 
 def evolve(ledger: Ledger, seq: int, event: Message) -> Ledger:
@@ -127,9 +135,13 @@ def _evolve(ledger: Ledger, seq: int, event: Message) -> Ledger:  # noqa: PLR091
                 ledger, reservations={**ledger.reservations, host: held}, located=located
             )
         case HostCrashed():
-            return replace(ledger, failed=ledger.failed | {event.host})
+            return replace(ledger, crashed=ledger.crashed | {event.host})
         case HostRecovered():
-            return replace(ledger, failed=ledger.failed - {event.host})
+            return replace(ledger, crashed=ledger.crashed - {event.host})
+        case HostFailed():
+            return replace(ledger, silent=ledger.silent | {event.host})
+        case HostReturned():
+            return replace(ledger, silent=ledger.silent - {event.host})
         case MaintenanceStarted():
             return replace(
                 ledger,

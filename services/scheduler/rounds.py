@@ -30,6 +30,7 @@ from services.scheduler.moving import Progress, schedule_copy, schedule_migratio
 from services.scheduler.placing import place, release_destroyed
 from services.scheduler.raising import raise_degraded
 from services.scheduler.rebalancing import propose
+from services.scheduler.restarting import restart, to_restart
 from services.scheduler.state import Work, evolve, work_key
 from shared.outcome import Outcome, Plan
 
@@ -99,6 +100,10 @@ def decide_round(holder: Holder, number: int, without_high: bool) -> list[Outcom
         for housekeeping in settle(holder) + release_destroyed(holder):
             scratch.take(housekeeping)
             tally.other += 1
+        # A failed host's VMs come back before new work is placed.
+        for vm in to_restart(holder):
+            if scratch.take(restart(holder, vm)):
+                tally.other += 1
         # With no host known yet (the stack is starting, or this scheduler's view of the
         # log is behind), the queue waits for one rather than being refused for room.
         for work in real.queue() if real.ledger.capacity else ():

@@ -10,6 +10,7 @@ from typing import TypeVar
 from immutables import Map
 
 from schemas import Envelope, Message
+from schemas.ha import HostFailed, HostReturned, VmRestarted, VmRestartFailed
 from schemas.pool import CapacityReleased, Owner
 from schemas.scheduling import (
     CopyRequested,
@@ -98,6 +99,12 @@ class SchedulerState:
     destroyed: Set = field(default_factory=Map)
     # The placement rules of every VM that has some: a migration keeps to them.
     rules: Map[str, PlacementRules] = field(default_factory=Map)
+    # Where every VM runs, of either priority (created with --host too).
+    hosted: Map[str, str] = field(default_factory=Map)
+    # Hosts declared failed by their silence, and VMs of this scheduler that could not be
+    # restarted since (told once; tried again each round).
+    silent: Map[str, Envelope[HostFailed]] = field(default_factory=Map)
+    unrestarted: Set = field(default_factory=Map)
 
     def queue(self) -> list[Envelope[Work]]:
         """The pending work in arrival order."""
@@ -117,7 +124,38 @@ def evolve(state: SchedulerState, seq: int, env: Envelope[Message]) -> Scheduler
     event = env.data
     state = replace(state, ledger=evolve_ledger(state.ledger, seq, event))
     state = _queued(state, env)
+    state = _hosted(state, env)
     return _evolve(state, seq, env)
+
+
+def _hosted(state: SchedulerState, env: Envelope[Message]) -> SchedulerState:  # noqa: PLR0911 - one case per event
+    """Where VMs run, which hosts are silent, and which VMs wait for a restart."""
+    event = env.data
+    match event:
+        case VmCreated():
+            return replace(state, hosted=state.hosted.set(event.vm, event.host))
+        case VmRestarted():
+            return replace(
+                state,
+                hosted=state.hosted.set(event.vm, event.host),
+                unrestarted=_without(state.unrestarted, event.vm),
+            )
+        case MigrationCompleted() if event.vm in state.hosted:
+            return replace(state, hosted=state.hosted.set(event.vm, event.target))
+        case VmDestroyed():
+            return replace(
+                state,
+                hosted=_without(state.hosted, event.vm),
+                unrestarted=_without(state.unrestarted, event.vm),
+            )
+        case HostFailed():
+            failed: Envelope[HostFailed] = env  # type: ignore[assignment]
+            return replace(state, silent=state.silent.set(event.host, failed))
+        case HostReturned():
+            return replace(state, silent=_without(state.silent, event.host))
+        case VmRestartFailed() if event.priority == state.priority.value:
+            return replace(state, unrestarted=state.unrestarted.set(event.vm, True))
+    return state
 
 
 def _queued(state: SchedulerState, env: Envelope[Message]) -> SchedulerState:

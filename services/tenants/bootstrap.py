@@ -85,7 +85,7 @@ def build(_settings: Settings) -> ServiceDefinition:
     return ServiceDefinition(
         name=NAME,
         fold=fold,
-        fold_filters=("cluster.>", "vm.>", "contention.>"),
+        fold_filters=("cluster.>", "vm.>", "contention.>", "ha.>", "host.>"),
         follow=True,
         decide=on_command,
         commands={"tenants-commands": ("cluster.>",)},

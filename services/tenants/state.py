@@ -9,6 +9,8 @@ from immutables import Map
 
 from schemas import Message
 from schemas.contention import ContentionCleared, ContentionDetected
+from schemas.ha import HostFailed, VmRestarted
+from schemas.host import HostCrashed
 from schemas.service import CommandRejected, RejectionCode
 from schemas.tenants import (
     Assignment,
@@ -119,6 +121,16 @@ def evolve(t: Tenants, event: Message) -> Tenants:  # noqa: PLR0911, PLR0912
             return replace(t, running=t.running.set(event.vm, event.target))
         case VmDestroyed() if event.vm in t.running:
             return replace(t, running=t.running.delete(event.vm))
+        case VmRestarted() if event.vm in t.owner:
+            return replace(t, running=t.running.set(event.vm, event.host))
+        case HostFailed() | HostCrashed():
+            # A worker on a lost host runs no task until it is restarted elsewhere.
+            lost = event.vms if isinstance(event, HostFailed) else event.vms_lost
+            running = t.running
+            for vm in lost:
+                if running.get(vm) == event.host:
+                    running = running.delete(vm)
+            return t if running is t.running else replace(t, running=running)
         case CommandRejected() if (
             event.command_type == "PlaceVm" and event.code != RejectionCode.ALREADY_EXISTS
         ):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from schemas.contention import (
     Evidence,
     ScalingDecided,
 )
+from schemas.ha import HostFailed, HostReturned, RestartVm, VmRestarted, VmRestartFailed
 from schemas.host import (
     CrashHost,
     GuestMemoryDiverged,
@@ -230,6 +232,27 @@ EXAMPLES: dict[str, Message] = {
         RecoverHost(host="h1"),
         HostCrashed(host="h1", vms_lost=["web-1"]),
         HostRecovered(host="h1"),
+        HostFailed(
+            host="h1",
+            last_heartbeat_at=datetime(2026, 1, 1, tzinfo=UTC),
+            last_tick=41,
+            silent_seconds=5.2,
+            missed_ticks=5,
+            vms=["a"],
+        ),
+        HostReturned(
+            host="h1", heartbeat_at=datetime(2026, 1, 1, tzinfo=UTC), tick=60, down_seconds=19.0
+        ),
+        RestartVm(
+            host="h2",
+            vm="a",
+            from_host="h1",
+            cpu=2,
+            mem_mib=1024,
+            failed_at=datetime(2026, 1, 1, tzinfo=UTC),
+        ),
+        VmRestarted(vm="a", host="h2", from_host="h1", cpu=2, mem_mib=1024, since_failure_s=1.5),
+        VmRestartFailed(vm="b", host="h1", priority="low", reason="no room"),
         GuestMemoryDiverged(
             host="h1", event_type="PagesShared", event_seq=9, subject="vm/a", error="not equal"
         ),

@@ -1,0 +1,60 @@
+"""Failure detection, in scheduler-high: a host whose telemetry (its heartbeat) stops for
+``failure_ticks`` ticks is declared failed, whether it was crashed by command or its process
+died; one that sends telemetry again has returned. The evidence goes in the events."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from schemas import Envelope, Message
+from schemas.ha import HostFailed, HostReturned
+from schemas.host import HostTelemetry
+from services.scheduler.holder import Holder
+from shared.outcome import Outcome
+
+
+def heard(holder: Holder, env: Envelope[Message]) -> None:
+    """Note a host's heartbeat by when it was sent, so an old backlog is not taken for life."""
+    sample = env.data
+    if not isinstance(sample, HostTelemetry):
+        return
+    sent = env.occurred_at.timestamp()
+    last = holder.heartbeats.get(sample.host)
+    if last is None or sent > last[0]:
+        holder.heartbeats[sample.host] = (sent, sample.tick)
+
+
+def check(holder: Holder, now: float) -> list[Outcome]:
+    """HostFailed for each registered host silent too long, HostReturned for each failed
+    one heard from since it was declared."""
+    if holder.watching_since is None:
+        holder.watching_since = now
+    state, knobs = holder.state, holder.knobs
+    limit = knobs.failure_ticks * knobs.tick_seconds
+    out: list[Outcome] = []
+    for host in sorted(state.ledger.capacity):
+        beat = holder.heartbeats.get(host)
+        failed = state.silent.get(host)
+        if failed is None:
+            since = beat[0] if beat is not None else holder.watching_since
+            silent = now - since
+            if silent <= limit:
+                continue
+            event = HostFailed(
+                host=host,
+                last_heartbeat_at=None if beat is None else datetime.fromtimestamp(beat[0], UTC),
+                last_tick=None if beat is None else beat[1],
+                silent_seconds=round(silent, 3),
+                missed_ticks=int(silent // knobs.tick_seconds),
+                vms=sorted(vm for vm, on in state.hosted.items() if on == host),
+            )
+            out.append(Outcome(events=[event], key=f"failed:{host}:{since}"))
+        elif beat is not None and beat[0] > failed.occurred_at.timestamp():
+            returned = HostReturned(
+                host=host,
+                heartbeat_at=datetime.fromtimestamp(beat[0], UTC),
+                tick=beat[1],
+                down_seconds=round(beat[0] - failed.occurred_at.timestamp(), 3),
+            )
+            out.append(Outcome(events=[returned], cause=failed, key=f"returned:{host}"))
+    return out
