@@ -26,18 +26,27 @@ def heard(holder: Holder, env: Envelope[Message]) -> None:
 
 def check(holder: Holder, now: float) -> list[Outcome]:
     """HostFailed for each registered host silent too long, HostReturned for each failed
-    one heard from since it was declared."""
+    one heard from since it was declared.
+
+    Silence is measured against the newest heartbeat of any host, not against the wall
+    clock: when this detector falls behind in reading telemetry (or the whole telemetry
+    path stalls), every host looks equally late and none is declared failed. The price:
+    when every host falls silent at once, none is declared failed (nor could its VMs go
+    anywhere)."""
     if holder.watching_since is None:
         holder.watching_since = now
     state, knobs = holder.state, holder.knobs
     limit = knobs.failure_ticks * knobs.tick_seconds
+    newest = max((sent for sent, _ in holder.heartbeats.values()), default=None)
     out: list[Outcome] = []
     for host in sorted(state.ledger.capacity):
         beat = holder.heartbeats.get(host)
         failed = state.silent.get(host)
         if failed is None:
+            if newest is None:
+                continue
             since = beat[0] if beat is not None else holder.watching_since
-            silent = now - since
+            silent = newest - since
             if silent <= limit:
                 continue
             event = HostFailed(

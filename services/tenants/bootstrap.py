@@ -13,6 +13,7 @@ from schemas.scheduling import PlaceVm
 from schemas.scratch import AllocateScratch, ReleaseScratch
 from schemas.tenants import (
     ClusterList,
+    ClusterScaled,
     ClusterView,
     JobCompleted,
     ListClusters,
@@ -22,7 +23,7 @@ from schemas.tenants import (
 )
 from schemas.vm import DestroyVm, PowerOffVm, WorkloadKind
 from services.tenants.commands import decide
-from services.tenants.state import TaskId, Tenants, evolve
+from services.tenants.state import TaskId, Tenants, evolve, worker_name
 from services.tenants.tracker import advance
 from shared.bus import PoisonMessage
 from shared.loops import Loop
@@ -161,8 +162,21 @@ def reconcile(t: Tenants) -> list[Outcome]:
                     workload=WorkloadKind.HADOOP,
                 )
                 out.append(Outcome(commands=[place], key=f"place:{vm}"))
+        for number, vm in enumerate(w for w in c.workers if w in t.unrestarted):
+            # Lost with its host and not restarted: a new worker takes its place.
+            new = worker_name(spec.cluster, c.next_worker + number)
+            replaced = ClusterScaled(
+                cluster=spec.cluster,
+                from_workers=len(c.workers),
+                to_workers=len(c.workers),
+                added=[new],
+                removed=[vm],
+                reason=f"{vm} was lost with host {t.lost.get(vm, '?')}",
+            )
+            out.append(Outcome(events=[replaced], key=f"replace:{vm}"))
         for vm in c.removed:
-            host = t.running.get(vm)
+            # One lost with its host is taken off it when the host is back.
+            host = t.running.get(vm) or t.lost.get(vm)
             if host is not None:
                 off = [PowerOffVm(vm=vm, host=host), DestroyVm(vm=vm, host=host)]
                 out.append(Outcome(commands=off, key=f"remove:{vm}"))

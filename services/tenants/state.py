@@ -4,12 +4,13 @@ run, their task slots, and the jobs with the tasks assigned and finished."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from immutables import Map
 
 from schemas import Message
 from schemas.contention import ContentionCleared, ContentionDetected
-from schemas.ha import HostFailed, VmRestarted
+from schemas.ha import HostFailed, VmRestarted, VmRestartFailed
 from schemas.host import HostCrashed
 from schemas.service import CommandRejected, RejectionCode
 from schemas.tenants import (
@@ -80,6 +81,10 @@ class Tenants:
     contended: frozenset[str] = frozenset()
     # Hosts that took scratch space for a job: (cluster, job) -> {(host, vm)}.
     scratch: Map[tuple[str, str], frozenset[tuple[str, str]]] = field(default_factory=Map)
+    # Workers lost with their host (worker -> that host), and those of them that their
+    # scheduler could not restart elsewhere: the cluster replaces those.
+    lost: Map[str, str] = field(default_factory=Map)
+    unrestarted: Map[str, bool] = field(default_factory=Map)
 
     def active(self, cluster: str) -> list[str]:
         """The cluster's workers that run now, in the order they were asked for."""
@@ -96,6 +101,8 @@ def worker_name(cluster: str, number: int) -> str:
 
 
 def evolve(t: Tenants, event: Message) -> Tenants:  # noqa: PLR0911, PLR0912
+    if isinstance(event, VmRestarted | VmRestartFailed | HostFailed | HostCrashed):
+        return _lost_with_hosts(t, event)
     match event:
         case ClusterCreated():
             cluster = Cluster(spec=event, wanted=event.workers)
@@ -119,18 +126,13 @@ def evolve(t: Tenants, event: Message) -> Tenants:  # noqa: PLR0911, PLR0912
             return replace(t, running=t.running.set(event.vm, event.host))
         case MigrationCompleted() if event.vm in t.running:
             return replace(t, running=t.running.set(event.vm, event.target))
-        case VmDestroyed() if event.vm in t.running:
-            return replace(t, running=t.running.delete(event.vm))
-        case VmRestarted() if event.vm in t.owner:
-            return replace(t, running=t.running.set(event.vm, event.host))
-        case HostFailed() | HostCrashed():
-            # A worker on a lost host runs no task until it is restarted elsewhere.
-            lost = event.vms if isinstance(event, HostFailed) else event.vms_lost
-            running = t.running
-            for vm in lost:
-                if running.get(vm) == event.host:
-                    running = running.delete(vm)
-            return t if running is t.running else replace(t, running=running)
+        case VmDestroyed() if event.vm in t.running or event.vm in t.lost:
+            return replace(
+                t,
+                running=_without(t.running, event.vm),
+                lost=_without(t.lost, event.vm),
+                unrestarted=_without(t.unrestarted, event.vm),
+            )
         case CommandRejected() if (
             event.command_type == "PlaceVm" and event.code != RejectionCode.ALREADY_EXISTS
         ):
@@ -183,3 +185,35 @@ def evolve(t: Tenants, event: Message) -> Tenants:  # noqa: PLR0911, PLR0912
 
 def _task(cluster: str, job: str, a: Assignment) -> TaskId:
     return (cluster, job, a.kind, a.task)
+
+
+def _lost_with_hosts(
+    t: Tenants, event: VmRestarted | VmRestartFailed | HostFailed | HostCrashed
+) -> Tenants:
+    match event:
+        case VmRestarted() if event.vm in t.owner:
+            return replace(
+                t,
+                running=t.running.set(event.vm, event.host),
+                lost=_without(t.lost, event.vm),
+                unrestarted=_without(t.unrestarted, event.vm),
+            )
+        case VmRestartFailed() if event.vm in t.owner:
+            return replace(t, unrestarted=t.unrestarted.set(event.vm, True))
+        case HostFailed() | HostCrashed():
+            # A worker on a lost host runs no task until it is restarted elsewhere.
+            names = event.vms if isinstance(event, HostFailed) else event.vms_lost
+            gone = [vm for vm in names if t.running.get(vm) == event.host]
+            running, lost = t.running, t.lost
+            for vm in gone:
+                running, lost = running.delete(vm), lost.set(vm, event.host)
+            return replace(t, running=running, lost=lost) if gone else t
+    return t
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _without(mapping: Map[K, V], key: K) -> Map[K, V]:
+    return mapping.delete(key) if key in mapping else mapping

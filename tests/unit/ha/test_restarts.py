@@ -3,11 +3,15 @@ on the hosts left (high first, from the spare), and it never runs them again."""
 
 from __future__ import annotations
 
+import asyncio
+
 from schemas.ha import HostFailed, HostReturned, VmRestarted
 from schemas.host import CrashHost, RecoverHost
 from schemas.pool import Owner
 from schemas.queries import ListVms, VmList
 from schemas.scheduling import PlaceVm
+from schemas.tenants import ClusterList, ClusterScaled, ClusterView, CreateCluster, ListClusters
+from schemas.vm import DestroyVm, PowerOffVm
 from shared.testing import poll
 from tests.unit.stack import Stack, memory_stack
 
@@ -85,3 +89,73 @@ async def test_a_crashed_hosts_vms_restart_elsewhere_and_never_run_twice() -> No
         # Nothing is restarted twice, and the host takes work again.
         assert len(await stack.of_type("VmRestarted")) == len(lost)
         assert victim not in (await stack.ledger()).failed
+
+
+async def test_a_vm_with_no_room_left_says_why_once_and_restarts_when_room_frees() -> None:
+    """Two hosts and no spare: a full host fails, the other cannot take its VM; the
+    scheduler says so once (VmRestartFailed), and restarts it as soon as room frees."""
+    async with memory_stack(hosts=2, ha_failures=0, tick_seconds=0.1, failure_ticks=3) as stack:
+        first = await _place(stack, "big-1", Owner.LOW, 40 * GIB)
+        second = await _place(stack, "big-2", Owner.LOW, 40 * GIB)
+        assert first != second
+        await stack.client.send(CrashHost(host=first))
+        [refused] = await poll(
+            lambda: stack.of_type("VmRestartFailed"), lambda es: len(es) == 1, what="refusal"
+        )
+        assert refused.data.vm == "big-1"  # type: ignore[attr-defined]
+        assert "no host has room" in refused.data.reason  # type: ignore[attr-defined]
+        await asyncio.sleep(5 * 0.1)
+        assert len(await stack.of_type("VmRestartFailed")) == 1
+        assert await stack.of_type("VmRestarted") == []
+
+        await stack.client.send_and_wait(PowerOffVm(vm="big-2", host=second))
+        await stack.client.send(DestroyVm(vm="big-2", host=second))
+        [moved] = await poll(
+            lambda: stack.of_type("VmRestarted"), lambda es: len(es) == 1, what="restart"
+        )
+        assert moved.data.host == second  # type: ignore[attr-defined]
+        assert (await stack.ledger()).located["big-1"] == second
+
+
+async def test_a_tenant_counts_no_lost_worker_as_running_and_replaces_one_not_restarted() -> None:
+    """A low cluster's two big workers fill two hosts with no spare: when one host fails
+    the worker on it cannot restart; the cluster stops counting it as running and asks
+    for a new worker in its place (which the full pool then refuses, shrinking it)."""
+    async with memory_stack(
+        hosts=2, tenants=True, ha_failures=0, tick_seconds=0.1, failure_ticks=3
+    ) as stack:
+        c = stack.client
+        await c.send(
+            CreateCluster(
+                cluster="etl", workers=2, max_workers=4, worker_cpu=2, worker_mem_mib=40 * GIB
+            )
+        )
+        created = await poll(
+            lambda: stack.of_type("VmCreated"), lambda es: len(es) == 2, what="2 workers"
+        )
+        victim = created[0].data.host  # type: ignore[attr-defined]
+        lost = created[0].data.vm  # type: ignore[attr-defined]
+        await c.send(CrashHost(host=victim))
+        await poll(lambda: stack.of_type("VmRestartFailed"), lambda es: len(es) == 1, what="it")
+        [replaced] = await poll(
+            lambda: stack.events(
+                lambda e: isinstance(e.data, ClusterScaled) and e.data.removed == [lost]
+            ),
+            lambda es: len(es) == 1,
+            what=f"{lost} replaced",
+        )
+        assert isinstance(replaced.data, ClusterScaled)
+        assert replaced.data.added == ["etl-w2"]
+        assert victim in replaced.data.reason
+        await poll(
+            lambda: _cluster(stack),
+            lambda v: v.workers == 1 and v.running == 1,
+            what="one worker running, none counted dead",
+        )
+
+
+async def _cluster(stack: Stack) -> ClusterView:
+    reply = await stack.client.query(ListClusters())
+    assert isinstance(reply, ClusterList)
+    [view] = reply.clusters
+    return view
