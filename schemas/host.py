@@ -12,6 +12,9 @@ from schemas.base import Command, Event, Name, Part, Telemetry, registry
 class HostState(enum.StrEnum):
     UP = "up"
     DOWN = "down"
+    # Declared failed by its silence (HostFailed) and not heard from since: as shown in
+    # views; a host's own state stays up, so that it heartbeats again when it can.
+    FAILED = "failed"
 
 
 @registry.register

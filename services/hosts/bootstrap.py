@@ -168,7 +168,7 @@ def build(settings: Settings) -> ServiceDefinition:
     return ServiceDefinition(
         name=NAME,
         fold=fold,
-        fold_filters=("host.>", "vm.>", "copy.>"),
+        fold_filters=("host.>", "vm.>", "copy.>", "ha.>"),
         # A transfer's other end, or a crash that aborts it, may belong to another hosts
         # process: each follows the others' events as they are appended.
         follow=True,

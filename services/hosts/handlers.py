@@ -119,7 +119,7 @@ def _host_view(holder: FleetHolder, name: str) -> HostView:
     s = holder.samples.get(name)
     return HostView(
         host=name,
-        state=h.state,
+        state=h.shown_state,
         cpu_cores=h.spec.cpu_cores,
         cpu_mhz=h.spec.cpu_mhz,
         mem_mib=h.spec.mem_mib,

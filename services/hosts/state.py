@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from schemas import Envelope, Message
-from schemas.ha import VmRestarted
+from schemas.ha import HostFailed, HostReturned, VmRestarted
 from schemas.host import HostCrashed, HostRecovered, HostRegistered, HostState
 from schemas.scratch import ScratchAllocated, ScratchReleased
 from schemas.transfers import (
@@ -51,10 +51,16 @@ class Host:
     state: HostState = HostState.UP
     swap_mib: int = 0
     scratch: ScratchPool = field(default_factory=ScratchPool)
+    # Declared failed by its silence and not returned since (it keeps its own state).
+    silent: bool = False
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def shown_state(self) -> HostState:
+        return HostState.FAILED if self.silent and self.state == HostState.UP else self.state
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +181,9 @@ def evolve(  # noqa: PLR0911, PLR0912 - one case per event
                 if name in fleet.vms
             }
             return replace(fleet, vms={**fleet.vms, **lost})
+        case HostFailed() | HostReturned() if event.host in fleet.hosts:
+            silent = isinstance(event, HostFailed)
+            return _with_host(fleet, replace(fleet.hosts[event.host], silent=silent))
         case HostRecovered() if event.host in fleet.hosts:
             return _with_host(fleet, replace(fleet.hosts[event.host], state=HostState.UP))
         case VmCreated():

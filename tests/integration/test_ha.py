@@ -14,7 +14,7 @@ import pytest
 from schemas import Envelope, Message
 from schemas.host import CrashHost
 from schemas.pool import Owner
-from schemas.queries import ListVms, VmList
+from schemas.queries import HostList, ListHosts, ListVms, VmList
 from schemas.scheduling import PlaceVm
 from shared.client import Client
 from shared.testing import poll
@@ -97,6 +97,14 @@ async def test_a_killed_hosts_process_and_a_crashed_host_lose_no_vm(
         after_kill = await running(client)
         assert all(after_kill[vm] == [after_kill[vm][0]] for vm in after_kill), after_kill
         assert all(after_kill[vm][0].startswith("b") for vm in on_a), after_kill
+        hosts = await client.query(ListHosts(), timeout=5)
+        assert isinstance(hosts, HostList)
+        assert {h.host: str(h.state) for h in hosts.hosts} == {
+            "a1": "failed",
+            "a2": "failed",
+            "b1": "up",
+            "b2": "up",
+        }
 
         # It comes back: its hosts return, and run none of the VMs restarted elsewhere.
         procs[0] = (await start_ready(client, [("hosts", hosts_a)], tmp_path))[0]
