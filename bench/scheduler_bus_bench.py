@@ -49,12 +49,11 @@ from _common import (
 from nats.js import api
 
 from schemas import Envelope
-from schemas.pool import Owner
+from schemas.pool import MHZ_PER_VCPU, Owner
 from schemas.scheduling import PlacementRequested, PlaceVm, RoundCompleted, VmPlaced
 from schemas.service import CommandRejected, ServiceStarted
 from services.hosts.bootstrap import host_shape
 from services.hosts.state import VCPU_PER_CORE
-from services.scheduler.choose import MHZ_PER_VCPU
 from shared.broker import EmbeddedNats
 from shared.bus import Logged, Stream, Subscription
 from shared.bus.nats import NatsBus

@@ -14,6 +14,10 @@ class Owner(enum.StrEnum):
     LOW = "low"
 
 
+# What one vCPU reserves: the unit schedulers reserve in and hosts size VMs by.
+MHZ_PER_VCPU = 1000.0
+
+
 @registry.register
 class CapacityReserved(Event):
     """Capacity on a host set aside for a workload; appended at the host's pool version,
@@ -30,6 +34,9 @@ class CapacityReserved(Event):
     mem_mib: float = Field(ge=0)
     net_mbps: float = Field(0, ge=0)
     storage_mbs: float = Field(0, ge=0)
+    # A reservation on the same host that this one takes the place of, in the same step
+    # (a migrated VM's own reservation replaces the migration's incoming one).
+    replaces: Name | None = None
 
     def aggregate(self) -> str:
         return f"pool/{self.host}"

@@ -53,6 +53,8 @@ class VmAsk(Part):
     workload: WorkloadKind = WorkloadKind.STEADY
     memory_mode: MemoryMode = MemoryMode.ACCOUNTING
     seed: int = Field(0, ge=0)
+    template: Name = "linux"
+    power_on: bool = True
 
 
 @registry.register
@@ -61,6 +63,36 @@ class PlaceVm(Command, VmAsk):
 
     def aggregate(self) -> str:
         return f"scheduler/{self.priority.value}"
+
+
+@registry.register
+class ChangeVmSize(Command):
+    """Resize a placed VM through its scheduler: more is reserved on its host first (and
+    refused when the host has no room for it); what a smaller size frees is released once
+    the host has resized it."""
+
+    vm: Name
+    priority: Owner
+    cpu: int | None = Field(None, ge=1, le=256)
+    mem_mib: int | None = Field(None, ge=16, le=4 * 1024 * 1024)
+
+    def aggregate(self) -> str:
+        return f"scheduler/{self.priority.value}"
+
+
+@registry.register
+class VmResizeRequested(Event):
+    """The scheduler holds room for the new size and asked the VM's host to resize it."""
+
+    vm: Name
+    host: Name
+    cpu: int = Field(ge=1)
+    mem_mib: int = Field(ge=16)
+    from_cpu: int = Field(ge=1)
+    from_mem_mib: int = Field(ge=1)
+
+    def aggregate(self) -> str:
+        return f"vm/{self.vm}"
 
 
 class Candidate(Part):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from schemas.contention import Direction, Evidence
 from schemas.host import HostTelemetry
-from schemas.pool import Owner
+from schemas.pool import MHZ_PER_VCPU, Owner
 from services.contention.state import Monitor
 
 # What a host's demand should come down to, as a share of its capacity.
@@ -23,7 +23,6 @@ TARGET = 0.9
 # Headroom a calm host must have, after the returning workers, to take them back.
 ROOM = 0.8
 # What a worker is taken to need when its telemetry does not say (per vCPU).
-MHZ_PER_VCPU = 1000.0
 
 _ORDER = {Owner.LOW: 0, Owner.HIGH: 1}
 

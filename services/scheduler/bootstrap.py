@@ -7,13 +7,13 @@ from collections.abc import Callable, Sequence
 
 from schemas import Envelope, Message
 from schemas.pool import Owner
-from services.scheduler.commands import answer_group, decide
+from services.scheduler.commands import answer_group, decide_outcome
 from services.scheduler.failing import check, heard
 from services.scheduler.holder import Holder, Knobs
 from services.scheduler.rounds import Rounds, round_plan
 from services.scheduler.state import evolve
 from shared.loops import Loop
-from shared.outcome import Outcome, Plan, answer
+from shared.outcome import Outcome, Plan
 from shared.runtime import ServiceDefinition
 from shared.settings import Settings
 
@@ -38,7 +38,7 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         holder.state = evolve(holder.state, seq, env)
 
     async def on_command(env: Envelope[Message]) -> Outcome:
-        return answer(env, *decide(holder.state, env, name))
+        return decide_outcome(holder.state, env, name)
 
     async def on_commands(envs: Sequence[Envelope[Message]]) -> list[Outcome]:
         return answer_group(holder, envs, name)

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from schemas.pool import CapacityReserved, Owner
+from schemas.pool import MHZ_PER_VCPU, CapacityReserved, Owner
 from schemas.scheduling import Affinity as AffinityPart
 from schemas.scheduling import Candidate, PlacementRules, VmAsk
 from services.scheduler.core import (
@@ -33,7 +33,6 @@ from services.scheduler.ledger import Amounts, Ledger
 VM = "vm"  # the purpose of a VM's own reservation
 
 # A vCPU of a placed VM reserves this much of a host's CPU.
-MHZ_PER_VCPU = 1000.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from dataclasses import astuple
 
 from schemas import Envelope, Event, Message
 from schemas.scheduling import (
+    ChangeVmSize,
     CopyFile,
     CopyRequested,
     MaintainCheapest,
@@ -25,6 +26,7 @@ from services.scheduler.core import AbsurdRequest, ContradictoryRules
 from services.scheduler.evacuating import decide_cheapest, decide_maintenance
 from services.scheduler.holder import Holder
 from services.scheduler.ledger import Amounts
+from services.scheduler.resizing import change_size
 from services.scheduler.rounds import Scratch
 from services.scheduler.state import SchedulerState
 from shared.outcome import Outcome, answer
@@ -62,6 +64,13 @@ def decide(state: SchedulerState, env: Envelope[Message], name: str) -> list[Eve
     ]
 
 
+def decide_outcome(state: SchedulerState, env: Envelope[Message], name: str) -> Outcome:
+    """A command's whole answer: its events, and the commands it sends (a resize)."""
+    if isinstance(env.data, ChangeVmSize) and env.data.priority == state.priority:
+        return change_size(state, env)
+    return answer(env, *decide(state, env, name))
+
+
 def answer_group(holder: Holder, envs: Sequence[Envelope[Message]], name: str) -> list[Outcome]:
     """Each command's answer, decided on the state the answers before it leave (a
     second PlaceVm of one VM in the group is refused, as it would be one after another)."""
@@ -69,7 +78,7 @@ def answer_group(holder: Holder, envs: Sequence[Envelope[Message]], name: str) -
     scratch = Scratch(holder)
     try:
         for env in envs:
-            scratch.take(answer(env, *decide(holder.state, env, name)))
+            scratch.take(decide_outcome(holder.state, env, name))
     finally:
         holder.state, holder.pools = real, real_pools
     return scratch.outcomes

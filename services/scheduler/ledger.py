@@ -119,8 +119,17 @@ def _evolve(ledger: Ledger, seq: int, event: Message) -> Ledger:  # noqa: PLR091
             )
             return replace(ledger, capacity={**ledger.capacity, event.host: cap})
         case CapacityReserved():
-            held = {**ledger.reservations.get(event.host, {}), event.reservation: event}
+            held = {
+                **{
+                    k: v
+                    for k, v in ledger.reservations.get(event.host, {}).items()
+                    if k != event.replaces
+                },
+                event.reservation: event,
+            }
             located = ledger.located.set(event.reservation, event.host)
+            if event.replaces is not None and located.get(event.replaces) == event.host:
+                located = located.delete(event.replaces)
             return replace(
                 ledger, reservations={**ledger.reservations, event.host: held}, located=located
             )

@@ -265,14 +265,21 @@ def settle(holder: Holder) -> list[Outcome]:
             continue
         steps: list[Event] = []
         ledger = holder.state.ledger
+        arriving = incoming(ident)
         if isinstance(scheduled, MigrationScheduled) and holder.state.outcomes[ident]:
             vm = ledger.held(scheduled.vm)
             if vm is not None and vm.host != scheduled.target:
-                steps.append(vm.model_copy(update={"host": scheduled.target}))
+                # In the place of the incoming reservation, in one step: the target never
+                # counts the VM twice.
+                replaces = arriving if ledger.holds(arriving) else None
+                moved = vm.model_copy(update={"host": scheduled.target, "replaces": replaces})
+                steps.append(moved)
             if scheduled.vm in ledger.reservations.get(scheduled.source, {}):
                 steps.append(CapacityReleased(host=scheduled.source, reservation=scheduled.vm))
-        if ledger.holds(incoming(ident)):
-            steps.append(CapacityReleased(host=scheduled.target, reservation=incoming(ident)))
+        if ledger.holds(arriving) and not any(
+            isinstance(step, CapacityReserved) and step.replaces == arriving for step in steps
+        ):
+            steps.append(CapacityReleased(host=scheduled.target, reservation=arriving))
         # Released last: its release marks the transfer settled.
         steps.append(CapacityReleased(host=scheduled.source, reservation=outgoing(ident)))
         out.append(Outcome(events=steps, key=f"settle:{ident}"))

@@ -65,6 +65,8 @@ def create_vm(placed: VmPlaced, request: Envelope[PlacementRequested]) -> Create
         workload=ask.workload,
         memory_mode=ask.memory_mode,
         seed=ask.seed,
+        template=ask.template,
+        power_on=ask.power_on,
     )
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from schemas.pool import CapacityReserved
+from schemas.pool import MHZ_PER_VCPU, CapacityReserved
 from schemas.scheduling import VmRaised
 from schemas.vm import ResizeVm
-from services.scheduler.choose import MHZ_PER_VCPU, demand
+from services.scheduler.choose import demand
 from services.scheduler.holder import Holder
 from services.scheduler.placing import reserving
 from shared.outcome import Outcome
@@ -26,7 +26,8 @@ def room_to_raise(holder: Holder, vm: str) -> CapacityReserved | None:
     more = desired.vector() - np.array([held.cpu_mhz, held.mem_mib, 0.0, 0.0])
     if np.any(more > pool.free[:, row] + 1e-9):
         return None
-    return held.model_copy(update={"cpu_mhz": desired.cpu_mhz, "mem_mib": desired.mem_mib})
+    bigger = {"cpu_mhz": desired.cpu_mhz, "mem_mib": desired.mem_mib, "replaces": None}
+    return held.model_copy(update=bigger)
 
 
 def raise_degraded(holder: Holder, vm: str) -> Outcome | None:

@@ -30,6 +30,7 @@ from services.scheduler.moving import Progress, schedule_copy, schedule_migratio
 from services.scheduler.placing import place, release_destroyed
 from services.scheduler.raising import raise_degraded
 from services.scheduler.rebalancing import propose
+from services.scheduler.resizing import follow_sizes
 from services.scheduler.restarting import restart, to_restart
 from services.scheduler.state import Work, evolve, work_key
 from shared.outcome import Outcome, Plan
@@ -97,7 +98,7 @@ def decide_round(holder: Holder, number: int, without_high: bool) -> list[Outcom
     scratch = Scratch(holder)
     try:
         tally = Tally()
-        for housekeeping in settle(holder) + release_destroyed(holder):
+        for housekeeping in settle(holder) + release_destroyed(holder) + follow_sizes(holder):
             scratch.take(housekeeping)
             tally.other += 1
         # A failed host's VMs come back before new work is placed.

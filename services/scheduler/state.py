@@ -23,6 +23,7 @@ from schemas.scheduling import (
     RoundCompleted,
     VmPlaced,
     VmRaised,
+    VmResizeRequested,
 )
 from schemas.service import CommandRejected, CommandsIssued
 from schemas.transfers import (
@@ -35,7 +36,7 @@ from schemas.transfers import (
     StartCopy,
     StartMigration,
 )
-from schemas.vm import VmCreated, VmDestroyed
+from schemas.vm import VmCreated, VmDestroyed, VmResized
 from services.scheduler.ledger import Ledger
 from services.scheduler.ledger import evolve as evolve_ledger
 from shared.effects import issued
@@ -105,6 +106,10 @@ class SchedulerState:
     # restarted since (told once; tried again each round).
     silent: Map[str, Envelope[HostFailed]] = field(default_factory=Map)
     unrestarted: Set = field(default_factory=Map)
+    # Every VM's size as its host runs it (vCPUs, MiB), and the VMs whose host was asked
+    # to resize them and has not answered yet.
+    sizes: Map[str, tuple[int, int]] = field(default_factory=Map)
+    resizing: Set = field(default_factory=Map)
 
     def queue(self) -> list[Envelope[Work]]:
         """The pending work in arrival order."""
@@ -125,7 +130,25 @@ def evolve(state: SchedulerState, seq: int, env: Envelope[Message]) -> Scheduler
     state = replace(state, ledger=evolve_ledger(state.ledger, seq, event))
     state = _queued(state, env)
     state = _hosted(state, env)
+    state = _sized(state, env.data)
     return _evolve(state, seq, env)
+
+
+def _sized(state: SchedulerState, event: Message) -> SchedulerState:
+    match event:
+        case VmCreated() | VmResized() | VmRestarted():
+            return replace(
+                state,
+                sizes=state.sizes.set(event.vm, (event.cpu, event.mem_mib)),
+                resizing=_without(state.resizing, event.vm),
+            )
+        case VmResizeRequested() | VmRaised():
+            return replace(state, resizing=state.resizing.set(event.vm, True))
+        case CommandRejected() if event.command_type == "ResizeVm":
+            return replace(state, resizing=_without(state.resizing, event.about[len("vm/") :]))
+        case VmDestroyed():
+            return replace(state, sizes=_without(state.sizes, event.vm))
+    return state
 
 
 def _hosted(state: SchedulerState, env: Envelope[Message]) -> SchedulerState:  # noqa: PLR0911 - one case per event

@@ -9,7 +9,7 @@ import typer
 from pydantic import ValidationError
 
 from schemas import Command, Envelope, Message
-from schemas.queries import ListVms, VmList
+from schemas.queries import ListVms, VmList, VmView
 from schemas.service import CommandRejected
 from schemas.vm import VmCreated
 from shared.bus import Bus
@@ -115,9 +115,13 @@ def send(
 
 
 async def host_of(client: Client, vm: str) -> str:
+    return (await view_of(client, vm)).host
+
+
+async def view_of(client: Client, vm: str) -> VmView:
     reply = await client.query(ListVms())
     assert isinstance(reply, VmList)
-    host = next((v.host for v in reply.vms if v.vm == vm), None)
-    if host is None:
+    view = next((v for v in reply.vms if v.vm == vm), None)
+    if view is None:
         raise CliError(f"no VM named {vm!r} (see `vplane vms`)")
-    return host
+    return view

@@ -8,20 +8,27 @@ import typer
 
 from schemas import Command
 from schemas.memory import GetVmMemory, VmMemory
-from schemas.scheduling import MigrateVm, PlacementPolicy, PlaceVm
+from schemas.scheduling import ChangeVmSize, MigrateVm, PlacementPolicy, PlaceVm
 from schemas.vm import (
-    CreateVm,
     DestroyVm,
     MemoryMode,
     PowerOffVm,
     PowerOnVm,
-    ResizeVm,
     ResumeVm,
     SuspendVm,
     WorkloadKind,
 )
 from shared.bus import Bus
-from shared.cli.commands import Make, TimeoutOption, WaitOption, host_of, ready, send, validated
+from shared.cli.commands import (
+    Make,
+    TimeoutOption,
+    WaitOption,
+    host_of,
+    ready,
+    send,
+    validated,
+    view_of,
+)
 from shared.cli.common import BusOption, CliError, JsonOption, with_bus
 from shared.client import Client
 
@@ -87,7 +94,8 @@ def vm_create(
     timeout: TimeoutOption = 10.0,
     bus: BusOption = None,
 ) -> None:
-    """Create a VM: its priority's scheduler places it (or --host puts it there directly)."""
+    """Create a VM: its priority's scheduler reserves room for it and places it (on --host,
+    if given), then that host creates it."""
     if priority not in ("high", "low"):
         raise CliError(f"invalid --priority {priority!r}: use high or low")
     kind = _choice("--workload", workload, WorkloadKind)
@@ -104,25 +112,11 @@ def vm_create(
         )
         if names
     }
-    scheduling = bool(rules) or min_cpu is not None or min_mem is not None or group
-    if scheduling and host is not None:
-        raise CliError("--host places the VM directly: drop it to use the scheduler's options")
-    if host is not None or not start:
-        cmd: Command = validated(
-            CreateVm,
-            vm=name,
-            cpu=cpu,
-            mem_mib=mem,
-            priority=priority,
-            host=host,
-            power_on=start,
-            workload=kind,
-            memory_mode=mode,
-            template=template,
-            seed=seed,
-        )
-        send(bus, wait, timeout, ready(cmd))
-        return
+    if host is not None:
+        if on_host or not_on_host:
+            raise CliError("--host names the host: drop --on-host/--not-on-host")
+        # Through the scheduler all the same: the room is reserved in the ledger first.
+        rules["host_affinity"] = {"must": [host]}
     cmd = validated(
         PlaceVm,
         vm=name,
@@ -137,6 +131,8 @@ def vm_create(
         policy=how,
         group=group,
         rules=rules,
+        template=template,
+        power_on=start,
     )
     send(bus, wait, timeout, ready(cmd), until="VmCreated")
 
@@ -194,10 +190,16 @@ def vm_resize(
     timeout: TimeoutOption = 10.0,
     bus: BusOption = None,
 ) -> None:
-    """Change a VM's vCPUs and/or memory, up or down (never below the memory it uses)."""
+    """Change a VM's vCPUs and/or memory, up or down (never below the memory it uses): its
+    scheduler reserves the room for a bigger size first."""
     if cpu is None and mem is None:
         raise CliError("give --cpu, --mem or both")
-    send(bus, wait, timeout, _on_its_host(name, ResizeVm, cpu=cpu, mem_mib=mem))
+
+    async def make(client: Client) -> Command:
+        view = await view_of(client, name)
+        return validated(ChangeVmSize, vm=name, priority=view.priority, cpu=cpu, mem_mib=mem)
+
+    send(bus, wait, timeout, make, until="VmResized")
 
 
 @vm_app.command("memory")

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
 from schemas import Envelope, Message
+from schemas.queries import ListVms, VmList
 from services.contention.bootstrap import build as build_monitor
 from services.hosts.bootstrap import build as build_hosts
 from services.scheduler.bootstrap import build as build_scheduler
@@ -17,6 +18,7 @@ from services.scheduler.ledger import Ledger, evolve
 from services.tenants.bootstrap import build as build_tenants
 from shared.bus import Bus
 from shared.bus.memory import MemoryBus
+from shared.capacity import PoolReplay, differences
 from shared.client import Client
 from shared.runtime import Runtime, ServiceDefinition
 from shared.settings import Settings
@@ -98,6 +100,24 @@ class Stack:
     async def of_type(self, *types: str) -> list[Envelope[Message]]:
         return await self.events(lambda e: e.type in types)
 
+    async def audit(self) -> None:
+        """Every scenario ends with a pool the log never took over capacity (read
+        independently of the schedulers), whose VM reservations are what the hosts run."""
+        pool = PoolReplay()
+        async for entry in self.bus.replay(filters=("host.>", "pool.>")):
+            if entry.envelope is not None:
+                pool.apply(entry.seq, entry.envelope.data)
+        assert pool.over == [], pool.over[:5]
+        assert pool.twice == [], pool.twice[:5]
+        if "hosts" not in self.running or not {"scheduler-high", "scheduler-low"} <= set(
+            self.running
+        ):
+            return
+        reply = await self.client.query(ListVms())
+        assert isinstance(reply, VmList)
+        drift = differences(pool, reply.vms)
+        assert drift == [], drift
+
 
 def _builders(
     tenants: bool, monitor: bool, settings: dict[str, object]
@@ -159,6 +179,7 @@ async def service_stack(
         for name in stack.builders:
             await stack.start(name)
         yield stack
+        await stack.audit()
     finally:
         for name in reversed(list(stack.running)):
             try:

@@ -50,8 +50,8 @@ def test_wrong_arguments_exit_2_with_one_line(args: list[str], message: str) -> 
             "invalid --policy 'tightest'",
         ),
         (
-            ["vm", "create", "x", "--cpu", "1", "--mem", "64", "--host", "h1", "--near", "y"],
-            "--host places the VM directly",
+            ["vm", "create", "x", "--cpu", "1", "--mem", "64", "--host", "h1", "--on-host", "h2"],
+            "--host names the host",
         ),
         (["vm", "create", "x", "--cpu", "1", "--mem", "64", "--near", "a.b"], "invalid rules"),
         (["vm", "migrate", "x", "--to", "h/1"], "invalid target"),

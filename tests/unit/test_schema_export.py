@@ -54,6 +54,7 @@ from schemas.queries import HostList, HostView, ListHosts, ListVms, QueryFailed,
 from schemas.scheduling import (
     Affinity,
     Candidate,
+    ChangeVmSize,
     CopyFile,
     CopyRequested,
     CopyScheduled,
@@ -75,6 +76,7 @@ from schemas.scheduling import (
     SetMaintenance,
     VmPlaced,
     VmRaised,
+    VmResizeRequested,
 )
 from schemas.scratch import AllocateScratch, ReleaseScratch, ScratchAllocated, ScratchReleased
 from schemas.service import (
@@ -291,6 +293,10 @@ EXAMPLES: dict[str, Message] = {
         ),
         CapacityReleased(host="h1", reservation="r-1"),
         PlaceVm(vm="web-1", priority=Owner.HIGH, cpu=2, mem_mib=2048, min_cpu=1),
+        ChangeVmSize(vm="web-1", priority=Owner.HIGH, mem_mib=4096),
+        VmResizeRequested(
+            vm="web-1", host="h1", cpu=2, mem_mib=4096, from_cpu=2, from_mem_mib=2048
+        ),
         PlacementRequested(vm="web-1", priority=Owner.HIGH, cpu=2, mem_mib=2048),
         VmPlaced(
             vm="web-1",

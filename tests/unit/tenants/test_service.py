@@ -9,8 +9,9 @@ from typing import Any
 from schemas import Envelope
 from schemas.host import HostTelemetry
 from schemas.pool import Owner
+from schemas.scheduling import Affinity, PlacementRules, PlaceVm
 from schemas.tenants import ClusterScaled, CreateCluster, SubmitJob
-from schemas.vm import CreateVm, PowerOffVm, WorkloadKind
+from schemas.vm import PowerOffVm, WorkloadKind
 from shared.testing import poll
 from tests.unit.stack import Stack, memory_stack
 
@@ -42,8 +43,16 @@ async def test_contention_shrinks_the_low_cluster_then_it_grows_back() -> None:
         )
         on_h1 = [e.data.vm for e in created if e.data.host == "h1"]  # type: ignore[attr-defined]
         await c.send(SubmitJob(cluster="batch", job="b", maps=400, map_cpu_seconds=5))
+        on_h1_only = PlacementRules(host_affinity=Affinity(must=["h1"]))
         await c.send(
-            CreateVm(vm="noisy", cpu=32, mem_mib=2048, host="h1", workload=WorkloadKind.NOISY)
+            PlaceVm(
+                vm="noisy",
+                priority=Owner.LOW,
+                cpu=24,  # within h1's reservable 38,400 MHz, far over its cores
+                mem_mib=2048,
+                workload=WorkloadKind.NOISY,
+                rules=on_h1_only,
+            )
         )
 
         [detected] = await poll(
