@@ -8,7 +8,7 @@ import typer
 
 from shared.broker import BrokerError
 from shared.bus import BusError
-from shared.cli import events, explain, host, inventory, tenants, up, vm
+from shared.cli import events, explain, host, inventory, ledger, tenants, up, vm
 from shared.cli.common import CliError
 from shared.logs import configure
 from shared.settings import SettingsError
@@ -28,6 +28,7 @@ app.add_typer(host.host_app, name="host")
 app.command("hosts")(inventory.hosts)
 app.command("vms")(inventory.vms)
 app.command("explain")(explain.explain)
+app.command("ledger")(ledger.ledger)
 app.add_typer(tenants.cluster_app, name="cluster")
 app.add_typer(tenants.job_app, name="job")
 app.command("clusters")(tenants.clusters)

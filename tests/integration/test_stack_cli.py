@@ -231,3 +231,38 @@ def test_up_with_duration_stops_by_itself(tmp_path: Path) -> None:
     done = cli("up", "--hosts", "1", "--duration", "3", env=env, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "telemetry samples seen" in done.stdout
+
+
+def test_host_placement_and_resizes_go_through_the_ledger(stack: dict[str, str]) -> None:
+    """`vm create --host` and `vm resize` reserve in the ledger first: a grow that does not
+    fit is refused, a shrink gives back, and `vplane ledger` finds the ledger equal to
+    what the hosts run after each."""
+    made = cli(
+        "vm", "create", "db", "--cpu", "1", "--mem", "1024", "--host", "h2", "--wait", env=stack
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert "created db on h2" in made.stdout
+    grown = cli("vm", "resize", "db", "--cpu", "2", "--mem", "4096", "--wait", env=stack)
+    assert grown.returncode == 0, grown.stdout + grown.stderr
+    assert "resized db" in grown.stdout, grown.stdout
+    too_big = cli("vm", "resize", "db", "--mem", "200000", "--wait", env=stack)
+    assert too_big.returncode == 1
+    assert "insufficient-capacity" in too_big.stdout, too_big.stdout
+    shrunk = cli("vm", "resize", "db", "--mem", "2048", "--wait", env=stack)
+    assert shrunk.returncode == 0, shrunk.stdout + shrunk.stderr
+
+    deadline = time.monotonic() + 15
+    while True:
+        check = cli("ledger", "--json", env=stack)
+        report = json.loads(check.stdout)
+        if check.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert check.returncode == 0, report
+    assert report["differences"] == []
+    assert report["vms"] == 1
+    vms = json.loads(cli("vms", "--json", env=stack).stdout)
+    assert [(v["vm"], v["host"], v["cpu"], v["mem_mib"]) for v in vms] == [("db", "h2", 2, 2048)]
+    plain = cli("ledger", env=stack)
+    assert plain.stdout.strip().endswith("0 counted twice"), plain.stdout
+    assert "agree: 1 VMs" in plain.stdout
