@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 
 from schemas import Command, Envelope, Message, Query, Reply
+from schemas.host import HostRegistered
 from shared.bus import Bus, BusError, Logged, Stream
 
 Match = Callable[[Envelope[Message]], bool]
@@ -16,20 +17,39 @@ class AnswerTimeout(BusError):
     """No answering event arrived in time."""
 
 
+class UnknownTarget(BusError):
+    """A command addressed to a host that no hosts process has registered: nothing would
+    ever answer it, so it is not sent."""
+
+
 class Client:
     def __init__(self, bus: Bus, producer: str = "cli") -> None:
         self.bus = bus
         self.producer = producer
 
     async def send(self, command: Command) -> Envelope[Command]:
+        await self.check_target(command)
         env = Envelope.wrap(command, producer=self.producer)
         await self.bus.send(env)
         return env
+
+    async def check_target(self, command: Command) -> None:
+        """Refuse at once a command for a host the log has never seen registered."""
+        kind, _, host = command.aggregate().partition("/")
+        if kind != "host" or not host:
+            return
+        async for entry in self.bus.replay(filters=(f"host.{host}",)):
+            if entry.envelope is not None and isinstance(entry.envelope.data, HostRegistered):
+                return
+        raise UnknownTarget(
+            f"rejected (unknown-host): no host {host} is registered (see `vplane hosts`)"
+        )
 
     async def send_and_wait(
         self, command: Command, *, timeout: float = 10.0, count: int = 1
     ) -> list[Envelope[Message]]:
         """Send a command and wait for the first ``count`` events it caused."""
+        await self.check_target(command)
         env = Envelope.wrap(command, producer=self.producer)
         return await self.wait_for(
             lambda e: e.causation_id == env.id,

@@ -94,6 +94,7 @@ def send(
     async def work(b: Bus) -> list[Envelope[Message]]:
         client = Client(b)
         cmd = await make(client)
+        await client.check_target(cmd)
         if wait and until is not None:
             env = Envelope.wrap(cmd, producer=client.producer)
             return await client.wait_for(

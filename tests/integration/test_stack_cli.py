@@ -99,6 +99,20 @@ def test_vm_power_and_rejections_through_the_cli(stack: dict[str, str]) -> None:
     assert missing.returncode == 1
     assert missing.stderr.strip() == "vplane: error: no VM named 'nope' (see `vplane vms`)"
 
+    # A host nobody runs: refused at once, and nothing is left waiting in a queue.
+    started = time.monotonic()
+    nowhere = cli(
+        "vm", "create", "x", "--cpu", "1", "--mem", "64", "--host", "nohost", "--wait", env=stack
+    )
+    assert nowhere.returncode == 1
+    assert "rejected (unknown-host)" in nowhere.stdout, nowhere.stdout + nowhere.stderr
+    crash = cli("host", "crash", "nohost", "--wait", env=stack)
+    assert crash.returncode == 1
+    assert crash.stderr.strip() == (
+        "vplane: error: rejected (unknown-host): no host nohost is registered (see `vplane hosts`)"
+    )
+    assert time.monotonic() - started < 10
+
 
 def test_priorities_migration_and_maintenance_through_the_cli(stack: dict[str, str]) -> None:
     """A newcomer's session: VMs of both priorities, a live migration, a host emptied for
