@@ -16,7 +16,14 @@ import pytest
 
 from schemas import Command, Envelope, Message
 from schemas.pool import Owner
-from schemas.scheduling import MaintainCheapest, MigrateVm, PlaceVm, SetMaintenance
+from schemas.scheduling import (
+    Affinity,
+    MaintainCheapest,
+    MigrateVm,
+    PlacementRules,
+    PlaceVm,
+    SetMaintenance,
+)
 from schemas.tenants import ClusterScaled, CreateCluster, SubmitJob
 from schemas.transfers import StartMigration
 from schemas.vm import CreateVm, PowerOffVm, WorkloadKind
@@ -80,6 +87,7 @@ async def hosts_only(broker: Broker, faults: Faults) -> AsyncIterator[Stack]:
         namespace=broker.namespace,
         faults=faults,
         settings={**QUIET, "speed": 8.0, "tick_seconds": 0.1},
+        only=("hosts",),
     ) as stack:
         yield stack
 
@@ -298,9 +306,16 @@ async def test_the_monitor_shrinks_a_cluster_once_through_lost_appends_and_sends
     decided = faults.fail_append(of_type("ScalingDecided"))
     detected = faults.fail_append(of_type("ContentionDetected"), landed=True)
     scale = faults.fail_send(of_type("ScaleCluster"))
-    await me.send(
-        CreateVm(vm="noisy", cpu=32, mem_mib=2048, host=host, workload=WorkloadKind.NOISY)
+    on_host = PlacementRules(host_affinity=Affinity(must=[host]))
+    noisy = PlaceVm(
+        vm="noisy",
+        priority=Owner.LOW,
+        cpu=24,  # within the host's reservable 38,400 MHz, far over its 16 cores
+        mem_mib=2048,
+        workload=WorkloadKind.NOISY,
+        rules=on_host,
     )
+    await me.send(noisy)
 
     def by_contention(data: Any) -> bool:
         return isinstance(data, ClusterScaled) and "contention" in data.reason
