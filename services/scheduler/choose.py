@@ -96,7 +96,10 @@ def pool_of(ledger: Ledger) -> Pool:
         if host not in ledger.capacity:
             continue
         for r in reservations.values():
-            if r.purpose == VM:
+            # A VM's reservation on a host it has just left (its release follows in the
+            # same append, which another scheduler may see half folded) is held room there,
+            # not a second copy of the VM.
+            if r.purpose == VM and ledger.located.get(r.reservation) == host:
                 vms.append(PlacedVm(r.reservation, host, _resources(Amounts.of(r))))
             else:
                 held[host] = held[host] + Amounts.of(r)

@@ -14,15 +14,17 @@ from shared.outcome import Outcome
 
 
 def to_restart(holder: Holder) -> list[str]:
-    """This scheduler's VMs whose reservation is on a silent host, largest first."""
+    """This scheduler's VMs on a silent host whose reservation is not on a usable host
+    (there, a restart is on its way), largest first. A restart its target refused (the
+    target failed meanwhile) leaves the reservation on a failed host: it is tried again."""
     state = holder.state
     ledger = state.ledger
     vms = [
         vm
         for vm in state.placed
-        if (host := ledger.located.get(vm)) is not None
-        and host in state.silent
-        and state.hosted.get(vm) == host
+        if state.hosted.get(vm) in state.silent
+        and (held := ledger.located.get(vm)) is not None
+        and not ledger.usable(held)
     ]
     return sorted(vms, key=lambda vm: (-state.placed[vm].mem_mib, vm))
 
@@ -31,10 +33,10 @@ def restart(holder: Holder, vm: str) -> Outcome | None:
     """The VM's restart on a host with room, or (once per failure) why it cannot be."""
     state = holder.state
     ledger, request = state.ledger, state.requests.get(vm)
-    held = ledger.held(vm)
+    held, failed_host = ledger.held(vm), state.hosted[vm]
     if held is None or request is None:
         return None
-    failure = state.silent[held.host]
+    failure = state.silent[failed_host]
     # The spare is held back for exactly this: the high scheduler may use all of it.
     spare = 0 if state.priority is Owner.HIGH else holder.knobs.ha_failures
     choice = choose(ledger, request.data, state.priority, spare, holder.pools, state.rules)
@@ -43,25 +45,26 @@ def restart(holder: Holder, vm: str) -> Outcome | None:
             return None
         refused = VmRestartFailed(
             vm=vm,
-            host=held.host,
+            host=failed_host,
             priority=state.priority.value,
             reason=f"no host has room for {vm} ({request.data.cpu} vCPU, "
-            f"{request.data.mem_mib} MiB) with {held.host} down",
+            f"{request.data.mem_mib} MiB) with {failed_host} down",
         )
         return Outcome(events=[refused], cause=failure, key=f"unrestarted:{vm}")
     moved = choice.reservation
     command = RestartVm(
         host=moved.host,
         vm=vm,
-        from_host=held.host,
+        from_host=failed_host,
         cpu=choice.cpu,
         mem_mib=choice.mem_mib,
         failed_at=failure.occurred_at,
     )
     return Outcome(
-        events=[moved, CapacityReleased(host=held.host, reservation=vm)],
+        # Released first: nothing can take room on a host that is down.
+        events=[CapacityReleased(host=held.host, reservation=vm), moved],
         commands=[command],
         cause=failure,
-        key=f"restart:{vm}",
+        key=f"restart:{vm}:{held.host}",
         expect=reserving(ledger, moved),
     )

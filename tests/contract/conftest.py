@@ -38,9 +38,17 @@ async def bus(request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
     try:
         yield adapter
     finally:
-        if isinstance(adapter, RabbitBus):
-            await delete_namespace(adapter)
         await adapter.close()
+        if isinstance(adapter, RabbitBus):
+            # Deleted once closed, from a connection of its own: queues deleted under a
+            # live consumer set it resubscribing while it is being stopped.
+            cleaner = RabbitBus(adapter.url, namespace)
+            await cleaner.start()
+            try:
+                cleaner.topology.declared |= adapter.topology.declared
+                await delete_namespace(cleaner)
+            finally:
+                await cleaner.close()
 
 
 @dataclass(frozen=True)

@@ -159,3 +159,28 @@ async def _cluster(stack: Stack) -> ClusterView:
     assert isinstance(reply, ClusterList)
     [view] = reply.clusters
     return view
+
+
+async def test_a_second_host_failing_during_restarts_loses_no_vm() -> None:
+    """A restart storm: a host fails, and while its VMs restart a second one fails too
+    (perhaps the one they were sent to). Every VM of both ends up running once, on the
+    host left, and nothing is over-committed (the stack's audit checks the pool)."""
+    async with memory_stack(hosts=3, ha_failures=2, tick_seconds=0.1, failure_ticks=3) as stack:
+        hosts = {
+            vm: await _place(stack, vm, prio, 2 * GIB)
+            for vm, prio in [(f"hi-{i}", Owner.HIGH) for i in range(3)]
+            + [(f"lo-{i}", Owner.LOW) for i in range(3)]
+        }
+        first = hosts["hi-0"]
+        second = next(h for h in sorted(set(hosts.values())) if h != first)
+        survivor = ({"h1", "h2", "h3"} - {first, second}).pop()
+        await stack.client.send(CrashHost(host=first))
+        await poll(lambda: stack.of_type("HostFailed"), lambda es: len(es) == 1, what="first")
+        await stack.client.send(CrashHost(host=second))
+        running = await poll(
+            lambda: _vms(stack),
+            lambda vms: all(vms[vm] == (survivor, "on") for vm in hosts),
+            timeout=15,
+            what=f"every VM running on {survivor}",
+        )
+        assert sorted(running) == sorted(hosts)
