@@ -92,6 +92,8 @@ class ServiceDefinition:
     # ``telemetry_filters``); a PoisonMessage dead-letters the sample.
     telemetry: Decide | None = None
     telemetry_filters: tuple[str, ...] = ("host.>",)
+    # Or only notes a sample (a heartbeat), deciding nothing: no lock, no outcome to land.
+    observe_telemetry: Callable[[Envelope[Message]], None] | None = None
     # Runs once the state is rebuilt and before any command is taken.
     setup: Setup | None = None
     loops: list[Loop] = field(default_factory=list)
@@ -288,7 +290,7 @@ class Runtime:
                 if self._groups is not None:
                     spec = replace(spec, in_flight=spec.batch)
                 self._subs.append(await self.bus.consume(spec, self._on_command))
-        if d.telemetry is not None:
+        if d.telemetry is not None or d.observe_telemetry is not None:
             spec = ConsumerSpec(
                 name=f"{d.name}-telemetry", stream=Stream.TELEMETRY, filters=d.telemetry_filters
             )
@@ -348,8 +350,11 @@ class Runtime:
         self.handled += 1
 
     async def _on_telemetry(self, env: Envelope[Message], _delivery: Delivery) -> None:
-        telemetry = self.definition.telemetry
-        assert telemetry is not None
+        telemetry, observe = self.definition.telemetry, self.definition.observe_telemetry
+        if observe is not None:
+            observe(env)
+        if telemetry is None:
+            return
         async with self._deciding:
             if env.id not in self._answered:
                 await self.settle(lambda: telemetry(env), answers=env.id)

@@ -48,10 +48,6 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
     async def round_step() -> Plan:
         return round_plan(holder, rounds)
 
-    async def on_telemetry(env: Envelope[Message]) -> list[Outcome]:
-        heard(holder, env)
-        return []
-
     async def failure_step() -> list[Outcome]:
         return check(holder, clock())
 
@@ -75,7 +71,7 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
         decide=on_command,
         decide_group=on_commands,
         commands={f"{name}-commands": (f"scheduler.{priority.value}.>",)},
-        telemetry=on_telemetry if detects else None,
+        observe_telemetry=(lambda env: heard(holder, env)) if detects else None,
         loops=[
             Loop("rounds", round_step, every=ROUND_CHECK_SECONDS),
             *([Loop("failures", failure_step, every=settings.tick_seconds)] if detects else []),

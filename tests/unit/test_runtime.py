@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from schemas import Envelope, Message, Reply
+from schemas.host import HostTelemetry
 from schemas.queries import ListVms, VmList
 from schemas.service import ServiceStarted, ServiceStopped
 from schemas.vm import CreateVm, VmCreated
@@ -148,3 +151,36 @@ def test_settings_reject_bad_host_counts(value: str) -> None:
 
     with pytest.raises(SettingsError, match="VPLANE_HOSTS"):
         Settings.from_env({"VPLANE_HOSTS": value})
+
+
+async def test_an_observed_telemetry_sample_is_noted_without_a_decision() -> None:
+    """A service that only notes telemetry (heartbeats) sees every sample, appends
+    nothing for it and keeps no record of it among the inputs it answered."""
+    bus = MemoryBus()
+    seen: list[int] = []
+    definition = replace(
+        Counter().definition(),
+        observe_telemetry=lambda env: seen.append(env.data.tick),  # type: ignore[attr-defined]
+    )
+    runtime = Runtime(definition, bus, "i1")
+    async with running(runtime):
+        before = len(runtime.answered)
+        for tick in range(3):
+            await bus.emit(Envelope.wrap(sample(tick), producer="hosts"))
+        await eventually(lambda: seen == [0, 1, 2], what="three samples noted")
+        assert len(runtime.answered) == before
+    assert "HostTelemetry" not in await types_in_log(bus)
+
+
+def sample(tick: int) -> HostTelemetry:
+    return HostTelemetry(
+        host="h1",
+        tick=tick,
+        cpu_capacity_mhz=1,
+        cpu_demand_mhz=0,
+        cpu_used_mhz=0,
+        mem_capacity_mib=1,
+        mem_reserved_mib=0,
+        vms_running=0,
+        vms_total=0,
+    )
