@@ -70,7 +70,7 @@ async def started_and_ended(
 async def until_known(client: Client, host: str, other: str) -> None:
     """A host of another process reaches this process's fold through the log a moment
     after it registered: ask for a tiny copy to it until it is not refused as unknown."""
-    deadline = asyncio.get_running_loop().time() + 15
+    deadline = asyncio.get_running_loop().time() + 30
     while True:
         probe = StartCopy(
             host=host,
