@@ -262,7 +262,8 @@ def test_host_placement_and_resizes_go_through_the_ledger(stack: dict[str, str])
     too_big = cli("vm", "resize", "db", "--mem", "200000", "--wait", env=stack)
     assert too_big.returncode == 1
     assert "insufficient-capacity" in too_big.stdout, too_big.stdout
-    shrunk = cli("vm", "resize", "db", "--mem", "2048", "--wait", env=stack)
+    # Above its working set (about half of it, for a steady workload).
+    shrunk = cli("vm", "resize", "db", "--mem", "3072", "--wait", env=stack)
     assert shrunk.returncode == 0, shrunk.stdout + shrunk.stderr
 
     deadline = time.monotonic() + 15
@@ -276,7 +277,7 @@ def test_host_placement_and_resizes_go_through_the_ledger(stack: dict[str, str])
     assert report["differences"] == []
     assert report["vms"] == 1
     vms = json.loads(cli("vms", "--json", env=stack).stdout)
-    assert [(v["vm"], v["host"], v["cpu"], v["mem_mib"]) for v in vms] == [("db", "h2", 2, 2048)]
+    assert [(v["vm"], v["host"], v["cpu"], v["mem_mib"]) for v in vms] == [("db", "h2", 2, 3072)]
     plain = cli("ledger", env=stack)
     assert plain.stdout.strip().endswith("0 counted twice"), plain.stdout
     assert "agree: 1 VMs" in plain.stdout
