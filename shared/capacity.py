@@ -12,6 +12,7 @@ from schemas import Message
 from schemas.host import HostRegistered
 from schemas.pool import MHZ_PER_VCPU, CapacityReleased, CapacityReserved
 from schemas.queries import VmView
+from shared.bus import Bus
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,15 @@ class PoolReplay:
         ):
             if used > limit + 1e-6:
                 self.over.append(OverCapacity(seq, host, resource, used, limit))
+
+
+async def pool_from_log(bus: Bus) -> PoolReplay:
+    """The pool as the whole log tells it, read independently of the schedulers."""
+    pool = PoolReplay()
+    async for entry in bus.replay(filters=("host.>", "pool.>")):
+        if entry.envelope is not None:
+            pool.apply(entry.seq, entry.envelope.data)
+    return pool
 
 
 def differences(pool: PoolReplay, vms: Iterable[VmView]) -> list[str]:

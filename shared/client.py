@@ -58,6 +58,20 @@ class Client:
             before=lambda: self.bus.send(env),
         )
 
+    async def send_until(
+        self, command: Command, *until: str, timeout: float = 10.0
+    ) -> Envelope[Message]:
+        """Send a command and return the first event of its workflow of an ``until`` type
+        (further down it, say VmCreated for a PlaceVm), or the refusal that ends it."""
+        await self.check_target(command)
+        env = Envelope.wrap(command, producer=self.producer)
+        [answer] = await self.wait_for(
+            lambda e: e.correlation_id == env.id and e.type in {*until, "CommandRejected"},
+            timeout=timeout,
+            before=lambda: self.bus.send(env),
+        )
+        return answer
+
     async def wait_for(
         self,
         match: Match,

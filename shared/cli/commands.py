@@ -94,14 +94,8 @@ def send(
     async def work(b: Bus) -> list[Envelope[Message]]:
         client = Client(b)
         cmd = await make(client)
-        await client.check_target(cmd)
         if wait and until is not None:
-            env = Envelope.wrap(cmd, producer=client.producer)
-            return await client.wait_for(
-                lambda e: e.correlation_id == env.id and e.type in {until, "CommandRejected"},
-                timeout=timeout,
-                before=lambda: b.send(env),
-            )
+            return [await client.send_until(cmd, until, timeout=timeout)]
         if wait:
             return await client.send_and_wait(cmd, timeout=timeout)
         env = await client.send(cmd)

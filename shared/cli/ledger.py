@@ -9,7 +9,7 @@ import typer
 
 from schemas.queries import ListVms, VmList
 from shared.bus import Bus
-from shared.capacity import PoolReplay, differences
+from shared.capacity import PoolReplay, differences, pool_from_log
 from shared.cli.common import BusOption, JsonOption, with_bus
 from shared.client import Client
 
@@ -19,10 +19,7 @@ def ledger(bus: BusOption = None, as_json: JsonOption = False) -> None:
     size, nothing reserved for no VM, no host ever over capacity. Exits 1 on a difference."""
 
     async def read(b: Bus) -> tuple[PoolReplay, VmList]:
-        pool = PoolReplay()
-        async for entry in b.replay(filters=("host.>", "pool.>")):
-            if entry.envelope is not None:
-                pool.apply(entry.seq, entry.envelope.data)
+        pool = await pool_from_log(b)
         reply = await Client(b).query(ListVms())
         assert isinstance(reply, VmList)
         return pool, reply

@@ -18,7 +18,7 @@ from services.scheduler.ledger import Ledger, evolve
 from services.tenants.bootstrap import build as build_tenants
 from shared.bus import Bus
 from shared.bus.memory import MemoryBus
-from shared.capacity import PoolReplay, differences
+from shared.capacity import PoolReplay, differences, pool_from_log
 from shared.client import Client
 from shared.runtime import Runtime, ServiceDefinition
 from shared.settings import Settings
@@ -118,11 +118,7 @@ class Stack:
         )
 
     async def pool(self) -> PoolReplay:
-        pool = PoolReplay()
-        async for entry in self.bus.replay(filters=("host.>", "pool.>")):
-            if entry.envelope is not None:
-                pool.apply(entry.seq, entry.envelope.data)
-        return pool
+        return await pool_from_log(self.bus)
 
     async def drift(self) -> list[str]:
         reply = await self.client.query(ListVms())

@@ -12,17 +12,7 @@ from tests.unit.stack import Stack, memory_stack
 
 async def ask(stack: Stack, command: Command, until: str) -> Envelope[Message]:
     """Send ``command`` and return the ``until`` event of its workflow (or its refusal)."""
-    env = Envelope.wrap(command, producer="test")
-
-    async def send() -> None:
-        await stack.bus.send(env)
-
-    [answer] = await stack.client.wait_for(
-        lambda e: e.correlation_id == env.id and e.type in {until, "CommandRejected"},
-        before=send,
-        timeout=5,
-    )
-    return answer
+    return await stack.client.send_until(command, until, timeout=5)
 
 
 def on_h1(vm: str, mem_mib: int) -> PlaceVm:

@@ -21,16 +21,7 @@ Snapshot = dict[str, Any]
 
 
 async def ask(stack: Stack, command: Command, *until: str) -> Envelope[Message]:
-    env = Envelope.wrap(command, producer="test")
-
-    async def send() -> None:
-        await stack.bus.send(env)
-
-    [answer] = await stack.client.wait_for(
-        lambda e: e.correlation_id == env.id and e.type in {*until, "CommandRejected"},
-        before=send,
-        timeout=10,
-    )
+    answer = await stack.client.send_until(command, *until, timeout=10)
     assert answer.type != "CommandRejected", answer.data
     return answer
 

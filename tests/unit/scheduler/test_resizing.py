@@ -15,16 +15,7 @@ GIB = 1024
 
 
 async def ask(stack: Stack, command: Command, *until: str) -> list[Envelope[Message]]:
-    env = Envelope.wrap(command, producer="test")
-
-    async def send() -> None:
-        await stack.bus.send(env)
-
-    return await stack.client.wait_for(
-        lambda e: e.correlation_id == env.id and e.type in {*until, "CommandRejected"},
-        before=send,
-        timeout=5,
-    )
+    return [await stack.client.send_until(command, *until, timeout=5)]
 
 
 async def reserved(stack: Stack, vm: str) -> tuple[float, float]:
