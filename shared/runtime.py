@@ -41,6 +41,7 @@ from shared.command_groups import CommandGroups, DecideGroup
 from shared.effects import Batch, batches, first_id, issued
 from shared.loops import Loop, LoopFailed, LoopStats, supervise
 from shared.outcome import Outcome, Outcomes, Plan, as_list, attempt
+from shared.tasks import cancel_and_wait
 
 log = structlog.get_logger("vplane.runtime")
 
@@ -524,12 +525,15 @@ class Runtime:
         for task in self._loops:
             task.cancel()
         for task in self._loops:
-            await self._bounded(task, f"loop {task.get_name()}")
+            await self._bounded(cancel_and_wait(task), f"loop {task.get_name()}", task)
         for sub in self._subs:
             await self._bounded(sub.stop(), f"subscription {type(sub).__name__}")
 
-    async def _bounded(self, step: Awaitable[object], what: str) -> None:
-        """Stopping never hangs the process: a step that takes too long is left behind."""
+    async def _bounded(
+        self, step: Awaitable[object], what: str, task: asyncio.Task[Any] | None = None
+    ) -> None:
+        """Stopping never hangs the process: a step that takes too long is left behind
+        (``task``: the one it stops, whose stack the warning shows)."""
         try:
             async with asyncio.timeout(DRAIN_STEP_SECONDS):
                 await step
@@ -539,8 +543,8 @@ class Runtime:
             pass
         except TimeoutError:
             where = ""
-            if isinstance(step, asyncio.Task):
-                frames = step.get_stack(limit=8)
+            if task is not None:
+                frames = task.get_stack(limit=8)
                 where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(frames))
             log.warning("stopping took too long, leaving it", step=what, at=where)
 

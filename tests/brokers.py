@@ -10,9 +10,13 @@ import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pytest
+
+if TYPE_CHECKING:
+    from shared.bus.rabbit import RabbitBus
 
 LOCAL_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -64,6 +68,21 @@ SERVICE_CONSUMERS = (
     "tenants-telemetry",
     "contention-monitor-telemetry",
 )
+
+
+async def close_and_delete(bus: RabbitBus) -> None:
+    """Close a test's bus, then delete its namespace from a connection of its own:
+    queues deleted under a live consumer set it resubscribing while it is being stopped."""
+    from shared.bus.rabbit import RabbitBus, delete_namespace
+
+    await bus.close()
+    cleaner = RabbitBus(bus.url, bus.namespace)
+    await cleaner.start()
+    try:
+        cleaner.topology.declared |= bus.topology.declared
+        await delete_namespace(cleaner)
+    finally:
+        await cleaner.close()
 
 
 def drop_rabbitmq_namespace(url: str, namespace: str) -> None:

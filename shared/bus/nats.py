@@ -47,6 +47,7 @@ from shared.bus.protocol import (
     Subscription,
     WatchHandler,
 )
+from shared.tasks import cancel_and_wait
 
 log = structlog.get_logger("vplane.bus.nats")
 
@@ -221,9 +222,7 @@ class NatsBus:
             await asyncio.wait(list(self._in_flight), timeout=2)
         self._closing = True
         if self._restoring is not None:
-            self._restoring.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._restoring
+            await cancel_and_wait(self._restoring)
         if self._nc is not None and not self._nc.is_closed:
             try:
                 await self._nc.drain()

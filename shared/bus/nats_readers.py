@@ -23,6 +23,7 @@ from shared.bus.dedupe import RecentIds
 from shared.bus.dispatch import Ack, Bury, Retry, dispatch, entry_of, together
 from shared.bus.errors import BusError, BusUnavailable
 from shared.bus.protocol import ConsumerSpec, Delivery, Handler, Logged, WatchHandler
+from shared.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from shared.bus.nats import NatsBus
@@ -152,10 +153,10 @@ class Puller:
 
     async def stop(self) -> None:
         self._stopping = True
-        if self._waiting:
-            self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        if not self._waiting:
+            # Handling a fetched batch: it finishes, hands back the rest, and ends.
+            await asyncio.wait([self._task])
+        await cancel_and_wait(self._task)
         with contextlib.suppress(Exception):
             if self._bus.available:
                 # Let the last acknowledgements reach the broker (not waited for while away).
@@ -178,9 +179,7 @@ class Watcher:
                 log.exception("watch handler failed", subject=msg.subject)
 
     async def stop(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel_and_wait(self._task)
 
 
 class Server:

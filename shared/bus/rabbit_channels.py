@@ -21,6 +21,8 @@ import aiormq.abc
 import structlog
 from aio_pika.abc import AbstractRobustConnection
 
+from shared.tasks import cancel_and_wait
+
 log = structlog.get_logger("vplane.bus.rabbit")
 
 RawChannel = aiormq.abc.AbstractChannel
@@ -97,9 +99,7 @@ class Subscriber(ABC):
         """Stop resubscribing and cancel the consumer. A stream forgets a consumer whose
         channel merely closes only when the broker next collects its garbage."""
         if self._keeper is not None:
-            self._keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keeper
+            await cancel_and_wait(self._keeper)
         if self._subscription is not None and not self._subscription[0].is_closed:
             raw, tag = self._subscription
             with contextlib.suppress(Exception):

@@ -17,6 +17,7 @@ from shared.bus.errors import BusError
 from shared.bus.protocol import ConsumerSpec, Delivery, Handler, Stream
 from shared.bus.rabbit_batch import selected, unpack
 from shared.bus.rabbit_channels import RawChannel, Subscriber
+from shared.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from shared.bus.rabbit import RabbitBus
@@ -203,9 +204,7 @@ class QueueConsumer(Subscriber):
         # Let the message in hand finish and be acknowledged; the rest go back.
         await self._idle.wait()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         with contextlib.suppress(Exception):
             await self._flush_acks()
         while not self._inbox.empty():

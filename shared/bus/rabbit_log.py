@@ -25,6 +25,7 @@ from aiormq.abc import DeliveredMessage
 from shared.bus.dedupe import DEFAULT_WINDOW
 from shared.bus.rabbit_batch import Batch, seq_of, unpack
 from shared.bus.rabbit_channels import RawChannel, Subscriber
+from shared.tasks import cancel_and_wait
 
 log = structlog.get_logger("vplane.bus.rabbit")
 
@@ -112,9 +113,7 @@ class StreamFollower(Subscriber):
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         await self.cancel()
         await self.close()
 

@@ -12,9 +12,9 @@ from shared.bus import Bus
 from shared.bus.factory import bus_from_url
 from shared.bus.memory import MemoryBus
 from shared.bus.nats import NatsBus
-from shared.bus.rabbit import RabbitBus, delete_namespace
+from shared.bus.rabbit import RabbitBus
 from shared.testing import unique_namespace
-from tests.brokers import drop_rabbitmq_namespace
+from tests.brokers import close_and_delete, drop_rabbitmq_namespace
 from tests.unit.stack import Connect
 
 
@@ -38,17 +38,10 @@ async def bus(request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
     try:
         yield adapter
     finally:
-        await adapter.close()
         if isinstance(adapter, RabbitBus):
-            # Deleted once closed, from a connection of its own: queues deleted under a
-            # live consumer set it resubscribing while it is being stopped.
-            cleaner = RabbitBus(adapter.url, namespace)
-            await cleaner.start()
-            try:
-                cleaner.topology.declared |= adapter.topology.declared
-                await delete_namespace(cleaner)
-            finally:
-                await cleaner.close()
+            await close_and_delete(adapter)
+        else:
+            await adapter.close()
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ import pytest
 
 from schemas import Envelope, Message
 from shared.bus import Bus, ConsumerSpec, Delivery, Stream
-from shared.bus.rabbit import RabbitBus, delete_namespace
+from shared.bus.rabbit import RabbitBus
 from shared.testing import eventually, unique_namespace
-from tests.brokers import rabbitmqctl
+from tests.brokers import close_and_delete, rabbitmqctl
 from tests.contract.messages import create_vm
 
 
@@ -165,5 +165,4 @@ async def test_rabbitmq_acknowledges_nothing_still_in_hand(amqp_url: str) -> Non
         assert await counted(queue, 0) == 0
     finally:
         release.set()
-        await delete_namespace(bus)
-        await bus.close()
+        await close_and_delete(bus)

@@ -8,8 +8,9 @@ import pytest
 
 from schemas import Envelope, Message
 from shared.bus import ConsumerSpec, Delivery, Stream
-from shared.bus.rabbit import RabbitBus, delete_namespace
+from shared.bus.rabbit import RabbitBus
 from shared.testing import poll, unique_namespace
+from tests.brokers import close_and_delete
 from tests.contract.messages import vm_created
 
 pytestmark = pytest.mark.broker
@@ -22,8 +23,7 @@ async def rabbit(amqp_url: str) -> AsyncIterator[RabbitBus]:
     try:
         yield bus
     finally:
-        await delete_namespace(bus)
-        await bus.close()
+        await close_and_delete(bus)
 
 
 async def test_broker_dead_letters_a_message_returned_past_its_delivery_limit(

@@ -82,15 +82,16 @@ async def start_ready(
 
 
 async def stop_all(procs: list[subprocess.Popen[bytes]], timeout: float = 30) -> list[int]:
-    """SIGTERM every process, wait for each (killing one that outlasts ``timeout``), and
-    return their exit codes."""
+    """SIGTERM every process, wait for them (killing those still there ``timeout`` seconds
+    later), and return their exit codes."""
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
     codes = []
+    deadline = time.monotonic() + timeout
     for proc in procs:
         try:
-            codes.append(await asyncio.to_thread(proc.wait, timeout))
+            codes.append(await asyncio.to_thread(proc.wait, max(deadline - time.monotonic(), 0.1)))
         except subprocess.TimeoutExpired:
             proc.kill()
             codes.append(await asyncio.to_thread(proc.wait, 10))

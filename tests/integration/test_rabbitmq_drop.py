@@ -18,9 +18,9 @@ import pytest
 from schemas import Envelope, Message, Reply
 from schemas.queries import HostList, ListHosts
 from shared.bus import ConsumerSpec, Delivery, Logged, Stream
-from shared.bus.rabbit import RabbitBus, delete_namespace
+from shared.bus.rabbit import RabbitBus
 from shared.testing import eventually, unique_namespace
-from tests.brokers import rabbitmqctl
+from tests.brokers import close_and_delete, rabbitmqctl
 from tests.contract.messages import create_vm, sample, vm_created
 
 pytestmark = [pytest.mark.broker, pytest.mark.integration]
@@ -68,8 +68,7 @@ async def bus(amqp_url: str, client_name: str) -> AsyncIterator[RabbitBus]:
     try:
         yield adapter
     finally:
-        await delete_namespace(adapter)
-        await adapter.close()
+        await close_and_delete(adapter)
 
 
 class Availability:
