@@ -130,3 +130,16 @@ class HostTelemetry(Telemetry):
 
     def aggregate(self) -> str:
         return f"host/{self.host}"
+
+
+@registry.register
+class ClockLeased(Event):
+    """A hosts process may tick up to ``until_sim_time`` (emulated seconds): written before
+    its ticks pass the previous lease, so a restarted process, which goes on from the
+    latest lease in the log, never repeats a tick or an emulated time it may have used."""
+
+    until_sim_time: float = Field(ge=0)
+    tick: int = Field(ge=0, description="the tick at which the lease was taken")
+
+    def aggregate(self) -> str:
+        return "clock/hosts"

@@ -37,6 +37,7 @@ from shared.bus import (
 )
 from shared.bus.protocol import DataFlows
 from shared.bus.subjects import event_subject, matches, stream_subject
+from shared.clock import StackClock
 from shared.command_groups import CommandGroups, DecideGroup
 from shared.effects import Batch, batches, first_id, issued
 from shared.loops import Loop, LoopFailed, LoopStats, supervise
@@ -98,7 +99,9 @@ class ServiceDefinition:
     # Runs once the state is rebuilt and before any command is taken.
     setup: Setup | None = None
     loops: list[Loop] = field(default_factory=list)
-    clock: Callable[[], float] = lambda: 0.0
+    # The stack's emulated time: the runtime shows it every event it folds and every
+    # sample it takes, and stamps what the service writes with it.
+    clock: StackClock = field(default_factory=StackClock)
 
 
 class ServiceFailed(Exception):
@@ -233,12 +236,15 @@ class Runtime:
         return count
 
     def _replayed(self) -> tuple[str, ...]:
+        """The fold's filters, and the service's own records: the outbox tells what was
+        sent, and its announcements carry the emulated time it had reached when it
+        stopped (so that a restart goes on from there)."""
         filters = self.definition.fold_filters
-        outbox = f"outbox.{self.name}"
-        if not filters or any(matches(f, outbox) for f in filters):
+        if not filters:
             return filters
-        # The outbox tells what was sent; brokers refuse filters that overlap.
-        return (*filters, outbox)
+        own = (f"outbox.{self.name}", f"service.{self.name}")
+        # Brokers refuse filters that overlap.
+        return (*filters, *(s for s in own if not any(matches(f, s) for f in filters)))
 
     def _observe(self, entry: Logged) -> None:
         """Fold an entry once. Own appends are folded as they are made and may overtake
@@ -266,6 +272,7 @@ class Runtime:
                 last = self._last_issued
                 same = last and last[0].batch == env.data.batch
                 self._last_issued = [*last, env.data] if same else [env.data]
+        self.definition.clock.saw(env.sim_time)
         if self.definition.fold is not None and self._wanted(entry.subject):
             self.definition.fold(entry.seq, env)
         self._applied_seq = max(self._applied_seq, entry.seq)
@@ -352,6 +359,7 @@ class Runtime:
 
     async def _on_telemetry(self, env: Envelope[Message], _delivery: Delivery) -> None:
         telemetry, observe = self.definition.telemetry, self.definition.observe_telemetry
+        self.definition.clock.saw(env.sim_time)
         if observe is not None:
             observe(env)
         if telemetry is None:
@@ -433,7 +441,7 @@ class Runtime:
     async def carry_out(self, outcomes: Outcomes) -> None:
         """Append each batch of events whole, then send its commands and samples."""
         for batch in batches(
-            self.name, as_list(outcomes), self.definition.clock(), self._landed.__contains__
+            self.name, as_list(outcomes), self.definition.clock.now(), self._landed.__contains__
         ):
             for outcome in batch.outcomes:
                 for flow, chunks in outcome.data.items():
@@ -451,7 +459,11 @@ class Runtime:
                 await self._flush_commands()
             for outcome in batch.outcomes:
                 for sample in outcome.samples:
-                    when = self.definition.clock() if outcome.sim_time is None else outcome.sim_time
+                    when = (
+                        self.definition.clock.now()
+                        if outcome.sim_time is None
+                        else outcome.sim_time
+                    )
                     await self.bus.emit(Envelope.wrap(sample, producer=self.name, sim_time=when))
 
     async def _carry_over_unsent(self, batch: Batch) -> None:
@@ -466,7 +478,7 @@ class Runtime:
             commands=[c.encode().decode() for c in self._unsent],
             batch=batch.id,
         )
-        env = Envelope.wrap(carried, producer=self.name, sim_time=self.definition.clock())
+        env = Envelope.wrap(carried, producer=self.name, sim_time=self.definition.clock.now())
         # First, so that a restart sends them in the order they were decided.
         batch.events.insert(0, env)
         batch.expected = {at + 1: version for at, version in batch.expected.items()}

@@ -31,7 +31,6 @@ class Holder:
         # it held (slots change only once it held for SLOT_TICKS).
         self.asked: dict[str, tuple[int, int]] = {}
         self.seen: dict[str, tuple[tuple[int, int], int]] = {}
-        self.now = 0.0
 
 
 def build(_settings: Settings, thresholds: Thresholds | None = None) -> ServiceDefinition:
@@ -43,7 +42,6 @@ def build(_settings: Settings, thresholds: Thresholds | None = None) -> ServiceD
 
     async def on_telemetry(env: Envelope[Message]) -> list[Outcome]:
         sample = checked(holder.monitor, env)
-        holder.now = max(holder.now, env.sim_time)
         return react(holder, sample, th, env)
 
     return ServiceDefinition(
@@ -52,7 +50,6 @@ def build(_settings: Settings, thresholds: Thresholds | None = None) -> ServiceD
         fold_filters=("host.>", "cluster.>", "contention.>"),
         follow=True,
         telemetry=on_telemetry,
-        clock=lambda: holder.now,
     )
 
 

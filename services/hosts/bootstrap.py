@@ -8,7 +8,7 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 
 from schemas import Envelope, Message, Reply
-from schemas.host import GuestMemoryDiverged, HostRegistered
+from schemas.host import ClockLeased, GuestMemoryDiverged, HostRegistered
 from schemas.memory import (
     ExportPages,
     ImportPages,
@@ -92,8 +92,9 @@ def build(settings: Settings) -> ServiceDefinition:
     holder = FleetHolder(hosts)
 
     def fold(seq: int, env: Envelope[Message]) -> None:
-        if env.producer == NAME:
-            holder.logged_time = max(holder.logged_time, env.sim_time)
+        if isinstance(env.data, ClockLeased):
+            holder.leased_until = max(holder.leased_until, env.data.until_sim_time)
+            return
         if isinstance(env.data, GuestMemoryDiverged):
             holder.divergences_logged.add(env.data.event_seq)
         before = holder.fleet
@@ -168,7 +169,7 @@ def build(settings: Settings) -> ServiceDefinition:
     return ServiceDefinition(
         name=NAME,
         fold=fold,
-        fold_filters=("host.>", "vm.>", "copy.>", "ha.>"),
+        fold_filters=("host.>", "vm.>", "copy.>", "ha.>", "clock.hosts"),
         # A transfer's other end, or a crash that aborts it, may belong to another hosts
         # process: each follows the others' events as they are appended.
         follow=True,
@@ -187,5 +188,5 @@ def build(settings: Settings) -> ServiceDefinition:
             Loop("telemetry", publish_telemetry, every=settings.tick_seconds, exclusive=False),
             Loop("transfers", finish_transfers, every=TRANSFER_CHECK_SECONDS),
         ],
-        clock=lambda: holder.sim_time(settings.tick_seconds * settings.speed),
+        clock=holder.clock,
     )

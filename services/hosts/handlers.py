@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import structlog
 
 from schemas import Envelope, Message, Reply
-from schemas.host import HostTelemetry
+from schemas.host import ClockLeased, HostTelemetry
 from schemas.memory import GetVmMemory, VmMemory
 from schemas.queries import HostList, HostView, ListHosts, ListVms, VmList, VmView
 from schemas.vm import MemoryMode
@@ -16,6 +16,7 @@ from services.hosts.machine import Machine
 from services.hosts.outcomes import outcome_key, outcomes
 from services.hosts.state import Fleet
 from shared.bus import PoisonMessage
+from shared.clock import StackClock
 from shared.outcome import Outcome
 
 log = structlog.get_logger("vplane.hosts")
@@ -24,6 +25,8 @@ log = structlog.get_logger("vplane.hosts")
 MAX_DIGESTS = 8_192
 # How late past its emulated end a transfer may be reported, in wall seconds.
 TRANSFER_CHECK_SECONDS = 0.05
+# Ticks leased in the log at a time (ClockLeased): one event per this many ticks.
+LEASE_TICKS = 60
 
 
 class FleetHolder:
@@ -34,8 +37,10 @@ class FleetHolder:
         self.machine = Machine(hosts)
         self.tick = 0
         self.samples: dict[str, HostTelemetry] = {}
-        # The latest emulated time of the hosts' own events in the log.
-        self.logged_time = 0.0
+        # The stack's emulated time as this process knows it; and how far the hosts'
+        # ticks are leased in the log (a restart goes on after that).
+        self.clock = StackClock()
+        self.leased_until = 0.0
         # Log sequences of events whose divergence from guest memory is logged already.
         self.divergences_logged: set[int] = set()
 
@@ -44,9 +49,11 @@ class FleetHolder:
         return self.tick * step
 
     def resume(self, step: float) -> None:
-        """Go on from the emulated time the log has reached: a restarted process's
-        clock never goes back."""
-        self.tick = max(self.tick, math.ceil(self.logged_time / step - 1e-9))
+        """Go on from the emulated time the log has reached (the latest lease, or a later
+        time seen there): a restarted process's clock never goes back, nor repeats a tick
+        its telemetry may have carried before."""
+        reached = max(self.leased_until, self.clock.now())
+        self.tick = max(self.tick, math.ceil(reached / step - 1e-9))
 
 
 def divergences(holder: FleetHolder) -> list[Outcome]:
@@ -64,11 +71,19 @@ def telemetry_step(holder: FleetHolder, step: float) -> Outcome:
     """Every live host's sample for this tick. Emulated time advances by ``step`` a
     tick, whatever the wall clock did, so the same seeds give the same telemetry."""
     sim_time = holder.sim_time(step)
+    holder.clock.saw(sim_time)
+    lease: list[ClockLeased] = []
+    if sim_time >= holder.leased_until:
+        # Lands before this tick's samples go out, or they do not go out.
+        lease.append(
+            ClockLeased(until_sim_time=(holder.tick + LEASE_TICKS) * step, tick=holder.tick)
+        )
     samples = list(holder.machine.tick(holder.fleet, holder.tick, sim_time, step))
     for data in samples:
         holder.samples[data.host] = data
+    key = f"lease:{holder.machine.hosts[0] if holder.machine.hosts else ''}:{holder.tick}"
     holder.tick += 1
-    return Outcome(samples=samples, sim_time=sim_time)
+    return Outcome(events=lease, samples=samples, sim_time=sim_time, key=key)
 
 
 def transfer_step(holder: FleetHolder, speed: float) -> list[Outcome]:

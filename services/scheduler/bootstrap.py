@@ -21,7 +21,10 @@ from shared.settings import Settings
 ROUND_CHECK_SECONDS = 0.01
 
 
-def build(settings: Settings, clock: Callable[[], float] = time.time) -> ServiceDefinition:
+def build(settings: Settings, wall: Callable[[], float] = time.time) -> ServiceDefinition:
+    """``wall``: the clock rounds are paced by and silence is measured on (a scheduler's
+    rounds and a host's failure are matters of real time); the events carry the stack's
+    emulated time, as every service's do."""
     priority = Owner(settings.priority)
     name = f"scheduler-{priority.value}"
     knobs = Knobs(
@@ -43,13 +46,13 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
     async def on_commands(envs: Sequence[Envelope[Message]]) -> list[Outcome]:
         return answer_group(holder, envs, name)
 
-    rounds = Rounds(period=period, high_wait=period / 2, clock=clock)
+    rounds = Rounds(period=period, high_wait=period / 2, clock=wall)
 
     async def round_step() -> Plan:
         return round_plan(holder, rounds)
 
     async def failure_step() -> list[Outcome]:
-        return check(holder, clock())
+        return check(holder, wall())
 
     # Failure is declared by one party, the high scheduler, which restarts first.
     detects = priority is Owner.HIGH
@@ -76,5 +79,4 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Service
             Loop("rounds", round_step, every=ROUND_CHECK_SECONDS),
             *([Loop("failures", failure_step, every=settings.tick_seconds)] if detects else []),
         ],
-        clock=clock,
     )

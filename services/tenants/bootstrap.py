@@ -26,6 +26,7 @@ from services.tenants.commands import decide
 from services.tenants.state import TaskId, Tenants, evolve, worker_name
 from services.tenants.tracker import advance
 from shared.bus import PoisonMessage
+from shared.clock import StackClock
 from shared.loops import Loop
 from shared.outcome import Outcome, answer
 from shared.runtime import ServiceDefinition
@@ -44,7 +45,7 @@ class Holder:
         self.tenants = Tenants()
         self.progress: dict[str, dict[TaskId, float]] = {}
         self.last_seen: dict[str, float] = {}
-        self.now = 0.0
+        self.clock = StackClock()
 
 
 def build(_settings: Settings) -> ServiceDefinition:
@@ -54,13 +55,12 @@ def build(_settings: Settings) -> ServiceDefinition:
         holder.tenants = evolve(holder.tenants, env.data)
 
     async def on_command(env: Envelope[Message]) -> Outcome:
-        return answer(env, *decide(holder.tenants, env, holder.now))
+        return answer(env, *decide(holder.tenants, env, holder.clock.now()))
 
     async def on_telemetry(env: Envelope[Message]) -> Outcome:
         sample = env.data
         if not isinstance(sample, HostTelemetry):
             raise PoisonMessage(f"the tenants service takes HostTelemetry, not {env.type}")
-        holder.now = max(holder.now, env.sim_time)
         last = holder.last_seen.get(sample.host)
         dt = 0.0 if last is None else max(0.0, env.sim_time - last)
         events, progress = track(holder, sample, dt, env.sim_time)
@@ -93,7 +93,7 @@ def build(_settings: Settings) -> ServiceDefinition:
         telemetry=on_telemetry,
         queries={"tenants": clusters},
         loops=[Loop("reconcile", reconcile_step, every=RECONCILE_SECONDS)],
-        clock=lambda: holder.now,
+        clock=holder.clock,
     )
 
 

@@ -106,6 +106,8 @@ class Stack:
         pool = await self.pool()
         assert pool.over == [], pool.over[:5]
         assert pool.twice == [], pool.twice[:5]
+        back = await self.time_going_back()
+        assert back == [], back[:5]
         if not {"hosts", "scheduler-high", "scheduler-low"} <= set(self.running):
             return
         # Commands may still be on their way (a migration's end is settled in the next
@@ -116,6 +118,21 @@ class Stack:
             timeout=10,
             what="the ledger equal to what the hosts run",
         )
+
+    async def time_going_back(self) -> list[str]:
+        """Each event whose emulated time is earlier than that of an event its producer
+        appended before it (across restarts too): one clock, which never goes back."""
+        latest: dict[str, float] = {}
+        back: list[str] = []
+        async for entry in self.bus.replay():
+            env = entry.envelope
+            if env is None or env.producer == self.client.producer:
+                continue
+            before = latest.get(env.producer, 0.0)
+            if env.sim_time < before:
+                back.append(f"#{entry.seq} {env.producer} {env.type}: {env.sim_time} < {before}")
+            latest[env.producer] = max(before, env.sim_time)
+        return back
 
     async def pool(self) -> PoolReplay:
         return await pool_from_log(self.bus)

@@ -22,6 +22,7 @@ from schemas.contention import (
 )
 from schemas.ha import HostFailed, HostReturned, RestartVm, VmRestarted, VmRestartFailed
 from schemas.host import (
+    ClockLeased,
     CrashHost,
     GuestMemoryDiverged,
     HostCrashed,
@@ -255,6 +256,7 @@ EXAMPLES: dict[str, Message] = {
         ),
         VmRestarted(vm="a", host="h2", from_host="h1", cpu=2, mem_mib=1024, since_failure_s=1.5),
         VmRestartFailed(vm="b", host="h1", priority="low", reason="no room"),
+        ClockLeased(until_sim_time=120.0, tick=60),
         GuestMemoryDiverged(
             host="h1", event_type="PagesShared", event_seq=9, subject="vm/a", error="not equal"
         ),
