@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import enum
 import uuid
+from typing import Any
+
+from pydantic import Field
 
 from schemas.base import Event, Message, Name, registry
 from schemas.envelope import Envelope
@@ -27,6 +30,11 @@ class ServiceStopped(Event):
     instance: str
     reason: str
     handled: int
+    carried: dict[str, Any] | None = Field(
+        None,
+        description="what the service's decisions read besides the log (a detector's "
+        "streaks, task progress), for its next start to take back",
+    )
 
     def aggregate(self) -> str:
         return f"service/{self.service}"

@@ -37,6 +37,7 @@ from shared.bus import (
 )
 from shared.bus.protocol import DataFlows
 from shared.bus.subjects import event_subject, matches, stream_subject
+from shared.carried import Carried
 from shared.clock import StackClock
 from shared.command_groups import CommandGroups, DecideGroup
 from shared.effects import Batch, batches, first_id, issued
@@ -102,6 +103,8 @@ class ServiceDefinition:
     # The stack's emulated time: the runtime shows it every event it folds and every
     # sample it takes, and stamps what the service writes with it.
     clock: StackClock = field(default_factory=StackClock)
+    # What its decisions read besides the log, carried over a restart (shared/carried.py).
+    carried: Carried | None = None
 
 
 class ServiceFailed(Exception):
@@ -151,6 +154,9 @@ class Runtime:
         )
         self._subs: list[Subscription] = []
         self._loops: list[asyncio.Task[None]] = []
+        # What the service's last announcement in the log carried: given back only when
+        # that is a ServiceStopped (no start came after it).
+        self._carried: dict[str, Any] | None = None
         self.ready = asyncio.Event()
 
     @property
@@ -174,6 +180,8 @@ class Runtime:
         try:
             rebuilt = await self._rebuild()
             self._rebuilt_seq, self._observed = self._applied_seq, set()
+            if self.definition.carried is not None and self._carried is not None:
+                self.definition.carried.load(self._carried)
             # Sending again is harmless: a command's id is fixed, and a handler acknowledges
             # a command whose answer is in the log without acting.
             self._unsent = [env for record in self._last_issued for env in issued(record)]
@@ -199,9 +207,14 @@ class Runtime:
             self.ready.clear()
             await self._drain()
             reason = "signal" if failure is None else f"failed: {failure}"
+            carried = self.definition.carried
             await self._announce(
                 ServiceStopped(
-                    service=self.name, instance=self.instance, reason=reason, handled=self.handled
+                    service=self.name,
+                    instance=self.instance,
+                    reason=reason,
+                    handled=self.handled,
+                    carried=None if carried is None else carried.save(),
                 )
             )
             log.info("service stopped", handled=self.handled, reason=reason)
@@ -260,6 +273,10 @@ class Runtime:
             # Without a follower only own appends arrive, in order: a high-water mark will do.
             return
         if env.producer == self.name:
+            if isinstance(env.data, ServiceStopped):
+                self._carried = env.data.carried
+            elif isinstance(env.data, ServiceStarted):
+                self._carried = None
             self._landed.add(env.id)
             for done in self._in_doubt.pop(env.id, ()):
                 done()

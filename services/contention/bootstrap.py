@@ -3,6 +3,8 @@ allocations out."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from schemas import Command, Envelope, Event, Message
 from schemas.contention import ContentionCleared, ContentionDetected, Direction, ScalingDecided
 from schemas.host import HostTelemetry
@@ -21,16 +23,32 @@ SLOT_TICKS = 2
 
 
 class Holder:
+    """The fold, and what the detector keeps of the telemetry it has seen (carried over
+    a restart in ServiceStopped: shared/carried.py)."""
+
     def __init__(self) -> None:
         self.monitor = Monitor()
-        # Streaks are not logged: after a restart a host's streak starts again from 0,
-        # but an open episode comes back from the log.
+        # A host's streak of ticks; an open episode also comes back from the log.
         self.watches: dict[str, Watch] = {}
         # The slots last asked for, per worker: asked once, not again every tick until
         # the job tracker's answer is folded; and a new figure with the ticks in a row
         # it held (slots change only once it held for SLOT_TICKS).
         self.asked: dict[str, tuple[int, int]] = {}
         self.seen: dict[str, tuple[tuple[int, int], int]] = {}
+
+    def save(self) -> dict[str, Any]:
+        return {
+            "watches": {h: [w.episode, w.streak] for h, w in self.watches.items()},
+            "asked": {vm: list(slots) for vm, slots in self.asked.items()},
+            "seen": {vm: [list(figure), n] for vm, (figure, n) in self.seen.items()},
+        }
+
+    def load(self, saved: dict[str, Any]) -> None:
+        self.watches = {h: Watch(e, int(n)) for h, (e, n) in saved.get("watches", {}).items()}
+        self.asked = {vm: (int(m), int(r)) for vm, (m, r) in saved.get("asked", {}).items()}
+        self.seen = {
+            vm: ((int(f[0]), int(f[1])), int(n)) for vm, (f, n) in saved.get("seen", {}).items()
+        }
 
 
 def build(_settings: Settings, thresholds: Thresholds | None = None) -> ServiceDefinition:
@@ -50,6 +68,7 @@ def build(_settings: Settings, thresholds: Thresholds | None = None) -> ServiceD
         fold_filters=("host.>", "cluster.>", "contention.>"),
         follow=True,
         telemetry=on_telemetry,
+        carried=holder,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import structlog
 
@@ -38,14 +39,36 @@ log = structlog.get_logger("vplane.tenants")
 
 
 class Holder:
-    """The fold, and what the job trackers keep in memory: task progress and the
-    emulated time each host last reported."""
+    """The fold, and what the job trackers keep of the telemetry they have seen: task
+    progress and the emulated time each host last reported (carried over a restart in
+    ServiceStopped: shared/carried.py)."""
 
     def __init__(self) -> None:
         self.tenants = Tenants()
         self.progress: dict[str, dict[TaskId, float]] = {}
         self.last_seen: dict[str, float] = {}
         self.clock = StackClock()
+
+    def save(self) -> dict[str, Any]:
+        return {
+            "progress": {
+                cluster: [
+                    [job, kind.value, index, done] for (_, job, kind, index), done in p.items()
+                ]
+                for cluster, p in self.progress.items()
+            },
+            "last_seen": dict(self.last_seen),
+        }
+
+    def load(self, saved: dict[str, Any]) -> None:
+        self.progress = {
+            cluster: {
+                (cluster, job, TaskKind(kind), int(index)): float(done)
+                for job, kind, index, done in tasks
+            }
+            for cluster, tasks in saved.get("progress", {}).items()
+        }
+        self.last_seen = {h: float(t) for h, t in saved.get("last_seen", {}).items()}
 
 
 def build(_settings: Settings) -> ServiceDefinition:
@@ -94,6 +117,7 @@ def build(_settings: Settings) -> ServiceDefinition:
         queries={"tenants": clusters},
         loops=[Loop("reconcile", reconcile_step, every=RECONCILE_SECONDS)],
         clock=holder.clock,
+        carried=holder,
     )
 
 
