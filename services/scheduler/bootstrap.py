@@ -75,6 +75,7 @@ def build(settings: Settings, wall: Callable[[], float] = time.time) -> ServiceD
         decide_group=on_commands,
         commands={f"{name}-commands": (f"scheduler.{priority.value}.>",)},
         observe_telemetry=(lambda env: heard(holder, env)) if detects else None,
+        carried=holder if detects else None,
         loops=[
             Loop("rounds", round_step, every=ROUND_CHECK_SECONDS),
             *([Loop("failures", failure_step, every=settings.tick_seconds)] if detects else []),

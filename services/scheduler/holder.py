@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from schemas.pool import Owner
 from services.scheduler.choose import PoolCache
@@ -29,7 +30,15 @@ class Holder:
         # the pool changes).
         self.balanced_at = -1
         # Each host's latest heartbeat: when its telemetry was sent, and its tick. Not in
-        # the log (telemetry is not): a restarted detector gives every host a full silence
-        # from its start before it declares one failed.
+        # the log (telemetry is not): carried over a restart in ServiceStopped; after a
+        # process killed outright, every host gets a full silence from the new start.
         self.heartbeats: dict[str, tuple[float, int]] = {}
         self.watching_since: float | None = None
+
+    def save(self) -> dict[str, Any]:
+        return {"heartbeats": {h: [sent, tick] for h, (sent, tick) in self.heartbeats.items()}}
+
+    def load(self, saved: dict[str, Any]) -> None:
+        self.heartbeats = {
+            h: (float(sent), int(tick)) for h, (sent, tick) in saved.get("heartbeats", {}).items()
+        }
