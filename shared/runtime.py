@@ -304,9 +304,12 @@ class Runtime:
         d = self.definition
         if d.follow and d.fold is not None:
             # With the outbox: an append whose acknowledgement was lost is learnt from it.
+            # From where the rebuild stopped, not after the setup's own appends: another
+            # process may have appended in between (a hosts process registering its
+            # hosts while this one starts); own entries come again and are skipped.
             self._subs.append(
                 await self.bus.watch(
-                    Stream.EVENTS, self._replayed(), self._follow, from_seq=self._applied_seq + 1
+                    Stream.EVENTS, self._replayed(), self._follow, from_seq=self._rebuilt_seq + 1
                 )
             )
         if d.decide is not None:

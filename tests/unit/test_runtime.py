@@ -184,3 +184,30 @@ def sample(tick: int) -> HostTelemetry:
         vms_running=0,
         vms_total=0,
     )
+
+
+async def test_a_follower_misses_nothing_appended_while_the_service_set_itself_up() -> None:
+    """Another process appends after this one's rebuild read the log and before its own
+    setup appends land (two hosts processes starting together): the follower still folds
+    it, and folds the service's own setup events once."""
+    bus = MemoryBus("t")
+    seen: list[str] = []
+
+    def fold(_seq: int, env: Envelope[Message]) -> None:
+        if isinstance(env.data, VmCreated):
+            seen.append(env.data.vm)
+
+    async def setup() -> Outcome:
+        other = VmCreated(
+            vm="theirs", host="h2", cpu=1, mem_mib=64, priority="low", powered_on=True
+        )
+        await bus.append(Envelope.wrap(other, producer="other-process"))
+        mine = VmCreated(vm="mine", host="h1", cpu=1, mem_mib=64, priority="low", powered_on=True)
+        return Outcome(events=[mine], key="setup")
+
+    definition = ServiceDefinition(
+        name="follower", fold=fold, fold_filters=("vm.>",), follow=True, setup=setup
+    )
+    async with running(Runtime(definition, bus, "i1")):
+        await eventually(lambda: "theirs" in seen, timeout=2, what="the other process's event")
+    assert sorted(seen) == ["mine", "theirs"]
