@@ -13,6 +13,7 @@ from typing import Any
 
 import nats
 import nats.errors
+import nats.js.errors
 
 from schemas import Envelope, Message
 from schemas.scheduling import PlaceVm
@@ -58,8 +59,17 @@ async def raw_nats_ids(url: str, namespace: str) -> list[str]:
         )
         ids: list[str] = []
         seq = 0
+        deadline = time.monotonic() + 60
         while seq < last:
-            for msg in await sub.fetch(1000, timeout=10):
+            try:
+                msgs = await sub.fetch(1000, timeout=10)
+            except nats.js.errors.ServiceUnavailableError:
+                # A consumer just made on a cluster that has lost a node answers 503
+                # until its leader is elected: ask again.
+                assert time.monotonic() < deadline, "the cluster never served the read"
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
                 seq = msg.metadata.sequence.stream
                 ids.append(json.loads(msg.data)["id"])
         await sub.unsubscribe()
