@@ -3,7 +3,9 @@ input refused with nothing reserved."""
 
 from __future__ import annotations
 
-from schemas.pool import Owner
+from collections import Counter
+
+from schemas.pool import CapacityReserved, Owner
 from schemas.scheduling import (
     Affinity,
     CopyFile,
@@ -162,6 +164,18 @@ async def test_maintenance_migrates_every_vm_off_the_host_and_releases_what_it_h
         )
         done = await stack.of_type("MigrationCompleted")
         assert sorted(e.data.vm for e in done) == leaving  # type: ignore[attr-defined]
+        # Planned once, reserved once: each migration's reservations are taken one time
+        # each, and every VM's migration takes as many as any other's.
+        taken = [
+            e.data
+            for e in await stack.of_type("CapacityReserved")
+            if isinstance(e.data, CapacityReserved) and e.data.purpose != "vm"
+        ]
+        names = Counter(r.reservation for r in taken)
+        assert max(names.values()) == 1, names.most_common(3)
+        per_vm = Counter(r.workload for r in taken)
+        assert sorted(per_vm) == leaving
+        assert len(set(per_vm.values())) == 1, per_vm
         ledger = await poll(
             stack.ledger,
             lambda led: not any(r.endswith(("-in", "-out")) for r in led.located),
