@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from schemas.pool import Owner
+from schemas.pool import CapacityReserved, Owner
 from schemas.queries import ListVms, VmList
 from schemas.scheduling import PlaceVm, SetMaintenance
 from services.scheduler.ledger import Ledger, evolve
+from shared.capacity import differences, pool_from_log
 from shared.client import Client
 from shared.testing import poll
 from tests.integration.stack import start_ready, stop_all
@@ -120,5 +121,17 @@ async def test_maintenance_empties_a_host_through_migrations(
             what="migration reservations released",
         )
         assert not ledger.reservations.get("h1")
+        # Planned once, reserved once; and an independent replay of the log finds no
+        # point over capacity, nothing counted twice, and the hosts running what it holds.
+        taken = Counter(
+            r.reservation
+            for r in await log_of(client, "CapacityReserved")
+            if isinstance(r, CapacityReserved) and r.purpose != "vm"
+        )
+        assert taken
+        assert max(taken.values()) == 1, taken.most_common(3)
+        pool = await pool_from_log(client.bus)
+        assert (pool.over, pool.twice) == ([], [])
+        assert differences(pool, vms.vms) == []
     finally:
         await stop_all(procs)
