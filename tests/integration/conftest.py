@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from shared.bus.factory import bus_from_url
+from shared.capacity import PoolReplay, pool_from_log
 from shared.client import Client
 from shared.testing import unique_namespace
 from tests.brokers import drop_rabbitmq_namespace
@@ -22,12 +23,18 @@ def bus_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 async def client(bus_url: str) -> AsyncIterator[Client]:
+    """A client in a namespace of its own. Whatever the scenario, an independent replay
+    of its log at the end finds no host over capacity and nothing counted twice."""
     namespace = unique_namespace()
     bus = bus_from_url(bus_url, namespace)
     await bus.start()
+    pool: PoolReplay | None = None
     try:
         yield Client(bus, producer="test")
+        pool = await pool_from_log(bus)
     finally:
         await bus.close()
         if bus_url.startswith("amqp"):
             await asyncio.to_thread(drop_rabbitmq_namespace, bus_url, namespace)
+    assert pool.over == [], pool.over[:5]
+    assert pool.twice == [], pool.twice[:5]
