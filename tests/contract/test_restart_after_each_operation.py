@@ -1,5 +1,6 @@
 """The stack comes back the same after a restart of every service, whatever it did last:
-create, resize both ways, migrate, share pages, scratch space, crash and recover."""
+create, resize both ways, migrate, share pages, scratch space, crash and recover; on
+the in-memory bus, NATS and RabbitMQ."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from schemas.scheduling import ChangeVmSize, MigrateVm, PlaceVm
 from schemas.scratch import AllocateScratch, ReleaseScratch
 from schemas.vm import MemoryMode
 from shared.testing import poll
-from tests.unit.stack import Stack, memory_stack
+from tests.contract.conftest import Broker
+from tests.unit.stack import Stack, service_stack
 
 Snapshot = dict[str, Any]
 
@@ -96,8 +98,10 @@ def resize(vm: str, mem_mib: int) -> ChangeVmSize:
     return ChangeVmSize(vm=vm, priority=Owner.LOW, mem_mib=mem_mib)
 
 
-async def test_every_operation_survives_a_restart_of_every_service() -> None:
-    async with memory_stack(hosts=3, ha_failures=0) as stack:
+async def test_every_operation_survives_a_restart_of_every_service(broker: Broker) -> None:
+    async with service_stack(
+        3, connect=broker.connect, namespace=broker.namespace, settings={"ha_failures": 0}
+    ) as stack:
 
         async def share() -> None:
             pair = await equal_pages(stack, "a", "b")
