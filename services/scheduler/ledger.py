@@ -58,11 +58,10 @@ class Amounts:
 
 @dataclass(frozen=True, slots=True)
 class Ledger:
-    # Persistent maps: an event changes one host's entry, not a copy of every host's.
-    capacity: Map[str, Amounts] = field(default_factory=Map)
-    reservations: Map[str, Mapping[str, CapacityReserved]] = field(default_factory=Map)
+    capacity: Mapping[str, Amounts] = field(default_factory=dict)
+    reservations: Mapping[str, Mapping[str, CapacityReserved]] = field(default_factory=dict)
     # Each host's pool version: the log sequence of its last pool event (0: none yet).
-    versions: Map[str, int] = field(default_factory=Map)
+    versions: Mapping[str, int] = field(default_factory=dict)
     # Where each reservation is (a VM's own reservation names the VM).
     located: Map[str, str] = field(default_factory=Map)
     crashed: frozenset[str] = frozenset()
@@ -72,7 +71,7 @@ class Ledger:
     # while the revision is.
     revision: int = 0
     # Hosts in maintenance, with the log sequence at which it began.
-    maintenance: Map[str, int] = field(default_factory=Map)
+    maintenance: Mapping[str, int] = field(default_factory=dict)
     evacuated: frozenset[str] = frozenset()
 
     def reserved(self, host: str) -> Amounts:
@@ -105,7 +104,7 @@ def evolve(ledger: Ledger, seq: int, event: Message) -> Ledger:
     # Every event of a host's pool aggregate moves its version, whatever its type.
     pool, _, host = event.aggregate().partition("/")
     if pool == "pool" and host:
-        new = replace(new, versions=new.versions.set(host, max(seq, new.versions.get(host, 0))))
+        new = replace(new, versions={**new.versions, host: max(seq, new.versions.get(host, 0))})
     return new if new is ledger else replace(new, revision=ledger.revision + 1)
 
 
@@ -118,7 +117,7 @@ def _evolve(ledger: Ledger, seq: int, event: Message) -> Ledger:  # noqa: PLR091
                 event.net_mbps * 2,
                 event.storage_mbs,
             )
-            return replace(ledger, capacity=ledger.capacity.set(event.host, cap))
+            return replace(ledger, capacity={**ledger.capacity, event.host: cap})
         case CapacityReserved():
             held = {
                 **{
@@ -132,7 +131,7 @@ def _evolve(ledger: Ledger, seq: int, event: Message) -> Ledger:  # noqa: PLR091
             if event.replaces is not None and located.get(event.replaces) == event.host:
                 located = located.delete(event.replaces)
             return replace(
-                ledger, reservations=ledger.reservations.set(event.host, held), located=located
+                ledger, reservations={**ledger.reservations, event.host: held}, located=located
             )
         case CapacityReleased():
             host, name = event.host, event.reservation
@@ -142,7 +141,7 @@ def _evolve(ledger: Ledger, seq: int, event: Message) -> Ledger:  # noqa: PLR091
             if located.get(name) == host:
                 located = located.delete(name)
             return replace(
-                ledger, reservations=ledger.reservations.set(host, held), located=located
+                ledger, reservations={**ledger.reservations, host: held}, located=located
             )
         case HostCrashed():
             return replace(ledger, crashed=ledger.crashed | {event.host})
@@ -155,19 +154,14 @@ def _evolve(ledger: Ledger, seq: int, event: Message) -> Ledger:  # noqa: PLR091
         case MaintenanceStarted():
             return replace(
                 ledger,
-                maintenance=ledger.maintenance.set(event.host, seq),
+                maintenance={**ledger.maintenance, event.host: seq},
                 evacuated=ledger.evacuated - {event.host},
             )
         case MaintenanceEnded():
+            maintenance = {h: s for h, s in ledger.maintenance.items() if h != event.host}
             return replace(
-                ledger,
-                maintenance=_without(ledger.maintenance, event.host),
-                evacuated=ledger.evacuated - {event.host},
+                ledger, maintenance=maintenance, evacuated=ledger.evacuated - {event.host}
             )
         case HostEvacuated():
             return replace(ledger, evacuated=ledger.evacuated | {event.host})
     return ledger
-
-
-def _without(entries: Map[str, int], key: str) -> Map[str, int]:
-    return entries.delete(key) if key in entries else entries
