@@ -23,3 +23,9 @@ class StackClock:
 
     def saw(self, sim_time: float) -> None:
         self._now = max(self._now, sim_time)
+
+    def unsee(self, earlier: float) -> None:
+        """Back to ``earlier``, what it was before a sample turned out to be bad input:
+        its time moves nothing. Only while nothing was stamped since (the runtime holds
+        the decision lock throughout)."""
+        self._now = min(self._now, earlier)

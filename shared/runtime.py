@@ -31,6 +31,7 @@ from shared.bus import (
     ConsumerSpec,
     Delivery,
     Logged,
+    PoisonMessage,
     QueryHandler,
     Stream,
     Subscription,
@@ -95,8 +96,9 @@ class ServiceDefinition:
     # ``telemetry_filters``); a PoisonMessage dead-letters the sample.
     telemetry: Decide | None = None
     telemetry_filters: tuple[str, ...] = ("host.>",)
-    # Or only notes a sample (a heartbeat), deciding nothing: no lock, no outcome to land.
-    observe_telemetry: Callable[[Envelope[Message]], None] | None = None
+    # Or only notes a sample (a heartbeat), deciding nothing: no lock, no outcome to land;
+    # it says whether it took the sample (only then does its time move the clock).
+    observe_telemetry: Callable[[Envelope[Message]], bool] | None = None
     # Runs once the state is rebuilt and before any command is taken.
     setup: Setup | None = None
     loops: list[Loop] = field(default_factory=list)
@@ -379,14 +381,21 @@ class Runtime:
 
     async def _on_telemetry(self, env: Envelope[Message], _delivery: Delivery) -> None:
         telemetry, observe = self.definition.telemetry, self.definition.observe_telemetry
-        self.definition.clock.saw(env.sim_time)
-        if observe is not None:
-            observe(env)
+        clock = self.definition.clock
+        if observe is not None and observe(env):
+            clock.saw(env.sim_time)
         if telemetry is None:
             return
         async with self._deciding:
             if env.id not in self._answered:
-                await self.settle(lambda: telemetry(env), answers=env.id)
+                before = clock.now()
+                # The sample's decisions are stamped with its time; bad input moves nothing.
+                clock.saw(env.sim_time)
+                try:
+                    await self.settle(lambda: telemetry(env), answers=env.id)
+                except PoisonMessage:
+                    clock.unsee(before)
+                    raise
 
     async def _step(self, loop: Loop) -> None:
         if loop.exclusive:

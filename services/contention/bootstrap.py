@@ -13,9 +13,9 @@ from services.contention.detector import Change, Thresholds, Watch, measure, obs
 from services.contention.scaling import scale_down, scale_up
 from services.contention.slots import allocations
 from services.contention.state import Monitor, evolve
-from shared.bus import PoisonMessage
 from shared.outcome import Outcome
 from shared.runtime import ServiceDefinition
+from shared.samples import host_sample
 from shared.settings import Settings
 
 NAME = "contention-monitor"
@@ -59,7 +59,7 @@ def build(_settings: Settings, thresholds: Thresholds | None = None) -> ServiceD
         holder.monitor = evolve(holder.monitor, env.data)
 
     async def on_telemetry(env: Envelope[Message]) -> list[Outcome]:
-        sample = checked(holder.monitor, env)
+        sample = host_sample(env, holder.monitor.hosts, "contention monitor")
         return react(holder, sample, th, env)
 
     return ServiceDefinition(
@@ -70,19 +70,6 @@ def build(_settings: Settings, thresholds: Thresholds | None = None) -> ServiceD
         telemetry=on_telemetry,
         carried=holder,
     )
-
-
-def checked(m: Monitor, env: Envelope[Message]) -> HostTelemetry:
-    """The sample, or a PoisonMessage naming what is wrong with it (it is dead-lettered
-    and changes nothing)."""
-    sample = env.data
-    if not isinstance(sample, HostTelemetry):
-        raise PoisonMessage(f"the contention monitor takes HostTelemetry, not {env.type}")
-    if env.subject != sample.aggregate():
-        raise PoisonMessage(f"a sample of host {sample.host} sent as {env.subject}")
-    if sample.host not in m.hosts:
-        raise PoisonMessage(f"telemetry from unknown host {sample.host}")
-    return sample
 
 
 def react(

@@ -8,20 +8,24 @@ from datetime import UTC, datetime
 
 from schemas import Envelope, Message
 from schemas.ha import HostFailed, HostReturned
-from schemas.host import HostTelemetry
 from services.scheduler.holder import Holder
+from shared.bus import PoisonMessage
 from shared.outcome import Outcome
+from shared.samples import host_sample
 
 
-def heard(holder: Holder, env: Envelope[Message]) -> None:
-    """Note a host's heartbeat by when it was sent, so an old backlog is not taken for life."""
-    sample = env.data
-    if not isinstance(sample, HostTelemetry):
-        return
+def heard(holder: Holder, env: Envelope[Message]) -> bool:
+    """Note a host's heartbeat by when it was sent, so an old backlog is not taken for life;
+    whether it was one (a sample of a registered host, under its own subject)."""
+    try:
+        sample = host_sample(env, holder.state.ledger.capacity, "failure detector")
+    except PoisonMessage:
+        return False
     sent = env.occurred_at.timestamp()
     last = holder.heartbeats.get(sample.host)
     if last is None or sent > last[0]:
         holder.heartbeats[sample.host] = (sent, sample.tick)
+    return True
 
 
 def check(holder: Holder, now: float) -> list[Outcome]:

@@ -26,11 +26,11 @@ from schemas.vm import DestroyVm, PowerOffVm, WorkloadKind
 from services.tenants.commands import decide
 from services.tenants.state import TaskId, Tenants, evolve, worker_name
 from services.tenants.tracker import advance
-from shared.bus import PoisonMessage
 from shared.clock import StackClock
 from shared.loops import Loop
 from shared.outcome import Outcome, answer
 from shared.runtime import ServiceDefinition
+from shared.samples import host_sample
 from shared.settings import Settings
 
 NAME = "tenants"
@@ -81,9 +81,7 @@ def build(_settings: Settings) -> ServiceDefinition:
         return answer(env, *decide(holder.tenants, env, holder.clock.now()))
 
     async def on_telemetry(env: Envelope[Message]) -> Outcome:
-        sample = env.data
-        if not isinstance(sample, HostTelemetry):
-            raise PoisonMessage(f"the tenants service takes HostTelemetry, not {env.type}")
+        sample = host_sample(env, holder.tenants.hosts, "tenants service")
         last = holder.last_seen.get(sample.host)
         dt = 0.0 if last is None else max(0.0, env.sim_time - last)
         events, progress = track(holder, sample, dt, env.sim_time)

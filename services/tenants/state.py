@@ -11,7 +11,7 @@ from immutables import Map
 from schemas import Message
 from schemas.contention import ContentionCleared, ContentionDetected
 from schemas.ha import HostFailed, VmRestarted, VmRestartFailed
-from schemas.host import HostCrashed
+from schemas.host import HostCrashed, HostRegistered
 from schemas.service import CommandRejected, RejectionCode
 from schemas.tenants import (
     Assignment,
@@ -74,11 +74,13 @@ class Tenants:
     running: Map[str, str] = field(default_factory=Map)
     owner: Map[str, str] = field(default_factory=Map)
     jobs: Map[tuple[str, str], Job] = field(default_factory=Map)
-    # Tasks in a slot: task -> VM. Progress is not logged: a task that was running when
-    # the service stopped starts again, as on a restarted job tracker.
+    # Tasks in a slot: task -> VM. Progress is not logged: it is carried over a restart in
+    # ServiceStopped; after a process killed outright a running task starts again, as on
+    # a restarted job tracker.
     assigned: Map[TaskId, str] = field(default_factory=Map)
-    # Hosts in contention now (the contention monitor's episodes).
+    # Hosts in contention now (the contention monitor's episodes), and every registered one.
     contended: frozenset[str] = frozenset()
+    hosts: frozenset[str] = frozenset()
     # Hosts that took scratch space for a job: (cluster, job) -> {(host, vm)}.
     scratch: Map[tuple[str, str], frozenset[tuple[str, str]]] = field(default_factory=Map)
     # Workers lost with their host (worker -> that host), and those of them that their
@@ -104,6 +106,8 @@ def evolve(t: Tenants, event: Message) -> Tenants:  # noqa: PLR0911, PLR0912
     if isinstance(event, VmRestarted | VmRestartFailed | HostFailed | HostCrashed):
         return _lost_with_hosts(t, event)
     match event:
+        case HostRegistered():
+            return replace(t, hosts=t.hosts | {event.host})
         case ClusterCreated():
             cluster = Cluster(spec=event, wanted=event.workers)
             return replace(t, clusters=t.clusters.set(event.cluster, cluster))

@@ -155,20 +155,25 @@ def test_settings_reject_bad_host_counts(value: str) -> None:
 
 async def test_an_observed_telemetry_sample_is_noted_without_a_decision() -> None:
     """A service that only notes telemetry (heartbeats) sees every sample, appends
-    nothing for it and keeps no record of it among the inputs it answered."""
+    nothing for it and keeps no record of it among the inputs it answered; the emulated
+    time of a sample it did not take (say, from an unknown host) moves no clock."""
     bus = MemoryBus()
     seen: list[int] = []
-    definition = replace(
-        Counter().definition(),
-        observe_telemetry=lambda env: seen.append(env.data.tick),  # type: ignore[attr-defined]
-    )
+
+    def note(env: Envelope[Message]) -> bool:
+        assert isinstance(env.data, HostTelemetry)
+        seen.append(env.data.tick)
+        return env.data.tick != 2
+
+    definition = replace(Counter().definition(), observe_telemetry=note)
     runtime = Runtime(definition, bus, "i1")
     async with running(runtime):
         before = len(runtime.answered)
         for tick in range(3):
-            await bus.emit(Envelope.wrap(sample(tick), producer="hosts"))
+            await bus.emit(Envelope.wrap(sample(tick), producer="hosts", sim_time=10.0 * tick))
         await eventually(lambda: seen == [0, 1, 2], what="three samples noted")
         assert len(runtime.answered) == before
+        assert definition.clock.now() == 10.0
     assert "HostTelemetry" not in await types_in_log(bus)
 
 

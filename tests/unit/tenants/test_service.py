@@ -107,6 +107,9 @@ async def test_contention_shrinks_the_low_cluster_then_it_grows_back() -> None:
         ]
 
 
+FAR = 1e9
+
+
 async def test_bad_telemetry_is_dead_lettered_and_changes_nothing() -> None:
     async with memory_stack(hosts=1, tenants=True, monitor=True, **FAST) as stack:
         good = HostTelemetry(
@@ -121,8 +124,8 @@ async def test_bad_telemetry_is_dead_lettered_and_changes_nothing() -> None:
             vms_total=0,
         )
         stranger = good.model_copy(update={"host": "h9"})
-        disguised = Envelope.wrap(good, producer="test", subject="host/h2")
-        await stack.bus.emit(Envelope.wrap(stranger, producer="test"))
+        disguised = Envelope.wrap(good, producer="test", subject="host/h2", sim_time=FAR)
+        await stack.bus.emit(Envelope.wrap(stranger, producer="test", sim_time=FAR))
         await stack.bus.emit(disguised)
         dead = await poll(
             lambda: stack.bus.dead_letters("contention-monitor-telemetry"),
@@ -135,6 +138,15 @@ async def test_bad_telemetry_is_dead_lettered_and_changes_nothing() -> None:
             "poison: telemetry from unknown host h9",
         ]
         assert await stack.of_type("ContentionDetected", "ScalingDecided") == []
+        # Refused as bad input, their emulated time (far ahead) moved no service's clock.
+        refused = await poll(
+            lambda: stack.bus.dead_letters("tenants-telemetry"),
+            lambda d: len(d) == 2,
+            what="the tenants' dead letters",
+        )
+        assert sorted(d.reason for d in refused) == reasons
+        for service in ("contention-monitor", "tenants", "scheduler-high"):
+            assert stack.running[service].runtime.definition.clock.now() < FAR, service
 
 
 async def test_a_job_spills_to_scratch_and_gives_it_back_when_done() -> None:
