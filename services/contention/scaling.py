@@ -82,7 +82,7 @@ def scale_up(m: Monitor, sample: HostTelemetry) -> list[tuple[str, Scaling]]:
     has room for them."""
     out = []
     load = float(sample.cpu_demand_mhz)
-    for (host, cluster), (episode, count) in m.owed.items():
+    for (host, cluster), (episode, count) in sorted(m.owed.items()):
         if host != sample.host or count <= 0 or cluster not in m.clusters:
             continue
         if (episode, cluster, Direction.UP) in m.decided:

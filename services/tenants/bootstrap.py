@@ -132,7 +132,9 @@ def track(
     }
     events: list[Event] = []
     after: dict[str, dict[TaskId, float]] = {}
-    for cluster in t.clusters:
+    # By name: a map walks in hash order, which differs from process to process, and a
+    # restarted tracker must append the same events in the same order.
+    for cluster in sorted(t.clusters):
         step = advance(t, cluster, holder.progress.get(cluster, {}), rates, dt)
         after[cluster] = step.progress
         for job in step.jobs:
@@ -172,7 +174,8 @@ def reconcile(t: Tenants) -> list[Outcome]:
     """Ask for the workers each cluster wants and has not got, and take away those it
     no longer wants; each ask is one outcome with a fixed key, so it is made once."""
     out: list[Outcome] = []
-    for c in t.clusters.values():
+    for name in sorted(t.clusters):
+        c = t.clusters[name]
         spec = c.spec
         for vm in c.workers:
             if vm not in t.running:

@@ -95,7 +95,7 @@ class Tenants:
 
     def open_jobs(self, cluster: str) -> list[Job]:
         jobs = [j for (c, _), j in self.jobs.items() if c == cluster and not j.completed]
-        return sorted(jobs, key=lambda j: j.spec.submitted_sim_time)
+        return sorted(jobs, key=lambda j: (j.spec.submitted_sim_time, j.spec.job))
 
 
 def worker_name(cluster: str, number: int) -> str:
