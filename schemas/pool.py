@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 
 from pydantic import Field
 
@@ -16,6 +17,12 @@ class Owner(enum.StrEnum):
 
 # What one vCPU reserves: the unit schedulers reserve in and hosts size VMs by.
 MHZ_PER_VCPU = 1000.0
+
+
+def vcpus_covered(cpu_mhz: float) -> int:
+    """The vCPUs a reservation of ``cpu_mhz`` runs: a VM placed with less than one vCPU's
+    worth (degraded) still runs one."""
+    return max(1, math.floor(cpu_mhz / MHZ_PER_VCPU + 1e-9))
 
 
 @registry.register

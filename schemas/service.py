@@ -57,6 +57,8 @@ class RejectionCode(enum.StrEnum):
     LAST_USABLE_HOST = "last-usable-host"
     CANNOT_EVACUATE = "cannot-evacuate"
     UNKNOWN_CLUSTER = "unknown-cluster"
+    # A change to what a host runs that no reservation in the ledger covers.
+    NO_RESERVATION = "no-reservation"
 
 
 @registry.register

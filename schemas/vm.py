@@ -37,7 +37,9 @@ class MemoryMode(enum.StrEnum):
 
 @registry.register
 class CreateVm(Command):
-    """Create a VM; without ``host`` the hosts service chooses one with room."""
+    """Create a VM on ``host``, in room its scheduler reserved there first (a
+    ``CapacityReserved`` for the VM): a host refuses one no reservation covers
+    (``no-reservation``), and one that names no host. Users place VMs with ``PlaceVm``."""
 
     vm: Name
     cpu: int = Field(ge=1, le=256, description="virtual CPUs")
@@ -135,7 +137,8 @@ class ResumeVm(_HostedVmCommand):
 
 @registry.register
 class ResizeVm(_HostedVmCommand):
-    """Change vCPUs and/or memory, up or down; memory never below what the guest uses."""
+    """Change vCPUs and/or memory, up or down, within the VM's reservation on its host;
+    memory never below what the guest uses."""
 
     cpu: int | None = Field(None, ge=1, le=256)
     mem_mib: int | None = Field(None, ge=16, le=4 * 1024 * 1024)

@@ -36,6 +36,10 @@ class Outcome:
     # In-memory bookkeeping a service does only once the outcome has landed (say, a
     # detector's streak), so that a decision that failed to land is taken again whole.
     on_landed: Sequence[Callable[[], None]] = ()
+    # Log filters (as a fold's) whose fold the decision may have been taken behind: a
+    # command is sent after its cause lands, but a follower may not have folded that cause
+    # yet. The runtime folds what the log holds of them, and decides again, once.
+    stale: Sequence[str] = ()
 
     @property
     def empty(self) -> bool:

@@ -132,6 +132,8 @@ class Runtime:
         }
         self._applied_seq = 0
         self._rebuilt_seq = 0
+        # The last entry the follower delivered (or the rebuild's last).
+        self._followed = 0
         self._observed: set[int] = set()
         # Causes whose answer is in the log (a redelivery changes nothing), and the ids
         # of this service's own events there (an outcome already carried out is skipped).
@@ -182,6 +184,7 @@ class Runtime:
         try:
             rebuilt = await self._rebuild()
             self._rebuilt_seq, self._observed = self._applied_seq, set()
+            self._followed = self._rebuilt_seq
             if self.definition.carried is not None and self._carried is not None:
                 self.definition.carried.load(self._carried)
             # Sending again is harmless: a command's id is fixed, and a handler acknowledges
@@ -348,6 +351,7 @@ class Runtime:
         # Under the lock, a decision in progress never sees the fold change beneath it.
         async with self._deciding:
             self._observe(entry)
+            self._followed = max(self._followed, entry.seq)
             # The follower delivers in order: nothing below this entry is still to come.
             if len(self._observed) > OBSERVED_KEPT:
                 self._observed = {seq for seq in self._observed if seq >= entry.seq}
@@ -438,13 +442,14 @@ class Runtime:
         the decision how often). This is the reservation primitive: a decision that
         reserves says so with its outcome's ``expect``. The runtime calls it for every
         command, sample and loop step; callers outside those hold ``exclusive()``."""
+        caught_up = False
         for conflicts in range(MAX_CONFLICTS + 1):
-            token = attempt.set(conflicts)
-            try:
-                decided = decide()
-                outcomes = as_list(await decided if inspect.isawaitable(decided) else decided)
-            finally:
-                attempt.reset(token)
+            outcomes = await _decided(decide, conflicts)
+            stale = tuple(dict.fromkeys(f for o in outcomes for f in o.stale))
+            if stale and not caught_up:
+                caught_up = True
+                await self.catch_up(stale, self._folded_to() + 1)
+                outcomes = await _decided(decide, conflicts)
             try:
                 await self.carry_out(outcomes)
             except ConcurrencyError as err:
@@ -460,6 +465,11 @@ class Runtime:
                 self._answered.add(answers)
             return
         raise ConcurrencyError("(several)", 0, None)
+
+    def _folded_to(self) -> int:
+        """The log sequence up to which every entry of the fold's filters is folded: the
+        follower's position (own appends may be folded further on)."""
+        return self._followed if self.definition.follow else self._applied_seq
 
     async def _catch_up_with(self, outcomes: Sequence[Outcome]) -> None:
         expected = {a: v for o in outcomes for a, v in o.expect.items()}
@@ -588,6 +598,18 @@ class Runtime:
                 frames = task.get_stack(limit=8)
                 where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(frames))
             log.warning("stopping took too long, leaving it", step=what, at=where)
+
+
+async def _decided(
+    decide: Callable[[], Awaitable[Outcomes | None] | Outcomes | None], conflicts: int
+) -> list[Outcome]:
+    """A decision's outcomes, taken knowing how many version conflicts it met so far."""
+    token = attempt.set(conflicts)
+    try:
+        decided = decide()
+        return as_list(await decided if inspect.isawaitable(decided) else decided)
+    finally:
+        attempt.reset(token)
 
 
 def run_service(definition: ServiceDefinition, bus: Bus, instance: str) -> None:

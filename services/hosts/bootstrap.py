@@ -7,7 +7,7 @@ import re
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 
-from schemas import Envelope, Message, Reply
+from schemas import Envelope, Event, Message, Reply
 from schemas.host import ClockLeased, GuestMemoryDiverged, HostRegistered
 from schemas.memory import (
     ExportPages,
@@ -17,6 +17,7 @@ from schemas.memory import (
     SwapOutPages,
     UnsharePages,
 )
+from schemas.service import CommandRejected, RejectionCode
 from schemas.vm import ResizeVm
 from services.hosts.domain import check_transfer, decide
 from services.hosts.handlers import (
@@ -56,6 +57,16 @@ def _provisional(fleet: Fleet, outcome: Outcome) -> Fleet:
         env = Envelope.wrap(event, producer=NAME, caused_by=outcome.cause)
         fleet = evolve(fleet, event, env)
     return fleet
+
+
+def answered(env: Envelope[Message], events: list[Event]) -> Outcome:
+    """``env``'s answer. A change refused for want of a reservation may have been decided
+    before this process folded it (the scheduler appends it, then sends the command):
+    the runtime folds the ledger's latest and decides once more."""
+    short = any(
+        isinstance(e, CommandRejected) and e.code == RejectionCode.NO_RESERVATION for e in events
+    )
+    return Outcome(events=events, cause=env, stale=("pool.>",) if short else ())
 
 
 def host_prefix(settings: Settings) -> str:
@@ -109,7 +120,7 @@ def build(settings: Settings) -> ServiceDefinition:
                     return answer(env, *refused)
                 if isinstance(env.data, ExportPages):
                     return export_pages(holder.machine, env)
-        return answer(env, *decide(fleet, env, holder.machine.facts(fleet)))
+        return answered(env, decide(fleet, env, holder.machine.facts(fleet)))
 
     async def on_commands(envs: Sequence[Envelope[Message]]) -> list[Outcome]:
         """The first command's answer, and those of the ones after it that the fleet
@@ -122,7 +133,7 @@ def build(settings: Settings) -> ServiceDefinition:
             fleet = _provisional(fleet, outcomes[-1])
             if isinstance(env.data, ON_THE_MACHINE):
                 break
-            outcomes.append(answer(env, *decide(fleet, env, holder.machine.facts(fleet))))
+            outcomes.append(answered(env, decide(fleet, env, holder.machine.facts(fleet))))
         return outcomes
 
     async def prepare(
@@ -169,7 +180,8 @@ def build(settings: Settings) -> ServiceDefinition:
     return ServiceDefinition(
         name=NAME,
         fold=fold,
-        fold_filters=("host.>", "vm.>", "copy.>", "ha.>", "clock.hosts"),
+        # The ledger's reservations too: a host changes what it runs only within them.
+        fold_filters=("host.>", "vm.>", "copy.>", "ha.>", "pool.>", "clock.hosts"),
         # A transfer's other end, or a crash that aborts it, may belong to another hosts
         # process: each follows the others' events as they are appended.
         follow=True,

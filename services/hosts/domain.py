@@ -166,6 +166,7 @@ def _start_migration(fleet: Fleet, cmd: StartMigration) -> MigrationStarted:
     _ends(fleet, cmd, TransferKind.MIGRATION, cmd.migration)
     vm = _vm_on(fleet, cmd.vm, cmd.host)
     _not_migrating(fleet, vm)
+    _reserved(fleet, cmd.target, vm.name, vm.cpu, vm.mem_mib)
     if not fleet.room(cmd.target, vm.cpu, vm.mem_mib):
         raise _Rejected(
             RejectionCode.INSUFFICIENT_CAPACITY,
@@ -264,6 +265,7 @@ def _restart(fleet: Fleet, cmd: RestartVm, facts: Facts) -> VmRestarted:
         raise _Rejected(
             RejectionCode.WRONG_STATE, f"VM {cmd.vm} is on {vm.host}, not on {cmd.from_host}"
         )
+    _reserved(fleet, cmd.host, cmd.vm, cmd.cpu, cmd.mem_mib)
     return VmRestarted(
         vm=cmd.vm,
         host=cmd.host,
@@ -279,23 +281,23 @@ def _create(fleet: Fleet, cmd: CreateVm) -> VmCreated:
         raise _Rejected(
             RejectionCode.ALREADY_EXISTS, f"VM {cmd.vm} already exists on {fleet.vms[cmd.vm].host}"
         )
-    if cmd.host is not None:
-        _up(fleet, cmd.host)
-    names = [cmd.host] if cmd.host is not None else sorted(fleet.hosts)
-    fits = [name for name in names if fleet.room(name, cmd.cpu, cmd.mem_mib)]
-    if not fits:
-        up = [n for n in names if fleet.hosts[n].state == HostState.UP]
-        free = max((fleet.hosts[n].spec.mem_mib - fleet.mem_reserved(n) for n in up), default=0)
+    if cmd.host is None:
+        raise _Rejected(
+            RejectionCode.NO_RESERVATION,
+            f"CreateVm {cmd.vm} names no host: a VM is placed by a scheduler (PlaceVm), "
+            "which reserves its room in the ledger first",
+        )
+    _up(fleet, cmd.host)
+    _reserved(fleet, cmd.host, cmd.vm, cmd.cpu, cmd.mem_mib)
+    if not fleet.room(cmd.host, cmd.cpu, cmd.mem_mib):
+        free = fleet.hosts[cmd.host].spec.mem_mib - fleet.mem_reserved(cmd.host)
         raise _Rejected(
             RejectionCode.INSUFFICIENT_CAPACITY,
-            f"no host has {cmd.mem_mib} MiB and {cmd.cpu} vCPUs free "
-            f"(most free memory: {free} MiB)",
+            f"host {cmd.host} has not {cmd.mem_mib} MiB and {cmd.cpu} vCPUs free ({free} MiB free)",
         )
-    # The most free memory wins; among equals, the first host by name.
-    host = max(fits, key=lambda n: fleet.hosts[n].spec.mem_mib - fleet.mem_reserved(n))
     return VmCreated(
         vm=cmd.vm,
-        host=host,
+        host=cmd.host,
         cpu=cmd.cpu,
         mem_mib=cmd.mem_mib,
         priority=cmd.priority,
@@ -305,6 +307,17 @@ def _create(fleet: Fleet, cmd: CreateVm) -> VmCreated:
         template=cmd.template,
         seed=cmd.seed,
     )
+
+
+def _reserved(fleet: Fleet, host: str, vm: str, cpu: int, mem_mib: int) -> None:
+    """What a host runs changes only through the ledger: a reservation on ``host`` for
+    ``vm`` must cover its new size."""
+    if not fleet.covered(host, vm, cpu, mem_mib):
+        raise _Rejected(
+            RejectionCode.NO_RESERVATION,
+            f"no reservation on {host} covers {vm} at {cpu} vCPUs and {mem_mib} MiB: "
+            "capacity changes go through a scheduler (PlaceVm, ChangeVmSize, MigrateVm)",
+        )
 
 
 def _lifecycle(fleet: Fleet, vm: Vm, cmd: Message, facts: Facts) -> Event:  # noqa: PLR0911
@@ -363,6 +376,7 @@ def _resize(fleet: Fleet, vm: Vm, cmd: ResizeVm, facts: Facts) -> VmResized:
                 RejectionCode.BELOW_USED_MEMORY,
                 f"VM {vm.name} uses {used:.0f} MiB; cannot shrink it to {mem} MiB",
             )
+    _reserved(fleet, vm.host, vm.name, cpu, mem)
     if not fleet.room(vm.host, cpu, mem, besides=vm.name):
         raise _Rejected(
             RejectionCode.INSUFFICIENT_CAPACITY,

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from schemas import Envelope, Message
 from schemas.ha import HostFailed, HostReturned, VmRestarted
 from schemas.host import HostCrashed, HostRecovered, HostRegistered, HostState
+from schemas.pool import CapacityReleased, CapacityReserved, vcpus_covered
 from schemas.scratch import ScratchAllocated, ScratchReleased
 from schemas.transfers import (
     CopyAborted,
@@ -112,6 +113,18 @@ def transfer_key(kind: TransferKind, transfer: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Held:
+    """A reservation in the ledger, as far as a host needs it: room for one workload."""
+
+    workload: str
+    cpu_mhz: float
+    mem_mib: float
+
+    def covers(self, cpu: int, mem_mib: int) -> bool:
+        return cpu <= vcpus_covered(self.cpu_mhz) and mem_mib <= self.mem_mib + 1e-9
+
+
+@dataclass(frozen=True, slots=True)
 class Fleet:
     hosts: Mapping[str, Host] = field(default_factory=dict)
     vms: Mapping[str, Vm] = field(default_factory=dict)
@@ -119,6 +132,15 @@ class Fleet:
     # Every transfer ever started: an outcome's id derives from its transfer's, so an id
     # may never be used twice.
     transfer_keys: frozenset[str] = frozenset()
+    # The ledger's reservations, by host and name: what a scheduler made room for. A
+    # host runs nothing new, and grows nothing, that no reservation there covers.
+    reserved: Mapping[str, Mapping[str, Held]] = field(default_factory=dict)
+
+    def covered(self, host: str, workload: str, cpu: int, mem_mib: int) -> bool:
+        return any(
+            r.workload == workload and r.covers(cpu, mem_mib)
+            for r in self.reserved.get(host, {}).values()
+        )
 
     def vms_on(self, host: str) -> list[Vm]:
         return [vm for vm in self.vms.values() if vm.host == host]
@@ -258,7 +280,19 @@ def evolve(  # noqa: PLR0911, PLR0912 - one case per event
             return _ended(fleet, transfer_key(TransferKind.COPY, event.copy_id))
         case ScratchAllocated() | ScratchReleased() if event.host in fleet.hosts:
             return _scratch(fleet, event)
+        case CapacityReserved() | CapacityReleased():
+            return _reserve(fleet, event)
     return fleet
+
+
+def _reserve(fleet: Fleet, event: CapacityReserved | CapacityReleased) -> Fleet:
+    """The ledger's change on one host; a reservation that replaces another on the same
+    host does it in the same step."""
+    gone = {event.reservation if isinstance(event, CapacityReleased) else event.replaces}
+    held = {k: r for k, r in fleet.reserved.get(event.host, {}).items() if k not in gone}
+    if isinstance(event, CapacityReserved):
+        held[event.reservation] = Held(event.workload, event.cpu_mhz, event.mem_mib)
+    return replace(fleet, reserved={**fleet.reserved, event.host: held})
 
 
 def _started(

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from schemas.pool import MHZ_PER_VCPU, CapacityReserved, Owner
+from schemas.pool import MHZ_PER_VCPU, CapacityReserved, Owner, vcpus_covered
 from schemas.scheduling import Affinity as AffinityPart
 from schemas.scheduling import Candidate, PlacementRules, VmAsk
 from services.scheduler.core import (
@@ -215,7 +214,7 @@ def choose(
             cpu_mhz=granted.cpu_mhz,
             mem_mib=granted.mem_mib,
         ),
-        cpu=max(1, math.floor(granted.cpu_mhz / MHZ_PER_VCPU)),
+        cpu=vcpus_covered(granted.cpu_mhz),
         mem_mib=int(granted.mem_mib),
         degraded=decision.degraded,
         made=(request, decision),

@@ -3,10 +3,8 @@ no longer uses is released once its host has resized it (or refused to)."""
 
 from __future__ import annotations
 
-import math
-
 from schemas import Envelope, Message
-from schemas.pool import MHZ_PER_VCPU, CapacityReserved
+from schemas.pool import MHZ_PER_VCPU, CapacityReserved, vcpus_covered
 from schemas.scheduling import ChangeVmSize, VmResizeRequested
 from schemas.service import CommandRejected, RejectionCode
 from schemas.vm import ResizeVm
@@ -76,7 +74,7 @@ def follow_sizes(holder: Holder) -> list[Outcome]:
         if held is None or size is None or vm in state.resizing or vm in state.moving:
             continue
         cpu_mhz = size[0] * MHZ_PER_VCPU
-        too_much_cpu = max(1, math.floor(held.cpu_mhz / MHZ_PER_VCPU)) > size[0]
+        too_much_cpu = vcpus_covered(held.cpu_mhz) > size[0]
         if not too_much_cpu and held.mem_mib <= size[1]:
             continue
         less = held.model_copy(

@@ -1,13 +1,15 @@
 """Resizes through the ledger: room is reserved before a VM grows, released after it
-shrinks, and given back when its host refuses."""
+shrinks, and given back when its host refuses; a host changes nothing unreserved."""
 
 from __future__ import annotations
 
 from schemas import Command, Envelope, Message
 from schemas.pool import Owner
+from schemas.queries import HostList, ListHosts, ListVms, VmList
 from schemas.scheduling import ChangeVmSize, PlaceVm
 from schemas.service import CommandRejected
-from schemas.vm import CreateVm, DestroyVm, PowerOffVm
+from schemas.transfers import StartMigration
+from schemas.vm import CreateVm, ResizeVm
 from shared.testing import poll
 from tests.unit.stack import Stack, memory_stack
 
@@ -56,23 +58,26 @@ async def test_a_vm_grows_into_reserved_room_and_gives_back_what_it_sheds() -> N
         )
 
 
-async def test_a_grow_its_host_refuses_gives_the_room_back() -> None:
-    """A VM created on the host behind the ledger's back (CreateVm sent straight to it)
-    takes room the ledger does not know of: the scheduler reserves a grow, the host
-    refuses it, and the reservation goes back to the VM's size. A refusal by the
-    scheduler itself (wrong priority, unknown VM) reserves nothing."""
+async def test_a_resize_its_host_refuses_gives_the_room_back() -> None:
+    """The scheduler reserves the room a resize needs, the host refuses it (more vCPUs,
+    but memory below what the guest uses), and the reservation goes back to the VM's
+    size. A refusal by the scheduler itself (wrong priority, unknown VM) reserves nothing."""
     async with memory_stack(hosts=1, ha_failures=0) as stack:
         await ask(stack, place("db", 8 * GIB), "VmCreated")
-        await ask(stack, CreateVm(vm="rogue", host="h1", cpu=2, mem_mib=32 * GIB), "VmCreated")
+        await poll(
+            lambda: stack.client.query(ListHosts()),
+            lambda m: isinstance(m, HostList) and m.hosts[0].mem_active_mib > 16,
+            what="db's guest using more than 16 MiB",
+        )
         [refused] = await ask(
-            stack, ChangeVmSize(vm="db", priority=Owner.LOW, mem_mib=40 * GIB), "VmResized"
+            stack, ChangeVmSize(vm="db", priority=Owner.LOW, cpu=4, mem_mib=16), "VmResized"
         )
         assert isinstance(refused.data, CommandRejected)
-        assert refused.producer == "hosts"
+        assert (refused.producer, refused.data.code) == ("hosts", "below-used-memory")
         await poll(
             lambda: reserved(stack, "db"),
             lambda r: r == (2000.0, 8 * GIB),
-            what="db's reservation back to 8 GiB",
+            what="db's reservation back to 2 vCPUs",
         )
         [wrong] = await ask(stack, ChangeVmSize(vm="db", priority=Owner.HIGH, mem_mib=9 * GIB))
         assert isinstance(wrong.data, CommandRejected)
@@ -80,9 +85,36 @@ async def test_a_grow_its_host_refuses_gives_the_room_back() -> None:
         assert isinstance(ghost.data, CommandRejected)
         assert ghost.data.code == "unknown-vm"
         assert await reserved(stack, "db") == (2000.0, 8 * GIB)
-        # The rogue goes, so that the ledger and the hosts agree again at the end.
-        await ask(stack, PowerOffVm(vm="rogue", host="h1"), "VmPoweredOff")
-        await ask(stack, DestroyVm(vm="rogue", host="h1"), "VmDestroyed")
+
+
+async def test_a_host_changes_nothing_the_ledger_has_not_reserved() -> None:
+    """Commands sent straight to a host, past the schedulers, are refused
+    ``no-reservation``: a VM with no reservation, one that names no host, a grow past its
+    reservation, a migration with no room reserved on its target. The ledger and the
+    hosts agree all along (the stack's audit at its end)."""
+    async with memory_stack(hosts=2, ha_failures=0) as stack:
+        await ask(stack, place("db", 8 * GIB), "VmCreated")
+        host = (await stack.ledger()).located["db"]
+        other = "h2" if host == "h1" else "h1"
+        rogue = [
+            CreateVm(vm="rogue", host="h1", cpu=2, mem_mib=32 * GIB),
+            CreateVm(vm="anywhere", cpu=1, mem_mib=64),
+            ResizeVm(vm="db", host=host, mem_mib=16 * GIB),
+            ResizeVm(vm="db", host=host, cpu=3),
+            StartMigration(host=host, target=other, rate_mbps=1000, migration="m1", vm="db"),
+        ]
+        for command in rogue:
+            [refused] = await ask(stack, command)
+            assert isinstance(refused.data, CommandRejected), (command, refused)
+            assert refused.data.code == "no-reservation", refused.data.reason
+        # Within its reservation, a host does as it is told: a shrink needs no more room.
+        [shrunk] = await ask(stack, ResizeVm(vm="db", host=host, mem_mib=6 * GIB), "VmResized")
+        assert shrunk.type == "VmResized", shrunk
+        listed = await stack.client.query(ListVms())
+        assert isinstance(listed, VmList)
+        vms = {vm.vm: vm for vm in listed.vms}
+        assert set(vms) == {"db"}
+        assert (vms["db"].host, vms["db"].mem_mib) == (host, 6 * GIB)
 
 
 def place(vm: str, mem_mib: int) -> PlaceVm:
