@@ -4,13 +4,13 @@ hosts run. The reconciliation check (``vplane ledger``) and the tests' audits us
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from schemas import Message
 from schemas.host import HostRegistered
-from schemas.pool import MHZ_PER_VCPU, CapacityReleased, CapacityReserved
+from schemas.pool import CapacityReleased, CapacityReserved, vcpus_covered
 from schemas.queries import VmView
 from shared.bus import Bus
 
@@ -99,25 +99,69 @@ async def pool_from_log(bus: Bus) -> PoolReplay:
     return pool
 
 
-def differences(pool: PoolReplay, vms: Iterable[VmView]) -> list[str]:
-    """Where the ledger and the hosts disagree: a VM with no reservation, or one on
-    another host or of another size; a VM reservation for no VM. Empty when they agree."""
-    held = pool.vms()
+class Held(Protocol):
+    """A VM's reservation, as far as reconciling it goes."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def cpu_mhz(self) -> float: ...
+    @property
+    def mem_mib(self) -> float: ...
+
+
+class Running(Protocol):
+    """A VM a host runs, as far as reconciling it goes."""
+
+    @property
+    def vm(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def cpu(self) -> int: ...
+    @property
+    def mem_mib(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """One place where the ledger and a host disagree, about ``vm`` on ``host``."""
+
+    vm: str
+    host: str
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.vm}: {self.text}"
+
+
+def disagreements(held: Mapping[str, Held], running: Iterable[Running]) -> list[Difference]:
+    """Where VM reservations (by VM) and the VMs hosts run disagree: a VM with no
+    reservation, or one on another host or of another size; a reservation for no VM."""
     out = []
-    running = {v.vm: v for v in vms}
-    for name, vm in sorted(running.items()):
+    runs = {v.vm: v for v in running}
+    for name, vm in sorted(runs.items()):
         r = held.get(name)
         if r is None:
-            out.append(f"{name}: runs on {vm.host} with no reservation")
+            out.append(Difference(name, vm.host, f"runs on {vm.host} with no reservation"))
             continue
         if r.host != vm.host:
-            out.append(f"{name}: runs on {vm.host}, reserved on {r.host}")
-        if r.mem_mib != vm.mem_mib or max(1, math.floor(r.cpu_mhz / MHZ_PER_VCPU)) != vm.cpu:
+            out.append(Difference(name, vm.host, f"runs on {vm.host}, reserved on {r.host}"))
+        if r.mem_mib != vm.mem_mib or vcpus_covered(r.cpu_mhz) != vm.cpu:
             out.append(
-                f"{name}: runs with {vm.cpu} vCPU, {vm.mem_mib} MiB; reserved "
-                f"{r.cpu_mhz:.0f} MHz, {r.mem_mib:.0f} MiB"
+                Difference(
+                    name,
+                    vm.host,
+                    f"runs with {vm.cpu} vCPU, {vm.mem_mib} MiB; reserved "
+                    f"{r.cpu_mhz:.0f} MHz, {r.mem_mib:.0f} MiB",
+                )
             )
     for name, r in sorted(held.items()):
-        if name not in running:
-            out.append(f"{name}: reserved on {r.host} for no VM")
+        if name not in runs:
+            out.append(Difference(name, r.host, f"reserved on {r.host} for no VM"))
     return out
+
+
+def differences(pool: PoolReplay, vms: Iterable[VmView]) -> list[str]:
+    """Where the ledger and the hosts disagree; empty when they agree."""
+    return [str(d) for d in disagreements(pool.vms(), vms)]

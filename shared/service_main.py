@@ -10,6 +10,7 @@ import structlog
 from shared.bus import BusError
 from shared.bus.factory import bus_from_url
 from shared.logs import configure
+from shared.metrics import MetricsPortTaken, serve_metrics
 from shared.runtime import ServiceDefinition, run_service
 from shared.settings import Settings, SettingsError
 
@@ -23,6 +24,10 @@ def main(build: Callable[[Settings], ServiceDefinition]) -> None:
     if settings.bus_url is None:
         sys.exit("vplane: VPLANE_BUS_URL is not set (for example nats://127.0.0.1:4222)")
     definition = build(settings)
+    try:
+        serve_metrics(settings.metrics_port)
+    except MetricsPortTaken as err:
+        sys.exit(f"vplane {definition.name}: {err} (VPLANE_METRICS_PORT)")
     bus = bus_from_url(
         settings.bus_url,
         settings.namespace,

@@ -44,6 +44,9 @@ class Settings(BaseModel):
         0.5, gt=0, le=1, description="host load spread (0-1) that triggers rebalancing; 1: never"
     )
     migration_mbps: float = Field(2_500, gt=0, description="bandwidth a live migration reserves")
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="serves Prometheus /metrics on 127.0.0.1 here; 0: off"
+    )
     nats_replicas: int = Field(
         1, ge=1, le=5, description="copies of each JetStream stream (3 on a cluster)"
     )

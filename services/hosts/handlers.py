@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import structlog
 
@@ -16,7 +17,9 @@ from services.hosts.machine import Machine
 from services.hosts.outcomes import outcome_key, outcomes
 from services.hosts.state import Fleet
 from shared.bus import PoisonMessage
+from shared.capacity import Difference, disagreements
 from shared.clock import StackClock
+from shared.metrics import GUEST_MEMORY_DIVERGENCES, LEDGER_DIFFERENCES
 from shared.outcome import Outcome
 
 log = structlog.get_logger("vplane.hosts")
@@ -27,6 +30,21 @@ MAX_DIGESTS = 8_192
 TRANSFER_CHECK_SECONDS = 0.05
 # Ticks leased in the log at a time (ClockLeased): one event per this many ticks.
 LEASE_TICKS = 60
+# Ticks between two reconciliations of the ledger with what the hosts run.
+RECONCILE_TICKS = 10
+
+
+class _Runs(NamedTuple):
+    vm: str
+    host: str
+    cpu: int
+    mem_mib: int
+
+
+class _Room(NamedTuple):
+    host: str
+    cpu_mhz: float
+    mem_mib: float
 
 
 class FleetHolder:
@@ -43,6 +61,9 @@ class FleetHolder:
         self.leased_until = 0.0
         # Log sequences of events whose divergence from guest memory is logged already.
         self.divergences_logged: set[int] = set()
+        # What the last reconciliation found: a disagreement counts once it outlasts one.
+        self.disagreeing: set[Difference] = set()
+        self.lasting: set[Difference] = set()
 
     def sim_time(self, step: float) -> float:
         """The emulated time of the current tick."""
@@ -60,6 +81,9 @@ def divergences(holder: FleetHolder) -> list[Outcome]:
     """Each event the guest memory could not follow, logged once, however many rebuilds
     meet it."""
     found, holder.machine.diverged = holder.machine.diverged, []
+    for d in found:
+        if d.event_seq not in holder.divergences_logged:
+            GUEST_MEMORY_DIVERGENCES.labels(host=d.host).inc()
     return [
         Outcome(events=[d], key=f"diverged:{d.event_seq}")
         for d in found
@@ -78,12 +102,39 @@ def telemetry_step(holder: FleetHolder, step: float) -> Outcome:
         lease.append(
             ClockLeased(until_sim_time=(holder.tick + LEASE_TICKS) * step, tick=holder.tick)
         )
+    if holder.tick % RECONCILE_TICKS == 0:
+        reconcile(holder)
     samples = list(holder.machine.tick(holder.fleet, holder.tick, sim_time, step))
     for data in samples:
         holder.samples[data.host] = data
     key = f"lease:{holder.machine.hosts[0] if holder.machine.hosts else ''}:{holder.tick}"
     holder.tick += 1
     return Outcome(events=lease, samples=samples, sim_time=sim_time, key=key)
+
+
+def ledger_disagreements(holder: FleetHolder) -> set[Difference]:
+    """Where the ledger and this process's hosts disagree now."""
+    fleet, mine = holder.fleet, set(holder.machine.hosts)
+    held = {
+        name: _Room(host, r.cpu_mhz, r.mem_mib)
+        for host, rows in fleet.reserved.items()
+        for name, r in rows.items()
+        if r.purpose == "vm"
+    }
+    runs = [_Runs(v.name, v.host, v.cpu, v.mem_mib) for v in fleet.vms.values() if v.host in mine]
+    return {d for d in disagreements(held, runs) if d.host in mine}
+
+
+def reconcile(holder: FleetHolder) -> None:
+    """The ledger-differences metric: disagreements seen by two reconciliations in a row
+    (one that comes and goes is a placement or a release on its way)."""
+    now = ledger_disagreements(holder)
+    lasting, before = now & holder.disagreeing, holder.lasting
+    holder.disagreeing, holder.lasting = now, lasting
+    for host in holder.machine.hosts:
+        LEDGER_DIFFERENCES.labels(host=host).set(sum(d.host == host for d in lasting))
+    for d in sorted(lasting - before, key=str):
+        log.warning("the ledger and a host disagree", host=d.host, difference=str(d))
 
 
 def transfer_step(holder: FleetHolder, speed: float) -> list[Outcome]:

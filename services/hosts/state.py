@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -119,6 +120,7 @@ class Held:
     workload: str
     cpu_mhz: float
     mem_mib: float
+    purpose: str = "vm"
 
     def covers(self, cpu: int, mem_mib: int) -> bool:
         return cpu <= vcpus_covered(self.cpu_mhz) and mem_mib <= self.mem_mib + 1e-9
@@ -291,7 +293,9 @@ def _reserve(fleet: Fleet, event: CapacityReserved | CapacityReleased) -> Fleet:
     gone = {event.reservation if isinstance(event, CapacityReleased) else event.replaces}
     held = {k: r for k, r in fleet.reserved.get(event.host, {}).items() if k not in gone}
     if isinstance(event, CapacityReserved):
-        held[event.reservation] = Held(event.workload, event.cpu_mhz, event.mem_mib)
+        held[event.reservation] = Held(
+            event.workload, event.cpu_mhz, event.mem_mib, sys.intern(event.purpose)
+        )
     return replace(fleet, reserved={**fleet.reserved, event.host: held})
 
 

@@ -24,7 +24,7 @@ from shared.bus import Logged, Stream
 from shared.bus.factory import bus_from_url
 from shared.cli.common import URL_FILE, data_dir
 from shared.cli.events import format_entry
-from shared.cli.supervisor import SERVICE_NAMES, Supervisor
+from shared.cli.supervisor import SERVICE_NAMES, SERVICES, Supervisor
 from shared.settings import Settings
 
 
@@ -138,6 +138,16 @@ def up(
     tick: Annotated[
         float, typer.Option("--tick", min=0.01, help="Seconds between telemetry ticks.")
     ] = 1.0,
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            "--metrics-port",
+            min=0,
+            max=65_000,
+            help="Serve each service's Prometheus /metrics on 127.0.0.1 from this port on "
+            "(one port a service, in the order listed at start); 0: none.",
+        ),
+    ] = 0,
 ) -> None:
     """Bring the whole stack up: a broker (unless --bus), every service, N emulated hosts."""
     settings = Settings.from_env()
@@ -161,8 +171,16 @@ def up(
     )
     started = time.monotonic()
     view: View | None = None
+    services = SERVICES
+    if metrics_port:
+        services = tuple(
+            (name, module, {**env, "VPLANE_METRICS_PORT": str(metrics_port + i)})
+            for i, (name, module, env) in enumerate(SERVICES)
+        )
+        for i, (name, _, _) in enumerate(SERVICES):
+            print(f"metrics of {name}: http://127.0.0.1:{metrics_port + i}/metrics", flush=True)
     try:
-        sup.start()
+        sup.start(services)
         view = asyncio.run(_run(url, settings.namespace, duration, sup))
     finally:
         codes = sup.stop()

@@ -216,3 +216,41 @@ async def test_a_follower_misses_nothing_appended_while_the_service_set_itself_u
     async with running(Runtime(definition, bus, "i1")):
         await eventually(lambda: "theirs" in seen, timeout=2, what="the other process's event")
     assert sorted(seen) == ["mine", "theirs"]
+
+
+def made(vm: str) -> VmCreated:
+    return VmCreated(vm=vm, host="h1", cpu=1, mem_mib=64, priority="low", powered_on=True)
+
+
+@pytest.mark.parametrize("stale_twice", [False, True])
+async def test_a_decision_taken_behind_the_log_is_taken_again_once_it_is_folded(
+    stale_twice: bool,
+) -> None:
+    """A command may arrive before the follower has folded its cause (a reservation
+    appended just before it was sent). A decision that says so (``stale``) is taken
+    again once the runtime has folded what the log holds of those filters, and only
+    once: a decision still stale then is carried out as it stands."""
+    bus = MemoryBus("t")
+    seen: list[str] = []
+    decided: list[tuple[str, ...]] = []
+
+    def fold(_seq: int, env: Envelope[Message]) -> None:
+        if isinstance(env.data, VmCreated):
+            seen.append(env.data.vm)
+
+    def decide() -> Outcome:
+        decided.append(tuple(seen))
+        behind = "cause" not in seen or stale_twice
+        return Outcome(events=[made(f"after-{len(decided)}")], key="k", stale=("vm.>",) * behind)
+
+    definition = ServiceDefinition(name="behind", fold=fold, fold_filters=("vm.>",), follow=True)
+    runtime = Runtime(definition, bus, "i1")
+    async with running(runtime):
+        # Under the lock, the follower cannot fold the cause before the decision is taken.
+        async with runtime.exclusive():
+            await bus.append(Envelope.wrap(made("cause"), producer="scheduler"))
+            await runtime.settle(decide)
+    assert decided == [(), ("cause",)]
+    assert "after-1" not in seen
+    assert seen[:2] == ["cause", "after-2"]
+    assert [e for e in await types_in_log(bus) if e == "VmCreated"] == ["VmCreated"] * 2
