@@ -10,6 +10,7 @@ from schemas.pool import MHZ_PER_VCPU, CapacityReserved, Owner
 from schemas.transfers import StartMigration
 from schemas.vm import CreateVm, ResizeVm
 from services.hosts.state import Fleet, evolve
+from services.scheduler.state import incoming
 from shared.bus import Bus
 from shared.client import Client
 
@@ -55,7 +56,7 @@ def covering(fleet: Fleet, cmd: Message) -> CapacityReserved | None:
                 cmd.target,
                 vm.cpu,
                 vm.mem_mib,
-                name=f"{cmd.migration}:in",
+                name=incoming(cmd.migration),
                 purpose="migration",
             )
     return None

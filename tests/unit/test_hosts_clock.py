@@ -17,10 +17,11 @@ from shared.client import Client
 from shared.runtime import Runtime
 from shared.settings import Settings
 from shared.testing import eventually, running, unique_namespace
+from tests.reserving import create
 
 
 async def created_at(client: Client, vm: str) -> float:
-    [answer] = await client.send_and_wait(CreateVm(vm=vm, cpu=1, mem_mib=64, host="h1"))
+    answer = await create(client, CreateVm(vm=vm, cpu=1, mem_mib=64, host="h1"))
     assert answer.type == "VmCreated", answer
     return answer.sim_time
 

@@ -17,6 +17,7 @@ from shared.client import Client
 from shared.runtime import Runtime
 from shared.settings import Settings
 from shared.testing import running
+from tests.reserving import create
 from tests.unit.test_hosts_machine import Harness
 
 BATCH = 1024  # pages a chunk; 16 MiB is four chunks
@@ -30,7 +31,7 @@ async def test_an_import_waiting_for_its_flow_does_not_hold_up_queries() -> None
     async with running(Runtime(build(Settings.from_env({}, hosts=1)), bus, "i1")):
         for name in ("other", "dst"):
             vm = CreateVm(vm=name, cpu=1, mem_mib=16, host="h1", memory_mode=MemoryMode.FULL)
-            [created] = await client.send_and_wait(vm)
+            created = await create(client, vm)
             assert isinstance(created.data, VmCreated)
         waiting = asyncio.create_task(
             client.send_and_wait(ImportPages(host="h1", vm="dst", flow="late", batches=4))

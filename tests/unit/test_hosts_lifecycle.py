@@ -34,9 +34,12 @@ from schemas.vm import (
 )
 from services.hosts.domain import Facts, decide
 from services.hosts.state import Fleet, evolve
+from tests.reserving import reserved
 
 
 def apply(fleet: Fleet, cmd: Command, facts: Facts | None = None) -> tuple[Fleet, list[Event]]:
+    """``cmd`` decided and folded, after the reservation its scheduler would make."""
+    fleet = reserved(fleet, cmd)
     events = decide(fleet, Envelope.wrap(cmd, producer="test"), facts)
     return reduce(evolve, events, fleet), events
 
@@ -85,11 +88,13 @@ def test_suspend_resume_power_off_destroy() -> None:
     ],
 )
 def test_lifecycle_rejections_change_nothing(cmd: Command, expected: RejectionCode) -> None:
-    """Wrong state, unknown VMs or hosts, no room, no bytes: a typed rejection, same fleet."""
+    """Wrong state, unknown VMs or hosts, no room, no bytes: a typed rejection, same fleet
+    (the same as the scheduler's reservation left it, for a resize)."""
     fleet = host_with_vm()
     after, events = apply(fleet, cmd)
     assert code(events) == expected
-    assert after == fleet
+    assert after == reserved(fleet, cmd)
+    assert (after.hosts, after.vms, after.transfers) == (fleet.hosts, fleet.vms, fleet.transfers)
 
 
 def test_resize_up_and_down() -> None:
@@ -122,8 +127,8 @@ def test_crash_powers_off_its_vms_and_refuses_commands_until_recovered() -> None
     assert fleet.vms["a"].state == VmState.OFF
     _, refused = apply(fleet, PowerOnVm(vm="a", host="h1"))
     assert code(refused) == RejectionCode.HOST_DOWN
-    _, refused = apply(fleet, CreateVm(vm="b", cpu=1, mem_mib=64))
-    assert code(refused) == RejectionCode.INSUFFICIENT_CAPACITY
+    _, refused = apply(fleet, CreateVm(vm="b", cpu=1, mem_mib=64, host="h1"))
+    assert code(refused) == RejectionCode.HOST_DOWN
     assert code(apply(fleet, CrashHost(host="h1"))[1]) == RejectionCode.WRONG_STATE
     fleet, events = apply(fleet, RecoverHost(host="h1"))
     assert events == [HostRecovered(host="h1")]

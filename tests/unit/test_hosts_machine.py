@@ -15,6 +15,7 @@ from services.hosts.handlers import MAX_DIGESTS, FleetHolder, answer_query
 from services.hosts.machine import Machine
 from services.hosts.state import Fleet, evolve
 from shared.bus import PoisonMessage
+from tests.reserving import covering
 
 
 class Harness:
@@ -33,6 +34,9 @@ class Harness:
         self.machine.apply(before, event)
 
     def do(self, cmd: Command) -> list[Event]:
+        """Reserve what ``cmd`` needs, as its scheduler would, then decide and fold it."""
+        if (held := covering(self.fleet, cmd)) is not None:
+            self.fold(held)
         env = Envelope.wrap(cmd, producer="test")
         events = decide(self.fleet, env, self.machine.facts(self.fleet))
         for event in events:

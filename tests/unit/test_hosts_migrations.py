@@ -9,6 +9,7 @@ import pytest
 
 from schemas import Command, Envelope, Event, Message
 from schemas.host import CrashHost, HostRegistered, HostState, RecoverHost
+from schemas.pool import CapacityReleased, CapacityReserved
 from schemas.queries import ListVms, VmList
 from schemas.service import CommandRejected, RejectionCode
 from schemas.transfers import (
@@ -35,12 +36,15 @@ from services.hosts.handlers import FleetHolder, answer_query
 from services.hosts.machine import Machine
 from services.hosts.outcomes import outcome_key, outcomes
 from services.hosts.state import EPOCH, Fleet, evolve
+from tests.reserving import reservation, reserved
 from tests.unit.test_hosts_machine import Harness
 
 HOSTS = ("h1", "h2", "h3")
 
 
 def apply(fleet: Fleet, cmd: Command) -> tuple[Fleet, list[Event]]:
+    """``cmd`` decided and folded, after the reservation its scheduler would make."""
+    fleet = reserved(fleet, cmd)
     env = Envelope.wrap(cmd, producer="test")
     events = decide(fleet, env)
     return reduce(evolve, events, fleet), events
@@ -168,6 +172,43 @@ def test_rejects_a_migration_the_target_has_no_room_for() -> None:
     assert code(events) == RejectionCode.INSUFFICIENT_CAPACITY
 
 
+@pytest.mark.parametrize(
+    "held",
+    [
+        [],
+        [reservation("a", "h3", 2, 1024, name="m1-in", purpose="migration")],
+        [reservation("b", "h2", 2, 1024, name="m1-in", purpose="migration")],
+        [reservation("a", "h2", 1, 1024, name="m1-in", purpose="migration")],
+        [reservation("a", "h2", 2, 512, name="m1-in", purpose="migration")],
+        [
+            reservation("a", "h2", 2, 1024, name="m1-in", purpose="migration"),
+            CapacityReleased(host="h2", reservation="m1-in"),
+        ],
+    ],
+    ids=["none", "another-host", "another-vm", "too-few-vcpus", "too-little-memory", "released"],
+)
+def test_rejects_a_migration_no_reservation_on_the_target_covers(
+    held: list[CapacityReserved | CapacityReleased],
+) -> None:
+    """A VM migrates only into room reserved for it, at its size, on the target (its own
+    reservation on the source does not count): otherwise the migration is refused
+    no-reservation and nothing starts."""
+    fleet = reduce(evolve, held, fleet_with_vm())
+    events = decide(fleet, Envelope.wrap(migrate(), producer="test"))
+    assert code(events) == RejectionCode.NO_RESERVATION
+    assert reduce(evolve, events, fleet) == fleet
+
+
+def test_a_migration_within_its_reservation_on_the_target_starts() -> None:
+    """The reservation a scheduler makes on the target for the VM's size covers it."""
+    fleet = evolve(
+        fleet_with_vm(), reservation("a", "h2", 2, 1024, name="m1-in", purpose="migration")
+    )
+    [event] = decide(fleet, Envelope.wrap(migrate(), producer="test"))
+    assert isinstance(event, MigrationStarted)
+    assert (event.vm, event.target) == ("a", "h2")
+
+
 def test_an_incoming_migration_takes_its_room_on_the_target_at_once() -> None:
     """While a VM migrates in, its memory on the target is taken: another VM that would
     need the same room is refused, whether created or migrated there."""
@@ -193,7 +234,9 @@ def test_a_migrating_vm_is_neither_destroyed_nor_resized(cmd: Command) -> None:
 
 
 def started(fleet: Fleet, cmd: Command) -> tuple[Fleet, Envelope[Message]]:
-    """Start a transfer and fold its event with an envelope, as the service does."""
+    """Start a transfer and fold its event with an envelope, as the service does (after
+    the reservation its scheduler would make)."""
+    fleet = reserved(fleet, cmd)
     [event] = decide(fleet, Envelope.wrap(cmd, producer="test"))
     env = Envelope.wrap(event, producer="hosts", sim_time=42.0)
     return evolve(fleet, event, env), env

@@ -24,6 +24,7 @@ from services.hosts.scratch import (
     ScratchPool,
 )
 from services.hosts.state import Fleet, evolve
+from tests.reserving import reserved
 from tests.unit.test_hosts_machine import Harness
 
 # A small pool: each VM's default quota is a quarter of it, 250 MiB.
@@ -189,6 +190,8 @@ def run(fleet: Fleet, cmd: Command) -> list[Event]:
 
 
 def apply(fleet: Fleet, cmd: Command) -> Fleet:
+    """``cmd`` decided and folded, after the reservation its scheduler would make."""
+    fleet = reserved(fleet, cmd)
     events = run(fleet, cmd)
     assert not any(isinstance(e, CommandRejected) for e in events), events
     return reduce(evolve, events, fleet)
