@@ -7,7 +7,10 @@ schedulers, tenants and, in the ON run only, the contention monitor. The driver,
 
 * two hosts of 16 cores; tenant clusters ``gold`` (high priority, protected: its minimum
   is its size) and ``batch`` (low priority, minimum 1), placed by the schedulers;
-* a noisy neighbour VM (16 vCPU, ``WorkloadKind.NOISY``) created powered off on h1;
+* a noisy neighbour VM (``WorkloadKind.NOISY``) placed powered off on h1 by the low
+  scheduler, after the workers: as many of its 16 vCPUs as h1 has room for in the
+  ledger (a host runs only what a reservation covers; with the workers spread evenly,
+  h1 has 14 vCPUs' worth left);
 * both tenants submit one MapReduce job at the same emulated time; the noisy VM is
   powered on a fixed emulated time later and powered off later still.
 
@@ -44,6 +47,7 @@ from schemas import Command, Envelope
 from schemas.contention import ContentionCleared, ContentionDetected, ScalingDecided
 from schemas.host import HostTelemetry
 from schemas.pool import Owner
+from schemas.scheduling import Affinity, PlacementRules, PlaceVm
 from schemas.service import CommandRejected, ServiceStarted
 from schemas.tenants import (
     ClusterScaled,
@@ -55,7 +59,6 @@ from schemas.tenants import (
     TasksFinished,
 )
 from schemas.vm import (
-    CreateVm,
     PowerOffVm,
     PowerOnVm,
     VmCreated,
@@ -156,6 +159,8 @@ class Record:
     telemetry: dict[uuid.UUID, tuple[int, float]] = field(default_factory=dict)
     samples: list[Sample] = field(default_factory=list)
     noisy: dict[str, float] = field(default_factory=dict)
+    # The noisy VM's vCPUs as created: what its scheduler found room for.
+    noisy_cpu: int | None = None
     submitted: dict[str, float] = field(default_factory=dict)
     completed: dict[str, Mark] = field(default_factory=dict)
     detected: list[Mark] = field(default_factory=list)
@@ -214,6 +219,8 @@ class Driver:
                 rec.started.add(data.service)
             case VmCreated():
                 rec.placed[data.vm] = data.host
+                if data.vm == NOISY:
+                    rec.noisy_cpu = data.cpu
             case VmDestroyed():
                 rec.destroyed.add(data.vm)
             case VmPoweredOn() if data.vm == NOISY:
@@ -403,18 +410,29 @@ async def scenario(drv: Driver, monitor: bool) -> dict[str, float]:
             )
         )
         await drv.until(created(rec, cluster, size), f"{size} workers of {cluster}", deadline)
+    # Through the low scheduler, which reserves its room on h1 first: a host runs only
+    # what the ledger holds room for. After the workers, so that they spread as before;
+    # the noisy VM then takes what h1 has left, up to --noisy-cpu (a degraded placement).
     await drv.send(
-        CreateVm(
+        PlaceVm(
             vm=NOISY,
+            priority=Owner.LOW,
             cpu=opts.noisy_cpu,
+            min_cpu=1,
             mem_mib=NOISY_MEM_MIB,
-            host=NOISY_HOST,
+            rules=PlacementRules(host_affinity=Affinity(must=[NOISY_HOST])),
             power_on=False,
             workload=WorkloadKind.NOISY,
             seed=opts.seed,
         )
     )
-    await drv.until(lambda: NOISY in rec.placed, "the noisy VM created", deadline)
+    await drv.until(
+        lambda: NOISY in rec.placed or any(f" vm/{NOISY}:" in r for r in rec.rejected),
+        "the noisy VM created",
+        deadline,
+    )
+    if NOISY not in rec.placed:
+        raise RuntimeError(f"the noisy VM was not placed: {rec.rejected}")
     wall["scenario_built"] = time.monotonic() - begin
     ready_tick = min(rec.ticks.values(), default=0)
     if ready_tick * opts.step >= opts.submit_at:
@@ -539,6 +557,7 @@ def figures(drv: Driver, monitor: bool, wall: dict[str, float]) -> dict[str, Any
         "destroyed": sorted(rec.destroyed),
         "submitted_sim_time": rec.submitted,
         "noisy": {
+            "cpu": rec.noisy_cpu,
             "powered_on": rec.noisy.get("powered_on"),
             "powered_off": rec.noisy.get("powered_off"),
             "first_tick_on": noisy[0].tick if noisy else None,
@@ -706,7 +725,7 @@ def print_run(r: dict[str, Any]) -> None:
     noisy = r["noisy"]
     print(
         f"  jobs submitted at  : {', '.join(f'{c} {t:g} s' for c, t in sorted(sub.items()))}; "
-        f"noisy powered on at {fmt(noisy['powered_on'], ' s', 'g')} "
+        f"noisy ({noisy['cpu']} vCPU) powered on at {fmt(noisy['powered_on'], ' s', 'g')} "
         f"(first tick on: {noisy['first_tick_on']}), off at {fmt(noisy['powered_off'], ' s', 'g')} "
         f"(last tick on: {noisy['last_tick_on']})"
     )
@@ -755,8 +774,8 @@ def report(result: dict[str, Any], opts: Options) -> None:
     print(
         f"jobs: {opts.maps} maps x {opts.map_cpu_s:g} CPU-s + {opts.reduces} reduces x "
         f"{opts.reduce_cpu_s:g} CPU-s each, submitted at {opts.submit_at:g} s; noisy "
-        f"({opts.noisy_cpu} vCPU) on {NOISY_HOST} from +{opts.noisy_on:g} s to "
-        f"+{opts.noisy_off:g} s; seed {opts.seed}"
+        f"(up to {opts.noisy_cpu} vCPU, as {NOISY_HOST} has room) on {NOISY_HOST} from "
+        f"+{opts.noisy_on:g} s to +{opts.noisy_off:g} s; seed {opts.seed}"
     )
     print(
         f"a tick every {opts.tick:g} s wall = {opts.step:g} s emulated (speed {opts.speed:g}); "

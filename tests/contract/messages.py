@@ -13,6 +13,10 @@ def vm_created(vm: str = "web1", host: str = "h1") -> Envelope[VmCreated]:
 
 
 def create_vm(vm: str = "web1") -> Envelope[CreateVm]:
+    """A command for the bus alone (sent as ``hosts.CreateVm``, which consumers of
+    ``hosts.>`` take): it names no host, so a hosts service would refuse it
+    (``no-reservation``). A test that drives the hosts reserves room and names the host
+    (tests/reserving.py)."""
     return Envelope.wrap(CreateVm(vm=vm, cpu=1, mem_mib=256), producer="test")
 
 

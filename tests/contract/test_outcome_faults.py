@@ -27,11 +27,13 @@ from schemas.scheduling import (
 from schemas.tenants import ClusterScaled, CreateCluster, SubmitJob
 from schemas.transfers import StartMigration
 from schemas.vm import CreateVm, PowerOffVm, WorkloadKind
+from services.scheduler.state import incoming
 from shared.loops import MAX_FAILURES
 from shared.testing import eventually, poll
 from shared.testing_faults import Faults, Rule, of_type
 from tests.contract.conftest import Broker
 from tests.contract.exactly_once import assert_exactly_once
+from tests.reserving import reservation, reserve
 from tests.unit.stack import Stack, service_stack
 
 GIB = 1024
@@ -98,7 +100,8 @@ async def test_hosts_answer_each_command_once_through_lost_appends_and_acks(
     """CreateVm's answer lands but its acknowledgement is lost; PowerOffVm's append is
     lost; StartMigration's answer lands unacknowledged and its completion (a loop's
     step) is lost once; two samples are lost. Each command is answered once, the
-    migration completes once, and telemetry goes on."""
+    migration completes once, and telemetry goes on. (No scheduler runs: the test
+    reserves each VM's room, and the migration's on its target, as one would.)"""
     stack, me = hosts_only, Sender(hosts_only)
     created = faults.fail_append(of_type("VmCreated"), landed=True)
     off = faults.fail_append(of_type("VmPoweredOff"))
@@ -107,12 +110,15 @@ async def test_hosts_answer_each_command_once_through_lost_appends_and_acks(
     samples = faults.fail_emit(of_type("HostTelemetry"), times=2)
 
     for vm, host in (("a", "h1"), ("b", "h1"), ("c", "h2")):
+        await reserve(stack.bus, reservation(vm, host, 1, 64))
         [answer] = await me.answer(CreateVm(vm=vm, cpu=1, mem_mib=64, host=host))
         assert answer.type == "VmCreated", answer.data
     await hit(created, "VmCreated")
     [answer] = await me.answer(PowerOffVm(vm="b", host="h1"))
     assert answer.type == "VmPoweredOff", answer.data
     await hit(off, "VmPoweredOff")
+    arriving = reservation("a", "h2", 1, 64, name=incoming("m1"), purpose="migration")
+    await reserve(stack.bus, arriving)
     await me.send(StartMigration(host="h1", target="h2", rate_mbps=1000, migration="m1", vm="a"))
     await count(stack, "MigrationCompleted", 1)
     await hit(started, "MigrationStarted")

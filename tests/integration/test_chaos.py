@@ -20,9 +20,10 @@ import nats.errors
 import pytest
 
 from schemas import Envelope
-from schemas.scheduling import PlaceVm
+from schemas.pool import Owner
+from schemas.scheduling import Affinity, PlacementRules, PlaceVm
 from schemas.tenants import CreateCluster
-from schemas.vm import CreateVm, WorkloadKind
+from schemas.vm import WorkloadKind
 from shared.broker import BrokerError
 from shared.bus import BusError
 from shared.bus.nats import NatsBus
@@ -197,8 +198,9 @@ def settled(log: audit.LogView, sent: list[Envelope[PlaceVm]]) -> bool:
 
 
 async def still_reacts_to_telemetry(client: Client) -> None:
-    """After the faults, a noisy VM beside the cluster's workers makes the monitor see
-    contention on that host (a new episode) and scale the cluster down (a new decision)."""
+    """After the faults, a noisy VM placed beside the cluster's workers makes the monitor
+    see contention on that host (a new episode) and scale the cluster down (a new
+    decision)."""
     log = await log_until(client, lambda _: True, timeout=30, what="the log")
     host, _ = Counter(workers_created(log).values()).most_common(1)[0]
 
@@ -206,12 +208,21 @@ async def still_reacts_to_telemetry(client: Client) -> None:
         return len([d for d in log.data(kind) if d.host == host])
 
     detected, decided = on_host(log, "ContentionDetected"), on_host(log, "ScalingDecided")
-    await send_surely(
+    # Placed by the low scheduler on that host, which the load was kept off.
+    noisy = PlaceVm(
+        vm="noisy",
+        priority=Owner.LOW,
+        cpu=16,
+        mem_mib=2048,
+        workload=WorkloadKind.NOISY,
+        rules=PlacementRules(host_affinity=Affinity(must=[host])),
+    )
+    await send_surely(client, Envelope.wrap(noisy, producer="chaos"))
+    await log_until(
         client,
-        Envelope.wrap(
-            CreateVm(vm="noisy", cpu=16, mem_mib=2048, host=host, workload=WorkloadKind.NOISY),
-            producer="chaos",
-        ),
+        lambda log: any(c.vm == "noisy" and c.host == host for c in log.data("VmCreated")),
+        timeout=60,
+        what=f"the noisy VM created on {host}",
     )
     await log_until(
         client,

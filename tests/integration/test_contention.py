@@ -12,8 +12,10 @@ import pytest
 
 from schemas import Envelope
 from schemas.host import HostTelemetry
+from schemas.pool import Owner
+from schemas.scheduling import Affinity, PlacementRules, PlaceVm
 from schemas.tenants import ClusterScaled, CreateCluster
-from schemas.vm import CreateVm, PowerOffVm, VmCreated, WorkloadKind
+from schemas.vm import PowerOffVm, VmCreated, WorkloadKind
 from shared.bus import Logged, Stream
 from shared.client import Client
 from shared.testing import poll
@@ -60,9 +62,24 @@ async def test_monitor_restarted_mid_episode_repeats_nothing(
         )
         where = Counter(c.host for c in created if isinstance(c, VmCreated))
         host = where.most_common(1)[0][0]
+        # The noisy neighbour goes through the low scheduler, onto the workers' host.
         await client.send(
-            CreateVm(vm="noisy", cpu=16, mem_mib=2048, host=host, workload=WorkloadKind.NOISY)
+            PlaceVm(
+                vm="noisy",
+                priority=Owner.LOW,
+                cpu=16,
+                mem_mib=2048,
+                workload=WorkloadKind.NOISY,
+                rules=PlacementRules(host_affinity=Affinity(must=[host])),
+            )
         )
+        now = await poll(
+            lambda: logged(client, "VmCreated"),
+            lambda c: any(isinstance(v, VmCreated) and v.vm == "noisy" for v in c),
+            timeout=30,
+            what="the noisy VM created",
+        )
+        assert [v.host for v in now if isinstance(v, VmCreated) and v.vm == "noisy"] == [host]
         await poll(
             lambda: logged(client, "ScalingDecided"), lambda d: len(d) == 1, timeout=30, what="down"
         )

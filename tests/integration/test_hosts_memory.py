@@ -1,5 +1,6 @@
 """Guest memory through the running hosts service on each broker: share, export, import,
-verified by checksum."""
+verified by checksum. Each VM is created in room reserved for it first, as its
+scheduler would have."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from schemas.memory import ExportPages, GetVmMemory, ImportPages, PagePair, Shar
 from schemas.vm import CreateVm, MemoryMode, StunVm
 from shared.client import Client
 from tests.integration.stack import start_ready, stop_all
+from tests.reserving import create
 
 pytestmark = [pytest.mark.broker, pytest.mark.integration]
 
@@ -50,11 +52,12 @@ async def test_pages_move_between_hosts_byte_for_byte(stack: Client) -> None:
     give the destination the source's checksum."""
     client = stack
     for vm, host, seed in (("src", "h1", 1), ("dst", "h2", 2)):
-        created = await answer(
+        created = await create(
             client,
             CreateVm(vm=vm, cpu=1, mem_mib=32, host=host, seed=seed, memory_mode=MemoryMode.FULL),
+            timeout=30,
         )
-        assert created.type_name() == "VmCreated"
+        assert created.type == "VmCreated", created.data
     await answer(client, StunVm(vm="src", host="h1"))
     exported = await answer(client, ExportPages(host="h1", vm="src", flow="mig-1"))
     assert exported.type_name() == "PagesExported", exported
@@ -71,7 +74,7 @@ async def test_sharing_through_the_service(stack: Client) -> None:
     """Sharing equal pages is answered with PagesShared; unequal ones are refused."""
     client = stack
     for vm, seed in (("a", 3), ("b", 3)):
-        await answer(
+        created = await create(
             client,
             CreateVm(
                 vm=vm,
@@ -82,7 +85,9 @@ async def test_sharing_through_the_service(stack: Client) -> None:
                 memory_mode=MemoryMode.FULL,
                 power_on=False,
             ),
+            timeout=30,
         )
+        assert created.type == "VmCreated", created.data
     # Same seed, same template: page 0 of both is the same content.
     shared = await answer(
         client,

@@ -1,4 +1,5 @@
-"""Live migrations and file copies carried out by the running hosts service on each broker."""
+"""Live migrations and file copies carried out by the running hosts service on each broker;
+the room each VM and each migration needs is reserved first, as a scheduler would."""
 
 from __future__ import annotations
 
@@ -17,15 +18,19 @@ from schemas.queries import ListVms, VmList
 from schemas.service import RejectionCode
 from schemas.transfers import StartCopy, StartMigration
 from schemas.vm import CreateVm, MemoryMode
+from services.scheduler.state import incoming
 from shared.bus import Logged, Stream
 from shared.client import Client
 from shared.testing import poll
+from tests import reserving
 from tests.integration.stack import start_ready, stop_all
 
 pytestmark = [pytest.mark.broker, pytest.mark.integration]
 
 # Emulated seconds per wall second: a 64 MiB VM at 128 Mbit/s (4 emulated s) takes 0.5 s.
 SPEED = 8
+# The size of every VM these tests create.
+CPU, MEM_MIB = 1, 64
 
 
 def settings(client: Client, bus_url: str, **extra: str) -> dict[str, str]:
@@ -89,11 +94,20 @@ async def until_known(client: Client, host: str, other: str) -> None:
 
 
 async def create(client: Client, vm: str, host: str, **extra: object) -> None:
-    [created] = await client.send_and_wait(
-        CreateVm.model_validate({"vm": vm, "cpu": 1, "mem_mib": 64, "host": host, **extra}),
-        timeout=30,
-    )
+    """Create a VM of CPU vCPUs and MEM_MIB in room reserved for it on ``host``."""
+    cmd = CreateVm.model_validate({"vm": vm, "cpu": CPU, "mem_mib": MEM_MIB, "host": host, **extra})
+    created = await reserving.create(client, cmd, timeout=30)
     assert created.type == "VmCreated", created.data
+
+
+async def room_on_target(client: Client, cmd: StartMigration) -> StartMigration:
+    """Reserve room on the target for the migrating VM (one made by ``create``), as the
+    scheduler does before it sends ``cmd``: the target takes in nothing unreserved."""
+    arriving = reserving.reservation(
+        cmd.vm, cmd.target, CPU, MEM_MIB, name=incoming(cmd.migration), purpose="migration"
+    )
+    await reserving.reserve(client.bus, arriving)
+    return cmd
 
 
 async def placement(client: Client) -> dict[str, str]:
@@ -114,9 +128,8 @@ async def test_a_migration_completes_after_its_time_and_moves_the_vm(hosts: Clie
     client = hosts
     await create(client, "web", "h1", memory_mode=MemoryMode.FULL, power_on=False, seed=5)
     before = await checksum(client, "web")
-    start, end = await started_and_ended(
-        client, StartMigration(host="h1", target="h2", rate_mbps=128, migration="m1", vm="web")
-    )
+    cmd = StartMigration(host="h1", target="h2", rate_mbps=128, migration="m1", vm="web")
+    start, end = await started_and_ended(client, await room_on_target(client, cmd))
     assert (start.type, end.type) == ("MigrationStarted", "MigrationCompleted")
     assert start.data.expected_seconds == 4.0  # type: ignore[attr-defined]
     took = (end.occurred_at - start.occurred_at).total_seconds()
@@ -142,7 +155,7 @@ async def crash_aborts(client: Client, source: str, target: str) -> Envelope[Mes
     await create(client, "db", source)
     # 64 emulated seconds: far longer than the test, were it not aborted.
     cmd = StartMigration(host=source, target=target, rate_mbps=8, migration="slow", vm="db")
-    [started] = await client.send_and_wait(cmd, timeout=15)
+    [started] = await client.send_and_wait(await room_on_target(client, cmd), timeout=15)
     assert started.type == "MigrationStarted", started.data
 
     async def crash() -> None:
@@ -182,7 +195,7 @@ async def test_a_migration_in_flight_when_killed_completes_once_after_restart(
         await create(client, "app", "h1")
         # 16 emulated seconds: 2 s of wall time, more than the kill takes.
         cmd = StartMigration(host="h1", target="h2", rate_mbps=32, migration="m3", vm="app")
-        [started] = await client.send_and_wait(cmd, timeout=15)
+        [started] = await client.send_and_wait(await room_on_target(client, cmd), timeout=15)
         assert started.type == "MigrationStarted", started.data
     finally:
         first.send_signal(signal.SIGKILL)
@@ -235,9 +248,8 @@ async def test_a_migration_between_two_hosts_processes(
     try:
         await create(client, "web", "a1")
         await until_known(client, "a1", "b1")
-        _, end = await started_and_ended(
-            client, StartMigration(host="a1", target="b1", rate_mbps=128, migration="m1", vm="web")
-        )
+        cmd = StartMigration(host="a1", target="b1", rate_mbps=128, migration="m1", vm="web")
+        _, end = await started_and_ended(client, await room_on_target(client, cmd))
         assert end.type == "MigrationCompleted", end.data
         sample = await next_sample(client, "b1", lambda t: bool(t.vms))
         assert [v.vm for v in sample.vms] == ["web"]

@@ -24,6 +24,7 @@ from shared.testing import eventually, unique_namespace
 from tests.contract.messages import create_vm, sample, vm_created
 from tests.integration.stack import start_ready
 from tests.integration.test_rabbitmq_restart import retry_until_answered
+from tests.reserving import create
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(60)]
 
@@ -287,8 +288,9 @@ async def test_hosts_service_carries_on_after_the_broker_is_killed(
     server: CrashableNats, bus: NatsBus, tmp_path: Path
 ) -> None:
     """The hosts service, a process of its own, lives through nats-server killed and
-    started again: it answers commands and publishes telemetry without a restart, and
-    reports no exception left unretrieved."""
+    started again: it answers commands (each creating a VM in room reserved for it, as
+    its scheduler would) and publishes telemetry without a restart, and reports no
+    exception left unretrieved."""
     client = Client(bus, producer="test")
     env = {
         "VPLANE_BUS_URL": server.url,
@@ -298,9 +300,12 @@ async def test_hosts_service_carries_on_after_the_broker_is_killed(
     }
     [service] = await start_ready(client, [("hosts", env)], tmp_path)
     try:
-        await client.send_and_wait(CreateVm(vm="before", cpu=1, mem_mib=64), timeout=20)
+        made = await create(client, CreateVm(vm="before", cpu=1, mem_mib=64, host="h1"), timeout=20)
+        assert made.type == "VmCreated", made.data
         await crash_and_restart(server, bus)
-        answer = await retry_until_answered(client, CreateVm(vm="after", cpu=1, mem_mib=64))
+        answer = await retry_until_answered(
+            client, CreateVm(vm="after", cpu=1, mem_mib=64, host="h2")
+        )
         assert answer == "VmCreated"
 
         samples: list[Logged] = []

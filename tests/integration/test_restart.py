@@ -18,6 +18,7 @@ from shared.bus.rabbit import RabbitBus
 from shared.client import Client
 from shared.testing import poll
 from tests.integration.stack import start_ready
+from tests.reserving import create, reservation, reserve
 
 pytestmark = [pytest.mark.broker, pytest.mark.integration]
 
@@ -59,15 +60,21 @@ async def test_killed_hosts_service_rebuilds_and_handles_what_came_meanwhile(
     }
     first = await started(client, env, tmp_path)
     try:
-        answers = await client.send_and_wait(CreateVm(vm="before", cpu=1, mem_mib=512), timeout=30)
-        assert answers[0].type == "VmCreated"
-        host = answers[0].data.host  # type: ignore[attr-defined]
+        host = "h1"
+        answer = await create(
+            client, CreateVm(vm="before", cpu=1, mem_mib=512, host=host), timeout=30
+        )
+        assert answer.type == "VmCreated", answer.data
+        assert answer.data.host == host  # type: ignore[attr-defined]
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(10)
 
-    # While it is down: two commands wait in the work queue.
-    await client.send(CreateVm(vm="during", cpu=1, mem_mib=512))
+    # While it is down: two commands wait in the work queue (the one that creates a VM
+    # behind the room reserved for it, which the restarted service folds first).
+    during = CreateVm(vm="during", cpu=1, mem_mib=512, host="h2")
+    await reserve(client.bus, reservation(during.vm, "h2", during.cpu, during.mem_mib))
+    await client.send(during)
     await client.send(PowerOffVm(vm="before", host=host))
     await asyncio.sleep(0.5)
     assert not [t for t in await log_types(client) if t[1] == "vm/during"]
@@ -116,8 +123,10 @@ async def test_service_exits_cleanly_on_sigterm_without_losing_acks(
     }
     proc = await started(client, env, tmp_path)
     try:
-        for i in range(20):
-            await client.send(CreateVm(vm=f"vm{i}", cpu=1, mem_mib=64))
+        vms = [CreateVm(vm=f"vm{i}", cpu=1, mem_mib=64, host="h1") for i in range(20)]
+        await reserve(client.bus, *(reservation(c.vm, "h1", c.cpu, c.mem_mib) for c in vms))
+        for cmd in vms:
+            await client.send(cmd)
         await poll(lambda: vm_states(client), lambda s: len(s) == 20, timeout=30, what="20 VMs")
     finally:
         proc.send_signal(signal.SIGTERM)

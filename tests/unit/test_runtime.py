@@ -245,11 +245,10 @@ async def test_a_decision_taken_behind_the_log_is_taken_again_once_it_is_folded(
 
     definition = ServiceDefinition(name="behind", fold=fold, fold_filters=("vm.>",), follow=True)
     runtime = Runtime(definition, bus, "i1")
-    async with running(runtime):
-        # Under the lock, the follower cannot fold the cause before the decision is taken.
-        async with runtime.exclusive():
-            await bus.append(Envelope.wrap(made("cause"), producer="scheduler"))
-            await runtime.settle(decide)
+    # Under the lock, the follower cannot fold the cause before the decision is taken.
+    async with running(runtime), runtime.exclusive():
+        await bus.append(Envelope.wrap(made("cause"), producer="scheduler"))
+        await runtime.settle(decide)
     assert decided == [(), ("cause",)]
     assert "after-1" not in seen
     assert seen[:2] == ["cause", "after-2"]
