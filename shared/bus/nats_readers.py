@@ -60,6 +60,31 @@ class Trouble:
             self.count = 0
 
 
+# The most entries a follower takes in one fetch.
+FOLLOW_BATCH = 1000
+# How long the rest of a batch may take once its first message is in: the broker has
+# said they are pending already.
+REST_SECONDS = 0.05
+
+
+async def fetch_ready(
+    sub: JetStreamContext.PullSubscription, most: int, timeout: float = 1.0
+) -> list[Msg]:
+    """The next message, and as many of those pending behind it as ``most`` allows.
+
+    Waiting for new messages, nats-py's fetch of N holds a first message that arrives
+    until N have come or the pull expires (up to ``timeout``): a lone command or event
+    could wait most of a second (measured: one in ten, up to 0.6 s). Fetched alone, the
+    first is handed over at once; its metadata says how many more are pending, and a
+    fetch of exactly those returns as soon as they are in."""
+    msgs: list[Msg] = await sub.fetch(1, timeout=timeout)
+    pending = min(int(msgs[-1].metadata.num_pending), most - 1)
+    if pending > 0:
+        with contextlib.suppress(TimeoutError):
+            msgs += await sub.fetch(pending, timeout=REST_SECONDS)
+    return msgs
+
+
 class Puller:
     """One durable pull consumer's loop."""
 
@@ -95,7 +120,7 @@ class Puller:
                     # durable of a file stream is still there and resumes where it was.
                     self._generation = await self._bus.restored()
                     await self._bus.ensure_consumer(self._stream, self._config)
-                msgs = await self._sub.fetch(spec.batch, timeout=1.0)
+                msgs = await fetch_ready(self._sub, spec.batch)
             except TimeoutError:  # nats-py raises its own and asyncio's; both are this
                 if self._bus.available:
                     trouble.ok()
@@ -298,7 +323,7 @@ class Reader:
             if self._generation != self._bus.generation:
                 await self._reopen()
             assert self._sub is not None
-            msgs: list[Msg] = await self._sub.fetch(1000, timeout=1.0)
+            msgs = await fetch_ready(self._sub, FOLLOW_BATCH)
         except TimeoutError:
             return []
         except TRANSIENT as err:
