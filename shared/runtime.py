@@ -267,37 +267,45 @@ class Runtime:
     def _observe(self, entry: Logged) -> None:
         """Fold an entry once. Own appends are folded as they are made and may overtake
         entries the follower has yet to deliver, so entries are recognised by sequence."""
-        env = entry.envelope
-        if env is None or entry.seq <= self._rebuilt_seq:
+        if entry.seq <= self._rebuilt_seq:
             return
         if self.definition.follow:
+            # Before the entry is decoded: most entries seen twice are the service's own.
             if entry.seq in self._observed:
                 return
-            self._observed.add(entry.seq)
         elif entry.seq <= self._applied_seq:
             # Without a follower only own appends arrive, in order: a high-water mark will do.
             return
+        env = entry.envelope
+        if env is None:
+            return
+        if self.definition.follow:
+            self._observed.add(entry.seq)
         if env.producer == self.name:
-            if isinstance(env.data, ServiceStopped):
-                self._carried = env.data.carried
-            elif isinstance(env.data, ServiceStarted):
-                self._carried = None
-            self._landed.add(env.id)
-            for done in self._in_doubt.pop(env.id, ()):
-                done()
-            if env.causation_id is not None:
-                self._answered.add(env.causation_id)
-            if isinstance(env.data, CommandsIssued):
-                if env.id in self._records_in_doubt:
-                    self._records_in_doubt.discard(env.id)
-                    self._unsent = [*self._unsent, *issued(env.data)]
-                last = self._last_issued
-                same = last and last[0].batch == env.data.batch
-                self._last_issued = [*last, env.data] if same else [env.data]
+            self._own(env)
         self.definition.clock.saw(env.sim_time)
         if self.definition.fold is not None and self._wanted(entry.subject):
             self.definition.fold(entry.seq, env)
         self._applied_seq = max(self._applied_seq, entry.seq)
+
+    def _own(self, env: Envelope[Message]) -> None:
+        """The bookkeeping of one of the service's own entries in the log."""
+        if isinstance(env.data, ServiceStopped):
+            self._carried = env.data.carried
+        elif isinstance(env.data, ServiceStarted):
+            self._carried = None
+        self._landed.add(env.id)
+        for done in self._in_doubt.pop(env.id, ()):
+            done()
+        if env.causation_id is not None:
+            self._answered.add(env.causation_id)
+        if isinstance(env.data, CommandsIssued):
+            if env.id in self._records_in_doubt:
+                self._records_in_doubt.discard(env.id)
+                self._unsent = [*self._unsent, *issued(env.data)]
+            last = self._last_issued
+            same = last and last[0].batch == env.data.batch
+            self._last_issued = [*last, env.data] if same else [env.data]
 
     def _wanted(self, subject: str) -> bool:
         filters = self.definition.fold_filters

@@ -127,7 +127,9 @@ class SchedulerState:
 
 def evolve(state: SchedulerState, seq: int, env: Envelope[Message]) -> SchedulerState:
     event = env.data
-    state = replace(state, ledger=evolve_ledger(state.ledger, seq, event))
+    ledger = evolve_ledger(state.ledger, seq, event)
+    if ledger is not state.ledger:
+        state = replace(state, ledger=ledger)
     state = _queued(state, env)
     state = _hosted(state, env)
     state = _sized(state, env.data)

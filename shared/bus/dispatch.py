@@ -137,11 +137,16 @@ async def answer(handler: QueryHandler, raw: bytes, *, producer: str) -> bytes:
 
 
 def entry_of(seq: int, subject: str, raw: bytes) -> Logged:
-    """A log entry as read back: decoded, or with the reason it does not decode."""
+    """A log entry as read back, decoded when first looked at (or with the reason it
+    does not decode)."""
+    return Logged(seq, subject, raw, decoder=_decoded)
+
+
+def _decoded(raw: bytes) -> tuple[Envelope[Message] | None, str | None]:
     try:
-        return Logged(seq, subject, raw, decode(raw))
+        return decode(raw), None
     except MessageError as err:
-        return Logged(seq, subject, raw, None, err.describe())
+        return None, err.describe()
 
 
 def read_reply(raw: bytes) -> Envelope[Message]:

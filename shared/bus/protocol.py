@@ -34,15 +34,48 @@ class Delivery:
     subject: str
 
 
-@dataclass(frozen=True, slots=True)
-class Logged:
-    """One entry of a stream as read back; ``envelope`` is None when it does not decode."""
+# How an entry read back is decoded: its envelope, or None and why not.
+Decoder = Callable[[bytes], "tuple[Envelope[Message] | None, str | None]"]
 
-    seq: int
-    subject: str
-    raw: bytes
-    envelope: Envelope[Message] | None
-    error: str | None = None
+
+class Logged:
+    """One entry of a stream as read back; ``envelope`` is None when it does not decode
+    (``error`` says why). An entry read from a broker is decoded when first looked at: a
+    follower passes over the ones it has folded already (its own appends) undecoded."""
+
+    __slots__ = ("_decoder", "_envelope", "_error", "raw", "seq", "subject")
+
+    def __init__(
+        self,
+        seq: int,
+        subject: str,
+        raw: bytes,
+        envelope: Envelope[Message] | None = None,
+        error: str | None = None,
+        *,
+        decoder: Decoder | None = None,
+    ) -> None:
+        self.seq = seq
+        self.subject = subject
+        self.raw = raw
+        self._envelope = envelope
+        self._error = error
+        self._decoder = decoder
+
+    def _decode(self) -> None:
+        decoder, self._decoder = self._decoder, None
+        if decoder is not None:
+            self._envelope, self._error = decoder(self.raw)
+
+    @property
+    def envelope(self) -> Envelope[Message] | None:
+        self._decode()
+        return self._envelope
+
+    @property
+    def error(self) -> str | None:
+        self._decode()
+        return self._error
 
 
 @dataclass(frozen=True, slots=True)
