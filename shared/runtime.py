@@ -53,6 +53,10 @@ DRAIN_STEP_SECONDS = 5.0
 # Conflicts on one decision before it is given up (and its cause retried later).
 MAX_CONFLICTS = 20
 OUTBOX_RETRY_SECONDS = 1.0
+# How often commands for targets nobody serves are looked for, and how long one waits
+# first (a target registered meanwhile is then in the fold).
+UNCLAIMED_SECONDS = 0.5
+UNCLAIMED_AFTER = 0.25
 # Commands sent with their acknowledgements in flight together, in order.
 SEND_CHUNK = 256
 
@@ -107,6 +111,18 @@ class ServiceDefinition:
     clock: StackClock = field(default_factory=StackClock)
     # What its decisions read besides the log, carried over a restart (shared/carried.py).
     carried: Carried | None = None
+    # Commands for targets of this service that nobody serves (never registered) wait in
+    # no consumer's queue: the runtime hands them to ``decide``, which refuses them.
+    unclaimed: Unclaimed | None = None
+
+
+@dataclass(frozen=True)
+class Unclaimed:
+    """Where such commands wait (``host.*.>``: ``*`` is the target) and which targets
+    the service knows."""
+
+    pattern: str
+    known: Callable[[str], bool]
 
 
 class ServiceFailed(Exception):
@@ -339,6 +355,8 @@ class Runtime:
         for target, handler in d.queries.items():
             self._subs.append(await self.bus.serve(target, self._after_commands(handler)))
         loops = [*d.loops, Loop("outbox", self._retry_unsent, OUTBOX_RETRY_SECONDS)]
+        if d.unclaimed is not None and d.decide is not None:
+            loops.append(Loop("unclaimed", self._refuse_unclaimed, UNCLAIMED_SECONDS, False))
         self._loops = [
             asyncio.create_task(
                 supervise(
@@ -438,6 +456,13 @@ class Runtime:
 
     async def _retry_unsent(self) -> None:
         await self._flush_commands()
+
+    async def _refuse_unclaimed(self) -> None:
+        unclaimed = self.definition.unclaimed
+        assert unclaimed is not None
+        await self.bus.unclaimed(
+            unclaimed.pattern, unclaimed.known, self._on_command, older_than=UNCLAIMED_AFTER
+        )
 
     async def settle(
         self,

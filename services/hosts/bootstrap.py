@@ -33,7 +33,7 @@ from services.hosts.transfers import export_pages, import_pages, read_flow
 from shared.bus.protocol import DataFlows
 from shared.loops import Loop
 from shared.outcome import Outcome, Outcomes, answer
-from shared.runtime import ServiceDefinition
+from shared.runtime import ServiceDefinition, Unclaimed
 from shared.settings import Settings
 
 NAME = "hosts"
@@ -201,4 +201,6 @@ def build(settings: Settings) -> ServiceDefinition:
             Loop("transfers", finish_transfers, every=TRANSFER_CHECK_SECONDS),
         ],
         clock=holder.clock,
+        # A command for a host no process ever registered is refused unknown-host.
+        unclaimed=Unclaimed("host.*.>", lambda host: host in holder.fleet.hosts),
     )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ from shared.bus.errors import BusError, ConcurrencyError, RequestFailed
 from shared.bus.flows import first_chunks
 from shared.bus.protocol import (
     BATCH_LIMIT,
+    UNCLAIMED,
     AppendResult,
     ConsumerSpec,
     DeadLetter,
@@ -44,6 +46,7 @@ class _Entry:
     seq: int
     subject: str
     data: bytes
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -218,6 +221,37 @@ class MemoryBus:
     async def publish_raw(self, stream: Stream, subject: str, data: bytes) -> None:
         await self._logs[stream].add(subjects.stream_subject(self.namespace, stream, subject), data)
 
+    async def unclaimed(
+        self, pattern: str, known: Callable[[str], bool], handler: Handler, *, older_than: float
+    ) -> int:
+        log = self._logs[Stream.COMMANDS]
+        full = subjects.stream_subject(self.namespace, Stream.COMMANDS, pattern)
+        target = full.split(".").index("*")
+        waited = time.monotonic() - older_than
+        stray = [
+            e
+            for e in log.entries
+            if subjects.matches(full, e.subject)
+            and not known(e.subject.split(".")[target])
+            and e.at <= waited
+        ]
+        handled = 0
+        for entry in stray:
+            delivery = Delivery(entry.seq, 1, entry.subject)
+            outcome = await dispatch(
+                entry.data, delivery, handler, max_deliver=1, retry_delay=0.0, seen=RecentIds()
+            )
+            if isinstance(outcome, Retry):
+                continue
+            if isinstance(outcome, Bury):
+                self._dead.append(
+                    DeadLetter(UNCLAIMED, entry.subject, outcome.reason, 1, entry.data)
+                )
+            with contextlib.suppress(ValueError):
+                log.entries.remove(entry)
+            handled += 1
+        return handled
+
     async def consume(self, spec: ConsumerSpec, handler: Handler) -> _Task:
         task = _Task()
         task.task = asyncio.create_task(self._consume(spec, handler, task))
@@ -324,6 +358,10 @@ class MemoryBus:
 
     async def dead_letters(self, consumer: str) -> list[DeadLetter]:
         return [d for d in self._dead if d.consumer == consumer]
+
+    def queued(self) -> list[str]:
+        """The subjects of the commands waiting to be taken, oldest first."""
+        return [e.subject for e in self._logs[Stream.COMMANDS].entries]
 
     async def put_data(self, flow: str, chunks: list[bytes]) -> None:
         log = self._flows.setdefault(flow, _Log())

@@ -7,7 +7,7 @@ import contextlib
 import datetime
 import itertools
 import re
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 import nats
@@ -20,8 +20,8 @@ from nats.js import JetStreamContext, api
 
 from schemas import Envelope, Message
 from shared.bus import subjects
-from shared.bus.dedupe import unique
-from shared.bus.dispatch import answer, read_reply
+from shared.bus.dedupe import RecentIds, unique
+from shared.bus.dispatch import Bury, Retry, answer, dispatch, read_reply
 from shared.bus.errors import BusError, BusUnavailable, ConcurrencyError, RequestFailed
 from shared.bus.flows import first_chunks
 from shared.bus.nats_batch import publish_batch
@@ -37,9 +37,11 @@ from shared.bus.nats_readers import (
 )
 from shared.bus.nats_streams import ensure_streams, stream_configs
 from shared.bus.protocol import (
+    UNCLAIMED,
     AppendResult,
     ConsumerSpec,
     DeadLetter,
+    Delivery,
     Handler,
     Logged,
     QueryHandler,
@@ -438,17 +440,72 @@ class NatsBus:
         return puller
 
     async def bury(self, consumer: str, msg: Msg, reason: str, attempt: int) -> None:
+        seq = msg.metadata.sequence.stream
+        await self._bury(consumer, msg.subject, seq, msg.data, reason, attempt)
+
+    async def _bury(
+        self, consumer: str, subject: str, seq: int, data: bytes, reason: str, attempt: int
+    ) -> None:
         headers = {
             H_REASON: reason[:1000],
             H_COUNT: str(attempt),
-            H_SUBJECT: msg.subject,
+            H_SUBJECT: subject,
             H_CONSUMER: consumer,
             # A burial repeated after a crash is recognised as the same dead letter.
-            api.Header.MSG_ID: f"{consumer}:{msg.metadata.sequence.stream}",
+            api.Header.MSG_ID: f"{consumer}:{seq}",
         }
-        await self._publish(
-            subjects.dead_letter_subject(self.namespace, consumer), msg.data, headers
-        )
+        await self._publish(subjects.dead_letter_subject(self.namespace, consumer), data, headers)
+
+    async def unclaimed(
+        self, pattern: str, known: Callable[[str], bool], handler: Handler, *, older_than: float
+    ) -> int:
+        stream = self._names[Stream.COMMANDS]
+        full = subjects.stream_subject(self.namespace, Stream.COMMANDS, pattern)
+        target = full.split(".").index("*")
+        try:
+            info = await self.js.stream_info(stream, subjects_filter=full)
+            waiting = sorted(
+                s for s in (info.state.subjects or {}) if not known(s.split(".")[target])
+            )
+            handled = 0
+            for subject in waiting:
+                handled += await self._unclaimed_on(stream, subject, handler, older_than)
+        except TRANSIENT as err:
+            raise bus_error(err, "unclaimed commands") from err
+        return handled
+
+    async def _unclaimed_on(
+        self, stream: str, subject: str, handler: Handler, older_than: float
+    ) -> int:
+        """The commands waiting on one subject nobody consumes, oldest first: read and
+        deleted one by one (no consumer, whose filter could clash with a work queue's)."""
+        handled, seq = 0, 1
+        waited = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=older_than)
+        while True:
+            try:
+                msg = await self.js.get_msg(stream, seq=seq, subject=subject, next=True)
+            except nats.js.errors.NotFoundError:
+                return handled
+            assert msg.seq is not None
+            assert msg.data is not None
+            seq = msg.seq + 1
+            if msg.time is not None and msg.time > waited:
+                return handled
+            outcome = await dispatch(
+                msg.data,
+                Delivery(msg.seq, 1, subject),
+                handler,
+                max_deliver=1,
+                retry_delay=0.0,
+                seen=RecentIds(),
+            )
+            if isinstance(outcome, Retry):
+                continue
+            if isinstance(outcome, Bury):
+                await self._bury(UNCLAIMED, subject, msg.seq, msg.data, outcome.reason, 1)
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await self.js.delete_msg(stream, msg.seq)
+            handled += 1
 
     async def watch(
         self,

@@ -9,6 +9,8 @@ from typing import Any, Protocol
 
 from schemas import Envelope, Message, Reply
 
+# The dead-letter consumer of commands for targets nobody serves that do not decode.
+UNCLAIMED = "unclaimed"
 # The most events one atomic append may hold (JetStream's limit for an atomic batch).
 BATCH_LIMIT = 1000
 
@@ -186,6 +188,16 @@ class Bus(Protocol):
 
     async def consume(self, spec: ConsumerSpec, handler: Handler) -> Subscription:
         """Run a durable consumer: explicit ack, bounded redelivery, dead letters."""
+
+    async def unclaimed(
+        self, pattern: str, known: Callable[[str], bool], handler: Handler, *, older_than: float
+    ) -> int:
+        """Hand ``handler`` each command that waits under ``pattern`` (below the command
+        stream, one ``*`` standing for its target: ``host.*.>``) for a target ``known``
+        does not know, which no consumer will ever take, once it has waited ``older_than``
+        seconds; it leaves the queue once handled (dead-lettered as ``unclaimed`` if it
+        does not decode). How many were handled. Where the broker refuses such a command
+        when it is sent (RabbitMQ: ``Unroutable``), none ever waits."""
 
     async def watch(
         self,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -383,6 +383,18 @@ class RabbitBus:
         await self._publish(
             exchange, subjects.stream_subject(self.namespace, stream, subject), data
         )
+
+    async def unclaimed(
+        self,
+        pattern: str,  # noqa: ARG002 - none waits here
+        known: Callable[[str], bool],  # noqa: ARG002
+        handler: Handler,  # noqa: ARG002
+        *,
+        older_than: float,  # noqa: ARG002
+    ) -> int:
+        # A command no queue is bound for is refused when it is sent (Unroutable, as the
+        # publish is mandatory): none waits for a target nobody serves.
+        return 0
 
     async def consume(self, spec: ConsumerSpec, handler: Handler) -> Subscription:
         consumer = QueueConsumer(self, spec, handler)

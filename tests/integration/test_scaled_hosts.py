@@ -8,9 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from schemas import Envelope
+from schemas.host import HostRegistered
 from schemas.service import CommandRejected, RejectionCode
 from schemas.vm import CreateVm, PowerOffVm
+from shared.bus import Stream
 from shared.bus.nats import NatsBus
+from shared.bus.protocol import UNCLAIMED
 from shared.client import Client
 from shared.testing import poll, unique_namespace
 from tests.integration.stack import start_ready, stop_all
@@ -69,3 +73,67 @@ async def test_commands_reach_the_process_that_owns_their_host(
     finally:
         await stop_all(procs)
         await bus.close()
+
+
+async def test_a_command_for_a_host_nobody_runs_is_refused_and_leaves_the_queue(
+    nats_url: str, tmp_path: Path
+) -> None:
+    """Sent straight on the bus (the CLI refuses it before sending), a command for a host
+    no process ever registered waits in no consumer's queue: a hosts process refuses it
+    unknown-host within a second and takes it off the queue; bytes that are no command
+    there are dead-lettered as ``unclaimed``. A command for a host that is registered
+    but whose process is away waits for it."""
+    bus = NatsBus(nats_url, unique_namespace())
+    await bus.start()
+    client = Client(bus, producer="test")
+    base = {"VPLANE_BUS_URL": nats_url, "VPLANE_NAMESPACE": bus.namespace, "VPLANE_HOSTS": "1"}
+    procs = await start_ready(client, [("hosts", {**base, "VPLANE_HOST_PREFIX": "a"})], tmp_path)
+    try:
+        stray = Envelope.wrap(PowerOffVm(vm="v", host="nohost"), producer="test")
+        began = time.monotonic()
+        [refused] = await client.wait_for(
+            lambda e: e.causation_id == stray.id, timeout=10, before=lambda: bus.send(stray)
+        )
+        took = time.monotonic() - began
+        assert isinstance(refused.data, CommandRejected), refused.data
+        assert (refused.data.code, refused.producer) == (RejectionCode.UNKNOWN_HOST, "hosts")
+        assert took < 1.0, f"refused after {took:.2f} s"
+
+        await bus.publish_raw(Stream.COMMANDS, "host.ghost.CreateVm", b"{not a command")
+        # A host registered in the log whose process is not running: its command waits.
+        await bus.append(
+            Envelope.wrap(
+                HostRegistered(host="gone1", cpu_cores=4, cpu_mhz=2000, mem_mib=4096),
+                producer="hosts",
+            )
+        )
+        await bus.send(Envelope.wrap(PowerOffVm(vm="v", host="gone1"), producer="test"))
+        dead = await poll(
+            lambda: bus.dead_letters(UNCLAIMED),
+            lambda found: len(found) == 1,
+            timeout=10,
+            what="the stray bytes dead-lettered",
+        )
+        assert dead[0].subject.endswith(".cmd.host.ghost.CreateVm"), dead[0]
+        waiting = await poll(
+            partial(waiting_for, bus),
+            lambda subjects: "host.nohost" not in subjects and "host.ghost" not in subjects,
+            timeout=10,
+            what="no stray left in the command stream",
+        )
+        assert waiting == {"host.gone1": 1}
+    finally:
+        await stop_all(procs)
+        await bus.close()
+
+
+async def waiting_for(bus: NatsBus) -> dict[str, int]:
+    """Commands in the command stream, by target (``host.<name>``)."""
+    info = await bus.js.stream_info(
+        f"{bus.namespace.upper()}_COMMANDS", subjects_filter=f"{bus.namespace}.cmd.host.>"
+    )
+    out: dict[str, int] = {}
+    for subject, count in (info.state.subjects or {}).items():
+        target = ".".join(subject.split(".")[2:4])
+        out[target] = out.get(target, 0) + count
+    return out
