@@ -268,6 +268,12 @@ class FaultyBus:
         self.faults.check_connection("dead_letters")
         return await self.inner.dead_letters(consumer)
 
+    async def unclaimed(
+        self, pattern: str, known: Callable[[str], bool], handler: Handler, *, older_than: float
+    ) -> int:
+        self.faults.check_connection("unclaimed")
+        return await self.inner.unclaimed(pattern, known, handler, older_than=older_than)
+
     async def put_data(self, flow: str, chunks: list[bytes]) -> None:
         self.faults.check_connection("put_data")
         await self.inner.put_data(flow, chunks)
