@@ -143,6 +143,8 @@ class Runtime:
         self.instance = instance
         self.handled = 0
         self.conflicts = 0
+        # Decisions taken again once the fold had caught up with the log (Outcome.stale).
+        self.caught_up = 0
         self.loop_stats: dict[str, LoopStats] = {
             loop.name: LoopStats() for loop in definition.loops
         }
@@ -238,7 +240,13 @@ class Runtime:
                     carried=None if carried is None else carried.save(),
                 )
             )
-            log.info("service stopped", handled=self.handled, reason=reason)
+            log.info(
+                "service stopped",
+                handled=self.handled,
+                conflicts=self.conflicts,
+                caught_up=self.caught_up,
+                reason=reason,
+            )
         finally:
             await self.bus.close()
         if failure is not None:
@@ -481,6 +489,8 @@ class Runtime:
             stale = tuple(dict.fromkeys(f for o in outcomes for f in o.stale))
             if stale and not caught_up:
                 caught_up = True
+                self.caught_up += 1
+                log.debug("decided behind the log; folding its latest", filters=stale)
                 await self.catch_up(stale, self._folded_to() + 1)
                 outcomes = await _decided(decide, conflicts)
             try:
