@@ -59,14 +59,21 @@ def _provisional(fleet: Fleet, outcome: Outcome) -> Fleet:
     return fleet
 
 
+# Refusals that may come of a fold behind the log, and the part of the log to catch up
+# with before deciding again.
+BEHIND = {
+    # The scheduler appends a reservation, then sends the command it covers.
+    RejectionCode.NO_RESERVATION: "pool.>",
+    # Another process registers its hosts, then starts taking their commands.
+    RejectionCode.UNKNOWN_HOST: "host.>",
+}
+
+
 def answered(env: Envelope[Message], events: list[Event]) -> Outcome:
-    """``env``'s answer. A change refused for want of a reservation may have been decided
-    before this process folded it (the scheduler appends it, then sends the command):
-    the runtime folds the ledger's latest and decides once more."""
-    short = any(
-        isinstance(e, CommandRejected) and e.code == RejectionCode.NO_RESERVATION for e in events
-    )
-    return Outcome(events=events, cause=env, stale=("pool.>",) if short else ())
+    """``env``'s answer. A refusal that may have been decided before this process folded
+    what the command relies on has the runtime fold the log's latest and decide again."""
+    stale = [BEHIND[e.code] for e in events if isinstance(e, CommandRejected) and e.code in BEHIND]
+    return Outcome(events=events, cause=env, stale=tuple(dict.fromkeys(stale)))
 
 
 def host_prefix(settings: Settings) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from schemas import Envelope
-from schemas.host import HostRegistered
+from schemas.host import CrashHost, HostRegistered
 from schemas.service import CommandRejected
 from schemas.vm import PowerOffVm
 from services.hosts.bootstrap import build
@@ -47,3 +47,29 @@ async def test_a_command_for_a_host_never_registered_is_refused_and_dropped() ->
         )
         assert dead.subject.endswith("cmd.host.ghost.PowerOffVm")
         assert bus.queued() == [f"{bus.namespace}.cmd.host.away1.PowerOffVm"]
+
+
+async def test_a_host_registered_just_before_its_command_is_caught_up_with() -> None:
+    """Another process registers a host and a command for it follows at once; this
+    process's follower has not folded the registration yet. The refusal (unknown-host)
+    is not what it answers: the runtime folds the log's latest and decides again."""
+    bus = MemoryBus(unique_namespace())
+    definition = build(Settings.from_env({}, hosts=1))
+    assert definition.decide is not None
+    decide = definition.decide
+    runtime = Runtime(definition, bus, "i1")
+    async with running(runtime), runtime.exclusive():
+        # Under the lock, the follower cannot fold the registration before the decision.
+        await bus.append(
+            Envelope.wrap(
+                HostRegistered(host="b1", cpu_cores=4, cpu_mhz=2000, mem_mib=4096),
+                producer="hosts",
+            )
+        )
+        crash = Envelope.wrap(CrashHost(host="b1"), producer="test")
+        await runtime.settle(lambda: decide(crash), answers=crash.id)
+    [answer] = [
+        e.envelope async for e in bus.replay() if e.envelope and e.envelope.causation_id == crash.id
+    ]
+    assert answer.type == "HostCrashed", answer.data
+    assert runtime.caught_up == 1
