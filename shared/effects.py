@@ -28,6 +28,13 @@ def derive(service: str, outcome: Outcome, what: str) -> uuid.UUID:
     return uuid.uuid5(base, f"{service}/{outcome.key}/{what}")
 
 
+def named(kind: str, *parts: object) -> str:
+    """The name a decision gives what it starts (a migration: ``mnt-…``), fixed by what
+    it is about, so a decision taken again names it again the same way."""
+    key = ":".join(str(p) for p in parts)
+    return f"{kind}-{uuid.uuid5(uuid.NAMESPACE_URL, f'vplane:{key}').hex[:16]}"
+
+
 def first_id(service: str, outcome: Outcome) -> uuid.UUID:
     """The id of an outcome's first envelope in the log: its first event, or else its
     outbox record; an outcome whose first envelope is there has landed."""

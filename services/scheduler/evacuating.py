@@ -9,8 +9,6 @@ on the host meanwhile, or whose migration was refused, is swept up in a later ro
 
 from __future__ import annotations
 
-import uuid
-
 from schemas import Envelope, Event, Message
 from schemas.pool import Owner
 from schemas.scheduling import (
@@ -33,11 +31,12 @@ from services.scheduler.core import (
     plan_evacuation,
 )
 from services.scheduler.state import SchedulerState
+from shared.effects import named
 
 
 def maintenance_migration(host: str, visit: str, vm: str) -> str:
     """One migration id per VM per maintenance visit, so a retry asks for nothing twice."""
-    return "mnt-" + uuid.uuid5(uuid.NAMESPACE_URL, f"vplane:{host}:{visit}:{vm}").hex[:16]
+    return named("mnt", host, visit, vm)
 
 
 def decide_maintenance(state: SchedulerState, env: Envelope[Message]) -> list[Event]:  # noqa: PLR0911

@@ -5,8 +5,6 @@ any migration is queued or under way, so one proposal settles before the next.""
 
 from __future__ import annotations
 
-import uuid
-
 from schemas import Event
 from schemas.pool import Owner
 from schemas.scheduling import MigrationReason, MigrationRequested, RebalanceProposed
@@ -14,10 +12,11 @@ from services.scheduler.choose import every_rule
 from services.scheduler.core import Pool, Resource, load_spread, propose_rebalance
 from services.scheduler.holder import Knobs
 from services.scheduler.state import SchedulerState
+from shared.effects import named
 
 
 def rebalance_migration(round_number: int, vm: str) -> str:
-    return "reb-" + uuid.uuid5(uuid.NAMESPACE_URL, f"vplane:{round_number}:{vm}").hex[:16]
+    return named("reb", round_number, vm)
 
 
 def propose(state: SchedulerState, knobs: Knobs, round_number: int, pool: Pool) -> list[Event]:

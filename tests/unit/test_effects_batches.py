@@ -5,7 +5,7 @@ from __future__ import annotations
 from schemas import Envelope
 from schemas.vm import VmCreated
 from shared.bus.memory import MemoryBus
-from shared.effects import batches
+from shared.effects import batches, named
 from shared.outcome import Outcome
 
 
@@ -26,3 +26,11 @@ async def test_an_expectation_guards_the_batchs_first_event_of_its_aggregate() -
     assert batch.expected == {1: version}
     await bus.append_batch(batch.events, expected=batch.expected)
     assert await bus.version("vm/x") == version + 3
+
+
+def test_a_name_a_decision_gives_is_fixed_by_what_it_is_about() -> None:
+    """Migration names in logs already written keep their meaning: the same parts give
+    the same name as before the scheme moved out of the scheduler, other parts another."""
+    assert named("mnt", "h1", "v1", "vm3") == "mnt-7c591d1ef08059be"
+    assert named("reb", 17, "vm3") == "reb-500be8f4e55d5e05"
+    assert named("reb", 18, "vm3") != named("reb", 17, "vm3")
