@@ -11,6 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+from schemas.pool import Owner
+from schemas.scheduling import Affinity, PlacementRules, PlaceVm
+from schemas.vm import WorkloadKind
 from shared.client import Client
 
 VPLANE = (
@@ -96,3 +99,16 @@ async def stop_all(procs: list[subprocess.Popen[bytes]], timeout: float = 30) ->
             proc.kill()
             codes.append(await asyncio.to_thread(proc.wait, 10))
     return codes
+
+
+def noisy_neighbour(host: str) -> PlaceVm:
+    """A 16-vCPU VM with a noisy workload, placed by the low scheduler on ``host`` (the
+    tenants' workers' host, in the contention scenarios)."""
+    return PlaceVm(
+        vm="noisy",
+        priority=Owner.LOW,
+        cpu=16,
+        mem_mib=2048,
+        workload=WorkloadKind.NOISY,
+        rules=PlacementRules(host_affinity=Affinity(must=[host])),
+    )

@@ -20,10 +20,8 @@ import nats.errors
 import pytest
 
 from schemas import Envelope
-from schemas.pool import Owner
-from schemas.scheduling import Affinity, PlacementRules, PlaceVm
+from schemas.scheduling import PlaceVm
 from schemas.tenants import CreateCluster
-from schemas.vm import WorkloadKind
 from shared.broker import BrokerError
 from shared.bus import BusError
 from shared.bus.nats import NatsBus
@@ -49,6 +47,7 @@ from tests.integration.chaos_brokers import (
     queue_depths,
     start_cluster,
 )
+from tests.integration.stack import noisy_neighbour
 
 pytestmark = [
     pytest.mark.broker,
@@ -209,15 +208,7 @@ async def still_reacts_to_telemetry(client: Client) -> None:
 
     detected, decided = on_host(log, "ContentionDetected"), on_host(log, "ScalingDecided")
     # Placed by the low scheduler on that host, which the load was kept off.
-    noisy = PlaceVm(
-        vm="noisy",
-        priority=Owner.LOW,
-        cpu=16,
-        mem_mib=2048,
-        workload=WorkloadKind.NOISY,
-        rules=PlacementRules(host_affinity=Affinity(must=[host])),
-    )
-    await send_surely(client, Envelope.wrap(noisy, producer="chaos"))
+    await send_surely(client, Envelope.wrap(noisy_neighbour(host), producer="chaos"))
     await log_until(
         client,
         lambda log: any(c.vm == "noisy" and c.host == host for c in log.data("VmCreated")),

@@ -12,14 +12,12 @@ import pytest
 
 from schemas import Envelope
 from schemas.host import HostTelemetry
-from schemas.pool import Owner
-from schemas.scheduling import Affinity, PlacementRules, PlaceVm
 from schemas.tenants import ClusterScaled, CreateCluster
-from schemas.vm import PowerOffVm, VmCreated, WorkloadKind
+from schemas.vm import PowerOffVm, VmCreated
 from shared.bus import Logged, Stream
 from shared.client import Client
 from shared.testing import poll
-from tests.integration.stack import start_ready, stop_all
+from tests.integration.stack import noisy_neighbour, start_ready, stop_all
 
 pytestmark = [pytest.mark.broker, pytest.mark.integration]
 
@@ -63,16 +61,7 @@ async def test_monitor_restarted_mid_episode_repeats_nothing(
         where = Counter(c.host for c in created if isinstance(c, VmCreated))
         host = where.most_common(1)[0][0]
         # The noisy neighbour goes through the low scheduler, onto the workers' host.
-        await client.send(
-            PlaceVm(
-                vm="noisy",
-                priority=Owner.LOW,
-                cpu=16,
-                mem_mib=2048,
-                workload=WorkloadKind.NOISY,
-                rules=PlacementRules(host_affinity=Affinity(must=[host])),
-            )
-        )
+        await client.send(noisy_neighbour(host))
         now = await poll(
             lambda: logged(client, "VmCreated"),
             lambda c: any(isinstance(v, VmCreated) and v.vm == "noisy" for v in c),
