@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple
 
 from schemas import Message
 from schemas.host import HostRegistered
@@ -99,28 +99,21 @@ async def pool_from_log(bus: Bus) -> PoolReplay:
     return pool
 
 
-class Held(Protocol):
+class Room(NamedTuple):
     """A VM's reservation, as far as reconciling it goes."""
 
-    @property
-    def host(self) -> str: ...
-    @property
-    def cpu_mhz(self) -> float: ...
-    @property
-    def mem_mib(self) -> float: ...
+    host: str
+    cpu_mhz: float
+    mem_mib: float
 
 
-class Running(Protocol):
+class Runs(NamedTuple):
     """A VM a host runs, as far as reconciling it goes."""
 
-    @property
-    def vm(self) -> str: ...
-    @property
-    def host(self) -> str: ...
-    @property
-    def cpu(self) -> int: ...
-    @property
-    def mem_mib(self) -> int: ...
+    vm: str
+    host: str
+    cpu: int
+    mem_mib: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +128,7 @@ class Difference:
         return f"{self.vm}: {self.text}"
 
 
-def disagreements(held: Mapping[str, Held], running: Iterable[Running]) -> list[Difference]:
+def disagreements(held: Mapping[str, Room], running: Iterable[Runs]) -> list[Difference]:
     """Where VM reservations (by VM) and the VMs hosts run disagree: a VM with no
     reservation, or one on another host or of another size; a reservation for no VM."""
     out = []
@@ -164,4 +157,6 @@ def disagreements(held: Mapping[str, Held], running: Iterable[Running]) -> list[
 
 def differences(pool: PoolReplay, vms: Iterable[VmView]) -> list[str]:
     """Where the ledger and the hosts disagree; empty when they agree."""
-    return [str(d) for d in disagreements(pool.vms(), vms)]
+    held = {name: Room(r.host, r.cpu_mhz, r.mem_mib) for name, r in pool.vms().items()}
+    runs = [Runs(v.vm, v.host, v.cpu, v.mem_mib) for v in vms]
+    return [str(d) for d in disagreements(held, runs)]

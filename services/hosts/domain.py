@@ -293,7 +293,8 @@ def _create(fleet: Fleet, cmd: CreateVm) -> VmCreated:
         free = fleet.hosts[cmd.host].spec.mem_mib - fleet.mem_reserved(cmd.host)
         raise _Rejected(
             RejectionCode.INSUFFICIENT_CAPACITY,
-            f"host {cmd.host} has not {cmd.mem_mib} MiB and {cmd.cpu} vCPUs free ({free} MiB free)",
+            f"host {cmd.host} has no room for {cmd.cpu} vCPUs and {cmd.mem_mib} MiB "
+            f"({free} MiB free)",
         )
     return VmCreated(
         vm=cmd.vm,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import NamedTuple
 
 import structlog
 
@@ -17,7 +16,7 @@ from services.hosts.machine import Machine
 from services.hosts.outcomes import outcome_key, outcomes
 from services.hosts.state import Fleet
 from shared.bus import PoisonMessage
-from shared.capacity import Difference, disagreements
+from shared.capacity import Difference, Room, Runs, disagreements
 from shared.clock import StackClock
 from shared.metrics import GUEST_MEMORY_DIVERGENCES, LEDGER_DIFFERENCES
 from shared.outcome import Outcome
@@ -32,19 +31,6 @@ TRANSFER_CHECK_SECONDS = 0.05
 LEASE_TICKS = 60
 # Ticks between two reconciliations of the ledger with what the hosts run.
 RECONCILE_TICKS = 10
-
-
-class _Runs(NamedTuple):
-    vm: str
-    host: str
-    cpu: int
-    mem_mib: int
-
-
-class _Room(NamedTuple):
-    host: str
-    cpu_mhz: float
-    mem_mib: float
 
 
 class FleetHolder:
@@ -116,12 +102,12 @@ def ledger_disagreements(holder: FleetHolder) -> set[Difference]:
     """Where the ledger and this process's hosts disagree now."""
     fleet, mine = holder.fleet, set(holder.machine.hosts)
     held = {
-        name: _Room(host, r.cpu_mhz, r.mem_mib)
+        name: Room(host, r.cpu_mhz, r.mem_mib)
         for host, rows in fleet.reserved.items()
         for name, r in rows.items()
         if r.purpose == "vm"
     }
-    runs = [_Runs(v.name, v.host, v.cpu, v.mem_mib) for v in fleet.vms.values() if v.host in mine]
+    runs = [Runs(v.name, v.host, v.cpu, v.mem_mib) for v in fleet.vms.values() if v.host in mine]
     return {d for d in disagreements(held, runs) if d.host in mine}
 
 
