@@ -21,6 +21,7 @@ from schemas.pool import CapacityReleased
 from schemas.vm import VmCreated, VmResized
 from services.hosts.handlers import FleetHolder, reconcile
 from services.hosts.state import evolve
+from shared.broker import free_port
 from shared.metrics import MetricsPortTaken, serve_metrics
 from tests.reserving import reservation
 
@@ -76,12 +77,6 @@ def test_a_disagreement_counts_once_it_outlasts_one_reconciliation() -> None:
     )
     reconcile(holder)
     assert (differences("mx1"), differences("mx2")) == (0, 0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scrape(port: int, deadline: float) -> dict[str, float]:
