@@ -20,8 +20,8 @@ from nats.js import JetStreamContext, api
 
 from schemas import Envelope, Message
 from shared.bus import subjects
-from shared.bus.dedupe import RecentIds, unique
-from shared.bus.dispatch import Bury, Retry, answer, dispatch, read_reply
+from shared.bus.dedupe import unique
+from shared.bus.dispatch import answer, read_reply
 from shared.bus.errors import BusError, BusUnavailable, ConcurrencyError, RequestFailed
 from shared.bus.flows import first_chunks
 from shared.bus.nats_batch import publish_batch
@@ -36,12 +36,12 @@ from shared.bus.nats_readers import (
     start_at,
 )
 from shared.bus.nats_streams import ensure_streams, stream_configs
+from shared.bus.nats_unclaimed import take_unclaimed
 from shared.bus.protocol import (
     UNCLAIMED,
     AppendResult,
     ConsumerSpec,
     DeadLetter,
-    Delivery,
     Handler,
     Logged,
     QueryHandler,
@@ -459,53 +459,15 @@ class NatsBus:
     async def unclaimed(
         self, pattern: str, known: Callable[[str], bool], handler: Handler, *, older_than: float
     ) -> int:
-        stream = self._names[Stream.COMMANDS]
+        async def bury(subject: str, seq: int, data: bytes, reason: str) -> None:
+            await self._bury(UNCLAIMED, subject, seq, data, reason, 1)
+
         full = subjects.stream_subject(self.namespace, Stream.COMMANDS, pattern)
-        target = full.split(".").index("*")
+        stream = self._names[Stream.COMMANDS]
         try:
-            info = await self.js.stream_info(stream, subjects_filter=full)
-            waiting = sorted(
-                s for s in (info.state.subjects or {}) if not known(s.split(".")[target])
-            )
-            handled = 0
-            for subject in waiting:
-                handled += await self._unclaimed_on(stream, subject, handler, older_than)
+            return await take_unclaimed(self.js, stream, full, known, handler, bury, older_than)
         except TRANSIENT as err:
             raise bus_error(err, "unclaimed commands") from err
-        return handled
-
-    async def _unclaimed_on(
-        self, stream: str, subject: str, handler: Handler, older_than: float
-    ) -> int:
-        """The commands waiting on one subject nobody consumes, oldest first: read and
-        deleted one by one (no consumer, whose filter could clash with a work queue's)."""
-        handled, seq = 0, 1
-        waited = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=older_than)
-        while True:
-            try:
-                msg = await self.js.get_msg(stream, seq=seq, subject=subject, next=True)
-            except nats.js.errors.NotFoundError:
-                return handled
-            assert msg.seq is not None
-            assert msg.data is not None
-            seq = msg.seq + 1
-            if msg.time is not None and msg.time > waited:
-                return handled
-            outcome = await dispatch(
-                msg.data,
-                Delivery(msg.seq, 1, subject),
-                handler,
-                max_deliver=1,
-                retry_delay=0.0,
-                seen=RecentIds(),
-            )
-            if isinstance(outcome, Retry):
-                continue
-            if isinstance(outcome, Bury):
-                await self._bury(UNCLAIMED, subject, msg.seq, msg.data, outcome.reason, 1)
-            with contextlib.suppress(nats.js.errors.NotFoundError):
-                await self.js.delete_msg(stream, msg.seq)
-            handled += 1
 
     async def watch(
         self,
