@@ -153,6 +153,7 @@ class Runtime:
         # The last entry the follower delivered (or the rebuild's last).
         self._followed = 0
         self._observed: set[int] = set()
+        self._observed_limit = OBSERVED_KEPT
         # Causes whose answer is in the log (a redelivery changes nothing), and the ids
         # of this service's own events there (an outcome already carried out is skipped).
         self._answered: set[uuid.UUID] = set()
@@ -386,9 +387,13 @@ class Runtime:
         async with self._deciding:
             self._observe(entry)
             self._followed = max(self._followed, entry.seq)
-            # The follower delivers in order: nothing below this entry is still to come.
-            if len(self._observed) > OBSERVED_KEPT:
-                self._observed = {seq for seq in self._observed if seq >= entry.seq}
+            # The follower delivers in order and every append is observed under the lock:
+            # nothing at or below this entry comes again. What is left are own appends
+            # ahead of the follower, and those it does not follow (pruned now and then).
+            self._observed.discard(entry.seq)
+            if len(self._observed) > self._observed_limit:
+                self._observed = {seq for seq in self._observed if seq > entry.seq}
+                self._observed_limit = max(OBSERVED_KEPT, 2 * len(self._observed))
 
     def _after_commands(self, handler: QueryHandler) -> QueryHandler:
         async def answer(env: Envelope[Message]) -> Reply:
@@ -613,7 +618,8 @@ class Runtime:
             self._observe(entry)
 
     async def _announce(self, event: ServiceStarted | ServiceStopped) -> None:
-        await self.carry_out(Outcome(events=[event], key=f"{self.instance}/{uuid.uuid4()}"))
+        async with self._deciding:
+            await self.carry_out(Outcome(events=[event], key=f"{self.instance}/{uuid.uuid4()}"))
 
     async def _drain(self) -> None:
         for task in self._loops:

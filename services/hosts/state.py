@@ -137,6 +137,9 @@ class Fleet:
     # The ledger's reservations, by host and name: what a scheduler made room for. A
     # host runs nothing new, and grows nothing, that no reservation there covers.
     reserved: Mapping[str, Mapping[str, Held]] = field(default_factory=dict)
+    # The names of the VMs on each host: a host's room is checked for every create, and
+    # scanning every VM for it made creating the n-th VM cost n.
+    on_host: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def covered(self, host: str, workload: str, cpu: int, mem_mib: int) -> bool:
         return any(
@@ -145,7 +148,7 @@ class Fleet:
         )
 
     def vms_on(self, host: str) -> list[Vm]:
-        return [vm for vm in self.vms.values() if vm.host == host]
+        return [self.vms[name] for name in sorted(self.on_host.get(host, ()))]
 
     def migration_of(self, vm: str) -> Transfer | None:
         return next(
@@ -244,7 +247,14 @@ def evolve(  # noqa: PLR0911, PLR0912 - one case per event
             return _with_vm(fleet, restarted)
         case VmDestroyed():
             fleet = _reclaim(fleet, event.host, event.vm)
-            return replace(fleet, vms={k: v for k, v in fleet.vms.items() if k != event.vm})
+            gone = fleet.vms.get(event.vm)
+            if gone is None:
+                return fleet
+            return replace(
+                fleet,
+                vms={k: v for k, v in fleet.vms.items() if k != event.vm},
+                on_host=_moved(fleet.on_host, event.vm, gone.host, None),
+            )
         case VmResized() if event.vm in fleet.vms:
             return _with_vm(
                 fleet, replace(fleet.vms[event.vm], cpu=event.cpu, mem_mib=event.mem_mib)
@@ -375,4 +385,19 @@ def _with_host(fleet: Fleet, host: Host) -> Fleet:
 
 
 def _with_vm(fleet: Fleet, vm: Vm) -> Fleet:
-    return replace(fleet, vms={**fleet.vms, vm.name: vm})
+    old = fleet.vms.get(vm.name)
+    on_host = fleet.on_host
+    if old is None or old.host != vm.host:
+        on_host = _moved(on_host, vm.name, None if old is None else old.host, vm.host)
+    return replace(fleet, vms={**fleet.vms, vm.name: vm}, on_host=on_host)
+
+
+def _moved(
+    on_host: Mapping[str, frozenset[str]], vm: str, source: str | None, target: str | None
+) -> Mapping[str, frozenset[str]]:
+    changed = dict(on_host)
+    if source is not None:
+        changed[source] = changed.get(source, frozenset()) - {vm}
+    if target is not None:
+        changed[target] = changed.get(target, frozenset()) | {vm}
+    return changed

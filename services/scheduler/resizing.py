@@ -69,9 +69,11 @@ def follow_sizes(holder: Holder) -> list[Outcome]:
     resize of them is pending (a shrink done, a grow refused)."""
     state = holder.state
     out = []
-    for vm in sorted(state.placed):
+    for vm in sorted(state.oversized):
         held, size = state.ledger.held(vm), state.sizes.get(vm)
-        if held is None or size is None or vm in state.resizing or vm in state.moving:
+        if held is None or size is None or vm not in state.placed:
+            continue
+        if vm in state.resizing or vm in state.moving:
             continue
         cpu_mhz = size[0] * MHZ_PER_VCPU
         too_much_cpu = vcpus_covered(held.cpu_mhz) > size[0]

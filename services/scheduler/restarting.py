@@ -19,6 +19,8 @@ def to_restart(holder: Holder) -> list[str]:
     target failed meanwhile) leaves the reservation on a failed host: it is tried again."""
     state = holder.state
     ledger = state.ledger
+    if not state.silent:
+        return []
     vms = [
         vm
         for vm in state.placed

@@ -11,7 +11,7 @@ from immutables import Map
 
 from schemas import Envelope, Message
 from schemas.ha import HostFailed, HostReturned, VmRestarted, VmRestartFailed
-from schemas.pool import CapacityReleased, Owner
+from schemas.pool import CapacityReleased, CapacityReserved, Owner, vcpus_covered
 from schemas.scheduling import (
     CopyRequested,
     CopyScheduled,
@@ -110,6 +110,9 @@ class SchedulerState:
     # to resize them and has not answered yet.
     sizes: Map[str, tuple[int, int]] = field(default_factory=Map)
     resizing: Set = field(default_factory=Map)
+    # The VMs whose reservation holds more than their host runs them at: each round
+    # looks at these, not at every VM it has placed.
+    oversized: Set = field(default_factory=Map)
 
     def queue(self) -> list[Envelope[Work]]:
         """The pending work in arrival order."""
@@ -133,7 +136,42 @@ def evolve(state: SchedulerState, seq: int, env: Envelope[Message]) -> Scheduler
     state = _queued(state, env)
     state = _hosted(state, env)
     state = _sized(state, env.data)
-    return _evolve(state, seq, env)
+    state = _evolve(state, seq, env)
+    for vm in _sizing_of(event):
+        state = _oversized(state, vm)
+    return state
+
+
+def _sizing_of(event: Message) -> tuple[str, ...]:
+    """The VMs whose size or reservation the event changes."""
+    match event:
+        case VmCreated() | VmResized() | VmRestarted() | VmDestroyed():
+            return (event.vm,)
+        case CapacityReserved():
+            return (
+                (event.reservation,)
+                if event.replaces is None
+                else (
+                    event.reservation,
+                    event.replaces,
+                )
+            )
+        case CapacityReleased():
+            return (event.reservation,)
+    return ()
+
+
+def _oversized(state: SchedulerState, vm: str) -> SchedulerState:
+    held, size = state.ledger.held(vm), state.sizes.get(vm)
+    over = (
+        held is not None
+        and size is not None
+        and (vcpus_covered(held.cpu_mhz) > size[0] or held.mem_mib > size[1])
+    )
+    if over == (vm in state.oversized):
+        return state
+    oversized = state.oversized.set(vm, True) if over else state.oversized.delete(vm)
+    return replace(state, oversized=oversized)
 
 
 def _sized(state: SchedulerState, event: Message) -> SchedulerState:

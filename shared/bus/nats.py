@@ -25,6 +25,7 @@ from shared.bus.dispatch import answer, read_reply
 from shared.bus.errors import BusError, BusUnavailable, ConcurrencyError, RequestFailed
 from shared.bus.flows import first_chunks
 from shared.bus.nats_batch import publish_batch
+from shared.bus.nats_client import HeadersClient
 from shared.bus.nats_readers import (
     TRANSIENT,
     Puller,
@@ -131,7 +132,7 @@ class NatsBus:
 
     async def start(self) -> None:
         self._closing = False
-        nc = Client()
+        nc = HeadersClient()
         try:
             # The client retries forever (a restarted broker is waited for), so the
             # first connection gets a deadline of its own.

@@ -76,3 +76,27 @@ def test_round_trip_keeps_every_field() -> None:
     decoded = decode(env.encode())
     assert decoded == env
     assert type(decoded.data) is type(env.data)
+
+
+def test_an_envelope_written_another_way_decodes_the_same() -> None:
+    """Envelopes of ours are read in one pass; the same envelope with its fields in
+    another order, or spaced out, decodes to the same thing by the longer path."""
+    env = vm_created()
+    fields = json.loads(env.encode())
+    reordered = json.dumps(dict(reversed(fields.items()))).encode()
+    spaced = json.dumps(fields, indent=1).encode()
+    assert decode(reordered) == env
+    assert decode(spaced) == env
+
+
+@pytest.mark.parametrize("spaced", [False, True])
+def test_an_envelope_of_a_newer_schema_is_refused_either_way(spaced: bool) -> None:
+    fields = json.loads(vm_created().encode())
+    fields["schema_version"] = 99
+    raw = json.dumps(
+        fields, indent=1 if spaced else None, separators=None if spaced else (",", ":")
+    )
+    with pytest.raises(MessageError) as caught:
+        decode(raw.encode())
+    assert caught.value.reason == "invalid"
+    assert "newer" in caught.value.detail

@@ -13,12 +13,14 @@ from schemas.ha import RestartVm, VmRestarted
 from schemas.host import HostCrashed, HostRegistered
 from schemas.pool import CapacityReleased, CapacityReserved
 from schemas.service import CommandRejected, RejectionCode
+from schemas.transfers import MigrationCompleted
 from schemas.vm import (
     CreateVm,
     PowerOffVm,
     PowerOnVm,
     ResizeVm,
     VmCreated,
+    VmDestroyed,
     VmPoweredOff,
     VmPoweredOn,
     VmResized,
@@ -246,3 +248,29 @@ def test_rejection_links_to_the_command() -> None:
     [event] = decide(reserved(two_hosts(), cmd.data), cmd)
     assert isinstance(event, CommandRejected)
     assert (event.command_id, event.command_type, event.about) == (cmd.id, "CreateVm", "vm/a")
+
+
+def test_the_vms_of_a_host_follow_creates_moves_restarts_and_destroys() -> None:
+    """The per-host index the room checks read agrees, after every event, with a scan of
+    every VM."""
+    created = [made_on(f"v{i}", f"h{1 + i % 2}") for i in range(4)]
+    events: list[Event] = [
+        *two_hosts_events(),
+        *created,
+        MigrationCompleted(migration="m1", vm="v0", source="h1", target="h2"),
+        VmRestarted(vm="v1", host="h1", from_host="h2", cpu=1, mem_mib=256, since_failure_s=1),
+        VmDestroyed(vm="v2", host="h1"),
+        VmDestroyed(vm="never-was", host="h1"),
+    ]
+    fleet = Fleet()
+    for event in events:
+        fleet = evolve(fleet, event)
+        for host in ("h1", "h2"):
+            scanned = sorted(vm.name for vm in fleet.vms.values() if vm.host == host)
+            assert [vm.name for vm in fleet.vms_on(host)] == scanned
+    assert [vm.name for vm in fleet.vms_on("h1")] == ["v1"]
+    assert [vm.name for vm in fleet.vms_on("h2")] == ["v0", "v3"]
+
+
+def made_on(vm: str, host: str) -> VmCreated:
+    return VmCreated(vm=vm, host=host, cpu=1, mem_mib=256, priority="low", powered_on=True)

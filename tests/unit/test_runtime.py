@@ -218,6 +218,30 @@ async def test_a_follower_misses_nothing_appended_while_the_service_set_itself_u
     assert sorted(seen) == ["mine", "theirs"]
 
 
+async def test_a_follower_forgets_its_own_appends_once_it_has_passed_them() -> None:
+    """Own appends are folded as they land and skipped when the follower brings them;
+    once it has, nothing of them is kept (a follower far behind a busy service used to
+    rescan thousands of remembered sequences on every entry), and each was folded once."""
+    bus = MemoryBus("t")
+    seen: list[str] = []
+
+    def fold(_seq: int, env: Envelope[Message]) -> None:
+        if isinstance(env.data, VmCreated):
+            seen.append(env.data.vm)
+
+    definition = ServiceDefinition(name="busy", fold=fold, fold_filters=("vm.>",), follow=True)
+    runtime = Runtime(definition, bus, "i1")
+    names = [f"vm{i}" for i in range(300)]
+    async with running(runtime):
+        for name in names:
+            async with runtime.exclusive():
+                await runtime.carry_out(Outcome(events=[made(name)], key=name))
+        last = await bus.last_seq()
+        await eventually(lambda: runtime._followed >= last, timeout=5, what="the follower")
+        assert runtime._observed == set()
+    assert seen == names
+
+
 def made(vm: str) -> VmCreated:
     return VmCreated(vm=vm, host="h1", cpu=1, mem_mib=64, priority="low", powered_on=True)
 

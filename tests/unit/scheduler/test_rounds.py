@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from schemas import Envelope, Message
 from schemas.host import HostRegistered
-from schemas.pool import Owner
+from schemas.pool import CapacityReserved, Owner
 from schemas.scheduling import PlacementRequested, RoundCompleted, VmPlaced
+from schemas.vm import VmCreated
 from services.scheduler.holder import Holder
 from services.scheduler.rounds import Rounds, decide_round, round_plan
 from services.scheduler.state import evolve
@@ -118,3 +119,27 @@ def test_a_placement_waits_while_no_host_is_known() -> None:
     hosts(holder, log, 1)
     log.land(decide_round(holder, 2, without_high=False))
     assert "early" in holder.state.placed
+
+
+def test_a_round_shrinks_the_reservations_of_vms_run_smaller_and_only_those() -> None:
+    """Rounds look only at the VMs whose reservation exceeds their size (kept by the
+    fold), not at every VM placed: a VM created smaller than reserved is shrunk, once."""
+    holder = Holder(Owner.HIGH)
+    log = Log(holder)
+    hosts(holder, log, 2)
+    for vm in ("a", "b", "c"):
+        ask(log, vm)
+    log.land(decide_round(holder, 1, without_high=False))
+    for vm, mem in (("a", 256), ("b", 128), ("c", 256)):
+        host = holder.state.placed[vm].host
+        log.append(
+            VmCreated(vm=vm, host=host, cpu=1, mem_mib=mem, priority="high", powered_on=True)
+        )
+    assert set(holder.state.oversized) == {"b"}
+    outcomes = decide_round(holder, 2, without_high=False)
+    shrunk = [e for o in outcomes for e in o.events if isinstance(e, CapacityReserved)]
+    assert [(e.reservation, e.mem_mib) for e in shrunk] == [("b", 128.0)]
+    log.land(outcomes)
+    assert set(holder.state.oversized) == set()
+    again = decide_round(holder, 3, without_high=False)
+    assert not [e for o in again for e in o.events if isinstance(e, CapacityReserved)]
