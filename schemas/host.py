@@ -101,6 +101,9 @@ class VmSample(Part):
     storage_write_mbs: float = Field(ge=0)
     slowdown: float = Field(ge=1, description="how much slower its work goes than alone")
     scratch_mib: float = Field(0, ge=0, description="scratch space it holds on the host")
+    disk_gib: int = Field(0, ge=0, description="its virtual disk on the shared datastore")
+    disk_read_iops: float = Field(0, ge=0, description="4 KiB blocks its guest read, per second")
+    disk_write_iops: float = Field(0, ge=0, description="4 KiB blocks its guest wrote, per second")
 
 
 @registry.register
@@ -124,6 +127,8 @@ class HostTelemetry(Telemetry):
     storage_used_mbs: float = Field(0, ge=0)
     scratch_capacity_mib: float = Field(0, ge=0)
     scratch_used_mib: float = Field(0, ge=0)
+    datastore_capacity_gib: float = Field(0, ge=0, description="the shared datastore it sees")
+    datastore_used_gib: float = Field(0, ge=0, description="what the datastore's files hold")
     vms_running: int = Field(ge=0)
     vms_total: int = Field(ge=0)
     vms: list[VmSample] = Field(default_factory=list)

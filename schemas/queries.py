@@ -37,6 +37,8 @@ class HostView(Part):
     mem_shared_saved_mib: float = 0
     worst_slowdown: float = 1.0
     vms: int = Field(ge=0)
+    datastore_capacity_gib: float = 0
+    datastore_used_gib: float = 0
 
 
 class VmView(Part):
@@ -50,6 +52,7 @@ class VmView(Part):
     memory_mode: MemoryMode
     slowdown: float = 1.0
     cpu_ready_ms: float = 0.0
+    disk_gib: int = 0
 
 
 @registry.register

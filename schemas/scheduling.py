@@ -9,7 +9,7 @@ from pydantic import Field
 
 from schemas.base import Command, Event, Name, Part, registry
 from schemas.pool import Owner
-from schemas.vm import MemoryMode, WorkloadKind
+from schemas.vm import DEFAULT_DISK_GIB, MAX_DISK_GIB, MemoryMode, WorkloadKind
 
 
 class PlacementPolicy(enum.StrEnum):
@@ -55,6 +55,7 @@ class VmAsk(Part):
     seed: int = Field(0, ge=0)
     template: Name = "linux"
     power_on: bool = True
+    disk_gib: int = Field(DEFAULT_DISK_GIB, ge=1, le=MAX_DISK_GIB)
 
 
 @registry.register

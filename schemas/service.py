@@ -59,6 +59,7 @@ class RejectionCode(enum.StrEnum):
     UNKNOWN_CLUSTER = "unknown-cluster"
     # A change to what a host runs that no reservation in the ledger covers.
     NO_RESERVATION = "no-reservation"
+    DATASTORE_FULL = "datastore-full"
 
 
 @registry.register

@@ -10,6 +10,9 @@ from pydantic import Field
 from schemas.base import Command, Event, Name, registry
 
 Priority = Literal["high", "low"]
+# A VM's virtual disk: thin, so a large one costs the datastore only what it writes.
+DEFAULT_DISK_GIB = 1
+MAX_DISK_GIB = 64 * 1024
 
 
 class VmState(enum.StrEnum):
@@ -51,6 +54,9 @@ class CreateVm(Command):
     memory_mode: MemoryMode = MemoryMode.ACCOUNTING
     template: Name = Field("linux", description="guest OS template its memory is built from")
     seed: int = Field(0, ge=0, description="seeds its workload and its memory contents")
+    disk_gib: int = Field(
+        DEFAULT_DISK_GIB, ge=1, le=MAX_DISK_GIB, description="its virtual disk on the datastore"
+    )
 
     def aggregate(self) -> str:
         return f"host/{self.host}" if self.host else "hosts"
@@ -86,6 +92,8 @@ class VmCreated(Event):
     memory_mode: MemoryMode = MemoryMode.ACCOUNTING
     template: Name = "linux"
     seed: int = 0
+    # 0: created before VMs had disks.
+    disk_gib: int = Field(0, ge=0)
 
     def aggregate(self) -> str:
         return f"vm/{self.vm}"

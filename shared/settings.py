@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -47,9 +48,21 @@ class Settings(BaseModel):
     metrics_port: int = Field(
         0, ge=0, le=65535, description="serves Prometheus /metrics on 127.0.0.1 here; 0: off"
     )
+    data_dir: str = Field(".vplane", description="where vplane keeps its files")
+    datastore: str | None = Field(
+        None,
+        description="the directory every hosts process shares for VM disks; "
+        "default: datastore/<namespace> under the data dir",
+    )
+    datastore_gib: float = Field(1024, gt=0, description="the datastore's capacity")
     nats_replicas: int = Field(
         1, ge=1, le=5, description="copies of each JetStream stream (3 on a cluster)"
     )
+
+    def datastore_dir(self) -> Path:
+        if self.datastore is not None:
+            return Path(self.datastore)
+        return Path(self.data_dir) / "datastore" / self.namespace
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:

@@ -14,6 +14,19 @@ from tests.brokers import rabbitmq_url
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _files_of_the_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Services started by tests keep their files (the hosts' datastore) in the run's
+    temporary directory, not in the checkout, unless a test says where."""
+    before = os.environ.get("VPLANE_DATA_DIR")
+    os.environ["VPLANE_DATA_DIR"] = str(tmp_path_factory.mktemp("vplane-data"))
+    yield
+    if before is None:
+        os.environ.pop("VPLANE_DATA_DIR", None)
+    else:
+        os.environ["VPLANE_DATA_DIR"] = before
+
+
 @pytest.fixture(scope="session")
 def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A NATS URL: VPLANE_TEST_NATS_URL if set, else a nats-server from the wheel on a free

@@ -19,6 +19,7 @@ from schemas.memory import (
 )
 from schemas.service import CommandRejected, RejectionCode
 from schemas.vm import ResizeVm
+from services.hosts.disks import GIB, Disks
 from services.hosts.domain import check_transfer, decide
 from services.hosts.handlers import (
     TRANSFER_CHECK_SECONDS,
@@ -107,7 +108,8 @@ def host_shape(host: str) -> HostRegistered:
 
 def build(settings: Settings) -> ServiceDefinition:
     hosts = host_names(settings)
-    holder = FleetHolder(hosts)
+    disks = Disks(settings.datastore_dir(), int(settings.datastore_gib * GIB))
+    holder = FleetHolder(hosts, disks)
 
     def fold(seq: int, env: Envelope[Message]) -> None:
         if isinstance(env.data, ClockLeased):

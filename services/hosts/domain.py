@@ -76,6 +76,8 @@ class Facts:
     )
     # The wall clock, for how long a restart took after its host's failure.
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    # Why the shared datastore cannot take a new disk of so many GiB, or None.
+    datastore_problem: Callable[[int], str | None] = lambda _gib: None
 
 
 class _Rejected(Exception):
@@ -96,7 +98,11 @@ def decide(fleet: Fleet, env: Envelope[Message], facts: Facts | None = None) -> 
 def _decide(fleet: Fleet, cmd: Message, facts: Facts) -> list[Event]:  # noqa: PLR0911, PLR0912
     match cmd:
         case CreateVm():
-            return [_create(fleet, cmd)]
+            created = _create(fleet, cmd)
+            full = facts.datastore_problem(cmd.disk_gib)
+            if full is not None:
+                raise _Rejected(RejectionCode.DATASTORE_FULL, f"no disk for {cmd.vm}: {full}")
+            return [created]
         case CrashHost():
             host = _host(fleet, cmd.host)
             if host.state == HostState.DOWN:
@@ -307,6 +313,7 @@ def _create(fleet: Fleet, cmd: CreateVm) -> VmCreated:
         memory_mode=cmd.memory_mode,
         template=cmd.template,
         seed=cmd.seed,
+        disk_gib=cmd.disk_gib,
     )
 
 

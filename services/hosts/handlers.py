@@ -12,6 +12,7 @@ from schemas.host import ClockLeased, HostTelemetry
 from schemas.memory import GetVmMemory, VmMemory
 from schemas.queries import HostList, HostView, ListHosts, ListVms, VmList, VmView
 from schemas.vm import MemoryMode
+from services.hosts.disks import Disks
 from services.hosts.machine import Machine
 from services.hosts.outcomes import outcome_key, outcomes
 from services.hosts.state import Fleet
@@ -36,9 +37,9 @@ RECONCILE_TICKS = 10
 class FleetHolder:
     """The mutable cells: the current fold of the hosts' events, and the hardware."""
 
-    def __init__(self, hosts: list[str]) -> None:
+    def __init__(self, hosts: list[str], disks: Disks | None = None) -> None:
         self.fleet = Fleet()
-        self.machine = Machine(hosts)
+        self.machine = Machine(hosts, disks)
         self.tick = 0
         self.samples: dict[str, HostTelemetry] = {}
         # The stack's emulated time as this process knows it; and how far the hosts'
@@ -156,6 +157,7 @@ async def answer_query(holder: FleetHolder, env: Envelope[Message]) -> Reply:
                         memory_mode=v.memory_mode,
                         slowdown=round(contention.slowdown(v.name), 3),
                         cpu_ready_ms=round(contention.cpu_ready_ms(v.name), 1),
+                        disk_gib=v.disk_gib,
                     )
                     for v in sorted(fleet.vms.values(), key=lambda v: v.name)
                 ]
@@ -185,6 +187,8 @@ def _host_view(holder: FleetHolder, name: str) -> HostView:
         mem_shared_saved_mib=s.mem_shared_saved_mib if s else 0,
         worst_slowdown=max((v.slowdown for v in s.vms), default=1.0) if s else 1.0,
         vms=len(fleet.vms_on(name)),
+        datastore_capacity_gib=s.datastore_capacity_gib if s else 0,
+        datastore_used_gib=s.datastore_used_gib if s else 0,
     )
 
 

@@ -41,6 +41,7 @@ from schemas.scratch import ScratchReleased
 from schemas.service import RejectionCode
 from schemas.transfers import MigrationCompleted
 from schemas.vm import MemoryMode, VmCreated, VmDestroyed, VmResized
+from services.hosts.disks import Disks
 from services.hosts.domain import Facts
 from services.hosts.memory import EMPTY_PROFILE, HostMemory, MemoryModelError
 from services.hosts.memory import MemoryMode as MemMode
@@ -65,9 +66,10 @@ def large_pages(mem_mib: int) -> int:
 
 
 class Machine:
-    def __init__(self, hosts: list[str]) -> None:
+    def __init__(self, hosts: list[str], disks: Disks | None = None) -> None:
         self.hosts = hosts
         self.memory: dict[str, HostMemory] = {}
+        self.disks = disks or Disks(None)
         self.scratch = {host: ScratchDisk() for host in hosts}
         self.contention = Contention()
         self._steps: dict[str, int] = defaultdict(int)
@@ -105,8 +107,10 @@ class Machine:
                         event.vm, event.mem_mib, event.seed, event.template, event.memory_mode
                     )
                 )
+                self.disks.attach(event.vm, event.disk_gib, event.template, event.seed)
             case VmDestroyed() if event.host in self.memory:
                 self.memory[event.host].destroy_vm(event.vm)
+                self.disks.destroy(event.vm)
             case VmResized() if event.host in self.memory and event.vm in before.vms:
                 if before.vms[event.vm].mem_mib != event.mem_mib:
                     # Decided on the guest's working set: the log's size stands.
@@ -151,6 +155,10 @@ class Machine:
                     new.create_vm(
                         _mem_spec(vm.name, event.mem_mib, vm.seed, vm.template, vm.memory_mode)
                     )
+                    # Its disk is on the shared datastore: it restarts from what it wrote.
+                    self.disks.attach(vm.name, vm.disk_gib, vm.template, vm.seed)
+                else:
+                    self.disks.detach(vm.name)
 
     def _free_scratch(self, before: Fleet, event: Message) -> None:
         """The bytes of extents the fold frees go with them."""
@@ -191,6 +199,10 @@ class Machine:
             dst.create_vm(_mem_spec(vm.name, vm.mem_mib, vm.seed, vm.template, vm.memory_mode))
         if src is not None and vm.name in src.vms:
             src.destroy_vm(vm.name)
+        if dst is not None:
+            self.disks.attach(vm.name, vm.disk_gib, vm.template, vm.seed)
+        else:
+            self.disks.detach(vm.name)
 
     # What deciding needs to know
 
@@ -208,6 +220,7 @@ class Machine:
             share_problem=self._share_problem,
             unshare_problem=self._unshare_problem,
             swap_problem=self._swap_problem,
+            datastore_problem=self.disks.problem,
         )
 
     def _share_problem(self, cmd: SharePages) -> tuple[RejectionCode, str] | None:
@@ -266,9 +279,13 @@ class Machine:
 
     def tick(self, fleet: Fleet, tick: int, sim_time: float, tick_s: float) -> list[HostTelemetry]:
         up = [h for h in self.hosts if h in fleet.hosts and fleet.hosts[h].state == HostState.UP]
-        self.contention.run(fleet, up, sim_time, tick_s)
+        # The guests' disk I/O of the last tick is storage demand like any other.
+        disk_mbs = {vm: self.disks.mbs(vm, tick_s) for vm in self.disks.io}
+        self.contention.run(fleet, up, sim_time, tick_s, disk_mbs)
         # The sample reports memory as the tick starts; the guests then work through it.
-        out = samples(fleet, up, tick, self.contention, self.memory)
+        out = samples(
+            fleet, up, tick, self.contention, self.memory, disk_mbs, self.disks.usage_gib()
+        )
         for host in up:
             self._guest_work(host)
         return out
@@ -285,6 +302,7 @@ class Machine:
             return
         for vm in working:
             speed = 1.0 / self.contention.slowdown(vm.name)
+            self.disks.work(vm.name, speed)
             step = self._steps[vm.name]
             self._steps[vm.name] = step + 1
             accesses = MemWorkload(seed=vm.seed).step(

@@ -79,6 +79,8 @@ class Vm:
     seed: int = 0
     stunned: bool = False
     cpu_cap: float = 1.0
+    # Its virtual disk on the shared datastore (0: none, made before VMs had disks).
+    disk_gib: int = 0
 
 
 class TransferKind(enum.StrEnum):
@@ -228,6 +230,7 @@ def evolve(  # noqa: PLR0911, PLR0912 - one case per event
                     event.memory_mode,
                     event.template,
                     event.seed,
+                    disk_gib=event.disk_gib,
                 ),
             )
         case VmRestarted() if event.vm in fleet.vms:

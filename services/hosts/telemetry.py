@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
+
+import numpy as np
 
 from schemas.host import HostTelemetry, VmSample
 from schemas.vm import MemoryMode, VmState, WorkloadKind
 from services.hosts.memory import HostMemory
-from services.hosts.memory.geometry import PAGE_MIB
+from services.hosts.memory.geometry import PAGE_MIB, PAGE_SIZE
 from services.hosts.resources import (
     Bursty,
+    DemandArrays,
     Diurnal,
     HadoopWorker,
     NoisyNeighbour,
@@ -58,7 +62,16 @@ class Contention:
         self.by_host: dict[str, list[Vm]] = {}
         self.usage: Usage | None = None
 
-    def run(self, fleet: Fleet, hosts: list[str], sim_time: float, tick_s: float) -> Usage | None:
+    def run(
+        self,
+        fleet: Fleet,
+        hosts: list[str],
+        sim_time: float,
+        tick_s: float,
+        disk_mbs: Mapping[str, tuple[float, float]] | None = None,
+    ) -> Usage | None:
+        """``disk_mbs``: each VM's real disk reads and writes (MB/s), added to what its
+        workload profile asks of storage."""
         built = self._built_from
         if (
             built is None
@@ -78,6 +91,7 @@ class Contention:
                     profile(vm),
                     PowerState.SUSPENDED if vm.stunned else _POWER[vm.state],
                     cpu_cap=vm.cpu_cap,
+                    disk_gib=vm.disk_gib,
                 )
                 for vm in self._vms
             ]
@@ -93,6 +107,8 @@ class Contention:
             self.usage = None
             return None
         demand = self._table.demand(sim_time, self._rows.vcpus, self._rows.mem_mib)
+        if disk_mbs:
+            demand = _with_disk_io(demand, self.index, disk_mbs)
         self.usage = contend(self._hosts, self._rows, demand, tick_s)
         return self.usage
 
@@ -109,12 +125,28 @@ class Contention:
         return 0.0 if i is None or self.usage is None else float(self.usage.vms.cpu_ready_ms[i])
 
 
+def _with_disk_io(
+    demand: DemandArrays, index: Mapping[str, int], disk_mbs: Mapping[str, tuple[float, float]]
+) -> DemandArrays:
+    rows = [(index[vm], mbs) for vm, mbs in disk_mbs.items() if vm in index]
+    if not rows:
+        return demand
+    at = np.array([i for i, _ in rows], dtype=np.int64)
+    read = demand.storage_read_mbs.copy()
+    write = demand.storage_write_mbs.copy()
+    read[at] += [r for _, (r, _) in rows]
+    write[at] += [w for _, (_, w) in rows]
+    return replace(demand, storage_read_mbs=read, storage_write_mbs=write)
+
+
 def samples(
     fleet: Fleet,
     hosts: list[str],
     tick: int,
     contention: Contention,
     memory: Mapping[str, HostMemory],
+    disk_mbs: Mapping[str, tuple[float, float]] | None = None,
+    datastore_gib: tuple[float, float] = (0.0, 0.0),
 ) -> list[HostTelemetry]:
     """One telemetry message per host, carrying its VMs' samples."""
     out = []
@@ -154,10 +186,18 @@ def samples(
                 ),
                 scratch_capacity_mib=scratch.capacity_mib,
                 scratch_used_mib=sum(scratch_by_vm.values()),
+                datastore_capacity_gib=datastore_gib[0],
+                datastore_used_gib=datastore_gib[1],
                 vms_running=sum(vm.state == VmState.ON for vm in vms),
                 vms_total=len(vms),
                 vms=[
-                    _sample(vm, usage, index.get(vm.name), scratch_by_vm.get(vm.name, 0))
+                    _sample(
+                        vm,
+                        usage,
+                        index.get(vm.name),
+                        scratch_by_vm.get(vm.name, 0),
+                        (disk_mbs or {}).get(vm.name, (0.0, 0.0)),
+                    )
                     for vm in vms
                 ],
             )
@@ -165,7 +205,10 @@ def samples(
     return out
 
 
-def _sample(vm: Vm, usage: Usage | None, i: int | None, scratch_mib: int) -> VmSample:
+def _sample(
+    vm: Vm, usage: Usage | None, i: int | None, scratch_mib: int, disk_mbs: tuple[float, float]
+) -> VmSample:
+    read_iops, write_iops = (round(mbs * 1e6 / PAGE_SIZE, 1) for mbs in disk_mbs)
     if usage is None or i is None:
         return VmSample(
             vm=vm.name,
@@ -183,6 +226,9 @@ def _sample(vm: Vm, usage: Usage | None, i: int | None, scratch_mib: int) -> VmS
             storage_write_mbs=0,
             slowdown=1.0,
             scratch_mib=scratch_mib,
+            disk_gib=vm.disk_gib,
+            disk_read_iops=read_iops,
+            disk_write_iops=write_iops,
         )
     u = usage.vms
     return VmSample(
@@ -201,4 +247,7 @@ def _sample(vm: Vm, usage: Usage | None, i: int | None, scratch_mib: int) -> VmS
         storage_write_mbs=round(float(u.storage_write_mbs[i]), 2),
         slowdown=max(1.0, round(float(u.slowdown[i]), 4)),
         scratch_mib=scratch_mib,
+        disk_gib=vm.disk_gib,
+        disk_read_iops=read_iops,
+        disk_write_iops=write_iops,
     )

@@ -67,6 +67,7 @@ def create_vm(placed: VmPlaced, request: Envelope[PlacementRequested]) -> Create
         seed=ask.seed,
         template=ask.template,
         power_on=ask.power_on,
+        disk_gib=ask.disk_gib,
     )
 
 

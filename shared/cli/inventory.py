@@ -33,6 +33,7 @@ def hosts(bus: BusOption = None, as_json: JsonOption = False) -> None:
         "shared saved",
         "worst slowdown",
         "VMs",
+        "datastore",
     )
     for h in reply.hosts:
         capacity = h.cpu_cores * h.cpu_mhz
@@ -48,6 +49,7 @@ def hosts(bus: BusOption = None, as_json: JsonOption = False) -> None:
             f"{h.mem_shared_saved_mib:.1f} MiB",
             f"{h.worst_slowdown:.2f}",
             str(h.vms),
+            f"{h.datastore_used_gib:.2f}/{h.datastore_capacity_gib:.0f} GiB",
         )
     console.print(table)
 
@@ -64,6 +66,7 @@ def vms(bus: BusOption = None, as_json: JsonOption = False) -> None:
         "host",
         "vCPU",
         "mem MiB",
+        "disk GiB",
         "priority",
         "state",
         "workload",
@@ -77,6 +80,7 @@ def vms(bus: BusOption = None, as_json: JsonOption = False) -> None:
             v.host,
             str(v.cpu),
             str(v.mem_mib),
+            str(v.disk_gib),
             v.priority,
             str(v.state),
             str(v.workload),

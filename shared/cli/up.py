@@ -166,6 +166,8 @@ def up(
             "VPLANE_TICK_SECONDS": str(tick),
             "VPLANE_NAMESPACE": settings.namespace,
             "VPLANE_LOG_FORMAT": "json",
+            # The hosts processes' shared datastore sits beside the broker's log.
+            "VPLANE_DATASTORE": settings.datastore or str(root / "datastore" / settings.namespace),
         },
         root / "logs",
     )

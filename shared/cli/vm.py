@@ -10,6 +10,8 @@ from schemas import Command
 from schemas.memory import GetVmMemory, VmMemory
 from schemas.scheduling import ChangeVmSize, MigrateVm, PlacementPolicy, PlaceVm
 from schemas.vm import (
+    DEFAULT_DISK_GIB,
+    MAX_DISK_GIB,
     DestroyVm,
     MemoryMode,
     PowerOffVm,
@@ -65,6 +67,15 @@ def vm_create(
     ] = "accounting",
     template: Annotated[str, typer.Option("--template", help="Guest OS template.")] = "linux",
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seeds workload and memory.")] = 0,
+    disk: Annotated[
+        int,
+        typer.Option(
+            "--disk",
+            min=1,
+            max=MAX_DISK_GIB,
+            help="Its virtual disk in GiB (thin).",
+        ),
+    ] = DEFAULT_DISK_GIB,
     min_cpu: Annotated[
         int | None, typer.Option("--min-cpu", help="Accept this few vCPUs if need be.")
     ] = None,
@@ -133,6 +144,7 @@ def vm_create(
         rules=rules,
         template=template,
         power_on=start,
+        disk_gib=disk,
     )
     send(bus, wait, timeout, ready(cmd), until="VmCreated")
 

@@ -114,6 +114,43 @@ def test_vm_power_and_rejections_through_the_cli(stack: dict[str, str]) -> None:
     assert time.monotonic() - started < 10
 
 
+def test_a_vm_s_disk_lives_on_the_shared_datastore(stack: dict[str, str]) -> None:
+    """A VM's guest writes its disk on the datastore every hosts process shares; `vms` and
+    `hosts` show the disk and what the datastore holds; the disk goes with its VM."""
+    made = cli(
+        "vm", "create", "db", "--cpu", "1", "--mem", "256", "--memory", "full", "--disk", "3",
+        "--wait", env=stack,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    [vm] = json.loads(cli("vms", "--json", env=stack).stdout)
+    assert (vm["vm"], vm["disk_gib"]) == ("db", 3)
+
+    def used() -> float:
+        hosts = json.loads(cli("hosts", "--json", env=stack).stdout)
+        assert {h["datastore_capacity_gib"] for h in hosts} == {1024}
+        return float(max(h["datastore_used_gib"] for h in hosts))
+
+    deadline = time.monotonic() + 20
+    while used() == 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert used() > 0, "the guest wrote nothing to its disk"
+
+    table = cli("vms", env=stack).stdout
+    assert "disk" in table
+
+    bad = cli("vm", "create", "x", "--cpu", "1", "--mem", "64", "--disk", "0", env=stack)
+    assert bad.returncode == 2
+    assert "--disk" in bad.stderr
+
+    assert cli("vm", "stop", "db", "--wait", env=stack).returncode == 0
+    gone = cli("vm", "destroy", "db", "--wait", env=stack)
+    assert gone.returncode == 0, gone.stderr
+    deadline = time.monotonic() + 20
+    while used() > 0.001 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert used() <= 0.001, "the destroyed VM's disk is still on the datastore"
+
+
 def test_priorities_migration_and_maintenance_through_the_cli(stack: dict[str, str]) -> None:
     """A newcomer's session: VMs of both priorities, a live migration, a host emptied for
     maintenance and given back, and the refusals a wrong request gets."""

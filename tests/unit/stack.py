@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -191,7 +192,15 @@ async def service_stack(
 
     client_bus: Bus = memory if memory is not None else service_bus().inner
     await client_bus.start()
-    base = {"hosts": hosts, "round_seconds": ROUND, "speed": 50.0, **(settings or {})}
+    # The hosts' shared datastore, the stack's own: gone with it.
+    datastore = tempfile.TemporaryDirectory(prefix="vplane-datastore-")
+    base = {
+        "hosts": hosts,
+        "round_seconds": ROUND,
+        "speed": 50.0,
+        "datastore": datastore.name,
+        **(settings or {}),
+    }
     stack = Stack(
         bus=client_bus,
         client=Client(client_bus, producer="test"),
@@ -214,6 +223,7 @@ async def service_stack(
             except Exception as err:
                 errors.append(err)
         await client_bus.close()
+        datastore.cleanup()
     if errors:
         raise errors[0]
 

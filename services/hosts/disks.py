@@ -1,0 +1,160 @@
+"""The VMs' disks as this process's hosts use them: which VM has which disk on the shared
+datastore, what its guest reads and writes each tick (real blocks), and what that came to.
+
+A disk costs the datastore nothing until its guest first writes: its blocks until then
+are its template's and its seed's, generated when read. So creating a VM opens no file,
+and a VM whose guest is sizes only (accounting memory) never writes one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import structlog
+
+from services.hosts.memory.content import random_pages
+from services.hosts.storage.datastore import Datastore, DatastoreFull, UnknownDisk
+from services.hosts.storage.disk import BLOCK_SIZE, DiskSpec, VirtualDisk
+
+log = structlog.get_logger("vplane.hosts.disks")
+
+GIB = 1024**3
+BLOCKS_PER_GIB = GIB // BLOCK_SIZE
+# What a guest at full speed reads and writes of its disk in one tick, in blocks.
+READS_PER_TICK = 32
+WRITES_PER_TICK = 16
+# Seeds the guest's disk accesses apart from its memory's and its content's streams.
+_DISK_IO = 21
+# A datastore with less than this free takes no new disk.
+MIN_FREE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class DiskIo:
+    """Blocks a guest read and wrote in its last tick; writes the datastore had no room for."""
+
+    reads: int = 0
+    writes: int = 0
+    refused: int = 0
+
+
+class Disks:
+    """``root``: the datastore's directory (None: VMs get no disks); it is made when a
+    disk is first written, so a process whose guests never write leaves no trace."""
+
+    def __init__(self, root: Path | None, capacity_bytes: int = 0) -> None:
+        self.root = root
+        self.capacity_bytes = capacity_bytes
+        self._datastore: Datastore | None = None
+        # The disks of the VMs on this process's hosts, by VM.
+        self.specs: dict[str, DiskSpec] = {}
+        self.io: dict[str, DiskIo] = {}
+        self._open: dict[str, VirtualDisk] = {}
+        self._steps: dict[str, int] = {}
+
+    def attach(self, vm: str, gib: int, template: str, seed: int) -> None:
+        """``vm`` now runs on one of this process's hosts (created, restarted or migrated
+        here); its disk is wherever the datastore keeps it."""
+        if self.root is None or gib < 1:
+            return
+        self.specs[vm] = DiskSpec(
+            name=vm, blocks=gib * BLOCKS_PER_GIB, template=template, seed=seed
+        )
+
+    def detach(self, vm: str) -> None:
+        """``vm`` left this process's hosts; its disk stays on the datastore."""
+        self.specs.pop(vm, None)
+        self._open.pop(vm, None)
+        self.io.pop(vm, None)
+
+    def destroy(self, vm: str) -> None:
+        """``vm`` is gone, and its disk with it (if it was ever written)."""
+        spec = self.specs.get(vm)
+        self.detach(vm)
+        if spec is None or not self.root or not self.root.exists():
+            return
+        disk = self._existing(spec)
+        if disk is not None:
+            disk.delete()
+
+    def disk(self, vm: str) -> VirtualDisk:
+        """``vm``'s disk, opened (or made, on its first use)."""
+        disk = self._open.get(vm)
+        if disk is None:
+            spec = self.specs[vm]
+            disk = self._existing(spec) or self.datastore().create_disk(spec)
+            self._open[vm] = disk
+        return disk
+
+    def datastore(self) -> Datastore:
+        if self._datastore is None:
+            assert self.root is not None
+            self._datastore = Datastore(self.root, self.capacity_bytes)
+        return self._datastore
+
+    def _existing(self, spec: DiskSpec) -> VirtualDisk | None:
+        try:
+            disk = self.datastore().open_disk(spec.name)
+        except UnknownDisk:
+            return None
+        if disk.spec != spec:
+            # Left by an earlier stack that used the same namespace and VM name.
+            log.warning("replacing a stale disk on the datastore", vm=spec.name)
+            disk.delete()
+            return None
+        return disk
+
+    def work(self, vm: str, speed: float) -> None:
+        """One tick of the guest's disk I/O: seeded blocks read and written, real bytes,
+        fewer as contention slows it."""
+        spec = self.specs.get(vm)
+        if spec is None:
+            return
+        step = self._steps.get(vm, 0)
+        self._steps[vm] = step + 1
+        rng = np.random.default_rng([_DISK_IO, spec.seed, step])
+        reads = rng.integers(0, spec.blocks, int(READS_PER_TICK * speed))
+        writes = np.unique(rng.integers(0, spec.blocks, int(WRITES_PER_TICK * speed)))
+        disk = self.disk(vm)
+        disk.read(reads)
+        refused = 0
+        if len(writes):
+            try:
+                disk.write(writes, random_pages([_DISK_IO, spec.seed, step, 1], len(writes)))
+            except DatastoreFull as err:
+                log.warning("a guest's disk write found the datastore full", vm=vm, error=str(err))
+                refused, writes = len(writes), writes[:0]
+        self.io[vm] = DiskIo(len(reads), len(writes), refused)
+
+    def mbs(self, vm: str, tick_s: float) -> tuple[float, float]:
+        """Last tick's reads and writes in MB/s of emulated time."""
+        io = self.io.get(vm, DiskIo())
+        per_s = BLOCK_SIZE / 1e6 / tick_s
+        return io.reads * per_s, io.writes * per_s
+
+    def problem(self, gib: int) -> str | None:
+        """Why the datastore takes no new disk now, or None. Disks are thin: a new one
+        needs room only for what its guest will write, so only a full datastore refuses."""
+        if self.root is None:
+            return None
+        free = self.capacity_bytes - self.used_bytes()
+        if free >= MIN_FREE_BYTES:
+            return None
+        return (
+            f"the datastore has {max(free, 0) / 2**20:.1f} MiB free of "
+            f"{self.capacity_bytes / GIB:.0f} GiB (a {gib} GiB disk needs "
+            f"{MIN_FREE_BYTES // 2**20} MiB to start)"
+        )
+
+    def used_bytes(self) -> int:
+        if self.root is None or not self.root.exists():
+            return 0
+        return self.datastore().used_bytes()
+
+    def usage_gib(self) -> tuple[float, float]:
+        """The datastore's capacity and what its files hold, GiB."""
+        if self.root is None:
+            return 0.0, 0.0
+        return self.capacity_bytes / GIB, self.used_bytes() / GIB
