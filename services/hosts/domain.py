@@ -38,7 +38,6 @@ from schemas.transfers import CopyStarted, MigrationStarted, StartCopy, StartMig
 from schemas.vm import (
     CreateVm,
     DestroyVm,
-    MemoryMode,
     PowerOffVm,
     PowerOnVm,
     ResizeVm,
@@ -59,8 +58,16 @@ from schemas.vm import (
     VmThrottled,
     VmUnstunned,
 )
+from services.hosts.checks import (
+    Rejected,
+    full_vm_on,
+    host_named,
+    host_up,
+    not_migrating,
+    vm_on,
+)
 from services.hosts.scratch import NoRoom, NotHeld
-from services.hosts.state import Fleet, Host, TransferKind, Vm, transfer_key
+from services.hosts.state import Fleet, TransferKind, Vm, transfer_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,18 +87,11 @@ class Facts:
     datastore_problem: Callable[[int], str | None] = lambda _gib: None
 
 
-class _Rejected(Exception):
-    def __init__(self, code: RejectionCode, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
 def decide(fleet: Fleet, env: Envelope[Message], facts: Facts | None = None) -> list[Event]:
     cmd = env.data
     try:
         return _decide(fleet, cmd, facts or Facts())
-    except _Rejected as rejected:
+    except Rejected as rejected:
         return [CommandRejected.of(env, rejected.code, rejected.reason)]
 
 
@@ -101,33 +101,33 @@ def _decide(fleet: Fleet, cmd: Message, facts: Facts) -> list[Event]:  # noqa: P
             created = _create(fleet, cmd)
             full = facts.datastore_problem(cmd.disk_gib)
             if full is not None:
-                raise _Rejected(RejectionCode.DATASTORE_FULL, f"no disk for {cmd.vm}: {full}")
+                raise Rejected(RejectionCode.DATASTORE_FULL, f"no disk for {cmd.vm}: {full}")
             return [created]
         case CrashHost():
-            host = _host(fleet, cmd.host)
+            host = host_named(fleet, cmd.host)
             if host.state == HostState.DOWN:
-                raise _Rejected(RejectionCode.WRONG_STATE, f"host {cmd.host} is already down")
+                raise Rejected(RejectionCode.WRONG_STATE, f"host {cmd.host} is already down")
             lost = sorted(vm.name for vm in fleet.vms_on(cmd.host) if vm.state != VmState.OFF)
             return [HostCrashed(host=cmd.host, vms_lost=lost)]
         case RecoverHost():
-            if _host(fleet, cmd.host).state == HostState.UP:
-                raise _Rejected(RejectionCode.WRONG_STATE, f"host {cmd.host} is up")
+            if host_named(fleet, cmd.host).state == HostState.UP:
+                raise Rejected(RejectionCode.WRONG_STATE, f"host {cmd.host} is up")
             return [HostRecovered(host=cmd.host)]
         case SharePages():
-            _up(fleet, cmd.host)
+            host_up(fleet, cmd.host)
             for pair in cmd.pairs:
                 for name in (pair.vm_a, pair.vm_b):
-                    _full_vm_on(fleet, name, cmd.host)
+                    full_vm_on(fleet, name, cmd.host)
             _check(facts.share_problem(cmd))
             return [PagesShared(host=cmd.host, pairs=cmd.pairs)]
         case UnsharePages():
-            _up(fleet, cmd.host)
-            _full_vm_on(fleet, cmd.vm, cmd.host)
+            host_up(fleet, cmd.host)
+            full_vm_on(fleet, cmd.vm, cmd.host)
             _check(facts.unshare_problem(cmd))
             return [PagesUnshared(host=cmd.host, vm=cmd.vm, pages=cmd.pages)]
         case SwapOutPages() | SwapInPages():
-            _up(fleet, cmd.host)
-            _vm_on(fleet, cmd.vm, cmd.host)
+            host_up(fleet, cmd.host)
+            vm_on(fleet, cmd.vm, cmd.host)
             _check(facts.swap_problem(cmd))
             if isinstance(cmd, SwapOutPages):
                 return [PagesSwappedOut(host=cmd.host, vm=cmd.vm, pages=cmd.pages)]
@@ -160,21 +160,21 @@ def _decide(fleet: Fleet, cmd: Message, facts: Facts) -> list[Event]:  # noqa: P
             | UnstunVm()
             | ThrottleVm()
         ):
-            _up(fleet, cmd.host)
-            vm = _vm_on(fleet, cmd.vm, cmd.host)
+            host_up(fleet, cmd.host)
+            vm = vm_on(fleet, cmd.vm, cmd.host)
             return [_lifecycle(fleet, vm, cmd, facts)]
-    raise _Rejected(
+    raise Rejected(
         RejectionCode.WRONG_STATE, f"the hosts service does not handle {cmd.type_name()}"
     )
 
 
 def _start_migration(fleet: Fleet, cmd: StartMigration) -> MigrationStarted:
     _ends(fleet, cmd, TransferKind.MIGRATION, cmd.migration)
-    vm = _vm_on(fleet, cmd.vm, cmd.host)
-    _not_migrating(fleet, vm)
+    vm = vm_on(fleet, cmd.vm, cmd.host)
+    not_migrating(fleet, vm)
     _reserved(fleet, cmd.target, vm.name, vm.cpu, vm.mem_mib)
     if not fleet.room(cmd.target, vm.cpu, vm.mem_mib):
-        raise _Rejected(
+        raise Rejected(
             RejectionCode.INSUFFICIENT_CAPACITY,
             f"host {cmd.target} has no room for {vm.name} ({vm.cpu} vCPUs, {vm.mem_mib} MiB)",
         )
@@ -188,8 +188,8 @@ def _start_migration(fleet: Fleet, cmd: StartMigration) -> MigrationStarted:
 
 
 def _scratch(fleet: Fleet, cmd: AllocateScratch | ReleaseScratch) -> Event:
-    pool = _up(fleet, cmd.host).scratch
-    _vm_on(fleet, cmd.vm, cmd.host)
+    pool = host_up(fleet, cmd.host).scratch
+    vm_on(fleet, cmd.vm, cmd.host)
     try:
         if isinstance(cmd, AllocateScratch):
             after = pool.allocate(cmd.vm, cmd.tag, cmd.mib, cmd.quota_mib)
@@ -205,9 +205,9 @@ def _scratch(fleet: Fleet, cmd: AllocateScratch | ReleaseScratch) -> Event:
             )
         after, freed = pool.release(cmd.vm, cmd.tag)
     except NoRoom as err:
-        raise _Rejected(RejectionCode.INSUFFICIENT_CAPACITY, str(err)) from err
+        raise Rejected(RejectionCode.INSUFFICIENT_CAPACITY, str(err)) from err
     except NotHeld as err:
-        raise _Rejected(RejectionCode.WRONG_STATE, str(err)) from err
+        raise Rejected(RejectionCode.WRONG_STATE, str(err)) from err
     return ScratchReleased(
         host=cmd.host, vm=cmd.vm, tag=cmd.tag, mib=freed, pool_used_mib=after.used_mib
     )
@@ -215,60 +215,32 @@ def _scratch(fleet: Fleet, cmd: AllocateScratch | ReleaseScratch) -> Event:
 
 def _ends(fleet: Fleet, cmd: StartMigration | StartCopy, kind: TransferKind, transfer: str) -> None:
     """Both ends of a transfer exist, differ and are up, and its id is new."""
-    _host(fleet, cmd.host)
-    _host(fleet, cmd.target)
+    host_named(fleet, cmd.host)
+    host_named(fleet, cmd.target)
     if cmd.target == cmd.host:
-        raise _Rejected(
+        raise Rejected(
             RejectionCode.WRONG_STATE, f"{kind} {transfer} goes from {cmd.host} to itself"
         )
-    _up(fleet, cmd.host)
-    _up(fleet, cmd.target)
+    host_up(fleet, cmd.host)
+    host_up(fleet, cmd.target)
     if transfer_key(kind, transfer) in fleet.transfer_keys:
-        raise _Rejected(RejectionCode.ALREADY_EXISTS, f"{kind} {transfer} was started already")
+        raise Rejected(RejectionCode.ALREADY_EXISTS, f"{kind} {transfer} was started already")
 
 
 def _check(problem: tuple[RejectionCode, str] | None) -> None:
     if problem is not None:
-        raise _Rejected(*problem)
-
-
-def _host(fleet: Fleet, name: str) -> Host:
-    host = fleet.hosts.get(name)
-    if host is None:
-        raise _Rejected(RejectionCode.UNKNOWN_HOST, f"no host {name}")
-    return host
-
-
-def _up(fleet: Fleet, name: str) -> Host:
-    host = _host(fleet, name)
-    if host.state == HostState.DOWN:
-        raise _Rejected(RejectionCode.HOST_DOWN, f"host {name} is down")
-    return host
-
-
-def _vm_on(fleet: Fleet, name: str, host: str) -> Vm:
-    vm = fleet.vms.get(name)
-    if vm is None or vm.host != host:
-        raise _Rejected(RejectionCode.UNKNOWN_VM, f"no VM {name} on {host}")
-    return vm
-
-
-def _full_vm_on(fleet: Fleet, name: str, host: str) -> Vm:
-    vm = _vm_on(fleet, name, host)
-    if vm.memory_mode != MemoryMode.FULL:
-        raise _Rejected(RejectionCode.ACCOUNTING_ONLY, f"VM {name} has no guest memory bytes")
-    return vm
+        raise Rejected(*problem)
 
 
 def _restart(fleet: Fleet, cmd: RestartVm, facts: Facts) -> VmRestarted:
     """A failed host's VM, started here from its seed at the size its scheduler reserved
     (the reservation is the say on room: it was taken in the ledger)."""
-    _up(fleet, cmd.host)
+    host_up(fleet, cmd.host)
     vm = fleet.vms.get(cmd.vm)
     if vm is None:
-        raise _Rejected(RejectionCode.UNKNOWN_VM, f"no VM {cmd.vm}")
+        raise Rejected(RejectionCode.UNKNOWN_VM, f"no VM {cmd.vm}")
     if vm.host != cmd.from_host:
-        raise _Rejected(
+        raise Rejected(
             RejectionCode.WRONG_STATE, f"VM {cmd.vm} is on {vm.host}, not on {cmd.from_host}"
         )
     _reserved(fleet, cmd.host, cmd.vm, cmd.cpu, cmd.mem_mib)
@@ -284,20 +256,20 @@ def _restart(fleet: Fleet, cmd: RestartVm, facts: Facts) -> VmRestarted:
 
 def _create(fleet: Fleet, cmd: CreateVm) -> VmCreated:
     if cmd.vm in fleet.vms:
-        raise _Rejected(
+        raise Rejected(
             RejectionCode.ALREADY_EXISTS, f"VM {cmd.vm} already exists on {fleet.vms[cmd.vm].host}"
         )
     if cmd.host is None:
-        raise _Rejected(
+        raise Rejected(
             RejectionCode.NO_RESERVATION,
             f"CreateVm {cmd.vm} names no host: a VM is placed by a scheduler (PlaceVm), "
             "which reserves its room in the ledger first",
         )
-    _up(fleet, cmd.host)
+    host_up(fleet, cmd.host)
     _reserved(fleet, cmd.host, cmd.vm, cmd.cpu, cmd.mem_mib)
     if not fleet.room(cmd.host, cmd.cpu, cmd.mem_mib):
         free = fleet.hosts[cmd.host].spec.mem_mib - fleet.mem_reserved(cmd.host)
-        raise _Rejected(
+        raise Rejected(
             RejectionCode.INSUFFICIENT_CAPACITY,
             f"host {cmd.host} has no room for {cmd.cpu} vCPUs and {cmd.mem_mib} MiB "
             f"({free} MiB free)",
@@ -321,7 +293,7 @@ def _reserved(fleet: Fleet, host: str, vm: str, cpu: int, mem_mib: int) -> None:
     """What a host runs changes only through the ledger: a reservation on ``host`` for
     ``vm`` must cover its new size."""
     if not fleet.covered(host, vm, cpu, mem_mib):
-        raise _Rejected(
+        raise Rejected(
             RejectionCode.NO_RESERVATION,
             f"no reservation on {host} covers {vm} at {cpu} vCPUs and {mem_mib} MiB: "
             "capacity changes go through a scheduler (PlaceVm, ChangeVmSize, MigrateVm)",
@@ -331,7 +303,7 @@ def _reserved(fleet: Fleet, host: str, vm: str, cpu: int, mem_mib: int) -> None:
 def _lifecycle(fleet: Fleet, vm: Vm, cmd: Message, facts: Facts) -> Event:  # noqa: PLR0911
     def need(*states: VmState) -> None:
         if vm.state not in states:
-            raise _Rejected(RejectionCode.WRONG_STATE, f"VM {vm.name} is {vm.state}")
+            raise Rejected(RejectionCode.WRONG_STATE, f"VM {vm.name} is {vm.state}")
 
     match cmd:
         case PowerOnVm():
@@ -348,45 +320,39 @@ def _lifecycle(fleet: Fleet, vm: Vm, cmd: Message, facts: Facts) -> Event:  # no
             return VmResumed(vm=vm.name, host=vm.host)
         case DestroyVm():
             need(VmState.OFF)
-            _not_migrating(fleet, vm)
+            not_migrating(fleet, vm)
             return VmDestroyed(vm=vm.name, host=vm.host)
         case ResizeVm():
             return _resize(fleet, vm, cmd, facts)
         case StunVm():
             need(VmState.ON)
             if vm.stunned:
-                raise _Rejected(RejectionCode.WRONG_STATE, f"VM {vm.name} is already stunned")
+                raise Rejected(RejectionCode.WRONG_STATE, f"VM {vm.name} is already stunned")
             return VmStunned(vm=vm.name, host=vm.host)
         case UnstunVm():
             if not vm.stunned:
-                raise _Rejected(RejectionCode.WRONG_STATE, f"VM {vm.name} is not stunned")
+                raise Rejected(RejectionCode.WRONG_STATE, f"VM {vm.name} is not stunned")
             return VmUnstunned(vm=vm.name, host=vm.host)
         case ThrottleVm():
             return VmThrottled(vm=vm.name, host=vm.host, cpu_cap=cmd.cpu_cap)
-    raise _Rejected(RejectionCode.WRONG_STATE, f"not a VM lifecycle command: {cmd.type_name()}")
-
-
-def _not_migrating(fleet: Fleet, vm: Vm) -> None:
-    """A migrating VM keeps its size until it lands: its room on the target is taken at it."""
-    if (moving := fleet.migration_of(vm.name)) is not None:
-        raise _Rejected(RejectionCode.WRONG_STATE, f"VM {vm.name} is migrating to {moving.target}")
+    raise Rejected(RejectionCode.WRONG_STATE, f"not a VM lifecycle command: {cmd.type_name()}")
 
 
 def _resize(fleet: Fleet, vm: Vm, cmd: ResizeVm, facts: Facts) -> VmResized:
-    _not_migrating(fleet, vm)
+    not_migrating(fleet, vm)
     cpu = cmd.cpu if cmd.cpu is not None else vm.cpu
     mem = cmd.mem_mib if cmd.mem_mib is not None else vm.mem_mib
     used = None
     if mem < vm.mem_mib:
         used = facts.used_mib(vm.name)
         if mem < used:
-            raise _Rejected(
+            raise Rejected(
                 RejectionCode.BELOW_USED_MEMORY,
                 f"VM {vm.name} uses {used:.0f} MiB; cannot shrink it to {mem} MiB",
             )
     _reserved(fleet, vm.host, vm.name, cpu, mem)
     if not fleet.room(vm.host, cpu, mem, besides=vm.name):
-        raise _Rejected(
+        raise Rejected(
             RejectionCode.INSUFFICIENT_CAPACITY,
             f"host {vm.host} has no room for {vm.name} at {cpu} vCPUs and {mem} MiB",
         )
@@ -398,8 +364,8 @@ def check_transfer(fleet: Fleet, env: Envelope[Message]) -> list[Event]:
     cmd = env.data
     assert isinstance(cmd, ExportPages | ImportPages)
     try:
-        _up(fleet, cmd.host)
-        _full_vm_on(fleet, cmd.vm, cmd.host)
-    except _Rejected as rejected:
+        host_up(fleet, cmd.host)
+        full_vm_on(fleet, cmd.vm, cmd.host)
+    except Rejected as rejected:
         return [CommandRejected.of(env, rejected.code, rejected.reason)]
     return []
