@@ -1,6 +1,7 @@
 """The contract: every message vplane's services exchange, and nothing else."""
 
 from schemas import (
+    checkpoints,
     contention,
     ha,
     host,
@@ -26,6 +27,7 @@ __all__ = [
     "Query",
     "Reply",
     "Telemetry",
+    "checkpoints",
     "contention",
     "ha",
     "host",

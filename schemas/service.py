@@ -60,6 +60,9 @@ class RejectionCode(enum.StrEnum):
     # A change to what a host runs that no reservation in the ledger covers.
     NO_RESERVATION = "no-reservation"
     DATASTORE_FULL = "datastore-full"
+    UNKNOWN_CHECKPOINT = "unknown-checkpoint"
+    # A checkpoint's file does not read back as it was written (its checksum differs).
+    CHECKPOINT_CORRUPT = "checkpoint-corrupt"
 
 
 @registry.register

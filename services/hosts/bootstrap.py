@@ -8,6 +8,7 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 
 from schemas import Envelope, Event, Message, Reply
+from schemas.checkpoints import CheckpointVm, DeleteCheckpoint, RestoreVm
 from schemas.host import ClockLeased, GuestMemoryDiverged, HostRegistered
 from schemas.memory import (
     ExportPages,
@@ -49,6 +50,9 @@ ON_THE_MACHINE = (
     SwapOutPages,
     SwapInPages,
     ResizeVm,
+    CheckpointVm,
+    RestoreVm,
+    DeleteCheckpoint,
 )
 
 
@@ -62,6 +66,9 @@ def _provisional(fleet: Fleet, outcome: Outcome) -> Fleet:
 
 # Refusals that may come of a fold behind the log, and the part of the log to catch up
 # with before deciding again.
+# How often a checkpoint being saved gets its next piece written.
+CHECKPOINT_STEP_SECONDS = 0.02
+
 BEHIND = {
     # The scheduler appends a reservation, then sends the command it covers.
     RejectionCode.NO_RESERVATION: "pool.>",
@@ -110,6 +117,7 @@ def build(settings: Settings) -> ServiceDefinition:
     hosts = host_names(settings)
     disks = Disks(settings.datastore_dir(), int(settings.datastore_gib * GIB))
     holder = FleetHolder(hosts, disks)
+    holder.machine.live = False
 
     def fold(seq: int, env: Envelope[Message]) -> None:
         if isinstance(env.data, ClockLeased):
@@ -166,6 +174,7 @@ def build(settings: Settings) -> ServiceDefinition:
     async def register_hosts() -> list[Outcome]:
         # Everything rebuilt so far lives as long as the process: keep the collector off it.
         gc.freeze()
+        holder.machine.live = True
         holder.resume(settings.tick_seconds * settings.speed)
         # Keyed by host: a host is registered once, whichever process registers it.
         return [
@@ -185,6 +194,17 @@ def build(settings: Settings) -> ServiceDefinition:
 
     async def finish_transfers() -> list[Outcome]:
         return transfer_step(holder, settings.speed)
+
+    async def save_checkpoints() -> list[Outcome]:
+        checkpoints = holder.fleet.checkpoints
+        return [
+            Outcome(
+                events=[event],
+                cause=saved.cause if (saved := checkpoints.get(event.checkpoint)) else None,
+                key=f"{event.type_name()}:{event.checkpoint}",
+            )
+            for event in holder.machine.checkpoints.step(holder.fleet)
+        ]
 
     return ServiceDefinition(
         name=NAME,
@@ -208,6 +228,8 @@ def build(settings: Settings) -> ServiceDefinition:
         loops=[
             Loop("telemetry", publish_telemetry, every=settings.tick_seconds, exclusive=False),
             Loop("transfers", finish_transfers, every=TRANSFER_CHECK_SECONDS),
+            # Outside the lock: a save writes its file a piece at a time between commands.
+            Loop("checkpoints", save_checkpoints, every=CHECKPOINT_STEP_SECONDS, exclusive=False),
         ],
         clock=holder.clock,
         # A command for a host no process ever registered is refused unknown-host.

@@ -54,14 +54,37 @@ class Disks:
         self._open: dict[str, VirtualDisk] = {}
         self._steps: dict[str, int] = {}
 
-    def attach(self, vm: str, gib: int, template: str, seed: int) -> None:
+    def attach(self, vm: str, gib: int, template: str, seed: int, disk: str = "") -> None:
         """``vm`` now runs on one of this process's hosts (created, restarted or migrated
-        here); its disk is wherever the datastore keeps it."""
+        here) and writes ``disk`` (its own name by default), wherever the datastore keeps
+        it."""
         if self.root is None or gib < 1:
             return
-        self.specs[vm] = DiskSpec(
-            name=vm, blocks=gib * BLOCKS_PER_GIB, template=template, seed=seed
-        )
+        spec = DiskSpec(name=disk or vm, blocks=gib * BLOCKS_PER_GIB, template=template, seed=seed)
+        if self.specs.get(vm) != spec:
+            self._open.pop(vm, None)
+        self.specs[vm] = spec
+
+    def exists(self, disk: str) -> bool:
+        return self.root is not None and self.datastore().has(disk)
+
+    def switch(self, vm: str, disk: VirtualDisk) -> None:
+        """``vm`` writes ``disk`` from now on."""
+        self.specs[vm], self._open[vm] = disk.spec, disk
+
+    def branch(self, vm: str, parent: str, child: str) -> None:
+        """``vm`` goes on writing ``child``, a new copy-on-write child of ``parent``."""
+        self.switch(vm, self.datastore().open_disk(parent).child(child))
+
+    def merge_back(self, vm: str) -> None:
+        """``vm``'s disk is merged into its parent, which it writes from now on."""
+        self.switch(vm, self.disk(vm).commit())
+
+    def step_of(self, vm: str) -> int:
+        return self._steps.get(vm, 0)
+
+    def set_step(self, vm: str, step: int) -> None:
+        self._steps[vm] = step
 
     def detach(self, vm: str) -> None:
         """``vm`` left this process's hosts; its disk stays on the datastore."""
@@ -134,18 +157,16 @@ class Disks:
         per_s = BLOCK_SIZE / 1e6 / tick_s
         return io.reads * per_s, io.writes * per_s
 
-    def problem(self, gib: int) -> str | None:
-        """Why the datastore takes no new disk now, or None. Disks are thin: a new one
-        needs room only for what its guest will write, so only a full datastore refuses."""
+    def problem(self, need: int, what: str) -> str | None:
+        """Why the datastore cannot take ``need`` more bytes for ``what`` now, or None."""
         if self.root is None:
             return None
         free = self.capacity_bytes - self.used_bytes()
-        if free >= MIN_FREE_BYTES:
+        if free >= need:
             return None
         return (
             f"the datastore has {max(free, 0) / 2**20:.1f} MiB free of "
-            f"{self.capacity_bytes / GIB:.0f} GiB (a {gib} GiB disk needs "
-            f"{MIN_FREE_BYTES // 2**20} MiB to start)"
+            f"{self.capacity_bytes / GIB:.2f} GiB; {what} needs {need / 2**20:.1f} MiB"
         )
 
     def used_bytes(self) -> int:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from schemas import Envelope, Event, Message
+from schemas.checkpoints import CheckpointVm, DeleteCheckpoint, RestoreVm
 from schemas.ha import RestartVm, VmRestarted
 from schemas.host import (
     CrashHost,
@@ -58,6 +59,7 @@ from schemas.vm import (
     VmThrottled,
     VmUnstunned,
 )
+from services.hosts import checkpointing
 from services.hosts.checks import (
     Rejected,
     full_vm_on,
@@ -66,6 +68,7 @@ from services.hosts.checks import (
     not_migrating,
     vm_on,
 )
+from services.hosts.disks import MIN_FREE_BYTES
 from services.hosts.scratch import NoRoom, NotHeld
 from services.hosts.state import Fleet, TransferKind, Vm, transfer_key
 
@@ -83,8 +86,10 @@ class Facts:
     )
     # The wall clock, for how long a restart took after its host's failure.
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
-    # Why the shared datastore cannot take a new disk of so many GiB, or None.
-    datastore_problem: Callable[[int], str | None] = lambda _gib: None
+    # Why the shared datastore cannot take so many more bytes for what is named, or None.
+    datastore_problem: Callable[[int, str], str | None] = lambda _need, _what: None
+    # What is wrong with a checkpoint's file (read back whole), or None.
+    checkpoint_problem: Callable[[str], str | None] = lambda _name: None
 
 
 def decide(fleet: Fleet, env: Envelope[Message], facts: Facts | None = None) -> list[Event]:
@@ -99,10 +104,17 @@ def _decide(fleet: Fleet, cmd: Message, facts: Facts) -> list[Event]:  # noqa: P
     match cmd:
         case CreateVm():
             created = _create(fleet, cmd)
-            full = facts.datastore_problem(cmd.disk_gib)
+            # Disks are thin: a new one needs room only to start, for what its guest writes.
+            full = facts.datastore_problem(MIN_FREE_BYTES, f"a {cmd.disk_gib} GiB thin disk")
             if full is not None:
                 raise Rejected(RejectionCode.DATASTORE_FULL, f"no disk for {cmd.vm}: {full}")
             return [created]
+        case CheckpointVm():
+            return [checkpointing.checkpoint(fleet, cmd, facts.datastore_problem)]
+        case RestoreVm():
+            return [checkpointing.restore(fleet, cmd, facts.checkpoint_problem(cmd.checkpoint))]
+        case DeleteCheckpoint():
+            return [checkpointing.delete(fleet, cmd)]
         case CrashHost():
             host = host_named(fleet, cmd.host)
             if host.state == HostState.DOWN:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import structlog
 
 from schemas import Envelope, Message, Reply
+from schemas.checkpoints import CheckpointList, ListCheckpoints
 from schemas.host import ClockLeased, HostTelemetry
 from schemas.memory import GetVmMemory, VmMemory
 from schemas.queries import HostList, HostView, ListHosts, ListVms, VmList, VmView
@@ -164,6 +165,15 @@ async def answer_query(holder: FleetHolder, env: Envelope[Message]) -> Reply:
             )
         case GetVmMemory():
             return _vm_memory(holder, env.data)
+        case ListCheckpoints():
+            vm = env.data.vm
+            return CheckpointList(
+                checkpoints=[
+                    c.view()
+                    for _, c in sorted(fleet.checkpoints.items())
+                    if vm is None or c.vm == vm
+                ]
+            )
     raise PoisonMessage(f"the hosts service does not answer {env.type}")
 
 

@@ -19,6 +19,13 @@ import numpy as np
 import structlog
 
 from schemas import Message
+from schemas.checkpoints import (
+    CheckpointCompleted,
+    CheckpointDeleted,
+    CheckpointFailed,
+    CheckpointStarted,
+    VmRestored,
+)
 from schemas.ha import VmRestarted
 from schemas.host import (
     GuestMemoryDiverged,
@@ -41,6 +48,8 @@ from schemas.scratch import ScratchReleased
 from schemas.service import RejectionCode
 from schemas.transfers import MigrationCompleted
 from schemas.vm import MemoryMode, VmCreated, VmDestroyed, VmResized
+from services.hosts.checkpoint_files import CheckpointFileError
+from services.hosts.checkpoint_hardware import CheckpointHardware
 from services.hosts.disks import Disks
 from services.hosts.domain import Facts
 from services.hosts.memory import EMPTY_PROFILE, HostMemory, MemoryModelError
@@ -50,6 +59,7 @@ from services.hosts.memory import Workload as MemWorkload
 from services.hosts.memory.geometry import LARGE_PAGE_MIB, PAGE_MIB
 from services.hosts.scratch import ScratchDisk
 from services.hosts.state import Fleet, Vm
+from services.hosts.storage.datastore import StorageError
 from services.hosts.telemetry import Contention, samples
 
 log = structlog.get_logger("vplane.hosts")
@@ -70,9 +80,13 @@ class Machine:
         self.hosts = hosts
         self.memory: dict[str, HostMemory] = {}
         self.disks = disks or Disks(None)
+        # False while the process rebuilds its state from the log: what a fold does then
+        # happened before, in this process or one before it.
+        self.live = True
+        self._steps: dict[str, int] = defaultdict(int)
+        self.checkpoints = CheckpointHardware(self.disks, self.memory, self._steps)
         self.scratch = {host: ScratchDisk() for host in hosts}
         self.contention = Contention()
-        self._steps: dict[str, int] = defaultdict(int)
         # Events of the log the guest memory could not follow, not yet logged as such.
         self.diverged: list[GuestMemoryDiverged] = []
 
@@ -82,7 +96,7 @@ class Machine:
         self._free_scratch(before, event)
         try:
             self._apply(before, event)
-        except MemoryModelError as err:
+        except (MemoryModelError, StorageError, CheckpointFileError) as err:
             # Only when rebuilding can an event fail to apply: the bytes it was decided on
             # were written by ticks that a restart does not repeat. The event stands.
             diverged = GuestMemoryDiverged(
@@ -111,6 +125,18 @@ class Machine:
             case VmDestroyed() if event.host in self.memory:
                 self.memory[event.host].destroy_vm(event.vm)
                 self.disks.destroy(event.vm)
+            case CheckpointStarted() if event.host in self.memory:
+                self.checkpoints.started(event, self.memory[event.host], self.live)
+            case CheckpointCompleted() | CheckpointFailed():
+                self.checkpoints.ended(event.checkpoint)
+            case VmRestored() if (
+                event.host in self.memory and event.checkpoint in before.checkpoints
+            ):
+                self.checkpoints.restored(before, event, self.memory[event.host])
+            case CheckpointDeleted() if (
+                event.host in self.memory and event.checkpoint in before.checkpoints
+            ):
+                self.checkpoints.deleted(before, event)
             case VmResized() if event.host in self.memory and event.vm in before.vms:
                 if before.vms[event.vm].mem_mib != event.mem_mib:
                     # Decided on the guest's working set: the log's size stands.
@@ -156,7 +182,7 @@ class Machine:
                         _mem_spec(vm.name, event.mem_mib, vm.seed, vm.template, vm.memory_mode)
                     )
                     # Its disk is on the shared datastore: it restarts from what it wrote.
-                    self.disks.attach(vm.name, vm.disk_gib, vm.template, vm.seed)
+                    self.disks.attach(vm.name, vm.disk_gib, vm.template, vm.seed, vm.active_disk)
                 else:
                     self.disks.detach(vm.name)
 
@@ -200,7 +226,7 @@ class Machine:
         if src is not None and vm.name in src.vms:
             src.destroy_vm(vm.name)
         if dst is not None:
-            self.disks.attach(vm.name, vm.disk_gib, vm.template, vm.seed)
+            self.disks.attach(vm.name, vm.disk_gib, vm.template, vm.seed, vm.active_disk)
         else:
             self.disks.detach(vm.name)
 
@@ -221,6 +247,7 @@ class Machine:
             unshare_problem=self._unshare_problem,
             swap_problem=self._swap_problem,
             datastore_problem=self.disks.problem,
+            checkpoint_problem=lambda name: self.checkpoints.problem(fleet, name),
         )
 
     def _share_problem(self, cmd: SharePages) -> tuple[RejectionCode, str] | None:
@@ -311,6 +338,7 @@ class Machine:
                 writes=int(WRITES_PER_TICK * speed),
                 reads=int(READS_PER_TICK * speed),
             )
+            self.checkpoints.before_write(vm.name, mem, accesses.write_pages)
             mem.apply(vm.name, accesses)
         mem.decay_heat()
 

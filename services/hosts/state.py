@@ -9,6 +9,13 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from schemas import Envelope, Message
+from schemas.checkpoints import (
+    CheckpointCompleted,
+    CheckpointDeleted,
+    CheckpointFailed,
+    CheckpointStarted,
+    VmRestored,
+)
 from schemas.ha import HostFailed, HostReturned, VmRestarted
 from schemas.host import HostCrashed, HostRecovered, HostRegistered, HostState
 from schemas.pool import CapacityReleased, CapacityReserved, vcpus_covered
@@ -37,6 +44,7 @@ from schemas.vm import (
     VmUnstunned,
     WorkloadKind,
 )
+from services.hosts.checkpoint_records import Checkpoint, CheckpointState
 from services.hosts.resources import HostSpec
 from services.hosts.scratch import ScratchPool
 
@@ -79,8 +87,14 @@ class Vm:
     seed: int = 0
     stunned: bool = False
     cpu_cap: float = 1.0
-    # Its virtual disk on the shared datastore (0: none, made before VMs had disks).
+    # Its virtual disk on the shared datastore (0: none, made before VMs had disks), and
+    # the disk of its chain it writes now ("": the one named after it).
     disk_gib: int = 0
+    disk: str = ""
+
+    @property
+    def active_disk(self) -> str:
+        return self.disk or self.name
 
 
 class TransferKind(enum.StrEnum):
@@ -142,6 +156,14 @@ class Fleet:
     # The names of the VMs on each host: a host's room is checked for every create, and
     # scanning every VM for it made creating the n-th VM cost n.
     on_host: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # Checkpoints by name, each disk made from another (a checkpoint's child, a restore)
+    # with its parent, and how many restores there have been (they name their disks).
+    checkpoints: Mapping[str, Checkpoint] = field(default_factory=dict)
+    disk_parents: Mapping[str, str] = field(default_factory=dict)
+    restores: int = 0
+
+    def disk_children(self, disk: str) -> list[str]:
+        return sorted(child for child, parent in self.disk_parents.items() if parent == disk)
 
     def covered(self, host: str, workload: str, cpu: int, mem_mib: int) -> bool:
         return any(
@@ -297,7 +319,52 @@ def evolve(  # noqa: PLR0911, PLR0912 - one case per event
             return _scratch(fleet, event)
         case CapacityReserved() | CapacityReleased():
             return _reserve(fleet, event)
+        case (
+            CheckpointStarted()
+            | CheckpointCompleted()
+            | CheckpointFailed()
+            | VmRestored()
+            | CheckpointDeleted()
+        ):
+            return _checkpointed(fleet, event, env)
     return fleet
+
+
+def _checkpointed(
+    fleet: Fleet,
+    event: CheckpointStarted
+    | CheckpointCompleted
+    | CheckpointFailed
+    | VmRestored
+    | CheckpointDeleted,
+    env: Envelope[Message] | None,
+) -> Fleet:
+    checkpoints, parents = dict(fleet.checkpoints), dict(fleet.disk_parents)
+    vm = fleet.vms.get(event.vm)
+    match event:
+        case CheckpointStarted():
+            checkpoints[event.checkpoint] = Checkpoint.started(event, env)
+            parents[event.child_disk] = event.disk
+            if vm is not None:
+                fleet = _with_vm(fleet, replace(vm, disk=event.child_disk))
+        case CheckpointCompleted() if event.checkpoint in checkpoints:
+            checkpoints[event.checkpoint] = checkpoints[event.checkpoint].completed(event)
+        case CheckpointFailed() if event.checkpoint in checkpoints:
+            checkpoints[event.checkpoint] = replace(
+                checkpoints[event.checkpoint], state=CheckpointState.FAILED, reason=event.reason
+            )
+        case VmRestored() if event.checkpoint in checkpoints:
+            parents[event.disk] = checkpoints[event.checkpoint].disk
+            if vm is not None:
+                fleet = _with_vm(fleet, replace(vm, disk=event.disk))
+            fleet = replace(fleet, restores=fleet.restores + 1)
+        case CheckpointDeleted() if event.checkpoint in checkpoints:
+            gone = checkpoints.pop(event.checkpoint)
+            # The VM's disk was merged back into the checkpoint's: one disk fewer.
+            parents = {c: p for c, p in parents.items() if c != gone.child_disk}
+            if vm is not None:
+                fleet = _with_vm(fleet, replace(vm, disk=event.disk))
+    return replace(fleet, checkpoints=checkpoints, disk_parents=parents)
 
 
 def _reserve(fleet: Fleet, event: CapacityReserved | CapacityReleased) -> Fleet:

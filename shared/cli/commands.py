@@ -70,6 +70,11 @@ _PHRASES = {
     "ClusterCreated": "cluster created:",
     "ClusterScaled": "cluster scaled:",
     "JobSubmitted": "job submitted:",
+    "CheckpointStarted": "checkpoint started of",
+    "CheckpointCompleted": "checkpoint saved of",
+    "CheckpointFailed": "checkpoint failed of",
+    "VmRestored": "restored",
+    "CheckpointDeleted": "checkpoint deleted of",
 }
 
 

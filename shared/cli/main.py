@@ -8,7 +8,7 @@ import typer
 
 from shared.broker import BrokerError
 from shared.bus import BusError
-from shared.cli import events, explain, host, inventory, ledger, tenants, up, vm
+from shared.cli import checkpoints, events, explain, host, inventory, ledger, tenants, up, vm
 from shared.cli.common import CliError
 from shared.logs import configure
 from shared.settings import SettingsError
@@ -23,6 +23,10 @@ app = typer.Typer(
 )
 app.command("up")(up.up)
 app.add_typer(events.events_app, name="events")
+vm.vm_app.command("checkpoint")(checkpoints.checkpoint)
+vm.vm_app.command("restore")(checkpoints.restore)
+vm.vm_app.command("checkpoints")(checkpoints.checkpoints)
+vm.vm_app.command("checkpoint-delete")(checkpoints.checkpoint_delete)
 app.add_typer(vm.vm_app, name="vm")
 app.add_typer(host.host_app, name="host")
 app.command("hosts")(inventory.hosts)

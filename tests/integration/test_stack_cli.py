@@ -151,6 +151,48 @@ def test_a_vm_s_disk_lives_on_the_shared_datastore(stack: dict[str, str]) -> Non
     assert used() <= 0.001, "the destroyed VM's disk is still on the datastore"
 
 
+def test_checkpoint_and_restore_through_the_cli(stack: dict[str, str]) -> None:
+    """A running VM checkpointed, listed, restored once powered off; the checkpoint that a
+    restored disk is made from cannot be deleted; a wrong request is one clear line."""
+    made = cli(
+        "vm", "create", "db", "--cpu", "1", "--mem", "128", "--memory", "full", "--wait",
+        env=stack,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    saved = cli("vm", "checkpoint", "db", "--name", "c1", "--wait", env=stack)
+    assert saved.returncode == 0, saved.stdout + saved.stderr
+    assert saved.stdout.startswith("checkpoint saved of db on h1"), saved.stdout
+
+    [listed] = json.loads(cli("vm", "checkpoints", "db", "--json", env=stack).stdout)
+    assert (listed["checkpoint"], listed["state"]) == ("c1", "complete")
+    assert listed["bytes"] == 128 * 2**20 + 8192
+    assert "c1" in cli("vm", "checkpoints", env=stack).stdout
+
+    twice = cli("vm", "checkpoint", "db", "--name", "c1", "--wait", env=stack)
+    assert twice.returncode == 1
+    assert "rejected (already-exists)" in twice.stdout
+
+    running = cli("vm", "restore", "db", "c1", "--wait", env=stack)
+    assert running.returncode == 1
+    assert "rejected (wrong-state)" in running.stdout
+
+    assert cli("vm", "stop", "db", "--wait", env=stack).returncode == 0
+    restored = cli("vm", "restore", "db", "c1", "--wait", env=stack)
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert restored.stdout.startswith("restored db on h1"), restored.stdout
+    assert listed["memory_checksum"] in restored.stdout
+
+    kept = cli("vm", "checkpoint-delete", "c1", "--wait", env=stack)
+    assert kept.returncode == 1
+    assert "rejected (wrong-state)" in kept.stdout
+
+    missing = cli("vm", "checkpoint-delete", "nope", env=stack)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == (
+        "vplane: error: no checkpoint named 'nope' (see `vplane vm checkpoints`)"
+    )
+
+
 def test_priorities_migration_and_maintenance_through_the_cli(stack: dict[str, str]) -> None:
     """A newcomer's session: VMs of both priorities, a live migration, a host emptied for
     maintenance and given back, and the refusals a wrong request gets."""

@@ -13,6 +13,19 @@ import pytest
 
 from schemas import Envelope, Kind, Message, Reply, registry
 from schemas import export as ex
+from schemas.checkpoints import (
+    CheckpointCompleted,
+    CheckpointDeleted,
+    CheckpointFailed,
+    CheckpointList,
+    CheckpointStarted,
+    CheckpointView,
+    CheckpointVm,
+    DeleteCheckpoint,
+    ListCheckpoints,
+    RestoreVm,
+    VmRestored,
+)
 from schemas.contention import (
     ContentionCleared,
     ContentionDetected,
@@ -149,6 +162,62 @@ REGENERATE = "run `python -m schemas.export` and commit schemas/generated/"
 EXAMPLES: dict[str, Message] = {
     m.type_name(): m
     for m in [
+        CheckpointVm(vm="db", host="h1", checkpoint="before-upgrade"),
+        CheckpointStarted(
+            vm="db",
+            host="h1",
+            checkpoint="before-upgrade",
+            disk="db",
+            child_disk="db.before-upgrade",
+            cpu=2,
+            mem_mib=1024,
+            disk_gib=8,
+            template="linux",
+            seed=3,
+        ),
+        CheckpointCompleted(
+            vm="db",
+            host="h1",
+            checkpoint="before-upgrade",
+            file="checkpoints/before-upgrade.vmstate",
+            bytes=1_073_750_016,
+            checksum="3f1c0e2b9a8d7c6b5a4f3e2d1c0b9a8f",
+            memory_checksum="0a1b2c3d4e5f60718293a4b5c6d7e8f9",
+            device_checksum="9f8e7d6c5b4a39281706f5e4d3c2b1a0",
+            stun_ms=1.8,
+            save_seconds=2.4,
+            pages_copied_aside=412,
+        ),
+        CheckpointFailed(
+            vm="db", host="h1", checkpoint="nightly", reason="the hosts process stopped mid-save"
+        ),
+        RestoreVm(vm="db", host="h1", checkpoint="before-upgrade"),
+        VmRestored(
+            vm="db",
+            host="h1",
+            checkpoint="before-upgrade",
+            disk="db.r5f2a",
+            memory_checksum="0a1b2c3d4e5f60718293a4b5c6d7e8f9",
+        ),
+        DeleteCheckpoint(checkpoint="before-upgrade", host="h1"),
+        CheckpointDeleted(vm="db", host="h1", checkpoint="before-upgrade", disk="db"),
+        ListCheckpoints(vm="db"),
+        CheckpointList(
+            checkpoints=[
+                CheckpointView(
+                    checkpoint="before-upgrade",
+                    vm="db",
+                    state="complete",
+                    cpu=2,
+                    mem_mib=1024,
+                    disk="db",
+                    bytes=1_073_750_016,
+                    checksum="3f1c0e2b9a8d7c6b5a4f3e2d1c0b9a8f",
+                    memory_checksum="0a1b2c3d4e5f60718293a4b5c6d7e8f9",
+                    stun_ms=1.8,
+                )
+            ]
+        ),
         CreateVm(vm="web-1", cpu=2, mem_mib=2048, host="h1"),
         PowerOnVm(vm="web-1", host="h1"),
         PowerOffVm(vm="web-1", host="h1"),

@@ -11,7 +11,14 @@ from services.hosts.memory import access, digest, paging, sharing, sizing, trans
 from services.hosts.memory.content import content_layout, fill_large_page
 from services.hosts.memory.errors import InvalidArgument, UnknownVm, VmExists
 from services.hosts.memory.frames import FramePool
-from services.hosts.memory.geometry import LARGE_PAGE_SIZE, PAGE_SIZE, Ints, readonly, swap_block
+from services.hosts.memory.geometry import (
+    LARGE_PAGE_SIZE,
+    PAGE_SIZE,
+    Ints,
+    PageBytes,
+    readonly,
+    swap_block,
+)
 from services.hosts.memory.guest import GuestMemory, MemoryMode, PageSelection, VmSpec
 from services.hosts.memory.swap import SwapSpace
 from services.hosts.memory.transfer import PageBatch
@@ -118,6 +125,13 @@ class HostMemory:
         pages = guest.check_pages([page])
         access.apply(self._pool, self._swap, guest, Accesses.read(pages))
         return access.gather(self._pool, self._swap, guest, pages).tobytes()
+
+    def copy_pages(self, vm: str, pages: PageSelection) -> PageBytes:
+        """A copy of ``pages``' bytes, one row each, as the host reads them (not the guest:
+        no read is counted, no heat added)."""
+        guest = self._vm(vm)
+        guest.require_bytes()
+        return access.gather(self._pool, self._swap, guest, guest.check_pages(pages))
 
     def collect_dirty(self, vm: str, *, clear: bool = True) -> Ints:
         """Pages written since the last clearing collect, like nested-page-table dirty bits."""

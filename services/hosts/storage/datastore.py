@@ -158,6 +158,12 @@ class Datastore:
 
         return VirtualDisk.open(self, name)
 
+    def has(self, name: str) -> bool:
+        """Whether a disk of this name exists (its header is written last, removed first)."""
+        from services.hosts.storage.disk import disk_files
+
+        return disk_files(self, name).header.exists()
+
     def children(self, name: str) -> list[str]:
         """The disks whose parent is ``name``, by name; read from every header, so it sees
         children that other processes made."""

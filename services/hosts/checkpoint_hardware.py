@@ -1,0 +1,197 @@
+"""Checkpoints as this process's hosts carry them out, once their events are folded: the
+stop (a copy-on-write child disk, the device state, the memory marked copy-on-write), the
+save in the background, a restore from the file, and the merge when one is deleted.
+
+A save lives in this process only: one whose process stopped before it finished cannot be
+finished by the next (the memory of that instant is gone), so the next says it failed.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import structlog
+
+from schemas.checkpoints import (
+    CheckpointCompleted,
+    CheckpointDeleted,
+    CheckpointFailed,
+    CheckpointStarted,
+    VmRestored,
+)
+from services.hosts.checkpoint_files import (
+    CheckpointWriter,
+    checkpoint_path,
+    file_problem,
+    memory_chunks,
+    read_saved,
+    relative,
+)
+from services.hosts.checkpoint_jobs import (
+    SAVE_STEP_PAGES,
+    SaveJob,
+    checksum,
+    device_state,
+    workload_steps,
+)
+from services.hosts.checkpoint_records import CheckpointState
+from services.hosts.disks import Disks
+from services.hosts.memory import EMPTY_PROFILE, HostMemory
+from services.hosts.memory import VmSpec as MemSpec
+from services.hosts.memory.geometry import Ints
+from services.hosts.memory.transfer import PageBatch
+from services.hosts.state import Fleet
+
+log = structlog.get_logger("vplane.hosts.checkpoints")
+
+LOAD_CHUNK_PAGES = 16_384
+
+
+class CheckpointHardware:
+    def __init__(self, disks: Disks, memory: dict[str, HostMemory], steps: dict[str, int]) -> None:
+        self.disks = disks
+        self.memory = memory
+        # The guests' memory workload positions (the machine's), part of a device state.
+        self.steps = steps
+        self.saves: dict[str, SaveJob] = {}
+        # Pages a save writes a step (a test makes it small, so the guest writes between).
+        self.step_pages = SAVE_STEP_PAGES
+        # Saves that cannot finish, with why: their CheckpointFailed is still to be told.
+        self.failed: dict[str, str] = {}
+
+    def started(self, event: CheckpointStarted, mem: HostMemory, live: bool) -> None:
+        """``live``: folded as it happens, not again while the process rebuilds."""
+        if not live:
+            # The VM writes the child already, and the save of that instant died with the
+            # process that ran it (a later event may say it finished all the same).
+            self.disks.attach(
+                event.vm, event.disk_gib, event.template, event.seed, event.child_disk
+            )
+            self.failed[event.checkpoint] = "its hosts process stopped before the save finished"
+            tmp = checkpoint_path(self.disks.datastore(), event.checkpoint)
+            tmp.with_name(f".{tmp.name}.tmp").unlink(missing_ok=True)
+            return
+        # While the VM still runs: its disk's copy-on-write child, and the file opened.
+        parent = self.disks.disk(event.vm)
+        child = parent.child(event.child_disk)
+        pages = mem.spec(event.vm).pages
+        header = {"vm": event.vm, "checkpoint": event.checkpoint, "disk": event.disk}
+        writer = CheckpointWriter(self.disks.datastore(), event.checkpoint, header, pages)
+        # The stop: the device state noted, the guest's writes sent to the child, its
+        # memory marked copy-on-write (the job below, which sees every write from now on).
+        stopped = time.perf_counter()
+        device = device_state(event.seed, self.steps.get(event.vm, 0), self.disks.step_of(event.vm))
+        self.disks.switch(event.vm, child)
+        stun_ms = (time.perf_counter() - stopped) * 1000
+        writer.write_device(device)
+        self.saves[event.checkpoint] = SaveJob(
+            checkpoint=event.checkpoint,
+            vm=event.vm,
+            host=event.host,
+            pages=pages,
+            writer=writer,
+            stun_ms=stun_ms,
+            device_checksum=checksum(device),
+        )
+
+    def before_write(self, vm: str, mem: HostMemory, pages: Ints) -> None:
+        for job in self.saves.values():
+            if job.vm == vm:
+                job.before_write(mem, pages)
+
+    def step(self, fleet: Fleet) -> list[CheckpointCompleted | CheckpointFailed]:
+        """Save a piece of each checkpoint in progress; the events of those that ended."""
+        out: list[CheckpointCompleted | CheckpointFailed] = []
+        store = self.disks.datastore() if self.saves else None
+        for name, job in list(self.saves.items()):
+            mem = self.memory.get(job.host)
+            if mem is None or job.vm not in mem.vms:
+                job.abort()
+                del self.saves[name]
+                self.failed[name] = f"VM {job.vm} left its host before the save finished"
+                continue
+            if not job.step(mem, self.step_pages):
+                continue
+            assert job.written is not None
+            assert store is not None
+            out.append(
+                CheckpointCompleted(
+                    vm=job.vm,
+                    host=job.host,
+                    checkpoint=name,
+                    file=relative(
+                        self.disks.datastore(), checkpoint_path(self.disks.datastore(), name)
+                    ),
+                    bytes=job.written.bytes,
+                    checksum=job.written.checksum,
+                    memory_checksum=job.written.memory_checksum,
+                    device_checksum=job.device_checksum,
+                    stun_ms=round(job.stun_ms, 3),
+                    save_seconds=round(job.save_seconds, 3),
+                    pages_copied_aside=job.copied_aside,
+                )
+            )
+        for name, reason in list(self.failed.items()):
+            saved = fleet.checkpoints.get(name)
+            if saved is None or saved.state != CheckpointState.SAVING:
+                del self.failed[name]
+                continue
+            out.append(
+                CheckpointFailed(vm=saved.vm, host=saved.host, checkpoint=name, reason=reason)
+            )
+        return out
+
+    def ended(self, checkpoint: str) -> None:
+        """Its CheckpointCompleted or CheckpointFailed is in the log."""
+        job = self.saves.pop(checkpoint, None)
+        if job is not None and job.written is None:
+            job.abort()
+        self.failed.pop(checkpoint, None)
+
+    def restored(self, before: Fleet, event: VmRestored, mem: HostMemory) -> None:
+        saved, vm = before.checkpoints[event.checkpoint], before.vms[event.vm]
+        store = self.disks.datastore()
+        state = read_saved(store, event.checkpoint)
+        spec = mem.spec(event.vm)
+        mem.destroy_vm(event.vm)
+        mem.create_vm(
+            MemSpec(
+                name=spec.name,
+                large_pages=spec.large_pages,
+                seed=spec.seed,
+                template=spec.template,
+                mode=spec.mode,
+                profile=EMPTY_PROFILE,
+            )
+        )
+        for first, rows in memory_chunks(state, LOAD_CHUNK_PAGES):
+            pages = np.arange(first, first + len(rows), dtype=np.int64)
+            mem.import_pages(event.vm, PageBatch.of(state.pages, pages, rows))
+        memory_step, disk_step = workload_steps(state.device)
+        self.steps[event.vm] = memory_step
+        self.disks.set_step(event.vm, disk_step)
+        if self.disks.exists(event.disk):
+            self.disks.attach(event.vm, vm.disk_gib, vm.template, vm.seed, event.disk)
+        else:
+            self.disks.branch(event.vm, saved.disk, event.disk)
+
+    def deleted(self, before: Fleet, event: CheckpointDeleted) -> None:
+        saved = before.checkpoints[event.checkpoint]
+        vm = before.vms.get(event.vm)
+        if (
+            vm is not None
+            and vm.active_disk == saved.child_disk
+            and self.disks.exists(saved.child_disk)
+        ):
+            self.disks.attach(vm.name, vm.disk_gib, vm.template, vm.seed, saved.child_disk)
+            self.disks.merge_back(vm.name)
+        elif vm is not None:
+            self.disks.attach(vm.name, vm.disk_gib, vm.template, vm.seed, event.disk)
+        checkpoint_path(self.disks.datastore(), event.checkpoint).unlink(missing_ok=True)
+
+    def problem(self, fleet: Fleet, checkpoint: str) -> str | None:
+        saved = fleet.checkpoints.get(checkpoint)
+        if saved is None or self.disks.root is None:
+            return None
+        return file_problem(self.disks.datastore(), checkpoint, saved.checksum)

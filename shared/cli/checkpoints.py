@@ -1,0 +1,118 @@
+"""``vplane vm checkpoint``, ``restore``, ``checkpoints`` and ``checkpoint-delete``."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from schemas import Command
+from schemas.checkpoints import (
+    CheckpointList,
+    CheckpointView,
+    CheckpointVm,
+    DeleteCheckpoint,
+    ListCheckpoints,
+    RestoreVm,
+)
+from shared.bus import Bus
+from shared.cli.commands import TimeoutOption, WaitOption, host_of, send, validated
+from shared.cli.common import BusOption, CliError, JsonOption, with_bus
+from shared.client import Client
+
+console = Console()
+VmName = Annotated[str, typer.Argument(help="VM name.")]
+CheckpointName = Annotated[str, typer.Argument(help="Checkpoint name.")]
+
+
+def checkpoint(
+    name: VmName,
+    as_name: Annotated[
+        str | None,
+        typer.Option("--name", help="The checkpoint's name; default: <vm>-<UTC time>."),
+    ] = None,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = 120.0,
+    bus: BusOption = None,
+) -> None:
+    """Checkpoint a running VM: it stops only to switch to a copy-on-write disk and mark its
+    memory copy-on-write; its memory is saved in the background (--wait: until saved)."""
+    label = as_name or f"{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+
+    async def make(client: Client) -> Command:
+        return validated(CheckpointVm, vm=name, host=await host_of(client, name), checkpoint=label)
+
+    send(bus, wait, timeout, make, until="CheckpointCompleted")
+
+
+def restore(
+    name: VmName,
+    checkpoint_name: CheckpointName,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = 120.0,
+    bus: BusOption = None,
+) -> None:
+    """Bring a powered-off VM back to a checkpoint: memory, devices and disk as they were."""
+
+    async def make(client: Client) -> Command:
+        host = await host_of(client, name)
+        return validated(RestoreVm, vm=name, host=host, checkpoint=checkpoint_name)
+
+    send(bus, wait, timeout, make)
+
+
+def checkpoints(
+    name: Annotated[str | None, typer.Argument(help="Only this VM's.")] = None,
+    bus: BusOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List checkpoints: state, size, stun time and checksums."""
+    found = _checkpoints(bus, name)
+    if as_json:
+        typer.echo(json.dumps([c.model_dump(mode="json") for c in found]))
+        return
+    table = Table("checkpoint", "vm", "state", "size", "stun ms", "disk", "checksum")
+    for c in found:
+        table.add_row(
+            c.checkpoint,
+            c.vm,
+            c.state + (f": {c.reason}" if c.reason else ""),
+            f"{c.bytes / 2**20:.1f} MiB" if c.bytes else "",
+            f"{c.stun_ms:.2f}" if c.stun_ms is not None else "",
+            c.disk,
+            c.checksum or "",
+        )
+    console.print(table)
+
+
+def checkpoint_delete(
+    checkpoint_name: CheckpointName,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = 60.0,
+    bus: BusOption = None,
+) -> None:
+    """Delete a checkpoint; its VM's disk is merged back into the checkpoint's."""
+
+    async def make(client: Client) -> Command:
+        reply = await client.query(ListCheckpoints())
+        assert isinstance(reply, CheckpointList)
+        found = next((c for c in reply.checkpoints if c.checkpoint == checkpoint_name), None)
+        if found is None:
+            raise CliError(f"no checkpoint named {checkpoint_name!r} (see `vplane vm checkpoints`)")
+        host = await host_of(client, found.vm)
+        return validated(DeleteCheckpoint, checkpoint=checkpoint_name, host=host)
+
+    send(bus, wait, timeout, make)
+
+
+def _checkpoints(bus: str | None, vm: str | None) -> list[CheckpointView]:
+    async def ask(b: Bus) -> list[CheckpointView]:
+        reply = await Client(b).query(ListCheckpoints(vm=vm))
+        assert isinstance(reply, CheckpointList)
+        return reply.checkpoints
+
+    return with_bus(bus, ask)
