@@ -91,6 +91,7 @@ class VmMemory(Reply):
     swapped_pages: int
     used_pages: int
     checksum: str | None = Field(None, description="xxh3-128 of the guest's pages in order")
+    mapped_pages: int = Field(0, ge=0, description="pages that hold a block of its disk")
     digests: list[int] | None = Field(None, description="xxh3-64 per page, in guest order")
 
 

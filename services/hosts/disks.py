@@ -15,6 +15,7 @@ import numpy as np
 import structlog
 
 from services.hosts.memory.content import random_pages
+from services.hosts.memory.geometry import Ints, PageBytes
 from services.hosts.storage.datastore import Datastore, DatastoreFull, UnknownDisk
 from services.hosts.storage.disk import BLOCK_SIZE, DiskSpec, VirtualDisk
 
@@ -29,6 +30,17 @@ WRITES_PER_TICK = 16
 _DISK_IO = 21
 # A datastore with less than this free takes no new disk.
 MIN_FREE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class DiskWork:
+    """One tick of a guest's disk I/O: the blocks it read (and their bytes), those it wrote,
+    and the disk."""
+
+    disk: str
+    read: Ints
+    data: PageBytes
+    written: Ints
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,19 +141,19 @@ class Disks:
             return None
         return disk
 
-    def work(self, vm: str, speed: float) -> None:
+    def work(self, vm: str, speed: float) -> DiskWork | None:
         """One tick of the guest's disk I/O: seeded blocks read and written, real bytes,
         fewer as contention slows it."""
         spec = self.specs.get(vm)
         if spec is None:
-            return
+            return None
         step = self._steps.get(vm, 0)
         self._steps[vm] = step + 1
         rng = np.random.default_rng([_DISK_IO, spec.seed, step])
         reads = rng.integers(0, spec.blocks, int(READS_PER_TICK * speed))
         writes = np.unique(rng.integers(0, spec.blocks, int(WRITES_PER_TICK * speed)))
         disk = self.disk(vm)
-        disk.read(reads)
+        data = disk.read(reads)
         refused = 0
         if len(writes):
             try:
@@ -150,6 +162,7 @@ class Disks:
                 log.warning("a guest's disk write found the datastore full", vm=vm, error=str(err))
                 refused, writes = len(writes), writes[:0]
         self.io[vm] = DiskIo(len(reads), len(writes), refused)
+        return DiskWork(disk.name, reads, data, writes)
 
     def mbs(self, vm: str, tick_s: float) -> tuple[float, float]:
         """Last tick's reads and writes in MB/s of emulated time."""

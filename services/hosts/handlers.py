@@ -224,5 +224,6 @@ def _vm_memory(holder: FleetHolder, query: GetVmMemory) -> VmMemory:
         swapped_pages=usage.swapped,
         used_pages=mem.used_pages(vm.name),
         checksum=mem.checksum(vm.name) if full else None,
+        mapped_pages=holder.machine.page_caches.mapped(vm.name),
         digests=[int(d) for d in mem.page_digests(vm.name)] if full and query.digests else None,
     )

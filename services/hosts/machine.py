@@ -57,6 +57,8 @@ from services.hosts.memory import MemoryMode as MemMode
 from services.hosts.memory import VmSpec as MemSpec
 from services.hosts.memory import Workload as MemWorkload
 from services.hosts.memory.geometry import LARGE_PAGE_MIB, PAGE_MIB
+from services.hosts.memory.workload import Accesses
+from services.hosts.page_cache import PageCaches
 from services.hosts.scratch import ScratchDisk
 from services.hosts.state import Fleet, Vm
 from services.hosts.storage.datastore import StorageError
@@ -85,6 +87,7 @@ class Machine:
         self.live = True
         self._steps: dict[str, int] = defaultdict(int)
         self.checkpoints = CheckpointHardware(self.disks, self.memory, self._steps)
+        self.page_caches = PageCaches()
         self.scratch = {host: ScratchDisk() for host in hosts}
         self.contention = Contention()
         # Events of the log the guest memory could not follow, not yet logged as such.
@@ -94,6 +97,7 @@ class Machine:
 
     def apply(self, before: Fleet, event: Message, seq: int = 0) -> None:
         self._free_scratch(before, event)
+        self._forget_page_caches(event)
         try:
             self._apply(before, event)
         except (MemoryModelError, StorageError, CheckpointFileError) as err:
@@ -185,6 +189,15 @@ class Machine:
                     self.disks.attach(vm.name, vm.disk_gib, vm.template, vm.seed, vm.active_disk)
                 else:
                     self.disks.detach(vm.name)
+
+    def _forget_page_caches(self, event: Message) -> None:
+        """A guest whose memory is made again (or goes) holds no disk block any more."""
+        match event:
+            case VmDestroyed() | VmRestored() | VmRestarted() | MigrationCompleted():
+                self.page_caches.forget(event.vm)
+            case HostCrashed():
+                for vm in event.vms_lost:
+                    self.page_caches.forget(vm)
 
     def _free_scratch(self, before: Fleet, event: Message) -> None:
         """The bytes of extents the fold frees go with them."""
@@ -329,18 +342,32 @@ class Machine:
             return
         for vm in working:
             speed = 1.0 / self.contention.slowdown(vm.name)
-            self.disks.work(vm.name, speed)
+            pages = mem.spec(vm.name).pages
             step = self._steps[vm.name]
             self._steps[vm.name] = step + 1
+            cache = self.page_caches.of(vm.name, pages)
+            io = self.disks.work(vm.name, speed)
+            if io is not None and len(io.read):
+                # What it read lands in its page cache: real bytes, pages that map blocks.
+                landing = cache.landing(vm.seed, step, len(io.read))
+                self._write(mem, vm.name, Accesses.whole_pages(landing, io.data[: len(landing)]))
+                cache.map(landing, io.disk, io.read[: len(landing)])
+            if io is not None:
+                cache.blocks_written(io.disk, io.written)
             accesses = MemWorkload(seed=vm.seed).step(
-                mem.spec(vm.name).pages,
+                pages,
                 step,
                 writes=int(WRITES_PER_TICK * speed),
                 reads=int(READS_PER_TICK * speed),
             )
-            self.checkpoints.before_write(vm.name, mem, accesses.write_pages)
-            mem.apply(vm.name, accesses)
+            self._write(mem, vm.name, accesses)
+            cache.pages_written(accesses.write_pages)
         mem.decay_heat()
+
+    def _write(self, mem: HostMemory, vm: str, accesses: Accesses) -> None:
+        """The guest's accesses, after a checkpoint being saved kept what they overwrite."""
+        self.checkpoints.before_write(vm, mem, accesses.write_pages)
+        mem.apply(vm, accesses)
 
 
 def _mem_spec(name: str, mem_mib: int, seed: int, template: str, mode: MemoryMode) -> MemSpec:

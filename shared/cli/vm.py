@@ -230,6 +230,7 @@ def vm_memory(name: Name, bus: BusOption = None, as_json: JsonOption = False) ->
     typer.echo(
         f"{mem.vm} on {mem.host}: {mem.mode} memory, {mem.pages} pages "
         f"({mem.pages * 4 // 1024} MiB), {mem.used_pages} used, {mem.resident_pages} resident, "
-        f"{mem.shared_pages} shared, {mem.swapped_pages} swapped"
+        f"{mem.shared_pages} shared, {mem.swapped_pages} swapped, "
+        f"{mem.mapped_pages} holding disk blocks"
         + (f", checksum {mem.checksum}" if mem.checksum else "")
     )

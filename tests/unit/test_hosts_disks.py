@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from schemas import Command, Envelope, Event
@@ -136,3 +137,34 @@ def test_a_full_datastore_takes_no_new_vm_and_nothing_changes(tmp_path: Path) ->
     assert refused.code == RejectionCode.DATASTORE_FULL
     assert "datastore" in refused.reason
     assert "db" not in h.fleet.vms
+
+
+def test_blocks_a_guest_reads_are_mapped_in_its_pages_until_page_or_block_is_written(
+    tmp_path: Path,
+) -> None:
+    """Each mapped page holds exactly the bytes of the block it names; a mapping goes when
+    the guest writes the page, or writes the block."""
+    h = Harness(tmp_path)
+    h.do(guest())
+    for _ in range(4):
+        h.tick()
+    cache = h.machine.page_caches.vms["db"]
+    mapping = cache.mapping()
+    assert 0 < len(mapping) <= 4 * READS_PER_TICK
+    mem, disk = h.machine.memory["h1"], h.machine.disks.disk("db")
+    for page, (name, block) in mapping.items():
+        assert name == "db"
+        assert mem.read("db", page) == disk.read([block]).tobytes()
+
+    page, (_, block) = next(iter(mapping.items()))
+    cache.pages_written(np.asarray([page]))
+    assert page not in cache.mapping()
+    others = [p for p, (_, b) in cache.mapping().items() if b != block]
+    if others:
+        victim = others[0]
+        cache.blocks_written("db", np.asarray([cache.mapping()[victim][1]]))
+        assert victim not in cache.mapping()
+    # A block written to another disk (a child, after a checkpoint) leaves these alone.
+    before = cache.mapping()
+    cache.blocks_written("db.c1", np.asarray([b for _, b in before.values()]))
+    assert cache.mapping() == before

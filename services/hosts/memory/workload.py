@@ -48,6 +48,12 @@ class Accesses:
         return cls(_ints([page]), _ints([offset]), readonly(row), _ints([]))
 
     @classmethod
+    def whole_pages(cls, pages: Ints, contents: PageBytes) -> Accesses:
+        """``contents`` written over whole pages (a disk read landing in the page cache)."""
+        written = np.asarray(pages, np.int64)
+        return cls(written, np.zeros(len(written), np.int64), readonly(contents), _ints([]))
+
+    @classmethod
     def read(cls, pages: Ints) -> Accesses:
         return cls(_ints([]), _ints([]), np.zeros((0, 0), np.uint8), pages)
 
