@@ -78,6 +78,20 @@ class CheckpointFailed(Event):
 
 
 @registry.register
+class CheckpointDamaged(Event):
+    """A complete checkpoint's file no longer reads back as written (found missing or with
+    another checksum when its hosts process started): it is kept, shown, never restored."""
+
+    vm: Name
+    host: Name
+    checkpoint: Name
+    reason: str
+
+    def aggregate(self) -> str:
+        return f"vm/{self.vm}"
+
+
+@registry.register
 class RestoreVm(Command):
     """Bring a powered-off VM back to a checkpoint of its own size: its memory and device
     state as saved, its disk a new copy-on-write child of the checkpoint's."""
@@ -128,7 +142,7 @@ class CheckpointDeleted(Event):
 class CheckpointView(Part):
     checkpoint: Name
     vm: Name
-    state: str = Field(description="saving, complete or failed")
+    state: str = Field(description="saving, complete, failed or damaged")
     cpu: int
     mem_mib: int
     disk: str

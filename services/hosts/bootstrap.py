@@ -175,6 +175,7 @@ def build(settings: Settings) -> ServiceDefinition:
         # Everything rebuilt so far lives as long as the process: keep the collector off it.
         gc.freeze()
         holder.machine.live = True
+        holder.machine.checkpoints.check_files(holder.fleet, hosts)
         holder.resume(settings.tick_seconds * settings.speed)
         # Keyed by host: a host is registered once, whichever process registers it.
         return [

@@ -136,20 +136,44 @@ def read_saved(store: Datastore, checkpoint: str) -> SavedFile:
 
 def file_problem(store: Datastore, checkpoint: str, checksum: str | None) -> str | None:
     """What is wrong with the checkpoint's file, read back whole, or None."""
-    path = checkpoint_path(store, checkpoint)
-    hasher = xxhash.xxh3_128()
-    try:
-        with path.open("rb") as f:
-            while chunk := f.read(READ_CHUNK):
-                hasher.update(chunk)
-    except FileNotFoundError:
-        return f"checkpoint {checkpoint} has no file on the datastore ({path.name})"
-    if hasher.hexdigest() != checksum:
-        return (
-            f"checkpoint {checkpoint}'s file reads back as {hasher.hexdigest()}, "
-            f"not {checksum} as written"
-        )
-    return None
+    check = FileCheck(store, checkpoint, checksum)
+    while (found := check.step()) is False:
+        pass
+    assert found is not True
+    return found
+
+
+class FileCheck:
+    """A checkpoint file read back a piece at a time, against the checksum its event says."""
+
+    def __init__(self, store: Datastore, checkpoint: str, checksum: str | None) -> None:
+        self.checkpoint = checkpoint
+        self.expected = checksum
+        self.path = checkpoint_path(store, checkpoint)
+        self._hasher = xxhash.xxh3_128()
+        self._offset = 0
+
+    def step(self, budget: int = 64 * 1024 * 1024) -> str | bool | None:
+        """False while there is more to read; then None (it reads back as written) or
+        what is wrong with it."""
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self._offset)
+                left = budget
+                while left > 0 and (chunk := f.read(min(READ_CHUNK, left))):
+                    self._hasher.update(chunk)
+                    self._offset += len(chunk)
+                    left -= len(chunk)
+                if left <= 0:
+                    return False
+        except FileNotFoundError:
+            return f"checkpoint {self.checkpoint} has no file on the datastore ({self.path.name})"
+        if self._hasher.hexdigest() != self.expected:
+            return (
+                f"checkpoint {self.checkpoint}'s file reads back as {self._hasher.hexdigest()}, "
+                f"not {self.expected} as written"
+            )
+        return None
 
 
 def memory_chunks(saved: SavedFile, chunk_pages: int) -> Iterator[tuple[int, PageBytes]]:

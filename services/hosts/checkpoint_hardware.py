@@ -15,6 +15,7 @@ import structlog
 
 from schemas.checkpoints import (
     CheckpointCompleted,
+    CheckpointDamaged,
     CheckpointDeleted,
     CheckpointFailed,
     CheckpointStarted,
@@ -22,6 +23,7 @@ from schemas.checkpoints import (
 )
 from services.hosts.checkpoint_files import (
     CheckpointWriter,
+    FileCheck,
     checkpoint_path,
     file_problem,
     memory_chunks,
@@ -59,6 +61,8 @@ class CheckpointHardware:
         self.step_pages = SAVE_STEP_PAGES
         # Saves that cannot finish, with why: their CheckpointFailed is still to be told.
         self.failed: dict[str, str] = {}
+        # Complete checkpoints read back after a restart, a piece a step.
+        self.checks: dict[str, FileCheck] = {}
 
     def started(self, event: CheckpointStarted, mem: HostMemory, live: bool) -> None:
         """``live``: folded as it happens, not again while the process rebuilds."""
@@ -95,14 +99,38 @@ class CheckpointHardware:
             device_checksum=checksum(device),
         )
 
+    def check_files(self, fleet: Fleet, hosts: list[str]) -> None:
+        """Once rebuilt: read back the files of the complete checkpoints of these hosts, so
+        that one that no longer reads as written is told, not found at a restore."""
+        if self.disks.root is None:
+            return
+        store = self.disks.datastore()
+        for name, saved in fleet.checkpoints.items():
+            if saved.host in hosts and saved.state == CheckpointState.COMPLETE:
+                self.checks[name] = FileCheck(store, name, saved.checksum)
+
     def before_write(self, vm: str, mem: HostMemory, pages: Ints) -> None:
         for job in self.saves.values():
             if job.vm == vm:
                 job.before_write(mem, pages)
 
-    def step(self, fleet: Fleet) -> list[CheckpointCompleted | CheckpointFailed]:
-        """Save a piece of each checkpoint in progress; the events of those that ended."""
-        out: list[CheckpointCompleted | CheckpointFailed] = []
+    def step(
+        self, fleet: Fleet
+    ) -> list[CheckpointCompleted | CheckpointFailed | CheckpointDamaged]:
+        """Save a piece of each checkpoint in progress, read back a piece of each file being
+        checked; the events of those that ended."""
+        out: list[CheckpointCompleted | CheckpointFailed | CheckpointDamaged] = []
+        for name, check in list(self.checks.items()):
+            found = check.step()
+            if found is False:
+                continue
+            del self.checks[name]
+            saved = fleet.checkpoints.get(name)
+            if isinstance(found, str) and saved and saved.state == CheckpointState.COMPLETE:
+                log.warning("a checkpoint's file is damaged", checkpoint=name, reason=found)
+                out.append(
+                    CheckpointDamaged(vm=saved.vm, host=saved.host, checkpoint=name, reason=found)
+                )
         store = self.disks.datastore() if self.saves else None
         for name, job in list(self.saves.items()):
             mem = self.memory.get(job.host)

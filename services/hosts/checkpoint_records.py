@@ -13,6 +13,7 @@ class CheckpointState(enum.StrEnum):
     SAVING = "saving"
     COMPLETE = "complete"
     FAILED = "failed"
+    DAMAGED = "damaged"
 
 
 @dataclass(frozen=True, slots=True)

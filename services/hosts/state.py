@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from schemas import Envelope, Message
 from schemas.checkpoints import (
     CheckpointCompleted,
+    CheckpointDamaged,
     CheckpointDeleted,
     CheckpointFailed,
     CheckpointStarted,
@@ -323,6 +324,7 @@ def evolve(  # noqa: PLR0911, PLR0912 - one case per event
             CheckpointStarted()
             | CheckpointCompleted()
             | CheckpointFailed()
+            | CheckpointDamaged()
             | VmRestored()
             | CheckpointDeleted()
         ):
@@ -335,6 +337,7 @@ def _checkpointed(
     event: CheckpointStarted
     | CheckpointCompleted
     | CheckpointFailed
+    | CheckpointDamaged
     | VmRestored
     | CheckpointDeleted,
     env: Envelope[Message] | None,
@@ -349,9 +352,14 @@ def _checkpointed(
                 fleet = _with_vm(fleet, replace(vm, disk=event.child_disk))
         case CheckpointCompleted() if event.checkpoint in checkpoints:
             checkpoints[event.checkpoint] = checkpoints[event.checkpoint].completed(event)
-        case CheckpointFailed() if event.checkpoint in checkpoints:
+        case CheckpointFailed() | CheckpointDamaged() if event.checkpoint in checkpoints:
+            state = (
+                CheckpointState.FAILED
+                if isinstance(event, CheckpointFailed)
+                else CheckpointState.DAMAGED
+            )
             checkpoints[event.checkpoint] = replace(
-                checkpoints[event.checkpoint], state=CheckpointState.FAILED, reason=event.reason
+                checkpoints[event.checkpoint], state=state, reason=event.reason
             )
         case VmRestored() if event.checkpoint in checkpoints:
             parents[event.disk] = checkpoints[event.checkpoint].disk

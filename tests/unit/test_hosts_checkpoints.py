@@ -12,6 +12,7 @@ import pytest
 from schemas import Command, Envelope, Event
 from schemas.checkpoints import (
     CheckpointCompleted,
+    CheckpointDamaged,
     CheckpointDeleted,
     CheckpointFailed,
     CheckpointStarted,
@@ -275,3 +276,43 @@ def test_the_checkpoints_of_a_vm_are_listed(tmp_path: Path, checkpoint: str) -> 
     assert isinstance(done, CheckpointCompleted)
     view = s.fleet.checkpoints[checkpoint].view()
     assert (view.state, view.checksum, view.bytes) == ("complete", done.checksum, done.bytes)
+
+
+def test_a_restarted_process_reads_back_its_checkpoints_and_tells_a_damaged_one(
+    tmp_path: Path,
+) -> None:
+    s = Stack(tmp_path, ["h1"])
+    s.do(full_vm())
+    for name in ("good", "bad", "gone"):
+        s.do(CheckpointVm(vm="db", host="h1", checkpoint=name))
+        s.save(ticks_between=False)
+    store = Datastore(tmp_path, GIB)
+    with checkpoint_path(store, "bad").open("r+b") as f:
+        f.seek(-1, 2)
+        f.write(b"\x01")
+    checkpoint_path(store, "gone").unlink()
+
+    again = Stack(tmp_path, ["h1"])
+    again.machines[0].live = False
+    for event in s.log[len(HOSTS) :]:
+        again.fold(event)
+    again.machines[0].live = True
+    again.machines[0].checkpoints.check_files(again.fleet, ["h1"])
+    told: list[Event] = []
+    for _ in range(10):
+        told += again.machines[0].checkpoints.step(again.fleet)
+    damaged = {e.checkpoint: e.reason for e in told if isinstance(e, CheckpointDamaged)}
+    assert set(damaged) == {"bad", "gone"}
+    assert "reads back as" in damaged["bad"]
+    assert "no file" in damaged["gone"]
+    for event in told:
+        again.fold(event)
+    assert {n: c.state for n, c in again.fleet.checkpoints.items()} == {
+        "good": "complete",
+        "bad": "damaged",
+        "gone": "damaged",
+    }
+    again.do(PowerOffVm(vm="db", host="h1"))
+    assert refused(again.do(RestoreVm(vm="db", host="h1", checkpoint="bad"))) == "wrong-state"
+    [restored] = again.do(RestoreVm(vm="db", host="h1", checkpoint="good"))
+    assert isinstance(restored, VmRestored)

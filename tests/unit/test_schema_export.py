@@ -15,6 +15,7 @@ from schemas import Envelope, Kind, Message, Reply, registry
 from schemas import export as ex
 from schemas.checkpoints import (
     CheckpointCompleted,
+    CheckpointDamaged,
     CheckpointDeleted,
     CheckpointFailed,
     CheckpointList,
@@ -190,6 +191,9 @@ EXAMPLES: dict[str, Message] = {
         ),
         CheckpointFailed(
             vm="db", host="h1", checkpoint="nightly", reason="the hosts process stopped mid-save"
+        ),
+        CheckpointDamaged(
+            vm="db", host="h1", checkpoint="nightly", reason="it has no file on the datastore"
         ),
         RestoreVm(vm="db", host="h1", checkpoint="before-upgrade"),
         VmRestored(
