@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import re
 import socket
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 
 from schemas import Envelope, Event, Message, Reply
 from schemas.checkpoints import CheckpointVm, DeleteCheckpoint, RestoreVm
@@ -156,7 +158,21 @@ def build(settings: Settings) -> ServiceDefinition:
     async def prepare(
         env: Envelope[Message], flows: DataFlows
     ) -> Callable[[], Awaitable[Outcomes]] | None:
-        """An import reads its data flow first, without holding up queries."""
+        """An import reads its data flow first, and a restore reads back its checkpoint's
+        file, without holding up queries or other commands."""
+        if isinstance(env.data, RestoreVm):
+            checkpoint = env.data.checkpoint
+            found = await asyncio.to_thread(
+                holder.machine.checkpoints.problem, holder.fleet, checkpoint
+            )
+
+            async def restore() -> Outcomes:
+                facts = replace(
+                    holder.machine.facts(holder.fleet), checkpoint_problem=lambda _: found
+                )
+                return answered(env, decide(holder.fleet, env, facts))
+
+            return restore
         if not isinstance(env.data, ImportPages) or check_transfer(holder.fleet, env):
             return None
         chunks = await read_flow(flows, env)
