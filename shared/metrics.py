@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 LEDGER_DIFFERENCES = Gauge(
     "vplane_ledger_differences",
@@ -16,6 +16,28 @@ GUEST_MEMORY_DIVERGENCES = Counter(
     "Logged events a host's guest memory could not follow while rebuilding (each also a "
     "GuestMemoryDiverged event)",
     ["host"],
+)
+CHECKPOINT_STUN = Histogram(
+    "vplane_checkpoint_stun_seconds",
+    "How long a VM was stopped for a checkpoint (its disk switched, its memory marked "
+    "copy-on-write)",
+    ["host"],
+    buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0),
+)
+CHECKPOINT_SAVE = Histogram(
+    "vplane_checkpoint_save_seconds",
+    "How long the background save of a checkpoint's memory took",
+    ["host"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+CHECKPOINTS_ENDED = Counter(
+    "vplane_checkpoints_total",
+    "Checkpoints that ended, by how: complete, failed (the save did not finish) or damaged "
+    "(its file found not to read back as written)",
+    ["host", "outcome"],
+)
+DATASTORE_USED = Gauge(
+    "vplane_datastore_used_bytes", "What the shared datastore's files hold, as this process sees it"
 )
 
 

@@ -44,6 +44,7 @@ from services.hosts.memory import VmSpec as MemSpec
 from services.hosts.memory.geometry import Ints
 from services.hosts.memory.transfer import PageBatch
 from services.hosts.state import Fleet
+from shared.metrics import CHECKPOINT_SAVE, CHECKPOINT_STUN, CHECKPOINTS_ENDED
 
 log = structlog.get_logger("vplane.hosts.checkpoints")
 
@@ -168,6 +169,8 @@ class CheckpointHardware:
             out.append(
                 CheckpointFailed(vm=saved.vm, host=saved.host, checkpoint=name, reason=reason)
             )
+        for event in out:
+            _count(event)
         return out
 
     def ended(self, checkpoint: str) -> None:
@@ -223,3 +226,16 @@ class CheckpointHardware:
         if saved is None or self.disks.root is None:
             return None
         return file_problem(self.disks.datastore(), checkpoint, saved.checksum)
+
+
+def _count(event: CheckpointCompleted | CheckpointFailed | CheckpointDamaged) -> None:
+    match event:
+        case CheckpointCompleted():
+            CHECKPOINT_STUN.labels(event.host).observe(event.stun_ms / 1000)
+            CHECKPOINT_SAVE.labels(event.host).observe(event.save_seconds)
+            outcome = "complete"
+        case CheckpointFailed():
+            outcome = "failed"
+        case CheckpointDamaged():
+            outcome = "damaged"
+    CHECKPOINTS_ENDED.labels(event.host, outcome).inc()

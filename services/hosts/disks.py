@@ -18,6 +18,7 @@ from services.hosts.memory.content import random_pages
 from services.hosts.memory.geometry import Ints, PageBytes
 from services.hosts.storage.datastore import Datastore, DatastoreFull, UnknownDisk
 from services.hosts.storage.disk import BLOCK_SIZE, DiskSpec, VirtualDisk
+from shared.metrics import DATASTORE_USED
 
 log = structlog.get_logger("vplane.hosts.disks")
 
@@ -191,4 +192,6 @@ class Disks:
         """The datastore's capacity and what its files hold, GiB."""
         if self.root is None:
             return 0.0, 0.0
-        return self.capacity_bytes / GIB, self.used_bytes() / GIB
+        used = self.used_bytes()
+        DATASTORE_USED.set(used)
+        return self.capacity_bytes / GIB, used / GIB

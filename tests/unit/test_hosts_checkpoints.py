@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from schemas import Command, Envelope, Event
 from schemas.checkpoints import (
@@ -316,3 +317,23 @@ def test_a_restarted_process_reads_back_its_checkpoints_and_tells_a_damaged_one(
     assert refused(again.do(RestoreVm(vm="db", host="h1", checkpoint="bad"))) == "wrong-state"
     [restored] = again.do(RestoreVm(vm="db", host="h1", checkpoint="good"))
     assert isinstance(restored, VmRestored)
+
+
+def test_checkpoints_are_counted_in_the_metrics(tmp_path: Path) -> None:
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, {"host": "h1", **labels}) or 0.0
+
+    before = (
+        sample("vplane_checkpoints_total", outcome="complete"),
+        sample("vplane_checkpoint_stun_seconds_count"),
+    )
+    s = Stack(tmp_path, ["h1"])
+    s.do(full_vm())
+    s.do(CheckpointVm(vm="db", host="h1", checkpoint="c1"))
+    done = s.save(ticks_between=False)
+    assert isinstance(done, CheckpointCompleted)
+    after = (
+        sample("vplane_checkpoints_total", outcome="complete"),
+        sample("vplane_checkpoint_stun_seconds_count"),
+    )
+    assert after == (before[0] + 1, before[1] + 1)
