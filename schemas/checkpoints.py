@@ -145,6 +145,7 @@ class CheckpointView(Part):
     state: str = Field(description="saving, complete, failed or damaged")
     cpu: int
     mem_mib: int
+    disk_gib: int = 0
     disk: str
     bytes: int = 0
     checksum: str | None = None

@@ -56,6 +56,9 @@ class VmAsk(Part):
     template: Name = "linux"
     power_on: bool = True
     disk_gib: int = Field(DEFAULT_DISK_GIB, ge=1, le=MAX_DISK_GIB)
+    checkpoint: Name | None = Field(
+        None, description="start from this checkpoint: its memory, devices and disk"
+    )
 
 
 @registry.register

@@ -57,6 +57,9 @@ class CreateVm(Command):
     disk_gib: int = Field(
         DEFAULT_DISK_GIB, ge=1, le=MAX_DISK_GIB, description="its virtual disk on the datastore"
     )
+    checkpoint: Name | None = Field(
+        None, description="start from this checkpoint (of its size): memory, devices, disk"
+    )
 
     def aggregate(self) -> str:
         return f"host/{self.host}" if self.host else "hosts"
@@ -94,6 +97,8 @@ class VmCreated(Event):
     seed: int = 0
     # 0: created before VMs had disks.
     disk_gib: int = Field(0, ge=0)
+    # Made from this checkpoint: its memory and devices, its disk a child of the checkpoint's.
+    checkpoint: Name | None = None
 
     def aggregate(self) -> str:
         return f"vm/{self.vm}"

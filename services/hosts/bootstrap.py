@@ -21,7 +21,7 @@ from schemas.memory import (
     UnsharePages,
 )
 from schemas.service import CommandRejected, RejectionCode
-from schemas.vm import ResizeVm
+from schemas.vm import CreateVm, ResizeVm
 from services.hosts.disks import GIB, Disks
 from services.hosts.domain import check_transfer, decide
 from services.hosts.handlers import (
@@ -158,9 +158,10 @@ def build(settings: Settings) -> ServiceDefinition:
     async def prepare(
         env: Envelope[Message], flows: DataFlows
     ) -> Callable[[], Awaitable[Outcomes]] | None:
-        """An import reads its data flow first, and a restore reads back its checkpoint's
-        file, without holding up queries or other commands."""
-        if isinstance(env.data, RestoreVm):
+        """An import reads its data flow first, and a restore (or a VM made from a
+        checkpoint) reads back the checkpoint's file, without holding up queries or other
+        commands."""
+        if isinstance(env.data, RestoreVm | CreateVm) and env.data.checkpoint is not None:
             checkpoint = env.data.checkpoint
             found = await asyncio.to_thread(
                 holder.machine.checkpoints.problem, holder.fleet, checkpoint

@@ -37,7 +37,7 @@ from services.hosts.checkpoint_jobs import (
     device_state,
     workload_steps,
 )
-from services.hosts.checkpoint_records import CheckpointState
+from services.hosts.checkpoint_records import Checkpoint, CheckpointState
 from services.hosts.disks import Disks
 from services.hosts.memory import EMPTY_PROFILE, HostMemory
 from services.hosts.memory import VmSpec as MemSpec
@@ -181,11 +181,15 @@ class CheckpointHardware:
         self.failed.pop(checkpoint, None)
 
     def restored(self, before: Fleet, event: VmRestored, mem: HostMemory) -> None:
-        saved, vm = before.checkpoints[event.checkpoint], before.vms[event.vm]
-        store = self.disks.datastore()
-        state = read_saved(store, event.checkpoint)
-        spec = mem.spec(event.vm)
-        mem.destroy_vm(event.vm)
+        vm = before.vms[event.vm]
+        self.load(before.checkpoints[event.checkpoint], vm.name, event.disk, mem)
+
+    def load(self, saved: Checkpoint, vm: str, disk: str, mem: HostMemory) -> None:
+        """``vm`` (of the checkpoint's size, on ``mem``'s host) as at the checkpoint: its
+        memory and device state from the file, ``disk`` a child of the checkpoint's disk."""
+        state = read_saved(self.disks.datastore(), saved.name)
+        spec = mem.spec(vm)
+        mem.destroy_vm(vm)
         mem.create_vm(
             MemSpec(
                 name=spec.name,
@@ -198,14 +202,14 @@ class CheckpointHardware:
         )
         for first, rows in memory_chunks(state, LOAD_CHUNK_PAGES):
             pages = np.arange(first, first + len(rows), dtype=np.int64)
-            mem.import_pages(event.vm, PageBatch.of(state.pages, pages, rows))
+            mem.import_pages(vm, PageBatch.of(state.pages, pages, rows))
         memory_step, disk_step = workload_steps(state.device)
-        self.steps[event.vm] = memory_step
-        self.disks.set_step(event.vm, disk_step)
-        if self.disks.exists(event.disk):
-            self.disks.attach(event.vm, vm.disk_gib, vm.template, vm.seed, event.disk)
+        self.steps[vm] = memory_step
+        self.disks.set_step(vm, disk_step)
+        if self.disks.exists(disk):
+            self.disks.attach(vm, saved.disk_gib, saved.template, saved.seed, disk)
         else:
-            self.disks.branch(event.vm, saved.disk, event.disk)
+            self.disks.branch(vm, saved.disk, disk)
 
     def deleted(self, before: Fleet, event: CheckpointDeleted) -> None:
         saved = before.checkpoints[event.checkpoint]

@@ -73,6 +73,7 @@ class Checkpoint:
             state=self.state.value,
             cpu=self.cpu,
             mem_mib=self.mem_mib,
+            disk_gib=self.disk_gib,
             disk=self.disk,
             bytes=self.bytes,
             checksum=self.checksum,

@@ -15,7 +15,7 @@ from schemas.checkpoints import (
     VmRestored,
 )
 from schemas.service import RejectionCode
-from schemas.vm import VmState
+from schemas.vm import MemoryMode, VmCreated, VmState
 from services.hosts.checkpoint_files import checkpoint_bytes
 from services.hosts.checkpoint_records import Checkpoint, CheckpointState
 from services.hosts.checks import Rejected, full_vm_on, host_up, not_migrating
@@ -56,18 +56,8 @@ def restore(fleet: Fleet, cmd: RestoreVm, file_problem: str | None) -> VmRestore
     """``file_problem``: what is wrong with the checkpoint's file, read back now."""
     host_up(fleet, cmd.host)
     vm = _with_disk(full_vm_on(fleet, cmd.vm, cmd.host))
-    saved = _checkpoint(fleet, cmd.checkpoint)
-    if saved.state != CheckpointState.COMPLETE:
-        raise Rejected(
-            RejectionCode.WRONG_STATE, f"checkpoint {saved.name} is {saved.state}, not complete"
-        )
-    if (vm.cpu, vm.mem_mib, vm.disk_gib) != (saved.cpu, saved.mem_mib, saved.disk_gib):
-        raise Rejected(
-            RejectionCode.SIZE_MISMATCH,
-            f"checkpoint {saved.name} is of a VM of {saved.cpu} vCPUs, {saved.mem_mib} MiB and "
-            f"a {saved.disk_gib} GiB disk; {vm.name} has {vm.cpu}, {vm.mem_mib} and "
-            f"{vm.disk_gib}",
-        )
+    saved = _complete(fleet, cmd.checkpoint)
+    _same_size(saved, vm.name, vm.cpu, vm.mem_mib, vm.disk_gib)
     if vm.state != VmState.OFF:
         raise Rejected(
             RejectionCode.WRONG_STATE, f"VM {vm.name} is {vm.state}: power it off to restore it"
@@ -83,6 +73,21 @@ def restore(fleet: Fleet, cmd: RestoreVm, file_problem: str | None) -> VmRestore
         disk=f"{vm.name}.r{fleet.restores + 1}",
         memory_checksum=saved.memory_checksum,
     )
+
+
+def created_from(fleet: Fleet, created: VmCreated, file_problem: str | None) -> VmCreated:
+    """A new VM made from a checkpoint of its size: its template and seed are the
+    checkpoint's (its disk is a child of the checkpoint's, made of the same blocks)."""
+    assert created.checkpoint is not None
+    saved = _complete(fleet, created.checkpoint)
+    if created.memory_mode != MemoryMode.FULL:
+        raise Rejected(
+            RejectionCode.ACCOUNTING_ONLY, f"a VM made from {saved.name} has full memory"
+        )
+    _same_size(saved, created.vm, created.cpu, created.mem_mib, created.disk_gib)
+    if file_problem is not None:
+        raise Rejected(RejectionCode.CHECKPOINT_CORRUPT, file_problem)
+    return created.model_copy(update={"template": saved.template, "seed": saved.seed})
 
 
 def delete(fleet: Fleet, cmd: DeleteCheckpoint) -> CheckpointDeleted:
@@ -111,6 +116,24 @@ def _with_disk(vm: Vm) -> Vm:
     if vm.disk_gib < 1:
         raise Rejected(RejectionCode.WRONG_STATE, f"VM {vm.name} has no disk")
     return vm
+
+
+def _complete(fleet: Fleet, name: str) -> Checkpoint:
+    saved = _checkpoint(fleet, name)
+    if saved.state != CheckpointState.COMPLETE:
+        raise Rejected(
+            RejectionCode.WRONG_STATE, f"checkpoint {saved.name} is {saved.state}, not complete"
+        )
+    return saved
+
+
+def _same_size(saved: Checkpoint, vm: str, cpu: int, mem_mib: int, disk_gib: int) -> None:
+    if (cpu, mem_mib, disk_gib) != (saved.cpu, saved.mem_mib, saved.disk_gib):
+        raise Rejected(
+            RejectionCode.SIZE_MISMATCH,
+            f"checkpoint {saved.name} is of a VM of {saved.cpu} vCPUs, {saved.mem_mib} MiB and "
+            f"a {saved.disk_gib} GiB disk; {vm} has {cpu}, {mem_mib} and {disk_gib}",
+        )
 
 
 def _checkpoint(fleet: Fleet, name: str) -> Checkpoint:

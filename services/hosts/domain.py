@@ -104,6 +104,10 @@ def _decide(fleet: Fleet, cmd: Message, facts: Facts) -> list[Event]:  # noqa: P
     match cmd:
         case CreateVm():
             created = _create(fleet, cmd)
+            if cmd.checkpoint is not None:
+                created = checkpointing.created_from(
+                    fleet, created, facts.checkpoint_problem(cmd.checkpoint)
+                )
             # Disks are thin: a new one needs room only to start, for what its guest writes.
             full = facts.datastore_problem(MIN_FREE_BYTES, f"a {cmd.disk_gib} GiB thin disk")
             if full is not None:
@@ -298,6 +302,7 @@ def _create(fleet: Fleet, cmd: CreateVm) -> VmCreated:
         template=cmd.template,
         seed=cmd.seed,
         disk_gib=cmd.disk_gib,
+        checkpoint=cmd.checkpoint,
     )
 
 

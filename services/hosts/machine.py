@@ -120,12 +120,7 @@ class Machine:
                     event.mem_mib, event.numa_nodes, event.swap_mib
                 )
             case VmCreated() if event.host in self.memory:
-                self.memory[event.host].create_vm(
-                    _mem_spec(
-                        event.vm, event.mem_mib, event.seed, event.template, event.memory_mode
-                    )
-                )
-                self.disks.attach(event.vm, event.disk_gib, event.template, event.seed)
+                self._created(before, event, self.memory[event.host])
             case VmDestroyed() if event.host in self.memory:
                 self.memory[event.host].destroy_vm(event.vm)
                 self.disks.destroy(event.vm)
@@ -189,6 +184,16 @@ class Machine:
                     self.disks.attach(vm.name, vm.disk_gib, vm.template, vm.seed, vm.active_disk)
                 else:
                     self.disks.detach(vm.name)
+
+    def _created(self, before: Fleet, event: VmCreated, mem: HostMemory) -> None:
+        mem.create_vm(
+            _mem_spec(event.vm, event.mem_mib, event.seed, event.template, event.memory_mode)
+        )
+        self.disks.attach(event.vm, event.disk_gib, event.template, event.seed)
+        saved = before.checkpoints.get(event.checkpoint or "")
+        if saved is not None:
+            # Made from a checkpoint: its memory, devices and a child of its disk.
+            self.checkpoints.load(saved, event.vm, event.vm, mem)
 
     def _forget_page_caches(self, event: Message) -> None:
         """A guest whose memory is made again (or goes) holds no disk block any more."""

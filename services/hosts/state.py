@@ -240,7 +240,7 @@ def evolve(  # noqa: PLR0911, PLR0912 - one case per event
             return _with_host(fleet, replace(fleet.hosts[event.host], state=HostState.UP))
         case VmCreated():
             state = VmState.ON if event.powered_on else VmState.OFF
-            return _with_vm(
+            fleet = _with_vm(
                 fleet,
                 Vm(
                     event.vm,
@@ -256,6 +256,11 @@ def evolve(  # noqa: PLR0911, PLR0912 - one case per event
                     disk_gib=event.disk_gib,
                 ),
             )
+            if event.checkpoint is not None and event.checkpoint in fleet.checkpoints:
+                # Its disk is a child of the checkpoint's, named after it.
+                parent = fleet.checkpoints[event.checkpoint].disk
+                fleet = replace(fleet, disk_parents={**fleet.disk_parents, event.vm: parent})
+            return fleet
         case VmRestarted() if event.vm in fleet.vms:
             # Its old host never runs it again (when that host returns, it is fenced).
             old = fleet.vms[event.vm]

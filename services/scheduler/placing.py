@@ -68,6 +68,7 @@ def create_vm(placed: VmPlaced, request: Envelope[PlacementRequested]) -> Create
         template=ask.template,
         power_on=ask.power_on,
         disk_gib=ask.disk_gib,
+        checkpoint=ask.checkpoint,
     )
 
 

@@ -19,6 +19,7 @@ from schemas.checkpoints import (
     ListCheckpoints,
     RestoreVm,
 )
+from schemas.scheduling import PlaceVm
 from shared.bus import Bus
 from shared.cli.commands import TimeoutOption, WaitOption, host_of, send, validated
 from shared.cli.common import BusOption, CliError, JsonOption, with_bus
@@ -52,17 +53,43 @@ def checkpoint(
 def restore(
     name: VmName,
     checkpoint_name: CheckpointName,
+    as_new: Annotated[
+        str | None,
+        typer.Option(
+            "--as", help="Make a new VM of this name from the checkpoint, placed by a scheduler."
+        ),
+    ] = None,
+    priority: Annotated[str, typer.Option("--priority", help="With --as: high or low.")] = "low",
     wait: WaitOption = False,
     timeout: TimeoutOption = 120.0,
     bus: BusOption = None,
 ) -> None:
-    """Bring a powered-off VM back to a checkpoint: memory, devices and disk as they were."""
+    """Bring a powered-off VM back to a checkpoint: memory, devices and disk as they were
+    (or, with --as, make a new VM from it, powered off)."""
+    if priority not in ("high", "low"):
+        raise CliError(f"invalid --priority {priority!r}: use high or low")
 
     async def make(client: Client) -> Command:
-        host = await host_of(client, name)
-        return validated(RestoreVm, vm=name, host=host, checkpoint=checkpoint_name)
+        if as_new is None:
+            host = await host_of(client, name)
+            return validated(RestoreVm, vm=name, host=host, checkpoint=checkpoint_name)
+        saved = await _checkpoint(client, checkpoint_name)
+        if saved.vm != name:
+            raise CliError(f"checkpoint {checkpoint_name!r} is of VM {saved.vm}, not {name}")
+        return validated(
+            PlaceVm,
+            vm=as_new,
+            priority=priority,
+            cpu=saved.cpu,
+            mem_mib=saved.mem_mib,
+            memory_mode="full",
+            disk_gib=saved.disk_gib,
+            checkpoint=checkpoint_name,
+            # Off, as a VM restored in place is: started when its user says.
+            power_on=False,
+        )
 
-    send(bus, wait, timeout, make)
+    send(bus, wait, timeout, make, until="VmCreated" if as_new else None)
 
 
 def checkpoints(
@@ -98,15 +125,20 @@ def checkpoint_delete(
     """Delete a checkpoint; its VM's disk is merged back into the checkpoint's."""
 
     async def make(client: Client) -> Command:
-        reply = await client.query(ListCheckpoints())
-        assert isinstance(reply, CheckpointList)
-        found = next((c for c in reply.checkpoints if c.checkpoint == checkpoint_name), None)
-        if found is None:
-            raise CliError(f"no checkpoint named {checkpoint_name!r} (see `vplane vm checkpoints`)")
+        found = await _checkpoint(client, checkpoint_name)
         host = await host_of(client, found.vm)
         return validated(DeleteCheckpoint, checkpoint=checkpoint_name, host=host)
 
     send(bus, wait, timeout, make)
+
+
+async def _checkpoint(client: Client, name: str) -> CheckpointView:
+    reply = await client.query(ListCheckpoints())
+    assert isinstance(reply, CheckpointList)
+    found = next((c for c in reply.checkpoints if c.checkpoint == name), None)
+    if found is None:
+        raise CliError(f"no checkpoint named {name!r} (see `vplane vm checkpoints`)")
+    return found
 
 
 def _checkpoints(bus: str | None, vm: str | None) -> list[CheckpointView]:

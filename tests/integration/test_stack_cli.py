@@ -182,6 +182,15 @@ def test_checkpoint_and_restore_through_the_cli(stack: dict[str, str]) -> None:
     assert restored.stdout.startswith("restored db on h1"), restored.stdout
     assert listed["memory_checksum"] in restored.stdout
 
+    copied = cli("vm", "restore", "db", "c1", "--as", "copy", "--wait", env=stack)
+    assert copied.returncode == 0, copied.stdout + copied.stderr
+    assert copied.stdout.startswith("created copy on h"), copied.stdout
+    memory = json.loads(cli("vm", "memory", "copy", "--json", env=stack).stdout)
+    assert memory["checksum"] == listed["memory_checksum"]
+    wrong = cli("vm", "restore", "copy", "c1", "--as", "again", env=stack)
+    assert wrong.returncode == 1
+    assert wrong.stderr.strip() == "vplane: error: checkpoint 'c1' is of VM db, not copy"
+
     kept = cli("vm", "checkpoint-delete", "c1", "--wait", env=stack)
     assert kept.returncode == 1
     assert "rejected (wrong-state)" in kept.stdout

@@ -24,7 +24,7 @@ from schemas.checkpoints import (
 )
 from schemas.host import HostRegistered
 from schemas.service import CommandRejected, RejectionCode
-from schemas.vm import CreateVm, MemoryMode, PowerOffVm, PowerOnVm
+from schemas.vm import CreateVm, MemoryMode, PowerOffVm, PowerOnVm, VmCreated
 from services.hosts.checkpoint_files import checkpoint_path
 from services.hosts.disks import GIB, Disks
 from services.hosts.domain import decide
@@ -337,3 +337,30 @@ def test_checkpoints_are_counted_in_the_metrics(tmp_path: Path) -> None:
         sample("vplane_checkpoint_stun_seconds_count"),
     )
     assert after == (before[0] + 1, before[1] + 1)
+
+
+def test_a_new_vm_is_made_from_a_checkpoint(tmp_path: Path) -> None:
+    """`restore --as NEW`: a VM created from a checkpoint of its size starts with the
+    checkpoint's memory, devices and a child of its disk, on another host too; one of
+    another size, or of sizes-only memory, is refused."""
+    s = Stack(tmp_path, ["h1"], ["h2"])
+    s.do(full_vm())
+    s.tick()
+    s.do(CheckpointVm(vm="db", host="h1", checkpoint="c1"))
+    memory_then, disk_then = s.memory("db"), s.disk("db")
+    assert isinstance(s.save(), CheckpointCompleted)
+
+    copy = full_vm("copy", "h2").model_copy(update={"checkpoint": "c1", "seed": 77})
+    [created] = s.do(copy, by=1)
+    assert isinstance(created, VmCreated)
+    assert (created.checkpoint, created.seed) == ("c1", 5)
+    assert s.memory("copy", by=1) == memory_then
+    assert s.fleet.disk_parents["copy"] == "db"
+    assert s.disk("copy") == disk_then
+
+    bigger = full_vm("big", "h2", mem_mib=128).model_copy(update={"checkpoint": "c1"})
+    assert refused(s.do(bigger, by=1)) == "size-mismatch"
+    sizes = copy.model_copy(update={"vm": "sizes", "memory_mode": MemoryMode.ACCOUNTING})
+    assert refused(s.do(sizes, by=1)) == "accounting-only"
+    nowhere = copy.model_copy(update={"vm": "x", "checkpoint": "c9"})
+    assert refused(s.do(nowhere, by=1)) == "unknown-checkpoint"
