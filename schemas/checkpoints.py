@@ -17,6 +17,11 @@ class CheckpointVm(Command):
     vm: Name
     host: Name
     checkpoint: Name
+    copy_parent: bool = Field(
+        False,
+        description="copy the disk into the checkpoint, and merge what the VM wrote during "
+        "the save back into its own disk (else the disk is kept, frozen, for the checkpoint)",
+    )
 
     def aggregate(self) -> str:
         return f"host/{self.host}"
@@ -37,6 +42,7 @@ class CheckpointStarted(Event):
     disk_gib: int = Field(ge=1)
     template: Name
     seed: int = Field(ge=0)
+    copy_parent: bool = False
 
     def aggregate(self) -> str:
         return f"vm/{self.vm}"
@@ -58,6 +64,13 @@ class CheckpointCompleted(Event):
     stun_ms: float = Field(ge=0, description="wall time the VM was stopped")
     save_seconds: float = Field(ge=0, description="wall time of the background save")
     pages_copied_aside: int = Field(ge=0, description="pages the guest wrote before their save")
+    disk: str | None = Field(
+        None, description="with copy_parent: the checkpoint's copy of the disk"
+    )
+    vm_disk: str | None = Field(
+        None, description="with copy_parent: the disk the VM writes again, its child merged in"
+    )
+    disk_blocks_copied: int = Field(0, ge=0)
 
     def aggregate(self) -> str:
         return f"vm/{self.vm}"

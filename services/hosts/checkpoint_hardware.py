@@ -9,6 +9,7 @@ finished by the next (the memory of that instant is gone), so the next says it f
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import structlog
@@ -32,6 +33,7 @@ from services.hosts.checkpoint_files import (
 )
 from services.hosts.checkpoint_jobs import (
     SAVE_STEP_PAGES,
+    DiskCopy,
     SaveJob,
     checksum,
     device_state,
@@ -43,7 +45,7 @@ from services.hosts.memory import EMPTY_PROFILE, HostMemory
 from services.hosts.memory import VmSpec as MemSpec
 from services.hosts.memory.geometry import Ints
 from services.hosts.memory.transfer import PageBatch
-from services.hosts.state import Fleet
+from services.hosts.state import Fleet, Vm
 from shared.metrics import CHECKPOINT_SAVE, CHECKPOINT_STUN, CHECKPOINTS_ENDED
 
 log = structlog.get_logger("vplane.hosts.checkpoints")
@@ -74,12 +76,15 @@ class CheckpointHardware:
                 event.vm, event.disk_gib, event.template, event.seed, event.child_disk
             )
             self.failed[event.checkpoint] = "its hosts process stopped before the save finished"
-            tmp = checkpoint_path(self.disks.datastore(), event.checkpoint)
-            tmp.with_name(f".{tmp.name}.tmp").unlink(missing_ok=True)
             return
-        # While the VM still runs: its disk's copy-on-write child, and the file opened.
+        # While the VM still runs: its disk's copy-on-write child (and, to copy the disk,
+        # the copy), and the file opened.
         parent = self.disks.disk(event.vm)
         child = parent.child(event.child_disk)
+        disk_copy = None
+        if event.copy_parent:
+            target = self.disks.datastore().create_disk(replace(parent.spec, name=copy_of(event)))
+            disk_copy = DiskCopy(parent, target, parent.written_in_chain())
         pages = mem.spec(event.vm).pages
         header = {"vm": event.vm, "checkpoint": event.checkpoint, "disk": event.disk}
         writer = CheckpointWriter(self.disks.datastore(), event.checkpoint, header, pages)
@@ -98,6 +103,7 @@ class CheckpointHardware:
             writer=writer,
             stun_ms=stun_ms,
             device_checksum=checksum(device),
+            disk_copy=disk_copy,
         )
 
     def check_files(self, fleet: Fleet, hosts: list[str]) -> None:
@@ -159,6 +165,9 @@ class CheckpointHardware:
                     stun_ms=round(job.stun_ms, 3),
                     save_seconds=round(job.save_seconds, 3),
                     pages_copied_aside=job.copied_aside,
+                    disk=job.disk_copy.target.name if job.disk_copy else None,
+                    vm_disk=job.disk_copy.source.name if job.disk_copy else None,
+                    disk_blocks_copied=job.disk_copy.copied if job.disk_copy else 0,
                 )
             )
         for name, reason in list(self.failed.items()):
@@ -173,12 +182,37 @@ class CheckpointHardware:
             _count(event)
         return out
 
-    def ended(self, checkpoint: str) -> None:
-        """Its CheckpointCompleted or CheckpointFailed is in the log."""
-        job = self.saves.pop(checkpoint, None)
+    def ended(self, before: Fleet, event: CheckpointCompleted | CheckpointFailed) -> None:
+        """Its CheckpointCompleted or CheckpointFailed is in the log (``before`` is the fold
+        before it): what it leaves behind is cleared, or its VM's disk merged back."""
+        job = self.saves.pop(event.checkpoint, None)
         if job is not None and job.written is None:
             job.abort()
-        self.failed.pop(checkpoint, None)
+        self.failed.pop(event.checkpoint, None)
+        saved, vm = before.checkpoints.get(event.checkpoint), before.vms.get(event.vm)
+        if saved is None or saved.host not in self.memory:
+            return
+        if isinstance(event, CheckpointFailed):
+            self._clear(event.checkpoint, saved)
+        elif event.vm_disk is not None and vm is not None and vm.host in self.memory:
+            self._merge_back(vm, saved.child_disk, event.vm_disk)
+
+    def _clear(self, checkpoint: str, saved: Checkpoint) -> None:
+        """What a save that did not finish left: its file, under either name, and the
+        copy of the disk it was making."""
+        store = self.disks.datastore()
+        path = checkpoint_path(store, checkpoint)
+        path.unlink(missing_ok=True)
+        path.with_name(f".{path.name}.tmp").unlink(missing_ok=True)
+        if saved.copy_parent and store.has(copy_of(saved)):
+            store.open_disk(copy_of(saved)).delete()
+
+    def _merge_back(self, vm: Vm, child: str, own: str) -> None:
+        if vm.active_disk == child and self.disks.exists(child):
+            self.disks.attach(vm.name, vm.disk_gib, vm.template, vm.seed, child)
+            self.disks.merge_back(vm.name)
+        else:
+            self.disks.attach(vm.name, vm.disk_gib, vm.template, vm.seed, own)
 
     def restored(self, before: Fleet, event: VmRestored, mem: HostMemory) -> None:
         vm = before.vms[event.vm]
@@ -223,7 +257,10 @@ class CheckpointHardware:
             self.disks.merge_back(vm.name)
         elif vm is not None:
             self.disks.attach(vm.name, vm.disk_gib, vm.template, vm.seed, event.disk)
-        checkpoint_path(self.disks.datastore(), event.checkpoint).unlink(missing_ok=True)
+        store = self.disks.datastore()
+        checkpoint_path(store, event.checkpoint).unlink(missing_ok=True)
+        if saved.copied and store.has(saved.disk):
+            store.open_disk(saved.disk).delete()
 
     def problem(self, fleet: Fleet, checkpoint: str) -> str | None:
         saved = fleet.checkpoints.get(checkpoint)
@@ -243,3 +280,9 @@ def _count(event: CheckpointCompleted | CheckpointFailed | CheckpointDamaged) ->
         case CheckpointDamaged():
             outcome = "damaged"
     CHECKPOINTS_ENDED.labels(event.host, outcome).inc()
+
+
+def copy_of(checkpoint: CheckpointStarted | Checkpoint) -> str:
+    """The name of a checkpoint's own copy of its VM's disk (no VM's disk has "..")."""
+    name = checkpoint.checkpoint if isinstance(checkpoint, CheckpointStarted) else checkpoint.name
+    return f"{name}..copy"

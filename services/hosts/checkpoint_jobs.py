@@ -20,6 +20,7 @@ from services.hosts.checkpoint_files import CheckpointWriter, Written
 from services.hosts.memory import HostMemory
 from services.hosts.memory.content import random_pages
 from services.hosts.memory.geometry import Ints, PageBytes
+from services.hosts.storage.disk import VirtualDisk
 
 # Pages a save step writes (64 MiB): one step holds the event loop for tens of ms.
 SAVE_STEP_PAGES = 16_384
@@ -47,6 +48,24 @@ def checksum(data: bytes) -> str:
 
 
 @dataclass
+class DiskCopy:
+    """The checkpoint's own copy of the VM's disk: a disk of the same blocks, template and
+    seed holding what its chain holds (the rest reads the same, generated)."""
+
+    source: VirtualDisk
+    target: VirtualDisk
+    blocks: Ints
+    copied: int = 0
+
+    def step(self, budget: int) -> bool:
+        chunk = self.blocks[self.copied : self.copied + budget]
+        if len(chunk):
+            self.target.write(chunk, self.source.read(chunk))
+        self.copied += len(chunk)
+        return self.copied >= len(self.blocks)
+
+
+@dataclass
 class SaveJob:
     checkpoint: str
     vm: str
@@ -62,6 +81,7 @@ class SaveJob:
     copied_aside: int = 0
     written: Written | None = None
     save_seconds: float = 0.0
+    disk_copy: DiskCopy | None = None
 
     def before_write(self, memory: HostMemory, pages: Ints) -> None:
         """The guest is about to write ``pages``: keep the ones not saved yet."""
@@ -75,16 +95,19 @@ class SaveJob:
         self.copied_aside += len(wanted)
 
     def step(self, memory: HostMemory, budget: int = SAVE_STEP_PAGES) -> bool:
-        """Save the next ``budget`` pages; True once the file is whole and in place."""
+        """Save the next ``budget`` pages (then copy as many disk blocks, if the disk is
+        copied); True once all is saved and the file whole and in place."""
         if self.written is not None:
             return True
-        low, high = self.next_page, min(self.pages, self.next_page + budget)
-        rows = memory.copy_pages(self.vm, np.arange(low, high, dtype=np.int64))
-        for page in [p for p in self.aside if low <= p < high]:
-            rows[page - low] = self.aside.pop(page)
-        self.writer.write_pages(rows)
-        self.next_page = high
-        if high < self.pages:
+        if self.next_page < self.pages:
+            low, high = self.next_page, min(self.pages, self.next_page + budget)
+            rows = memory.copy_pages(self.vm, np.arange(low, high, dtype=np.int64))
+            for page in [p for p in self.aside if low <= p < high]:
+                rows[page - low] = self.aside.pop(page)
+            self.writer.write_pages(rows)
+            self.next_page = high
+            return False
+        if self.disk_copy is not None and not self.disk_copy.step(budget):
             return False
         self.written = self.writer.finish()
         self.save_seconds = time.perf_counter() - self.started

@@ -29,6 +29,10 @@ class Checkpoint:
     disk_gib: int
     template: str
     seed: int
+    # Its disk is a copy of the VM's (else the VM's, frozen, which the VM's disk is made from).
+    copied: bool = False
+    # Asked to copy its disk (done once ``copied``).
+    copy_parent: bool = False
     state: CheckpointState = CheckpointState.SAVING
     file: str = ""
     bytes: int = 0
@@ -53,11 +57,14 @@ class Checkpoint:
             disk_gib=event.disk_gib,
             template=event.template,
             seed=event.seed,
+            copy_parent=event.copy_parent,
         )
 
     def completed(self, event: CheckpointCompleted) -> Checkpoint:
         return replace(
             self,
+            disk=event.disk or self.disk,
+            copied=event.disk is not None,
             state=CheckpointState.COMPLETE,
             file=event.file,
             bytes=event.bytes,

@@ -49,6 +49,7 @@ def checkpoint(
         disk_gib=vm.disk_gib,
         template=vm.template,
         seed=vm.seed,
+        copy_parent=cmd.copy_parent,
     )
 
 
@@ -100,6 +101,17 @@ def delete(fleet: Fleet, cmd: DeleteCheckpoint) -> CheckpointDeleted:
     vm = fleet.vms.get(saved.vm)
     if vm is None or vm.host != cmd.host:
         raise Rejected(RejectionCode.UNKNOWN_VM, f"the VM of {saved.name} is not on {cmd.host}")
+    if saved.copied:
+        # Its disk is its own copy: it goes unless a disk is made from it.
+        if made := fleet.disk_children(saved.disk):
+            raise Rejected(
+                RejectionCode.WRONG_STATE,
+                f"disk {saved.disk} of {saved.name} has other disks made from it "
+                f"({', '.join(made)}): delete those first",
+            )
+        return CheckpointDeleted(
+            vm=vm.name, host=vm.host, checkpoint=saved.name, disk=vm.active_disk
+        )
     others = [d for d in fleet.disk_children(saved.disk) if d != vm.active_disk]
     if vm.active_disk != saved.child_disk or others:
         made = sorted({*others, vm.active_disk} - {saved.child_disk}) or [vm.active_disk]

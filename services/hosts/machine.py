@@ -127,7 +127,7 @@ class Machine:
             case CheckpointStarted() if event.host in self.memory:
                 self.checkpoints.started(event, self.memory[event.host], self.live)
             case CheckpointCompleted() | CheckpointFailed():
-                self.checkpoints.ended(event.checkpoint)
+                self.checkpoints.ended(before, event)
             case VmRestored() if (
                 event.host in self.memory and event.checkpoint in before.checkpoints
             ):

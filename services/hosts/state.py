@@ -356,7 +356,13 @@ def _checkpointed(
             if vm is not None:
                 fleet = _with_vm(fleet, replace(vm, disk=event.child_disk))
         case CheckpointCompleted() if event.checkpoint in checkpoints:
-            checkpoints[event.checkpoint] = checkpoints[event.checkpoint].completed(event)
+            saved = checkpoints[event.checkpoint]
+            checkpoints[event.checkpoint] = saved.completed(event)
+            if event.vm_disk is not None:
+                # The disk was copied: what the VM wrote meanwhile is merged back into its own.
+                parents.pop(saved.child_disk, None)
+                if vm is not None:
+                    fleet = _with_vm(fleet, replace(vm, disk=event.vm_disk))
         case CheckpointFailed() | CheckpointDamaged() if event.checkpoint in checkpoints:
             state = (
                 CheckpointState.FAILED
@@ -373,7 +379,8 @@ def _checkpointed(
             fleet = replace(fleet, restores=fleet.restores + 1)
         case CheckpointDeleted() if event.checkpoint in checkpoints:
             gone = checkpoints.pop(event.checkpoint)
-            # The VM's disk was merged back into the checkpoint's: one disk fewer.
+            # The VM's disk was merged back into the checkpoint's (or the checkpoint's copy
+            # went): one disk fewer.
             parents = {c: p for c, p in parents.items() if c != gone.child_disk}
             if vm is not None:
                 fleet = _with_vm(fleet, replace(vm, disk=event.disk))

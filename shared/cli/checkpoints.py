@@ -36,6 +36,14 @@ def checkpoint(
         str | None,
         typer.Option("--name", help="The checkpoint's name; default: <vm>-<UTC time>."),
     ] = None,
+    copy_parent: Annotated[
+        bool,
+        typer.Option(
+            "--copy-parent/--keep-parent",
+            help="Copy the disk into the checkpoint and give the VM its own disk back, or keep "
+            "the disk, frozen, as the checkpoint's (the VM goes on in a child of it).",
+        ),
+    ] = False,
     wait: WaitOption = False,
     timeout: TimeoutOption = 120.0,
     bus: BusOption = None,
@@ -45,7 +53,10 @@ def checkpoint(
     label = as_name or f"{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
 
     async def make(client: Client) -> Command:
-        return validated(CheckpointVm, vm=name, host=await host_of(client, name), checkpoint=label)
+        host = await host_of(client, name)
+        return validated(
+            CheckpointVm, vm=name, host=host, checkpoint=label, copy_parent=copy_parent
+        )
 
     send(bus, wait, timeout, make, until="CheckpointCompleted")
 

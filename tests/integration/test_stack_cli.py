@@ -168,6 +168,11 @@ def test_checkpoint_and_restore_through_the_cli(stack: dict[str, str]) -> None:
     assert listed["bytes"] == 128 * 2**20 + 8192
     assert "c1" in cli("vm", "checkpoints", env=stack).stdout
 
+    copied = cli("vm", "checkpoint", "db", "--name", "c2", "--copy-parent", "--wait", env=stack)
+    assert copied.returncode == 0, copied.stdout + copied.stderr
+    assert "disk=c2..copy" in copied.stdout, copied.stdout
+    assert "vm_disk=db.c1" in copied.stdout, copied.stdout
+
     twice = cli("vm", "checkpoint", "db", "--name", "c1", "--wait", env=stack)
     assert twice.returncode == 1
     assert "rejected (already-exists)" in twice.stdout

@@ -364,3 +364,49 @@ def test_a_new_vm_is_made_from_a_checkpoint(tmp_path: Path) -> None:
     assert refused(s.do(sizes, by=1)) == "accounting-only"
     nowhere = copy.model_copy(update={"vm": "x", "checkpoint": "c9"})
     assert refused(s.do(nowhere, by=1)) == "unknown-checkpoint"
+
+
+def test_a_checkpoint_that_copies_the_disk_gives_the_vm_its_own_disk_back(
+    tmp_path: Path,
+) -> None:
+    """--copy-parent: the checkpoint keeps a copy of the disk as it was at the stop, and
+    what the guest wrote meanwhile is merged back into its own disk, which it writes on."""
+    s = Stack(tmp_path, ["h1"])
+    s.machines[0].checkpoints.step_pages = 1024
+    s.do(full_vm())
+    for _ in range(3):
+        s.tick()
+    s.do(CheckpointVm(vm="db", host="h1", checkpoint="c1", copy_parent=True))
+    memory_then, disk_then = s.memory("db"), s.disk("db")
+    done = s.save()
+    assert isinstance(done, CheckpointCompleted)
+    assert (done.disk, done.vm_disk) == ("c1..copy", "db")
+    assert done.disk_blocks_copied > 0
+    assert s.fleet.vms["db"].active_disk == "db"
+    assert s.fleet.disk_parents == {}
+    assert not list(tmp_path.rglob("db.c1.vdisk*"))
+    # The copy is the disk at the stop; the VM's own disk has moved on since.
+    assert s.disk("c1..copy") == disk_then
+    assert s.disk("db") != disk_then
+    s.tick()
+
+    s.do(PowerOffVm(vm="db", host="h1"))
+    [restored] = s.do(RestoreVm(vm="db", host="h1", checkpoint="c1"))
+    assert isinstance(restored, VmRestored)
+    assert (s.memory("db"), s.disk(restored.disk)) == (memory_then, disk_then)
+    assert refused(s.do(DeleteCheckpoint(checkpoint="c1", host="h1"))) == "wrong-state"
+
+
+def test_a_copied_checkpoint_is_deleted_with_its_copy(tmp_path: Path) -> None:
+    s = Stack(tmp_path, ["h1"])
+    s.do(full_vm())
+    s.tick()
+    s.do(CheckpointVm(vm="db", host="h1", checkpoint="c1", copy_parent=True))
+    s.save()
+    s.tick()
+    own = s.disk("db")
+    [deleted] = s.do(DeleteCheckpoint(checkpoint="c1", host="h1"))
+    assert isinstance(deleted, CheckpointDeleted)
+    assert deleted.disk == "db"
+    assert not list(tmp_path.rglob("c1*"))
+    assert s.disk("db") == own

@@ -231,6 +231,14 @@ class VirtualDisk:
     def written(self) -> int:
         return int(np.count_nonzero(self._held))
 
+    def written_in_chain(self) -> Ints:
+        """The blocks some disk of its chain holds: every other block reads as the base's
+        generated content, the same for any disk of its size, template and seed."""
+        held = np.zeros(self.spec.blocks, np.bool_)
+        for disk in self._chain():
+            held |= disk._held
+        return np.flatnonzero(held).astype(np.int64)
+
     def allocated_bytes(self) -> int:
         return os.stat(self._files.data).st_blocks * 512
 
