@@ -23,6 +23,7 @@ from schemas.checkpoints import (
     VmRestored,
 )
 from services.hosts.checkpoint_files import (
+    CheckpointFileError,
     CheckpointWriter,
     FileCheck,
     checkpoint_path,
@@ -46,6 +47,7 @@ from services.hosts.memory import VmSpec as MemSpec
 from services.hosts.memory.geometry import Ints
 from services.hosts.memory.transfer import PageBatch
 from services.hosts.state import Fleet, Vm
+from services.hosts.storage.datastore import StorageError
 from shared.metrics import CHECKPOINT_SAVE, CHECKPOINT_STUN, CHECKPOINTS_ENDED
 
 log = structlog.get_logger("vplane.hosts.checkpoints")
@@ -77,6 +79,20 @@ class CheckpointHardware:
             )
             self.failed[event.checkpoint] = "its hosts process stopped before the save finished"
             return
+        try:
+            self._stop(event, mem)
+        except (StorageError, CheckpointFileError, OSError) as err:
+            # The datastore filled since the decision, or failed: no checkpoint, and the
+            # VM goes on as it was.
+            log.warning("a checkpoint could not start", checkpoint=event.checkpoint, error=str(err))
+            self.failed[event.checkpoint] = f"it could not start: {err}"
+            if self.disks.exists(event.child_disk):
+                # As the log has it: the VM writes the child from the stop on.
+                self.disks.attach(
+                    event.vm, event.disk_gib, event.template, event.seed, event.child_disk
+                )
+
+    def _stop(self, event: CheckpointStarted, mem: HostMemory) -> None:
         # While the VM still runs: its disk's copy-on-write child (and, to copy the disk,
         # the copy), and the file opened.
         parent = self.disks.disk(event.vm)

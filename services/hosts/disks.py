@@ -61,6 +61,8 @@ class Disks:
         self.root = root
         self.capacity_bytes = capacity_bytes
         self._datastore: Datastore | None = None
+        # What the datastore held at the last tick's walk.
+        self._walked: int | None = None
         # The disks of the VMs on this process's hosts, by VM.
         self.specs: dict[str, DiskSpec] = {}
         self.io: dict[str, DiskIo] = {}
@@ -175,7 +177,9 @@ class Disks:
         """Why the datastore cannot take ``need`` more bytes for ``what`` now, or None."""
         if self.root is None:
             return None
-        free = self.capacity_bytes - self.used_bytes()
+        # As of this tick's walk (decisions come by the hundred; a walk reads every file).
+        used = self._walked if self._walked is not None else self.used_bytes()
+        free = self.capacity_bytes - used
         if free >= need:
             return None
         return (
@@ -192,6 +196,6 @@ class Disks:
         """The datastore's capacity and what its files hold, GiB."""
         if self.root is None:
             return 0.0, 0.0
-        used = self.used_bytes()
+        used = self._walked = self.used_bytes()
         DATASTORE_USED.set(used)
         return self.capacity_bytes / GIB, used / GIB

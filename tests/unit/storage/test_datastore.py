@@ -42,15 +42,18 @@ def test_used_bytes_count_allocated_blocks_not_sparse_holes(tmp_path: Path) -> N
 
 
 def test_require_room_says_what_is_used_of_what_capacity(tmp_path: Path) -> None:
-    """Room up to the capacity is granted; a byte more is refused with used and capacity."""
+    """Room up to the capacity is granted; a byte more is refused with used and capacity.
+    What was granted counts until the datastore is walked again: room is not granted twice."""
     (tmp_path / "disks").mkdir()
     (tmp_path / "disks" / "data").write_bytes(b"x" * 5000)
     used = Datastore(tmp_path, GIB).used_bytes()
     store = Datastore(tmp_path, used + 8192)
 
-    store.require_room(8192)
     with pytest.raises(DatastoreFull, match=f"8193 more bytes wanted, {used} of {used + 8192}"):
         store.require_room(8193)
+    store.require_room(8192)
+    with pytest.raises(DatastoreFull, match=f"1 more bytes wanted, {used + 8192} of"):
+        store.require_room(1)
     assert store.free_bytes() == 8192
 
 
