@@ -132,6 +132,15 @@ class CheckpointHardware:
             if saved.host in hosts and saved.state == CheckpointState.COMPLETE:
                 self.checks[name] = FileCheck(store, name, saved.checksum)
 
+    def abort_for(self, vm: str, reason: str) -> None:
+        """``vm``'s memory is made again (its host crashed, it was resized): the memory of
+        the stop is gone, and its save with it."""
+        for name, job in list(self.saves.items()):
+            if job.vm == vm and job.written is None:
+                job.abort()
+                del self.saves[name]
+                self.failed[name] = reason
+
     def before_write(self, vm: str, mem: HostMemory, pages: Ints) -> None:
         for job in self.saves.values():
             if job.vm == vm:

@@ -63,6 +63,10 @@ def restore(fleet: Fleet, cmd: RestoreVm, file_problem: str | None) -> VmRestore
         raise Rejected(
             RejectionCode.WRONG_STATE, f"VM {vm.name} is {vm.state}: power it off to restore it"
         )
+    if (saving := _saving(fleet, vm.name)) is not None:
+        raise Rejected(
+            RejectionCode.WRONG_STATE, f"VM {vm.name} is saving {saving.name}: restore after"
+        )
     not_migrating(fleet, vm)
     if file_problem is not None:
         raise Rejected(RejectionCode.CHECKPOINT_CORRUPT, file_problem)

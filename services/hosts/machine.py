@@ -196,13 +196,19 @@ class Machine:
             self.checkpoints.load(saved, event.vm, event.vm, mem)
 
     def _forget_page_caches(self, event: Message) -> None:
-        """A guest whose memory is made again (or goes) holds no disk block any more."""
+        """A guest whose memory is made again (or goes) holds no disk block any more, and
+        a save of its memory as it was cannot go on."""
         match event:
             case VmDestroyed() | VmRestored() | VmRestarted() | MigrationCompleted():
                 self.page_caches.forget(event.vm)
+                self.checkpoints.abort_for(event.vm, f"{event.type_name()} during the save")
             case HostCrashed():
                 for vm in event.vms_lost:
                     self.page_caches.forget(vm)
+                    self.checkpoints.abort_for(vm, f"host {event.host} crashed during the save")
+            case VmResized():
+                self.page_caches.forget(event.vm)
+                self.checkpoints.abort_for(event.vm, "the VM was resized during the save")
 
     def _free_scratch(self, before: Fleet, event: Message) -> None:
         """The bytes of extents the fold frees go with them."""

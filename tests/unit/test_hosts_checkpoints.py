@@ -22,7 +22,7 @@ from schemas.checkpoints import (
     RestoreVm,
     VmRestored,
 )
-from schemas.host import HostRegistered
+from schemas.host import CrashHost, HostRegistered
 from schemas.service import CommandRejected, RejectionCode
 from schemas.vm import CreateVm, MemoryMode, PowerOffVm, PowerOnVm, VmCreated
 from services.hosts.checkpoint_files import checkpoint_path
@@ -410,3 +410,30 @@ def test_a_copied_checkpoint_is_deleted_with_its_copy(tmp_path: Path) -> None:
     assert deleted.disk == "db"
     assert not list(tmp_path.rglob("c1*"))
     assert s.disk("db") == own
+
+
+def test_a_save_whose_memory_is_made_again_is_told_failed_never_complete(
+    tmp_path: Path,
+) -> None:
+    """A crash of the VM's host rebuilds its memory from its seed: the memory of the stop
+    is gone, so the save fails; a restore while a save runs is refused."""
+    s = Stack(tmp_path, ["h1"])
+    s.machines[0].checkpoints.step_pages = 1024
+    s.do(full_vm())
+    s.tick()
+    s.do(CheckpointVm(vm="db", host="h1", checkpoint="c1"))
+    s.save()
+    s.do(CheckpointVm(vm="db", host="h1", checkpoint="c2"))
+    assert not s.machines[0].checkpoints.step(s.fleet)
+    s.do(PowerOffVm(vm="db", host="h1"))
+    [refusal] = s.do(RestoreVm(vm="db", host="h1", checkpoint="c1"))
+    assert isinstance(refusal, CommandRejected)
+    assert "is saving c2" in refusal.reason
+    s.do(PowerOnVm(vm="db", host="h1"))
+    s.do(CrashHost(host="h1"))
+    [failed] = s.machines[0].checkpoints.step(s.fleet)
+    assert isinstance(failed, CheckpointFailed)
+    assert "crashed" in failed.reason
+    s.fold(failed)
+    assert s.fleet.checkpoints["c2"].state == "failed"
+    assert not list(tmp_path.rglob("*c2.vmstate*"))

@@ -18,10 +18,32 @@ def gather(pool: FramePool, swap: SwapSpace, guest: GuestMemory, pages: Ints) ->
     entries = guest.flat[pages]
     resident = entries >= 0
     out = np.empty((len(pages), PAGE_SIZE), np.uint8)
+    if resident.all():
+        _copy_rows(out, pool.data, pool.rows(entries))
+        return out
     out[resident] = pool.data[pool.rows(entries[resident])]
-    if not resident.all():
-        out[~resident] = swap.data[swap.rows(swap_block(entries[~resident]))]
+    out[~resident] = swap.data[swap.rows(swap_block(entries[~resident]))]
     return out
+
+
+# Runs per row beyond which fancy indexing beats copying run by run.
+_RUNS_PER_ROW = 1 / 32
+
+
+def _copy_rows(out: PageBytes, data: PageBytes, rows: Ints) -> None:
+    """``out[i] = data[rows[i]]``, a run of consecutive rows at a time when there are
+    runs (a large page's frames lie in order): one copy, not a gather and a scatter."""
+    if not len(rows):
+        return
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    if len(breaks) + 1 > len(rows) * _RUNS_PER_ROW:
+        out[:] = data[rows]
+        return
+    starts = [0, *breaks.tolist()]
+    ends = [*breaks.tolist(), len(rows)]
+    for start, end in zip(starts, ends, strict=True):
+        first = int(rows[start])
+        out[start:end] = data[first : first + end - start]
 
 
 def store(
