@@ -62,6 +62,7 @@ H_SUBJECT = "Vplane-Subject"
 H_CONSUMER = "Vplane-Consumer"
 # How long a publish waits for the broker's acknowledgement.
 PUBLISH_TIMEOUT = 10.0
+DRAIN_SECONDS = 5
 
 
 class NatsBus:
@@ -144,6 +145,9 @@ class NatsBus:
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=1,
+                    # A subscription that does not drain (its handler stuck) holds the
+                    # process's exit no longer than this, not nats-py's 30 s.
+                    drain_timeout=DRAIN_SECONDS,
                     error_cb=self._on_error,
                     disconnected_cb=self._on_disconnect,
                     reconnected_cb=self._on_reconnect,
