@@ -47,7 +47,9 @@ def describe(env: Envelope[Message]) -> str:
     phrase = _PHRASES.get(data.type_name(), data.type_name())
     fields = data.model_dump(mode="json")
     where = " on ".join(str(fields[k]) for k in ("vm", "host") if k in fields)
-    detail = ", ".join(f"{k}={v}" for k, v in fields.items() if k not in {"vm", "host"})
+    detail = ", ".join(
+        f"{k}={v}" for k, v in fields.items() if k not in {"vm", "host"} and v is not None
+    )
     return " ".join(part for part in (phrase, where) if part) + (f" ({detail})" if detail else "")
 
 
