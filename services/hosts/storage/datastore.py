@@ -30,6 +30,7 @@ Chunk = bytes | memoryview | npt.NDArray[np.uint8]
 
 # How old a room check's view of what the datastore holds may be.
 ROOM_WALK_SECONDS = 1.0
+FILE_MODE = 0o644
 _ALLOCATION_UNIT = 4096  # a file's bytes take whole 4 KiB blocks on ext4, xfs and tmpfs
 
 
@@ -124,12 +125,19 @@ class Datastore:
         """Room for ``nbytes`` more. What the datastore holds is walked at most once a
         second for this (a guest's every write asks), and what was granted since is
         counted on top: the check errs on the full side."""
+        used = self._room_used()
+        self._require(nbytes, used)
+        self._grant(nbytes)
+
+    def _room_used(self) -> int:
         now = time.monotonic()
         if self._granted is None or now - self._granted[0] > ROOM_WALK_SECONDS:
             self._granted = (now, self.used_bytes())
-        since, used = self._granted
-        self._require(nbytes, used)
-        self._granted = (since, used + nbytes)
+        return self._granted[1]
+
+    def _grant(self, nbytes: int) -> None:
+        if self._granted is not None:
+            self._granted = (self._granted[0], self._granted[1] + nbytes)
 
     def write_atomically(self, path: Path, chunks: Iterable[Chunk]) -> str:
         """Replace ``path`` (in this datastore) with the chunks; return their xxh3_128 digest.
@@ -140,10 +148,13 @@ class Datastore:
         """
         if not path.resolve().is_relative_to(self.root):
             raise InvalidArgument(f"{path} is outside the datastore at {self.root}")
-        used = self.used_bytes()
+        # A disk's map is replaced at each guest write: as of the walk a room check uses.
+        used = self._room_used()
         digest = xxhash.xxh3_128()
         fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
+            # As the data files are: other processes on the datastore read them too.
+            os.fchmod(fd, FILE_MODE)
             with os.fdopen(fd, "wb") as out:
                 size = 0
                 for chunk in chunks:
@@ -159,6 +170,7 @@ class Datastore:
             Path(temporary).unlink(missing_ok=True)
             raise
         fsync_directory(path.parent)
+        self._grant(size)
         hexdigest: str = digest.hexdigest()
         return hexdigest
 

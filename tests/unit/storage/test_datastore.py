@@ -68,6 +68,8 @@ def test_write_atomically_returns_the_digest_of_what_it_wrote(tmp_path: Path) ->
 
     assert (store.disks / "file").read_bytes() == expected
     assert digest == xxhash.xxh3_128_hexdigest(expected)
+    # Readable by the other processes of the datastore, as the disks' data files are.
+    assert (store.disks / "file").stat().st_mode & 0o777 == 0o644
 
 
 def test_write_atomically_replaces_a_file_whole(tmp_path: Path) -> None:
