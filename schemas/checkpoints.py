@@ -8,6 +8,17 @@ from pydantic import Field
 from schemas.base import Command, Event, Name, Part, Query, Reply, registry
 
 
+class _CheckpointEvent(Event):
+    """Something that happened to one checkpoint of a VM on a host."""
+
+    vm: Name
+    host: Name
+    checkpoint: Name
+
+    def aggregate(self) -> str:
+        return f"vm/{self.vm}"
+
+
 @registry.register
 class CheckpointVm(Command):
     """Checkpoint a running full-memory VM. It is stopped only while its disk is switched
@@ -28,13 +39,10 @@ class CheckpointVm(Command):
 
 
 @registry.register
-class CheckpointStarted(Event):
+class CheckpointStarted(_CheckpointEvent):
     """The VM stopped for its checkpoint: ``disk`` (what it wrote until now) is the
     checkpoint's, frozen; it goes on writing ``child_disk``. The save follows."""
 
-    vm: Name
-    host: Name
-    checkpoint: Name
     disk: str
     child_disk: str
     cpu: int = Field(ge=1)
@@ -44,18 +52,12 @@ class CheckpointStarted(Event):
     seed: int = Field(ge=0)
     copy_parent: bool = False
 
-    def aggregate(self) -> str:
-        return f"vm/{self.vm}"
-
 
 @registry.register
-class CheckpointCompleted(Event):
+class CheckpointCompleted(_CheckpointEvent):
     """The checkpoint's file is on the datastore, whole: written, flushed and renamed into
     place before this event was appended."""
 
-    vm: Name
-    host: Name
-    checkpoint: Name
     file: str
     bytes: int = Field(ge=0)
     checksum: str = Field(description="xxh3-128 of the whole file")
@@ -72,36 +74,21 @@ class CheckpointCompleted(Event):
     )
     disk_blocks_copied: int = Field(0, ge=0)
 
-    def aggregate(self) -> str:
-        return f"vm/{self.vm}"
-
 
 @registry.register
-class CheckpointFailed(Event):
+class CheckpointFailed(_CheckpointEvent):
     """The save did not finish (its hosts process stopped, the datastore filled): no
     checkpoint of this name exists. The VM keeps running on its child disk."""
 
-    vm: Name
-    host: Name
-    checkpoint: Name
     reason: str
-
-    def aggregate(self) -> str:
-        return f"vm/{self.vm}"
 
 
 @registry.register
-class CheckpointDamaged(Event):
+class CheckpointDamaged(_CheckpointEvent):
     """A complete checkpoint's file no longer reads back as written (found missing or with
     another checksum when its hosts process started): it is kept, shown, never restored."""
 
-    vm: Name
-    host: Name
-    checkpoint: Name
     reason: str
-
-    def aggregate(self) -> str:
-        return f"vm/{self.vm}"
 
 
 @registry.register
@@ -118,15 +105,9 @@ class RestoreVm(Command):
 
 
 @registry.register
-class VmRestored(Event):
-    vm: Name
-    host: Name
-    checkpoint: Name
+class VmRestored(_CheckpointEvent):
     disk: str
     memory_checksum: str
-
-    def aggregate(self) -> str:
-        return f"vm/{self.vm}"
 
 
 @registry.register
@@ -142,14 +123,8 @@ class DeleteCheckpoint(Command):
 
 
 @registry.register
-class CheckpointDeleted(Event):
-    vm: Name
-    host: Name
-    checkpoint: Name
+class CheckpointDeleted(_CheckpointEvent):
     disk: str = Field(description="the VM's disk from now on")
-
-    def aggregate(self) -> str:
-        return f"vm/{self.vm}"
 
 
 class CheckpointView(Part):

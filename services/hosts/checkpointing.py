@@ -108,24 +108,24 @@ def delete(fleet: Fleet, cmd: DeleteCheckpoint) -> CheckpointDeleted:
     if saved.copied:
         # Its disk is its own copy: it goes unless a disk is made from it.
         if made := fleet.disk_children(saved.disk):
-            raise Rejected(
-                RejectionCode.WRONG_STATE,
-                f"disk {saved.disk} of {saved.name} has other disks made from it "
-                f"({', '.join(made)}): delete those first",
-            )
+            raise _made_from(saved, made)
         return CheckpointDeleted(
             vm=vm.name, host=vm.host, checkpoint=saved.name, disk=vm.active_disk
         )
     others = [d for d in fleet.disk_children(saved.disk) if d != vm.active_disk]
     if vm.active_disk != saved.child_disk or others:
         made = sorted({*others, vm.active_disk} - {saved.child_disk}) or [vm.active_disk]
-        raise Rejected(
-            RejectionCode.WRONG_STATE,
-            f"disk {saved.disk} of {saved.name} has other disks made from it "
-            f"({', '.join(made)}): delete those first",
-        )
+        raise _made_from(saved, made)
     not_migrating(fleet, vm)
     return CheckpointDeleted(vm=vm.name, host=vm.host, checkpoint=saved.name, disk=saved.disk)
+
+
+def _made_from(saved: Checkpoint, made: list[str]) -> Rejected:
+    return Rejected(
+        RejectionCode.WRONG_STATE,
+        f"disk {saved.disk} of {saved.name} has other disks made from it "
+        f"({', '.join(made)}): delete those first",
+    )
 
 
 def _with_disk(vm: Vm) -> Vm:
