@@ -104,6 +104,7 @@ class CommandGroups:
         async with runtime.exclusive():
             if env.id not in runtime.answered:
                 await runtime.settle(decide, answers=env.id)
+        await runtime.sent()
 
     async def _settle(self, envs: list[Envelope[Message]]) -> None:
         runtime = self._runtime
@@ -124,6 +125,7 @@ class CommandGroups:
                 if len(rest) == len(pending):
                     raise RuntimeError(f"no answer for {len(rest)} commands of a group")
                 pending = rest
+        await runtime.sent()
 
     async def _decide(self, envs: list[Envelope[Message]], decided: list[Outcome]) -> list[Outcome]:
         """The group's outcomes, kept in ``decided`` too (the last attempt's)."""

@@ -68,9 +68,7 @@ def batches(
     out: list[Batch] = []
     current = Batch()
     for outcome in outcomes:
-        events = [
-            _wrap(service, outcome, e, f"e{i}", sim_time) for i, e in enumerate(outcome.events)
-        ]
+        events = list(outcome.envelopes) or envelopes_of(service, outcome, sim_time)
         commands = [
             _wrap(service, outcome, c, f"c{i}", sim_time) for i, c in enumerate(outcome.commands)
         ]
@@ -103,6 +101,11 @@ def batches(
     if current.outcomes:
         out.append(current)
     return out
+
+
+def envelopes_of(service: str, outcome: Outcome, sim_time: float) -> list[Envelope[Any]]:
+    """An outcome's events in the envelopes they are appended in."""
+    return [_wrap(service, outcome, e, f"e{i}", sim_time) for i, e in enumerate(outcome.events)]
 
 
 def _wrap(

@@ -37,6 +37,8 @@ class Loop:
     step: Step
     every: float
     exclusive: bool = True
+    # How long to wait after a step instead of ``every`` (say, until the next round is due).
+    pause: Callable[[], float] | None = None
 
 
 class LoopFailed(Exception):
@@ -97,4 +99,4 @@ async def supervise(
             continue
         stats.steps += 1
         stats.consecutive = stats.waits = 0
-        await sleep(loop.every)
+        await sleep(loop.every if loop.pause is None else loop.pause())

@@ -11,9 +11,19 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from schemas import Command, Envelope, Event, Message
+
+
+class Folded(Protocol):
+    """A decision's events folded into the service's state as it was decided (a scratch
+    fold, each decision seeing the ones before it)."""
+
+    def adopt(self, entries: Sequence[tuple[int, Envelope[Message]]]) -> bool:
+        """The entries of an append (in log order, with their sequences) have landed:
+        make the state what folding them would, or say it cannot (they are then folded)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,11 @@ class Outcome:
     # command is sent after its cause lands, but a follower may not have folded that cause
     # yet. The runtime folds what the log holds of them, and decides again, once.
     stale: Sequence[str] = ()
+    # The events in their envelopes, when the decision wrapped them already
+    # (``shared.effects.envelopes_of``) to fold them as it decided; with ``folded``, what
+    # takes that fold once they land, instead of folding them again.
+    envelopes: Sequence[Envelope[Any]] = ()
+    folded: Folded | None = None
 
     @property
     def empty(self) -> bool:

@@ -55,6 +55,11 @@ class Settings(BaseModel):
         "default: datastore/<namespace> under the data dir",
     )
     datastore_gib: float = Field(1024, gt=0, description="the datastore's capacity")
+    check_folds: bool = Field(
+        False,
+        description="check every fold a scheduler takes from its decisions against a fold "
+        "of the log (slow; the tests set it)",
+    )
     nats_replicas: int = Field(
         1, ge=1, le=5, description="copies of each JetStream stream (3 on a cluster)"
     )

@@ -27,6 +27,15 @@ def _files_of_the_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None
         os.environ["VPLANE_DATA_DIR"] = before
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _folds_checked() -> Iterator[None]:
+    """Every scheduler started by a test checks the folds it takes from its decisions
+    against a fold of the log's entries."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VPLANE_CHECK_FOLDS", "true")
+        yield
+
+
 @pytest.fixture(scope="session")
 def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A NATS URL: VPLANE_TEST_NATS_URL if set, else a nats-server from the wheel on a free

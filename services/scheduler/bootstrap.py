@@ -10,15 +10,12 @@ from schemas.pool import Owner
 from services.scheduler.commands import answer_group, decide_outcome
 from services.scheduler.failing import check, heard
 from services.scheduler.holder import Holder, Knobs
-from services.scheduler.rounds import Rounds, round_plan
+from services.scheduler.rounds import CHECK_SECONDS, Rounds, round_plan
 from services.scheduler.state import evolve
 from shared.loops import Loop
 from shared.outcome import Outcome, Plan
 from shared.runtime import ServiceDefinition
 from shared.settings import Settings
-
-# How often a scheduler looks whether its next round is due.
-ROUND_CHECK_SECONDS = 0.01
 
 
 def build(settings: Settings, wall: Callable[[], float] = time.time) -> ServiceDefinition:
@@ -26,15 +23,16 @@ def build(settings: Settings, wall: Callable[[], float] = time.time) -> ServiceD
     rounds and a host's failure are matters of real time); the events carry the stack's
     emulated time, as every service's do."""
     priority = Owner(settings.priority)
-    name = f"scheduler-{priority.value}"
     knobs = Knobs(
         ha_failures=settings.ha_failures,
         migration_mbps=settings.migration_mbps,
         rebalance_threshold=settings.rebalance_threshold,
         failure_ticks=settings.failure_ticks,
         tick_seconds=settings.tick_seconds,
+        check_folds=settings.check_folds,
     )
     holder = Holder(priority, knobs)
+    name = holder.service
     period = settings.round_seconds
 
     def fold(seq: int, env: Envelope[Message]) -> None:
@@ -76,8 +74,9 @@ def build(settings: Settings, wall: Callable[[], float] = time.time) -> ServiceD
         commands={f"{name}-commands": (f"scheduler.{priority.value}.>",)},
         observe_telemetry=(lambda env: heard(holder, env)) if detects else None,
         carried=holder if detects else None,
+        clock=holder.clock,
         loops=[
-            Loop("rounds", round_step, every=ROUND_CHECK_SECONDS),
+            Loop("rounds", round_step, every=CHECK_SECONDS, pause=rounds.pause),
             *([Loop("failures", failure_step, every=settings.tick_seconds)] if detects else []),
         ],
     )

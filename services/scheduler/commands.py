@@ -27,7 +27,7 @@ from services.scheduler.evacuating import decide_cheapest, decide_maintenance
 from services.scheduler.holder import Holder
 from services.scheduler.ledger import Amounts
 from services.scheduler.resizing import change_size
-from services.scheduler.rounds import Scratch
+from services.scheduler.scratch import Scratch
 from services.scheduler.state import SchedulerState
 from shared.outcome import Outcome, answer
 
@@ -74,13 +74,9 @@ def decide_outcome(state: SchedulerState, env: Envelope[Message], name: str) -> 
 def answer_group(holder: Holder, envs: Sequence[Envelope[Message]], name: str) -> list[Outcome]:
     """Each command's answer, decided on the state the answers before it leave (a
     second PlaceVm of one VM in the group is refused, as it would be one after another)."""
-    real, real_pools = holder.state, holder.pools
-    scratch = Scratch(holder)
-    try:
+    with Scratch(holder) as scratch:
         for env in envs:
             scratch.take(decide_outcome(holder.state, env, name))
-    finally:
-        holder.state, holder.pools = real, real_pools
     return scratch.outcomes
 
 

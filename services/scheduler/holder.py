@@ -8,6 +8,7 @@ from typing import Any
 from schemas.pool import Owner
 from services.scheduler.choose import PoolCache
 from services.scheduler.state import SchedulerState
+from shared.clock import StackClock
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,11 +20,17 @@ class Knobs:
     # A host silent this long (its telemetry ticks missed x tick length) is declared failed.
     failure_ticks: int = 5
     tick_seconds: float = 1.0
+    # Fold the log's entries too wherever a decision's scratch fold is taken, and fail
+    # if they differ (slow: for tests).
+    check_folds: bool = False
 
 
 class Holder:
     def __init__(self, priority: Owner, knobs: Knobs | None = None) -> None:
+        self.service = f"scheduler-{priority.value}"
         self.state = SchedulerState(priority)
+        # The stack's emulated time as this scheduler knows it (the runtime's).
+        self.clock = StackClock()
         self.knobs = knobs or Knobs()
         self.pools = PoolCache()
         # The ledger revision rebalancing last looked at (it need not look again before

@@ -108,6 +108,18 @@ def evolve(ledger: Ledger, seq: int, event: Message) -> Ledger:
     return new if new is ledger else replace(new, revision=ledger.revision + 1)
 
 
+def sequenced(ledger: Ledger, seq: int, event: Message) -> Ledger:
+    """A ledger that folded ``event`` ahead of the log (at a sequence below any), as if
+    folded at ``seq``: the parts of ``evolve`` that keep an event's sequence."""
+    changes: dict[str, Mapping[str, int]] = {}
+    pool, _, host = event.aggregate().partition("/")
+    if pool == "pool" and host:
+        changes["versions"] = {**ledger.versions, host: max(seq, ledger.versions.get(host, 0))}
+    if isinstance(event, MaintenanceStarted) and event.host in ledger.maintenance:
+        changes["maintenance"] = {**ledger.maintenance, event.host: seq}
+    return replace(ledger, **changes) if changes else ledger  # type: ignore[arg-type]
+
+
 def _evolve(ledger: Ledger, seq: int, event: Message) -> Ledger:  # noqa: PLR0911 - one branch per event
     match event:
         case HostRegistered():

@@ -10,7 +10,7 @@ Round ``n`` is due once the clock passes ``n`` periods; the clock is injected.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -23,7 +23,6 @@ from schemas.scheduling import (
     RoundCompleted,
 )
 from schemas.service import CommandRejected
-from services.scheduler.choose import PoolCache
 from services.scheduler.evacuating import sweep
 from services.scheduler.holder import Holder
 from services.scheduler.moving import Progress, schedule_copy, schedule_migration, settle
@@ -32,10 +31,15 @@ from services.scheduler.raising import raise_degraded
 from services.scheduler.rebalancing import propose
 from services.scheduler.resizing import follow_sizes
 from services.scheduler.restarting import restart, to_restart
-from services.scheduler.state import Work, evolve, work_key
+from services.scheduler.scratch import Scratch
+from services.scheduler.state import Work, work_key
 from shared.outcome import Outcome, Plan
 
 log = structlog.get_logger("vplane.scheduler")
+
+
+# How often a scheduler looks whether its next round is due, when it is not yet.
+CHECK_SECONDS = 0.01
 
 
 @dataclass
@@ -46,6 +50,17 @@ class Rounds:
     # The last round this scheduler ran (in this process).
     done: int = 0
     warned: int = 0
+    # Whether the last look ran a round.
+    ran: bool = False
+
+    def pause(self) -> float:
+        """How long until the next look: none when a round just ran past its period (the
+        next one is due), else until the next is due, looking at least every
+        CHECK_SECONDS (the low scheduler may be waiting for the high one's round)."""
+        until = (self.done + 1) * self.period - self.clock()
+        if until <= 0 and not self.ran:
+            return CHECK_SECONDS
+        return min(CHECK_SECONDS, max(until, 0.0))
 
 
 def due(holder: Holder, rounds: Rounds) -> tuple[int, bool] | None:
@@ -69,6 +84,7 @@ def due(holder: Holder, rounds: Rounds) -> tuple[int, bool] | None:
 def round_plan(holder: Holder, rounds: Rounds) -> Plan:
     """The decisions of the round that is due, in order; nothing when none is."""
     when = due(holder, rounds)
+    rounds.ran = when is not None
     if when is None:
         return []
     number, without_high = when
@@ -91,12 +107,11 @@ def decide_round(holder: Holder, number: int, without_high: bool) -> list[Outcom
     """Every decision of the round, each taken on the state the ones before it leave.
 
     They are decided on a scratch copy of the fold (and of the pool cache) that each
-    outcome's events are folded into as if they had landed; the real fold sees them only
-    when they do. Should the append meet another writer's change, the runtime catches up
-    and the round is decided again from the start."""
-    real, real_pools = holder.state, holder.pools
-    scratch = Scratch(holder)
-    try:
+    outcome's events are folded into as if they had landed; the real fold takes it when
+    they do (``scratch.py``). Should the append meet another writer's change, the runtime
+    catches up and the round is decided again from the start."""
+    real = holder.state
+    with Scratch(holder) as scratch:
         tally = Tally()
         for housekeeping in settle(holder) + release_destroyed(holder) + follow_sizes(holder):
             scratch.take(housekeeping)
@@ -119,51 +134,7 @@ def decide_round(holder: Holder, number: int, without_high: bool) -> list[Outcom
                 scratch.take(asked)
                 tally.other += 1
         scratch.take(_completed(holder, number, without_high, tally))
-    finally:
-        holder.state, holder.pools = real, real_pools
-    return scratch.landed(real_pools)
-
-
-class Scratch:
-    """A round's outcomes, folded as they are decided into the holder's scratch state."""
-
-    def __init__(self, holder: Holder) -> None:
-        self.holder = holder
-        self.outcomes: list[Outcome] = []
-        self.pools = holder.pools = holder.pools.copy()
-        self.start_revision = holder.state.ledger.revision
-
-    def take(self, outcome: Outcome | None) -> bool:
-        if outcome is None:
-            return False
-        h = self.holder
-        for event in outcome.events:
-            env = Envelope.wrap(event, producer=h.state.priority.value, caused_by=outcome.cause)
-            # Not a log sequence: moves no version, so later reservations of the round
-            # expect what the log holds (the runtime keeps the first per aggregate).
-            h.state = evolve(h.state, PROVISIONAL, env)
-        for done in outcome.on_landed:
-            done()
-        self.outcomes.append(replace(outcome, on_landed=()))
-        return True
-
-    def landed(self, real_pools: PoolCache) -> list[Outcome]:
-        """The outcomes, the last of them keeping the scratch pool once the round landed,
-        if the fold then holds exactly what the round decided on."""
-        if not self.outcomes:
-            return []
-        holder, pools = self.holder, self.pools
-        revision = pools.revision
-
-        def keep() -> None:
-            if holder.state.ledger.revision == revision and holder.pools is real_pools:
-                holder.pools = pools
-
-        last = self.outcomes[-1]
-        return [*self.outcomes[:-1], replace(last, on_landed=(*last.on_landed, keep))]
-
-
-PROVISIONAL = -1
+    return scratch.landed()
 
 
 def _work(holder: Holder, work: Envelope[Work], number: int) -> tuple[Outcome | None, Progress]:

@@ -39,6 +39,7 @@ from schemas.transfers import (
 from schemas.vm import VmCreated, VmDestroyed, VmResized
 from services.scheduler.ledger import Ledger
 from services.scheduler.ledger import evolve as evolve_ledger
+from services.scheduler.ledger import sequenced as sequenced_ledger
 from shared.effects import issued
 
 Work = PlacementRequested | MigrationRequested | CopyRequested
@@ -139,6 +140,22 @@ def evolve(state: SchedulerState, seq: int, env: Envelope[Message]) -> Scheduler
     state = _evolve(state, seq, env)
     for vm in _sizing_of(event):
         state = _oversized(state, vm)
+    return state
+
+
+def sequenced(state: SchedulerState, seq: int, env: Envelope[Message]) -> SchedulerState:
+    """A state that folded ``env`` ahead of the log (at a sequence below any), as if
+    folded at ``seq``: the parts of ``evolve`` that keep an event's log sequence (the
+    ledger's versions and maintenance visits, the queue's order)."""
+    event = env.data
+    ledger = sequenced_ledger(state.ledger, seq, event)
+    if ledger is not state.ledger:
+        state = replace(state, ledger=ledger)
+    if isinstance(event, PlacementRequested | MigrationRequested | CopyRequested):
+        key = work_key(event)
+        waiting = state.pending.get(key)
+        if waiting is not None and waiting[1] is env:
+            state = replace(state, pending=state.pending.set(key, (seq, waiting[1])))
     return state
 
 

@@ -199,6 +199,8 @@ async def service_stack(
         "round_seconds": ROUND,
         "speed": 50.0,
         "datastore": datastore.name,
+        # Every fold a scheduler takes from its decisions is checked against the log's.
+        "check_folds": True,
         **(settings or {}),
     }
     stack = Stack(

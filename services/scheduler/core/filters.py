@@ -23,6 +23,10 @@ class Filter(enum.StrEnum):
     CAPACITY = "capacity"  # room for the desired size, else for the minimum
 
 
+# In order, held once: iterating an enum class walks its members anew each time.
+FILTERS = tuple(Filter)
+
+
 @dataclass(frozen=True, slots=True)
 class FilterCount:
     filter: Filter

@@ -7,6 +7,7 @@ an event needs to explain itself. ``commit`` reserves a decision's grant in plac
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.scheduler.core.errors import AbsurdRequest
-from services.scheduler.core.filters import Filter, FilterCount, fits, screen
+from services.scheduler.core.filters import FILTERS, Filter, FilterCount, fits, screen
 from services.scheduler.core.pool import Pool
 from services.scheduler.core.requests import Request
 from services.scheduler.core.resources import F64, Index, Resources
@@ -87,7 +88,7 @@ def decide(pool: Pool, request: Request, policy: Policy = Policy.BALANCED) -> De
         degraded = True
     hosts = np.flatnonzero(fit)
     counts = (*screened.removed, screened.left - len(hosts))
-    filters = tuple(FilterCount(f, n) for f, n in zip(Filter, counts, strict=True))
+    filters = _counted(counts)
     if not len(hosts):
         return Decision.refused(request.vm, policy, filters, _emptied(pool, counts))
 
@@ -115,6 +116,13 @@ def decide(pool: Pool, request: Request, policy: Policy = Policy.BALANCED) -> De
         filters=filters,
         candidates=len(hosts),
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _counted(counts: tuple[int, ...]) -> tuple[FilterCount, ...]:
+    """What each filter removed, one per filter: the same few counts come over and over,
+    and are made once."""
+    return tuple(FilterCount(f, n) for f, n in zip(FILTERS, counts, strict=True))
 
 
 def commit(pool: Pool, request: Request, decision: Decision) -> None:
@@ -152,7 +160,7 @@ def _best(score: F64, count: int) -> Index:
 
 def _emptied(pool: Pool, counts: Sequence[int]) -> Filter:
     left = len(pool)
-    for f, removed in zip(Filter, counts, strict=True):
+    for f, removed in zip(FILTERS, counts, strict=True):
         left -= removed
         if left == 0:
             return f

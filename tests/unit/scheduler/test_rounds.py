@@ -3,13 +3,15 @@ fold, and what it decided on is kept once it lands."""
 
 from __future__ import annotations
 
+import pytest
+
 from schemas import Envelope, Message
 from schemas.host import HostRegistered
 from schemas.pool import CapacityReserved, Owner
 from schemas.scheduling import PlacementRequested, RoundCompleted, VmPlaced
 from schemas.vm import VmCreated
 from services.scheduler.holder import Holder
-from services.scheduler.rounds import Rounds, decide_round, round_plan
+from services.scheduler.rounds import CHECK_SECONDS, Rounds, decide_round, round_plan
 from services.scheduler.state import evolve
 from shared.outcome import Outcome
 
@@ -143,3 +145,26 @@ def test_a_round_shrinks_the_reservations_of_vms_run_smaller_and_only_those() ->
     assert set(holder.state.oversized) == set()
     again = decide_round(holder, 3, without_high=False)
     assert not [e for o in again for e in o.events if isinstance(e, CapacityReserved)]
+
+
+def test_a_round_that_ran_past_its_period_is_followed_at_once() -> None:
+    """The next look comes when the next round is due: at once after a round that took
+    longer than its period, and at most a check away while one waits."""
+    holder = Holder(Owner.HIGH)
+    log = Log(holder)
+    hosts(holder, log, 1)
+    now = [10.0]
+    rounds = Rounds(period=0.5, high_wait=0.25, clock=lambda: now[0])
+    ask(log, "vm0")
+    assert round_plan(holder, rounds)
+    now[0] = 10.2
+    assert rounds.pause() == CHECK_SECONDS
+    now[0] = 10.496
+    assert rounds.pause() == pytest.approx(0.004)
+    now[0] = 10.7
+    assert rounds.pause() == 0.0
+    assert round_plan(holder, rounds)
+    assert round_plan(holder, rounds) == []
+    now[0] = 11.2
+    # Due by the clock, but the last look ran nothing: not again at once.
+    assert rounds.pause() == CHECK_SECONDS
