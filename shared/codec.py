@@ -53,6 +53,13 @@ def decode(raw: bytes) -> Envelope[Message]:
     return _as_encoded(raw) or _parsed(raw)
 
 
+def encoded_type(raw: bytes) -> str | None:
+    """The type of an envelope as ``Envelope.encode`` writes it, read without decoding
+    it; None for anything else (which only decoding tells)."""
+    found = _ENCODED_TYPE.match(raw)
+    return None if found is None else found[1].decode()
+
+
 def _as_encoded(raw: bytes) -> Envelope[Message] | None:
     """An envelope as ``Envelope.encode`` writes it (its type near the start), parsed and
     validated in one pass: half the cost of parsing first. Anything else (or anything

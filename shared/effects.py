@@ -20,6 +20,9 @@ from shared.codec import decode
 from shared.outcome import Outcome
 
 _STEPS = uuid.uuid5(uuid.NAMESPACE_URL, "vplane:steps")
+# The most commands one outbox record holds (an encoded command is about 600 bytes, an
+# envelope at most 256 KiB).
+RECORD_COMMANDS = 128
 
 
 def derive(service: str, outcome: Outcome, what: str) -> uuid.UUID:
@@ -55,6 +58,24 @@ class Batch:
     # Outbox records of commands still unsent from earlier appends, recorded again.
     carried: set[uuid.UUID] = field(default_factory=set)
     id: uuid.UUID = field(default_factory=uuid.uuid4)
+    # Commands of outcomes with events, each with its outcome and place in it, waiting to
+    # be recorded together (one record for many decisions, not one each).
+    sharing: list[tuple[Outcome, int, Envelope[Any]]] = field(default_factory=list)
+
+    def size(self) -> int:
+        """Its events, with the records of the commands waiting for one."""
+        return len(self.events) + _records(len(self.sharing))
+
+    def record(self, service: str, sim_time: float) -> None:
+        """Record the commands waiting, in order."""
+        for at in range(0, len(self.sharing), RECORD_COMMANDS):
+            part = self.sharing[at : at + RECORD_COMMANDS]
+            first, position, _ = part[0]
+            record = CommandsIssued(
+                service=service, commands=[c.encode().decode() for _, _, c in part], batch=self.id
+            )
+            self.events.append(_wrap(service, first, record, f"outbox:c{position}", sim_time))
+        self.sharing = []
 
 
 def batches(
@@ -64,7 +85,9 @@ def batches(
     landed: Callable[[uuid.UUID], bool],
 ) -> list[Batch]:
     """The outcomes not yet in the log, in appends of at most BATCH_LIMIT events; one
-    outcome never spans two appends."""
+    outcome never spans two appends. The commands of outcomes with events are recorded
+    together; an outcome of commands alone has a record of its own (its first envelope,
+    which tells that it landed), after those of the outcomes before it."""
     out: list[Batch] = []
     current = Batch()
     for outcome in outcomes:
@@ -74,9 +97,13 @@ def batches(
         ]
         if (events or commands) and landed(first_id(service, outcome)):
             continue
-        # One more for the outbox record.
-        size = len(events) + (1 if commands else 0)
-        if current.events and len(current.events) + size > BATCH_LIMIT:
+        waiting = len(current.sharing)
+        records = _records(waiting + len(commands)) - _records(waiting) if events else 1
+        if (
+            current.outcomes
+            and current.size() + len(events) + (records if commands else 0) > BATCH_LIMIT
+        ):
+            current.record(service, sim_time)
             out.append(current)
             current = Batch()
         for i, env in enumerate(events):
@@ -89,7 +116,10 @@ def batches(
             if aggregate in outcome.expect and written not in current.expected:
                 current.expected[written] = outcome.expect[aggregate]
         current.events += events
-        if commands:
+        if commands and events:
+            current.sharing += [(outcome, i, c) for i, c in enumerate(commands)]
+        elif commands:
+            current.record(service, sim_time)
             record = CommandsIssued(
                 service=service,
                 commands=[c.encode().decode() for c in commands],
@@ -99,8 +129,13 @@ def batches(
         current.commands += commands
         current.outcomes.append(outcome)
     if current.outcomes:
+        current.record(service, sim_time)
         out.append(current)
     return out
+
+
+def _records(commands: int) -> int:
+    return -(-commands // RECORD_COMMANDS)
 
 
 def envelopes_of(service: str, outcome: Outcome, sim_time: float) -> list[Envelope[Any]]:

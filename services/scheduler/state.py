@@ -40,7 +40,7 @@ from schemas.vm import VmCreated, VmDestroyed, VmResized
 from services.scheduler.ledger import Ledger
 from services.scheduler.ledger import evolve as evolve_ledger
 from services.scheduler.ledger import sequenced as sequenced_ledger
-from shared.effects import issued
+from shared.codec import decode, encoded_type
 
 Work = PlacementRequested | MigrationRequested | CopyRequested
 NO_RULES = PlacementRules()
@@ -315,12 +315,12 @@ def _evolve(state: SchedulerState, seq: int, env: Envelope[Message]) -> Schedule
         case CommandsIssued():
             # A host refuses a start by the command's id: learn which transfer it starts.
             starts = state.starts
-            for command in issued(event):
+            for command in _starts(event):
                 if isinstance(command.data, StartMigration):
                     starts = starts.set(command.id, command.data.migration)
                 elif isinstance(command.data, StartCopy):
                     starts = starts.set(command.id, command.data.copy_id)
-            return replace(state, starts=starts)
+            return state if starts is state.starts else replace(state, starts=starts)
         case MigrationRefused():
             return _ended(
                 replace(state, pending=_without(state.pending, event.aggregate())), event.vm
@@ -357,6 +357,19 @@ def _evolve(state: SchedulerState, seq: int, env: Envelope[Message]) -> Schedule
             done = max(event.round, state.rounds.get(event.priority, -1))
             return replace(state, rounds=state.rounds.set(event.priority, done))
     return state
+
+
+def _starts(record: CommandsIssued) -> list[Envelope[Message]]:
+    """The commands of a record that may start a transfer, decoded (most are not)."""
+    return [
+        decode(raw)
+        for raw in (text.encode() for text in record.commands)
+        if encoded_type(raw) in _MAY_START
+    ]
+
+
+# A command not in the form Envelope.encode writes (None) is decoded to be sure.
+_MAY_START = frozenset({"StartMigration", "StartCopy", None})
 
 
 def work_key_of_vm(vm: str) -> str:

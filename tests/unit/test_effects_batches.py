@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from schemas import Envelope
-from schemas.vm import VmCreated
+from schemas.service import CommandsIssued
+from schemas.vm import PowerOnVm, VmCreated
+from shared.bus import BATCH_LIMIT
 from shared.bus.memory import MemoryBus
-from shared.effects import batches, named
+from shared.effects import RECORD_COMMANDS, Batch, batches, first_id, issued, named
 from shared.outcome import Outcome
 
 
@@ -34,3 +36,50 @@ def test_a_name_a_decision_gives_is_fixed_by_what_it_is_about() -> None:
     assert named("mnt", "h1", "v1", "vm3") == "mnt-7c591d1ef08059be"
     assert named("reb", 17, "vm3") == "reb-500be8f4e55d5e05"
     assert named("reb", 18, "vm3") != named("reb", 17, "vm3")
+
+
+def power_on(vm: str) -> PowerOnVm:
+    return PowerOnVm(vm=vm, host="h1")
+
+
+def recorded(batch: Batch) -> list[list[str]]:
+    """The commands each outbox record of the batch holds, by VM, in log order."""
+    return [
+        [c.data.vm for c in issued(e.data)]
+        for e in batch.events
+        if isinstance(e.data, CommandsIssued)
+    ]
+
+
+def test_the_commands_of_many_decisions_share_a_record_in_the_order_they_were_decided() -> None:
+    """One record for the decisions with events (not one each); a decision of commands
+    alone keeps its own, the first envelope of its outcome, after the ones before it."""
+    with_events = [
+        Outcome(events=[created(f"v{i}", "h1")], commands=[power_on(f"v{i}")], key=f"k{i}")
+        for i in range(3)
+    ]
+    alone = Outcome(commands=[power_on("w")], key="alone")
+    last = Outcome(events=[created("z", "h1")], commands=[power_on("z")], key="last")
+    [batch] = batches("s", [*with_events, alone, last], 0.0, lambda _: False)
+    assert recorded(batch) == [["v0", "v1", "v2"], ["w"], ["z"]]
+    assert [c.data.vm for c in batch.commands] == ["v0", "v1", "v2", "w", "z"]
+    records = [e for e in batch.events if isinstance(e.data, CommandsIssued)]
+    assert records[1].id == first_id("s", alone)
+    assert len({e.id for e in batch.events}) == len(batch.events)
+    assert {e.data.batch for e in records} == {batch.id}
+
+
+def test_a_record_holds_a_bounded_number_of_commands_and_appends_stay_within_the_limit() -> None:
+    many = [
+        Outcome(events=[created(f"v{i}", "h1")], commands=[power_on(f"v{i}")], key=f"k{i}")
+        for i in range(BATCH_LIMIT)
+    ]
+    out = batches("s", many, 0.0, lambda _: False)
+    assert all(len(b.events) <= BATCH_LIMIT for b in out)
+    assert sum(len(b.outcomes) for b in out) == BATCH_LIMIT
+    for batch in out:
+        sizes = [len(r) for r in recorded(batch)]
+        assert all(size <= RECORD_COMMANDS for size in sizes)
+        assert sum(sizes) == len(batch.commands)
+    commands = [c.data.vm for b in out for c in b.commands]
+    assert commands == [f"v{i}" for i in range(BATCH_LIMIT)]
