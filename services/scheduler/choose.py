@@ -124,12 +124,24 @@ def view_for(ledger: Ledger, owner: Owner, failures: int) -> Pool:
         return pool
 
 
+NO_RULES = Rules()
+
+
 def rules_of(rules: PlacementRules) -> Rules:
     """The core's rules; ``ContradictoryRules`` when they name one thing both ways."""
 
     def one(a: AffinityPart) -> Affinity:
         return Affinity(frozenset(a.must), frozenset(a.should))
 
+    parts = (
+        rules.vm_affinity,
+        rules.vm_anti_affinity,
+        rules.host_affinity,
+        rules.host_anti_affinity,
+    )
+    if not any(p.must or p.should for p in parts):
+        # Most VMs have none.
+        return NO_RULES
     return Rules(
         one(rules.vm_affinity),
         one(rules.vm_anti_affinity),

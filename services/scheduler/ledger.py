@@ -9,7 +9,7 @@ scheduler decides again.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from immutables import Map
 
@@ -18,6 +18,7 @@ from schemas.ha import HostFailed, HostReturned
 from schemas.host import HostCrashed, HostRecovered, HostRegistered
 from schemas.pool import CapacityReleased, CapacityReserved
 from schemas.scheduling import HostEvacuated, MaintenanceEnded, MaintenanceStarted
+from shared.frozen import changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +57,8 @@ class Amounts:
         return cls(event.cpu_mhz, event.mem_mib, event.net_mbps, event.storage_mbs)
 
 
-@dataclass(frozen=True, slots=True)
+# No slots: fold steps change it with ``changed`` (shared/frozen.py).
+@dataclass(frozen=True)
 class Ledger:
     capacity: Mapping[str, Amounts] = field(default_factory=dict)
     reservations: Mapping[str, Mapping[str, CapacityReserved]] = field(default_factory=dict)
@@ -104,8 +106,8 @@ def evolve(ledger: Ledger, seq: int, event: Message) -> Ledger:
     # Every event of a host's pool aggregate moves its version, whatever its type.
     pool, _, host = event.aggregate().partition("/")
     if pool == "pool" and host:
-        new = replace(new, versions={**new.versions, host: max(seq, new.versions.get(host, 0))})
-    return new if new is ledger else replace(new, revision=ledger.revision + 1)
+        new = changed(new, versions={**new.versions, host: max(seq, new.versions.get(host, 0))})
+    return new if new is ledger else changed(new, revision=ledger.revision + 1)
 
 
 def sequenced(ledger: Ledger, seq: int, event: Message) -> Ledger:
@@ -117,7 +119,7 @@ def sequenced(ledger: Ledger, seq: int, event: Message) -> Ledger:
         changes["versions"] = {**ledger.versions, host: max(seq, ledger.versions.get(host, 0))}
     if isinstance(event, MaintenanceStarted) and event.host in ledger.maintenance:
         changes["maintenance"] = {**ledger.maintenance, event.host: seq}
-    return replace(ledger, **changes) if changes else ledger  # type: ignore[arg-type]
+    return changed(ledger, **changes) if changes else ledger
 
 
 def _evolve(ledger: Ledger, seq: int, event: Message) -> Ledger:  # noqa: PLR0911 - one branch per event
@@ -129,7 +131,7 @@ def _evolve(ledger: Ledger, seq: int, event: Message) -> Ledger:  # noqa: PLR091
                 event.net_mbps * 2,
                 event.storage_mbs,
             )
-            return replace(ledger, capacity={**ledger.capacity, event.host: cap})
+            return changed(ledger, capacity={**ledger.capacity, event.host: cap})
         case CapacityReserved():
             held = {
                 **{
@@ -142,7 +144,7 @@ def _evolve(ledger: Ledger, seq: int, event: Message) -> Ledger:  # noqa: PLR091
             located = ledger.located.set(event.reservation, event.host)
             if event.replaces is not None and located.get(event.replaces) == event.host:
                 located = located.delete(event.replaces)
-            return replace(
+            return changed(
                 ledger, reservations={**ledger.reservations, event.host: held}, located=located
             )
         case CapacityReleased():
@@ -152,28 +154,28 @@ def _evolve(ledger: Ledger, seq: int, event: Message) -> Ledger:  # noqa: PLR091
             # A VM that moved is reserved on its new host before it is released on the old.
             if located.get(name) == host:
                 located = located.delete(name)
-            return replace(
+            return changed(
                 ledger, reservations={**ledger.reservations, host: held}, located=located
             )
         case HostCrashed():
-            return replace(ledger, crashed=ledger.crashed | {event.host})
+            return changed(ledger, crashed=ledger.crashed | {event.host})
         case HostRecovered():
-            return replace(ledger, crashed=ledger.crashed - {event.host})
+            return changed(ledger, crashed=ledger.crashed - {event.host})
         case HostFailed():
-            return replace(ledger, silent=ledger.silent | {event.host})
+            return changed(ledger, silent=ledger.silent | {event.host})
         case HostReturned():
-            return replace(ledger, silent=ledger.silent - {event.host})
+            return changed(ledger, silent=ledger.silent - {event.host})
         case MaintenanceStarted():
-            return replace(
+            return changed(
                 ledger,
                 maintenance={**ledger.maintenance, event.host: seq},
                 evacuated=ledger.evacuated - {event.host},
             )
         case MaintenanceEnded():
             maintenance = {h: s for h, s in ledger.maintenance.items() if h != event.host}
-            return replace(
+            return changed(
                 ledger, maintenance=maintenance, evacuated=ledger.evacuated - {event.host}
             )
         case HostEvacuated():
-            return replace(ledger, evacuated=ledger.evacuated | {event.host})
+            return changed(ledger, evacuated=ledger.evacuated | {event.host})
     return ledger

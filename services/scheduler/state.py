@@ -4,7 +4,7 @@ and moved, and the rounds of both schedulers."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from immutables import Map
@@ -41,6 +41,7 @@ from services.scheduler.ledger import Ledger
 from services.scheduler.ledger import evolve as evolve_ledger
 from services.scheduler.ledger import sequenced as sequenced_ledger
 from shared.codec import decode, encoded_type
+from shared.frozen import changed
 
 Work = PlacementRequested | MigrationRequested | CopyRequested
 NO_RULES = PlacementRules()
@@ -65,7 +66,8 @@ def incoming(transfer: str) -> str:
     return f"{transfer}-in"
 
 
-@dataclass(frozen=True, slots=True)
+# No slots: fold steps change it with ``changed`` (shared/frozen.py).
+@dataclass(frozen=True)
 class SchedulerState:
     priority: Owner
     ledger: Ledger = field(default_factory=Ledger)
@@ -133,7 +135,7 @@ def evolve(state: SchedulerState, seq: int, env: Envelope[Message]) -> Scheduler
     event = env.data
     ledger = evolve_ledger(state.ledger, seq, event)
     if ledger is not state.ledger:
-        state = replace(state, ledger=ledger)
+        state = changed(state, ledger=ledger)
     state = _queued(state, env)
     state = _hosted(state, env)
     state = _sized(state, env.data)
@@ -150,12 +152,12 @@ def sequenced(state: SchedulerState, seq: int, env: Envelope[Message]) -> Schedu
     event = env.data
     ledger = sequenced_ledger(state.ledger, seq, event)
     if ledger is not state.ledger:
-        state = replace(state, ledger=ledger)
+        state = changed(state, ledger=ledger)
     if isinstance(event, PlacementRequested | MigrationRequested | CopyRequested):
         key = work_key(event)
         waiting = state.pending.get(key)
         if waiting is not None and waiting[1] is env:
-            state = replace(state, pending=state.pending.set(key, (seq, waiting[1])))
+            state = changed(state, pending=state.pending.set(key, (seq, waiting[1])))
     return state
 
 
@@ -188,23 +190,23 @@ def _oversized(state: SchedulerState, vm: str) -> SchedulerState:
     if over == (vm in state.oversized):
         return state
     oversized = state.oversized.set(vm, True) if over else state.oversized.delete(vm)
-    return replace(state, oversized=oversized)
+    return changed(state, oversized=oversized)
 
 
 def _sized(state: SchedulerState, event: Message) -> SchedulerState:
     match event:
         case VmCreated() | VmResized() | VmRestarted():
-            return replace(
+            return changed(
                 state,
                 sizes=state.sizes.set(event.vm, (event.cpu, event.mem_mib)),
                 resizing=_without(state.resizing, event.vm),
             )
         case VmResizeRequested() | VmRaised():
-            return replace(state, resizing=state.resizing.set(event.vm, True))
+            return changed(state, resizing=state.resizing.set(event.vm, True))
         case CommandRejected() if event.command_type == "ResizeVm":
-            return replace(state, resizing=_without(state.resizing, event.about[len("vm/") :]))
+            return changed(state, resizing=_without(state.resizing, event.about[len("vm/") :]))
         case VmDestroyed():
-            return replace(state, sizes=_without(state.sizes, event.vm))
+            return changed(state, sizes=_without(state.sizes, event.vm))
     return state
 
 
@@ -213,28 +215,28 @@ def _hosted(state: SchedulerState, env: Envelope[Message]) -> SchedulerState:  #
     event = env.data
     match event:
         case VmCreated():
-            return replace(state, hosted=state.hosted.set(event.vm, event.host))
+            return changed(state, hosted=state.hosted.set(event.vm, event.host))
         case VmRestarted():
-            return replace(
+            return changed(
                 state,
                 hosted=state.hosted.set(event.vm, event.host),
                 unrestarted=_without(state.unrestarted, event.vm),
             )
         case MigrationCompleted() if event.vm in state.hosted:
-            return replace(state, hosted=state.hosted.set(event.vm, event.target))
+            return changed(state, hosted=state.hosted.set(event.vm, event.target))
         case VmDestroyed():
-            return replace(
+            return changed(
                 state,
                 hosted=_without(state.hosted, event.vm),
                 unrestarted=_without(state.unrestarted, event.vm),
             )
         case HostFailed():
             failed: Envelope[HostFailed] = env  # type: ignore[assignment]
-            return replace(state, silent=state.silent.set(event.host, failed))
+            return changed(state, silent=state.silent.set(event.host, failed))
         case HostReturned():
-            return replace(state, silent=_without(state.silent, event.host))
+            return changed(state, silent=_without(state.silent, event.host))
         case VmRestartFailed() if event.priority == state.priority.value:
-            return replace(state, unrestarted=state.unrestarted.set(event.vm, True))
+            return changed(state, unrestarted=state.unrestarted.set(event.vm, True))
     return state
 
 
@@ -244,7 +246,7 @@ def _queued(state: SchedulerState, env: Envelope[Message]) -> SchedulerState:
         case PlacementRequested() | MigrationRequested() | CopyRequested():
             key = work_key(event)
             asked = state.asked.set(key, env.causation_id or env.id)
-            return replace(state, queued=state.queued.set(key, event.priority), asked=asked)
+            return changed(state, queued=state.queued.set(key, event.priority), asked=asked)
         case VmPlaced():
             key = work_key_of_vm(event.vm)
         case MigrationScheduled() | CopyScheduled() | MigrationRefused():
@@ -255,7 +257,7 @@ def _queued(state: SchedulerState, env: Envelope[Message]) -> SchedulerState:
             return state
     if key not in state.queued:
         return state
-    return replace(state, queued=_without(state.queued, key), asked=_without(state.asked, key))
+    return changed(state, queued=_without(state.queued, key), asked=_without(state.asked, key))
 
 
 def refuses_queued(state: SchedulerState, event: CommandRejected) -> bool:
@@ -269,45 +271,45 @@ def _evolve(state: SchedulerState, seq: int, env: Envelope[Message]) -> Schedule
     mine = getattr(event, "priority", None) == state.priority
     match event:
         case PlacementRequested():
-            state = replace(state, known=state.known.set(event.vm, True))
+            state = changed(state, known=state.known.set(event.vm, True))
             if event.rules != NO_RULES:
-                state = replace(state, rules=state.rules.set(event.vm, event.rules))
+                state = changed(state, rules=state.rules.set(event.vm, event.rules))
             if mine:
                 request: Envelope[PlacementRequested] = env  # type: ignore[assignment]
-                return replace(
+                return changed(
                     state,
                     pending=state.pending.set(work_key(event), (seq, request)),
                     requests=state.requests.set(event.vm, request),
                 )
         case MigrationRequested() | CopyRequested():
             ident = event.migration if isinstance(event, MigrationRequested) else event.copy_id
-            state = replace(state, transfers=state.transfers.set(ident, True))
+            state = changed(state, transfers=state.transfers.set(ident, True))
             if isinstance(event, MigrationRequested):
-                state = replace(state, moving=state.moving.set(event.vm, event.migration))
+                state = changed(state, moving=state.moving.set(event.vm, event.migration))
             if mine:
                 work: Envelope[Work] = env  # type: ignore[assignment]
-                return replace(state, pending=state.pending.set(work_key(event), (seq, work)))
+                return changed(state, pending=state.pending.set(work_key(event), (seq, work)))
         case VmPlaced() if mine:
             degraded = state.degraded.set(event.vm, True) if event.degraded else state.degraded
-            return replace(
+            return changed(
                 state,
                 pending=_without(state.pending, work_key_of_vm(event.vm)),
                 placed=state.placed.set(event.vm, event),
                 degraded=degraded,
             )
         case VmRaised():
-            return replace(state, degraded=_without(state.degraded, event.vm))
+            return changed(state, degraded=_without(state.degraded, event.vm))
         case MigrationScheduled() if not mine:
-            return replace(state, heading=state.heading.set(event.vm, event.target))
+            return changed(state, heading=state.heading.set(event.vm, event.target))
         case MigrationScheduled():
-            return replace(
+            return changed(
                 state,
                 heading=state.heading.set(event.vm, event.target),
                 pending=_without(state.pending, f"migration/{event.migration}"),
                 migrations=state.migrations.set(event.migration, event),
             )
         case CopyScheduled() if mine:
-            return replace(
+            return changed(
                 state,
                 pending=_without(state.pending, f"copy/{event.copy_id}"),
                 copies=state.copies.set(event.copy_id, event),
@@ -320,29 +322,29 @@ def _evolve(state: SchedulerState, seq: int, env: Envelope[Message]) -> Schedule
                     starts = starts.set(command.id, command.data.migration)
                 elif isinstance(command.data, StartCopy):
                     starts = starts.set(command.id, command.data.copy_id)
-            return state if starts is state.starts else replace(state, starts=starts)
+            return state if starts is state.starts else changed(state, starts=starts)
         case MigrationRefused():
             return _ended(
-                replace(state, pending=_without(state.pending, event.aggregate())), event.vm
+                changed(state, pending=_without(state.pending, event.aggregate())), event.vm
             )
         case MigrationStarted() | CopyStarted():
-            return replace(state, started=state.started.set(_transfer(event), True))
+            return changed(state, started=state.started.set(_transfer(event), True))
         case MigrationCompleted() | MigrationAborted() | CopyCompleted() | CopyAborted():
             ident = _transfer(event)
             vm = event.vm if isinstance(event, MigrationCompleted | MigrationAborted) else None
             state = _ended(state, vm)
             if state.scheduled(ident) is not None:
                 completed = isinstance(event, MigrationCompleted | CopyCompleted)
-                return replace(state, outcomes=state.outcomes.set(ident, completed))
+                return changed(state, outcomes=state.outcomes.set(ident, completed))
         case VmDestroyed():
-            return replace(state, destroyed=state.destroyed.set(event.vm, True))
+            return changed(state, destroyed=state.destroyed.set(event.vm, True))
         case CapacityReleased() if event.reservation in state.destroyed:
-            return replace(state, destroyed=_without(state.destroyed, event.reservation))
+            return changed(state, destroyed=_without(state.destroyed, event.reservation))
         case CapacityReleased() if event.reservation.endswith("-out"):
             # The source's bandwidth is released last: the transfer is settled.
             ident = event.reservation.removesuffix("-out")
             if ident in state.outcomes:
-                return replace(state, settled=state.settled.set(ident, True))
+                return changed(state, settled=state.settled.set(ident, True))
         case CommandRejected() if event.command_type in ("PlaceVm", "CopyFile"):
             return _unqueued(state, event)
         case CommandRejected() if event.command_id in state.starts:
@@ -350,12 +352,12 @@ def _evolve(state: SchedulerState, seq: int, env: Envelope[Message]) -> Schedule
             ident = state.starts[event.command_id]
             scheduled = state.scheduled(ident)
             vm = scheduled.vm if isinstance(scheduled, MigrationScheduled) else None
-            return replace(_ended(state, vm), outcomes=state.outcomes.set(ident, False))
+            return changed(_ended(state, vm), outcomes=state.outcomes.set(ident, False))
         case VmCreated():
-            return replace(state, created=state.created.set(event.vm, True))
+            return changed(state, created=state.created.set(event.vm, True))
         case RoundCompleted():
             done = max(event.round, state.rounds.get(event.priority, -1))
-            return replace(state, rounds=state.rounds.set(event.priority, done))
+            return changed(state, rounds=state.rounds.set(event.priority, done))
     return state
 
 
@@ -394,14 +396,14 @@ def _transfer(
 def _ended(state: SchedulerState, vm: str | None) -> SchedulerState:
     if vm is None or vm not in state.moving:
         return state
-    return replace(state, moving=_without(state.moving, vm), heading=_without(state.heading, vm))
+    return changed(state, moving=_without(state.moving, vm), heading=_without(state.heading, vm))
 
 
 def _unqueued(state: SchedulerState, refusal: CommandRejected) -> SchedulerState:
     waiting = state.pending.get(refusal.about)
     if waiting is None or (waiting[1].causation_id or waiting[1].id) != refusal.command_id:
         return state  # another request's refusal
-    return replace(state, pending=state.pending.delete(refusal.about))
+    return changed(state, pending=state.pending.delete(refusal.about))
 
 
 def _without(mapping: Map[K, V], key: K) -> Map[K, V]:

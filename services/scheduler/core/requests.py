@@ -7,7 +7,7 @@ before any pool is looked at.
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass, field
+from dataclasses import dataclass, field
 
 from services.scheduler.core.errors import AbsurdRequest, ContradictoryRules
 from services.scheduler.core.resources import F64, Resources, vm_size_problem
@@ -96,8 +96,8 @@ class Request:
                 name
                 for name, low, high in zip(
                     ("cpu", "memory", "network", "storage"),
-                    astuple(self.minimum),
-                    astuple(self.desired),
+                    self.minimum.amounts(),
+                    self.desired.amounts(),
                     strict=True,
                 )
                 if low > high

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
@@ -39,6 +39,10 @@ class Resources:
     net_mbps: float = 0.0
     storage_mbs: float = 0.0
 
+    def amounts(self) -> tuple[float, float, float, float]:
+        """The four amounts (``dataclasses.astuple`` copies each deeply: ten times slower)."""
+        return (self.cpu_mhz, self.mem_mib, self.net_mbps, self.storage_mbs)
+
     def vector(self) -> F64:
         return np.array((self.cpu_mhz, self.mem_mib, self.net_mbps, self.storage_mbs))
 
@@ -57,7 +61,7 @@ def readonly(array: F64) -> F64:
 def vm_size_problem(size: Resources) -> str | None:
     """Why ``size`` cannot be a VM's size, or ``None``: CPU and memory must be positive,
     network and storage may be zero (not asked for), nothing negative or infinite."""
-    values = astuple(size)
+    values = size.amounts()
     if not all(math.isfinite(x) for x in values):
         return "sizes must be finite"
     if size.cpu_mhz <= 0 or size.mem_mib <= 0:
