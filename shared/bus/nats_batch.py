@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import nats.errors
@@ -38,6 +38,7 @@ async def publish_batch(
     envs: list[Envelope[Any]],
     expected: Mapping[int, int],
     timeout: float,
+    subject_of: Callable[[str, Envelope[Any]], str] = subjects.event_subject,
 ) -> list[AppendResult]:
     if len(envs) > BATCH_LIMIT:
         raise BusError(f"a batch holds at most {BATCH_LIMIT} events, not {len(envs)}")
@@ -52,7 +53,7 @@ async def publish_batch(
             }
             if i in expected:
                 headers[api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(expected[i])
-            subject = subjects.event_subject(namespace, env)
+            subject = subject_of(namespace, env)
             if i < last:
                 await nc.publish(subject, env.encode(), headers=headers)
                 continue

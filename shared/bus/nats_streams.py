@@ -44,6 +44,8 @@ def stream_configs(
             retention=api.RetentionPolicy.WORK_QUEUE,
             discard=api.DiscardPolicy.NEW,
             duplicate_window=DEDUPE_WINDOW,
+            # A decision's commands are stored in one write (NatsBus.send_many).
+            allow_atomic=True,
         ),
         # Telemetry is a bounded time series; memory storage keeps fsync off its path.
         api.StreamConfig(

@@ -70,6 +70,24 @@ async def test_send_many_queues_commands_in_the_order_given(bus: Bus) -> None:
     assert seen.most == 1
 
 
+async def test_commands_sent_again_among_new_ones_are_queued_once_each_in_order(
+    bus: Bus,
+) -> None:
+    """An outbox sends what it sent before again after a restart, with what came since
+    (on NATS a batch holding a command sent before is refused whole, and then each goes
+    on its own): every command is queued once, in the order first given."""
+    again = await declared(bus, spec("again", 1))
+    commands = [create_vm(f"vm{i}") for i in range(10)]
+    last = create_vm("last")
+    await bus.send_many(commands[:6])
+    await bus.send_many(commands[3:])
+    await bus.send_many([last])
+    seen = Overlap()
+    await bus.consume(again, seen)
+    await eventually(lambda: last.id in seen.started, what="the last command")
+    assert seen.started == [c.id for c in [*commands, last]]
+
+
 async def test_a_consumer_hands_over_several_messages_at_once_in_delivery_order(
     bus: Bus,
 ) -> None:
