@@ -64,6 +64,7 @@ SERVICE_CONSUMERS = (
     "hosts-b",
     "scheduler-high-commands",
     "scheduler-low-commands",
+    "scheduler-high-telemetry",
     "tenants-commands",
     "tenants-telemetry",
     "contention-monitor-telemetry",
