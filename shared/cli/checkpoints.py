@@ -7,7 +7,6 @@ import time
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from schemas import Command
@@ -22,10 +21,10 @@ from schemas.checkpoints import (
 from schemas.scheduling import PlaceVm
 from shared.bus import Bus
 from shared.cli.commands import TimeoutOption, WaitOption, host_of, send, validated
-from shared.cli.common import BusOption, CliError, JsonOption, with_bus
+from shared.cli.common import BusOption, CliError, JsonOption, table_console, with_bus
 from shared.client import Client
 
-console = Console()
+console = table_console()
 VmName = Annotated[str, typer.Argument(help="VM name.")]
 CheckpointName = Annotated[str, typer.Argument(help="Checkpoint name.")]
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
+from rich.console import Console
 
 from shared.bus import Bus
 from shared.bus.factory import bus_from_url
@@ -29,6 +30,17 @@ BusOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+# Piped or redirected (into grep, a file), a table keeps its full width: Rich's default
+# of 80 columns cut names short ("after-kill" became "aft…"), and grep missed them.
+PIPED_WIDTH = 1000
+
+
+def table_console() -> Console:
+    """The console tables are printed on."""
+    console = Console()
+    return console if console.is_terminal else Console(width=PIPED_WIDTH)
 
 
 class CliError(Exception):

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from schemas.queries import HostList, ListHosts, ListVms, VmList
-from shared.cli.common import BusOption, JsonOption, with_bus
+from shared.cli.common import BusOption, JsonOption, table_console, with_bus
 from shared.client import Client
 
-console = Console()
+console = table_console()
 
 
 def hosts(bus: BusOption = None, as_json: JsonOption = False) -> None:

@@ -7,17 +7,16 @@ import uuid
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from schemas.tenants import ClusterList, CreateCluster, ListClusters, SubmitJob
 from shared.cli.commands import TimeoutOption, WaitOption, ready, send, validated
-from shared.cli.common import BusOption, CliError, JsonOption, with_bus
+from shared.cli.common import BusOption, CliError, JsonOption, table_console, with_bus
 from shared.client import Client
 
 cluster_app = typer.Typer(help="Create elastic tenant clusters.", no_args_is_help=True)
 job_app = typer.Typer(help="Run MapReduce jobs on tenant clusters.", no_args_is_help=True)
-console = Console()
+console = table_console()
 Name = Annotated[str, typer.Argument(help="Cluster name: letters, digits, - and _.")]
 
 
