@@ -733,8 +733,12 @@ async def _decided(
 
 
 def _told(sender: asyncio.Task[None]) -> None:
-    """A failed send is logged here and retried by the outbox loop."""
-    if not sender.cancelled() and (err := sender.exception()) is not None:
+    """A failed send is retried by the outbox loop, which says so while the broker is
+    away; any other failure is logged here."""
+    if sender.cancelled():
+        return
+    err = sender.exception()
+    if err is not None and not isinstance(err, BusUnavailable):
         log.warning("sending commands failed; the outbox tries again", error=repr(err))
 
 

@@ -252,3 +252,43 @@ async def test_a_guard_holds_for_the_aggregate_an_earlier_outcome_of_the_append_
     ]
     with pytest.raises(ConcurrencyError):
         await runtime.carry_out(outcomes("newer"))
+
+
+class SlowSends(FaultyBus):
+    """Sends wait until the test lets them go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.waiting = 0
+
+    async def send(self, env: Envelope[Any]) -> None:
+        if env.producer != "test":
+            self.waiting += 1
+            await self.release.wait()
+        await super().send(env)
+
+
+async def test_commands_go_out_after_the_lock_is_given_back_and_before_the_answer_counts() -> None:
+    """While a decision's commands are on their way (a slow broker), the service's other
+    decisions (a loop's step) go ahead; the command that caused them counts as handled
+    only once they are out."""
+    bus, svc = SlowSends(), Starter()
+    stepped: list[bool] = []
+
+    async def step() -> Outcome | None:
+        if bus.waiting and not stepped:
+            stepped.append(True)
+            return Outcome(events=[created("step")], key="step")
+        return None
+
+    runtime = Runtime(svc.definition([Loop("steps", step, every=0.01)]), bus, "i1")
+    async with running(runtime):
+        await bus.send(Envelope.wrap(CreateVm(vm="a", cpu=1, mem_mib=64), producer="test"))
+        await eventually(lambda: bus.waiting == 1, what="the power-on on its way")
+        await eventually(lambda: "step" in svc.vms, what="the loop's decision meanwhile")
+        assert runtime.handled == 0
+        bus.release.set()
+        await eventually(lambda: runtime.handled == 1, what="the command handled")
+    assert [c.data.vm for c, _ in bus.sent] == ["a-a"]
+    assert svc.vms == ["a-a", "a-b", "a-c", "step"]
