@@ -3,8 +3,8 @@
 A service is data (``ServiceDefinition``): a fold, and functions that decide and return
 outcomes. The runtime owns every effect: it appends an outcome's events as one unit,
 counts its cause answered only once that unit is in the log, sends the outcome's
-commands after it (outbox), decides again on a version conflict, and supervises the
-service's loops.
+commands after it (the outbox, ``shared/outbox.py``), decides again on a version
+conflict, and supervises the service's loops.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import structlog
 from schemas import Envelope, Message, Reply
 from schemas.service import CommandsIssued, ServiceStarted, ServiceStopped
 from shared.bus import (
-    BATCH_LIMIT,
     Bus,
     BusUnavailable,
     ConcurrencyError,
@@ -42,8 +41,9 @@ from shared.bus.subjects import event_subject, matcher, matches, stream_subject
 from shared.carried import Carried
 from shared.clock import StackClock
 from shared.command_groups import CommandGroups, DecideGroup
-from shared.effects import Batch, batches, first_id, issued
+from shared.effects import Batch, batches, first_id
 from shared.loops import Loop, LoopFailed, LoopStats, supervise
+from shared.outbox import Outbox
 from shared.outcome import Outcome, Outcomes, Plan, as_list, attempt
 from shared.tasks import cancel_and_wait
 
@@ -58,8 +58,6 @@ OUTBOX_RETRY_SECONDS = 1.0
 # first (a target registered meanwhile is then in the fold).
 UNCLAIMED_SECONDS = 0.5
 UNCLAIMED_AFTER = 0.25
-# Commands sent with their acknowledgements in flight together, in order.
-SEND_CHUNK = 256
 # Allocations between two collections of the youngest generation (Python's default: 700).
 GC_YOUNG = 20_000
 
@@ -163,17 +161,11 @@ class Runtime:
         # of this service's own events there (an outcome already carried out is skipped).
         self._answered: set[uuid.UUID] = set()
         self._landed: set[uuid.UUID] = set()
-        # Commands appended in the outbox and not yet sent, and the one task sending them
-        # (in order), which carries on once the lock is given back.
-        self._unsent: list[Envelope[Any]] = []
-        self._sender: asyncio.Task[None] | None = None
-        # The outbox records of this service's last append (only they can be unsent).
-        self._last_issued: list[CommandsIssued] = []
+        self._outbox = Outbox(bus, definition.name, definition.clock.now)
         # Appends that failed without saying whether they landed (an acknowledgement
         # lost): by the id of each outcome's first envelope, its bookkeeping, and by
         # outbox record, nothing; done and sent, as logged, once the log shows them.
         self._in_doubt: dict[uuid.UUID, Sequence[Callable[[], None]]] = {}
-        self._records_in_doubt: set[uuid.UUID] = set()
         # Held while deciding and carrying out: a query waits for it, so whoever saw the
         # answering event in the log also sees it in every query.
         self._deciding = asyncio.Lock()
@@ -184,7 +176,7 @@ class Runtime:
         )
         self._subs: list[Subscription] = []
         filters = definition.fold_filters
-        self._folds = (
+        self._wanted = (
             matcher([stream_subject(bus.namespace, Stream.EVENTS, f) for f in filters])
             if filters
             else lambda _subject: True
@@ -221,8 +213,7 @@ class Runtime:
                 self.definition.carried.load(self._carried)
             # Sending again is harmless: a command's id is fixed, and a handler acknowledges
             # a command whose answer is in the log without acting.
-            self._unsent = [env for record in self._last_issued for env in issued(record)]
-            await self._flush_commands()
+            await self._outbox.resend_last()
             if self.definition.setup is not None:
                 setup = self.definition.setup
                 async with self._deciding:
@@ -344,15 +335,7 @@ class Runtime:
         if env.causation_id is not None:
             self._answered.add(env.causation_id)
         if isinstance(env.data, CommandsIssued):
-            if env.id in self._records_in_doubt:
-                self._records_in_doubt.discard(env.id)
-                self._unsent = [*self._unsent, *issued(env.data)]
-            last = self._last_issued
-            same = last and last[0].batch == env.data.batch
-            self._last_issued = [*last, env.data] if same else [env.data]
-
-    def _wanted(self, subject: str) -> bool:
-        return self._folds(subject)
+            self._outbox.logged(env.id, env.data)
 
     async def _start_consumers(self) -> None:
         d = self.definition
@@ -379,7 +362,7 @@ class Runtime:
             self._subs.append(await self.bus.consume(spec, self._on_telemetry))
         for target, handler in d.queries.items():
             self._subs.append(await self.bus.serve(target, self._after_commands(handler)))
-        loops = [*d.loops, Loop("outbox", self._retry_unsent, OUTBOX_RETRY_SECONDS)]
+        loops = [*d.loops, Loop("outbox", self._outbox.retry, OUTBOX_RETRY_SECONDS)]
         if d.unclaimed is not None and d.decide is not None:
             loops.append(Loop("unclaimed", self._refuse_unclaimed, UNCLAIMED_SECONDS, False))
         self._loops = [
@@ -495,11 +478,6 @@ class Runtime:
         """The lock decisions are taken under (commands, samples, loop steps)."""
         return self._deciding
 
-    async def _retry_unsent(self) -> None:
-        if self._unsent:
-            # Its failure is this loop's (counted, and excused while the broker is away).
-            await asyncio.shield(self._send_soon())
-
     async def _refuse_unclaimed(self) -> None:
         unclaimed = self.definition.unclaimed
         assert unclaimed is not None
@@ -563,23 +541,12 @@ class Runtime:
             for outcome in batch.outcomes:
                 for flow, chunks in outcome.data.items():
                     await self.bus.put_data(flow, list(chunks))
-            if batch.commands and self._unsent:
-                # Those of an append before, being sent: this one's are recorded alone
-                # once they are out.
-                await self.sent()
-            if batch.commands and self._unsent:
-                await self._carry_over_unsent(batch)
+            await self._outbox.before(batch)
             landed_before = bool(batch.events) and await self._append(batch)
             for outcome in batch.outcomes:
                 for done in outcome.on_landed:
                     done()
-            if batch.commands:
-                # Appended before: the log's records sent their commands to ``_unsent``.
-                if not landed_before:
-                    self._unsent = [*self._unsent, *batch.commands]
-                # Sent once the lock is given back, while the next decision is taken:
-                # whoever took this one waits for them with ``sent()``.
-                self._send_soon()
+            self._outbox.after(batch, landed_before=landed_before)
             for outcome in batch.outcomes:
                 for sample in outcome.samples:
                     when = (
@@ -588,24 +555,6 @@ class Runtime:
                         else outcome.sim_time
                     )
                     await self.bus.emit(Envelope.wrap(sample, producer=self.name, sim_time=when))
-
-    async def _carry_over_unsent(self, batch: Batch) -> None:
-        """A restarted service sends the commands of its last append: commands of an
-        earlier one, still unsent, are recorded again in this one (or sent first, when
-        it has no room for one more record)."""
-        if len(batch.events) >= BATCH_LIMIT:
-            await self._send_soon()
-            return
-        carried = CommandsIssued(
-            service=self.name,
-            commands=[c.encode().decode() for c in self._unsent],
-            batch=batch.id,
-        )
-        env = Envelope.wrap(carried, producer=self.name, sim_time=self.definition.clock.now())
-        # First, so that a restart sends them in the order they were decided.
-        batch.events.insert(0, env)
-        batch.expected = {at + 1: version for at, version in batch.expected.items()}
-        batch.carried.add(env.id)
 
     async def _append(self, batch: Batch) -> bool:
         """Append a batch and fold it; True when it was in the log already."""
@@ -624,7 +573,7 @@ class Runtime:
             # commands, as logged.
             for outcome in batch.outcomes:
                 self._in_doubt[first_id(self.name, outcome)] = outcome.on_landed
-            self._records_in_doubt |= records
+            self._outbox.doubt(records)
             raise
         # Decided again and in the log: this decision's bookkeeping is what counts.
         for outcome in batch.outcomes:
@@ -632,10 +581,10 @@ class Runtime:
         if any(r.duplicate for r in results):
             # Appended before: fold what is there, and send the commands the log holds,
             # not those decided again.
-            self._records_in_doubt |= records
+            self._outbox.doubt(records)
             await self.catch_up(self._replayed(), self._applied_seq + 1)
             return True
-        self._records_in_doubt -= records
+        self._outbox.settled(records)
         entries = [
             Logged(result.seq, event_subject(self.bus.namespace, env), b"", env)
             for env, result in zip(batch.events, results, strict=True)
@@ -658,28 +607,10 @@ class Runtime:
         self.adopted += adopted
         return adopted
 
-    def _send_soon(self) -> asyncio.Task[None]:
-        """The task sending ``_unsent`` in order, started if none is; a failure is
-        taken by whoever waits for it, or else logged, and the outbox loop tries again."""
-        if self._sender is None or self._sender.done():
-            self._sender = asyncio.create_task(self._flush_commands(), name="outbox-send")
-            self._sender.add_done_callback(_told)
-        return self._sender
-
     async def sent(self) -> None:
-        """Wait for the sending in progress, whatever its end: what it could not send
-        stays in the outbox, which tries again."""
-        sender = self._sender
-        if sender is not None and not sender.done():
-            await asyncio.wait([sender])
-
-    async def _flush_commands(self) -> None:
-        while self._unsent:
-            chunk = self._unsent[:SEND_CHUNK]
-            await self.bus.send_many(chunk)
-            # By id: the outbox loop may flush at the same time, and the log may add more.
-            sent = {env.id for env in chunk}
-            self._unsent = [env for env in self._unsent if env.id not in sent]
+        """Wait until the commands carried out so far are sent (or failed to be: the
+        outbox tries again)."""
+        await self._outbox.sent()
 
     async def catch_up(self, filters: tuple[str, ...], from_seq: int) -> None:
         """Fold what the log holds of ``filters`` from ``from_seq`` on, ahead of the follower."""
@@ -697,8 +628,9 @@ class Runtime:
             await self._bounded(cancel_and_wait(task), f"loop {task.get_name()}", task)
         for sub in self._subs:
             await self._bounded(sub.stop(), f"subscription {type(sub).__name__}")
-        if self._sender is not None:
-            await self._bounded(self.sent(), "sending commands", self._sender)
+        sending = self._outbox.sending
+        if sending is not None:
+            await self._bounded(self.sent(), "sending commands", sending)
 
     async def _bounded(
         self, step: Awaitable[object], what: str, task: asyncio.Task[Any] | None = None
@@ -730,16 +662,6 @@ async def _decided(
         return as_list(await decided if inspect.isawaitable(decided) else decided)
     finally:
         attempt.reset(token)
-
-
-def _told(sender: asyncio.Task[None]) -> None:
-    """A failed send is retried by the outbox loop, which says so while the broker is
-    away; any other failure is logged here."""
-    if sender.cancelled():
-        return
-    err = sender.exception()
-    if err is not None and not isinstance(err, BusUnavailable):
-        log.warning("sending commands failed; the outbox tries again", error=repr(err))
 
 
 async def _kept_once_ready(runtime: Runtime) -> None:

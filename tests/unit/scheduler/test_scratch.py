@@ -21,23 +21,15 @@ from services.scheduler.state import SchedulerState, evolve
 from shared.effects import batches
 from shared.outcome import Outcome
 from shared.testing import poll
+from tests.unit.scheduler.test_rounds import Log as RoundsLog
 from tests.unit.stack import memory_stack
 
 SERVICE = "scheduler-high"
 
 
-class Log:
-    """Sequences and folds entries as the log and the runtime would."""
-
-    def __init__(self, holder: Holder) -> None:
-        self.holder = holder
-        self.seq = 0
-
-    def append(self, *events: Message) -> None:
-        for event in events:
-            self.seq += 1
-            env = Envelope.wrap(event, producer="test")
-            self.holder.state = evolve(self.holder.state, self.seq, env)
+class Log(RoundsLog):
+    """The rounds' test log, which also gives an append's entries as the runtime makes
+    them."""
 
     def entries(self, outcomes: Sequence[Outcome]) -> list[tuple[int, Envelope[Message]]]:
         """The entries the runtime appends for ``outcomes`` (outbox records included),
