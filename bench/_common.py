@@ -275,18 +275,18 @@ async def paced(
 
 
 async def interleaved(
-    raw: Side, vplane: VplaneSide, raw_items: Sequence[Any], vp_items: Sequence[Any], rate: float
-) -> tuple[Latency, Latency]:
-    """Raw's and vplane's latency runs in alternating slices, each side first in every
-    other one. On a shared machine the load changes within seconds: run one after the
-    other, the two runs would meet different machines (and vplane's would come straight
-    after its own throughput run, with the broker still writing it out)."""
-    total = len(raw_items)
-    sides = (("raw", raw, raw_items, None), ("vplane", vplane, vp_items, vplane.revive))
-    samples: dict[str, list[float]] = {"raw": [], "vplane": []}
-    seconds = {"raw": 0.0, "vplane": 0.0}
+    sides: Sequence[tuple[str, Side, Sequence[Any], Revive | None]], rate: float
+) -> dict[str, Latency]:
+    """Every side's latency run in alternating slices, each side first in turn. On a
+    shared machine the load changes within seconds: run one after the other, the runs
+    would meet different machines (and vplane's would come straight after its own
+    throughput run, with the broker still writing it out)."""
+    total = len(sides[0][2])
+    samples: dict[str, list[float]] = {name: [] for name, *_ in sides}
+    seconds = dict.fromkeys(samples, 0.0)
     for n, part in enumerate(chunks(total, math.ceil(total / LATENCY_SLICES))):
-        for name, side, items, revive in sides if n % 2 else sides[::-1]:
+        turn = n % len(sides)
+        for name, side, items, revive in [*sides[turn:], *sides[:turn]]:
             lat = await paced(
                 side.tally,
                 side.sender(items[part.start : part.stop]),
@@ -297,8 +297,7 @@ async def interleaved(
             )
             samples[name] += side.tally.latencies
             seconds[name] += len(part) / lat.offered_msgs_per_s
-    raw_lat, vp_lat = (summarise(samples[k], total / seconds[k]) for k in ("raw", "vplane"))
-    return raw_lat, vp_lat
+    return {name: summarise(samples[name], total / seconds[name]) for name in samples}
 
 
 def summarise(samples: list[float], offered: float) -> Latency:
@@ -356,12 +355,18 @@ def _figures(tp: Throughput) -> dict[str, float]:
     }
 
 
-async def run_pair(raw: Side, vplane: VplaneSide, opts: Settings) -> dict[str, Any]:
+async def run_pair(
+    raw: Side, vplane: VplaneSide, opts: Settings, *, control: Side | None = None
+) -> dict[str, Any]:
     """Raw, then vplane: warm-up and throughput each; then both latency runs, interleaved,
-    at half vplane's peak."""
+    at half vplane's peak. A ``control`` (a raw client that makes the broker do some of
+    the work vplane's bus asks of it) is warmed up and joins the latency runs."""
     # Everything is built before any consumer runs, so no consumer idles on a busy loop.
     raw_warm, raw_items, raw_lat_items = (
         raw.prepare(n) for n in (opts.warmup, opts.events, opts.latency_max)
+    )
+    ctl_warm, ctl_lat_items = (
+        control.prepare(n) if control else [] for n in (opts.warmup, opts.latency_max)
     )
     vp_warm, vp_envs, vp_lat_envs = (
         vplane.prepare(n) for n in (opts.warmup, opts.events, opts.latency_max)
@@ -399,17 +404,35 @@ async def run_pair(raw: Side, vplane: VplaneSide, opts: Settings) -> dict[str, A
             what="vplane throughput",
             revive=revive,
         )
+        if control is not None:
+            await control.start()
+            await measure_throughput(
+                control.tally,
+                lambda: control.publish(ctl_warm),
+                opts.warmup,
+                what="control warm-up",
+            )
         rate = vp_tp.rate / 2
         total = max(1, min(opts.latency_max, int(rate * opts.latency_seconds)))
-        raw_lat, vp_lat = await interleaved(
-            raw, vplane, raw_lat_items[:total], vp_lat_envs[:total], rate
-        )
+        sides: list[tuple[str, Side, Sequence[Any], Revive | None]] = [
+            ("raw", raw, raw_lat_items[:total], None),
+            ("vplane", vplane, vp_lat_envs[:total], revive),
+        ]
+        if control is not None:
+            sides.append(("control", control, ctl_lat_items[:total], None))
+        latencies = await interleaved(sides, rate)
     finally:
         try:
             await to_the_end(vplane.close)
         finally:
             gc.unfreeze()
-            await to_the_end(raw.close)
+            try:
+                await to_the_end(raw.close)
+            finally:
+                if control is not None:
+                    await to_the_end(control.close)
+    raw_lat, vp_lat = latencies["raw"], latencies["vplane"]
+    ctl_lat = latencies.get("control")
 
     return {
         "events": opts.events,
@@ -428,7 +451,16 @@ async def run_pair(raw: Side, vplane: VplaneSide, opts: Settings) -> dict[str, A
             "ratio_p50": vp_lat.p50_ms / raw_lat.p50_ms,
             "ratio_p99": vp_lat.p99_ms / raw_lat.p99_ms,
             "target_ratio_p99": TARGET_LATENCY_RATIO,
-        },
+        }
+        | (
+            {}
+            if ctl_lat is None
+            else {
+                "control": asdict(ctl_lat),
+                "control_ratio_p99": ctl_lat.p99_ms / raw_lat.p99_ms,
+                "ratio_p99_to_control": vp_lat.p99_ms / ctl_lat.p99_ms,
+            }
+        ),
     }
 
 

@@ -54,10 +54,18 @@ def reachable(url: str) -> bool:
 
 
 class RawRabbit:
-    """Plain aio-pika: topic exchange, stream + quorum queue, confirms, manual acks."""
+    """Plain aio-pika: topic exchange, stream + quorum queue, confirms, manual acks.
 
-    def __init__(self, url: str, payload: bytes, *, chunk: int, batch: int) -> None:
+    With ``follow_log`` it also reads its log stream from its start, as every vplane
+    process's log index does (a stream consumer with prefetch 1000): the control that
+    shows what that reader costs the broker, with no vplane code on the path."""
+
+    def __init__(
+        self, url: str, payload: bytes, *, chunk: int, batch: int, follow_log: bool = False
+    ) -> None:
         self.url = url
+        self.follow_log = follow_log
+        self.log_read = 0
         self.payload = payload
         self.chunk = chunk
         self.batch = batch
@@ -94,6 +102,19 @@ class RawRabbit:
         )
         await queue.bind(self.exchange_name, f"{self.prefix}.vm.#")
         await queue.consume(self._on_message)
+        if self.follow_log:
+            reader = await conn.channel()
+            await reader.set_qos(prefetch_count=1000)
+            stream = await reader.declare_queue(
+                self.stream_name, durable=True, arguments={"x-queue-type": "stream"}
+            )
+            await stream.consume(self._on_log, arguments={"x-stream-offset": "first"})
+
+    async def _on_log(self, msg: AbstractIncomingMessage) -> None:
+        # Acknowledged one by one, as vplane's reader does when nothing else is waiting
+        # (which, at the latency runs' rate, is every time).
+        self.log_read += 1
+        await msg.ack()
 
     async def _on_message(self, msg: AbstractIncomingMessage) -> None:
         stamps = self.stamps
@@ -197,9 +218,11 @@ class RabbitVplane(VplaneSide):
 
 async def run_rabbitmq(url: str, opts: Settings) -> dict[str, Any]:
     """Both RabbitMQ sides against one broker; the figures as a JSON-ready dict."""
-    raw = RawRabbit(url, vm_envelope("v0", 0).encode(), chunk=opts.chunk, batch=opts.batch)
+    payload = vm_envelope("v0", 0).encode()
+    raw = RawRabbit(url, payload, chunk=opts.chunk, batch=opts.batch)
+    control = RawRabbit(url, payload, chunk=opts.chunk, batch=opts.batch, follow_log=True)
     vplane = RabbitVplane(url, chunk=opts.chunk, batch=opts.batch)
-    return {"url": shown_url(url)} | await run_pair(raw, vplane, opts)
+    return {"url": shown_url(url)} | await run_pair(raw, vplane, opts, control=control)
 
 
 def shown_url(url: str) -> str:

@@ -92,6 +92,16 @@ def report_section(result: dict[str, Any], raw_label: str) -> None:
         f"  ratio         : p50 {lat['ratio_p50']:7.2f}      p99 {lat['ratio_p99']:7.2f}"
         f"      (target: p99 <= {lat['target_ratio_p99']:g})"
     )
+    control = lat.get("control")
+    if control is not None:
+        print(
+            f"  {raw_label} + log reader (control): p50 {control['p50_ms']:7.2f} ms   "
+            f"p99 {control['p99_ms']:7.2f} ms   max {control['max_ms']:7.2f} ms"
+        )
+        print(
+            f"  control / raw : p99 {lat['control_ratio_p99']:7.2f}      "
+            f"vplane / control: p99 {lat['ratio_p99_to_control']:7.2f}"
+        )
 
 
 def report(results: dict[str, Any]) -> None:
@@ -159,7 +169,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         "--batch", type=int, default=256, help="NATS fetch batch and RabbitMQ prefetch"
     )
     parser.add_argument(
-        "--latency-seconds", type=float, default=3.0, help="length of the paced latency run"
+        "--latency-seconds", type=float, default=6.0, help="length of the paced latency run"
     )
     parser.add_argument(
         "--latency-max", type=int, default=10_000, help="most messages in the latency run"
