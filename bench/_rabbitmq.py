@@ -222,7 +222,10 @@ async def run_rabbitmq(url: str, opts: Settings) -> dict[str, Any]:
     raw = RawRabbit(url, payload, chunk=opts.chunk, batch=opts.batch)
     control = RawRabbit(url, payload, chunk=opts.chunk, batch=opts.batch, follow_log=True)
     vplane = RabbitVplane(url, chunk=opts.chunk, batch=opts.batch)
-    return {"url": shown_url(url)} | await run_pair(raw, vplane, opts, control=control)
+    result = await run_pair(raw, vplane, opts, control=control)
+    # What the control read back of its log: proof that its reader really ran.
+    result["latency"]["control_log_read"] = control.log_read
+    return {"url": shown_url(url)} | result
 
 
 def shown_url(url: str) -> str:

@@ -96,7 +96,8 @@ def report_section(result: dict[str, Any], raw_label: str) -> None:
     if control is not None:
         print(
             f"  {raw_label} + log reader (control): p50 {control['p50_ms']:7.2f} ms   "
-            f"p99 {control['p99_ms']:7.2f} ms   max {control['max_ms']:7.2f} ms"
+            f"p99 {control['p99_ms']:7.2f} ms   max {control['max_ms']:7.2f} ms   "
+            f"(read back {lat['control_log_read']} messages)"
         )
         print(
             f"  control / raw : p99 {lat['control_ratio_p99']:7.2f}      "
