@@ -1,0 +1,1 @@
+"""The migration coordinator: live migration policy (pre-copy rounds, convergence, switchover)."""
