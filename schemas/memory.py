@@ -111,6 +111,7 @@ class ExportPages(Command):
     selection: Selection = Selection.ALL
     pages: list[int] | None = Field(None, max_length=1_048_576, description="for 'all': these")
     batch: int = Field(128, ge=1, le=1024, description="pages per chunk on the data subject")
+    checksum: bool = Field(False, description="report the guest's checksum as exported")
 
     def aggregate(self) -> str:
         return f"host/{self.host}"
@@ -127,6 +128,7 @@ class PagesExported(Event):
     zero_pages: int = Field(ge=0)
     batches: int = Field(ge=0)
     bytes: int = Field(ge=0)
+    checksum: str | None = None
 
     def aggregate(self) -> str:
         return f"vm/{self.vm}"
@@ -176,3 +178,39 @@ class PagesSwappedOut(_PagesEvent):
 @registry.register
 class PagesSwappedIn(_PagesEvent):
     pass
+
+
+@registry.register
+class RunVm(Command):
+    """Run a guest's workload for ``seconds`` of emulated time at once (at its throttle and
+    contention): a migration's round takes that long on the wire, and its guest goes on
+    writing meanwhile. A migrating VM does no work in the hosts' ticks: only in these."""
+
+    host: Name
+    vm: Name
+    seconds: float = Field(ge=0, le=3_600)
+    # Names the run among the VM's (a migration's round): its answer says which it was.
+    tag: Name
+
+    def aggregate(self) -> str:
+        return f"host/{self.host}"
+
+
+@registry.register
+class VmRan(Event):
+    """The run's workload steps (``first_step`` on) and the dirty pages the guest has now,
+    those the run wrote among them; the fold runs the same steps."""
+
+    host: Name
+    vm: Name
+    tag: Name
+    seconds: float = Field(ge=0)
+    first_step: int = Field(ge=0)
+    steps: int = Field(ge=0)
+    writes_per_step: int = Field(ge=0)
+    reads_per_step: int = Field(ge=0)
+    cpu_share: float = Field(ge=0, le=1, description="of its vCPUs it got: throttle, contention")
+    dirty_pages: int = Field(ge=0)
+
+    def aggregate(self) -> str:
+        return f"vm/{self.vm}"

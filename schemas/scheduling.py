@@ -9,7 +9,8 @@ from pydantic import Field
 
 from schemas.base import Command, Event, Name, Part, registry
 from schemas.pool import Owner
-from schemas.vm import DEFAULT_DISK_GIB, MAX_DISK_GIB, MemoryMode, WorkloadKind
+from schemas.transfers import DEFAULT_DOWNTIME_MS, MAX_DOWNTIME_MS, MigrationMode
+from schemas.vm import DEFAULT_DISK_GIB, MAX_DISK_GIB, GuestWrites, MemoryMode, WorkloadKind
 
 
 class PlacementPolicy(enum.StrEnum):
@@ -59,6 +60,7 @@ class VmAsk(Part):
     checkpoint: Name | None = Field(
         None, description="start from this checkpoint: its memory, devices and disk"
     )
+    writes: GuestWrites | None = Field(None, description="its dirty rate (full memory)")
 
 
 @registry.register
@@ -174,6 +176,8 @@ class MigrateVm(Command):
     vm: Name
     priority: Owner
     target: Name | None = None
+    mode: MigrationMode = MigrationMode.PRECOPY
+    downtime_ms: int = Field(DEFAULT_DOWNTIME_MS, ge=1, le=MAX_DOWNTIME_MS)
 
     def aggregate(self) -> str:
         return f"scheduler/{self.priority.value}"
@@ -188,6 +192,8 @@ class MigrationRequested(Event):
     priority: Owner
     target: Name | None = None
     reason: MigrationReason = MigrationReason.REQUESTED
+    mode: MigrationMode = MigrationMode.PRECOPY
+    downtime_ms: int = Field(DEFAULT_DOWNTIME_MS, ge=1, le=MAX_DOWNTIME_MS)
 
     def aggregate(self) -> str:
         return f"migration/{self.migration}"
@@ -211,6 +217,8 @@ class MigrationScheduled(Event):
     runners_up: list[Candidate] = Field(default_factory=list)
     filtered: dict[str, int] = Field(default_factory=dict)
     conflicts: int = Field(0, ge=0)
+    mode: MigrationMode = MigrationMode.PRECOPY
+    downtime_ms: int = Field(DEFAULT_DOWNTIME_MS, ge=1, le=MAX_DOWNTIME_MS)
 
     def aggregate(self) -> str:
         return f"migration/{self.migration}"

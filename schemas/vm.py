@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from schemas.base import Command, Event, Name, registry
+from schemas.base import Command, Event, Name, Part, registry
 
 Priority = Literal["high", "low"]
 # A VM's virtual disk: thin, so a large one costs the datastore only what it writes.
@@ -38,6 +38,15 @@ class MemoryMode(enum.StrEnum):
     ACCOUNTING = "accounting"
 
 
+class GuestWrites(Part):
+    """How a full-memory guest writes its memory, when not at the hosts' default pace: the
+    dirty rate that decides whether a live migration converges."""
+
+    pages_per_s: int = Field(ge=0, le=1_000_000, description="page writes per emulated second")
+    hot_fraction: float = Field(0.1, gt=0, le=1, description="share of its pages written most")
+    hot_share: float = Field(0.9, ge=0, le=1, description="share of the writes that go there")
+
+
 @registry.register
 class CreateVm(Command):
     """Create a VM on ``host``, in room its scheduler reserved there first (a
@@ -60,6 +69,7 @@ class CreateVm(Command):
     checkpoint: Name | None = Field(
         None, description="start from this checkpoint (of its size): memory, devices, disk"
     )
+    writes: GuestWrites | None = Field(None, description="its dirty rate (full memory)")
 
     def aggregate(self) -> str:
         return f"host/{self.host}" if self.host else "hosts"
@@ -99,6 +109,7 @@ class VmCreated(Event):
     disk_gib: int = Field(0, ge=0)
     # Made from this checkpoint: its memory and devices, its disk a child of the checkpoint's.
     checkpoint: Name | None = None
+    writes: GuestWrites | None = None
 
     def aggregate(self) -> str:
         return f"vm/{self.vm}"
@@ -205,7 +216,7 @@ class ThrottleVm(_HostedVmCommand):
 
 @registry.register
 class VmStunned(_VmEvent):
-    pass
+    checksum: str | None = Field(None, description="its memory as it stopped (full memory)")
 
 
 @registry.register

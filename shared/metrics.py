@@ -53,3 +53,19 @@ def serve_metrics(port: int) -> None:
         start_http_server(port, addr="127.0.0.1")
     except OSError as err:
         raise MetricsPortTaken(f"cannot serve metrics on 127.0.0.1:{port}: {err.strerror}") from err
+
+
+MIGRATIONS_ENDED = Counter(
+    "vplane_migrations_total",
+    "Live migrations the coordinator ended, by how (completed or aborted) and mode",
+    ["outcome", "mode"],
+)
+MIGRATION_DOWNTIME = Histogram(
+    "vplane_migration_downtime_seconds",
+    "Emulated time a migrated VM ran nowhere (its last round with the device state)",
+    ["mode"],
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 5.0),
+)
+MIGRATION_BYTES = Counter(
+    "vplane_migration_bytes_total", "Bytes live migrations put on the wire, by round kind", ["live"]
+)

@@ -68,6 +68,7 @@ SERVICE_CONSUMERS = (
     "tenants-commands",
     "tenants-telemetry",
     "contention-monitor-telemetry",
+    "migration-coordinator-telemetry",
 )
 
 

@@ -15,13 +15,15 @@ from schemas.host import ClockLeased, GuestMemoryDiverged, HostRegistered
 from schemas.memory import (
     ExportPages,
     ImportPages,
+    RunVm,
     SharePages,
     SwapInPages,
     SwapOutPages,
     UnsharePages,
 )
+from schemas.numa import MoveVmNuma
 from schemas.service import CommandRejected, RejectionCode
-from schemas.vm import CreateVm, ResizeVm
+from schemas.vm import CreateVm, ResizeVm, StunVm
 from services.hosts.disks import GIB, Disks
 from services.hosts.domain import check_transfer, decide
 from services.hosts.handlers import (
@@ -29,6 +31,7 @@ from services.hosts.handlers import (
     FleetHolder,
     answer_query,
     divergences,
+    numa_reports,
     telemetry_step,
     transfer_step,
 )
@@ -47,10 +50,13 @@ NAME = "hosts"
 ON_THE_MACHINE = (
     ExportPages,
     ImportPages,
+    RunVm,
+    StunVm,
     SharePages,
     UnsharePages,
     SwapOutPages,
     SwapInPages,
+    MoveVmNuma,
     ResizeVm,
     CheckpointVm,
     RestoreVm,
@@ -118,7 +124,7 @@ def host_shape(host: str) -> HostRegistered:
 def build(settings: Settings) -> ServiceDefinition:
     hosts = host_names(settings)
     disks = Disks(settings.datastore_dir(), int(settings.datastore_gib * GIB))
-    holder = FleetHolder(hosts, disks)
+    holder = FleetHolder(hosts, disks, settings.tick_seconds * settings.speed)
     holder.machine.live = False
 
     def fold(seq: int, env: Envelope[Message]) -> None:
@@ -205,10 +211,8 @@ def build(settings: Settings) -> ServiceDefinition:
         ]
 
     async def publish_telemetry() -> list[Outcome]:
-        return [
-            telemetry_step(holder, settings.tick_seconds * settings.speed),
-            *divergences(holder),
-        ]
+        step = settings.tick_seconds * settings.speed
+        return [telemetry_step(holder, step), *numa_reports(holder, step), *divergences(holder)]
 
     async def finish_transfers() -> list[Outcome]:
         return transfer_step(holder, settings.speed)

@@ -28,17 +28,27 @@ from schemas.memory import (
     PagesSwappedIn,
     PagesSwappedOut,
     PagesUnshared,
+    RunVm,
     SharePages,
     SwapInPages,
     SwapOutPages,
     UnsharePages,
+    VmRan,
 )
+from schemas.numa import MoveVmNuma
 from schemas.scratch import AllocateScratch, ReleaseScratch, ScratchAllocated, ScratchReleased
 from schemas.service import CommandRejected, RejectionCode
-from schemas.transfers import CopyStarted, MigrationStarted, StartCopy, StartMigration
+from schemas.transfers import (
+    CopyStarted,
+    MigrationMode,
+    MigrationStarted,
+    StartCopy,
+    StartMigration,
+)
 from schemas.vm import (
     CreateVm,
     DestroyVm,
+    MemoryMode,
     PowerOffVm,
     PowerOnVm,
     ResizeVm,
@@ -59,7 +69,7 @@ from schemas.vm import (
     VmThrottled,
     VmUnstunned,
 )
-from services.hosts import checkpointing
+from services.hosts import checkpointing, numa_moves
 from services.hosts.checks import (
     Rejected,
     full_vm_on,
@@ -69,6 +79,7 @@ from services.hosts.checks import (
     vm_on,
 )
 from services.hosts.disks import MIN_FREE_BYTES
+from services.hosts.numa_moves import NOTHING_TO_MOVE, NumaOutlook
 from services.hosts.scratch import NoRoom, NotHeld
 from services.hosts.state import Fleet, TransferKind, Vm, transfer_key
 
@@ -90,6 +101,12 @@ class Facts:
     datastore_problem: Callable[[int, str], str | None] = lambda _need, _what: None
     # What is wrong with a checkpoint's file (read back whole), or None.
     checkpoint_problem: Callable[[str], str | None] = lambda _name: None
+    # A full-memory guest's checksum now (None for one without bytes).
+    checksum: Callable[[str], str | None] = lambda _vm: None
+    # What running a guest would do (its steps, the dirty pages it leaves), not done yet.
+    guest_run: Callable[[RunVm], VmRan] | None = None
+    # Where a VM's vCPUs and pages are, for a NUMA move; None off this process's hosts.
+    numa_outlook: Callable[[MoveVmNuma], NumaOutlook | None] = lambda _c: NOTHING_TO_MOVE
 
 
 def decide(fleet: Fleet, env: Envelope[Message], facts: Facts | None = None) -> list[Event]:
@@ -150,6 +167,19 @@ def _decide(fleet: Fleet, cmd: Message, facts: Facts) -> list[Event]:  # noqa: P
             return [PagesSwappedIn(host=cmd.host, vm=cmd.vm, pages=cmd.pages)]
         case StartMigration():
             return [_start_migration(fleet, cmd)]
+        case MoveVmNuma():
+            return [numa_moves.start(fleet, cmd, facts.numa_outlook)]
+        case RunVm():
+            host_up(fleet, cmd.host)
+            vm = full_vm_on(fleet, cmd.vm, cmd.host)
+            if vm.state != VmState.ON or vm.stunned:
+                raise Rejected(
+                    RejectionCode.WRONG_STATE,
+                    f"VM {vm.name} is {'stunned' if vm.stunned else vm.state}: it does not run",
+                )
+            if facts.guest_run is None:
+                raise Rejected(RejectionCode.UNKNOWN_HOST, f"host {cmd.host} is not emulated here")
+            return [facts.guest_run(cmd)]
         case RestartVm():
             return [_restart(fleet, cmd, facts)]
         case AllocateScratch() | ReleaseScratch():
@@ -188,6 +218,12 @@ def _start_migration(fleet: Fleet, cmd: StartMigration) -> MigrationStarted:
     _ends(fleet, cmd, TransferKind.MIGRATION, cmd.migration)
     vm = vm_on(fleet, cmd.vm, cmd.host)
     not_migrating(fleet, vm)
+    if cmd.mode != MigrationMode.PRECOPY and vm.memory_mode != MemoryMode.FULL:
+        raise Rejected(
+            RejectionCode.ACCOUNTING_ONLY,
+            f"VM {vm.name} has no guest memory bytes to pull on demand: "
+            f"{cmd.mode} needs a full-memory VM (pre-copy moves it)",
+        )
     _reserved(fleet, cmd.target, vm.name, vm.cpu, vm.mem_mib)
     if not fleet.room(cmd.target, vm.cpu, vm.mem_mib):
         raise Rejected(
@@ -200,6 +236,12 @@ def _start_migration(fleet: Fleet, cmd: StartMigration) -> MigrationStarted:
         source=cmd.host,
         target=cmd.target,
         expected_seconds=vm.mem_mib * 8 / cmd.rate_mbps,
+        mode=cmd.mode,
+        downtime_ms=cmd.downtime_ms,
+        rate_mbps=cmd.rate_mbps,
+        mem_mib=vm.mem_mib,
+        memory_mode=vm.memory_mode,
+        running=vm.state == VmState.ON and not vm.stunned,
     )
 
 
@@ -303,6 +345,7 @@ def _create(fleet: Fleet, cmd: CreateVm) -> VmCreated:
         seed=cmd.seed,
         disk_gib=cmd.disk_gib,
         checkpoint=cmd.checkpoint,
+        writes=cmd.writes,
     )
 
 
@@ -345,7 +388,7 @@ def _lifecycle(fleet: Fleet, vm: Vm, cmd: Message, facts: Facts) -> Event:  # no
             need(VmState.ON)
             if vm.stunned:
                 raise Rejected(RejectionCode.WRONG_STATE, f"VM {vm.name} is already stunned")
-            return VmStunned(vm=vm.name, host=vm.host)
+            return VmStunned(vm=vm.name, host=vm.host, checksum=facts.checksum(vm.name))
         case UnstunVm():
             if not vm.stunned:
                 raise Rejected(RejectionCode.WRONG_STATE, f"VM {vm.name} is not stunned")
@@ -382,7 +425,12 @@ def check_transfer(fleet: Fleet, env: Envelope[Message]) -> list[Event]:
     assert isinstance(cmd, ExportPages | ImportPages)
     try:
         host_up(fleet, cmd.host)
-        full_vm_on(fleet, cmd.vm, cmd.host)
+        moving = fleet.migration_of(cmd.vm)
+        if isinstance(cmd, ImportPages) and moving is not None and moving.target == cmd.host:
+            # Into the empty shell the target holds for the VM while it migrates.
+            full_vm_on(fleet, cmd.vm, moving.source)
+        else:
+            full_vm_on(fleet, cmd.vm, cmd.host)
     except Rejected as rejected:
         return [CommandRejected.of(env, rejected.code, rejected.reason)]
     return []

@@ -38,9 +38,11 @@ RECONCILE_TICKS = 10
 class FleetHolder:
     """The mutable cells: the current fold of the hosts' events, and the hardware."""
 
-    def __init__(self, hosts: list[str], disks: Disks | None = None) -> None:
+    def __init__(
+        self, hosts: list[str], disks: Disks | None = None, tick_seconds: float = 1.0
+    ) -> None:
         self.fleet = Fleet()
-        self.machine = Machine(hosts, disks)
+        self.machine = Machine(hosts, disks, tick_seconds)
         self.tick = 0
         self.samples: dict[str, HostTelemetry] = {}
         # The stack's emulated time as this process knows it; and how far the hosts'
@@ -76,6 +78,21 @@ def divergences(holder: FleetHolder) -> list[Outcome]:
         Outcome(events=[d], key=f"diverged:{d.event_seq}")
         for d in found
         if d.event_seq not in holder.divergences_logged
+    ]
+
+
+def numa_reports(holder: FleetHolder, step: float) -> list[Outcome]:
+    """What the NUMA moves reported on the tick just run, one outcome per move, in the
+    workflow of the command that started it (a tick is never run twice, so neither is
+    its report)."""
+    return [
+        Outcome(
+            events=[progress] if completed is None else [progress, completed],
+            cause=holder.fleet.numa_moves.get(progress.vm),
+            key=f"numa:{progress.host}:{progress.vm}:{progress.tick}",
+            sim_time=progress.tick * step,
+        )
+        for progress, completed in holder.machine.numa.drain()
     ]
 
 

@@ -39,14 +39,17 @@ from schemas.memory import (
     PagesSwappedIn,
     PagesSwappedOut,
     PagesUnshared,
+    RunVm,
     SharePages,
     SwapInPages,
     SwapOutPages,
     UnsharePages,
+    VmRan,
 )
+from schemas.numa import VmNumaMoveCompleted, VmNumaMoveStarted
 from schemas.scratch import ScratchReleased
 from schemas.service import RejectionCode
-from schemas.transfers import MigrationCompleted
+from schemas.transfers import MigrationAborted, MigrationCompleted, MigrationStarted
 from schemas.vm import MemoryMode, VmCreated, VmDestroyed, VmResized
 from services.hosts.checkpoint_files import CheckpointFileError
 from services.hosts.checkpoint_hardware import CheckpointHardware
@@ -58,6 +61,7 @@ from services.hosts.memory import VmSpec as MemSpec
 from services.hosts.memory import Workload as MemWorkload
 from services.hosts.memory.geometry import LARGE_PAGE_MIB, PAGE_MIB
 from services.hosts.memory.workload import Accesses
+from services.hosts.numa_hardware import NumaHardware
 from services.hosts.page_cache import PageCaches
 from services.hosts.scratch import ScratchDisk
 from services.hosts.state import Fleet, Vm
@@ -69,8 +73,6 @@ log = structlog.get_logger("vplane.hosts")
 # Page writes and reads a running full-memory guest makes per tick at full speed.
 WRITES_PER_TICK = 256
 READS_PER_TICK = 1024
-# Pages per batch when a migration moves a guest's bytes between two hosts of this process.
-MIGRATION_BATCH = 4096
 
 
 def large_pages(mem_mib: int) -> int:
@@ -78,8 +80,13 @@ def large_pages(mem_mib: int) -> int:
 
 
 class Machine:
-    def __init__(self, hosts: list[str], disks: Disks | None = None) -> None:
+    def __init__(
+        self, hosts: list[str], disks: Disks | None = None, tick_seconds: float = 1.0
+    ) -> None:
         self.hosts = hosts
+        # Emulated seconds a tick stands for: a guest run of so many seconds does the work
+        # of so many ticks.
+        self.tick_seconds = tick_seconds
         self.memory: dict[str, HostMemory] = {}
         self.disks = disks or Disks(None)
         # False while the process rebuilds its state from the log: what a fold does then
@@ -90,6 +97,7 @@ class Machine:
         self.page_caches = PageCaches()
         self.scratch = {host: ScratchDisk() for host in hosts}
         self.contention = Contention()
+        self.numa = NumaHardware()
         # Events of the log the guest memory could not follow, not yet logged as such.
         self.diverged: list[GuestMemoryDiverged] = []
 
@@ -150,15 +158,7 @@ class Machine:
                     mem.destroy_vm(name)
                     mem.create_vm(_mem_spec(name, vm.mem_mib, vm.seed, vm.template, vm.memory_mode))
             case PagesShared() if event.host in self.memory:
-                groups: dict[tuple[str, str], tuple[list[int], list[int]]] = defaultdict(
-                    lambda: ([], [])
-                )
-                for pair in event.pairs:
-                    a, b = groups[(pair.vm_a, pair.vm_b)]
-                    a.append(pair.page_a)
-                    b.append(pair.page_b)
-                for (vm_a, vm_b), (pages_a, pages_b) in groups.items():
-                    self.memory[event.host].share_pages(vm_a, pages_a, vm_b, pages_b)
+                _share(self.memory[event.host], event)
             case PagesUnshared() if event.host in self.memory:
                 for page in event.pages:
                     self.memory[event.host].unshare(event.vm, page)
@@ -166,24 +166,28 @@ class Machine:
                 self.memory[event.host].swap_out(event.vm, np.asarray(event.pages))
             case PagesSwappedIn() if event.host in self.memory:
                 self.memory[event.host].swap_in(event.vm, np.asarray(event.pages))
-            case MigrationCompleted() if event.vm in before.vms:
-                self._migrate(before.vms[event.vm], event.source, event.target)
+            case MigrationStarted() | MigrationAborted() | MigrationCompleted():
+                self._migration(before, event)
+            case VmRan() if event.host in self.memory:
+                self._run(before, event, self.memory[event.host])
+            case VmNumaMoveStarted() | VmNumaMoveCompleted() if event.host in self.memory:
+                self.numa.apply(self.memory[event.host], event, self.live)
             case VmRestarted() if event.vm in before.vms:
-                # Its memory comes back from its seed; the failed host's copy is dropped
-                # (fenced) wherever this process emulates that host.
-                vm = before.vms[event.vm]
-                old = self.memory.get(vm.host)
-                if old is not None and vm.name in old.vms:
-                    old.destroy_vm(vm.name)
-                new = self.memory.get(event.host)
-                if new is not None:
-                    new.create_vm(
-                        _mem_spec(vm.name, event.mem_mib, vm.seed, vm.template, vm.memory_mode)
-                    )
-                    # Its disk is on the shared datastore: it restarts from what it wrote.
-                    self.disks.attach(vm.name, vm.disk_gib, vm.template, vm.seed, vm.active_disk)
-                else:
-                    self.disks.detach(vm.name)
+                self._restarted(before.vms[event.vm], event)
+
+    def _restarted(self, vm: Vm, event: VmRestarted) -> None:
+        """Its memory comes back from its seed; the failed host's copy is dropped (fenced)
+        wherever this process emulates that host."""
+        old = self.memory.get(vm.host)
+        if old is not None and vm.name in old.vms:
+            old.destroy_vm(vm.name)
+        new = self.memory.get(event.host)
+        if new is not None:
+            new.create_vm(_mem_spec(vm.name, event.mem_mib, vm.seed, vm.template, vm.memory_mode))
+            # Its disk is on the shared datastore: it restarts from what it wrote.
+            self.disks.attach(vm.name, vm.disk_gib, vm.template, vm.seed, vm.active_disk)
+        else:
+            self.disks.detach(vm.name)
 
     def _created(self, before: Fleet, event: VmCreated, mem: HostMemory) -> None:
         mem.create_vm(
@@ -201,10 +205,12 @@ class Machine:
         match event:
             case VmDestroyed() | VmRestored() | VmRestarted() | MigrationCompleted():
                 self.page_caches.forget(event.vm)
+                self.numa.forget(event.vm)
                 self.checkpoints.abort_for(event.vm, f"{event.type_name()} during the save")
             case HostCrashed():
                 for vm in event.vms_lost:
                     self.page_caches.forget(vm)
+                    self.numa.forget(vm)
                     self.checkpoints.abort_for(vm, f"host {event.host} crashed during the save")
             case VmResized():
                 self.page_caches.forget(event.vm)
@@ -227,25 +233,31 @@ class Machine:
         if disk is not None and known is not None:
             disk.forget(known.scratch.held(vm, tag))
 
+    def _migration(
+        self, before: Fleet, event: MigrationStarted | MigrationAborted | MigrationCompleted
+    ) -> None:
+        vm = before.vms.get(event.vm)
+        dst = self.memory.get(event.target)
+        match event:
+            case MigrationStarted() if dst is not None and vm is not None:
+                # An empty shell of its size, filled by the pages that arrive.
+                shell = _mem_spec(vm.name, vm.mem_mib, vm.seed, vm.template, vm.memory_mode)
+                if vm.memory_mode == MemoryMode.FULL:
+                    shell = replace(shell, profile=EMPTY_PROFILE)
+                dst.create_vm(shell)
+            case MigrationAborted() if dst is not None and event.vm in dst.vms:
+                dst.destroy_vm(event.vm)
+            case MigrationCompleted() if vm is not None:
+                self._migrate(vm, event.source, event.target)
+
     def _migrate(self, vm: Vm, source: str, target: str) -> None:
-        """Move a guest's memory to the target: its bytes when this process emulates both
-        ends; else the source lets it go, or the target builds it from its seed, as a
-        target whose source lives in another process has nothing else to build it from."""
+        """The target keeps the shell its pages filled and the source lets the VM go.
+        Rebuilding, the shell holds none of the bytes that crossed (the flows are not
+        replayed): the target builds the guest from its seed, as after a reboot."""
         src, dst = self.memory.get(source), self.memory.get(target)
-        if dst is not None and src is not None and vm.name in src.vms:
-            spec = src.spec(vm.name)
-            if vm.memory_mode != MemoryMode.FULL:
-                dst.create_vm(spec)
-            else:
-                # Filled by the pages that arrive, not by its seed.
-                dst.create_vm(replace(spec, profile=EMPTY_PROFILE))
-                try:
-                    for batch in src.export_checkpoint(vm.name, MIGRATION_BATCH):
-                        dst.import_pages(vm.name, batch)
-                except MemoryModelError:
-                    dst.destroy_vm(vm.name)
-                    raise
-        elif dst is not None:
+        if dst is not None and (not self.live or vm.name not in dst.vms):
+            if vm.name in dst.vms:
+                dst.destroy_vm(vm.name)
             dst.create_vm(_mem_spec(vm.name, vm.mem_mib, vm.seed, vm.template, vm.memory_mode))
         if src is not None and vm.name in src.vms:
             src.destroy_vm(vm.name)
@@ -272,7 +284,70 @@ class Machine:
             swap_problem=self._swap_problem,
             datastore_problem=self.disks.problem,
             checkpoint_problem=lambda name: self.checkpoints.problem(fleet, name),
+            checksum=lambda vm: self._checksum(fleet, vm),
+            guest_run=lambda cmd: self._plan_run(fleet, cmd),
+            numa_outlook=lambda cmd: self.numa.outlook(self.memory, cmd),
         )
+
+    def _checksum(self, fleet: Fleet, name: str) -> str | None:
+        vm = fleet.vms.get(name)
+        if vm is None or vm.memory_mode != MemoryMode.FULL or vm.host not in self.memory:
+            return None
+        return self.memory[vm.host].checksum(name)
+
+    def _plan_run(self, fleet: Fleet, cmd: RunVm) -> VmRan:
+        """The steps a run of ``cmd.seconds`` takes and the dirty pages it leaves, worked
+        out without writing: the fold of VmRan writes them."""
+        vm = fleet.vms[cmd.vm]
+        mem = self.memory[cmd.host]
+        pages = mem.spec(vm.name).pages
+        share = min(vm.cpu_cap, 1.0 / self.contention.slowdown(vm.name))
+        steps = math.ceil(cmd.seconds / self.tick_seconds - 1e-9) if cmd.seconds > 0 else 0
+        writes = reads = 0
+        if steps:
+            per_tick_writes, per_tick_reads = self._per_tick(vm)
+            ticks = cmd.seconds / self.tick_seconds * share
+            writes = round(per_tick_writes * ticks / steps)
+            reads = round(per_tick_reads * ticks / steps)
+        first = self._steps[vm.name]
+        dirty = np.zeros(pages, np.bool_)
+        dirty[mem.collect_dirty(vm.name, clear=False)] = True
+        workload = _workload(vm)
+        for step in range(first, first + steps):
+            dirty[workload.step(pages, step, writes=writes, reads=0).write_pages] = True
+        return VmRan(
+            host=cmd.host,
+            vm=vm.name,
+            tag=cmd.tag,
+            seconds=cmd.seconds,
+            first_step=first,
+            steps=steps,
+            writes_per_step=writes,
+            reads_per_step=reads,
+            cpu_share=round(max(0.0, min(1.0, share)), 6),
+            dirty_pages=int(np.count_nonzero(dirty)),
+        )
+
+    def _per_tick(self, vm: Vm) -> tuple[float, float]:
+        """Page writes and reads a tick at full speed."""
+        if vm.writes is None:
+            return WRITES_PER_TICK, READS_PER_TICK
+        return vm.writes.pages_per_s * self.tick_seconds, READS_PER_TICK
+
+    def _run(self, before: Fleet, event: VmRan, mem: HostMemory) -> None:
+        """The run's steps, written as they were planned."""
+        vm = before.vms.get(event.vm)
+        if vm is None or event.vm not in mem.vms:
+            return
+        pages = mem.spec(vm.name).pages
+        workload = _workload(vm)
+        for step in range(event.first_step, event.first_step + event.steps):
+            accesses = workload.step(
+                pages, step, writes=event.writes_per_step, reads=event.reads_per_step
+            )
+            self._write(mem, vm.name, accesses)
+            self.page_caches.of(vm.name, pages).pages_written(accesses.write_pages)
+        self._steps[vm.name] = max(self._steps[vm.name], event.first_step + event.steps)
 
     def _share_problem(self, cmd: SharePages) -> tuple[RejectionCode, str] | None:
         mem = self.memory.get(cmd.host)
@@ -332,22 +407,30 @@ class Machine:
         up = [h for h in self.hosts if h in fleet.hosts and fleet.hosts[h].state == HostState.UP]
         # The guests' disk I/O of the last tick is storage demand like any other.
         disk_mbs = {vm: self.disks.mbs(vm, tick_s) for vm in self.disks.io}
+        self.tick_seconds = tick_s
         self.contention.run(fleet, up, sim_time, tick_s, disk_mbs)
         # The sample reports memory as the tick starts; the guests then work through it.
         out = samples(
             fleet, up, tick, self.contention, self.memory, disk_mbs, self.disks.usage_gib()
         )
+        self.numa.step(self.memory, up)
         for host in up:
-            self._guest_work(host)
+            self._guest_work(fleet, host)
+        self.numa.report(self.memory, tick, up)
         return out
 
-    def _guest_work(self, host: str) -> None:
-        """Running full-memory guests write and read pages, slowed as their CPU is."""
+    def _guest_work(self, fleet: Fleet, host: str) -> None:
+        """Running full-memory guests write and read pages, slowed as their CPU is. A
+        migrating guest works only in the runs its migration asks for (RunVm), each as
+        long as a round took on the wire."""
         mem = self.memory.get(host)
         working = [
             vm
             for vm in self.contention.by_host.get(host, [])
-            if vm.memory_mode == MemoryMode.FULL and vm.state.value == "on" and not vm.stunned
+            if vm.memory_mode == MemoryMode.FULL
+            and vm.state.value == "on"
+            and not vm.stunned
+            and fleet.migration_of(vm.name) is None
         ]
         if mem is None or not working:
             return
@@ -365,12 +448,11 @@ class Machine:
                 cache.map(landing, io.disk, io.read[: len(landing)])
             if io is not None:
                 cache.blocks_written(io.disk, io.written)
-            accesses = MemWorkload(seed=vm.seed).step(
-                pages,
-                step,
-                writes=int(WRITES_PER_TICK * speed),
-                reads=int(READS_PER_TICK * speed),
+            writes, reads = self._per_tick(vm)
+            accesses = _workload(vm).step(
+                pages, step, writes=int(writes * speed), reads=int(reads * speed)
             )
+            self.numa.saw(mem, vm.name, accesses)
             self._write(mem, vm.name, accesses)
             cache.pages_written(accesses.write_pages)
         mem.decay_heat()
@@ -379,6 +461,24 @@ class Machine:
         """The guest's accesses, after a checkpoint being saved kept what they overwrite."""
         self.checkpoints.before_write(vm, mem, accesses.write_pages)
         mem.apply(vm, accesses)
+
+
+def _share(mem: HostMemory, event: PagesShared) -> None:
+    groups: dict[tuple[str, str], tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
+    for pair in event.pairs:
+        a, b = groups[(pair.vm_a, pair.vm_b)]
+        a.append(pair.page_a)
+        b.append(pair.page_b)
+    for (vm_a, vm_b), (pages_a, pages_b) in groups.items():
+        mem.share_pages(vm_a, pages_a, vm_b, pages_b)
+
+
+def _workload(vm: Vm) -> MemWorkload:
+    if vm.writes is None:
+        return MemWorkload(seed=vm.seed)
+    return MemWorkload(
+        seed=vm.seed, hot_fraction=vm.writes.hot_fraction, hot_share=vm.writes.hot_share
+    )
 
 
 def _mem_spec(name: str, mem_mib: int, seed: int, template: str, mode: MemoryMode) -> MemSpec:

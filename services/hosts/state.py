@@ -19,6 +19,7 @@ from schemas.checkpoints import (
 )
 from schemas.ha import HostFailed, HostReturned, VmRestarted
 from schemas.host import HostCrashed, HostRecovered, HostRegistered, HostState
+from schemas.numa import VmNumaMoveCompleted, VmNumaMoveStarted
 from schemas.pool import CapacityReleased, CapacityReserved, vcpus_covered
 from schemas.scratch import ScratchAllocated, ScratchReleased
 from schemas.transfers import (
@@ -30,6 +31,7 @@ from schemas.transfers import (
     MigrationStarted,
 )
 from schemas.vm import (
+    GuestWrites,
     MemoryMode,
     Priority,
     VmCreated,
@@ -92,6 +94,8 @@ class Vm:
     # the disk of its chain it writes now ("": the one named after it).
     disk_gib: int = 0
     disk: str = ""
+    # Its dirty rate, when not the hosts' default pace.
+    writes: GuestWrites | None = None
 
     @property
     def active_disk(self) -> str:
@@ -162,6 +166,10 @@ class Fleet:
     checkpoints: Mapping[str, Checkpoint] = field(default_factory=dict)
     disk_parents: Mapping[str, str] = field(default_factory=dict)
     restores: int = 0
+    # The Started event of each VM's NUMA move, until its Completed: the move's reports
+    # follow in its workflow. The machine says whether a move is under way (a VM whose
+    # memory went meanwhile leaves its entry here until its next move).
+    numa_moves: Mapping[str, Envelope[Message] | None] = field(default_factory=dict)
 
     def disk_children(self, disk: str) -> list[str]:
         return sorted(child for child, parent in self.disk_parents.items() if parent == disk)
@@ -254,6 +262,7 @@ def evolve(  # noqa: PLR0911, PLR0912 - one case per event
                     event.template,
                     event.seed,
                     disk_gib=event.disk_gib,
+                    writes=event.writes,
                 ),
             )
             if event.checkpoint is not None and event.checkpoint in fleet.checkpoints:
@@ -310,7 +319,8 @@ def evolve(  # noqa: PLR0911, PLR0912 - one case per event
             fleet = _reclaim(fleet, event.source, event.vm)
             if event.vm not in fleet.vms:
                 return fleet
-            landed = replace(fleet.vms[event.vm], host=event.target)
+            # The target resumes it as it was before the stun, and unthrottled.
+            landed = replace(fleet.vms[event.vm], host=event.target, stunned=False, cpu_cap=1.0)
             target = fleet.hosts.get(event.target)
             if target is not None and target.state == HostState.DOWN:
                 # Its target's crash (in the target's process) and its completion crossed:
@@ -318,13 +328,15 @@ def evolve(  # noqa: PLR0911, PLR0912 - one case per event
                 landed = replace(landed, state=VmState.OFF, stunned=False)
             return _with_vm(fleet, landed)
         case MigrationAborted():
-            return _ended(fleet, transfer_key(TransferKind.MIGRATION, event.migration))
+            return _aborted(fleet, event)
         case CopyCompleted() | CopyAborted():
             return _ended(fleet, transfer_key(TransferKind.COPY, event.copy_id))
         case ScratchAllocated() | ScratchReleased() if event.host in fleet.hosts:
             return _scratch(fleet, event)
         case CapacityReserved() | CapacityReleased():
             return _reserve(fleet, event)
+        case VmNumaMoveStarted() | VmNumaMoveCompleted():
+            return _numa_moved(fleet, event, env)
         case (
             CheckpointStarted()
             | CheckpointCompleted()
@@ -387,6 +399,15 @@ def _checkpointed(
     return replace(fleet, checkpoints=checkpoints, disk_parents=parents)
 
 
+def _numa_moved(
+    fleet: Fleet, event: VmNumaMoveStarted | VmNumaMoveCompleted, env: Envelope[Message] | None
+) -> Fleet:
+    moves = {vm: started for vm, started in fleet.numa_moves.items() if vm != event.vm}
+    if isinstance(event, VmNumaMoveStarted):
+        moves[event.vm] = env
+    return replace(fleet, numa_moves=moves)
+
+
 def _reserve(fleet: Fleet, event: CapacityReserved | CapacityReleased) -> Fleet:
     """The ledger's change on one host; a reservation that replaces another on the same
     host does it in the same step."""
@@ -422,6 +443,15 @@ def _started(
         transfers={**fleet.transfers, started.key: started},
         transfer_keys=fleet.transfer_keys | {started.key},
     )
+
+
+def _aborted(fleet: Fleet, event: MigrationAborted) -> Fleet:
+    fleet = _ended(fleet, transfer_key(TransferKind.MIGRATION, event.migration))
+    vm = fleet.vms.get(event.vm)
+    if vm is None or vm.host != event.source:
+        return fleet
+    # It runs on at the source as it did before the migration stunned or slowed it.
+    return _with_vm(fleet, replace(vm, stunned=False, cpu_cap=1.0))
 
 
 def _ended(fleet: Fleet, key: str) -> Fleet:

@@ -63,6 +63,7 @@ def export_pages(machine: Machine, env: Envelope[Message]) -> Outcome:
         zero_pages=zero,
         batches=len(chunks),
         bytes=sum(b.wire_bytes for b in chunks),
+        checksum=mem.checksum(cmd.vm) if cmd.checksum else None,
     )
     data = {cmd.flow: [wire.encode(b) for b in chunks]}
     return Outcome(events=[exported], cause=env, data=data)

@@ -125,6 +125,12 @@ def _migrate(state: SchedulerState, cmd: MigrateVm, command_id: uuid.UUID) -> Mi
             raise _Refused(RejectionCode.UNKNOWN_HOST, f"no host {cmd.target}")
         if cmd.target == held.host:
             raise _Refused(RejectionCode.WRONG_STATE, f"VM {cmd.vm} is already on {cmd.target}")
+        if cmd.target in ledger.maintenance:
+            raise _Refused(
+                RejectionCode.WRONG_STATE, f"host {cmd.target} is in maintenance: it takes no VM"
+            )
+        if cmd.target in ledger.failed:
+            raise _Refused(RejectionCode.WRONG_STATE, f"host {cmd.target} has failed")
     if cmd.vm in state.moving:
         raise _Refused(
             RejectionCode.WRONG_STATE, f"VM {cmd.vm} is already moving ({state.moving[cmd.vm]})"
@@ -135,6 +141,8 @@ def _migrate(state: SchedulerState, cmd: MigrateVm, command_id: uuid.UUID) -> Mi
         priority=cmd.priority,
         target=cmd.target,
         reason=MigrationReason.REQUESTED,
+        mode=cmd.mode,
+        downtime_ms=cmd.downtime_ms,
     )
 
 

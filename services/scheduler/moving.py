@@ -149,6 +149,8 @@ def schedule_migration(
         rate_mbps=rate,
         expected_seconds=round(vm.mem_mib * 8 / rate, 3),
         conflicts=attempt.get(),
+        mode=ask.mode,
+        downtime_ms=ask.downtime_ms,
         **explained(decision),
     )
     expect = {**reserving(ledger, target_in), **reserving(ledger, source_out)}
@@ -245,6 +247,8 @@ def start_command(scheduled: MigrationScheduled | CopyScheduled) -> StartMigrati
             rate_mbps=scheduled.rate_mbps,
             migration=scheduled.migration,
             vm=scheduled.vm,
+            mode=scheduled.mode,
+            downtime_ms=scheduled.downtime_ms,
         )
     return StartCopy(
         host=scheduled.source,

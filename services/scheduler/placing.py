@@ -69,6 +69,7 @@ def create_vm(placed: VmPlaced, request: Envelope[PlacementRequested]) -> Create
         power_on=ask.power_on,
         disk_gib=ask.disk_gib,
         checkpoint=ask.checkpoint,
+        writes=ask.writes,
     )
 
 

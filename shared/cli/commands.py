@@ -9,14 +9,20 @@ import typer
 from pydantic import ValidationError
 
 from schemas import Command, Envelope, Message
+from schemas.numa import VmNumaMoveCompleted
 from schemas.queries import ListVms, VmList, VmView
+from schemas.scheduling import MigrationRefused
 from schemas.service import CommandRejected
+from schemas.transfers import MigrationAborted, MigrationCompleted
 from schemas.vm import VmCreated
 from shared.bus import Bus
 from shared.cli.common import CliError, with_bus
+from shared.cli.migrations import describe_end
 from shared.client import Client
 
 C = TypeVar("C", bound=Command)
+# Ends of a workflow that did not do what the command asked: the CLI exits 1 on them.
+Failed = MigrationAborted | MigrationRefused
 
 WaitOption = Annotated[bool, typer.Option("--wait", help="Wait for the answering event.")]
 TimeoutOption = Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait.")]
@@ -37,12 +43,23 @@ def describe(env: Envelope[Message]) -> str:
     match data:
         case CommandRejected():
             return f"rejected ({data.code}): {data.reason}"
+        case MigrationCompleted() | MigrationAborted():
+            return describe_end(data)
         case VmCreated():
             state = "on" if data.powered_on else "off"
             return (
                 f"created {data.vm} on {data.host}: {data.cpu} vCPU, {data.mem_mib} MiB, "
                 f"{data.priority} priority, {data.workload} workload, {data.memory_mode} "
                 f"memory, {state}"
+            )
+        case VmNumaMoveCompleted():
+            left = f", {data.pages_left} left (the node is full)" if data.pages_left else ""
+            return (
+                f"moved {data.vm} on {data.host} to NUMA node {data.node}: "
+                f"{data.pages_moved} pages in {data.ticks} ticks{left}, large pages whole "
+                f"{data.large_pages_whole_before} before, {data.large_pages_whole_after} after; "
+                "local accesses "
+                f"{_share(data.local_share_before)} before, {_share(data.local_share_after)} after"
             )
     phrase = _PHRASES.get(data.type_name(), data.type_name())
     fields = data.model_dump(mode="json")
@@ -51,6 +68,10 @@ def describe(env: Envelope[Message]) -> str:
         f"{k}={v}" for k, v in fields.items() if k not in {"vm", "host"} and v is not None
     )
     return " ".join(part for part in (phrase, where) if part) + (f" ({detail})" if detail else "")
+
+
+def _share(share: float | None) -> str:
+    return "n/a (no accesses)" if share is None else f"{share:.1%}"
 
 
 _PHRASES = {
@@ -93,7 +114,12 @@ def ready(cmd: Command) -> Make:
 
 
 def send(
-    bus: str | None, wait: bool, timeout: float, make: Make, *, until: str | None = None
+    bus: str | None,
+    wait: bool,
+    timeout: float,
+    make: Make,
+    *,
+    until: str | tuple[str, ...] | None = None,
 ) -> None:
     """Send the command ``make`` builds (it may ask queries first); print the answer.
     With ``until``, wait for that event further down the workflow (or a rejection)."""
@@ -102,7 +128,8 @@ def send(
         client = Client(b)
         cmd = await make(client)
         if wait and until is not None:
-            return [await client.send_until(cmd, until, timeout=timeout)]
+            ends = (until,) if isinstance(until, str) else until
+            return [await client.send_until(cmd, *ends, timeout=timeout)]
         if wait:
             return await client.send_and_wait(cmd, timeout=timeout)
         env = await client.send(cmd)
@@ -112,7 +139,7 @@ def send(
     answers = with_bus(bus, work)
     for env in answers:
         typer.echo(describe(env))
-    if any(isinstance(env.data, CommandRejected) for env in answers):
+    if any(isinstance(env.data, CommandRejected | Failed) for env in answers):
         raise typer.Exit(1)
 
 

@@ -8,7 +8,18 @@ import typer
 
 from shared.broker import BrokerError
 from shared.bus import BusError
-from shared.cli import checkpoints, events, explain, host, inventory, ledger, tenants, up, vm
+from shared.cli import (
+    checkpoints,
+    events,
+    explain,
+    host,
+    inventory,
+    ledger,
+    migrations,
+    tenants,
+    up,
+    vm,
+)
 from shared.cli.common import CliError
 from shared.logs import configure
 from shared.settings import SettingsError
@@ -36,6 +47,7 @@ app.command("ledger")(ledger.ledger)
 app.add_typer(tenants.cluster_app, name="cluster")
 app.add_typer(tenants.job_app, name="job")
 app.command("clusters")(tenants.clusters)
+app.command("migrations")(migrations.migrations)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,6 +18,7 @@ SERVICES: tuple[tuple[str, str, dict[str, str]], ...] = (
     ("scheduler-low", "scheduler", {"VPLANE_PRIORITY": "low"}),
     ("tenants", "tenants", {}),
     ("contention-monitor", "contention", {}),
+    ("migration-coordinator", "migration", {}),
 )
 SERVICE_NAMES = frozenset(name for name, _, _ in SERVICES)
 

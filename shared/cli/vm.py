@@ -8,7 +8,10 @@ import typer
 
 from schemas import Command
 from schemas.memory import GetVmMemory, VmMemory
+from schemas.numa import DEFAULT_PAGES_PER_TICK, MAX_PAGES_PER_TICK, MoveVmNuma, NumaOrder
+from schemas.queries import HostList, ListHosts
 from schemas.scheduling import ChangeVmSize, MigrateVm, PlacementPolicy, PlaceVm
+from schemas.transfers import DEFAULT_DOWNTIME_MS, MigrationMode
 from schemas.vm import (
     DEFAULT_DISK_GIB,
     MAX_DISK_GIB,
@@ -41,7 +44,7 @@ Name = Annotated[str, typer.Argument(help="VM name: letters, digits, - and _.")]
 def _choice(
     option: str,
     value: str,
-    allowed: type[WorkloadKind] | type[MemoryMode] | type[PlacementPolicy],
+    allowed: type[WorkloadKind] | type[MemoryMode] | type[PlacementPolicy] | type[NumaOrder],
 ) -> str:
     names = [m.value for m in allowed]
     if value not in names:
@@ -156,15 +159,28 @@ def vm_migrate(
         str | None, typer.Option("--to", help="Target host; default: the best host.")
     ] = None,
     priority: Annotated[str, typer.Option("--priority", help="high or low.")] = "low",
+    mode: Annotated[
+        str, typer.Option("--mode", help="precopy (default), postcopy or hybrid.")
+    ] = "precopy",
+    downtime_ms: Annotated[
+        int, typer.Option("--downtime-ms", help="Longest stop the switchover may take.")
+    ] = DEFAULT_DOWNTIME_MS,
     wait: WaitOption = False,
     timeout: TimeoutOption = 30.0,
     bus: BusOption = None,
 ) -> None:
-    """Live-migrate a VM: its scheduler reserves room and bandwidth, the hosts move it."""
+    """Live-migrate a VM: its scheduler reserves room and bandwidth, the migration
+    coordinator moves its memory in rounds; --wait prints the rounds, bytes, downtime
+    and the checksums compared at the end."""
     if priority not in ("high", "low"):
         raise CliError(f"invalid --priority {priority!r}: use high or low")
-    cmd = validated(MigrateVm, vm=name, priority=priority, target=to)
-    send(bus, wait, timeout, ready(cmd), until="MigrationCompleted")
+    if mode not in set(MigrationMode):
+        raise CliError(f"invalid --mode {mode!r}: use precopy, postcopy or hybrid")
+    cmd = validated(
+        MigrateVm, vm=name, priority=priority, target=to, mode=mode, downtime_ms=downtime_ms
+    )
+    ends = ("MigrationCompleted", "MigrationAborted", "MigrationRefused")
+    send(bus, wait, timeout, ready(cmd), until=ends)
 
 
 def _on_its_host(name: str, build: type[Command], **fields: object) -> Make:
@@ -234,3 +250,38 @@ def vm_memory(name: Name, bus: BusOption = None, as_json: JsonOption = False) ->
         f"{mem.mapped_pages} holding disk blocks"
         + (f", checksum {mem.checksum}" if mem.checksum else "")
     )
+
+
+@vm_app.command("numa-move")
+def vm_numa_move(
+    name: Name,
+    node: Annotated[int, typer.Option("--node", min=0, help="The NUMA node to move it to.")],
+    order: Annotated[
+        str, typer.Option("--order", help="hot-first (most used pages first) or sequential.")
+    ] = "hot-first",
+    pages_per_tick: Annotated[
+        int,
+        typer.Option(
+            "--pages-per-tick", min=1, max=MAX_PAGES_PER_TICK, help="4 KiB pages moved a tick."
+        ),
+    ] = DEFAULT_PAGES_PER_TICK,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = 300.0,
+    bus: BusOption = None,
+) -> None:
+    """Move a VM to another NUMA node of its host: its vCPUs at once, then its memory over
+    the following ticks; with --wait, how local its memory accesses were before and after."""
+    how = _choice("--order", order, NumaOrder)
+
+    async def make(client: Client) -> Command:
+        host = await host_of(client, name)
+        hosts = await client.query(ListHosts())
+        assert isinstance(hosts, HostList)
+        nodes = next((h.numa_nodes for h in hosts.hosts if h.host == host), None)
+        if nodes is not None and node >= nodes:
+            raise CliError(f"host {host} has NUMA nodes 0..{nodes - 1}: there is no node {node}")
+        return validated(
+            MoveVmNuma, vm=name, host=host, node=node, order=how, pages_per_tick=pages_per_tick
+        )
+
+    send(bus, wait, timeout, make, until="VmNumaMoveCompleted")

@@ -14,6 +14,7 @@ from schemas import Envelope, Message
 from schemas.queries import ListVms, VmList
 from services.contention.bootstrap import build as build_monitor
 from services.hosts.bootstrap import build as build_hosts
+from services.migration.bootstrap import build as build_coordinator
 from services.scheduler.bootstrap import build as build_scheduler
 from services.scheduler.ledger import Ledger, evolve
 from services.tenants.bootstrap import build as build_tenants
@@ -154,6 +155,7 @@ def _builders(
         "hosts": lambda: build_hosts(of()),
         "scheduler-high": lambda: build_scheduler(of(priority="high")),
         "scheduler-low": lambda: build_scheduler(of(priority="low")),
+        "migration-coordinator": lambda: build_coordinator(of()),
     }
     if tenants:
         builders["tenants"] = lambda: build_tenants(of())

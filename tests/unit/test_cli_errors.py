@@ -19,6 +19,7 @@ from tests.integration.stack import cli
         (["vm", "create", "x", "--mem", "64"], "Missing option '--cpu'"),
         (["vm", "create", "x", "--cpu", "two", "--mem", "64"], "Invalid value for '--cpu'"),
         (["up", "--hosts", "0"], "Invalid value for '--hosts'"),
+        (["vm", "numa-move", "x", "--node", "-1"], "Invalid value for '--node'"),
         (["events", "tail", "--since", "0"], "Invalid value for '--since'"),
     ],
 )
@@ -55,6 +56,10 @@ def test_wrong_arguments_exit_2_with_one_line(args: list[str], message: str) -> 
         ),
         (["vm", "create", "x", "--cpu", "1", "--mem", "64", "--near", "a.b"], "invalid rules"),
         (["vm", "migrate", "x", "--to", "h/1"], "invalid target"),
+        (
+            ["vm", "numa-move", "x", "--node", "1", "--order", "random"],
+            "invalid --order 'random': use hot-first, sequential",
+        ),
         (["host", "maintenance", "h1", "maybe"], "invalid mode 'maybe': use on or off"),
     ],
 )

@@ -9,6 +9,15 @@ import pytest
 
 from schemas import Command, Envelope, Event, Message
 from schemas.host import CrashHost, HostRegistered, HostState, RecoverHost
+from schemas.memory import (
+    ExportPages,
+    ImportPages,
+    PagesExported,
+    PagesImported,
+    RunVm,
+    Selection,
+    VmRan,
+)
 from schemas.pool import CapacityReleased, CapacityReserved
 from schemas.queries import ListVms, VmList
 from schemas.service import CommandRejected, RejectionCode
@@ -28,14 +37,17 @@ from schemas.vm import (
     MemoryMode,
     PowerOffVm,
     ResizeVm,
+    StunVm,
+    ThrottleVm,
     VmCreated,
     VmState,
 )
 from services.hosts.domain import decide
 from services.hosts.handlers import FleetHolder, answer_query
-from services.hosts.machine import Machine
+from services.hosts.machine import WRITES_PER_TICK, Machine
 from services.hosts.outcomes import outcome_key, outcomes
 from services.hosts.state import EPOCH, Fleet, evolve
+from services.hosts.transfers import export_pages, import_pages
 from tests.reserving import reservation, reserved
 from tests.unit.test_hosts_machine import Harness
 
@@ -83,7 +95,13 @@ def test_migration_starts_with_memory_over_rate_as_its_expected_time() -> None:
     fleet, events = apply(fleet_with_vm(), migrate())
     assert events == [
         MigrationStarted(
-            migration="m1", vm="a", source="h1", target="h2", expected_seconds=1024 * 8 / 1000
+            migration="m1",
+            vm="a",
+            source="h1",
+            target="h2",
+            expected_seconds=1024 * 8 / 1000,
+            rate_mbps=1000,
+            mem_mib=1024,
         )
     ]
     [transfer] = fleet.transfers.values()
@@ -152,7 +170,9 @@ def test_rejects_an_id_used_before_even_once_it_ended(cmd: Command) -> None:
     """A transfer id names one transfer forever: its outcome's id derives from it."""
     fleet, _ = apply(fleet_with_vm(), cmd)
     assert code(apply(fleet, cmd)[1]) == RejectionCode.ALREADY_EXISTS
-    [(_, outcome)] = outcomes(fleet, HOSTS, EPOCH + timedelta(hours=1), 1.0)
+    outcome: Event = MigrationCompleted(migration="m1", vm="a", source="h1", target="h2")
+    if isinstance(cmd, StartCopy):
+        [(_, outcome)] = outcomes(fleet, HOSTS, EPOCH + timedelta(hours=1), 1.0)
     fleet = evolve(fleet, outcome)
     assert not fleet.transfers
     back = migrate(target="h1", source="h2") if isinstance(cmd, StartMigration) else cmd
@@ -242,57 +262,69 @@ def started(fleet: Fleet, cmd: Command) -> tuple[Fleet, Envelope[Message]]:
     return evolve(fleet, event, env), env
 
 
-def test_transfers_complete_once_their_emulated_time_has_passed() -> None:
-    """The clock starts at the Started event's wall time: at speed 10 a migration of 8.192
-    emulated seconds completes after 0.8192 wall seconds, not before; a copy likewise."""
-    fleet, env = started(fleet_with_vm(), migrate())
-    fleet, copy_env = started(fleet, copy())
-    [transfer, _] = fleet.transfers.values()
+def test_copies_complete_once_their_emulated_time_has_passed() -> None:
+    """The clock starts at the Started event's wall time: at speed 10 a copy of 5 emulated
+    seconds completes after 0.5 wall seconds, not before. A migration is not timed here:
+    the migration coordinator moves it in rounds and ends it."""
+    fleet, env = started(fleet_with_vm(), copy())
+    fleet, _ = started(fleet, migrate())
+    transfer = fleet.transfers["copy/c1"]
     assert (transfer.started_at, transfer.started_sim, transfer.cause) == (
         env.occurred_at,
         42.0,
         env,
     )
     assert outcomes(fleet, HOSTS, env.occurred_at + timedelta(seconds=0.4), 10.0) == []
-    later = max(env.occurred_at, copy_env.occurred_at) + timedelta(seconds=0.82)
+    later = env.occurred_at + timedelta(hours=1)
     assert [event for _, event in outcomes(fleet, HOSTS, later, 10.0)] == [
-        MigrationCompleted(migration="m1", vm="a", source="h1", target="h2"),
         CopyCompleted(copy_id="c1", source="h1", target="h2"),
     ]
 
 
-def test_only_the_sources_process_ends_a_transfer() -> None:
-    """A process whose hosts do not include the source leaves the transfer to its owner."""
-    fleet, _ = apply(fleet_with_vm(), migrate())
+def test_only_the_sources_process_ends_a_copy() -> None:
+    """A process whose hosts do not include the source leaves the copy to its owner."""
+    fleet, _ = apply(fleet_with_vm(), copy())
     assert outcomes(fleet, ["h2", "h3"], EPOCH + timedelta(hours=1), 1.0) == []
 
 
 def test_completion_moves_the_vm_and_ends_the_migration() -> None:
-    """MigrationCompleted puts the VM on the target, as it was, and frees its source."""
+    """MigrationCompleted puts the VM on the target, running as before its stun and
+    unthrottled, and frees its source."""
     fleet, _ = apply(fleet_with_vm(), migrate())
+    fleet, _ = apply(fleet, ThrottleVm(vm="a", host="h1", cpu_cap=0.5))
+    fleet, _ = apply(fleet, StunVm(vm="a", host="h1"))
     fleet = evolve(fleet, MigrationCompleted(migration="m1", vm="a", source="h1", target="h2"))
     assert not fleet.transfers
-    assert (fleet.vms["a"].host, fleet.vms["a"].state) == ("h2", VmState.ON)
+    a = fleet.vms["a"]
+    assert (a.host, a.state, a.stunned, a.cpu_cap) == ("h2", VmState.ON, False, 1.0)
     assert (fleet.mem_reserved("h1"), fleet.mem_reserved("h2")) == (0, 1024)
 
 
+def test_an_aborted_migration_leaves_the_vm_running_at_its_source() -> None:
+    """Stunned for a switchover or throttled to converge, the VM runs on as before."""
+    fleet, _ = apply(fleet_with_vm(), migrate())
+    fleet, _ = apply(fleet, ThrottleVm(vm="a", host="h1", cpu_cap=0.3))
+    fleet, _ = apply(fleet, StunVm(vm="a", host="h1"))
+    aborted = MigrationAborted(migration="m1", vm="a", source="h1", target="h2", reason="x")
+    fleet = evolve(fleet, aborted)
+    a = fleet.vms["a"]
+    assert not fleet.transfers
+    assert (a.host, a.state, a.stunned, a.cpu_cap) == ("h1", VmState.ON, False, 1.0)
+
+
 @pytest.mark.parametrize("crashed", ["h1", "h2"])
-def test_a_crash_of_either_end_aborts_what_is_in_flight(crashed: str) -> None:
-    """When the source or the target crashes, its migrations and copies end aborted, naming
-    the host; a recovery meanwhile does not save them. The VM stays on its source."""
+def test_a_crash_of_either_end_aborts_a_copy_in_flight(crashed: str) -> None:
+    """When the source or the target crashes, its copies end aborted, naming the host; a
+    recovery meanwhile does not save them. (Its migrations are the coordinator's to end.)"""
     fleet, _ = apply(fleet_with_vm(), migrate())
     fleet, _ = apply(fleet, copy())
     fleet, _ = apply(fleet, CrashHost(host=crashed))
     fleet, _ = apply(fleet, RecoverHost(host=crashed))
     ended = [event for _, event in outcomes(fleet, HOSTS, EPOCH, 1.0)]
     reason = f"host {crashed} crashed"
-    assert ended == [
-        MigrationAborted(migration="m1", vm="a", source="h1", target="h2", reason=reason),
-        CopyAborted(copy_id="c1", source="h1", target="h2", reason=reason),
-    ]
+    assert ended == [CopyAborted(copy_id="c1", source="h1", target="h2", reason=reason)]
     fleet = reduce(evolve, ended, fleet)
-    assert not fleet.transfers
-    assert fleet.vms["a"].host == "h1"
+    assert list(fleet.transfers) == ["migration/m1"]
 
 
 def test_a_vm_that_lands_on_a_crashed_target_is_lost_with_it() -> None:
@@ -308,7 +340,7 @@ def test_a_vm_that_lands_on_a_crashed_target_is_lost_with_it() -> None:
 def test_outcome_keys_are_fixed_per_transfer_and_outcome() -> None:
     """Deciding an outcome again (after a restart) gives the same key, so the same ids;
     each outcome of each transfer has its own."""
-    fleet, _ = apply(fleet_with_vm(), migrate())
+    fleet, _ = apply(fleet_with_vm(), copy())
     [(transfer, done)] = outcomes(fleet, HOSTS, EPOCH + timedelta(hours=1), 1.0)
     [(again, done_again)] = outcomes(fleet, HOSTS, EPOCH + timedelta(hours=2), 1.0)
     assert outcome_key(transfer, done) == outcome_key(again, done_again)
@@ -324,25 +356,39 @@ def full_hosts() -> Harness:
     return h
 
 
-def completed(h: Harness, migration: str, vm: str, target: str = "h2") -> None:
+def moved(h: Harness, migration: str, vm: str, target: str = "h2") -> None:
+    """Start the migration, send every page from the source to the target's shell, and
+    fold its completion: a coordinator's rounds, in one."""
     [event] = h.do(migrate(migration, vm=vm, target=target))
     assert isinstance(event, MigrationStarted)
+    if h.fleet.vms[vm].memory_mode == MemoryMode.FULL:
+        carry(h.machine, h.machine, vm, "h1", target)
     h.fold(MigrationCompleted(migration=migration, vm=vm, source="h1", target=target))
 
 
+def carry(src: Machine, dst: Machine, vm: str, source: str, target: str) -> None:
+    export = ExportPages(host=source, vm=vm, flow="f1", selection=Selection.CHECKPOINT)
+    out = export_pages(src, Envelope.wrap(export, producer="test"))
+    [exported] = out.events
+    assert isinstance(exported, PagesExported)
+    imported = ImportPages(host=target, vm=vm, flow="f1", batches=exported.batches)
+    [answer] = import_pages(dst, Envelope.wrap(imported, producer="test"), list(out.data["f1"]))
+    assert isinstance(answer, PagesImported), answer
+
+
 async def test_a_full_memory_vm_arrives_byte_for_byte() -> None:
-    """A full-memory VM's bytes, as its guest wrote them, reach the target unchanged; the
-    source's frames are freed; telemetry and queries report the VM on the target."""
+    """A full-memory VM's bytes, as its guest wrote them, reach the target's shell
+    unchanged, and the shell is the VM there; the source's frames are freed; telemetry and
+    queries report the VM on the target."""
     h = full_hosts()
     for _ in range(3):
         h.tick()  # the guest writes pages: its bytes are no longer what its seed gives
     src, dst = h.machine.memory["h1"], h.machine.memory["h2"]
     checksum, digests = src.checksum("a"), src.page_digests("a")
-    completed(h, "m1", "a")
+    moved(h, "m1", "a")
     assert "a" not in src.vms
     assert dst.checksum("a") == checksum
     assert (dst.page_digests("a") == digests).all()
-    assert not dst.collect_dirty("a", clear=False).size
     samples = h.tick()
     assert [s.vm for s in samples["h2"].vms] == ["a"]
     assert [s.vm for s in samples["h1"].vms] == ["b"]
@@ -353,52 +399,91 @@ async def test_a_full_memory_vm_arrives_byte_for_byte() -> None:
     assert {v.vm: v.host for v in reply.vms} == {"a": "h2", "b": "h1"}
 
 
+def test_the_target_holds_an_empty_shell_until_the_end_and_lets_it_go_on_abort() -> None:
+    """From the start the target holds the VM's frames (zeros, in whole large pages); an
+    abort frees them and leaves the source's guest as it was."""
+    h = full_hosts()
+    h.tick()
+    src, dst = h.machine.memory["h1"], h.machine.memory["h2"]
+    before = src.checksum("a")
+    h.do(migrate("m1", vm="a"))
+    assert dst.used_pages("a") == 0
+    assert dst.vm_usage("a").pages == src.vm_usage("a").pages
+    h.fold(MigrationAborted(migration="m1", vm="a", source="h1", target="h2", reason="x"))
+    assert "a" not in dst.vms
+    assert src.checksum("a") == before
+
+
+def test_a_migrating_guest_works_only_in_its_runs() -> None:
+    """The ticks leave a migrating guest alone; a RunVm of two ticks' time writes what two
+    ticks would, and the dirty pages it reports are those the guest then has."""
+    h = full_hosts()
+    h.do(migrate("m1", vm="a"))
+    src = h.machine.memory["h1"]
+    src.collect_dirty("a")
+    before = src.checksum("a")
+    h.tick()
+    assert src.checksum("a") == before
+    [ran] = h.do(RunVm(host="h1", vm="a", seconds=2.0, tag="r1"))
+    assert isinstance(ran, VmRan)
+    assert (ran.steps, ran.writes_per_step) == (2, WRITES_PER_TICK)
+    assert src.checksum("a") != before
+    assert ran.dirty_pages == len(src.collect_dirty("a", clear=False))
+
+
 def test_an_accounting_vm_just_moves() -> None:
     """An accounting-only VM's reservation leaves the source and is taken on the target."""
     h = full_hosts()
     src, dst = h.machine.memory["h1"], h.machine.memory["h2"]
     spec, frames = src.spec("b"), src.used_frames()
-    completed(h, "m1", "b")
+    moved(h, "m1", "b")
     assert ("b" in src.vms, dst.spec("b")) == (False, spec)
     assert src.used_frames() < frames
 
 
-def machine_after(here: list[str], events: list[Event]) -> Machine:
+def machine_after(here: list[str], events: list[Event], *, live: bool = True) -> Machine:
     machine, fleet = Machine(here), Fleet()
+    machine.live = live
     for event in events:
         machine.apply(fleet, event)
         fleet = evolve(fleet, event)
     return machine
 
 
-@pytest.mark.parametrize("here", [["h1"], ["h2"]], ids=["source-only", "target-only"])
-def test_with_one_end_elsewhere_the_source_lets_go_or_the_target_builds_from_the_seed(
-    here: list[str],
-) -> None:
-    """A source whose target is in another process destroys the guest; a target whose
-    source is elsewhere creates it from its seed (its bytes are not here to copy)."""
-    placed = [
-        host("h1"),
-        host("h2"),
-        VmCreated(
-            vm="a",
-            host="h1",
-            cpu=1,
-            mem_mib=16,
-            priority="low",
-            powered_on=True,
-            memory_mode=MemoryMode.FULL,
-            seed=3,
-        ),
-    ]
-    fresh = machine_after(["h1"], placed).memory["h1"].checksum("a")
-    moved = [
-        *placed,
-        MigrationStarted(migration="m1", vm="a", source="h1", target="h2", expected_seconds=1),
-        MigrationCompleted(migration="m1", vm="a", source="h1", target="h2"),
-    ]
-    [mem] = machine_after(here, moved).memory.values()
-    if here == ["h1"]:
-        assert mem.vms == ()
-    else:
-        assert mem.checksum("a") == fresh
+PLACED: list[Event] = [
+    host("h1"),
+    host("h2"),
+    VmCreated(
+        vm="a",
+        host="h1",
+        cpu=1,
+        mem_mib=16,
+        priority="low",
+        powered_on=True,
+        memory_mode=MemoryMode.FULL,
+        seed=3,
+    ),
+]
+STARTED = MigrationStarted(migration="m1", vm="a", source="h1", target="h2", expected_seconds=1)
+COMPLETED = MigrationCompleted(migration="m1", vm="a", source="h1", target="h2")
+
+
+def test_with_its_target_elsewhere_the_source_lets_the_guest_go() -> None:
+    [mem] = machine_after(["h1"], [*PLACED, STARTED, COMPLETED]).memory.values()
+    assert mem.vms == ()
+
+
+def test_a_target_in_another_process_keeps_what_arrived_or_rebuilds_from_the_seed() -> None:
+    """Live, the target's guest is the shell the source's pages filled; rebuilding from
+    the log (the pages are not in it), it is made from its seed, as after a reboot."""
+    source = machine_after(["h1"], [*PLACED, STARTED])
+    source.memory["h1"].write("a", 5, b"written before the move")
+    sent = source.memory["h1"].checksum("a")
+    target = machine_after(["h2"], [*PLACED, STARTED])
+    carry(source, target, "a", "h1", "h2")
+    fleet = reduce(evolve, [*PLACED, STARTED], Fleet())
+    target.apply(fleet, COMPLETED)
+    assert target.memory["h2"].checksum("a") == sent
+    fresh = machine_after(["h1"], PLACED).memory["h1"].checksum("a")
+    rebuilt = machine_after(["h2"], [*PLACED, STARTED, COMPLETED], live=False)
+    assert rebuilt.memory["h2"].checksum("a") == fresh

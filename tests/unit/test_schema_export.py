@@ -57,12 +57,31 @@ from schemas.memory import (
     PagesSwappedIn,
     PagesSwappedOut,
     PagesUnshared,
+    RunVm,
     Selection,
     SharePages,
     SwapInPages,
     SwapOutPages,
     UnsharePages,
     VmMemory,
+    VmRan,
+)
+from schemas.migration import (
+    ListMigrations,
+    MigrationList,
+    MigrationRoundDone,
+    MigrationRoundSent,
+    MigrationSwitchingOver,
+    MigrationThrottleRaised,
+    MigrationView,
+    RoundFigures,
+)
+from schemas.numa import (
+    MoveVmNuma,
+    NumaOrder,
+    VmNumaMoveCompleted,
+    VmNumaMoveProgress,
+    VmNumaMoveStarted,
 )
 from schemas.pool import CapacityReleased, CapacityReserved, Owner
 from schemas.queries import HostList, HostView, ListHosts, ListVms, QueryFailed, VmList, VmView
@@ -126,6 +145,7 @@ from schemas.transfers import (
     CopyStarted,
     MigrationAborted,
     MigrationCompleted,
+    MigrationMode,
     MigrationStarted,
     StartCopy,
     StartMigration,
@@ -160,6 +180,10 @@ from shared.bus import subjects
 REGENERATE = "run `python -m schemas.export` and commit schemas/generated/"
 
 # One valid message of each type; a new message type needs an example here.
+ROUND_0 = RoundFigures(
+    round=0, live=True, pages=65536, zero_pages=13076, bytes=214876160, duration_s=0.6876
+)
+
 EXAMPLES: dict[str, Message] = {
     m.type_name(): m
     for m in [
@@ -354,10 +378,85 @@ EXAMPLES: dict[str, Message] = {
         PagesImported(
             host="h2", vm="web-1", flow="mig-1", pages=512, zero_pages=100, checksum="00" * 16
         ),
+        RunVm(host="h1", vm="web-1", seconds=0.7, tag="run-1"),
+        VmRan(
+            host="h1",
+            vm="web-1",
+            tag="run-1",
+            seconds=0.7,
+            first_step=12,
+            steps=1,
+            writes_per_step=2800,
+            reads_per_step=716,
+            cpu_share=0.8,
+            dirty_pages=2333,
+        ),
+        MigrationRoundSent(migration="mig-1", vm="web-1", figures=ROUND_0, ends_at=12.69),
+        MigrationRoundDone(
+            migration="mig-1",
+            vm="web-1",
+            figures=ROUND_0,
+            dirty_pages_left=2333,
+            throttle=0.0,
+            target_checksum="00" * 16,
+        ),
+        MigrationThrottleRaised(migration="mig-1", vm="web-1", throttle=0.2, after_round=1),
+        MigrationSwitchingOver(
+            migration="mig-1",
+            vm="web-1",
+            after_round=0,
+            dirty_pages=2333,
+            expected_downtime_ms=30.6,
+        ),
+        ListMigrations(),
+        MigrationList(
+            migrations=[
+                MigrationView(
+                    migration="mig-1",
+                    vm="web-1",
+                    source="h1",
+                    target="h2",
+                    mode=MigrationMode.PRECOPY,
+                    state="completed",
+                    rounds=2,
+                    bytes=224_432_128,
+                    throttle=0.0,
+                    downtime_ms=31.4,
+                    total_s=0.72,
+                    checksums_equal=True,
+                )
+            ]
+        ),
         SwapOutPages(host="h1", vm="web-1", pages=[1, 2]),
         SwapInPages(host="h1", vm="web-1", pages=[1, 2]),
         PagesSwappedOut(host="h1", vm="web-1", pages=[1, 2]),
         PagesSwappedIn(host="h1", vm="web-1", pages=[1, 2]),
+        MoveVmNuma(host="h1", vm="web-1", node=1, order=NumaOrder.SEQUENTIAL),
+        VmNumaMoveStarted(
+            host="h1",
+            vm="web-1",
+            node=1,
+            from_node=0,
+            order=NumaOrder.HOT_FIRST,
+            pages=16_384,
+            pages_per_tick=4_096,
+            local_share_before=0.5,
+        ),
+        VmNumaMoveProgress(
+            host="h1", vm="web-1", tick=12, pages_moved=4_096, pages_left=12_288, local_share=0.9
+        ),
+        VmNumaMoveCompleted(
+            host="h1",
+            vm="web-1",
+            node=1,
+            pages_moved=16_384,
+            pages_left=0,
+            large_pages_whole_before=32,
+            large_pages_whole_after=16,
+            ticks=8,
+            local_share_before=0.5,
+            local_share_after=1.0,
+        ),
         CapacityReserved(
             host="h1",
             reservation="r-1",

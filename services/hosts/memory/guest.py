@@ -61,7 +61,8 @@ class GuestMemory:
     row is one 2 MiB large page. ``home[large_page]`` is the NUMA node the large page was
     placed on; frames the page needs later are taken there first. A resize adds or drops
     whole rows (``grow``, ``shrink``); the arrays are replaced, so views taken before it
-    keep the old size.
+    keep the old size. ``vcpu_node`` is the node its vCPUs run on: at first the one that
+    holds most of its large pages (the lowest of those that tie).
     """
 
     # Made on first use (``__getattr__``): a guest nothing has looked into yet costs no
@@ -76,6 +77,7 @@ class GuestMemory:
         self.spec = spec
         self._blocks: Ints | None = blocks
         self.home = home
+        self.vcpu_node = int(np.bincount(home).argmax())
         # What an accounting-only guest's used size is made of (it has no bytes to test):
         # 1 + the highest page ever written, and the pages its seeded content filled.
         self.written_end = 0

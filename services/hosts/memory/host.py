@@ -7,7 +7,16 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from services.hosts.memory import access, digest, paging, sharing, sizing, transfer, usage
+from services.hosts.memory import (
+    access,
+    digest,
+    numa,
+    paging,
+    sharing,
+    sizing,
+    transfer,
+    usage,
+)
 from services.hosts.memory.content import content_layout, fill_large_page
 from services.hosts.memory.errors import InvalidArgument, UnknownVm, VmExists
 from services.hosts.memory.frames import FramePool
@@ -180,6 +189,41 @@ class HostMemory:
     def swap_in(self, vm: str, pages: PageSelection) -> int:
         guest = self._vm(vm)
         return paging.swap_in(self._pool, self._swap, guest, guest.check_pages(pages))
+
+    # NUMA placement (see ``numa``)
+
+    def vcpu_node(self, vm: str) -> int:
+        return self._vm(vm).vcpu_node
+
+    def page_nodes(self, vm: str) -> Ints:
+        """The NUMA node of each page's frame, in guest order; -1 for a swapped-out page."""
+        return numa.node_of(self._pool, self._vm(vm).flat)
+
+    def free_frames(self, node: int | None = None) -> int:
+        return self._pool.free_frames(None if node is None else numa.check_node(self._pool, node))
+
+    def move_vcpus(self, vm: str, node: int) -> None:
+        """Run the VM's vCPUs on ``node``; the frames its pages need from now on go there."""
+        numa.move_vcpus(self._pool, self._vm(vm), node)
+
+    def numa_pages(self, vm: str, node: int, *, hot_first: bool = True) -> Ints:
+        """The pages a move of the VM's memory to ``node`` copies, in the order they go."""
+        return numa.to_move(self._pool, self._vm(vm), node, hot_first=hot_first)
+
+    def move_pages(self, vm: str, pages: PageSelection, node: int) -> int:
+        """Copy those of ``pages`` that are resident, private and elsewhere onto frames on
+        ``node``, and remap them (the guest's bytes do not change); return how many."""
+        guest = self._vm(vm)
+        return numa.move(self._pool, guest, guest.check_pages(pages), node)
+
+    def whole_large_pages(self, vm: str) -> int:
+        """How many of the VM's large pages are backed by one 2 MiB block each."""
+        return numa.whole_large_pages(self._vm(vm))
+
+    def local_share(self, vm: str, pages: PageSelection) -> float | None:
+        """The share of accesses to ``pages`` that find their page on the vCPUs' node."""
+        guest = self._vm(vm)
+        return numa.local_share(self._pool, guest, guest.check_pages(pages))
 
     # Migration and checkpoints
 

@@ -1,4 +1,4 @@
-"""Moving guest pages between frames and swap blocks."""
+"""Moving guest pages between frames and swap blocks, and from one frame to another."""
 
 from __future__ import annotations
 
@@ -34,3 +34,14 @@ def swap_in(pool: FramePool, swap: SwapSpace, guest: GuestMemory, pages: Ints) -
     guest.flat[pages] = frames
     swap.give_back(blocks)
     return len(pages)
+
+
+def relocate(pool: FramePool, guest: GuestMemory, pages: Ints, nodes: Ints) -> None:
+    """Give each of the resident ``pages`` a new frame on ``nodes[i]`` holding the same
+    bytes, letting go of its old one."""
+    old = guest.flat[pages]
+    new = pool.allocate_frames(nodes, backed=guest.full)
+    if guest.full:
+        pool.data[pool.rows(new)] = pool.data[pool.rows(old)]
+    guest.flat[pages] = new
+    pool.release(old)

@@ -8,6 +8,7 @@ from services.hosts.memory.errors import BytesDiffer, PageNotResident, SizeMisma
 from services.hosts.memory.frames import FramePool
 from services.hosts.memory.geometry import Ints, Mask
 from services.hosts.memory.guest import GuestMemory
+from services.hosts.memory.paging import relocate
 
 _COMPARE_CHUNK = 1024  # pages compared at once: bounds the temporary copies to 4 MiB a side
 
@@ -46,12 +47,7 @@ def make_private(pool: FramePool, guest: GuestMemory, pages: Ints) -> int:
     """Leave each of ``pages`` that is resident on its own frame, copying shared frames (onto
     the page's home node); return how many pages were copied."""
     pages = copies_needed(pool, guest, pages)
-    old = guest.flat[pages]
-    new = pool.allocate_frames(guest.home_of(pages), backed=guest.full)
-    if guest.full:
-        pool.data[pool.rows(new)] = pool.data[pool.rows(old)]
-    guest.flat[pages] = new
-    pool.release(old)
+    relocate(pool, guest, pages, guest.home_of(pages))
     return len(pages)
 
 

@@ -1,0 +1,251 @@
+"""The coordinator's decisions, pure: for each migration in flight, the next step once
+what it waits for has happened, as events to append and commands to send.
+
+Pre-copy, for a guest with real memory:
+- round 0 exports every page (``checkpoint``: the dirty bits start clear);
+- once a round's pages are on their flow, the target imports them and the source runs
+  the guest for the round's emulated duration (its bytes over the reserved bandwidth);
+- once both are done and the stack's clock has reached the round's end, the round is
+  done, with the pages the guest dirtied meanwhile: ``convergence.next_step`` says
+  whether to go on, throttle the guest, switch over or give up;
+- the switchover stuns the source (its checksum as it stops) and sends the last dirty
+  pages with the device state; the migration completes when the target's checksum
+  equals it, and is aborted when not.
+A VM that does not run (off, suspended) moves cold in one round. A VM without memory
+bytes (accounting only) moves in rounds that are modelled: its size, then its device
+state, on the same clock.
+"""
+
+from __future__ import annotations
+
+from schemas import Command, Event
+from schemas.memory import ExportPages, ImportPages, RunVm, Selection
+from schemas.migration import (
+    MigrationRoundDone,
+    MigrationRoundSent,
+    MigrationSwitchingOver,
+    MigrationThrottleRaised,
+    RoundFigures,
+)
+from schemas.transfers import MigrationAborted, MigrationCompleted
+from schemas.vm import StunVm, ThrottleVm
+from services.migration.convergence import (
+    GiveUp,
+    NextRound,
+    RoundSent,
+    Switchover,
+    Throttle,
+    next_step,
+)
+from services.migration.precopy_model import PAGE_BYTES
+from services.migration.state import Coordinator, Flight, Stage, flow_of, run_tag
+from shared.outcome import Outcome
+
+# The vCPUs' registers and the device models, sent with the last pages (QEMU's non-RAM
+# sections come to a few hundred KiB).
+DEVICE_STATE_BYTES = 256 * 1024
+# Pages per chunk on a data flow: 512 KiB, under a NATS message's default 1 MiB.
+EXPORT_BATCH = 128
+# An emulated time within this of a round's end counts as reached.
+EPSILON_S = 1e-9
+
+
+def steps(state: Coordinator, now: float) -> list[Outcome]:
+    """The next step of every migration that can take one at emulated time ``now``."""
+    return [out for f in state.in_flight() if (out := step(f, now)) is not None]
+
+
+def step(f: Flight, now: float) -> Outcome | None:  # noqa: PLR0911
+    if f.failure is not None:
+        return _aborted(f, f.failure)
+    match f.stage:
+        case Stage.STARTING if f.full:
+            export = _export(f, 0, Selection.CHECKPOINT, checksum=not f.started.running)
+            return Outcome(commands=[export], cause=f.last, key=f"{f.id}/r0/export")
+        case Stage.STARTING:
+            return _sent(f, _modelled(f, pages=f.started.mem_mib * 256))
+        case Stage.EXPORTING if f.full:
+            if f.exported is None or (_stops(f) and not f.stunned):
+                return None
+            exported = f.exported
+            device = DEVICE_STATE_BYTES if f.final else 0
+            figures = _figures(f, exported.pages, exported.zero_pages, exported.bytes + device)
+            return _sent(f, figures)
+        case Stage.EXPORTING:
+            if _stops(f) and not f.stunned:
+                return None
+            return _sent(f, _modelled(f, pages=0))
+        case Stage.TRANSFERRING:
+            if now < f.ends_at - EPSILON_S or (f.full and f.imported is None):
+                return None
+            if f.final:
+                return _arrived(f)
+            if f.full and f.ran is None:
+                return None
+            return _round_done(f)
+    return None
+
+
+def _stops(f: Flight) -> bool:
+    """The current round is sent with the guest stunned."""
+    return f.final and f.started.running
+
+
+def _export(f: Flight, round_: int, selection: Selection, *, checksum: bool = False) -> Command:
+    return ExportPages(
+        host=f.started.source,
+        vm=f.started.vm,
+        flow=flow_of(f.id, round_),
+        selection=selection,
+        batch=EXPORT_BATCH,
+        checksum=checksum,
+    )
+
+
+def _figures(f: Flight, pages: int, zero: int, wire: int) -> RoundFigures:
+    return RoundFigures(
+        round=f.round,
+        live=not f.final,
+        pages=pages,
+        zero_pages=zero,
+        bytes=wire,
+        duration_s=round(wire / f.limits.bytes_per_s, 9),
+    )
+
+
+def _modelled(f: Flight, *, pages: int) -> RoundFigures:
+    """A round of a VM without bytes: all of its pages at first, then the device state."""
+    device = DEVICE_STATE_BYTES if f.final else 0
+    return _figures(f, pages, 0, pages * PAGE_BYTES + device)
+
+
+def _sent(f: Flight, figures: RoundFigures) -> Outcome:
+    """The round's pages are on the flow: the target imports them, the guest runs on."""
+    # It starts when the one before it ended, or when its pages were exported if later:
+    # the log alone fixes when it ends, whenever (and however often) this is decided.
+    begins = max(f.ends_at, f.last.sim_time, f.started_sim)
+    sent = MigrationRoundSent(
+        migration=f.id,
+        vm=f.started.vm,
+        figures=figures,
+        ends_at=round(begins + figures.duration_s, 9),
+    )
+    commands: list[Command] = []
+    if f.full and f.exported is not None:
+        commands.append(
+            ImportPages(
+                host=f.started.target,
+                vm=f.started.vm,
+                flow=f.flow,
+                batches=f.exported.batches,
+            )
+        )
+        if figures.live:
+            commands.append(
+                RunVm(
+                    host=f.started.source,
+                    vm=f.started.vm,
+                    seconds=figures.duration_s,
+                    tag=run_tag(f.id, f.round),
+                )
+            )
+    return Outcome(events=[sent], commands=commands, cause=f.last, key=f"{f.id}/r{f.round}/sent")
+
+
+def _round_done(f: Flight) -> Outcome:
+    """A live round arrived: go on, throttle, switch over or give up."""
+    assert f.sent is not None
+    dirtied = f.ran.dirty_pages if f.ran is not None else 0
+    progress = f.progress.after(RoundSent(f.sent.pages, f.sent.bytes, dirtied), f.limits)
+    done = MigrationRoundDone(
+        migration=f.id,
+        vm=f.started.vm,
+        figures=f.sent,
+        dirty_pages_left=dirtied,
+        throttle=f.progress.throttle,
+        target_checksum=f.imported.checksum if f.imported is not None else None,
+    )
+    events: list[Event] = [done]
+    commands: list[Command] = []
+    source, vm, after = f.started.source, f.started.vm, f.round
+    match next_step(progress, f.limits):
+        case Switchover(expected_downtime_s=expected):
+            events.append(
+                MigrationSwitchingOver(
+                    migration=f.id,
+                    vm=vm,
+                    after_round=after,
+                    dirty_pages=dirtied,
+                    expected_downtime_ms=round(expected * 1000, 3),
+                )
+            )
+            commands.append(StunVm(host=source, vm=vm))
+        case Throttle() as throttle:
+            events.append(
+                MigrationThrottleRaised(
+                    migration=f.id, vm=vm, throttle=throttle.throttle, after_round=after
+                )
+            )
+            commands.append(ThrottleVm(host=source, vm=vm, cpu_cap=throttle.cpu_cap))
+        case GiveUp(reason=reason):
+            events.append(_abort_event(f, reason, rounds=len(f.done) + 1))
+            return Outcome(events=events, cause=f.last, key=f"{f.id}/r{after}/done")
+        case NextRound():
+            pass
+    if f.full:
+        commands.append(_export(f, after + 1, Selection.DIRTY))
+    return Outcome(events=events, commands=commands, cause=f.last, key=f"{f.id}/r{after}/done")
+
+
+def _arrived(f: Flight) -> Outcome:
+    """The last round arrived: the target's memory must be the source's at the stop."""
+    assert f.sent is not None
+    rounds = (*f.done, f.sent)
+    at_stop = f.checksum_at_stun if f.started.running else _cold_checksum(f)
+    on_target = f.imported.checksum if f.imported is not None else None
+    if f.full and at_stop != on_target:
+        why = (
+            f"the target's memory ({on_target}) is not the source's as it stopped "
+            f"({at_stop}): {f.started.vm} runs on at the source"
+        )
+        return _aborted(f, why)
+    completed = MigrationCompleted(
+        migration=f.id,
+        vm=f.started.vm,
+        source=f.started.source,
+        target=f.started.target,
+        mode=f.started.mode,
+        rounds=len(rounds),
+        pages=sum(r.pages for r in rounds),
+        zero_pages=sum(r.zero_pages for r in rounds),
+        bytes=sum(r.bytes for r in rounds),
+        downtime_ms=round(f.sent.duration_s * 1000, 3) if f.started.running else 0.0,
+        total_s=round(max(0.0, f.ends_at - f.started_sim), 6),
+        max_throttle=f.progress.throttle,
+        checksum_at_stun=at_stop,
+        checksum_on_target=on_target,
+        checksums_equal=(at_stop == on_target) if f.full else None,
+    )
+    return Outcome(events=[completed], cause=f.last, key=f"{f.id}/end")
+
+
+def _cold_checksum(f: Flight) -> str | None:
+    """A VM that does not run moves in one round, as its export found it."""
+    return f.exported.checksum if f.exported is not None else None
+
+
+def _abort_event(f: Flight, reason: str, *, rounds: int | None = None) -> MigrationAborted:
+    return MigrationAborted(
+        migration=f.id,
+        vm=f.started.vm,
+        source=f.started.source,
+        target=f.started.target,
+        reason=reason,
+        rounds=len(f.done) if rounds is None else rounds,
+        bytes=f.bytes,
+        vm_lost=f.vm_lost,
+    )
+
+
+def _aborted(f: Flight, reason: str) -> Outcome:
+    return Outcome(events=[_abort_event(f, reason)], cause=f.last, key=f"{f.id}/abort")
