@@ -92,6 +92,9 @@ class VmMemory(Reply):
     used_pages: int
     checksum: str | None = Field(None, description="xxh3-128 of the guest's pages in order")
     mapped_pages: int = Field(0, ge=0, description="pages that hold a block of its disk")
+    whole_large_pages: int = Field(
+        0, ge=0, description="2 MiB large pages backed by one whole large page of the host"
+    )
     digests: list[int] | None = Field(None, description="xxh3-64 per page, in guest order")
 
 

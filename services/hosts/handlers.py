@@ -242,5 +242,6 @@ def _vm_memory(holder: FleetHolder, query: GetVmMemory) -> VmMemory:
         used_pages=mem.used_pages(vm.name),
         checksum=mem.checksum(vm.name) if full else None,
         mapped_pages=holder.machine.page_caches.mapped(vm.name),
+        whole_large_pages=mem.whole_large_pages(vm.name),
         digests=[int(d) for d in mem.page_digests(vm.name)] if full and query.digests else None,
     )

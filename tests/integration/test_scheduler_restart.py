@@ -11,6 +11,8 @@ import pytest
 from schemas.pool import CapacityReserved, Owner
 from schemas.queries import ListVms, VmList
 from schemas.scheduling import PlaceVm, SetMaintenance
+from schemas.transfers import MigrationCompleted
+from schemas.vm import GuestWrites, MemoryMode
 from services.scheduler.ledger import Ledger, evolve
 from shared.capacity import differences, pool_from_log
 from shared.client import Client
@@ -97,11 +99,20 @@ async def test_scheduler_killed_mid_round_resumes_without_double_placements(
 async def test_maintenance_empties_a_host_through_migrations(
     client: Client, bus_url: str, tmp_path: Path
 ) -> None:
+    """Maintenance empties a host through the migration coordinator: the guests with real
+    memory (half of them, writing as they run) arrive byte for byte as they were when
+    stunned; the others move in modelled rounds."""
     env = env_for(client, bus_url, VPLANE_HOSTS="3", VPLANE_HA_FAILURES="0")
-    procs = await start_ready(client, [("hosts", env), ("scheduler", env)], tmp_path)
+    procs = await start_ready(
+        client, [("hosts", env), ("scheduler", env), ("migration", env)], tmp_path
+    )
     try:
         for i in range(6):
-            await client.send(PlaceVm(vm=f"m{i}", priority=Owner.HIGH, cpu=1, mem_mib=1024))
+            full = {"memory_mode": MemoryMode.FULL, "seed": i, "mem_mib": 128} if i % 2 else {}
+            ask = {"vm": f"m{i}", "priority": Owner.HIGH, "cpu": 1, "mem_mib": 1024, **full}
+            await client.send(
+                PlaceVm.model_validate({**ask, "writes": GuestWrites(pages_per_s=2_000)})
+            )
         await poll(
             lambda: log_of(client, "VmCreated"), lambda c: len(c) == 6, timeout=30, what="created"
         )
@@ -121,6 +132,11 @@ async def test_maintenance_empties_a_host_through_migrations(
             what="migration reservations released",
         )
         assert not ledger.reservations.get("h1")
+        moved = await log_of(client, "MigrationCompleted")
+        assert all(isinstance(m, MigrationCompleted) for m in moved)
+        full = [m for m in moved if isinstance(m, MigrationCompleted) and int(m.vm[1:]) % 2]
+        assert all(m.checksums_equal for m in full), full
+        assert await log_of(client, "MigrationAborted") == []
         # Planned once, reserved once; and an independent replay of the log finds no
         # point over capacity, nothing counted twice, and the hosts running what it holds.
         taken = Counter(

@@ -4,16 +4,24 @@ guest memory moves in rounds while the guest writes, and arrives byte for byte."
 from __future__ import annotations
 
 from schemas import Envelope, Message
+from schemas.host import CrashHost
 from schemas.memory import GetVmMemory, VmMemory
 from schemas.migration import MigrationRoundDone
 from schemas.pool import Owner
-from schemas.scheduling import MigrateVm, PlaceVm
-from schemas.transfers import MigrationCompleted
-from schemas.vm import GuestWrites, MemoryMode
+from schemas.queries import ListVms, VmList
+from schemas.scheduling import Affinity, MigrateVm, PlacementRules, PlaceVm, SetMaintenance
+from schemas.service import CommandRejected, RejectionCode
+from schemas.transfers import MigrationAborted, MigrationCompleted, MigrationMode
+from schemas.vm import GuestWrites, MemoryMode, VmState
+from services.migration.steps import DEVICE_STATE_BYTES
 from shared.testing import poll
 from tests.unit.stack import Stack, memory_stack
 
 GIB = 1024
+
+
+def on(host: str) -> PlacementRules:
+    return PlacementRules(host_affinity=Affinity(must=[host]))
 
 
 async def _placed(stack: Stack, vm: str, mem_mib: int, writes: GuestWrites | None) -> str:
@@ -94,3 +102,118 @@ async def test_a_guest_dirtying_faster_than_the_link_converges_only_once_throttl
         first_throttled = raised[0].after_round  # type: ignore[attr-defined]
         before = [r.dirty_pages_left for r in rounds[: first_throttled + 1]]  # type: ignore[attr-defined]
         assert min(before) * 4096 / (1_000e6 / 8) > 0.3
+
+
+async def _sent_and_waited(stack: Stack, cmd: MigrateVm) -> Envelope[Message]:
+    """Send ``cmd`` and return how its workflow ended: the migration's end, a refusal."""
+    return await stack.client.send_until(
+        cmd, "MigrationCompleted", "MigrationAborted", "MigrationRefused", timeout=30
+    )
+
+
+async def test_a_target_that_crashes_mid_migration_aborts_it_and_the_vm_runs_on() -> None:
+    async with memory_stack(
+        hosts=2, ha_failures=0, rebalance_threshold=1.0, migration_mbps=50
+    ) as stack:
+        source = await _placed(stack, "db", 256, GuestWrites(pages_per_s=1_000))
+        target = "h2" if source == "h1" else "h1"
+        await stack.client.send(MigrateVm(vm="db", priority=Owner.LOW, target=target))
+        # Round 0 at 50 Mbit/s lasts 34 emulated seconds: crash the target meanwhile.
+        await poll(lambda: stack.of_type("MigrationRoundSent"), bool, what="round 0 sent")
+        await stack.client.send(CrashHost(host=target))
+        end = await _ended(stack, "MigrationCompleted", "MigrationAborted")
+        aborted = end.data
+        assert isinstance(aborted, MigrationAborted)
+        assert f"target host {target} crashed" in aborted.reason
+        assert not aborted.vm_lost
+        vms = await stack.client.query(ListVms())
+        assert isinstance(vms, VmList)
+        [db] = vms.vms
+        assert (db.host, db.state) == (source, VmState.ON)
+        # It keeps running at the source: its memory is its own, not a fresh copy.
+        memory = await stack.client.query(GetVmMemory(vm="db"))
+        assert isinstance(memory, VmMemory)
+        assert memory.host == source
+        await poll(
+            stack.ledger,
+            lambda led: not any(name.endswith(("-in", "-out")) for name in led.located),
+            what="the migration's reservations released",
+        )
+
+
+async def test_a_coordinator_restarted_mid_migration_ends_it_once() -> None:
+    async with memory_stack(
+        hosts=2, ha_failures=0, rebalance_threshold=1.0, migration_mbps=200
+    ) as stack:
+        source = await _placed(stack, "db", 256, GuestWrites(pages_per_s=20_000))
+        target = "h2" if source == "h1" else "h1"
+        await stack.client.send(MigrateVm(vm="db", priority=Owner.LOW, target=target))
+        await poll(lambda: stack.of_type("MigrationRoundDone"), bool, what="a round done")
+        await stack.restart("migration-coordinator")
+        end = await _ended(stack, "MigrationCompleted", "MigrationAborted")
+        assert isinstance(end.data, MigrationCompleted), end.data
+        assert end.data.checksums_equal is True
+        rounds = [e.data.figures.round for e in await stack.of_type("MigrationRoundDone")]  # type: ignore[attr-defined]
+        assert rounds == sorted(set(rounds)), "each round done once"
+        vms = await stack.client.query(ListVms())
+        assert isinstance(vms, VmList)
+        assert [(v.vm, v.host) for v in vms.vms] == [("db", target)]
+
+
+async def test_bad_migrations_get_a_typed_refusal() -> None:
+    async with memory_stack(
+        hosts=3, ha_failures=0, rebalance_threshold=1.0, migration_mbps=50
+    ) as stack:
+        source = await _placed(stack, "db", 256, None)
+        others = [h for h in ("h1", "h2", "h3") if h != source]
+        await stack.client.send(
+            PlaceVm(vm="acct", priority=Owner.LOW, cpu=1, mem_mib=512, rules=on(source))
+        )
+        await poll(lambda: stack.of_type("VmCreated"), lambda es: len(es) == 2, what="acct")
+        # Post-copy pulls pages on demand: a VM without memory bytes has none to pull.
+        refused = await _sent_and_waited(
+            stack,
+            MigrateVm(vm="acct", priority=Owner.LOW, target=others[0], mode=MigrationMode.POSTCOPY),
+        )
+        assert isinstance(refused.data, CommandRejected), refused.data
+        assert refused.data.code == RejectionCode.ACCOUNTING_ONLY
+        # A target in maintenance takes no VM.
+        [started] = await stack.client.send_and_wait(SetMaintenance(host=others[1], on=True))
+        assert started.type == "MaintenanceStarted"
+        [refused] = await stack.client.send_and_wait(
+            MigrateVm(vm="db", priority=Owner.LOW, target=others[1])
+        )
+        assert isinstance(refused.data, CommandRejected)
+        assert (refused.data.code, "maintenance" in refused.data.reason) == (
+            RejectionCode.WRONG_STATE,
+            True,
+        )
+        # A VM that is migrating already.
+        await stack.client.send(MigrateVm(vm="db", priority=Owner.LOW, target=others[0]))
+        await poll(lambda: stack.of_type("MigrationRoundSent"), bool, what="moving")
+        [refused] = await stack.client.send_and_wait(
+            MigrateVm(vm="db", priority=Owner.LOW, target=others[0])
+        )
+        assert isinstance(refused.data, CommandRejected)
+        assert refused.data.code == RejectionCode.WRONG_STATE
+        assert "already moving" in refused.data.reason
+
+
+async def test_zero_pages_travel_as_markers_and_large_pages_arrive_whole() -> None:
+    async with memory_stack(hosts=2, ha_failures=0, rebalance_threshold=1.0) as stack:
+        source = await _placed(stack, "db", 256, GuestWrites(pages_per_s=0))
+        before = await stack.client.query(GetVmMemory(vm="db"))
+        assert isinstance(before, VmMemory)
+        target = "h2" if source == "h1" else "h1"
+        await stack.client.send(MigrateVm(vm="db", priority=Owner.LOW, target=target))
+        done = (await _ended(stack, "MigrationCompleted", "MigrationAborted")).data
+        assert isinstance(done, MigrationCompleted), done
+        # The guest's zero pages cost no bytes on the wire...
+        assert done.zero_pages > 0
+        assert done.bytes == (done.pages - done.zero_pages) * 4096 + DEVICE_STATE_BYTES
+        after = await stack.client.query(GetVmMemory(vm="db"))
+        assert isinstance(after, VmMemory)
+        # ... and on the target every 2 MiB large page is one whole large page, as it
+        # was on the source.
+        assert after.whole_large_pages == before.whole_large_pages == 128
+        assert after.checksum == before.checksum
