@@ -134,8 +134,8 @@ async def test_maintenance_empties_a_host_through_migrations(
         assert not ledger.reservations.get("h1")
         moved = await log_of(client, "MigrationCompleted")
         assert all(isinstance(m, MigrationCompleted) for m in moved)
-        full = [m for m in moved if isinstance(m, MigrationCompleted) and int(m.vm[1:]) % 2]
-        assert all(m.checksums_equal for m in full), full
+        with_bytes = [m for m in moved if isinstance(m, MigrationCompleted) and int(m.vm[1:]) % 2]
+        assert all(m.checksums_equal for m in with_bytes), with_bytes
         assert await log_of(client, "MigrationAborted") == []
         # Planned once, reserved once; and an independent replay of the log finds no
         # point over capacity, nothing counted twice, and the hosts running what it holds.
