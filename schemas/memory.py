@@ -98,10 +98,21 @@ class VmMemory(Reply):
     digests: list[int] | None = Field(None, description="xxh3-64 per page, in guest order")
 
 
+# Pages a target's faults ask for ahead of the push order, per run.
+MAX_DEMAND = 4_096
+
+
 class Selection(enum.StrEnum):
     ALL = "all"
     DIRTY = "dirty"  # written since the last dirty or checkpoint export; clears the dirty bits
     CHECKPOINT = "checkpoint"  # every page, the base later dirty exports apply to
+    # A migration's own: the pages at least ``min_heat`` hot (clears the dirty bits);
+    # those sent before that were written since (the stop of a hybrid); and, after the
+    # switchover, the ``demand``ed pages then up to ``budget`` more in the push order.
+    # Each marks what it sends, and the last never sends a page twice.
+    HOT = "hot"
+    RESEND = "resend"
+    POSTCOPY = "postcopy"
 
 
 @registry.register
@@ -115,6 +126,11 @@ class ExportPages(Command):
     pages: list[int] | None = Field(None, max_length=1_048_576, description="for 'all': these")
     batch: int = Field(128, ge=1, le=1024, description="pages per chunk on the data subject")
     checksum: bool = Field(False, description="report the guest's checksum as exported")
+    min_heat: float = Field(0.0, ge=0, description="for 'hot': the least heat a page has")
+    demand: list[int] = Field(
+        default_factory=list, max_length=MAX_DEMAND, description="for 'postcopy': first these"
+    )
+    budget: int = Field(0, ge=0, le=1_048_576, description="for 'postcopy': then so many more")
 
     def aggregate(self) -> str:
         return f"host/{self.host}"
@@ -132,6 +148,10 @@ class PagesExported(Event):
     batches: int = Field(ge=0)
     bytes: int = Field(ge=0)
     checksum: str | None = None
+    # For a migration's own selections: pages not sent yet, and of those sent now, how
+    # many were asked for by the target's faults.
+    left: int | None = Field(None, ge=0)
+    demanded: int = Field(0, ge=0)
 
     def aggregate(self) -> str:
         return f"vm/{self.vm}"
@@ -183,6 +203,15 @@ class PagesSwappedIn(_PagesEvent):
     pass
 
 
+class RunSteps(Part):
+    """A run's workload steps: replaying them writes what the run wrote."""
+
+    first_step: int = Field(ge=0)
+    steps: int = Field(ge=0)
+    writes_per_step: int = Field(ge=0)
+    reads_per_step: int = Field(ge=0)
+
+
 @registry.register
 class RunVm(Command):
     """Run a guest's workload for ``seconds`` of emulated time at once (at its throttle and
@@ -194,6 +223,10 @@ class RunVm(Command):
     seconds: float = Field(ge=0, le=3_600)
     # Names the run among the VM's (a migration's round): its answer says which it was.
     tag: Name
+    # Instead of a run of ``seconds``: these steps exactly, as another host ran them (a
+    # post-copy source checks what its target did to the memory it sent), stunned or not.
+    replay: list[RunSteps] = Field(default_factory=list, max_length=4_096)
+    checksum: bool = Field(False, description="report the guest's checksum after the run")
 
     def aggregate(self) -> str:
         return f"host/{self.host}"
@@ -214,6 +247,12 @@ class VmRan(Event):
     reads_per_step: int = Field(ge=0)
     cpu_share: float = Field(ge=0, le=1, description="of its vCPUs it got: throttle, contention")
     dirty_pages: int = Field(ge=0)
+    # After a post-copy switchover: pages the run touched before they had arrived (each
+    # a remote fault, counted once), and those the target asks the source for first.
+    faults: int = Field(0, ge=0)
+    demand: list[int] = Field(default_factory=list, max_length=MAX_DEMAND)
+    replayed: list[RunSteps] = Field(default_factory=list)
+    checksum: str | None = None
 
     def aggregate(self) -> str:
         return f"vm/{self.vm}"

@@ -47,6 +47,10 @@ class MigrationRoundDone(_CoordinatorEvent):
     dirty_pages_left: int = Field(ge=0)
     throttle: float = Field(ge=0, le=1, description="share of CPU time held back meanwhile")
     target_checksum: str | None = None
+    # After a switchover: pages still on the source, and the remote faults the target's
+    # guest took while this round crossed.
+    pages_left: int | None = Field(None, ge=0)
+    remote_faults: int = Field(0, ge=0)
 
 
 @registry.register

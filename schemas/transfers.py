@@ -74,6 +74,17 @@ class MigrationStarted(_MigrationEvent):
 
 
 @registry.register
+class MigrationSwitchedOver(_MigrationEvent):
+    """Post-copy and hybrid: the VM runs on the target from now on, while the pages it has
+    not got yet are still on the source (which is stunned and must stay up until they
+    have all crossed: a source that fails now takes the VM with it)."""
+
+    mode: MigrationMode
+    checksum_at_stun: str | None = None
+    pages_left: int = Field(0, ge=0, description="pages still on the source")
+
+
+@registry.register
 class MigrationCompleted(_MigrationEvent):
     """The VM runs on the target now; the figures say how it got there."""
 
@@ -86,8 +97,14 @@ class MigrationCompleted(_MigrationEvent):
     total_s: float = Field(0.0, ge=0, description="emulated time from start to switchover")
     max_throttle: float = Field(0.0, ge=0, le=1, description="share of CPU time held back")
     remote_faults: int = Field(0, ge=0, description="pages the target pulled on demand")
+    full_speed_s: float | None = Field(
+        None, ge=0, description="emulated time from switchover to the last remote fault"
+    )
     checksum_at_stun: str | None = Field(None, description="source memory when stunned")
     checksum_on_target: str | None = Field(None, description="target memory once arrived")
+    checksum_replayed: str | None = Field(
+        None, description="post-copy: the source's memory at the stun with the target's runs"
+    )
     checksums_equal: bool | None = None
 
 

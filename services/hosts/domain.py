@@ -170,16 +170,7 @@ def _decide(fleet: Fleet, cmd: Message, facts: Facts) -> list[Event]:  # noqa: P
         case MoveVmNuma():
             return [numa_moves.start(fleet, cmd, facts.numa_outlook)]
         case RunVm():
-            host_up(fleet, cmd.host)
-            vm = full_vm_on(fleet, cmd.vm, cmd.host)
-            if vm.state != VmState.ON or vm.stunned:
-                raise Rejected(
-                    RejectionCode.WRONG_STATE,
-                    f"VM {vm.name} is {'stunned' if vm.stunned else vm.state}: it does not run",
-                )
-            if facts.guest_run is None:
-                raise Rejected(RejectionCode.UNKNOWN_HOST, f"host {cmd.host} is not emulated here")
-            return [facts.guest_run(cmd)]
+            return [_run(fleet, cmd, facts)]
         case RestartVm():
             return [_restart(fleet, cmd, facts)]
         case AllocateScratch() | ReleaseScratch():
@@ -243,6 +234,29 @@ def _start_migration(fleet: Fleet, cmd: StartMigration) -> MigrationStarted:
         memory_mode=vm.memory_mode,
         running=vm.state == VmState.ON and not vm.stunned,
     )
+
+
+def _run(fleet: Fleet, cmd: RunVm, facts: Facts) -> VmRan:
+    """A running guest's run; or, on the source of a post-copy migration, the target's
+    runs replayed on the memory it sent (the guest is stunned there)."""
+    host_up(fleet, cmd.host)
+    if cmd.replay:
+        moving = fleet.migration_of(cmd.vm)
+        if moving is None or not moving.switched or moving.source != cmd.host:
+            raise Rejected(
+                RejectionCode.WRONG_STATE,
+                f"only the source of {cmd.vm}'s post-copy migration replays its runs",
+            )
+    else:
+        vm = full_vm_on(fleet, cmd.vm, cmd.host)
+        if vm.state != VmState.ON or vm.stunned:
+            raise Rejected(
+                RejectionCode.WRONG_STATE,
+                f"VM {vm.name} is {'stunned' if vm.stunned else vm.state}: it does not run",
+            )
+    if facts.guest_run is None:
+        raise Rejected(RejectionCode.UNKNOWN_HOST, f"host {cmd.host} is not emulated here")
+    return facts.guest_run(cmd)
 
 
 def _scratch(fleet: Fleet, cmd: AllocateScratch | ReleaseScratch) -> Event:
@@ -426,9 +440,10 @@ def check_transfer(fleet: Fleet, env: Envelope[Message]) -> list[Event]:
     try:
         host_up(fleet, cmd.host)
         moving = fleet.migration_of(cmd.vm)
-        if isinstance(cmd, ImportPages) and moving is not None and moving.target == cmd.host:
-            # Into the empty shell the target holds for the VM while it migrates.
-            full_vm_on(fleet, cmd.vm, moving.source)
+        if moving is not None and cmd.host in (moving.source, moving.target):
+            # Into the shell the target holds for the VM while it migrates, or (after a
+            # post-copy switchover) out of the source that still holds its pages.
+            full_vm_on(fleet, cmd.vm, moving.target if moving.switched else moving.source)
         else:
             full_vm_on(fleet, cmd.vm, cmd.host)
     except Rejected as rejected:

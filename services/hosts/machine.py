@@ -35,10 +35,12 @@ from schemas.host import (
     HostTelemetry,
 )
 from schemas.memory import (
+    MAX_DEMAND,
     PagesShared,
     PagesSwappedIn,
     PagesSwappedOut,
     PagesUnshared,
+    RunSteps,
     RunVm,
     SharePages,
     SwapInPages,
@@ -61,6 +63,7 @@ from services.hosts.memory import VmSpec as MemSpec
 from services.hosts.memory import Workload as MemWorkload
 from services.hosts.memory.geometry import LARGE_PAGE_MIB, PAGE_MIB
 from services.hosts.memory.workload import Accesses
+from services.hosts.migrating import Incoming, Outgoing
 from services.hosts.numa_hardware import NumaHardware
 from services.hosts.page_cache import PageCaches
 from services.hosts.scratch import ScratchDisk
@@ -97,6 +100,9 @@ class Machine:
         self.page_caches = PageCaches()
         self.scratch = {host: ScratchDisk() for host in hosts}
         self.contention = Contention()
+        # Guests migrating from and to this process's hosts: pages sent, arrived, waiting.
+        self.outgoing: dict[str, Outgoing] = {}
+        self.incoming: dict[str, Incoming] = {}
         self.numa = NumaHardware()
         # Events of the log the guest memory could not follow, not yet logged as such.
         self.diverged: list[GuestMemoryDiverged] = []
@@ -237,14 +243,35 @@ class Machine:
         self, before: Fleet, event: MigrationStarted | MigrationAborted | MigrationCompleted
     ) -> None:
         vm = before.vms.get(event.vm)
-        dst = self.memory.get(event.target)
+        src, dst = self.memory.get(event.source), self.memory.get(event.target)
+        if not isinstance(event, MigrationStarted):
+            self.outgoing.pop(event.vm, None)
+            self.incoming.pop(event.vm, None)
         match event:
-            case MigrationStarted() if dst is not None and vm is not None:
+            case MigrationStarted() if vm is not None:
+                full = vm.memory_mode == MemoryMode.FULL
+                if src is not None and full and vm.name in src.vms:
+                    self.outgoing[vm.name] = Outgoing.of(
+                        event.source, src.spec(vm.name).pages, vm.seed
+                    )
+                if dst is None:
+                    return
                 # An empty shell of its size, filled by the pages that arrive.
                 shell = _mem_spec(vm.name, vm.mem_mib, vm.seed, vm.template, vm.memory_mode)
-                if vm.memory_mode == MemoryMode.FULL:
+                if full:
                     shell = replace(shell, profile=EMPTY_PROFILE)
+                    self.incoming[vm.name] = Incoming.of(event.target, shell.pages)
                 dst.create_vm(shell)
+            case MigrationAborted() if vm is not None and vm.host == event.target:
+                # Switched over (post-copy) and lost: the source lets its pages go, and
+                # the target's guest, which ran nowhere since, is as after a reboot.
+                if src is not None and vm.name in src.vms:
+                    src.destroy_vm(vm.name)
+                if dst is not None and vm.name in dst.vms:
+                    dst.destroy_vm(vm.name)
+                    dst.create_vm(
+                        _mem_spec(vm.name, vm.mem_mib, vm.seed, vm.template, vm.memory_mode)
+                    )
             case MigrationAborted() if dst is not None and event.vm in dst.vms:
                 dst.destroy_vm(event.vm)
             case MigrationCompleted() if vm is not None:
@@ -296,11 +323,26 @@ class Machine:
         return self.memory[vm.host].checksum(name)
 
     def _plan_run(self, fleet: Fleet, cmd: RunVm) -> VmRan:
-        """The steps a run of ``cmd.seconds`` takes and the dirty pages it leaves, worked
-        out without writing: the fold of VmRan writes them."""
+        """The steps a run of ``cmd.seconds`` takes, the dirty pages it leaves and (on a
+        post-copy target) the remote faults it takes, worked out without writing: the fold
+        of VmRan writes them."""
         vm = fleet.vms[cmd.vm]
         mem = self.memory[cmd.host]
         pages = mem.spec(vm.name).pages
+        if cmd.replay:
+            return VmRan(
+                host=cmd.host,
+                vm=vm.name,
+                tag=cmd.tag,
+                seconds=0.0,
+                first_step=cmd.replay[0].first_step,
+                steps=sum(r.steps for r in cmd.replay),
+                writes_per_step=0,
+                reads_per_step=0,
+                cpu_share=0.0,
+                dirty_pages=0,
+                replayed=cmd.replay,
+            )
         share = min(vm.cpu_cap, 1.0 / self.contention.slowdown(vm.name))
         steps = math.ceil(cmd.seconds / self.tick_seconds - 1e-9) if cmd.seconds > 0 else 0
         writes = reads = 0
@@ -310,11 +352,17 @@ class Machine:
             writes = round(per_tick_writes * ticks / steps)
             reads = round(per_tick_reads * ticks / steps)
         first = self._steps[vm.name]
+        workload = _workload(vm)
+        runs = [
+            workload.step(pages, step, writes=writes, reads=reads)
+            for step in range(first, first + steps)
+        ]
         dirty = np.zeros(pages, np.bool_)
         dirty[mem.collect_dirty(vm.name, clear=False)] = True
-        workload = _workload(vm)
-        for step in range(first, first + steps):
-            dirty[workload.step(pages, step, writes=writes, reads=0).write_pages] = True
+        for accesses in runs:
+            dirty[accesses.write_pages] = True
+        incoming = self.incoming.get(vm.name)
+        faults = incoming.faults(runs) if incoming and incoming.host == cmd.host else None
         return VmRan(
             host=cmd.host,
             vm=vm.name,
@@ -326,6 +374,8 @@ class Machine:
             reads_per_step=reads,
             cpu_share=round(max(0.0, min(1.0, share)), 6),
             dirty_pages=int(np.count_nonzero(dirty)),
+            faults=0 if faults is None else len(faults),
+            demand=[] if faults is None else faults[:MAX_DEMAND].tolist(),
         )
 
     def _per_tick(self, vm: Vm) -> tuple[float, float]:
@@ -341,13 +391,29 @@ class Machine:
             return
         pages = mem.spec(vm.name).pages
         workload = _workload(vm)
-        for step in range(event.first_step, event.first_step + event.steps):
-            accesses = workload.step(
-                pages, step, writes=event.writes_per_step, reads=event.reads_per_step
+        runs = event.replayed or [
+            RunSteps(
+                first_step=event.first_step,
+                steps=event.steps,
+                writes_per_step=event.writes_per_step,
+                reads_per_step=event.reads_per_step,
             )
-            self._write(mem, vm.name, accesses)
-            self.page_caches.of(vm.name, pages).pages_written(accesses.write_pages)
-        self._steps[vm.name] = max(self._steps[vm.name], event.first_step + event.steps)
+        ]
+        incoming = self.incoming.get(vm.name)
+        if incoming is not None and incoming.host != event.host:
+            incoming = None
+        for run in runs:
+            for step in range(run.first_step, run.first_step + run.steps):
+                accesses = workload.step(
+                    pages, step, writes=run.writes_per_step, reads=run.reads_per_step
+                )
+                if incoming is not None:
+                    # A page not there yet faults: its writes wait for it.
+                    accesses = incoming.run(accesses)
+                self._write(mem, vm.name, accesses)
+                self.page_caches.of(vm.name, pages).pages_written(accesses.write_pages)
+        if not event.replayed:
+            self._steps[vm.name] = max(self._steps[vm.name], event.first_step + event.steps)
 
     def _share_problem(self, cmd: SharePages) -> tuple[RejectionCode, str] | None:
         mem = self.memory.get(cmd.host)

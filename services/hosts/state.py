@@ -29,6 +29,7 @@ from schemas.transfers import (
     MigrationAborted,
     MigrationCompleted,
     MigrationStarted,
+    MigrationSwitchedOver,
 )
 from schemas.vm import (
     GuestWrites,
@@ -123,6 +124,8 @@ class Transfer:
     cause: Envelope[Message] | None = None
     # The end that crashed meanwhile: the transfer is to be aborted.
     failed: str | None = None
+    # A post-copy migration's VM runs on the target already; its pages are still crossing.
+    switched: bool = False
 
     @property
     def key(self) -> str:
@@ -194,7 +197,7 @@ class Fleet:
         return [
             self.vms[t.vm]
             for t in self.transfers.values()
-            if t.target == host and t.vm is not None and t.vm in self.vms
+            if t.target == host and t.vm is not None and t.vm in self.vms and not t.switched
         ]
 
     def mem_reserved(self, host: str) -> int:
@@ -327,8 +330,12 @@ def evolve(  # noqa: PLR0911, PLR0912 - one case per event
                 # it is lost with the target, like the VMs the crash took.
                 landed = replace(landed, state=VmState.OFF, stunned=False)
             return _with_vm(fleet, landed)
-        case MigrationAborted():
-            return _aborted(fleet, event)
+        case MigrationAborted() | MigrationSwitchedOver():
+            return (
+                _aborted(fleet, event)
+                if isinstance(event, MigrationAborted)
+                else _switched(fleet, event)
+            )
         case CopyCompleted() | CopyAborted():
             return _ended(fleet, transfer_key(TransferKind.COPY, event.copy_id))
         case ScratchAllocated() | ScratchReleased() if event.host in fleet.hosts:
@@ -448,10 +455,26 @@ def _started(
 def _aborted(fleet: Fleet, event: MigrationAborted) -> Fleet:
     fleet = _ended(fleet, transfer_key(TransferKind.MIGRATION, event.migration))
     vm = fleet.vms.get(event.vm)
-    if vm is None or vm.host != event.source:
+    if vm is None:
+        return fleet
+    if event.vm_lost:
+        # Its pages were split between two hosts, one of them gone: it runs nowhere.
+        return _with_vm(fleet, replace(vm, state=VmState.OFF, stunned=False, cpu_cap=1.0))
+    if vm.host != event.source:
         return fleet
     # It runs on at the source as it did before the migration stunned or slowed it.
     return _with_vm(fleet, replace(vm, stunned=False, cpu_cap=1.0))
+
+
+def _switched(fleet: Fleet, event: MigrationSwitchedOver) -> Fleet:
+    """The VM runs on the target; its migration goes on until its last page is there."""
+    key = transfer_key(TransferKind.MIGRATION, event.migration)
+    moving = fleet.transfers.get(key)
+    vm = fleet.vms.get(event.vm)
+    if moving is None or vm is None:
+        return fleet
+    fleet = replace(fleet, transfers={**fleet.transfers, key: replace(moving, switched=True)})
+    return _with_vm(fleet, replace(vm, host=event.target, stunned=False, cpu_cap=1.0))
 
 
 def _ended(fleet: Fleet, key: str) -> Fleet:

@@ -13,12 +13,15 @@ from services.hosts.memory import (
     AccountingOnly,
     BelowUsedMemory,
     BytesDiffer,
+    HostMemory,
     MemoryModelError,
     PageBatch,
     PageOutOfRange,
     SizeMismatch,
     UnknownVm,
 )
+from services.hosts.memory.geometry import Ints
+from services.hosts.migrating import Outgoing
 from shared.bus.protocol import DataFlows
 from shared.outcome import Outcome, answer
 
@@ -41,11 +44,21 @@ def export_pages(machine: Machine, env: Envelope[Message]) -> Outcome:
     cmd = env.data
     assert isinstance(cmd, ExportPages)
     mem = machine.memory[cmd.host]
+    left: int | None = None
+    demanded = 0
     try:
         if cmd.selection is Selection.DIRTY:
             batches = mem.export_dirty(cmd.vm, cmd.batch)
         elif cmd.selection is Selection.CHECKPOINT:
             batches = mem.export_checkpoint(cmd.vm, cmd.batch)
+        elif cmd.selection in MIGRATING:
+            out = machine.outgoing.get(cmd.vm)
+            if out is None or out.host != cmd.host:
+                why = f"{cmd.vm} is not migrating from {cmd.host}: no {cmd.selection} pages"
+                return answer(env, CommandRejected.of(env, RejectionCode.WRONG_STATE, why))
+            chosen, demanded = _migrating(mem, out, cmd)
+            batches = mem.export_pages(cmd.vm, chosen, cmd.batch)
+            left = out.left
         else:
             pages = None if cmd.pages is None else np.asarray(cmd.pages, dtype=np.int64)
             batches = mem.export_pages(cmd.vm, pages, cmd.batch)
@@ -64,9 +77,25 @@ def export_pages(machine: Machine, env: Envelope[Message]) -> Outcome:
         batches=len(chunks),
         bytes=sum(b.wire_bytes for b in chunks),
         checksum=mem.checksum(cmd.vm) if cmd.checksum else None,
+        left=left,
+        demanded=demanded,
     )
     data = {cmd.flow: [wire.encode(b) for b in chunks]}
     return Outcome(events=[exported], cause=env, data=data)
+
+
+MIGRATING = (Selection.HOT, Selection.RESEND, Selection.POSTCOPY)
+
+
+def _migrating(mem: HostMemory, out: Outgoing, cmd: ExportPages) -> tuple[Ints, int]:
+    """A migration's own selection, marked sent (checked first: the guest is the VM's)."""
+    mem.spec(cmd.vm)
+    if cmd.selection is Selection.HOT:
+        mem.collect_dirty(cmd.vm)
+        return out.hot(mem.heat(cmd.vm), cmd.min_heat), 0
+    if cmd.selection is Selection.RESEND:
+        return out.resend(mem.collect_dirty(cmd.vm)), 0
+    return out.postcopy(np.asarray(cmd.demand, dtype=np.int64), cmd.budget)
 
 
 async def read_flow(flows: DataFlows, env: Envelope[Message]) -> list[bytes]:
@@ -85,6 +114,8 @@ def import_pages(machine: Machine, env: Envelope[Message], chunks: list[bytes]) 
         for chunk in chunks:
             batch = wire.decode(chunk)
             mem.import_pages(cmd.vm, batch)
+            if (incoming := machine.incoming.get(cmd.vm)) is not None:
+                incoming.arrive(mem, cmd.vm, batch.pages)
             pages += len(batch.pages)
             zero += int(np.count_nonzero(batch.zero))
     except MemoryModelError as err:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from schemas import Envelope, Message
 from schemas.ha import VmRestarted
 from schemas.host import HostCrashed
-from schemas.memory import ExportPages, PagesExported, PagesImported, VmRan
+from schemas.memory import ExportPages, PagesExported, PagesImported, RunSteps, VmRan
 from schemas.migration import (
     MigrationRoundDone,
     MigrationRoundSent,
@@ -27,7 +27,12 @@ from schemas.migration import (
     RoundFigures,
 )
 from schemas.service import CommandRejected, CommandsIssued
-from schemas.transfers import MigrationAborted, MigrationCompleted, MigrationStarted
+from schemas.transfers import (
+    MigrationAborted,
+    MigrationCompleted,
+    MigrationStarted,
+    MigrationSwitchedOver,
+)
 from schemas.vm import VmStunned
 from services.migration.convergence import Limits, Progress, RoundSent, Throttle, throttled
 from shared.effects import issued, named
@@ -40,6 +45,7 @@ class Stage(enum.StrEnum):
     STARTING = "starting"  # taken on: the first round is to be asked for
     EXPORTING = "exporting"  # the source is asked for the round's pages
     TRANSFERRING = "transferring"  # the target imports them (and the guest runs on)
+    VERIFYING = "verifying"  # post-copy: the source replays the target's runs
     ENDED = "ended"
 
 
@@ -50,6 +56,11 @@ def flow_of(migration: str, round_: int) -> str:
 
 def run_tag(migration: str, round_: int) -> str:
     return named("run", migration, round_)
+
+
+def verify_flow(migration: str) -> str:
+    """The (empty) flow whose export reports the source's checksum after the replay."""
+    return named("verify", migration)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +86,16 @@ class Flight:
     stunned: bool = False
     checksum_at_stun: str | None = None
     switchover_at: float | None = None
+    # After a post-copy switchover: the VM runs on the target; its runs there (which the
+    # source replays at the end), the remote faults they took and when the last was.
+    switched: bool = False
+    switched_at: float | None = None
+    runs: tuple[RunSteps, ...] = ()
+    faults: int = 0
+    # The remote faults of each round done since the switchover.
+    faults_by_round: tuple[int, ...] = ()
+    target_checksum: str | None = None
+    verified: PagesExported | None = None
     # Why it must end now without moving the VM, and whether the VM is lost with it.
     failure: str | None = None
     vm_lost: bool = False
@@ -145,14 +166,20 @@ def evolve(state: Coordinator, env: Envelope[Message]) -> Coordinator:  # noqa: 
             )
         case MigrationRoundDone() if (f := _flight(state, event.migration)) is not None:
             progress = f.progress
-            if event.figures.live:
+            if event.figures.live and not f.switched:
                 sent = RoundSent(event.figures.pages, event.figures.bytes, event.dirty_pages_left)
                 progress = progress.after(sent, f.limits)
             return _with(
                 state,
                 replace(
                     f,
-                    stage=Stage.EXPORTING,
+                    stage=Stage.VERIFYING if event.pages_left == 0 else Stage.EXPORTING,
+                    target_checksum=event.target_checksum or f.target_checksum,
+                    faults_by_round=(
+                        (*f.faults_by_round, event.remote_faults)
+                        if f.switched
+                        else f.faults_by_round
+                    ),
                     round=f.round + 1,
                     done=(*f.done, event.figures),
                     progress=progress,
@@ -169,13 +196,35 @@ def evolve(state: Coordinator, env: Envelope[Message]) -> Coordinator:  # noqa: 
             )
         case MigrationSwitchingOver() if (f := _flight(state, event.migration)) is not None:
             return _with(state, replace(f, final=True, switchover_at=env.sim_time))
+        case MigrationSwitchedOver() if (f := _flight(state, event.migration)) is not None:
+            return _with(
+                state,
+                replace(
+                    f,
+                    switched=True,
+                    final=False,
+                    stage=Stage.EXPORTING,
+                    switched_at=env.sim_time,
+                    last=env,
+                ),
+            )
         case PagesExported() if (f := _of_vm(state, event.vm)) is not None and event.flow == f.flow:
             return _with(state, replace(f, exported=event, last=env))
+        case PagesExported() if (f := _of_vm(state, event.vm)) is not None and event.flow == (
+            verify_flow(f.id)
+        ):
+            return _with(state, replace(f, verified=event, last=env))
         case PagesImported() if (f := _of_vm(state, event.vm)) is not None and event.flow == f.flow:
             return _with(state, replace(f, imported=event, last=env))
         case VmRan() if (f := _of_vm(state, event.vm)) is not None and event.tag == run_tag(
             f.id, f.round
         ):
+            if f.switched and event.host == f.started.target:
+                f = replace(
+                    f,
+                    runs=(*f.runs, _steps_of(event)),
+                    faults=f.faults + event.faults,
+                )
             return _with(state, replace(f, ran=event, last=env))
         case VmStunned() if (f := _of_vm(state, event.vm)) is not None and f.final:
             return _with(state, replace(f, stunned=True, checksum_at_stun=event.checksum, last=env))
@@ -193,6 +242,15 @@ def evolve(state: Coordinator, env: Envelope[Message]) -> Coordinator:  # noqa: 
         case MigrationCompleted() | MigrationAborted() if event.migration in state.flights:
             return _end(state, state.flights[event.migration], event)
     return state
+
+
+def _steps_of(ran: VmRan) -> RunSteps:
+    return RunSteps(
+        first_step=ran.first_step,
+        steps=ran.steps,
+        writes_per_step=ran.writes_per_step,
+        reads_per_step=ran.reads_per_step,
+    )
 
 
 def _flight(state: Coordinator, migration: str) -> Flight | None:
@@ -214,13 +272,17 @@ def _failed(state: Coordinator, f: Flight, why: str, *, lost: bool) -> Coordinat
     by the crash), where whoever asked for it waits."""
     if f.failure is not None:
         return state
-    return _with(state, replace(f, failure=why, vm_lost=lost))
+    # After a switchover its pages are split between the two hosts: it cannot go back.
+    return _with(state, replace(f, failure=why, vm_lost=lost or f.switched))
 
 
 def _crashed(state: Coordinator, event: HostCrashed) -> Coordinator:
     for f in state.in_flight():
         if f.started.source == event.host:
             why = f"source host {event.host} crashed: {f.started.vm} is lost with it"
+            state = _failed(state, f, why, lost=True)
+        elif f.started.target == event.host and f.switched:
+            why = f"target host {event.host} crashed: {f.started.vm} ran there already"
             state = _failed(state, f, why, lost=True)
         elif f.started.target == event.host:
             why = f"target host {event.host} crashed: {f.started.vm} runs on at the source"

@@ -27,7 +27,12 @@ from schemas.migration import (
     MigrationThrottleRaised,
     RoundFigures,
 )
-from schemas.transfers import MigrationAborted, MigrationCompleted
+from schemas.transfers import (
+    MigrationAborted,
+    MigrationCompleted,
+    MigrationMode,
+    MigrationSwitchedOver,
+)
 from schemas.vm import StunVm, ThrottleVm
 from services.migration.convergence import (
     GiveUp,
@@ -38,7 +43,14 @@ from services.migration.convergence import (
     next_step,
 )
 from services.migration.precopy_model import PAGE_BYTES
-from services.migration.state import Coordinator, Flight, Stage, flow_of, run_tag
+from services.migration.state import (
+    Coordinator,
+    Flight,
+    Stage,
+    flow_of,
+    run_tag,
+    verify_flow,
+)
 from shared.outcome import Outcome
 
 # The vCPUs' registers and the device models, sent with the last pages (QEMU's non-RAM
@@ -48,6 +60,15 @@ DEVICE_STATE_BYTES = 256 * 1024
 EXPORT_BATCH = 128
 # An emulated time within this of a round's end counts as reached.
 EPSILON_S = 1e-9
+# After a switchover the rest is pushed in rounds of this much emulated time, each
+# begun with the pages the target faulted on in the one before.
+POSTCOPY_ROUND_S = 0.25
+# A hybrid's page map: an entry (where the page lives) per page not sent before the stop.
+PAGE_MAP_BYTES = 8
+# The heat a page has (accesses, decayed by half every 8 ticks) for a hybrid to send it
+# before the switchover: a guest's hot set stays near 2 at the hosts' default pace, the
+# rest of its memory near 0.03.
+HOT_HEAT = 0.5
 
 
 def steps(state: Coordinator, now: float) -> list[Outcome]:
@@ -55,35 +76,209 @@ def steps(state: Coordinator, now: float) -> list[Outcome]:
     return [out for f in state.in_flight() if (out := step(f, now)) is not None]
 
 
-def step(f: Flight, now: float) -> Outcome | None:  # noqa: PLR0911
+def step(f: Flight, now: float) -> Outcome | None:
     if f.failure is not None:
         return _aborted(f, f.failure)
     match f.stage:
-        case Stage.STARTING if f.full:
-            export = _export(f, 0, Selection.CHECKPOINT, checksum=not f.started.running)
-            return Outcome(commands=[export], cause=f.last, key=f"{f.id}/r0/export")
         case Stage.STARTING:
-            return _sent(f, _modelled(f, pages=f.started.mem_mib * 256))
-        case Stage.EXPORTING if f.full:
-            if f.exported is None or (_stops(f) and not f.stunned):
-                return None
-            exported = f.exported
-            device = DEVICE_STATE_BYTES if f.final else 0
-            figures = _figures(f, exported.pages, exported.zero_pages, exported.bytes + device)
-            return _sent(f, figures)
+            return _start(f)
         case Stage.EXPORTING:
-            if _stops(f) and not f.stunned:
-                return None
-            return _sent(f, _modelled(f, pages=0))
+            return _exported(f)
         case Stage.TRANSFERRING:
-            if now < f.ends_at - EPSILON_S or (f.full and f.imported is None):
-                return None
-            if f.final:
-                return _arrived(f)
-            if f.full and f.ran is None:
-                return None
-            return _round_done(f)
+            return _transferred(f, now)
+        case Stage.VERIFYING if f.verified is not None:
+            return _verified(f)
     return None
+
+
+def _transferred(f: Flight, now: float) -> Outcome | None:
+    """Once the round is in (and the guest has run), and its emulated time has passed."""
+    if now < f.ends_at - EPSILON_S or (f.full and f.imported is None):
+        return None
+    if f.final and _mode(f) is MigrationMode.HYBRID:
+        return _switch(f)
+    if f.final:
+        return _arrived(f)
+    if f.full and f.ran is None:
+        return None
+    return _postcopy_round_done(f) if f.switched else _round_done(f)
+
+
+def _start(f: Flight) -> Outcome | None:
+    if not f.full:
+        return _sent(f, _modelled(f, pages=f.started.mem_mib * 256))
+    if _mode(f) is MigrationMode.POSTCOPY:
+        return _postcopy_start(f)
+    first = Selection.HOT if _mode(f) is MigrationMode.HYBRID else Selection.CHECKPOINT
+    export = _export(f, 0, first, checksum=not f.started.running)
+    if first is Selection.HOT:
+        export = export.model_copy(update={"min_heat": HOT_HEAT})
+    return Outcome(commands=[export], cause=f.last, key=f"{f.id}/r0/export")
+
+
+def _exported(f: Flight) -> Outcome | None:
+    """The round's pages are on their flow (and, for the stop, the guest is stunned)."""
+    if _stops(f) and not f.stunned:
+        return None
+    if not f.full:
+        return _sent(f, _modelled(f, pages=0))
+    if f.exported is None:
+        return None
+    exported = f.exported
+    wire = exported.bytes + (DEVICE_STATE_BYTES if f.final else 0)
+    if f.final and _mode(f) is MigrationMode.HYBRID:
+        # The page map: where each page not sent yet lives (the source).
+        wire += PAGE_MAP_BYTES * (exported.left or 0)
+    return _sent(f, _figures(f, exported.pages, exported.zero_pages, wire))
+
+
+def _mode(f: Flight) -> MigrationMode:
+    """How it moves: a VM that does not run moves cold, in one round, whatever was asked."""
+    return f.started.mode if f.started.running else MigrationMode.PRECOPY
+
+
+def _postcopy_start(f: Flight) -> Outcome | None:
+    """Post-copy stops the guest at once, then switches over with its device state."""
+    if not f.final:
+        events: list[Event] = [
+            MigrationSwitchingOver(
+                migration=f.id,
+                vm=f.started.vm,
+                after_round=0,
+                dirty_pages=0,
+                expected_downtime_ms=round(_device_s(f) * 1000, 3),
+            )
+        ]
+        stun = StunVm(host=f.started.source, vm=f.started.vm)
+        return Outcome(events=events, commands=[stun], cause=f.last, key=f"{f.id}/stun")
+    if not f.stunned:
+        return None
+    return _switch(f)
+
+
+def _switch(f: Flight) -> Outcome:
+    """The VM runs on the target from now on; the pages it lacks follow, those it faults
+    on first. A hybrid's stop round is done with it."""
+    events: list[Event] = []
+    next_round = f.round
+    left = f.started.mem_mib * 256
+    if f.sent is not None and f.exported is not None:
+        left = f.exported.left or 0
+        events.append(
+            MigrationRoundDone(
+                migration=f.id,
+                vm=f.started.vm,
+                figures=f.sent,
+                dirty_pages_left=0,
+                throttle=0.0,
+                target_checksum=f.imported.checksum if f.imported is not None else None,
+                pages_left=left,
+            )
+        )
+        next_round += 1
+    events.append(
+        MigrationSwitchedOver(
+            migration=f.id,
+            vm=f.started.vm,
+            source=f.started.source,
+            target=f.started.target,
+            mode=f.started.mode,
+            checksum_at_stun=f.checksum_at_stun,
+            pages_left=left,
+        )
+    )
+    export = _postcopy_export(f, next_round, demand=[])
+    return Outcome(events=events, commands=[export], cause=f.last, key=f"{f.id}/switch")
+
+
+def _postcopy_export(f: Flight, round_: int, demand: list[int]) -> Command:
+    budget = int(f.limits.bytes_per_s * POSTCOPY_ROUND_S / PAGE_BYTES)
+    export = _export(f, round_, Selection.POSTCOPY)
+    return export.model_copy(update={"demand": demand, "budget": max(1, budget)})
+
+
+def _postcopy_round_done(f: Flight) -> Outcome:
+    """A round crossed while the guest ran on the target: the pages it faulted on go
+    first in the next; once none is left, the source replays the target's runs on what it
+    sent, and reports its checksum."""
+    assert f.sent is not None
+    assert f.exported is not None
+    assert f.ran is not None
+    left = f.exported.left or 0
+    done = MigrationRoundDone(
+        migration=f.id,
+        vm=f.started.vm,
+        figures=f.sent,
+        dirty_pages_left=0,
+        throttle=0.0,
+        target_checksum=f.imported.checksum if f.imported is not None else None,
+        pages_left=left,
+        remote_faults=f.ran.faults,
+    )
+    commands: list[Command]
+    if left:
+        commands = [_postcopy_export(f, f.round + 1, f.ran.demand)]
+    else:
+        source, vm = f.started.source, f.started.vm
+        commands = [
+            RunVm(host=source, vm=vm, seconds=0, tag=verify_flow(f.id), replay=list(f.runs)),
+            ExportPages(
+                host=source,
+                vm=vm,
+                flow=verify_flow(f.id),
+                selection=Selection.ALL,
+                pages=[],
+                checksum=True,
+            ),
+        ]
+    return Outcome(events=[done], commands=commands, cause=f.last, key=f"{f.id}/r{f.round}/done")
+
+
+def _verified(f: Flight) -> Outcome:
+    """Every page is on the target: its memory must be the source's at the stun with the
+    target's runs replayed on it."""
+    assert f.verified is not None
+    replayed, on_target = f.verified.checksum, f.target_checksum
+    if replayed != on_target:
+        why = (
+            f"the target's memory ({on_target}) is not the source's at the stop with the "
+            f"target's runs replayed ({replayed})"
+        )
+        return _aborted(f, why)
+    stopped = [r for r in f.done if not r.live]
+    downtime = sum(r.duration_s for r in stopped) if stopped else _device_s(f)
+    completed = MigrationCompleted(
+        migration=f.id,
+        vm=f.started.vm,
+        source=f.started.source,
+        target=f.started.target,
+        mode=f.started.mode,
+        rounds=len(f.done),
+        pages=sum(r.pages for r in f.done),
+        zero_pages=sum(r.zero_pages for r in f.done),
+        bytes=sum(r.bytes for r in f.done) + (0 if stopped else DEVICE_STATE_BYTES),
+        downtime_ms=round(downtime * 1000, 3),
+        total_s=round(sum(r.duration_s for r in f.done) + (0 if stopped else downtime), 6),
+        max_throttle=f.progress.throttle,
+        remote_faults=f.faults,
+        full_speed_s=round(_until_full_speed(f), 6),
+        checksum_at_stun=f.checksum_at_stun,
+        checksum_on_target=on_target,
+        checksum_replayed=replayed,
+        checksums_equal=True,
+    )
+    return Outcome(events=[completed], cause=f.last, key=f"{f.id}/end")
+
+
+def _until_full_speed(f: Flight) -> float:
+    """From the switchover to the end of the last round in which the guest faulted."""
+    after = f.done[len(f.done) - len(f.faults_by_round) :]
+    last = max((i for i, n in enumerate(f.faults_by_round) if n), default=-1)
+    return sum(r.duration_s for r in after[: last + 1])
+
+
+def _device_s(f: Flight) -> float:
+    return DEVICE_STATE_BYTES / f.limits.bytes_per_s
 
 
 def _stops(f: Flight) -> bool:
@@ -141,14 +336,15 @@ def _sent(f: Flight, figures: RoundFigures) -> Outcome:
             )
         )
         if figures.live:
-            commands.append(
-                RunVm(
-                    host=f.started.source,
-                    vm=f.started.vm,
-                    seconds=figures.duration_s,
-                    tag=run_tag(f.id, f.round),
-                )
+            # The guest runs while the round crosses: on the source before a switchover;
+            # after it on the target, before the round's pages are in (it faults on those).
+            run = RunVm(
+                host=f.started.target if f.switched else f.started.source,
+                vm=f.started.vm,
+                seconds=figures.duration_s,
+                tag=run_tag(f.id, f.round),
             )
+            commands.insert(0, run) if f.switched else commands.append(run)
     return Outcome(events=[sent], commands=commands, cause=f.last, key=f"{f.id}/r{f.round}/sent")
 
 
@@ -168,7 +364,11 @@ def _round_done(f: Flight) -> Outcome:
     events: list[Event] = [done]
     commands: list[Command] = []
     source, vm, after = f.started.source, f.started.vm, f.round
-    match next_step(progress, f.limits):
+    decided = next_step(progress, f.limits)
+    if _mode(f) is MigrationMode.HYBRID:
+        # Hybrid sends its hot pages once, then stops to resend those written meanwhile.
+        decided = Switchover(progress.expected_downtime_s(f.limits))
+    match decided:
         case Switchover(expected_downtime_s=expected):
             events.append(
                 MigrationSwitchingOver(
@@ -180,6 +380,11 @@ def _round_done(f: Flight) -> Outcome:
                 )
             )
             commands.append(StunVm(host=source, vm=vm))
+            if _mode(f) is MigrationMode.HYBRID:
+                commands.append(_export(f, after + 1, Selection.RESEND))
+                return Outcome(
+                    events=events, commands=commands, cause=f.last, key=f"{f.id}/r{after}/done"
+                )
         case Throttle() as throttle:
             events.append(
                 MigrationThrottleRaised(
@@ -220,7 +425,7 @@ def _arrived(f: Flight) -> Outcome:
         zero_pages=sum(r.zero_pages for r in rounds),
         bytes=sum(r.bytes for r in rounds),
         downtime_ms=round(f.sent.duration_s * 1000, 3) if f.started.running else 0.0,
-        total_s=round(max(0.0, f.ends_at - f.started_sim), 6),
+        total_s=round(sum(r.duration_s for r in rounds), 6),
         max_throttle=f.progress.throttle,
         checksum_at_stun=at_stop,
         checksum_on_target=on_target,

@@ -56,7 +56,12 @@ def describe_end(data: MigrationCompleted | MigrationAborted) -> str:
     if data.checksums_equal is False:
         checks = "checksums DIFFER"
     throttle = f", throttled up to {data.max_throttle:.0%}" if data.max_throttle else ""
-    faults = f", {data.remote_faults} remote faults" if data.remote_faults else ""
+    faults = ""
+    if data.remote_faults:
+        faults = (
+            f", {data.remote_faults} remote faults, full speed {data.full_speed_s or 0:.2f} s "
+            "after the switchover"
+        )
     return (
         f"migrated {data.vm} {data.source} -> {data.target} ({data.mode}): {data.rounds} "
         f"rounds, {data.pages} pages ({data.zero_pages} zero), {data.bytes / 1e6:.1f} MB, "

@@ -147,6 +147,7 @@ from schemas.transfers import (
     MigrationCompleted,
     MigrationMode,
     MigrationStarted,
+    MigrationSwitchedOver,
     StartCopy,
     StartMigration,
 )
@@ -401,6 +402,15 @@ EXAMPLES: dict[str, Message] = {
             target_checksum="00" * 16,
         ),
         MigrationThrottleRaised(migration="mig-1", vm="web-1", throttle=0.2, after_round=1),
+        MigrationSwitchedOver(
+            migration="mig-1",
+            vm="web-1",
+            source="h1",
+            target="h2",
+            mode=MigrationMode.POSTCOPY,
+            checksum_at_stun="00" * 16,
+            pages_left=65536,
+        ),
         MigrationSwitchingOver(
             migration="mig-1",
             vm="web-1",
