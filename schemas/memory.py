@@ -126,6 +126,9 @@ class ExportPages(Command):
     pages: list[int] | None = Field(None, max_length=1_048_576, description="for 'all': these")
     batch: int = Field(128, ge=1, le=1024, description="pages per chunk on the data subject")
     checksum: bool = Field(False, description="report the guest's checksum as exported")
+    mapped: bool = Field(
+        False, description="send a page that holds a disk block as that block's name"
+    )
     min_heat: float = Field(0.0, ge=0, description="for 'hot': the least heat a page has")
     demand: list[int] = Field(
         default_factory=list, max_length=MAX_DEMAND, description="for 'postcopy': first these"
@@ -152,6 +155,7 @@ class PagesExported(Event):
     # many were asked for by the target's faults.
     left: int | None = Field(None, ge=0)
     demanded: int = Field(0, ge=0)
+    mapped_pages: int = Field(0, ge=0, description="sent as (disk, block): no page bytes")
 
     def aggregate(self) -> str:
         return f"vm/{self.vm}"
@@ -178,6 +182,7 @@ class PagesImported(Event):
     pages: int = Field(ge=0)
     zero_pages: int = Field(ge=0)
     checksum: str
+    mapped_pages: int = Field(0, ge=0, description="read from the shared datastore")
 
     def aggregate(self) -> str:
         return f"vm/{self.vm}"

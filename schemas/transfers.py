@@ -92,6 +92,7 @@ class MigrationCompleted(_MigrationEvent):
     rounds: int = Field(0, ge=0, description="pre-copy rounds, the stop-and-copy included")
     pages: int = Field(0, ge=0, description="pages sent, counting a page once per round")
     zero_pages: int = Field(0, ge=0, description="of those, sent as zero markers")
+    mapped_pages: int = Field(0, ge=0, description="of those, sent as (disk, block)")
     bytes: int = Field(0, ge=0, description="bytes on the wire, device state included")
     downtime_ms: float = Field(0.0, ge=0, description="emulated time the guest ran nowhere")
     total_s: float = Field(0.0, ge=0, description="emulated time from start to switchover")

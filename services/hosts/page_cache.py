@@ -41,6 +41,12 @@ class VmPageCache:
         self.block[pages] = blocks
         self.disk[pages] = self.disks.index(disk)
 
+    def map_each(self, pages: Ints, disks: list[str], blocks: Ints) -> None:
+        """Pages that arrived as blocks (each of its own disk) hold those blocks here too."""
+        for disk in dict.fromkeys(disks):
+            rows = np.asarray([d == disk for d in disks], np.bool_)
+            self.map(pages[rows], disk, blocks[rows])
+
     def pages_written(self, pages: Ints) -> None:
         self.block[pages] = -1
         self.disk[pages] = -1

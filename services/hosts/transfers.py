@@ -10,6 +10,7 @@ from schemas.service import CommandRejected, RejectionCode
 from services.hosts import wire
 from services.hosts.machine import Machine
 from services.hosts.memory import (
+    PAGE_SIZE,
     AccountingOnly,
     BelowUsedMemory,
     BytesDiffer,
@@ -22,6 +23,9 @@ from services.hosts.memory import (
 )
 from services.hosts.memory.geometry import Ints
 from services.hosts.migrating import Outgoing
+from services.hosts.page_cache import VmPageCache
+from services.hosts.storage.datastore import StorageError
+from services.hosts.wire import MappedBatch
 from shared.bus.protocol import DataFlows
 from shared.outcome import Outcome, answer
 
@@ -65,6 +69,10 @@ def export_pages(machine: Machine, env: Envelope[Message]) -> Outcome:
         chunks: list[PageBatch] = list(batches)
     except MemoryModelError as err:
         return answer(env, CommandRejected.of(env, code_of(err), str(err)))
+    mapped: list[MappedBatch] = []
+    cache = machine.page_caches.vms.get(cmd.vm)
+    if cmd.mapped and cache is not None and cache.mapped:
+        chunks, mapped = _split_mapped(chunks, cache)
     zero = sum(int(np.count_nonzero(b.zero)) for b in chunks)
     exported = PagesExported(
         host=cmd.host,
@@ -72,19 +80,46 @@ def export_pages(machine: Machine, env: Envelope[Message]) -> Outcome:
         flow=cmd.flow,
         selection=cmd.selection,
         guest_pages=mem.spec(cmd.vm).pages,
-        pages=sum(len(b.pages) for b in chunks),
+        pages=sum(len(b.pages) for b in chunks) + sum(len(m.pages) for m in mapped),
         zero_pages=zero,
-        batches=len(chunks),
-        bytes=sum(b.wire_bytes for b in chunks),
+        batches=len(chunks) + len(mapped),
+        bytes=sum(b.wire_bytes for b in chunks) + sum(m.wire_bytes for m in mapped),
         checksum=mem.checksum(cmd.vm) if cmd.checksum else None,
         left=left,
         demanded=demanded,
+        mapped_pages=sum(len(m.pages) for m in mapped),
     )
-    data = {cmd.flow: [wire.encode(b) for b in chunks]}
+    data = {cmd.flow: [*(wire.encode(b) for b in chunks), *map(wire.encode_mapped, mapped)]}
     return Outcome(events=[exported], cause=env, data=data)
 
 
 MIGRATING = (Selection.HOT, Selection.RESEND, Selection.POSTCOPY)
+
+
+def _split_mapped(
+    chunks: list[PageBatch], cache: VmPageCache
+) -> tuple[list[PageBatch], list[MappedBatch]]:
+    """The pages that hold a disk block (and are not zero: a marker is cheaper still)
+    leave their batches, to travel as the block's name."""
+    kept: list[PageBatch] = []
+    mapped: list[MappedBatch] = []
+    for b in chunks:
+        held = cache.block[b.pages] >= 0
+        held &= ~b.zero
+        if not held.any():
+            kept.append(b)
+            continue
+        carried = ~b.zero
+        rows = held[carried]  # which of the batch's data rows are mapped pages
+        if (~held).any():
+            kept.append(PageBatch(b.guest_pages, b.pages[~held], b.zero[~held], b.data[~rows]))
+        pages = b.pages[held]
+        mapped.append(
+            MappedBatch(
+                b.guest_pages, pages, list(cache.disks), cache.disk[pages], cache.block[pages]
+            )
+        )
+    return kept, mapped
 
 
 def _migrating(mem: HostMemory, out: Outgoing, cmd: ExportPages) -> tuple[Ints, int]:
@@ -109,17 +144,26 @@ def import_pages(machine: Machine, env: Envelope[Message], chunks: list[bytes]) 
     cmd = env.data
     assert isinstance(cmd, ImportPages)
     mem = machine.memory[cmd.host]
-    pages = zero = 0
+    pages = zero = mapped = 0
     try:
         for chunk in chunks:
-            batch = wire.decode(chunk)
+            decoded = wire.decode_any(chunk)
+            if isinstance(decoded, MappedBatch):
+                batch = _read_blocks(machine, decoded)
+                machine.page_caches.of(cmd.vm, decoded.guest_pages).map_each(
+                    decoded.pages, [decoded.disks[d] for d in decoded.disk.tolist()], decoded.blocks
+                )
+                mapped += len(batch.pages)
+            else:
+                batch = decoded
             mem.import_pages(cmd.vm, batch)
             if (incoming := machine.incoming.get(cmd.vm)) is not None:
                 incoming.arrive(mem, cmd.vm, batch.pages)
             pages += len(batch.pages)
             zero += int(np.count_nonzero(batch.zero))
-    except MemoryModelError as err:
-        return [CommandRejected.of(env, code_of(err), str(err))]
+    except (MemoryModelError, StorageError) as err:
+        code = code_of(err) if isinstance(err, MemoryModelError) else RejectionCode.WRONG_STATE
+        return [CommandRejected.of(env, code, str(err))]
     return [
         PagesImported(
             host=cmd.host,
@@ -128,5 +172,19 @@ def import_pages(machine: Machine, env: Envelope[Message], chunks: list[bytes]) 
             pages=pages,
             zero_pages=zero,
             checksum=mem.checksum(cmd.vm),
+            mapped_pages=mapped,
         )
     ]
+
+
+def _read_blocks(machine: Machine, batch: MappedBatch) -> PageBatch:
+    """The mapped pages' bytes, read from their disks on the shared datastore."""
+    if machine.disks.root is None:
+        raise StorageError("pages arrived as disk blocks, but this process has no datastore")
+    contents = np.empty((len(batch.pages), PAGE_SIZE), np.uint8)
+    for index, name in enumerate(batch.disks):
+        rows = batch.disk == index
+        if rows.any():
+            disk = machine.disks.datastore().open_disk(name)
+            contents[rows] = disk.read(batch.blocks[rows])
+    return PageBatch.of(batch.guest_pages, batch.pages, contents)

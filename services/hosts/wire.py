@@ -1,16 +1,67 @@
-"""Page batches as bytes on a data flow: a small header, then pages, zero markers, contents."""
+"""Page batches as bytes on a data flow: a small header, then pages, zero markers, contents;
+and pages that hold a disk block as mappings (page, disk, block), the header alone."""
 
 from __future__ import annotations
 
 import json
 import struct
+from dataclasses import dataclass
 
 import numpy as np
 
 from services.hosts.memory import PAGE_SIZE, PageBatch, SizeMismatch
+from services.hosts.memory.geometry import Ints
 
 MAGIC = b"VPB1"
+MAPPED = b"VPM1"
 _HEAD = struct.Struct(">4sI")
+# What a mapping costs on the wire: its page and its block.
+MAPPING_BYTES = 16
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class MappedBatch:
+    """Pages whose bytes are a block of a disk on the shared datastore: the target reads
+    the block there instead of the page crossing."""
+
+    guest_pages: int
+    pages: Ints
+    disks: list[str]
+    disk: Ints  # per page: an index in ``disks``
+    blocks: Ints
+
+    @property
+    def wire_bytes(self) -> int:
+        return MAPPING_BYTES * len(self.pages)
+
+
+def encode_mapped(batch: MappedBatch) -> bytes:
+    header = json.dumps(
+        {
+            "guest_pages": batch.guest_pages,
+            "disks": batch.disks,
+            "pages": batch.pages.tolist(),
+            "disk": batch.disk.tolist(),
+            "blocks": batch.blocks.tolist(),
+        }
+    ).encode()
+    return _HEAD.pack(MAPPED, len(header)) + header
+
+
+def decode_any(raw: bytes) -> PageBatch | MappedBatch:
+    if raw[:4] != MAPPED:
+        return decode(raw)
+    _, size = _HEAD.unpack_from(raw)
+    try:
+        h = json.loads(raw[_HEAD.size : _HEAD.size + size])
+        pages, disk, blocks = (np.asarray(h[k], np.int64) for k in ("pages", "disk", "blocks"))
+        disks = [str(d) for d in h["disks"]]
+        guest_pages = int(h["guest_pages"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise SizeMismatch(f"mapped batch header unreadable: {err}") from None
+    if not len(pages) == len(disk) == len(blocks) or (len(disk) and disk.max() >= len(disks)):
+        raise SizeMismatch("mapped batch: pages, disks and blocks do not line up")
+    return MappedBatch(guest_pages, pages, disks, disk, blocks)
 
 
 def encode(batch: PageBatch) -> bytes:

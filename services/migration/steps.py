@@ -129,7 +129,8 @@ def _exported(f: Flight) -> Outcome | None:
     if f.final and _mode(f) is MigrationMode.HYBRID:
         # The page map: where each page not sent yet lives (the source).
         wire += PAGE_MAP_BYTES * (exported.left or 0)
-    return _sent(f, _figures(f, exported.pages, exported.zero_pages, wire))
+    figures = _figures(f, exported.pages, exported.zero_pages, wire, exported.mapped_pages)
+    return _sent(f, figures)
 
 
 def _mode(f: Flight) -> MigrationMode:
@@ -256,6 +257,7 @@ def _verified(f: Flight) -> Outcome:
         rounds=len(f.done),
         pages=sum(r.pages for r in f.done),
         zero_pages=sum(r.zero_pages for r in f.done),
+        mapped_pages=sum(r.mapped_pages for r in f.done),
         bytes=sum(r.bytes for r in f.done) + (0 if stopped else DEVICE_STATE_BYTES),
         downtime_ms=round(downtime * 1000, 3),
         total_s=round(sum(r.duration_s for r in f.done) + (0 if stopped else downtime), 6),
@@ -294,15 +296,17 @@ def _export(f: Flight, round_: int, selection: Selection, *, checksum: bool = Fa
         selection=selection,
         batch=EXPORT_BATCH,
         checksum=checksum,
+        mapped=True,
     )
 
 
-def _figures(f: Flight, pages: int, zero: int, wire: int) -> RoundFigures:
+def _figures(f: Flight, pages: int, zero: int, wire: int, mapped: int = 0) -> RoundFigures:
     return RoundFigures(
         round=f.round,
         live=not f.final,
         pages=pages,
         zero_pages=zero,
+        mapped_pages=mapped,
         bytes=wire,
         duration_s=round(wire / f.limits.bytes_per_s, 9),
     )
@@ -423,6 +427,7 @@ def _arrived(f: Flight) -> Outcome:
         rounds=len(rounds),
         pages=sum(r.pages for r in rounds),
         zero_pages=sum(r.zero_pages for r in rounds),
+        mapped_pages=sum(r.mapped_pages for r in rounds),
         bytes=sum(r.bytes for r in rounds),
         downtime_ms=round(f.sent.duration_s * 1000, 3) if f.started.running else 0.0,
         total_s=round(sum(r.duration_s for r in rounds), 6),

@@ -64,7 +64,8 @@ def describe_end(data: MigrationCompleted | MigrationAborted) -> str:
         )
     return (
         f"migrated {data.vm} {data.source} -> {data.target} ({data.mode}): {data.rounds} "
-        f"rounds, {data.pages} pages ({data.zero_pages} zero), {data.bytes / 1e6:.1f} MB, "
+        f"rounds, {data.pages} pages ({data.zero_pages} zero, {data.mapped_pages} as disk "
+        f"blocks), {data.bytes / 1e6:.1f} MB, "
         f"downtime {data.downtime_ms:.1f} ms, total {data.total_s:.2f} s{throttle}{faults}, "
         f"{checks} ({data.checksum_on_target or '-'})"
     )

@@ -309,3 +309,30 @@ async def test_a_source_that_crashes_during_post_copy_takes_the_vm_with_it() -> 
             what="lost on the target",
         )
         assert vms == [("db", target, VmState.OFF)]
+
+
+async def test_pages_that_hold_disk_blocks_travel_as_mappings_read_from_the_datastore() -> None:
+    async with memory_stack(
+        hosts=2, ha_failures=0, rebalance_threshold=1.0, tick_seconds=0.1
+    ) as stack:
+        source = await _placed(stack, "db", 256, GuestWrites(pages_per_s=0))
+        target = "h2" if source == "h1" else "h1"
+
+        async def cached() -> int:
+            memory = await stack.client.query(GetVmMemory(vm="db"))
+            assert isinstance(memory, VmMemory)
+            return memory.mapped_pages
+
+        # The guest's disk reads land in its page cache, a few ticks' worth.
+        await poll(cached, lambda n: n > 500, what="pages holding disk blocks")
+        await stack.client.send(MigrateVm(vm="db", priority=Owner.LOW, target=target))
+        done = (await _ended(stack, "MigrationCompleted", "MigrationAborted")).data
+        assert isinstance(done, MigrationCompleted), done
+        assert done.checksums_equal is True
+        # (Those whose block is all zeros go as zero markers: cheaper still.)
+        assert done.mapped_pages > 100
+        # Each crossed as its block's name, which the target read from the datastore.
+        imported = [e.data for e in await stack.of_type("PagesImported")]
+        assert sum(i.mapped_pages for i in imported) == done.mapped_pages  # type: ignore[attr-defined]
+        carried = done.pages - done.zero_pages - done.mapped_pages
+        assert done.bytes == carried * 4096 + done.mapped_pages * 16 + DEVICE_STATE_BYTES
