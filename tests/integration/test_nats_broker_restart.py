@@ -15,14 +15,16 @@ import pytest
 
 from schemas import Envelope, Message, Reply
 from schemas.queries import HostList, ListHosts
-from schemas.vm import CreateVm
+from schemas.transfers import StartMigration
+from schemas.vm import CreateVm, GuestWrites, MemoryMode
 from shared.broker import BrokerError, EmbeddedNats
 from shared.bus import BusError, ConsumerSpec, Delivery, Logged, Stream
 from shared.bus.nats import NatsBus
 from shared.client import Client
-from shared.testing import eventually, unique_namespace
+from shared.testing import eventually, poll, unique_namespace
 from tests.contract.messages import create_vm, sample, vm_created
-from tests.integration.stack import start_ready
+from tests.integration.stack import start_ready, stop_all
+from tests.integration.test_hosts_migrations import room_on_target
 from tests.integration.test_rabbitmq_restart import retry_until_answered
 from tests.reserving import create
 
@@ -341,3 +343,53 @@ async def test_starting_a_running_server_again_leaves_it_alone(tmp_path: Path) -
         finally:
             await bus.close()
     assert "address already in use" not in (tmp_path / "nats-server.log").read_text()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+async def test_a_live_migration_lives_through_the_broker_killed_mid_round(
+    server: CrashableNats, bus: NatsBus, tmp_path: Path
+) -> None:
+    """nats-server killed while a running guest's pages cross, and started again: the
+    hosts and the coordinator carry on without a restart, and the migration completes
+    once, the target's memory the source's at the stun."""
+    client = Client(bus, producer="test")
+    env = {
+        "VPLANE_BUS_URL": server.url,
+        "VPLANE_NAMESPACE": bus.namespace,
+        "VPLANE_HOSTS": "2",
+        "VPLANE_TICK_SECONDS": "0.2",
+        "VPLANE_SPEED": "8",
+    }
+    procs = await start_ready(client, [("hosts", env), ("migration", env)], tmp_path)
+    try:
+        writes = GuestWrites(pages_per_s=500)
+        vm = CreateVm(
+            vm="db", cpu=1, mem_mib=64, host="h1", memory_mode=MemoryMode.FULL, writes=writes
+        )
+        made = await create(client, vm, timeout=20)
+        assert made.type == "VmCreated", made.data
+        # Round 0: 64 MiB at 16 Mbit/s, 34 emulated seconds, 4 s of wall time.
+        cmd = StartMigration(host="h1", target="h2", rate_mbps=16, migration="m1", vm="db")
+        start = Envelope.wrap(await room_on_target(client, cmd), producer="test")
+        await client.wait_for(
+            lambda e: e.correlation_id == start.id and e.type == "MigrationRoundSent",
+            timeout=20,
+            before=lambda: bus.send(start),
+        )
+        await crash_and_restart(server, bus)
+
+        async def ended() -> list[Envelope[Message]]:
+            return [
+                e.envelope
+                async for e in bus.replay()
+                if e.envelope is not None
+                and e.envelope.type in ("MigrationCompleted", "MigrationAborted")
+            ]
+
+        found = await poll(ended, bool, timeout=60, what="the migration's end")
+        assert [e.type for e in found] == ["MigrationCompleted"], [e.data for e in found]
+        assert found[0].data.checksums_equal is True  # type: ignore[attr-defined]
+        assert all(p.poll() is None for p in procs), "a service died with the broker"
+    finally:
+        assert await stop_all(procs) == [0, 0]
