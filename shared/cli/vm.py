@@ -79,6 +79,18 @@ def vm_create(
             help="Its virtual disk in GiB (thin).",
         ),
     ] = DEFAULT_DISK_GIB,
+    dirty_rate: Annotated[
+        int | None,
+        typer.Option(
+            "--dirty-rate",
+            help="Page writes per emulated second (full memory); decides whether a live "
+            "migration converges.",
+        ),
+    ] = None,
+    hot_fraction: Annotated[
+        float,
+        typer.Option("--hot-fraction", help="With --dirty-rate: share of pages written most."),
+    ] = 0.1,
     min_cpu: Annotated[
         int | None, typer.Option("--min-cpu", help="Accept this few vCPUs if need be.")
     ] = None,
@@ -148,6 +160,9 @@ def vm_create(
         template=template,
         power_on=start,
         disk_gib=disk,
+        writes=None
+        if dirty_rate is None
+        else {"pages_per_s": dirty_rate, "hot_fraction": hot_fraction},
     )
     send(bus, wait, timeout, ready(cmd), until="VmCreated")
 
