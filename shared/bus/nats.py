@@ -23,7 +23,7 @@ from shared.bus import subjects
 from shared.bus.dedupe import unique
 from shared.bus.dispatch import answer, read_reply
 from shared.bus.errors import BusError, BusUnavailable, ConcurrencyError, RequestFailed
-from shared.bus.flows import first_chunks
+from shared.bus.flows import first_chunks, windows
 from shared.bus.nats_batch import publish_batch
 from shared.bus.nats_client import HeadersClient
 from shared.bus.nats_readers import (
@@ -560,11 +560,12 @@ class NatsBus:
 
     async def put_data(self, flow: str, chunks: list[bytes]) -> None:
         subject = subjects.data_subject(self.namespace, flow)
-        await self._confirmed(
-            ((subject, chunk, None) for chunk in chunks),
-            timeout=60,
-            what=f"data flow {flow}: publish failed",
-        )
+        for window in windows(chunks):
+            await self._confirmed(
+                ((subject, chunk, None) for chunk in window),
+                timeout=60,
+                what=f"data flow {flow}: publish failed",
+            )
 
     async def read_data(
         self, flow: str, count: int, *, timeout: float = 30.0

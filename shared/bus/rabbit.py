@@ -32,6 +32,7 @@ from schemas import Envelope, Message
 from shared.bus import subjects
 from shared.bus.dedupe import unique
 from shared.bus.errors import BusError, BusUnavailable, ConcurrencyError
+from shared.bus.flows import windows
 from shared.bus.protocol import (
     BATCH_LIMIT,
     AppendResult,
@@ -478,7 +479,8 @@ class RabbitBus:
     async def put_data(self, flow: str, chunks: list[bytes]) -> None:
         assert self._confirmed is not None
         await self.topology.declare_data(self._confirmed, flow)
-        await asyncio.gather(*(self._publish("data", flow, chunk) for chunk in chunks))
+        for window in windows(chunks):
+            await asyncio.gather(*(self._publish("data", flow, chunk) for chunk in window))
 
     def read_data(self, flow: str, count: int, *, timeout: float = 30.0) -> AsyncIterator[bytes]:
         return read_flow(self.conn, self.topology, flow, count, timeout)
