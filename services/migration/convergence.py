@@ -14,6 +14,10 @@ from dataclasses import dataclass, replace
 
 from services.migration.precopy_model import PAGE_BYTES
 
+# The vCPUs' registers and the device models, sent with the last pages (QEMU's non-RAM
+# sections come to a few hundred KiB).
+DEVICE_STATE_BYTES = 256 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -28,6 +32,8 @@ class Limits:
     trigger: float = 0.5
     # Rounds that may still miss the limit with the throttle at its maximum.
     rounds_at_max: int = 3
+    # Sent with the last pages while the guest is stopped.
+    device_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +57,8 @@ class Progress:
     missed_at_max: int = 0
 
     def after(self, sent: RoundSent, limits: Limits) -> Progress:
-        high = sent.dirtied * sent.bytes_per_page() > limits.trigger * sent.wire_bytes
+        # As QEMU's: the bytes dirtied (whole pages) against the bytes the round sent.
+        high = sent.dirtied * PAGE_BYTES > limits.trigger * sent.wire_bytes
         at_max = self.throttle >= limits.throttle_max
         return replace(
             self,
@@ -61,11 +68,13 @@ class Progress:
         )
 
     def expected_downtime_s(self, limits: Limits) -> float:
-        """The time to send what the last round left dirty, at its bytes per page."""
+        """The time to send what the last round left dirty, with the device state. A page
+        the guest wrote is counted whole: that the round before sent many zero pages
+        as markers says nothing of the pages written since."""
         if not self.rounds:
             return float("inf")
         last = self.rounds[-1]
-        return last.dirtied * last.bytes_per_page() / limits.bytes_per_s
+        return (last.dirtied * PAGE_BYTES + limits.device_bytes) / limits.bytes_per_s
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,14 @@ from schemas.transfers import (
     MigrationSwitchedOver,
 )
 from schemas.vm import VmStunned
-from services.migration.convergence import Limits, Progress, RoundSent, Throttle, throttled
+from services.migration.convergence import (
+    DEVICE_STATE_BYTES,
+    Limits,
+    Progress,
+    RoundSent,
+    Throttle,
+    throttled,
+)
 from shared.effects import issued, named
 
 # Migrations that ended, kept for the listing (the oldest go first).
@@ -114,6 +121,7 @@ class Flight:
         return Limits(
             bytes_per_s=self.started.rate_mbps * 1e6 / 8,
             downtime_s=self.started.downtime_ms / 1000,
+            device_bytes=DEVICE_STATE_BYTES,
         )
 
     @property

@@ -35,6 +35,7 @@ from schemas.transfers import (
 )
 from schemas.vm import StunVm, ThrottleVm
 from services.migration.convergence import (
+    DEVICE_STATE_BYTES,
     GiveUp,
     NextRound,
     RoundSent,
@@ -53,9 +54,6 @@ from services.migration.state import (
 )
 from shared.outcome import Outcome
 
-# The vCPUs' registers and the device models, sent with the last pages (QEMU's non-RAM
-# sections come to a few hundred KiB).
-DEVICE_STATE_BYTES = 256 * 1024
 # Pages per chunk on a data flow: 512 KiB, under a NATS message's default 1 MiB.
 EXPORT_BATCH = 128
 # An emulated time within this of a round's end counts as reached.

@@ -23,7 +23,7 @@ from shared.bus import subjects
 from shared.bus.dedupe import unique
 from shared.bus.dispatch import answer, read_reply
 from shared.bus.errors import BusError, BusUnavailable, ConcurrencyError, RequestFailed
-from shared.bus.flows import first_chunks, windows
+from shared.bus.flows import windows
 from shared.bus.nats_batch import publish_batch
 from shared.bus.nats_client import HeadersClient
 from shared.bus.nats_readers import (
@@ -570,15 +570,54 @@ class NatsBus:
     async def read_data(
         self, flow: str, count: int, *, timeout: float = 30.0
     ) -> AsyncIterator[bytes]:
-        reader = await self._reader(
-            self._data_stream, (subjects.data_subject(self.namespace, flow),), 1
+        """The flow's chunks, fetched a few at a time from an ephemeral consumer: chunks
+        are large, and fetched one by one (as the log's followers fetch) they came at a
+        tenth of the rate. A delivery lost to a dropped connection fails the read, which
+        its command then takes again."""
+        config = api.ConsumerConfig(
+            ack_policy=api.AckPolicy.NONE, mem_storage=True, inactive_threshold=60
         )
-        chunks = reader.messages(until=None)
         try:
-            async for msg in first_chunks(chunks, flow, count, timeout):
-                yield msg.data
+            sub = await self.js.pull_subscribe(
+                subjects.data_subject(self.namespace, flow),
+                stream=self._data_stream,
+                config=config,
+            )
+        except TRANSIENT as err:
+            raise bus_error(err, f"reading data flow {flow}") from err
+        try:
+            got = 0
+            while got < count:
+                msgs = await _fetched(sub, min(DATA_FETCH, count - got), flow, got, count, timeout)
+                for msg in msgs:
+                    got += 1
+                    if msg.metadata.sequence.consumer != got:
+                        raise BusUnavailable(f"data flow {flow}: chunk {got} went missing")
+                    yield msg.data
         finally:
-            await chunks.aclose()
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+
+# Chunks of a data flow fetched together (512 KiB each, as a migration sends them).
+DATA_FETCH = 16
+
+
+async def _fetched(
+    sub: JetStreamContext.PullSubscription,
+    batch: int,
+    flow: str,
+    got: int,
+    count: int,
+    timeout: float,
+) -> list[Msg]:
+    try:
+        msgs: list[Msg] = await sub.fetch(batch, timeout=timeout)
+    except TimeoutError:
+        raise BusError(f"data flow {flow}: chunk {got + 1} of {count} did not come") from None
+    except (nats.errors.Error, OSError) as err:
+        raise BusUnavailable(f"data flow {flow}: reading failed: {err!r}") from err
+    return msgs
 
 
 def bus_error(err: BaseException, what: str) -> BusError:

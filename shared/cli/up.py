@@ -188,11 +188,18 @@ def up(
         codes = sup.stop()
         if broker is not None:
             broker.stop()
-            with contextlib.suppress(FileNotFoundError):
-                (root / URL_FILE).unlink()
+            _forget_url(root / URL_FILE, url)
         _summary(view, codes, time.monotonic() - started, url)
     if any(codes.values()):
         raise typer.Exit(1)
+
+
+def _forget_url(path: Path, url: str) -> None:
+    """The CLI's way to this stack goes with it; a stack started here since (while this
+    one was stopping) keeps its own."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.read_text().strip() == url:
+            path.unlink()
 
 
 def _summary(view: View | None, codes: dict[str, int], elapsed: float, url: str) -> None:

@@ -4,6 +4,8 @@ give up, with the reason, when even the strongest throttle does not help."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from services.migration.convergence import (
     GiveUp,
     Limits,
@@ -39,10 +41,20 @@ def test_goes_on_while_the_rounds_shrink_below_the_trigger() -> None:
     assert progress.dirty_high == 0
 
 
-def test_zero_pages_count_at_their_wire_size() -> None:
-    # 10,000 pages that went out as 100-byte markers: what is left is cheap to send.
+def test_a_written_page_counts_whole_whatever_the_round_sent_as_zero_markers() -> None:
+    # 10,000 pages that went out as 100-byte markers; the 50,000 written meanwhile are
+    # not zero: 205 MB, 1.6 s at 1 Gbit/s.
     markers = RoundSent(pages=10_000, wire_bytes=10_000 * 100, dirtied=50_000)
-    assert isinstance(next_step(Progress().after(markers, LIMITS), LIMITS), Switchover)
+    progress = Progress().after(markers, LIMITS)
+    assert next_step(progress, LIMITS) == NextRound()
+    assert progress.expected_downtime_s(LIMITS) == 50_000 * PAGE_BYTES / GBIT
+
+
+def test_the_device_state_counts_in_the_downtime() -> None:
+    limits = replace(LIMITS, device_bytes=int(0.3 * GBIT))
+    progress = Progress().after(sent(65_536, 1), limits)
+    assert next_step(progress, LIMITS) == Switchover(PAGE_BYTES / GBIT)
+    assert not isinstance(next_step(progress, limits), Switchover)
 
 
 def test_throttles_after_two_rounds_that_dirty_more_than_half_of_what_they_send() -> None:
