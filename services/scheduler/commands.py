@@ -123,7 +123,7 @@ def _migrate(state: SchedulerState, cmd: MigrateVm, command_id: uuid.UUID) -> Mi
     if cmd.target is not None:
         if cmd.target not in ledger.capacity:
             raise _Refused(RejectionCode.UNKNOWN_HOST, f"no host {cmd.target}")
-        if cmd.target == held.host:
+        if cmd.target == (state.landed(cmd.vm) or held.host):
             raise _Refused(RejectionCode.WRONG_STATE, f"VM {cmd.vm} is already on {cmd.target}")
         if cmd.target in ledger.maintenance:
             raise _Refused(

@@ -127,6 +127,15 @@ class SchedulerState:
     def scheduled(self, transfer: str) -> MigrationScheduled | CopyScheduled | None:
         return self.migrations.get(transfer) or self.copies.get(transfer)
 
+    def landed(self, vm: str) -> str | None:
+        """Where ``vm`` went, when a migration of it completed and its reservation has not
+        moved yet (the next round settles it)."""
+        for ident in self.unsettled():
+            scheduled = self.migrations.get(ident)
+            if scheduled is not None and scheduled.vm == vm and self.outcomes[ident]:
+                return scheduled.target
+        return None
+
     def has_work(self, owner: Owner) -> bool:
         return any(o is owner for o in self.queued.values())
 
