@@ -133,7 +133,9 @@ class ExportPages(Command):
     demand: list[int] = Field(
         default_factory=list, max_length=MAX_DEMAND, description="for 'postcopy': first these"
     )
-    budget: int = Field(0, ge=0, le=1_048_576, description="for 'postcopy': then so many more")
+    budget: int = Field(
+        0, ge=0, le=1_048_576, description="'postcopy': then so many more; 'resend': at most"
+    )
 
     def aggregate(self) -> str:
         return f"host/{self.host}"
@@ -156,6 +158,9 @@ class PagesExported(Event):
     left: int | None = Field(None, ge=0)
     demanded: int = Field(0, ge=0)
     mapped_pages: int = Field(0, ge=0, description="sent as (disk, block): no page bytes")
+    stale_pages: int = Field(
+        0, ge=0, description="'resend': written since sent, left to follow the switchover"
+    )
 
     def aggregate(self) -> str:
         return f"vm/{self.vm}"

@@ -120,13 +120,20 @@ def telemetry_step(holder: FleetHolder, step: float) -> Outcome:
 def ledger_disagreements(holder: FleetHolder) -> set[Difference]:
     """Where the ledger and this process's hosts disagree now."""
     fleet, mine = holder.fleet, set(holder.machine.hosts)
+    # A post-copy VM runs on its target before its reservation moves there (at the end):
+    # the migration's own reservation on the target holds its room meanwhile.
+    crossing = {t.vm for t in fleet.transfers.values() if t.switched}
     held = {
         name: Room(host, r.cpu_mhz, r.mem_mib)
         for host, rows in fleet.reserved.items()
         for name, r in rows.items()
-        if r.purpose == "vm"
+        if r.purpose == "vm" and name not in crossing
     }
-    runs = [Runs(v.name, v.host, v.cpu, v.mem_mib) for v in fleet.vms.values() if v.host in mine]
+    runs = [
+        Runs(v.name, v.host, v.cpu, v.mem_mib)
+        for v in fleet.vms.values()
+        if v.host in mine and v.name not in crossing
+    ]
     return {d for d in disagreements(held, runs) if d.host in mine}
 
 

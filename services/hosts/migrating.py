@@ -40,8 +40,14 @@ class Outgoing:
         self.sent[pages] = True
         return pages
 
-    def resend(self, dirty: Ints) -> Ints:
-        return dirty[self.sent[dirty]]
+    def resend(self, dirty: Ints, budget: int) -> tuple[Ints, Ints]:
+        """Of the pages sent and written since, those to send again (at most ``budget``:
+        what the downtime allows) and those handed back to the post-copy push: the
+        target's copy of them is stale, and the page map says they live here."""
+        stale = dirty[self.sent[dirty]]
+        again, back = stale[:budget], stale[budget:]
+        self.sent[back] = False
+        return again, back
 
     def postcopy(self, demand: Ints, budget: int) -> tuple[Ints, int]:
         """The demanded pages not sent yet, then up to ``budget`` more in the push order;
@@ -106,6 +112,10 @@ class Incoming:
             accesses.write_data[here_w],
             accesses.read_pages[here_r],
         )
+
+    def gone(self, pages: Ints) -> None:
+        """These pages' copies here are stale: they come again after the switchover."""
+        self.arrived[pages] = False
 
     def arrive(self, mem: HostMemory, vm: str, pages: Ints) -> None:
         """``pages`` are in: the writes that waited for them land now, in order."""

@@ -25,7 +25,7 @@ from services.hosts.memory.geometry import Ints
 from services.hosts.migrating import Outgoing
 from services.hosts.page_cache import VmPageCache
 from services.hosts.storage.datastore import StorageError
-from services.hosts.wire import MappedBatch
+from services.hosts.wire import MappedBatch, StaleBatch
 from shared.bus.protocol import DataFlows
 from shared.outcome import Outcome, answer
 
@@ -50,6 +50,7 @@ def export_pages(machine: Machine, env: Envelope[Message]) -> Outcome:
     mem = machine.memory[cmd.host]
     left: int | None = None
     demanded = 0
+    stale: Ints = np.zeros(0, np.int64)
     try:
         if cmd.selection is Selection.DIRTY:
             batches = mem.export_dirty(cmd.vm, cmd.batch)
@@ -60,7 +61,7 @@ def export_pages(machine: Machine, env: Envelope[Message]) -> Outcome:
             if out is None or out.host != cmd.host:
                 why = f"{cmd.vm} is not migrating from {cmd.host}: no {cmd.selection} pages"
                 return answer(env, CommandRejected.of(env, RejectionCode.WRONG_STATE, why))
-            chosen, demanded = _migrating(mem, out, cmd)
+            chosen, demanded, stale = _migrating(mem, out, cmd)
             batches = mem.export_pages(cmd.vm, chosen, cmd.batch)
             left = out.left
         else:
@@ -82,18 +83,28 @@ def export_pages(machine: Machine, env: Envelope[Message]) -> Outcome:
         guest_pages=mem.spec(cmd.vm).pages,
         pages=sum(len(b.pages) for b in chunks) + sum(len(m.pages) for m in mapped),
         zero_pages=zero,
-        batches=len(chunks) + len(mapped),
+        batches=len(chunks) + len(mapped) + -(-len(stale) // STALE_CHUNK),
         bytes=sum(b.wire_bytes for b in chunks) + sum(m.wire_bytes for m in mapped),
         checksum=mem.checksum(cmd.vm) if cmd.checksum else None,
         left=left,
         demanded=demanded,
         mapped_pages=sum(len(m.pages) for m in mapped),
+        stale_pages=len(stale),
     )
-    data = {cmd.flow: [*(wire.encode(b) for b in chunks), *map(wire.encode_mapped, mapped)]}
+    guest_pages = mem.spec(cmd.vm).pages
+    forget = [
+        wire.encode_stale(StaleBatch(guest_pages, stale[at : at + STALE_CHUNK]))
+        for at in range(0, len(stale), STALE_CHUNK)
+    ]
+    data = {
+        cmd.flow: [*(wire.encode(b) for b in chunks), *map(wire.encode_mapped, mapped), *forget]
+    }
     return Outcome(events=[exported], cause=env, data=data)
 
 
 MIGRATING = (Selection.HOT, Selection.RESEND, Selection.POSTCOPY)
+# Stale pages named in one chunk of a flow (a chunk stays well under a message's limit).
+STALE_CHUNK = 16_384
 
 
 def _split_mapped(
@@ -122,15 +133,19 @@ def _split_mapped(
     return kept, mapped
 
 
-def _migrating(mem: HostMemory, out: Outgoing, cmd: ExportPages) -> tuple[Ints, int]:
-    """A migration's own selection, marked sent (checked first: the guest is the VM's)."""
+def _migrating(mem: HostMemory, out: Outgoing, cmd: ExportPages) -> tuple[Ints, int, Ints]:
+    """A migration's own selection, marked sent (checked first: the guest is the VM's):
+    the pages, how many of them the target asked for, and those it must forget."""
     mem.spec(cmd.vm)
+    none = np.zeros(0, np.int64)
     if cmd.selection is Selection.HOT:
         mem.collect_dirty(cmd.vm)
-        return out.hot(mem.heat(cmd.vm), cmd.min_heat), 0
+        return out.hot(mem.heat(cmd.vm), cmd.min_heat), 0, none
     if cmd.selection is Selection.RESEND:
-        return out.resend(mem.collect_dirty(cmd.vm)), 0
-    return out.postcopy(np.asarray(cmd.demand, dtype=np.int64), cmd.budget)
+        again, back = out.resend(mem.collect_dirty(cmd.vm), cmd.budget)
+        return again, 0, back
+    pages, demanded = out.postcopy(np.asarray(cmd.demand, dtype=np.int64), cmd.budget)
+    return pages, demanded, none
 
 
 async def read_flow(flows: DataFlows, env: Envelope[Message]) -> list[bytes]:
@@ -148,6 +163,10 @@ def import_pages(machine: Machine, env: Envelope[Message], chunks: list[bytes]) 
     try:
         for chunk in chunks:
             decoded = wire.decode_any(chunk)
+            if isinstance(decoded, StaleBatch):
+                if (incoming := machine.incoming.get(cmd.vm)) is not None:
+                    incoming.gone(decoded.pages)
+                continue
             if isinstance(decoded, MappedBatch):
                 batch = _read_blocks(machine, decoded)
                 machine.page_caches.of(cmd.vm, decoded.guest_pages).map_each(

@@ -14,6 +14,7 @@ from services.hosts.memory.geometry import Ints
 
 MAGIC = b"VPB1"
 MAPPED = b"VPM1"
+STALE = b"VPS1"
 _HEAD = struct.Struct(">4sI")
 # What a mapping costs on the wire: its page and its block.
 MAPPING_BYTES = 16
@@ -35,6 +36,24 @@ class MappedBatch:
         return MAPPING_BYTES * len(self.pages)
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class StaleBatch:
+    """Pages whose copy on the target is stale (written since they were sent): they are
+    not there any more, and come again after the switchover."""
+
+    guest_pages: int
+    pages: Ints
+
+    @property
+    def wire_bytes(self) -> int:
+        return 0  # counted in the page map
+
+
+def encode_stale(batch: StaleBatch) -> bytes:
+    header = json.dumps({"guest_pages": batch.guest_pages, "pages": batch.pages.tolist()})
+    return _HEAD.pack(STALE, len(header.encode())) + header.encode()
+
+
 def encode_mapped(batch: MappedBatch) -> bytes:
     header = json.dumps(
         {
@@ -48,7 +67,14 @@ def encode_mapped(batch: MappedBatch) -> bytes:
     return _HEAD.pack(MAPPED, len(header)) + header
 
 
-def decode_any(raw: bytes) -> PageBatch | MappedBatch:
+def decode_any(raw: bytes) -> PageBatch | MappedBatch | StaleBatch:
+    if raw[:4] == STALE:
+        _, size = _HEAD.unpack_from(raw)
+        try:
+            h = json.loads(raw[_HEAD.size : _HEAD.size + size])
+            return StaleBatch(int(h["guest_pages"]), np.asarray(h["pages"], np.int64))
+        except (ValueError, KeyError, TypeError) as err:
+            raise SizeMismatch(f"stale-page list unreadable: {err}") from None
     if raw[:4] != MAPPED:
         return decode(raw)
     _, size = _HEAD.unpack_from(raw)

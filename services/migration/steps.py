@@ -277,6 +277,15 @@ def _until_full_speed(f: Flight) -> float:
     return sum(r.duration_s for r in after[: last + 1])
 
 
+def _resend_budget(f: Flight) -> int:
+    """The pages a hybrid's stop may send again within the downtime limit, beside the
+    device state and the page map (at most an entry per page); the rest of those written
+    since they were sent follow the switchover."""
+    room = f.limits.downtime_s * f.limits.bytes_per_s - DEVICE_STATE_BYTES
+    room -= PAGE_MAP_BYTES * f.started.mem_mib * 256
+    return max(0, int(room // PAGE_BYTES))
+
+
 def _device_s(f: Flight) -> float:
     return DEVICE_STATE_BYTES / f.limits.bytes_per_s
 
@@ -383,7 +392,8 @@ def _round_done(f: Flight) -> Outcome:
             )
             commands.append(StunVm(host=source, vm=vm))
             if _mode(f) is MigrationMode.HYBRID:
-                commands.append(_export(f, after + 1, Selection.RESEND))
+                resend = _export(f, after + 1, Selection.RESEND)
+                commands.append(resend.model_copy(update={"budget": _resend_budget(f)}))
                 return Outcome(
                     events=events, commands=commands, cause=f.last, key=f"{f.id}/r{after}/done"
                 )

@@ -7,10 +7,15 @@ import json
 import typer
 from rich.table import Table
 
-from schemas.migration import ListMigrations, MigrationList
+from schemas import Envelope, Message
+from schemas.migration import ListMigrations, MigrationList, MigrationRoundDone
+from schemas.scheduling import MigrateVm
 from schemas.transfers import MigrationAborted, MigrationCompleted
+from shared.bus import Bus
 from shared.cli.common import BusOption, JsonOption, table_console, with_bus
 from shared.client import Client
+
+ENDS = ("MigrationCompleted", "MigrationAborted", "MigrationRefused", "CommandRejected")
 
 console = table_console()
 
@@ -43,6 +48,41 @@ def migrations(bus: BusOption = None, as_json: JsonOption = False) -> None:
             checks,
         )
     console.print(table)
+
+
+def migrate_and_follow(bus: str | None, cmd: MigrateVm, timeout: float) -> Envelope[Message]:
+    """Send ``cmd`` and print each round as it is done, until the migration ends (or is
+    refused); return how it ended."""
+
+    async def work(b: Bus) -> Envelope[Message]:
+        client = Client(b)
+        await client.check_target(cmd)
+        env = Envelope.wrap(cmd, producer=client.producer)
+
+        def ended(e: Envelope[Message]) -> bool:
+            if e.correlation_id != env.id:
+                return False
+            if isinstance(e.data, MigrationRoundDone):
+                typer.echo(describe_round(e.data))
+            return e.type in ENDS
+
+        [end] = await client.wait_for(ended, timeout=timeout, before=lambda: b.send(env))
+        return end
+
+    return with_bus(bus, work)
+
+
+def describe_round(done: MigrationRoundDone) -> str:
+    r = done.figures
+    kind = "live" if r.live else "stopped"
+    left = f", {done.pages_left} pages left on the source" if done.pages_left else ""
+    faults = f", {done.remote_faults} remote faults" if done.remote_faults else ""
+    throttle = f", guest throttled {done.throttle:.0%}" if done.throttle else ""
+    return (
+        f"  round {r.round} ({kind}): {r.pages} pages ({r.zero_pages} zero, {r.mapped_pages} "
+        f"as disk blocks), {r.bytes / 1e6:.1f} MB in {r.duration_s * 1000:.1f} ms; "
+        f"{done.dirty_pages_left} dirtied meanwhile{throttle}{left}{faults}"
+    )
 
 
 def describe_end(data: MigrationCompleted | MigrationAborted) -> str:

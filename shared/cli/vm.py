@@ -11,7 +11,7 @@ from schemas.memory import GetVmMemory, VmMemory
 from schemas.numa import DEFAULT_PAGES_PER_TICK, MAX_PAGES_PER_TICK, MoveVmNuma, NumaOrder
 from schemas.queries import HostList, ListHosts
 from schemas.scheduling import ChangeVmSize, MigrateVm, PlacementPolicy, PlaceVm
-from schemas.transfers import DEFAULT_DOWNTIME_MS, MigrationMode
+from schemas.transfers import DEFAULT_DOWNTIME_MS, MigrationCompleted, MigrationMode
 from schemas.vm import (
     DEFAULT_DISK_GIB,
     MAX_DISK_GIB,
@@ -28,6 +28,7 @@ from shared.cli.commands import (
     Make,
     TimeoutOption,
     WaitOption,
+    describe,
     host_of,
     ready,
     send,
@@ -35,6 +36,7 @@ from shared.cli.commands import (
     view_of,
 )
 from shared.cli.common import BusOption, CliError, JsonOption, with_bus
+from shared.cli.migrations import migrate_and_follow
 from shared.client import Client
 
 vm_app = typer.Typer(help="Create VMs and take them through their lifecycle.", no_args_is_help=True)
@@ -194,8 +196,13 @@ def vm_migrate(
     cmd = validated(
         MigrateVm, vm=name, priority=priority, target=to, mode=mode, downtime_ms=downtime_ms
     )
-    ends = ("MigrationCompleted", "MigrationAborted", "MigrationRefused")
-    send(bus, wait, timeout, ready(cmd), until=ends)
+    if not wait:
+        send(bus, wait, timeout, ready(cmd))
+        return
+    end = migrate_and_follow(bus, cmd, timeout)
+    typer.echo(describe(end))
+    if not isinstance(end.data, MigrationCompleted):
+        raise typer.Exit(1)
 
 
 def _on_its_host(name: str, build: type[Command], **fields: object) -> Make:

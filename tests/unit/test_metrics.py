@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from schemas import Message
 from schemas.host import HostRegistered
 from schemas.pool import CapacityReleased
+from schemas.transfers import MigrationMode, MigrationStarted, MigrationSwitchedOver
 from schemas.vm import VmCreated, VmResized
 from services.hosts.handlers import FleetHolder, reconcile
 from services.hosts.state import evolve
@@ -36,6 +37,30 @@ def created(vm: str, host: str, mem_mib: int = 1024) -> VmCreated:
 
 def folded(holder: FleetHolder, *events: Message) -> None:
     holder.fleet = reduce(evolve, events, holder.fleet)
+
+
+def test_a_post_copy_vm_on_its_target_before_its_reservation_moves_is_no_disagreement() -> None:
+    holder = FleetHolder(["pc1", "pc2"])
+    folded(
+        holder,
+        *(
+            HostRegistered(host=h, cpu_cores=16, cpu_mhz=2400, mem_mib=65536)
+            for h in ("pc1", "pc2")
+        ),
+        reservation("moving", "pc1", 1, 1024),
+        created("moving", "pc1"),
+        reservation("moving", "pc2", 1, 1024, name="m1-in", purpose="migration"),
+        MigrationStarted(
+            migration="m1", vm="moving", source="pc1", target="pc2", expected_seconds=1
+        ),
+        MigrationSwitchedOver(
+            migration="m1", vm="moving", source="pc1", target="pc2", mode=MigrationMode.POSTCOPY
+        ),
+    )
+    assert holder.fleet.vms["moving"].host == "pc2"
+    reconcile(holder)
+    reconcile(holder)
+    assert (differences("pc1"), differences("pc2")) == (0, 0)
 
 
 def test_a_disagreement_counts_once_it_outlasts_one_reconciliation() -> None:

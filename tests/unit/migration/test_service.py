@@ -246,12 +246,14 @@ async def test_zero_pages_travel_as_markers_and_large_pages_arrive_whole() -> No
         assert done.checksums_equal is True
 
 
-async def _moved_after_a_warm_up(mode: MigrationMode) -> MigrationCompleted:
+async def _moved_after_a_warm_up(
+    mode: MigrationMode, writes: GuestWrites | None = None
+) -> MigrationCompleted:
     """A guest that has run a while (its hot pages are hot) moved in ``mode``."""
     async with memory_stack(
         hosts=2, ha_failures=0, rebalance_threshold=1.0, migration_mbps=1_000, tick_seconds=0.1
     ) as stack:
-        source = await _placed(stack, "db", 256, GuestWrites(pages_per_s=8_000))
+        source = await _placed(stack, "db", 256, writes or GuestWrites(pages_per_s=8_000))
         target = "h2" if source == "h1" else "h1"
         # Ten ticks of work (5 emulated seconds each): the hot set's heat rises well above
         # the rest's.
@@ -337,3 +339,14 @@ async def test_pages_that_hold_disk_blocks_travel_as_mappings_read_from_the_data
         assert sum(i.mapped_pages for i in imported) == done.mapped_pages  # type: ignore[attr-defined]
         carried = done.pages - done.zero_pages - done.mapped_pages
         assert done.bytes == carried * 4096 + done.mapped_pages * 16 + DEVICE_STATE_BYTES
+
+
+async def test_a_hybrid_stop_resends_what_fits_the_downtime_and_hands_the_rest_on() -> None:
+    """A guest that writes all of its memory fast: everything is hot, and much of it is
+    written again while it crosses. The stop resends what fits the downtime; the rest is
+    stale on the target and follows the switchover like any page not sent."""
+    writes = GuestWrites(pages_per_s=45_000, hot_fraction=1.0)
+    done = await _moved_after_a_warm_up(MigrationMode.HYBRID, writes)
+    assert done.downtime_ms <= 300
+    assert done.checksums_equal is True
+    assert done.remote_faults > 0
