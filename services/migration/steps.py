@@ -163,17 +163,7 @@ def _switch(f: Flight) -> Outcome:
     left = f.started.mem_mib * 256
     if f.sent is not None and f.exported is not None:
         left = f.exported.left or 0
-        events.append(
-            MigrationRoundDone(
-                migration=f.id,
-                vm=f.started.vm,
-                figures=f.sent,
-                dirty_pages_left=0,
-                throttle=0.0,
-                target_checksum=f.imported.checksum if f.imported is not None else None,
-                pages_left=left,
-            )
-        )
+        events.append(_pushed(f, f.sent, left, faults=0))
         next_round += 1
     events.append(
         MigrationSwitchedOver(
@@ -190,6 +180,21 @@ def _switch(f: Flight) -> Outcome:
     return Outcome(events=events, commands=[export], cause=f.last, key=f"{f.id}/switch")
 
 
+def _pushed(f: Flight, figures: RoundFigures, left: int, *, faults: int) -> MigrationRoundDone:
+    """A round done with the guest stopped or on the target: nothing is dirtied at the
+    source any more; what counts is what is left there."""
+    return MigrationRoundDone(
+        migration=f.id,
+        vm=f.started.vm,
+        figures=figures,
+        dirty_pages_left=0,
+        throttle=0.0,
+        target_checksum=f.imported.checksum if f.imported is not None else None,
+        pages_left=left,
+        remote_faults=faults,
+    )
+
+
 def _postcopy_export(f: Flight, round_: int, demand: list[int]) -> Command:
     budget = int(f.limits.bytes_per_s * POSTCOPY_ROUND_S / PAGE_BYTES)
     export = _export(f, round_, Selection.POSTCOPY)
@@ -204,16 +209,7 @@ def _postcopy_round_done(f: Flight) -> Outcome:
     assert f.exported is not None
     assert f.ran is not None
     left = f.exported.left or 0
-    done = MigrationRoundDone(
-        migration=f.id,
-        vm=f.started.vm,
-        figures=f.sent,
-        dirty_pages_left=0,
-        throttle=0.0,
-        target_checksum=f.imported.checksum if f.imported is not None else None,
-        pages_left=left,
-        remote_faults=f.ran.faults,
-    )
+    done = _pushed(f, f.sent, left, faults=f.ran.faults)
     commands: list[Command]
     if left:
         commands = [_postcopy_export(f, f.round + 1, f.ran.demand)]

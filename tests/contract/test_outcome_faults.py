@@ -89,7 +89,7 @@ async def hosts_only(broker: Broker, faults: Faults) -> AsyncIterator[Stack]:
         namespace=broker.namespace,
         faults=faults,
         settings={**QUIET, "speed": 8.0, "tick_seconds": 0.1},
-        only=("hosts",),
+        only=("hosts", "migration-coordinator"),
     ) as stack:
         yield stack
 
@@ -98,10 +98,10 @@ async def test_hosts_answer_each_command_once_through_lost_appends_and_acks(
     hosts_only: Stack, faults: Faults
 ) -> None:
     """CreateVm's answer lands but its acknowledgement is lost; PowerOffVm's append is
-    lost; StartMigration's answer lands unacknowledged and its completion (a loop's
-    step) is lost once; two samples are lost. Each command is answered once, the
-    migration completes once, and telemetry goes on. (No scheduler runs: the test
-    reserves each VM's room, and the migration's on its target, as one would.)"""
+    lost; StartMigration's answer lands unacknowledged and its completion (the migration
+    coordinator's step) is lost once; two samples are lost. Each command is answered
+    once, the migration completes once, and telemetry goes on. (No scheduler runs: the
+    test reserves each VM's room, and the migration's on its target, as one would.)"""
     stack, me = hosts_only, Sender(hosts_only)
     created = faults.fail_append(of_type("VmCreated"), landed=True)
     off = faults.fail_append(of_type("VmPoweredOff"))
