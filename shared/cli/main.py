@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import typer
@@ -53,6 +54,9 @@ app.command("migrations")(migrations.migrations)
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; a usage error exits 2, any other failure 1, never with a traceback."""
     configure(level="warning", fmt="console", library_level="critical")
+    # Ctrl-C (SIGINT) stops every command, also one started with SIGINT ignored, as a
+    # script's background job is: `vplane events tail &` would otherwise follow for ever.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         # Outside standalone mode an exit code comes back instead of being raised.
         code = app(args=argv, prog_name="vplane", standalone_mode=False)

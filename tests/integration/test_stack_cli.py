@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -296,10 +297,11 @@ def test_tenant_clusters_through_the_cli(stack: dict[str, str]) -> None:
 
 
 def test_events_tail_follows_new_events(stack: dict[str, str]) -> None:
-    """`events tail` keeps printing events as they are appended."""
+    """`events tail` keeps printing events as they are appended, and Ctrl-C stops it,
+    even started with SIGINT ignored (as a script's background job is)."""
     env = {**os.environ, **stack}
     tail = subprocess.Popen(
-        [VPLANE, "events", "tail"],
+        ["sh", "-c", f"trap '' INT; exec {shlex.quote(str(VPLANE))} events tail"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
