@@ -490,13 +490,14 @@ class Machine:
         migrating guest works only in the runs its migration asks for (RunVm), each as
         long as a round took on the wire."""
         mem = self.memory.get(host)
+        moving = {t.vm for t in fleet.transfers.values()}
         working = [
             vm
             for vm in self.contention.by_host.get(host, [])
             if vm.memory_mode == MemoryMode.FULL
             and vm.state.value == "on"
             and not vm.stunned
-            and fleet.migration_of(vm.name) is None
+            and vm.name not in moving
         ]
         if mem is None or not working:
             return

@@ -44,10 +44,6 @@ class StaleBatch:
     guest_pages: int
     pages: Ints
 
-    @property
-    def wire_bytes(self) -> int:
-        return 0  # counted in the page map
-
 
 def encode_stale(batch: StaleBatch) -> bytes:
     header = json.dumps({"guest_pages": batch.guest_pages, "pages": batch.pages.tolist()})

@@ -44,9 +44,6 @@ class RoundSent:
     wire_bytes: int
     dirtied: int
 
-    def bytes_per_page(self) -> float:
-        return self.wire_bytes / self.pages if self.pages else PAGE_BYTES
-
 
 @dataclass(frozen=True, slots=True)
 class Progress:

@@ -92,7 +92,6 @@ class Flight:
     ran: VmRan | None = None
     stunned: bool = False
     checksum_at_stun: str | None = None
-    switchover_at: float | None = None
     # After a post-copy switchover: the VM runs on the target; its runs there (which the
     # source replays at the end), the remote faults they took and when the last was.
     switched: bool = False
@@ -203,7 +202,7 @@ def evolve(state: Coordinator, env: Envelope[Message]) -> Coordinator:  # noqa: 
                 state, replace(f, progress=throttled(f.progress, Throttle(event.throttle)))
             )
         case MigrationSwitchingOver() if (f := _flight(state, event.migration)) is not None:
-            return _with(state, replace(f, final=True, switchover_at=env.sim_time))
+            return _with(state, replace(f, final=True))
         case MigrationSwitchedOver() if (f := _flight(state, event.migration)) is not None:
             return _with(
                 state,
