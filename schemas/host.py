@@ -7,6 +7,7 @@ import enum
 from pydantic import Field
 
 from schemas.base import Command, Event, Name, Part, Telemetry, registry
+from schemas.sharing import SharedPageReads
 
 
 class HostState(enum.StrEnum):
@@ -119,6 +120,14 @@ class HostTelemetry(Telemetry):
     mem_balloon_mib: float = Field(0, ge=0)
     mem_swap_mib: float = Field(0, ge=0)
     mem_shared_saved_mib: float = Field(0, ge=0, description="freed by copy-on-write sharing")
+    mem_pages_shared: int = Field(0, ge=0, description="frames several guest pages map")
+    mem_pages_sharing: int = Field(0, ge=0, description="mappings beyond a frame's first")
+    mem_pages_unshared_again: int = Field(
+        0, ge=0, description="copies of shared pages made since the process started"
+    )
+    shared_reads: list[SharedPageReads] = Field(
+        default_factory=list, description="the last tick's reads of shared pages"
+    )
     swap_reserved_mib: float = Field(0, ge=0, description="the host's thick swap reservation")
     swap_used_mib: float = Field(0, ge=0, description="blocks the VMs' thin swap files hold")
     net_capacity_mbps: float = Field(0, ge=0)

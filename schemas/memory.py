@@ -7,6 +7,7 @@ import enum
 from pydantic import Field
 
 from schemas.base import Command, Event, Name, Part, Query, Reply, registry
+from schemas.sharing import UnshareReason
 
 
 class PagePair(Part):
@@ -25,6 +26,9 @@ class SharePages(Command):
     host: Name
     # Bounded so that the answering event, which lists the pairs, stays a small message.
     pairs: list[PagePair] = Field(min_length=1, max_length=2_048)
+    # A scan's proposal, its digests read a moment ago: pairs whose bytes differ now are
+    # left out (counted), not a refusal of the whole batch.
+    skip_differing: bool = False
 
     def aggregate(self) -> str:
         return f"host/{self.host}"
@@ -52,13 +56,21 @@ class _PagesEvent(Event):
 
 @registry.register
 class UnsharePages(_PagesCommand):
-    """Give a VM private copies of these pages."""
+    """Give a VM private copies of these pages: on their home node, or (asked for a read
+    pattern) on the node its vCPUs run on."""
+
+    reason: UnshareReason = UnshareReason.REQUESTED
 
 
 @registry.register
 class PagesShared(Event):
+    """``pairs`` now map one frame each; ``saved_frames`` were freed by it."""
+
     host: Name
     pairs: list[PagePair]
+    saved_frames: int = Field(0, ge=0)
+    already: int = Field(0, ge=0, description="pairs on one frame before: nothing to do")
+    differing: int = Field(0, ge=0, description="pairs whose bytes differ: left out")
 
     def aggregate(self) -> str:
         return f"host/{self.host}"
@@ -66,7 +78,11 @@ class PagesShared(Event):
 
 @registry.register
 class PagesUnshared(_PagesEvent):
-    pass
+    """Each of ``pages`` is on a frame of its own; ``copied`` needed a copy for that."""
+
+    reason: UnshareReason = UnshareReason.REQUESTED
+    copied: int = Field(0, ge=0)
+    node: int | None = Field(None, ge=0, description="where the copies went, if one node")
 
 
 @registry.register

@@ -61,6 +61,9 @@ class VmAsk(Part):
         None, description="start from this checkpoint: its memory, devices and disk"
     )
     writes: GuestWrites | None = Field(None, description="its dirty rate (full memory)")
+    fork_of: Name | None = Field(
+        None, description="fork it from this VM, on its host (the page-sharing daemon asks)"
+    )
 
 
 @registry.register

@@ -70,6 +70,9 @@ class CreateVm(Command):
         None, description="start from this checkpoint (of its size): memory, devices, disk"
     )
     writes: GuestWrites | None = Field(None, description="its dirty rate (full memory)")
+    fork_of: Name | None = Field(
+        None, description="a child of this VM (made a template): its pages, copy-on-write"
+    )
 
     def aggregate(self) -> str:
         return f"host/{self.host}" if self.host else "hosts"
@@ -110,6 +113,8 @@ class VmCreated(Event):
     # Made from this checkpoint: its memory and devices, its disk a child of the checkpoint's.
     checkpoint: Name | None = None
     writes: GuestWrites | None = None
+    # Forked from this template: every page maps the template's, copy-on-write.
+    fork_of: Name | None = None
 
     def aggregate(self) -> str:
         return f"vm/{self.vm}"

@@ -80,15 +80,17 @@ class Client:
         timeout: float = 10.0,
         before: Callable[[], Awaitable[None]] | None = None,
         filters: Sequence[str] = (),
+        enough: Callable[[list[Envelope[Message]]], bool] | None = None,
     ) -> list[Envelope[Message]]:
-        """Wait for ``count`` new events that ``match``; ``before()`` runs once watching began."""
+        """Wait for ``count`` new events that ``match`` (or until those found are
+        ``enough``); ``before()`` runs once watching began."""
         found: list[Envelope[Message]] = []
         done = asyncio.Event()
 
         async def on_event(entry: Logged) -> None:
             if entry.envelope is not None and match(entry.envelope):
                 found.append(entry.envelope)
-                if len(found) >= count:
+                if enough(found) if enough is not None else len(found) >= count:
                     done.set()
 
         # Watching "from now" misses nothing published once watch() has returned.
@@ -105,7 +107,7 @@ class Client:
         finally:
             with contextlib.suppress(Exception):
                 await watcher.stop()
-        return found[:count]
+        return found if enough is not None else found[:count]
 
     async def query(self, query: Query, *, timeout: float = 5.0) -> Reply:
         reply = await self.bus.request(

@@ -69,3 +69,19 @@ MIGRATION_DOWNTIME = Histogram(
 MIGRATION_BYTES = Counter(
     "vplane_migration_bytes_total", "Bytes live migrations put on the wire, by round kind", ["live"]
 )
+QUERIES_ASKED = Counter(
+    "vplane_queries_asked_total",
+    "Queries a service's decisions asked of other services (Outcome.queries)",
+    ["service"],
+)
+QUERIES_FAILED = Counter(
+    "vplane_queries_failed_total",
+    "Queries asked that got no answer (nobody serves them, a timeout, the broker away, the "
+    "server's handler failed); the service is handed a QueryFailed reply instead",
+    ["service"],
+)
+REPLIES_FAILED = Counter(
+    "vplane_replies_failed_total",
+    "Replies to its queries that a service's replies handler failed to decide on or carry out",
+    ["service"],
+)

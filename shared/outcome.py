@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from schemas import Command, Envelope, Event, Message
+from schemas import Command, Envelope, Event, Message, Query
 
 
 class Folded(Protocol):
@@ -55,10 +55,14 @@ class Outcome:
     # takes that fold once they land, instead of folding them again.
     envelopes: Sequence[Envelope[Any]] = ()
     folded: Folded | None = None
+    # Questions for other services (request/reply), asked once the events have landed
+    # and the commands are sent; each reply, or a QueryFailed when none came, is handed
+    # to the service's ``replies``, which decides what it changes.
+    queries: Sequence[Query] = ()
 
     @property
     def empty(self) -> bool:
-        return not (self.events or self.commands or self.samples or self.data)
+        return not (self.events or self.commands or self.samples or self.data or self.queries)
 
 
 Outcomes = Outcome | Sequence[Outcome]

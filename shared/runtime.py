@@ -3,8 +3,9 @@
 A service is data (``ServiceDefinition``): a fold, and functions that decide and return
 outcomes. The runtime owns every effect: it appends an outcome's events as one unit,
 counts its cause answered only once that unit is in the log, sends the outcome's
-commands after it (the outbox, ``shared/outbox.py``), decides again on a version
-conflict, and supervises the service's loops.
+commands after it (the outbox, ``shared/outbox.py``), asks its queries after those and
+hands each reply back to the service as an input, decides again on a version conflict,
+and supervises the service's loops.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Any
 
 import structlog
 
-from schemas import Envelope, Message, Reply
+from schemas import Envelope, Message, Query, Reply
+from schemas.queries import QueryFailed
 from schemas.service import CommandsIssued, ServiceStarted, ServiceStopped
 from shared.bus import (
     Bus,
@@ -33,6 +35,7 @@ from shared.bus import (
     Logged,
     PoisonMessage,
     QueryHandler,
+    RequestFailed,
     Stream,
     Subscription,
 )
@@ -43,6 +46,7 @@ from shared.clock import StackClock
 from shared.command_groups import CommandGroups, DecideGroup
 from shared.effects import Batch, batches, first_id
 from shared.loops import Loop, LoopFailed, LoopStats, supervise
+from shared.metrics import QUERIES_ASKED, QUERIES_FAILED, REPLIES_FAILED
 from shared.outbox import Outbox
 from shared.outcome import Outcome, Outcomes, Plan, as_list, attempt
 from shared.tasks import cancel_and_wait
@@ -58,6 +62,8 @@ OUTBOX_RETRY_SECONDS = 1.0
 # first (a target registered meanwhile is then in the fold).
 UNCLAIMED_SECONDS = 0.5
 UNCLAIMED_AFTER = 0.25
+# How long an outcome's query waits for its reply before it counts as failed.
+QUERY_TIMEOUT_SECONDS = 5.0
 # Allocations between two collections of the youngest generation (Python's default: 700).
 GC_YOUNG = 20_000
 
@@ -69,6 +75,8 @@ Prepare = Callable[
     [Envelope[Message], DataFlows], Awaitable[Callable[[], Awaitable[Outcomes]] | None]
 ]
 Setup = Callable[[], Awaitable[Outcomes | None]]
+# Decides on the reply to a query an outcome asked: (the query as asked, its reply).
+Replies = Callable[[Envelope[Message], Envelope[Message]], Awaitable[Outcomes]]
 
 
 @dataclass
@@ -115,6 +123,9 @@ class ServiceDefinition:
     # Commands for targets of this service that nobody serves (never registered) wait in
     # no consumer's queue: the runtime hands them to ``decide``, which refuses them.
     unclaimed: Unclaimed | None = None
+    # Answers the replies to the queries its outcomes ask (``Outcome.queries``), under
+    # the decision lock like a command; needed by any service that asks.
+    replies: Replies | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +139,10 @@ class Unclaimed:
 
 class ServiceFailed(Exception):
     """The service cannot go on (a loop keeps failing); its supervisor restarts it."""
+
+
+class NoReplies(Exception):
+    """An outcome asks queries, but the service has no ``replies`` to hand the answers to."""
 
 
 def _package_version() -> str:
@@ -148,6 +163,11 @@ class Runtime:
         self.caught_up = 0
         # Appends whose fold the service took from its decision (Outcome.folded).
         self.adopted = 0
+        # Queries asked, those that got no answer, and replies ``replies`` failed on.
+        self.asked = 0
+        self.asks_failed = 0
+        self.replies_failed = 0
+        self._asks: set[asyncio.Task[None]] = set()
         self.loop_stats: dict[str, LoopStats] = {
             loop.name: LoopStats() for loop in definition.loops
         }
@@ -252,6 +272,8 @@ class Runtime:
                 conflicts=self.conflicts,
                 caught_up=self.caught_up,
                 adopted=self.adopted,
+                asked=self.asked,
+                asks_failed=self.asks_failed,
                 reason=reason,
             )
         finally:
@@ -534,9 +556,16 @@ class Runtime:
             await self.catch_up(filters, min(expected.values()) + 1)
 
     async def carry_out(self, outcomes: Outcomes) -> None:
-        """Append each batch of events whole, then send its commands and samples."""
+        """Append each batch of events whole, then send its commands and samples; once
+        all have landed, ask the outcomes' queries."""
+        listed = as_list(outcomes)
+        asking = [o for o in listed if o.queries]
+        if asking and self.definition.replies is None:
+            # Before anything lands: a decision that can never hear its answers is a bug.
+            kinds = sorted({q.type_name() for o in asking for q in o.queries})
+            raise NoReplies(f"{self.name} asks {', '.join(kinds)} but has no replies handler")
         for batch in batches(
-            self.name, as_list(outcomes), self.definition.clock.now(), self._landed.__contains__
+            self.name, listed, self.definition.clock.now(), self._landed.__contains__
         ):
             for outcome in batch.outcomes:
                 for flow, chunks in outcome.data.items():
@@ -555,6 +584,61 @@ class Runtime:
                         else outcome.sim_time
                     )
                     await self.bus.emit(Envelope.wrap(sample, producer=self.name, sim_time=when))
+        # Also those of outcomes that were in the log already (decided again): a reply
+        # is what the service waits for, and asking again changes nothing.
+        for outcome in asking:
+            for query in outcome.queries:
+                self._ask(outcome, query)
+
+    def _ask(self, outcome: Outcome, query: Query) -> None:
+        when = self.definition.clock.now() if outcome.sim_time is None else outcome.sim_time
+        # A fresh id, not one derived from the outcome: derived ids let the log keep one
+        # copy of a fact decided twice, but a query is in no log and deduplicated by
+        # nobody, and a step asking the same thing again (same cause and key) while the
+        # first ask is in flight must be told apart by the reply's causation id.
+        asked = Envelope.wrap(
+            query, producer=self.name, caused_by=outcome.cause, sim_time=when, id=uuid.uuid4()
+        )
+        task = asyncio.create_task(self._asking(asked), name=f"ask-{asked.type}")
+        self._asks.add(task)
+        task.add_done_callback(self._asks.discard)
+
+    async def _asking(self, asked: Envelope[Message]) -> None:
+        """Ask a query without the decision lock, then decide on its reply under it."""
+        replies = self.definition.replies
+        assert replies is not None
+        # The commands decided with it go out first: the answer may depend on them.
+        await self.sent()
+        self.asked += 1
+        QUERIES_ASKED.labels(self.name).inc()
+        try:
+            reply = await self.bus.request(asked, timeout=QUERY_TIMEOUT_SECONDS)
+        except Exception as err:
+            # Every way of getting no answer is one the service hears about, and decides on.
+            self.asks_failed += 1
+            QUERIES_FAILED.labels(self.name).inc()
+            reason = str(err) if isinstance(err, RequestFailed) else f"{type(err).__name__}: {err}"
+            log.warning("query got no answer", query=asked.type, to=asked.subject, reason=reason)
+            reply = Envelope.wrap(
+                QueryFailed(reason=reason),
+                producer=self.name,
+                subject=asked.subject,
+                caused_by=asked,
+                sim_time=asked.sim_time,
+            )
+        try:
+            async with self._deciding:
+                await self.settle(lambda: replies(asked, reply))
+            await self.sent()
+        except Exception as err:
+            # Like a command whose answer failed to land, but nothing delivers a reply
+            # again: the service asks again when it finds the answer missing.
+            self.replies_failed += 1
+            REPLIES_FAILED.labels(self.name).inc()
+            if self._broker_away(err):
+                log.warning("reply not decided: broker away", query=asked.type, error=repr(err))
+            else:
+                log.exception("deciding on a reply failed", query=asked.type, error=repr(err))
 
     async def _append(self, batch: Batch) -> bool:
         """Append a batch and fold it; True when it was in the log already."""
@@ -628,6 +712,11 @@ class Runtime:
             await self._bounded(cancel_and_wait(task), f"loop {task.get_name()}", task)
         for sub in self._subs:
             await self._bounded(sub.stop(), f"subscription {type(sub).__name__}")
+        # After whatever could still ask (loops, consumers); until none is left, as an
+        # ask whose reply has been decided on may have asked again.
+        while self._asks:
+            ask = self._asks.pop()
+            await self._bounded(cancel_and_wait(ask), f"query {ask.get_name()}", ask)
         sending = self._outbox.sending
         if sending is not None:
             await self._bounded(self.sent(), "sending commands", sending)

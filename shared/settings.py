@@ -48,6 +48,12 @@ class Settings(BaseModel):
     metrics_port: int = Field(
         0, ge=0, le=65535, description="serves Prometheus /metrics on 127.0.0.1 here; 0: off"
     )
+    sharing_pages_per_second: float = Field(
+        5_000,
+        gt=0,
+        description="pages the page-sharing daemon digests per emulated second, per host "
+        "(KSM's default scans 5,000)",
+    )
     data_dir: str = Field(".vplane", description="where vplane keeps its files")
     datastore: str | None = Field(
         None,

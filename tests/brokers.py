@@ -69,6 +69,8 @@ SERVICE_CONSUMERS = (
     "tenants-telemetry",
     "contention-monitor-telemetry",
     "migration-coordinator-telemetry",
+    "sharing-commands",
+    "page-sharing-telemetry",
 )
 
 

@@ -245,7 +245,8 @@ def build(settings: Settings) -> ServiceDefinition:
             f"hosts-{host_prefix(settings)}": tuple(f"host.{h}.>" for h in hosts),
         },
         prepare=prepare,
-        queries={"hosts": query},
+        # A host's own questions (its pages' digests) reach the process that emulates it.
+        queries={"hosts": query, **{f"host/{h}": query for h in hosts}},
         setup=register_hosts,
         loops=[
             Loop("telemetry", publish_telemetry, every=settings.tick_seconds, exclusive=False),

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from schemas import Envelope, Event, Message
 from schemas.checkpoints import CheckpointVm, DeleteCheckpoint, RestoreVm
@@ -69,7 +70,7 @@ from schemas.vm import (
     VmThrottled,
     VmUnstunned,
 )
-from services.hosts import checkpointing, numa_moves
+from services.hosts import checkpointing, forking, numa_moves
 from services.hosts.checks import (
     Rejected,
     full_vm_on,
@@ -80,8 +81,11 @@ from services.hosts.checks import (
 )
 from services.hosts.disks import MIN_FREE_BYTES
 from services.hosts.numa_moves import NOTHING_TO_MOVE, NumaOutlook
+from services.hosts.page_sharing import Problem, SharePlan, UnsharePlan
 from services.hosts.scratch import NoRoom, NotHeld
 from services.hosts.state import Fleet, TransferKind, Vm, transfer_key
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,9 +93,11 @@ class Facts:
     """What the machine knows: a guest's used memory, and whether two pages are equal."""
 
     used_mib: Callable[[str], float] = lambda _vm: 0.0
-    # None when the pages can be shared, else the rejection (code, reason).
-    share_problem: Callable[[SharePages], tuple[RejectionCode, str] | None] = lambda _c: None
-    unshare_problem: Callable[[UnsharePages], tuple[RejectionCode, str] | None] = lambda _c: None
+    # What sharing (or unsharing) the pages does, else the rejection (code, reason).
+    share_plan: Callable[[SharePages], SharePlan | Problem] = lambda c: SharePlan(c.pairs)
+    unshare_plan: Callable[[UnsharePages], UnsharePlan | Problem] = lambda _c: UnsharePlan(0, None)
+    # Why a VM cannot be forked (its pages swapped out), or None.
+    fork_problem: Callable[[str], str | None] = lambda _vm: None
     swap_problem: Callable[[SwapOutPages | SwapInPages], tuple[RejectionCode, str] | None] = (
         lambda _c: None
     )
@@ -121,7 +127,10 @@ def _decide(fleet: Fleet, cmd: Message, facts: Facts) -> list[Event]:  # noqa: P
     match cmd:
         case CreateVm():
             created = _create(fleet, cmd)
-            if cmd.checkpoint is not None:
+            first: list[Event] = []
+            if cmd.fork_of is not None:
+                first = forking.templating(fleet, cmd, facts.checksum, facts.fork_problem)
+            elif cmd.checkpoint is not None:
                 created = checkpointing.created_from(
                     fleet, created, facts.checkpoint_problem(cmd.checkpoint)
                 )
@@ -129,10 +138,12 @@ def _decide(fleet: Fleet, cmd: Message, facts: Facts) -> list[Event]:  # noqa: P
             full = facts.datastore_problem(MIN_FREE_BYTES, f"a {cmd.disk_gib} GiB thin disk")
             if full is not None:
                 raise Rejected(RejectionCode.DATASTORE_FULL, f"no disk for {cmd.vm}: {full}")
-            return [created]
+            return [*first, created]
         case CheckpointVm():
             return [checkpointing.checkpoint(fleet, cmd, facts.datastore_problem)]
         case RestoreVm():
+            if (vm := fleet.vms.get(cmd.vm)) is not None:
+                forking.refuse_on_template(fleet, vm, cmd)
             return [checkpointing.restore(fleet, cmd, facts.checkpoint_problem(cmd.checkpoint))]
         case DeleteCheckpoint():
             return [checkpointing.delete(fleet, cmd)]
@@ -151,13 +162,30 @@ def _decide(fleet: Fleet, cmd: Message, facts: Facts) -> list[Event]:  # noqa: P
             for pair in cmd.pairs:
                 for name in (pair.vm_a, pair.vm_b):
                     full_vm_on(fleet, name, cmd.host)
-            _check(facts.share_problem(cmd))
-            return [PagesShared(host=cmd.host, pairs=cmd.pairs)]
+            share = _checked(facts.share_plan(cmd))
+            return [
+                PagesShared(
+                    host=cmd.host,
+                    pairs=share.pairs,
+                    saved_frames=share.saved_frames,
+                    already=share.already,
+                    differing=share.differing,
+                )
+            ]
         case UnsharePages():
             host_up(fleet, cmd.host)
             full_vm_on(fleet, cmd.vm, cmd.host)
-            _check(facts.unshare_problem(cmd))
-            return [PagesUnshared(host=cmd.host, vm=cmd.vm, pages=cmd.pages)]
+            unshare = _checked(facts.unshare_plan(cmd))
+            return [
+                PagesUnshared(
+                    host=cmd.host,
+                    vm=cmd.vm,
+                    pages=cmd.pages,
+                    reason=cmd.reason,
+                    copied=unshare.copied,
+                    node=unshare.node,
+                )
+            ]
         case SwapOutPages() | SwapInPages():
             host_up(fleet, cmd.host)
             vm_on(fleet, cmd.vm, cmd.host)
@@ -209,6 +237,7 @@ def _start_migration(fleet: Fleet, cmd: StartMigration) -> MigrationStarted:
     _ends(fleet, cmd, TransferKind.MIGRATION, cmd.migration)
     vm = vm_on(fleet, cmd.vm, cmd.host)
     not_migrating(fleet, vm)
+    forking.refuse_on_template(fleet, vm, cmd)
     if cmd.mode != MigrationMode.PRECOPY and vm.memory_mode != MemoryMode.FULL:
         raise Rejected(
             RejectionCode.ACCOUNTING_ONLY,
@@ -304,6 +333,12 @@ def _check(problem: tuple[RejectionCode, str] | None) -> None:
         raise Rejected(*problem)
 
 
+def _checked(plan: T | tuple[RejectionCode, str]) -> T:
+    if isinstance(plan, tuple):
+        raise Rejected(*plan)
+    return plan
+
+
 def _restart(fleet: Fleet, cmd: RestartVm, facts: Facts) -> VmRestarted:
     """A failed host's VM, started here from its seed at the size its scheduler reserved
     (the reservation is the say on room: it was taken in the ledger)."""
@@ -360,6 +395,7 @@ def _create(fleet: Fleet, cmd: CreateVm) -> VmCreated:
         disk_gib=cmd.disk_gib,
         checkpoint=cmd.checkpoint,
         writes=cmd.writes,
+        fork_of=cmd.fork_of,
     )
 
 
@@ -375,6 +411,8 @@ def _reserved(fleet: Fleet, host: str, vm: str, cpu: int, mem_mib: int) -> None:
 
 
 def _lifecycle(fleet: Fleet, vm: Vm, cmd: Message, facts: Facts) -> Event:  # noqa: PLR0911
+    forking.refuse_on_template(fleet, vm, cmd)
+
     def need(*states: VmState) -> None:
         if vm.state not in states:
             raise Rejected(RejectionCode.WRONG_STATE, f"VM {vm.name} is {vm.state}")

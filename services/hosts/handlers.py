@@ -12,7 +12,9 @@ from schemas.checkpoints import CheckpointList, ListCheckpoints
 from schemas.host import ClockLeased, HostTelemetry
 from schemas.memory import GetVmMemory, VmMemory
 from schemas.queries import HostList, HostView, ListHosts, ListVms, VmList, VmView
+from schemas.sharing import GetPageDigests, GetVmTree
 from schemas.vm import MemoryMode
+from services.hosts import page_sharing
 from services.hosts.disks import Disks
 from services.hosts.machine import Machine
 from services.hosts.outcomes import outcome_key, outcomes
@@ -189,6 +191,11 @@ async def answer_query(holder: FleetHolder, env: Envelope[Message]) -> Reply:
             )
         case GetVmMemory():
             return _vm_memory(holder, env.data)
+        case GetPageDigests():
+            mem = holder.machine.memory.get(env.data.host)
+            return page_sharing.digests(fleet, mem, env.data)
+        case GetVmTree():
+            return page_sharing.vm_tree(fleet, holder.machine.memory)
         case ListCheckpoints():
             vm = env.data.vm
             return CheckpointList(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 import structlog
@@ -42,17 +43,17 @@ from schemas.memory import (
     PagesUnshared,
     RunSteps,
     RunVm,
-    SharePages,
     SwapInPages,
     SwapOutPages,
-    UnsharePages,
     VmRan,
 )
 from schemas.numa import VmNumaMoveCompleted, VmNumaMoveStarted
 from schemas.scratch import ScratchReleased
 from schemas.service import RejectionCode
+from schemas.sharing import VmTemplated
 from schemas.transfers import MigrationAborted, MigrationCompleted, MigrationStarted
 from schemas.vm import MemoryMode, VmCreated, VmDestroyed, VmResized
+from services.hosts import page_sharing
 from services.hosts.checkpoint_files import CheckpointFileError
 from services.hosts.checkpoint_hardware import CheckpointHardware
 from services.hosts.disks import Disks
@@ -66,6 +67,7 @@ from services.hosts.memory.workload import Accesses
 from services.hosts.migrating import Incoming, Outgoing
 from services.hosts.numa_hardware import NumaHardware
 from services.hosts.page_cache import PageCaches
+from services.hosts.page_sharing import SharedReads
 from services.hosts.scratch import ScratchDisk
 from services.hosts.state import Fleet, Vm
 from services.hosts.storage.datastore import StorageError
@@ -104,6 +106,7 @@ class Machine:
         self.outgoing: dict[str, Outgoing] = {}
         self.incoming: dict[str, Incoming] = {}
         self.numa = NumaHardware()
+        self.shared_reads = SharedReads()
         # Events of the log the guest memory could not follow, not yet logged as such.
         self.diverged: list[GuestMemoryDiverged] = []
 
@@ -166,8 +169,9 @@ class Machine:
             case PagesShared() if event.host in self.memory:
                 _share(self.memory[event.host], event)
             case PagesUnshared() if event.host in self.memory:
-                for page in event.pages:
-                    self.memory[event.host].unshare(event.vm, page)
+                self.memory[event.host].unshare_pages(event.vm, event.pages, event.node)
+            case VmTemplated() if event.host in self.memory:
+                self.memory[event.host].make_template(event.vm)
             case PagesSwappedOut() if event.host in self.memory:
                 self.memory[event.host].swap_out(event.vm, np.asarray(event.pages))
             case PagesSwappedIn() if event.host in self.memory:
@@ -196,9 +200,12 @@ class Machine:
             self.disks.detach(vm.name)
 
     def _created(self, before: Fleet, event: VmCreated, mem: HostMemory) -> None:
-        mem.create_vm(
-            _mem_spec(event.vm, event.mem_mib, event.seed, event.template, event.memory_mode)
-        )
+        if event.fork_of is not None:
+            mem.fork_vm(event.fork_of, event.vm)
+        else:
+            mem.create_vm(
+                _mem_spec(event.vm, event.mem_mib, event.seed, event.template, event.memory_mode)
+            )
         self.disks.attach(event.vm, event.disk_gib, event.template, event.seed)
         saved = before.checkpoints.get(event.checkpoint or "")
         if saved is not None:
@@ -306,8 +313,9 @@ class Machine:
 
         return Facts(
             used_mib=used_mib,
-            share_problem=self._share_problem,
-            unshare_problem=self._unshare_problem,
+            share_plan=partial(page_sharing.share_plan, self.memory),
+            unshare_plan=partial(page_sharing.unshare_plan, self.memory),
+            fork_problem=lambda vm: self._fork_problem(fleet, vm),
             swap_problem=self._swap_problem,
             datastore_problem=self.disks.problem,
             checkpoint_problem=lambda name: self.checkpoints.problem(fleet, name),
@@ -315,6 +323,14 @@ class Machine:
             guest_run=lambda cmd: self._plan_run(fleet, cmd),
             numa_outlook=lambda cmd: self.numa.outlook(self.memory, cmd),
         )
+
+    def _fork_problem(self, fleet: Fleet, name: str) -> str | None:
+        vm = fleet.vms[name]
+        mem = self.memory.get(vm.host)
+        if mem is None or name not in mem.vms:
+            return f"its host {vm.host} is not emulated here"
+        swapped = mem.vm_usage(name).swapped
+        return f"{swapped} of its pages are swapped out" if swapped else None
 
     def _checksum(self, fleet: Fleet, name: str) -> str | None:
         vm = fleet.vms.get(name)
@@ -415,40 +431,6 @@ class Machine:
         if not event.replayed:
             self._steps[vm.name] = max(self._steps[vm.name], event.first_step + event.steps)
 
-    def _share_problem(self, cmd: SharePages) -> tuple[RejectionCode, str] | None:
-        mem = self.memory.get(cmd.host)
-        if mem is None:
-            return RejectionCode.UNKNOWN_HOST, f"host {cmd.host} is not emulated here"
-        for pair in cmd.pairs:
-            for vm, page in ((pair.vm_a, pair.page_a), (pair.vm_b, pair.page_b)):
-                pages = mem.spec(vm).pages
-                if page >= pages:
-                    return (
-                        RejectionCode.PAGE_OUT_OF_RANGE,
-                        f"{vm} has pages 0..{pages - 1}, not {page}",
-                    )
-                if mem.page_table(vm).reshape(-1)[page] < 0:
-                    return RejectionCode.WRONG_STATE, f"page {page} of {vm} is swapped out"
-            if mem.read(pair.vm_a, pair.page_a) != mem.read(pair.vm_b, pair.page_b):
-                return RejectionCode.BYTES_DIFFER, (
-                    f"page {pair.page_a} of {pair.vm_a} and page {pair.page_b} of {pair.vm_b} "
-                    "hold different bytes"
-                )
-        return None
-
-    def _unshare_problem(self, cmd: UnsharePages) -> tuple[RejectionCode, str] | None:
-        mem = self.memory.get(cmd.host)
-        if mem is None:
-            return RejectionCode.UNKNOWN_HOST, f"host {cmd.host} is not emulated here"
-        pages = mem.spec(cmd.vm).pages
-        bad = [p for p in cmd.pages if p >= pages]
-        if bad:
-            return (
-                RejectionCode.PAGE_OUT_OF_RANGE,
-                f"{cmd.vm} has pages 0..{pages - 1}, not {bad[0]}",
-            )
-        return None
-
     def _swap_problem(self, cmd: SwapOutPages | SwapInPages) -> tuple[RejectionCode, str] | None:
         mem = self.memory.get(cmd.host)
         if mem is None:
@@ -477,7 +459,14 @@ class Machine:
         self.contention.run(fleet, up, sim_time, tick_s, disk_mbs)
         # The sample reports memory as the tick starts; the guests then work through it.
         out = samples(
-            fleet, up, tick, self.contention, self.memory, disk_mbs, self.disks.usage_gib()
+            fleet,
+            up,
+            tick,
+            self.contention,
+            self.memory,
+            disk_mbs,
+            self.disks.usage_gib(),
+            {host: self.shared_reads.take(host) for host in up},
         )
         self.numa.step(self.memory, up)
         for host in up:
@@ -520,6 +509,7 @@ class Machine:
                 pages, step, writes=int(writes * speed), reads=int(reads * speed)
             )
             self.numa.saw(mem, vm.name, accesses)
+            self.shared_reads.saw(mem, host, vm.name, accesses.read_pages)
             self._write(mem, vm.name, accesses)
             cache.pages_written(accesses.write_pages)
         mem.decay_heat()

@@ -22,6 +22,7 @@ from schemas.host import HostCrashed, HostRecovered, HostRegistered, HostState
 from schemas.numa import VmNumaMoveCompleted, VmNumaMoveStarted
 from schemas.pool import CapacityReleased, CapacityReserved, vcpus_covered
 from schemas.scratch import ScratchAllocated, ScratchReleased
+from schemas.sharing import VmTemplated
 from schemas.transfers import (
     CopyAborted,
     CopyCompleted,
@@ -97,6 +98,10 @@ class Vm:
     disk: str = ""
     # Its dirty rate, when not the hosts' default pace.
     writes: GuestWrites | None = None
+    # A fork's template, whose pages it maps copy-on-write; and whether it is a template
+    # itself (quiesced, read-only: the base of its forks).
+    fork_of: str | None = None
+    templated: bool = False
 
     @property
     def active_disk(self) -> str:
@@ -186,6 +191,11 @@ class Fleet:
     def vms_on(self, host: str) -> list[Vm]:
         return [self.vms[name] for name in sorted(self.on_host.get(host, ()))]
 
+    def children_of(self, vm: str) -> list[str]:
+        """The forks that map ``vm``'s pages."""
+        host = self.vms[vm].host if vm in self.vms else ""
+        return [v.name for v in self.vms_on(host) if v.fork_of == vm]
+
     def migration_of(self, vm: str) -> Transfer | None:
         return next(
             (t for t in self.transfers.values() if t.kind == TransferKind.MIGRATION and t.vm == vm),
@@ -216,7 +226,7 @@ class Fleet:
         )
 
 
-def evolve(  # noqa: PLR0911, PLR0912 - one case per event
+def evolve(  # noqa: PLR0911, PLR0912, PLR0915 - one case per event
     fleet: Fleet, event: Message, env: Envelope[Message] | None = None
 ) -> Fleet:
     """``env`` is the event's envelope, when the fold has it: a transfer's clock starts at
@@ -238,8 +248,9 @@ def evolve(  # noqa: PLR0911, PLR0912 - one case per event
         case HostCrashed() if event.host in fleet.hosts:
             fleet = _with_host(fleet, replace(fleet.hosts[event.host], state=HostState.DOWN))
             fleet = _fail_transfers(fleet, event.host)
+            # Their memory comes back from their seeds: a fork maps its template no more.
             lost = {
-                name: replace(fleet.vms[name], state=VmState.OFF)
+                name: replace(fleet.vms[name], state=VmState.OFF, fork_of=None)
                 for name in event.vms_lost
                 if name in fleet.vms
             }
@@ -266,6 +277,7 @@ def evolve(  # noqa: PLR0911, PLR0912 - one case per event
                     event.seed,
                     disk_gib=event.disk_gib,
                     writes=event.writes,
+                    fork_of=event.fork_of,
                 ),
             )
             if event.checkpoint is not None and event.checkpoint in fleet.checkpoints:
@@ -286,6 +298,7 @@ def evolve(  # noqa: PLR0911, PLR0912 - one case per event
                 state=VmState.ON,
                 stunned=False,
                 cpu_cap=1.0,
+                fork_of=None,
             )
             return _with_vm(fleet, restarted)
         case VmDestroyed():
@@ -310,6 +323,9 @@ def evolve(  # noqa: PLR0911, PLR0912 - one case per event
         case VmStunned() | VmUnstunned() if event.vm in fleet.vms:
             stunned = isinstance(event, VmStunned)
             return _with_vm(fleet, replace(fleet.vms[event.vm], stunned=stunned))
+        case VmTemplated() if event.vm in fleet.vms:
+            vm = replace(fleet.vms[event.vm], templated=True, state=VmState.OFF, stunned=False)
+            return _with_vm(fleet, vm)
         case VmThrottled() if event.vm in fleet.vms:
             return _with_vm(fleet, replace(fleet.vms[event.vm], cpu_cap=event.cpu_cap))
         case VmSuspended() if event.vm in fleet.vms:
@@ -323,7 +339,10 @@ def evolve(  # noqa: PLR0911, PLR0912 - one case per event
             if event.vm not in fleet.vms:
                 return fleet
             # The target resumes it as it was before the stun, and unthrottled.
-            landed = replace(fleet.vms[event.vm], host=event.target, stunned=False, cpu_cap=1.0)
+            # A fork's shared pages crossed as bytes: it maps its template no more.
+            landed = replace(
+                fleet.vms[event.vm], host=event.target, stunned=False, cpu_cap=1.0, fork_of=None
+            )
             target = fleet.hosts.get(event.target)
             if target is not None and target.state == HostState.DOWN:
                 # Its target's crash (in the target's process) and its completion crossed:

@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 
 from schemas.host import HostTelemetry, VmSample
+from schemas.sharing import SharedPageReads
 from schemas.vm import MemoryMode, VmState, WorkloadKind
 from services.hosts.memory import HostMemory
 from services.hosts.memory.geometry import PAGE_MIB, PAGE_SIZE
@@ -147,18 +148,21 @@ def samples(
     memory: Mapping[str, HostMemory],
     disk_mbs: Mapping[str, tuple[float, float]] | None = None,
     datastore_gib: tuple[float, float] = (0.0, 0.0),
+    shared_reads: Mapping[str, list[SharedPageReads]] | None = None,
 ) -> list[HostTelemetry]:
-    """One telemetry message per host, carrying its VMs' samples."""
+    """One telemetry message per host, carrying its VMs' samples (and the reads of shared
+    pages its guests made in the last tick)."""
     out = []
     usage, index = contention.usage, contention.index
     for row, name in enumerate(hosts):
         spec = fleet.hosts[name].spec
         vms = contention.by_host.get(name, [])
         mem = memory.get(name)
-        saved = 0.0
+        shared = sharing = 0
         if mem is not None and any(vm.memory_mode == MemoryMode.FULL for vm in vms):
             # Only guests of real bytes share frames; counting them scans the host's frames.
-            saved = mem.usage().saved_frames * PAGE_MIB
+            memory_use = mem.usage()
+            shared, sharing = memory_use.shared_frames, memory_use.saved_frames
         reserved, used = mem.swap_usage() if mem is not None else (0, 0)
         scratch = fleet.hosts[name].scratch
         scratch_by_vm = scratch.by_vm()
@@ -175,7 +179,11 @@ def samples(
                 mem_active_mib=float(h.mem_active_mib[row]) if h else 0.0,
                 mem_balloon_mib=float(h.mem_balloon_mib[row]) if h else 0.0,
                 mem_swap_mib=float(h.mem_swap_mib[row]) if h else 0.0,
-                mem_shared_saved_mib=saved,
+                mem_shared_saved_mib=sharing * PAGE_MIB,
+                mem_pages_shared=shared,
+                mem_pages_sharing=sharing,
+                mem_pages_unshared_again=mem.unshared_again if mem is not None else 0,
+                shared_reads=(shared_reads or {}).get(name, []),
                 swap_reserved_mib=reserved * PAGE_MIB,
                 swap_used_mib=used * PAGE_MIB,
                 net_capacity_mbps=spec.net_mbps,

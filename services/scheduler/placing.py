@@ -70,6 +70,7 @@ def create_vm(placed: VmPlaced, request: Envelope[PlacementRequested]) -> Create
         disk_gib=ask.disk_gib,
         checkpoint=ask.checkpoint,
         writes=ask.writes,
+        fork_of=ask.fork_of,
     )
 
 

@@ -17,6 +17,7 @@ from shared.cli import (
     inventory,
     ledger,
     migrations,
+    sharing,
     tenants,
     up,
     vm,
@@ -39,6 +40,8 @@ vm.vm_app.command("checkpoint")(checkpoints.checkpoint)
 vm.vm_app.command("restore")(checkpoints.restore)
 vm.vm_app.command("checkpoints")(checkpoints.checkpoints)
 vm.vm_app.command("checkpoint-delete")(checkpoints.checkpoint_delete)
+vm.vm_app.command("fork")(sharing.fork)
+vm.vm_app.command("tree")(sharing.tree)
 app.add_typer(vm.vm_app, name="vm")
 app.add_typer(host.host_app, name="host")
 app.command("hosts")(inventory.hosts)
@@ -49,6 +52,7 @@ app.add_typer(tenants.cluster_app, name="cluster")
 app.add_typer(tenants.job_app, name="job")
 app.command("clusters")(tenants.clusters)
 app.command("migrations")(migrations.migrations)
+app.add_typer(sharing.sharing_app, name="sharing")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,6 +19,7 @@ SERVICES: tuple[tuple[str, str, dict[str, str]], ...] = (
     ("tenants", "tenants", {}),
     ("contention-monitor", "contention", {}),
     ("migration-coordinator", "migration", {}),
+    ("page-sharing", "sharing", {}),
 )
 SERVICE_NAMES = frozenset(name for name, _, _ in SERVICES)
 

@@ -17,6 +17,7 @@ from services.hosts.bootstrap import build as build_hosts
 from services.migration.bootstrap import build as build_coordinator
 from services.scheduler.bootstrap import build as build_scheduler
 from services.scheduler.ledger import Ledger, evolve
+from services.sharing.bootstrap import build as build_sharing
 from services.tenants.bootstrap import build as build_tenants
 from shared.bus import Bus
 from shared.bus.memory import MemoryBus
@@ -71,6 +72,16 @@ class Stack:
         service = self.running.pop(name)
         service.stop.set()
         await asyncio.wait_for(service.task, START_TIMEOUT)
+
+    async def kill(self, name: str) -> None:
+        """Stop the service as a killed process stops: mid-step, saying nothing, its
+        consumers gone with it (what it took and did not finish is delivered again)."""
+        service = self.running.pop(name)
+        service.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await service.task
+        for sub in service.runtime._subs:
+            await sub.stop()
 
     async def restart(self, name: str) -> Runtime:
         await self.stop(name)
@@ -156,6 +167,7 @@ def _builders(
         "scheduler-high": lambda: build_scheduler(of(priority="high")),
         "scheduler-low": lambda: build_scheduler(of(priority="low")),
         "migration-coordinator": lambda: build_coordinator(of()),
+        "page-sharing": lambda: build_sharing(of()),
     }
     if tenants:
         builders["tenants"] = lambda: build_tenants(of())

@@ -140,10 +140,10 @@ def test_page_commands_ask_the_machine_and_pass_on_its_verdict() -> None:
     """Sharing and unsharing go ahead only when the machine finds no problem."""
     fleet = host_with_vm(MemoryMode.FULL)
     share = SharePages(host="h1", pairs=[PagePair(vm_a="a", page_a=0, vm_b="a", page_b=1)])
-    differ = Facts(share_problem=lambda _c: (RejectionCode.BYTES_DIFFER, "different bytes"))
+    differ = Facts(share_plan=lambda _c: (RejectionCode.BYTES_DIFFER, "different bytes"))
     assert code(apply(fleet, share, differ)[1]) == RejectionCode.BYTES_DIFFER
     _, events = apply(fleet, share)
     assert [e.type_name() for e in events] == ["PagesShared"]
     unshare = UnsharePages(host="h1", vm="a", pages=[9_999_999])
-    far = Facts(unshare_problem=lambda _c: (RejectionCode.PAGE_OUT_OF_RANGE, "no such page"))
+    far = Facts(unshare_plan=lambda _c: (RejectionCode.PAGE_OUT_OF_RANGE, "no such page"))
     assert code(apply(fleet, unshare, far)[1]) == RejectionCode.PAGE_OUT_OF_RANGE

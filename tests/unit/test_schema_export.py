@@ -120,6 +120,24 @@ from schemas.service import (
     ServiceStarted,
     ServiceStopped,
 )
+from schemas.sharing import (
+    ForkVm,
+    GetPageDigests,
+    GetVmTree,
+    HostSharing,
+    ListSharing,
+    PageDigests,
+    PageRange,
+    ReadPolicy,
+    SetSharingPolicy,
+    SharingPassCompleted,
+    SharingPolicySet,
+    SharingReport,
+    TreeNode,
+    VmForkRequested,
+    VmTemplated,
+    VmTree,
+)
 from schemas.tenants import (
     AllocateSlots,
     Assignment,
@@ -362,6 +380,48 @@ EXAMPLES: dict[str, Message] = {
         UnsharePages(host="h1", vm="a", pages=[1, 2]),
         PagesShared(host="h1", pairs=[PagePair(vm_a="a", page_a=1, vm_b="b", page_b=2)]),
         PagesUnshared(host="h1", vm="a", pages=[1, 2]),
+        GetPageDigests(host="h1", ranges=[PageRange(vm="a", first=0, count=2)]),
+        PageDigests(
+            host="h1",
+            ranges=[PageRange(vm="a", first=0, count=1)],
+            digests=(7).to_bytes(8, "little"),
+            frames=(512).to_bytes(8, "little"),
+        ),
+        SetSharingPolicy(policy=ReadPolicy(reads=32, window_ticks=4)),
+        SharingPolicySet(policy=ReadPolicy(enabled=False)),
+        SharingPassCompleted(
+            host="h1",
+            full_scans=2,
+            pages_scanned=24576,
+            volatile=12,
+            unique=9000,
+            proposed=3656,
+            bookkeeping_bytes=1_130_000,
+            digest="9f1c2a4b5d6e7f80",
+        ),
+        ForkVm(parent="gold", children=["c1", "c2"]),
+        VmForkRequested(parent="gold", host="h1", children=["c1", "c2"]),
+        VmTemplated(host="h1", vm="gold", checksum="0f" * 16),
+        ListSharing(),
+        SharingReport(
+            hosts=[HostSharing(host="h1", pages_shared=2443, pages_sharing=7376, saved_mib=28.8)],
+            cluster=HostSharing(host="cluster", pages_shared=2443, pages_sharing=7376),
+            policy=ReadPolicy(),
+            pages_per_second=5000,
+        ),
+        GetVmTree(),
+        VmTree(
+            nodes=[
+                TreeNode(
+                    vm="c1",
+                    host="h1",
+                    parent="gold",
+                    template=False,
+                    shared_pages=8190,
+                    private_pages=2,
+                )
+            ]
+        ),
         GetVmMemory(vm="web-1", digests=True),
         ExportPages(host="h1", vm="web-1", flow="mig-1", selection=Selection.DIRTY),
         ImportPages(host="h2", vm="web-1", flow="mig-1", batches=3),

@@ -53,16 +53,16 @@ def store(
     pages: Ints,
     offsets: Ints,
     data: PageBytes,
-) -> None:
+) -> int:
     """Write ``data[i]`` at ``offsets[i]`` of ``pages[i]``, in order, swapping pages in and
-    breaking sharing first. Raises ``OutOfFrames`` before any change when that needs more
-    frames than are free."""
+    breaking sharing first; return how many shared pages that copied. Raises
+    ``OutOfFrames`` before any change when that needs more frames than are free."""
     swapped = np.count_nonzero(guest.flat[np.unique(pages)] < 0)
     pool.require_free(int(swapped) + len(copies_needed(pool, guest, pages)))
     swap_in(pool, swap, guest, pages)
-    make_private(pool, guest, pages)
+    copied = make_private(pool, guest, pages)
     if not guest.full or not data.size:
-        return
+        return copied
     rows = pool.rows(guest.flat[pages])
     # A page's n-th write goes in round n: no round writes a byte twice, so rounds apply in
     # order where one fancy assignment with repeated indices would not promise to.
@@ -72,6 +72,7 @@ def store(
         else:
             columns = offsets[batch, None] + np.arange(data.shape[1])
             pool.data[rows[batch, None], columns] = data[batch]
+    return copied
 
 
 def _rounds(pages: Ints) -> list[Ints]:
@@ -83,13 +84,15 @@ def _rounds(pages: Ints) -> list[Ints]:
     return [order[rank == n] for n in range(int(rank.max(initial=-1)) + 1)]
 
 
-def apply(pool: FramePool, swap: SwapSpace, guest: GuestMemory, accesses: Accesses) -> None:
+def apply(pool: FramePool, swap: SwapSpace, guest: GuestMemory, accesses: Accesses) -> int:
     """Apply guest accesses: writes change bytes and set dirty bits, reads count; both heat
-    their pages. Reads do not bring swapped pages back; writes do."""
+    their pages. Reads do not bring swapped pages back; writes do. Returns how many shared
+    pages the writes copied (copy-on-write)."""
     writes = guest.check_pages(accesses.write_pages)
     reads = guest.check_pages(accesses.read_pages)
-    store(pool, swap, guest, writes, accesses.write_offsets, accesses.write_data)
+    copied = store(pool, swap, guest, writes, accesses.write_offsets, accesses.write_data)
     guest.dirty[writes] = True
     guest.written_end = max(guest.written_end, int(writes.max(initial=-1)) + 1)
     np.add.at(guest.reads, reads, 1)
     np.add.at(guest.heat, np.concatenate([writes, reads]), 1.0)
+    return copied

@@ -41,14 +41,16 @@ def checksum(pool: FramePool, swap: SwapSpace, guest: GuestMemory) -> str:
     return str(hasher.hexdigest())
 
 
-def page_digests(pool: FramePool, swap: SwapSpace, guest: GuestMemory) -> npt.NDArray[np.uint64]:
-    """xxh3_64 of every guest page, in guest order."""
+def page_digests(
+    pool: FramePool, swap: SwapSpace, guest: GuestMemory, pages: Ints | None = None
+) -> npt.NDArray[np.uint64]:
+    """xxh3_64 of every guest page (or of ``pages``), in that order."""
     guest.require_bytes()
-    entries = guest.flat
+    entries = guest.flat if pages is None else guest.flat[pages]
     resident = entries >= 0
     if resident.all():
         return digest_rows(pool.data, pool.rows(entries))
-    digests = np.empty(guest.pages, np.uint64)
+    digests = np.empty(len(entries), np.uint64)
     digests[resident] = digest_rows(pool.data, pool.rows(entries[resident]))
     digests[~resident] = digest_rows(swap.data, swap.rows(swap_block(entries[~resident])))
     return digests

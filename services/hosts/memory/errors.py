@@ -92,3 +92,11 @@ class AccountingOnly(MemoryModelError):
     def __init__(self, vm: str) -> None:
         super().__init__(f"VM {vm!r} is accounting-only: its memory has no bytes")
         self.vm = vm
+
+
+class ReadOnly(MemoryModelError):
+    """A template's memory is the base of its forks: nothing writes it."""
+
+    def __init__(self, vm: str) -> None:
+        super().__init__(f"{vm} is a template: its memory is read-only")
+        self.vm = vm

@@ -21,6 +21,7 @@ from services.hosts.memory.geometry import (
     Ints,
     PageBytes,
     block_rows,
+    whole_rows,
 )
 from services.hosts.memory.refcounts import Counts, RefCounts
 
@@ -126,6 +127,25 @@ class FramePool:
         blocks, per_block = np.unique(freed >> LARGE_PAGE_SHIFT, return_counts=True)
         self._free(blocks, per_block)
         return len(freed)
+
+    def retain_table(self, table: Ints) -> None:
+        """One more reference to every frame a page table (rows of 512) maps (swapped
+        entries are left alone); a row that is one whole block in order costs one count,
+        not 512."""
+        whole = whole_rows(table)
+        blocks = table[whole, 0] >> LARGE_PAGE_SHIFT
+        alone = self.refs.counted_alone(blocks)
+        self.refs.whole[blocks[~alone]] += 1
+        rest = table[~whole].reshape(-1)
+        self.retain(np.concatenate([rest[rest >= 0], block_rows(blocks[alone]).reshape(-1)]))
+
+    def release_table(self, table: Ints) -> int:
+        """``release`` of every frame a page table maps (swapped entries are left alone)."""
+        whole = whole_rows(table)
+        rest = table[~whole].reshape(-1)
+        return self.release_blocks(table[whole, 0] >> LARGE_PAGE_SHIFT) + self.release(
+            rest[rest >= 0]
+        )
 
     def release_blocks(self, blocks: Ints) -> int:
         """``release`` of every frame of the whole large pages ``blocks``, without an array of

@@ -38,6 +38,18 @@ def block_rows(blocks: Ints) -> Ints:
     return rows
 
 
+def whole_rows(table: Ints) -> Mask:
+    """Which rows of a page table (one per large page) map one whole block, in order:
+    2 MiB pages to the hardware."""
+    first = table[:, :1]
+    whole: Mask = (
+        (first[:, 0] >= 0)
+        & (first[:, 0] % LARGE_PAGE_PAGES == 0)
+        & (table == first + np.arange(LARGE_PAGE_PAGES)).all(axis=1)
+    )
+    return whole
+
+
 def readonly(array: npt.NDArray[T]) -> npt.NDArray[T]:
     """A view of ``array`` that cannot be written through."""
     view = array.view()

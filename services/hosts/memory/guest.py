@@ -84,6 +84,19 @@ class GuestMemory:
         self._content_pages = spec.pages
         self._content_end: int | None = None
 
+    @classmethod
+    def mapping(cls, spec: VmSpec, table: Ints, home: Ints, vcpu_node: int) -> GuestMemory:
+        """A guest whose pages map the frames of ``table`` (a fork's), its bits clear."""
+        guest = cls(spec, np.zeros(0, np.int64), home)
+        guest._blocks = None
+        guest.table = table
+        guest.flat = table.reshape(-1)
+        guest.dirty = np.zeros(spec.pages, np.bool_)
+        guest.reads = np.zeros(spec.pages, np.uint32)
+        guest.heat = np.zeros(spec.pages, np.float32)
+        guest.vcpu_node = vcpu_node
+        return guest
+
     def __getattr__(self, name: str) -> object:
         blocks: Ints | None = self.__dict__.get("_blocks")
         if name not in _LAZY or blocks is None:

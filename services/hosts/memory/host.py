@@ -10,6 +10,7 @@ import numpy.typing as npt
 from services.hosts.memory import (
     access,
     digest,
+    forks,
     numa,
     paging,
     sharing,
@@ -18,7 +19,7 @@ from services.hosts.memory import (
     usage,
 )
 from services.hosts.memory.content import content_layout, fill_large_page
-from services.hosts.memory.errors import InvalidArgument, UnknownVm, VmExists
+from services.hosts.memory.errors import InvalidArgument, ReadOnly, UnknownVm, VmExists
 from services.hosts.memory.frames import FramePool
 from services.hosts.memory.geometry import (
     LARGE_PAGE_SIZE,
@@ -48,6 +49,10 @@ class HostMemory:
         self._pool = FramePool(large_pages_per_node)
         self._swap = SwapSpace(swap_blocks)
         self._vms: dict[str, GuestMemory] = {}
+        # Fork templates: the base of their children's pages, which nothing writes.
+        self._templates: set[str] = set()
+        # Copies of shared pages made since the host started (writes, unshares).
+        self.unshared_again = 0
 
     @classmethod
     def sized(cls, mem_mib: int, numa_nodes: int = 1, swap_mib: int = 0) -> HostMemory:
@@ -85,6 +90,22 @@ class HostMemory:
                 )
         self._vms[spec.name] = GuestMemory(spec, blocks, self._pool.block_node[blocks])
 
+    def fork_vm(self, parent: str, child: str) -> None:
+        """A child mapping every page of ``parent`` copy-on-write (no bytes copied); the
+        parent becomes a read-only template."""
+        if child in self._vms:
+            raise VmExists(child)
+        self._vms[child] = forks.fork(self._pool, self._vm(parent), child)
+        self._templates.add(parent)
+
+    def make_template(self, vm: str) -> None:
+        """Nothing writes the VM's memory from now on (until it is destroyed)."""
+        self._vm(vm).require_bytes()
+        self._templates.add(vm)
+
+    def is_template(self, vm: str) -> bool:
+        return vm in self._templates
+
     def destroy_vm(self, vm: str) -> None:
         guest = self._vm(vm)
         blocks = guest.untouched_blocks
@@ -92,9 +113,10 @@ class HostMemory:
             self._pool.release_blocks(blocks)
         else:
             entries = guest.flat
-            self._pool.release(entries[entries >= 0])
+            self._pool.release_table(guest.table)
             self._swap.give_back(swap_block(entries[entries < 0]))
         del self._vms[vm]
+        self._templates.discard(vm)
 
     def used_pages(self, vm: str) -> int:
         """The guest's used memory in pages: 1 + its highest page that is not all zeros, or
@@ -121,12 +143,19 @@ class HostMemory:
     # Guest accesses
 
     def apply(self, vm: str, accesses: Accesses) -> None:
-        access.apply(self._pool, self._swap, self._vm(vm), accesses)
+        if vm in self._templates and len(accesses.write_pages):
+            raise ReadOnly(vm)
+        self.unshared_again += access.apply(self._pool, self._swap, self._vm(vm), accesses)
+
+    def shared_reads(self, vm: str, reads: PageSelection) -> tuple[Ints, Ints, Ints]:
+        """Of the pages read (one entry a read), those on a shared frame now: each once,
+        its read count, and its frame's NUMA node."""
+        guest = self._vm(vm)
+        return sharing.reads_of_shared(self._pool, guest, guest.check_pages(reads))
 
     def write(self, vm: str, page: int, data: bytes, offset: int = 0) -> None:
-        guest = self._vm(vm)
-        guest.require_bytes()
-        access.apply(self._pool, self._swap, guest, Accesses.write(page, data, offset))
+        self._vm(vm).require_bytes()
+        self.apply(vm, Accesses.write(page, data, offset))
 
     def read(self, vm: str, page: int) -> bytes:
         guest = self._vm(vm)
@@ -178,9 +207,24 @@ class HostMemory:
 
     def unshare(self, vm: str, page: int) -> bool:
         """Give a shared page a private copy; False if it was private already."""
+        return self.unshare_pages(vm, [page]) == 1
+
+    def unshare_pages(self, vm: str, pages: PageSelection, node: int | None = None) -> int:
+        """Give each shared page of ``pages`` a private copy (on ``node``, or its home
+        node); return how many were copied."""
         guest = self._vm(vm)
         guest.require_bytes()
-        return sharing.make_private(self._pool, guest, guest.check_pages([page])) == 1
+        wanted = guest.check_pages(pages)
+        if node is not None:
+            node = numa.check_node(self._pool, node)
+        copied = sharing.make_private(self._pool, guest, wanted, node)
+        self.unshared_again += copied
+        return copied
+
+    def copies_needed(self, vm: str, pages: PageSelection) -> int:
+        """How many of ``pages`` an unshare would copy."""
+        guest = self._vm(vm)
+        return len(sharing.copies_needed(self._pool, guest, guest.check_pages(pages)))
 
     def swap_out(self, vm: str, pages: PageSelection) -> int:
         guest = self._vm(vm)
@@ -248,6 +292,8 @@ class HostMemory:
         return self.export_pages(vm, None, batch)
 
     def import_pages(self, vm: str, batch: PageBatch) -> None:
+        if vm in self._templates:
+            raise ReadOnly(vm)
         transfer.import_batch(self._pool, self._swap, self._vm(vm), batch)
 
     # Digests and accounting
@@ -255,8 +301,11 @@ class HostMemory:
     def checksum(self, vm: str) -> str:
         return digest.checksum(self._pool, self._swap, self._vm(vm))
 
-    def page_digests(self, vm: str) -> npt.NDArray[np.uint64]:
-        return digest.page_digests(self._pool, self._swap, self._vm(vm))
+    def page_digests(self, vm: str, pages: PageSelection | None = None) -> npt.NDArray[np.uint64]:
+        """xxh3_64 of every page (or of ``pages``), in that order."""
+        guest = self._vm(vm)
+        wanted = None if pages is None else guest.check_pages(pages)
+        return digest.page_digests(self._pool, self._swap, guest, wanted)
 
     def swap_usage(self) -> tuple[int, int]:
         """(blocks reserved, blocks in use): cheap enough for every tick."""
@@ -274,6 +323,10 @@ class HostMemory:
     def page_table(self, vm: str) -> Ints:
         """The VM's page table, shape (large pages, 512): frame numbers, or ~block if swapped."""
         return readonly(self._vm(vm).table)
+
+    def frame_mappers(self, frames: Ints) -> npt.NDArray[np.int32]:
+        """How many guest pages map each of ``frames``."""
+        return self._pool.refcount(np.asarray(frames, np.int64))
 
     def frame_refcounts(self) -> npt.NDArray[np.int32]:
         return readonly(self._pool.refs.every_frame())

@@ -20,7 +20,7 @@ import numpy as np
 
 from services.hosts.memory.errors import InvalidArgument, OutOfFrames
 from services.hosts.memory.frames import FramePool
-from services.hosts.memory.geometry import LARGE_PAGE_PAGES, LARGE_PAGE_SHIFT, Ints, Mask
+from services.hosts.memory.geometry import LARGE_PAGE_SHIFT, Ints, Mask, whole_rows
 from services.hosts.memory.guest import GuestMemory
 from services.hosts.memory.paging import relocate
 from services.hosts.memory.sharing import shared
@@ -63,16 +63,8 @@ def move(pool: FramePool, guest: GuestMemory, pages: Ints, node: int) -> int:
 
 
 def whole_large_pages(guest: GuestMemory) -> int:
-    """How many of the guest's large pages map one whole block, in order: 2 MiB pages to
-    the hardware."""
-    table = guest.table
-    first = table[:, :1]
-    whole = (
-        (first[:, 0] >= 0)
-        & (first[:, 0] % LARGE_PAGE_PAGES == 0)
-        & (table == first + np.arange(LARGE_PAGE_PAGES)).all(axis=1)
-    )
-    return int(np.count_nonzero(whole))
+    """How many of the guest's large pages map one whole block, in order."""
+    return int(np.count_nonzero(whole_rows(guest.table)))
 
 
 def local_share(pool: FramePool, guest: GuestMemory, pages: Ints) -> float | None:

@@ -6,7 +6,7 @@ import numpy as np
 
 from services.hosts.memory.errors import BytesDiffer, PageNotResident, SizeMismatch
 from services.hosts.memory.frames import FramePool
-from services.hosts.memory.geometry import Ints, Mask
+from services.hosts.memory.geometry import LARGE_PAGE_SHIFT, Ints, Mask
 from services.hosts.memory.guest import GuestMemory
 from services.hosts.memory.paging import relocate
 
@@ -43,12 +43,23 @@ def share(pool: FramePool, a: GuestMemory, pages_a: Ints, b: GuestMemory, pages_
     return pool.release(np.asarray(dropped, np.int64))
 
 
-def make_private(pool: FramePool, guest: GuestMemory, pages: Ints) -> int:
+def make_private(pool: FramePool, guest: GuestMemory, pages: Ints, node: int | None = None) -> int:
     """Leave each of ``pages`` that is resident on its own frame, copying shared frames (onto
-    the page's home node); return how many pages were copied."""
+    ``node``, or the page's home node); return how many pages were copied."""
     pages = copies_needed(pool, guest, pages)
-    relocate(pool, guest, pages, guest.home_of(pages))
+    nodes = guest.home_of(pages) if node is None else np.full(len(pages), node, np.int64)
+    relocate(pool, guest, pages, nodes)
     return len(pages)
+
+
+def reads_of_shared(pool: FramePool, guest: GuestMemory, reads: Ints) -> tuple[Ints, Ints, Ints]:
+    """Of the pages ``reads`` lists (one entry a read), those on a shared frame: each page
+    once, how often it was read, and the NUMA node of its frame."""
+    pages, counts = np.unique(reads, return_counts=True)
+    entries = guest.flat[pages]
+    mask = shared(pool, entries)
+    frames = entries[mask]
+    return pages[mask], counts[mask].astype(np.int64), pool.block_node[frames >> LARGE_PAGE_SHIFT]
 
 
 def copies_needed(pool: FramePool, guest: GuestMemory, pages: Ints) -> Ints:

@@ -1,0 +1,230 @@
+"""Wire the page-sharing daemon: it follows the VMs in the log, scans each host's pages on
+the stack's emulated clock (asking the host for digests), proposes what matches, answers
+the hosts' samples of shared-page reads with private copies, and forks VMs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import structlog
+
+from schemas import Envelope, Message, Reply
+from schemas.host import HostTelemetry
+from schemas.memory import PagesUnshared, SharePages
+from schemas.queries import QueryFailed
+from schemas.service import CommandRejected, RejectionCode
+from schemas.sharing import (
+    ForkVm,
+    GetPageDigests,
+    ListSharing,
+    PageDigests,
+    PageRange,
+    SetSharingPolicy,
+    SharingPassCompleted,
+    SharingPolicySet,
+)
+from services.sharing import reads
+from services.sharing.forks import fork
+from services.sharing.scanner import I64, HostScan
+from services.sharing.state import Sharing, evolve
+from services.sharing.views import report
+from shared.bus import PoisonMessage
+from shared.loops import Loop
+from shared.outcome import Outcome, answer
+from shared.runtime import ServiceDefinition
+from shared.samples import host_sample
+from shared.settings import Settings
+
+NAME = "page-sharing"
+# How often each host's scan is looked at for pages its budget lets it ask for.
+STEP_SECONDS = 0.05
+# Pairs a SharePages proposes at most.
+SHARE_BATCH = 2_048
+
+log = structlog.get_logger("vplane.sharing")
+
+
+class Holder:
+    """The fold, each host's scan (the daemon's working memory, not in the log), the
+    scans' budgets, the asks in flight, the latest sample of each host, and the
+    read-pattern windows (carried over a restart: shared/carried.py)."""
+
+    def __init__(self, pages_per_second: float) -> None:
+        self.state = Sharing()
+        self.rate = pages_per_second
+        self.scans: dict[str, HostScan] = {}
+        self.budget: dict[str, float] = {}
+        self.clock_seen: dict[str, float] = {}
+        self.asking: dict[str, list[PageRange]] = {}
+        self.samples: dict[str, HostTelemetry] = {}
+        self.windows: dict[str, reads.Window] = {}
+        # Private copies asked for and not folded yet: not asked for again meanwhile.
+        self.asked_private: set[tuple[str, int]] = set()
+
+    def save(self) -> dict[str, Any]:
+        return {
+            "windows": {
+                host: [[vm, page, ticks] for (vm, page), ticks in window.items()]
+                for host, window in self.windows.items()
+            }
+        }
+
+    def load(self, saved: dict[str, Any]) -> None:
+        self.windows = {
+            host: {
+                (vm, int(page)): [(int(t), int(n), int(r)) for t, n, r in ticks]
+                for vm, page, ticks in rows
+            }
+            for host, rows in saved.get("windows", {}).items()
+        }
+
+    def held(self, now: float) -> Callable[[str, I64], I64]:
+        """Which of a guest's pages are held from sharing at ``now``."""
+
+        def held(vm: str, pages: I64) -> I64:
+            state = self.state
+            if not state.held:
+                return pages[:0]
+            mask = [state.held.get((vm, p), 0.0) > now for p in pages.tolist()]
+            return pages[np.asarray(mask, np.bool_)] if mask else pages[:0]
+
+        return held
+
+
+def build(settings: Settings) -> ServiceDefinition:
+    holder = Holder(settings.sharing_pages_per_second)
+
+    def fold(_seq: int, env: Envelope[Message]) -> None:
+        holder.state = evolve(holder.state, env)
+        if isinstance(env.data, PagesUnshared):
+            holder.asked_private.difference_update((env.data.vm, p) for p in env.data.pages)
+
+    async def scan_step() -> list[Outcome]:
+        now = definition.clock.now()
+        return ask_digests(holder, now)
+
+    async def on_reply(asked: Envelope[Message], reply: Envelope[Message]) -> list[Outcome]:
+        return compared(holder, asked, reply, definition.clock.now())
+
+    async def on_telemetry(env: Envelope[Message]) -> list[Outcome]:
+        sample = host_sample(env, holder.state.hosts, "page-sharing daemon")
+        holder.samples[sample.host] = sample
+        now = definition.clock.now()
+        held = holder.held(now)
+
+        def skip(vm: str, page: int) -> bool:
+            return (vm, page) in holder.asked_private or len(
+                held(vm, np.asarray([page], np.int64))
+            ) > 0
+
+        seen = reads.observe(holder.windows.get(sample.host, {}), holder.state.policy, sample, skip)
+
+        def keep() -> None:
+            holder.windows[sample.host] = seen.window
+            for cmd in seen.commands:
+                holder.asked_private.update((cmd.vm, p) for p in cmd.pages)
+
+        return [Outcome(commands=seen.commands, cause=env, on_landed=[keep])]
+
+    async def on_command(env: Envelope[Message]) -> Outcome:
+        match env.data:
+            case ForkVm():
+                return fork(holder.state, env)
+            case SetSharingPolicy():
+                problem = reads.policy_problem(env.data.policy)
+                if problem is not None:
+                    refused = CommandRejected.of(env, RejectionCode.INVALID_REQUEST, problem)
+                    return answer(env, refused)
+                return answer(env, SharingPolicySet(policy=env.data.policy))
+        raise PoisonMessage(f"the page-sharing daemon does not handle {env.type}")
+
+    async def query(env: Envelope[Message]) -> Reply:
+        if isinstance(env.data, ListSharing):
+            kept = {host: scan.bookkeeping_bytes() for host, scan in holder.scans.items()}
+            return report(holder.state, holder.samples, kept, holder.rate)
+        raise PoisonMessage(f"the page-sharing daemon does not answer {env.type}")
+
+    definition = ServiceDefinition(
+        name=NAME,
+        fold=fold,
+        # The VMs (and hosts) it may share pages of, its pages' answers, its own record.
+        fold_filters=("host.>", "vm.>", "sharing.>"),
+        follow=True,
+        decide=on_command,
+        commands={"sharing-commands": ("sharing.>",)},
+        telemetry=on_telemetry,
+        queries={"sharing": query},
+        replies=on_reply,
+        loops=[Loop("scan", scan_step, every=STEP_SECONDS)],
+        carried=holder,
+    )
+    return definition
+
+
+def ask_digests(holder: Holder, now: float) -> list[Outcome]:
+    """Each host whose budget has grown since its last look asks for its next pages."""
+    out = []
+    for host in sorted(holder.state.hosts):
+        guests = holder.state.on_host(host)
+        if host in holder.asking or not guests:
+            continue
+        # The budget grows with the stack's emulated time, at most one second's worth
+        # banked (a daemon that was away does not scan in a burst).
+        since = now - holder.clock_seen.get(host, now)
+        holder.clock_seen[host] = now
+        budget = min(holder.rate, holder.budget.get(host, 0.0) + since * holder.rate)
+        holder.budget[host] = budget
+        scan = holder.scans.setdefault(host, HostScan(host))
+        if scan.pass_done:
+            scan.start_pass([(g.name, g.pages) for g in guests])
+        ranges = scan.next_ranges(int(budget))
+        if not ranges:
+            continue
+        holder.budget[host] = budget - sum(r.count for r in ranges)
+        holder.asking[host] = ranges
+        key = f"scan:{host}:{scan.passes}:{ranges[0].vm}:{ranges[0].first}"
+        out.append(Outcome(queries=[GetPageDigests(host=host, ranges=ranges)], key=key))
+    return out
+
+
+def compared(
+    holder: Holder, asked: Envelope[Message], reply: Envelope[Message], now: float
+) -> list[Outcome]:
+    """A host's digests compared: the pairs they make proposed for sharing, and the pass
+    recorded when it is done."""
+    query = asked.data
+    assert isinstance(query, GetPageDigests)
+    host = query.host
+    ranges = holder.asking.pop(host, query.ranges)
+    scan = holder.scans.get(host)
+    if isinstance(reply.data, QueryFailed) or not isinstance(reply.data, PageDigests):
+        # Asked again on a later step, from the same cursor.
+        holder.budget[host] = holder.budget.get(host, 0.0) + sum(r.count for r in ranges)
+        log.warning("no digests from host", host=host, reason=getattr(reply.data, "reason", ""))
+        return []
+    if scan is None:
+        return []
+    found = scan.compare(ranges, reply.data, holder.held(now))
+    commands = [
+        SharePages(host=host, pairs=found.pairs[i : i + SHARE_BATCH], skip_differing=True)
+        for i in range(0, len(found.pairs), SHARE_BATCH)
+    ]
+    events = []
+    if scan.pass_done:
+        scan.passes += 1
+        figures = scan.figures
+        events.append(
+            SharingPassCompleted(
+                host=host,
+                full_scans=holder.state.record(host).full_scans + 1,
+                pages_scanned=figures.scanned,
+                volatile=figures.volatile,
+                unique=len(scan.unstable),
+                proposed=figures.proposed,
+                bookkeeping_bytes=scan.bookkeeping_bytes(),
+                digest=figures.digest.hexdigest(),
+            )
+        )
+    return [Outcome(events=events, commands=commands, cause=reply)]

@@ -1,0 +1,56 @@
+"""Forks as the daemon asks for them: checked against what it knows of the parent and the
+names, then placed by the parent's scheduler on the parent's host."""
+
+from __future__ import annotations
+
+from schemas import Envelope, Message
+from schemas.pool import Owner
+from schemas.scheduling import Affinity, PlacementRules, PlaceVm
+from schemas.service import CommandRejected, RejectionCode
+from schemas.sharing import ForkVm, VmForkRequested
+from services.sharing.state import Sharing
+from shared.outcome import Outcome, answer
+
+
+def fork(state: Sharing, env: Envelope[Message]) -> Outcome:
+    cmd = env.data
+    assert isinstance(cmd, ForkVm)
+    parent = state.vms.get(cmd.parent)
+    if parent is None:
+        return _refuse(env, RejectionCode.UNKNOWN_VM, f"no VM {cmd.parent} to fork")
+    if not parent.full:
+        return _refuse(
+            env,
+            RejectionCode.ACCOUNTING_ONLY,
+            f"VM {cmd.parent} has no guest memory bytes for a fork to map "
+            "(fork a VM made with --memory full)",
+        )
+    taken = [c for c in cmd.children if c in state.vms or c in state.pending]
+    if taken:
+        return _refuse(env, RejectionCode.ALREADY_EXISTS, f"VM {taken[0]} exists already")
+    made = parent.created
+    near = PlacementRules(vm_affinity=Affinity(must=[parent.name]))
+    places = [
+        PlaceVm(
+            vm=child,
+            priority=Owner(made.priority),
+            cpu=made.cpu,
+            mem_mib=made.mem_mib,
+            memory_mode=made.memory_mode,
+            workload=made.workload,
+            seed=made.seed,
+            template=made.template,
+            disk_gib=max(1, made.disk_gib),
+            writes=made.writes,
+            rules=near,
+            power_on=cmd.power_on,
+            fork_of=parent.name,
+        )
+        for child in cmd.children
+    ]
+    requested = VmForkRequested(parent=parent.name, host=parent.host, children=cmd.children)
+    return answer(env, requested, commands=places)
+
+
+def _refuse(env: Envelope[Message], code: RejectionCode, reason: str) -> Outcome:
+    return answer(env, CommandRejected.of(env, code, reason))

@@ -1,0 +1,83 @@
+"""The daemon's scan against a host's real memory: what it finds and what that saves."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from services.hosts.memory import HostMemory, VmSpec
+from services.sharing.scanner import HostScan
+from tests.unit.sharing.support import HOST, duplicates, scan_pass
+
+
+def seeded_host() -> HostMemory:
+    """Two VMs of one guest-OS template, one of another, all with zero pages."""
+    mem = HostMemory([16, 16])
+    mem.create_vm(VmSpec("web1", 8, seed=1, template="linux"))
+    mem.create_vm(VmSpec("web2", 8, seed=2, template="linux"))
+    mem.create_vm(VmSpec("win", 8, seed=3, template="windows"))
+    return mem
+
+
+def test_two_passes_save_exactly_what_a_brute_force_count_finds() -> None:
+    """The first pass only learns each page's digest (every page is new); the second
+    shares every duplicate: the frames saved equal the duplicate pages counted byte for
+    byte, and a third pass finds nothing more."""
+    mem = seeded_host()
+    expected = duplicates(mem, mem.vms)
+    sums = {vm: mem.checksum(vm) for vm in mem.vms}
+    scan = HostScan(HOST)
+
+    assert scan_pass(mem, scan) == 0
+    scan_pass(mem, scan)
+
+    assert expected > 3_000
+    assert mem.usage().saved_frames == expected
+    assert scan_pass(mem, scan) == 0
+    assert {vm: mem.checksum(vm) for vm in mem.vms} == sums
+
+
+def test_a_page_that_changed_between_passes_is_volatile_and_not_proposed() -> None:
+    """A page written since the pass before is skipped, not compared, in this pass: even
+    when its new bytes equal another page's, it is proposed only once they hold still."""
+    mem = seeded_host()
+    scan = HostScan(HOST)
+    scan_pass(mem, scan)
+    scan_pass(mem, scan)
+    digests = mem.page_digests("win")
+    values, counts = np.unique(
+        np.concatenate([mem.page_digests(vm) for vm in mem.vms]), return_counts=True
+    )
+    alone = values[counts == 1]
+    twin = mem.copy_pages("win", [int(np.flatnonzero(np.isin(digests, alone))[0])])[0].tobytes()
+    for page in range(8):
+        mem.write("web1", page, twin)  # bytes another page holds
+
+    assert scan_pass(mem, scan) == 0
+    assert scan.figures.volatile == 8
+    assert scan_pass(mem, scan) == 8
+    assert scan.figures.volatile == 0
+
+
+def test_pages_already_on_one_frame_are_not_proposed_again() -> None:
+    """A restarted scan (new indexes) finds the shared pages on one frame: no pair."""
+    mem = seeded_host()
+    first = HostScan(HOST)
+    scan_pass(mem, first)
+    scan_pass(mem, first)
+    saved = mem.usage().saved_frames
+
+    again = HostScan(HOST)
+    assert scan_pass(mem, again) == 0
+    assert scan_pass(mem, again) == 0
+    assert mem.usage().saved_frames == saved
+
+
+def test_bookkeeping_grows_with_the_pages_scanned() -> None:
+    """What the daemon keeps is a few bytes a page, well below what sharing saves."""
+    mem = seeded_host()
+    scan = HostScan(HOST)
+    scan_pass(mem, scan)
+    scan_pass(mem, scan)
+    pages = sum(mem.spec(vm).pages for vm in mem.vms)
+    kept = scan.bookkeeping_bytes()
+    assert 17 * pages <= kept < mem.usage().saved_frames * 4096
