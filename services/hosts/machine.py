@@ -43,6 +43,7 @@ from schemas.memory import (
     PagesUnshared,
     RunSteps,
     RunVm,
+    SharePages,
     SwapInPages,
     SwapOutPages,
     VmRan,
@@ -167,7 +168,7 @@ class Machine:
                     mem.destroy_vm(name)
                     mem.create_vm(_mem_spec(name, vm.mem_mib, vm.seed, vm.template, vm.memory_mode))
             case PagesShared() if event.host in self.memory:
-                _share(self.memory[event.host], event)
+                _share(self.memory[event.host], event, self.live)
             case PagesUnshared() if event.host in self.memory:
                 self.memory[event.host].unshare_pages(event.vm, event.pages, event.node)
             case VmTemplated() if event.host in self.memory:
@@ -520,14 +521,26 @@ class Machine:
         mem.apply(vm, accesses)
 
 
-def _share(mem: HostMemory, event: PagesShared) -> None:
+def _share(mem: HostMemory, event: PagesShared, live: bool) -> None:
+    pairs = event.pairs
+    if not live and pairs:
+        # Rebuilt, a guest holds what its seed and the log made it, not what its ticks
+        # wrote since: the pairs whose bytes are still equal are shared, the rest noted.
+        cmd = SharePages(host=event.host, pairs=pairs, skip_differing=True)
+        plan = page_sharing.share_plan({event.host: mem}, cmd)
+        if not isinstance(plan, page_sharing.SharePlan):
+            raise page_sharing.PairsDiffer(plan[1])
+        pairs = plan.pairs
     groups: dict[tuple[str, str], tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
-    for pair in event.pairs:
+    for pair in pairs:
         a, b = groups[(pair.vm_a, pair.vm_b)]
         a.append(pair.page_a)
         b.append(pair.page_b)
     for (vm_a, vm_b), (pages_a, pages_b) in groups.items():
         mem.share_pages(vm_a, pages_a, vm_b, pages_b)
+    if len(pairs) < len(event.pairs) - event.already:
+        left = len(event.pairs) - len(pairs)
+        raise page_sharing.PairsDiffer(f"{left} of {len(event.pairs)} pairs differ now")
 
 
 def _workload(vm: Vm) -> MemWorkload:

@@ -24,11 +24,15 @@ from schemas.sharing import (
     VmTree,
 )
 from schemas.vm import MemoryMode
-from services.hosts.memory import HostMemory
+from services.hosts.memory import HostMemory, MemoryModelError
 from services.hosts.memory.geometry import Ints, Mask
 from services.hosts.state import Fleet
 
 Problem = tuple[RejectionCode, str]
+
+
+class PairsDiffer(MemoryModelError):
+    """Pairs of a logged sharing that no longer hold equal bytes (after a rebuild)."""
 
 
 @dataclass(frozen=True, slots=True)

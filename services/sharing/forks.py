@@ -3,6 +3,8 @@ names, then placed by the parent's scheduler on the parent's host."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from schemas import Envelope, Message
 from schemas.pool import Owner
 from schemas.scheduling import Affinity, PlacementRules, PlaceVm
@@ -17,7 +19,9 @@ def fork(state: Sharing, env: Envelope[Message]) -> Outcome:
     assert isinstance(cmd, ForkVm)
     parent = state.vms.get(cmd.parent)
     if parent is None:
-        return _refuse(env, RejectionCode.UNKNOWN_VM, f"no VM {cmd.parent} to fork")
+        refused = _refuse(env, RejectionCode.UNKNOWN_VM, f"no VM {cmd.parent} to fork")
+        # The parent may be in the log and not folded yet: fold it and decide again.
+        return replace(refused, stale=("vm.>",))
     if not parent.full:
         return _refuse(
             env,
