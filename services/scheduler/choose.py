@@ -208,6 +208,16 @@ def choose(
     stated minimum)."""
     if not ledger.capacity:
         return None
+    if ask.fork_of is not None:
+        # A fork maps its template's frames: it starts on the template's host, a pin for
+        # this placement only (it may move later, its pages leaving as bytes).
+        template_host = ledger.located.get(ask.fork_of)
+        if template_host is None:
+            return None
+        pinned = ask.rules.host_affinity.model_copy(update={"must": [template_host]})
+        ask = ask.model_copy(
+            update={"rules": ask.rules.model_copy(update={"host_affinity": pinned})}
+        )
     try:
         pool = (pools or PoolCache()).get(ledger, owner, failures)
         request = request_of(ask, others)

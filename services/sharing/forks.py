@@ -1,5 +1,6 @@
 """Forks as the daemon asks for them: checked against what it knows of the parent and the
-names, then placed by the parent's scheduler on the parent's host."""
+names, then placed by the parent's scheduler on the parent's host (``fork_of`` pins the
+placement there, not the VM: a fork may move later)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import replace
 
 from schemas import Envelope, Message
 from schemas.pool import Owner
-from schemas.scheduling import Affinity, PlacementRules, PlaceVm
+from schemas.scheduling import PlaceVm
 from schemas.service import CommandRejected, RejectionCode
 from schemas.sharing import ForkVm, VmForkRequested
 from services.sharing.state import Sharing
@@ -33,7 +34,6 @@ def fork(state: Sharing, env: Envelope[Message]) -> Outcome:
     if taken:
         return _refuse(env, RejectionCode.ALREADY_EXISTS, f"VM {taken[0]} exists already")
     made = parent.created
-    near = PlacementRules(vm_affinity=Affinity(must=[parent.name]))
     places = [
         PlaceVm(
             vm=child,
@@ -46,7 +46,6 @@ def fork(state: Sharing, env: Envelope[Message]) -> Outcome:
             template=made.template,
             disk_gib=max(1, made.disk_gib),
             writes=made.writes,
-            rules=near,
             power_on=cmd.power_on,
             fork_of=parent.name,
         )

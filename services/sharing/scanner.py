@@ -210,10 +210,10 @@ class HostScan:
     def _match(self, digests: U64, refs: I64, frames: I64) -> tuple[I64, I64]:
         """Pairs (target, member) of each candidate with the page it matches: the stable
         index's, the unstable index's, or a candidate of its digest in this reply (one on
-        the frame most of them share); none where both are on one frame already. When
-        most of a digest's candidates share a frame the index's page is not on (it was
-        written since, with the same bytes), they keep their frame: it becomes the one
-        the index names."""
+        the frame most of them share); none where both are on one frame already. The
+        index's page stays the target unless it is in this reply alone on a frame of
+        its own while others of its digest share one (it was written since, with the
+        same bytes): then they keep their frame, and the index names one of them."""
         unique, inverse = np.unique(digests, return_inverse=True)
         keys = unique.tolist()
         stable, unstable = self.stable, self.unstable
@@ -223,8 +223,17 @@ class HostScan:
         found = hits >= 0
         leaders, leader_frames, most = _most_shared(inverse, refs, frames, len(unique))
         hit_frames = self._frames_of(np.where(found, hits, 0))
-        keep_hit = found & ((most < 2) | (hit_frames == leader_frames))
-        target = np.where(keep_hit, hits, leaders)
+        on_hit_frame = np.bincount(
+            inverse, weights=frames == hit_frames[inverse], minlength=len(unique)
+        )
+        moved = (
+            found
+            & np.isin(hits, refs)
+            & (most > 1)
+            & (hit_frames != leader_frames)
+            & (on_hit_frame <= 1)
+        )
+        target = np.where(found & ~moved, hits, leaders)
         group = np.bincount(inverse, minlength=len(unique))
         # Index the digests: a match or a group makes a stable entry, a lone page an
         # unstable one.

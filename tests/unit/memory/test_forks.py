@@ -136,3 +136,22 @@ def test_range_digests_match_the_whole_guest_digests() -> None:
     host.create_vm(VmSpec("a", 1, seed=1))
     pages = np.arange(100, 200, dtype=np.int64)
     assert np.array_equal(host.page_digests("a", pages), host.page_digests("a")[100:200])
+
+
+def test_a_child_resized_or_swapped_keeps_every_refcount_true() -> None:
+    """Growing, shrinking and swapping a child moves only its own references."""
+    host = HostMemory([8, 8], swap_blocks=1024)
+    host.create_vm(VmSpec("parent", 2, seed=6))
+    host.fork_vm("parent", "child")
+    before = host.checksum("parent")
+
+    host.swap_out("child", np.arange(0, 600, 3))
+    host.resize_vm("child", 4)
+    host.resize_vm("child", 1, keep_used=False)
+    host.swap_in("child", np.arange(0, 512, 3))
+
+    assert host.checksum("parent") == before
+    assert mappers_match_refcounts(host)
+    host.destroy_vm("child")
+    host.destroy_vm("parent")
+    assert host.used_frames() == 0

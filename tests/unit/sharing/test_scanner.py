@@ -81,3 +81,16 @@ def test_bookkeeping_grows_with_the_pages_scanned() -> None:
     pages = sum(mem.spec(vm).pages for vm in mem.vms)
     kept = scan.bookkeeping_bytes()
     assert 17 * pages <= kept < mem.usage().saved_frames * 4096
+
+
+def test_small_budgets_converge_on_forks_and_templates_without_going_back_and_forth() -> None:
+    """Many small looks over forks (whose pages share their template's frames) and other
+    guests: every duplicate ends up on one frame, and then passes propose nothing."""
+    mem = seeded_host()
+    mem.fork_vm("web1", "c1")
+    mem.fork_vm("web1", "c2")
+    scan = HostScan(HOST)
+    for _ in range(4):
+        scan_pass(mem, scan, budget=700)
+    assert mem.usage().saved_frames == duplicates(mem, mem.vms)
+    assert scan_pass(mem, scan, budget=700) == 0

@@ -12,7 +12,7 @@ import pytest
 from schemas import Envelope, Message
 from schemas.memory import GetVmMemory, PagePair, PagesShared, VmMemory
 from schemas.pool import Owner
-from schemas.scheduling import Affinity, PlacementRules, PlaceVm
+from schemas.scheduling import Affinity, MigrateVm, PlacementRules, PlaceVm
 from schemas.service import CommandRejected, RejectionCode
 from schemas.sharing import (
     ForkVm,
@@ -24,6 +24,7 @@ from schemas.sharing import (
     SharingReport,
     VmTemplated,
 )
+from schemas.transfers import MigrationCompleted
 from schemas.vm import DestroyVm, MemoryMode, PowerOnVm, VmCreated
 from services.hosts.memory import HostMemory, VmSpec
 from shared.testing import poll
@@ -251,3 +252,34 @@ async def test_bad_fork_and_policy_requests_are_refused_and_change_nothing() -> 
         reply = await stack.client.query(ListSharing())
         assert isinstance(reply, SharingReport)
         assert reply.policy == ReadPolicy()
+
+
+async def test_a_migrated_fork_leaves_as_its_bytes_and_frees_its_template() -> None:
+    """A fork moved to another host arrives with its template's checksum (its shared
+    pages crossed as bytes); the template, with no child left on its host, can then go."""
+    async with memory_stack(
+        hosts=2, ha_failures=0, rebalance_threshold=1.0, sharing_pages_per_second=50_000
+    ) as stack:
+        await _place(stack, "gold", 5, "linux")
+        await _created(stack, 1)
+        await stack.client.send(ForkVm(parent="gold", children=["c1"], power_on=False))
+        await _created(stack, 2)
+        [templated] = [e.data for e in await stack.of_type("VmTemplated")]
+        assert isinstance(templated, VmTemplated)
+
+        [moved] = [
+            await stack.client.send_until(
+                MigrateVm(vm="c1", priority=Owner.LOW, target="h2"),
+                "MigrationCompleted",
+                "MigrationAborted",
+                timeout=30,
+            )
+        ]
+        assert isinstance(moved.data, MigrationCompleted), moved.data
+        assert moved.data.checksums_equal is True
+        memory = await stack.client.query(GetVmMemory(vm="c1"))
+        assert isinstance(memory, VmMemory)
+        assert (memory.host, memory.checksum) == ("h2", templated.checksum)
+
+        [gone] = await stack.client.send_and_wait(DestroyVm(vm="gold", host="h1"))
+        assert gone.type == "VmDestroyed", gone.data
