@@ -12,6 +12,7 @@ from schemas import Command, Envelope, Message
 from schemas.numa import VmNumaMoveCompleted
 from schemas.queries import ListVms, VmList, VmView
 from schemas.service import CommandRejected
+from schemas.sharing import VmTemplated
 from schemas.transfers import MigrationAborted, MigrationCompleted
 from schemas.vm import VmCreated
 from shared.bus import Bus
@@ -48,6 +49,11 @@ def describe(env: Envelope[Message]) -> str:
                 f"created {data.vm} on {data.host}: {data.cpu} vCPU, {data.mem_mib} MiB, "
                 f"{data.priority} priority, {data.workload} workload, {data.memory_mode} "
                 f"memory, {state}"
+            )
+        case VmTemplated():
+            return (
+                f"{data.vm} on {data.host} is a template now: quiesced and read-only, "
+                f"its forks start with checksum {data.checksum}"
             )
         case VmNumaMoveCompleted():
             left = f", {data.pages_left} left (the node is full)" if data.pages_left else ""

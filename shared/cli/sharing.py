@@ -28,6 +28,9 @@ from shared.client import Client
 
 console = table_console()
 
+# What a fork's workflow says: the template made, each child created, or a refusal.
+FORK_ANSWERS = frozenset({"VmTemplated", "VmCreated", "CommandRejected"})
+
 sharing_app = typer.Typer(
     help="Page sharing: what the daemon saved, and its read-pattern policy.",
     invoke_without_command=True,
@@ -131,7 +134,7 @@ def fork(
             return any(refused(e) for e in found) or len(ends) >= len(children)
 
         return await client.wait_for(
-            lambda e: e.correlation_id == env.id and e.type in {"VmCreated", "CommandRejected"},
+            lambda e: e.correlation_id == env.id and e.type in FORK_ANSWERS,
             timeout=timeout,
             before=lambda: b.send(env),
             enough=enough,

@@ -378,3 +378,55 @@ def test_host_placement_and_resizes_go_through_the_ledger(stack: dict[str, str])
     plain = cli("ledger", env=stack)
     assert plain.stdout.strip().endswith("0 counted twice"), plain.stdout
     assert "agree: 1 VMs" in plain.stdout
+
+
+def test_page_sharing_and_forks_through_the_cli(stack: dict[str, str]) -> None:
+    """A VM forked twice becomes a template its children map; the tree, the sharing
+    figures and the refusals (a name in use, an unknown parent, destroying a template
+    with children, a zero window) read as a user expects, one line each."""
+    made = cli(
+        "vm", "create", "gold", "--cpu", "1", "--mem", "64", "--memory", "full", "--wait",
+        env=stack,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    forked = cli("vm", "fork", "gold", "kid", "--count", "2", "--off", env=stack)
+    assert forked.returncode == 0, forked.stdout + forked.stderr
+    lines = forked.stdout.splitlines()
+    assert "is a template now: quiesced and read-only" in lines[0], lines
+    assert [line.split(" on ")[0] for line in lines[1:]] == ["created kid-1", "created kid-2"]
+
+    tree = cli("vm", "tree", env=stack).stdout.splitlines()
+    assert tree[0].startswith("gold (template on h"), tree
+    assert tree[1].startswith("  kid-1 (fork on h")
+    assert "16384 shared pages, 0 private" in tree[1]
+    nodes = json.loads(cli("vm", "tree", "--json", env=stack).stdout)["nodes"]
+    assert {(n["vm"], n["parent"]) for n in nodes} == {
+        ("gold", None),
+        ("kid-1", "gold"),
+        ("kid-2", "gold"),
+    }
+
+    for args, answer in (
+        (("vm", "fork", "gold", "kid-1"), "rejected (already-exists): VM kid-1 exists already"),
+        (("vm", "fork", "ghost", "x"), "rejected (unknown-vm): no VM ghost to fork"),
+        (("vm", "destroy", "gold", "--wait"), "rejected (wrong-state): VM gold is the template"),
+        (("sharing", "policy", "--window", "0"), "rejected (invalid-request): a read pattern"),
+    ):
+        refused = cli(*args, env=stack)
+        assert refused.returncode == 1, (args, refused.stdout, refused.stderr)
+        assert refused.stdout.startswith(answer), (args, refused.stdout)
+
+    deadline = time.monotonic() + 30
+    while True:
+        report = json.loads(cli("sharing", "--json", env=stack).stdout)
+        sharing = sum(h["pages_sharing"] for h in report["hosts"])
+        if sharing >= 2 * 16384 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert sharing >= 2 * 16384, report
+    assert report["cluster"]["pages_sharing"] == sharing
+    table = cli("sharing", env=stack).stdout
+    assert "cluster" in table
+    assert "net profit MiB" in table
+    assert cli("sharing", "policy", "--reads", "8", env=stack).returncode == 0
+    assert json.loads(cli("sharing", "--json", env=stack).stdout)["policy"]["reads"] == 8
