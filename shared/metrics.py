@@ -85,3 +85,21 @@ REPLIES_FAILED = Counter(
     "Replies to its queries that a service's replies handler failed to decide on or carry out",
     ["service"],
 )
+SHARING_PAIRS = Counter(
+    "vplane_sharing_pairs_total",
+    "Page pairs the hosts shared copy-on-write at the page-sharing daemon's proposal",
+    ["host"],
+)
+SHARING_PASSES = Counter(
+    "vplane_sharing_full_scans_total", "Passes the page-sharing daemon made over a host", ["host"]
+)
+SHARING_PRIVATE_COPIES = Counter(
+    "vplane_sharing_private_copies_total",
+    "Shared pages given a private copy for a read pattern, by reason",
+    ["host", "reason"],
+)
+SHARING_SAVED = Gauge(
+    "vplane_sharing_saved_mib",
+    "MiB copy-on-write sharing saves on a host (its last sample)",
+    ["host"],
+)

@@ -12,7 +12,7 @@ import structlog
 
 from schemas import Envelope, Message, Reply
 from schemas.host import HostTelemetry
-from schemas.memory import PagesUnshared, SharePages
+from schemas.memory import PagesShared, PagesUnshared, SharePages
 from schemas.queries import QueryFailed
 from schemas.service import CommandRejected, RejectionCode
 from schemas.sharing import (
@@ -24,6 +24,7 @@ from schemas.sharing import (
     SetSharingPolicy,
     SharingPassCompleted,
     SharingPolicySet,
+    UnshareReason,
 )
 from services.sharing import reads
 from services.sharing.forks import fork
@@ -32,6 +33,12 @@ from services.sharing.state import Sharing, evolve
 from services.sharing.views import report
 from shared.bus import PoisonMessage
 from shared.loops import Loop
+from shared.metrics import (
+    SHARING_PAIRS,
+    SHARING_PASSES,
+    SHARING_PRIVATE_COPIES,
+    SHARING_SAVED,
+)
 from shared.outcome import Outcome, answer
 from shared.runtime import ServiceDefinition
 from shared.samples import host_sample
@@ -62,6 +69,8 @@ class Holder:
         self.windows: dict[str, reads.Window] = {}
         # Private copies asked for and not folded yet: not asked for again meanwhile.
         self.asked_private: set[tuple[str, int]] = set()
+        # False while rebuilding: what was counted before is not counted again.
+        self.live = False
 
     def save(self) -> dict[str, Any]:
         return {
@@ -100,6 +109,8 @@ def build(settings: Settings) -> ServiceDefinition:
         holder.state = evolve(holder.state, env)
         if isinstance(env.data, PagesUnshared):
             holder.asked_private.difference_update((env.data.vm, p) for p in env.data.pages)
+        if holder.live:
+            _count(env.data)
 
     async def scan_step() -> list[Outcome]:
         now = definition.clock.now()
@@ -111,6 +122,7 @@ def build(settings: Settings) -> ServiceDefinition:
     async def on_telemetry(env: Envelope[Message]) -> list[Outcome]:
         sample = host_sample(env, holder.state.hosts, "page-sharing daemon")
         holder.samples[sample.host] = sample
+        SHARING_SAVED.labels(host=sample.host).set(sample.mem_shared_saved_mib)
         now = definition.clock.now()
         held = holder.held(now)
 
@@ -146,8 +158,12 @@ def build(settings: Settings) -> ServiceDefinition:
             return report(holder.state, holder.samples, kept, holder.rate)
         raise PoisonMessage(f"the page-sharing daemon does not answer {env.type}")
 
+    async def setup() -> None:
+        holder.live = True
+
     definition = ServiceDefinition(
         name=NAME,
+        setup=setup,
         fold=fold,
         # The VMs (and hosts) it may share pages of, its pages' answers, its own record.
         fold_filters=("host.>", "vm.>", "sharing.>"),
@@ -228,3 +244,15 @@ def compared(
             )
         )
     return [Outcome(events=events, commands=commands, cause=reply)]
+
+
+def _count(event: Message) -> None:
+    match event:
+        case PagesShared():
+            SHARING_PAIRS.labels(host=event.host).inc(len(event.pairs))
+        case SharingPassCompleted():
+            SHARING_PASSES.labels(host=event.host).inc()
+        case PagesUnshared() if event.reason is not UnshareReason.REQUESTED:
+            SHARING_PRIVATE_COPIES.labels(host=event.host, reason=event.reason.value).inc(
+                event.copied
+            )

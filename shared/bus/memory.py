@@ -106,6 +106,20 @@ class _Task:
             await self.task
 
 
+class _Server:
+    """A query server; once stopped, its target has nobody answering (unless another
+    server took it over meanwhile)."""
+
+    def __init__(
+        self, servers: dict[str, QueryHandler], target: str, handler: QueryHandler
+    ) -> None:
+        self._servers, self._target, self._handler = servers, target, handler
+
+    async def stop(self) -> None:
+        if self._servers.get(self._target) is self._handler:
+            del self._servers[self._target]
+
+
 class MemoryBus:
     def __init__(self, namespace: str = "vplane") -> None:
         self.namespace = namespace
@@ -350,11 +364,9 @@ class MemoryBus:
             raise RequestFailed(f"no answer to {env.type} within {timeout}s") from None
         return read_reply(raw)
 
-    async def serve(self, target: str, handler: QueryHandler) -> _Task:
+    async def serve(self, target: str, handler: QueryHandler) -> _Server:
         self._servers[target] = handler
-        task = _Task()
-        self._tasks.append(task)
-        return task
+        return _Server(self._servers, target, handler)
 
     async def dead_letters(self, consumer: str) -> list[DeadLetter]:
         return [d for d in self._dead if d.consumer == consumer]

@@ -393,3 +393,45 @@ async def test_a_live_migration_lives_through_the_broker_killed_mid_round(
         assert all(p.poll() is None for p in procs), "a service died with the broker"
     finally:
         assert await stop_all(procs) == [0, 0]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(150)
+async def test_the_page_sharing_daemon_lives_through_the_broker_killed_mid_scan(
+    server: CrashableNats, bus: NatsBus, tmp_path: Path
+) -> None:
+    """nats-server killed during the daemon's first pass over the host, and started
+    again: the daemon and the hosts carry on without a restart (their consumers, query
+    servers and followers restored), and every duplicate page ends up shared once."""
+    from tests.integration.test_sharing import GUESTS, h1, members
+    from tests.integration.test_sharing import create as create_guest
+    from tests.unit.sharing.test_service import _expected
+
+    client = Client(bus, producer="test")
+    env = {
+        "VPLANE_BUS_URL": server.url,
+        "VPLANE_NAMESPACE": bus.namespace,
+        "VPLANE_HOSTS": "1",
+        "VPLANE_TICK_SECONDS": "0.2",
+        "VPLANE_SPEED": "5",
+        "VPLANE_SHARING_PAGES_PER_SECOND": "4000",
+    }
+    procs = await start_ready(client, [("hosts", env), ("sharing", env)], tmp_path)
+    try:
+        for name, seed, template in GUESTS:
+            await create_guest(client, name, seed, template)
+        # Mid-way through the first pass over 24,576 pages at 20,000 a wall second.
+        await asyncio.sleep(0.6)
+        await crash_and_restart(server, bus)
+        expected = _expected(GUESTS)
+        await poll(
+            lambda: h1(client), lambda h: h.pages_sharing == expected, timeout=90, what="saved"
+        )
+        assert all(p.poll() is None for p in procs), "a service died with the broker"
+    finally:
+        assert await stop_all(procs) == [0, 0]
+    shared = [
+        e.envelope async for e in bus.replay() if e.envelope and e.envelope.type == "PagesShared"
+    ]
+    pairs = members(shared)
+    assert len(pairs) == len(set(pairs)) == expected

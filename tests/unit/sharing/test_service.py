@@ -4,10 +4,11 @@ refused, and a killed daemon or restarted hosts lose nothing."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 
 import pytest
+from prometheus_client import REGISTRY
 
 from schemas import Envelope, Message
 from schemas.memory import GetVmMemory, PagePair, PagesShared, VmMemory
@@ -111,6 +112,7 @@ async def test_the_daemon_saves_what_a_brute_force_count_of_duplicates_finds() -
     frames saved equal the duplicate pages counted byte for byte, and no page was shared
     twice."""
     expected = _expected(GUESTS)
+    pairs_before = _metric("vplane_sharing_pairs_total")
     async with one_host() as stack:
         for name, seed, template in GUESTS:
             await _place(stack, name, seed, template)
@@ -126,6 +128,13 @@ async def test_the_daemon_saves_what_a_brute_force_count_of_duplicates_finds() -
         assert len(members) == len(set(members)) == expected
         passes = await _passes(stack)
         assert passes == list(range(1, len(passes) + 1))
+        # Its metrics count what it did.
+        assert _metric("vplane_sharing_pairs_total") - pairs_before == expected
+        assert _metric("vplane_sharing_saved_mib") == pytest.approx(expected / 256)
+
+
+def _metric(name: str) -> float:
+    return REGISTRY.get_sample_value(name, {"host": "h1"}) or 0.0
 
 
 async def test_a_killed_daemon_resumes_without_sharing_a_page_twice_or_losing_a_count() -> None:
@@ -283,3 +292,32 @@ async def test_a_migrated_fork_leaves_as_its_bytes_and_frees_its_template() -> N
 
         [gone] = await stack.client.send_and_wait(DestroyVm(vm="gold", host="h1"))
         assert gone.type == "VmDestroyed", gone.data
+
+
+async def test_digests_asked_of_a_host_that_does_not_answer_are_asked_again() -> None:
+    """The hosts stopped mid-pass: the daemon's asks fail (it is told so, nothing hangs),
+    and once the hosts are back it goes on and shares every duplicate once."""
+    expected = _expected(GUESTS)
+    # A budget a second's worth of which lasts the daemon through the hosts' absence
+    # (their samples move the clock that grows it).
+    async with one_host(10_000_000) as stack:
+        for name, seed, template in GUESTS:
+            await _place(stack, name, seed, template)
+        await _created(stack, len(GUESTS))
+        await poll(lambda: stack.of_type("SharingPassCompleted"), bool, timeout=30, what="pass")
+        await stack.stop("hosts")
+        daemon = stack.running["page-sharing"].runtime
+        await poll(_value(lambda: daemon.asks_failed), bool, what="a failed ask")
+        await stack.start("hosts")
+        await poll(
+            lambda: _h1(stack), lambda h: h.pages_sharing == expected, timeout=60, what="saved"
+        )
+        members = _members(await stack.of_type("PagesShared"))
+        assert len(members) == len(set(members)) == expected
+
+
+def _value(read: Callable[[], int]) -> Callable[[], Awaitable[int]]:
+    async def fetch() -> int:
+        return read()
+
+    return fetch
