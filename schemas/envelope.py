@@ -17,6 +17,9 @@ from pydantic import (
 
 from schemas.base import Message
 
+# Envelopes stay small; bulk bytes (guest pages) travel on data subjects instead.
+MAX_ENVELOPE_BYTES = 256 * 1024
+
 # Covariant: envelopes are frozen, so an Envelope[VmCreated] is an Envelope[Message].
 M_co = TypeVar("M_co", bound=Message, covariant=True)
 
@@ -82,7 +85,19 @@ class Envelope(BaseModel, Generic[M_co]):
         return uuid.uuid5(self.id, str(index))
 
     def encode(self) -> bytes:
-        return self.model_dump_json().encode()
+        """The envelope as it travels; ``EnvelopeTooLarge`` rather than bytes no reader
+        would take (the log would keep an entry nobody can fold)."""
+        raw = self.model_dump_json().encode()
+        if len(raw) > MAX_ENVELOPE_BYTES:
+            raise EnvelopeTooLarge(
+                f"a {self.type} envelope of {len(raw)} bytes, limit {MAX_ENVELOPE_BYTES}: "
+                "bulk bytes travel on data flows, long lists in several messages"
+            )
+        return raw
+
+
+class EnvelopeTooLarge(ValueError):
+    """A message too large to send: its readers would refuse it."""
 
 
 # Pydantic keeps a parametrised generic only weakly: after a collection, Envelope[X] is

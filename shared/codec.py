@@ -9,10 +9,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from schemas import Envelope, Message, registry
-from schemas.envelope import envelope_class
+from schemas.envelope import MAX_ENVELOPE_BYTES, envelope_class
 
-# Envelopes stay small; bulk bytes (guest pages) travel on data subjects instead.
-MAX_ENVELOPE_BYTES = 256 * 1024
 # ``{"id":"<uuid>","type":"<name>",``: how every envelope of ours begins.
 _ENCODED_TYPE = re.compile(rb'\{"id":"[0-9a-f-]{36}","type":"([A-Za-z0-9]{1,80})",')
 

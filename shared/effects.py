@@ -8,21 +8,24 @@ land in one atomic append; the commands are sent only after it.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from schemas import Envelope, Message
+from schemas.envelope import MAX_ENVELOPE_BYTES, EnvelopeTooLarge
 from schemas.service import CommandsIssued
 from shared.bus import BATCH_LIMIT
 from shared.codec import decode
 from shared.outcome import Outcome
 
 _STEPS = uuid.uuid5(uuid.NAMESPACE_URL, "vplane:steps")
-# The most commands one outbox record holds (an encoded command is about 600 bytes, an
-# envelope at most 256 KiB).
+# The most commands one outbox record holds (an encoded command is about 600 bytes), and
+# the most bytes (escaped, as the record holds them) below an envelope's limit.
 RECORD_COMMANDS = 128
+RECORD_BYTES = MAX_ENVELOPE_BYTES - 16 * 1024
 
 
 def derive(service: str, outcome: Outcome, what: str) -> uuid.UUID:
@@ -68,11 +71,11 @@ class Batch:
 
     def record(self, service: str, sim_time: float) -> None:
         """Record the commands waiting, in order."""
-        for at in range(0, len(self.sharing), RECORD_COMMANDS):
-            part = self.sharing[at : at + RECORD_COMMANDS]
-            first, position, _ = part[0]
+        texts = [c.encode().decode() for _, _, c in self.sharing]
+        for part in record_parts(texts):
+            first, position, _ = self.sharing[part[0]]
             record = CommandsIssued(
-                service=service, commands=[c.encode().decode() for _, _, c in part], batch=self.id
+                service=service, commands=[texts[i] for i in part], batch=self.id
             )
             self.events.append(_wrap(service, first, record, f"outbox:c{position}", sim_time))
         self.sharing = []
@@ -120,12 +123,14 @@ def batches(
             current.sharing += [(outcome, i, c) for i, c in enumerate(commands)]
         elif commands:
             current.record(service, sim_time)
-            record = CommandsIssued(
-                service=service,
-                commands=[c.encode().decode() for c in commands],
-                batch=current.id,
-            )
-            current.events.append(_wrap(service, outcome, record, "outbox", sim_time))
+            texts = [c.encode().decode() for c in commands]
+            for n, part in enumerate(record_parts(texts, limit=None)):
+                record = CommandsIssued(
+                    service=service, commands=[texts[i] for i in part], batch=current.id
+                )
+                # The first is named as the outcome's first envelope (``first_id``).
+                what = "outbox" if n == 0 else f"outbox:{n}"
+                current.events.append(_wrap(service, outcome, record, what, sim_time))
         current.commands += commands
         current.outcomes.append(outcome)
     if current.outcomes:
@@ -136,6 +141,27 @@ def batches(
 
 def _records(commands: int) -> int:
     return -(-commands // RECORD_COMMANDS)
+
+
+def record_parts(texts: Sequence[str], limit: int | None = RECORD_COMMANDS) -> list[list[int]]:
+    """The encoded commands' positions grouped into outbox records, in order: each at
+    most ``limit`` commands and RECORD_BYTES as a record holds them (escaped)."""
+    parts: list[list[int]] = []
+    size = 0
+    for i, text in enumerate(texts):
+        escaped = len(json.dumps(text))
+        if escaped > RECORD_BYTES:
+            raise EnvelopeTooLarge(
+                f"a command of {escaped} bytes does not fit an outbox record "
+                f"({RECORD_BYTES}): send its contents in several commands"
+            )
+        full = bool(parts) and limit is not None and len(parts[-1]) >= limit
+        if not parts or full or size + escaped > RECORD_BYTES:
+            parts.append([])
+            size = 0
+        parts[-1].append(i)
+        size += escaped + 1
+    return parts
 
 
 def envelopes_of(service: str, outcome: Outcome, sim_time: float) -> list[Envelope[Any]]:

@@ -4,7 +4,7 @@ the hosts' samples of shared-page reads with private copies, and forks VMs."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -12,7 +12,7 @@ import structlog
 
 from schemas import Envelope, Message, Reply
 from schemas.host import HostTelemetry
-from schemas.memory import PagesShared, PagesUnshared, SharePages
+from schemas.memory import PagePair, PagesShared, PagesUnshared, SharePages
 from schemas.queries import QueryFailed
 from schemas.service import CommandRejected, RejectionCode
 from schemas.sharing import (
@@ -47,8 +47,11 @@ from shared.settings import Settings
 NAME = "page-sharing"
 # How often each host's scan is looked at for pages its budget lets it ask for.
 STEP_SECONDS = 0.05
-# Pairs a SharePages proposes at most.
+# Pairs a SharePages proposes at most, and their size as JSON at most (a pair's is about
+# PAIR_BYTES and its VMs' names, escaped in the outbox record): well below an envelope's.
 SHARE_BATCH = 2_048
+SHARE_BATCH_BYTES = 160_000
+PAIR_BYTES = 72
 
 log = structlog.get_logger("vplane.sharing")
 
@@ -223,9 +226,15 @@ def compared(
     if scan is None:
         return []
     found = scan.compare(ranges, reply.data, holder.held(now))
-    commands = [
-        SharePages(host=host, pairs=found.pairs[i : i + SHARE_BATCH], skip_differing=True)
-        for i in range(0, len(found.pairs), SHARE_BATCH)
+    # One command an outcome: its outbox record, and the host's answer listing its pairs,
+    # each stay one message.
+    out = [
+        Outcome(
+            commands=[SharePages(host=host, pairs=batch, skip_differing=True)],
+            cause=reply,
+            key=f"share{n}",
+        )
+        for n, batch in enumerate(share_batches(found.pairs))
     ]
     events = []
     if scan.pass_done:
@@ -243,7 +252,24 @@ def compared(
                 digest=figures.digest.hexdigest(),
             )
         )
-    return [Outcome(events=events, commands=commands, cause=reply)]
+    if events:
+        out.append(Outcome(events=events, cause=reply, key="pass"))
+    return out
+
+
+def share_batches(pairs: Sequence[PagePair]) -> list[list[PagePair]]:
+    """``pairs`` in SharePages batches of at most SHARE_BATCH pairs and SHARE_BATCH_BYTES
+    as JSON (long VM names make a pair longer)."""
+    batches: list[list[PagePair]] = []
+    size = 0
+    for pair in pairs:
+        cost = PAIR_BYTES + len(pair.vm_a) + len(pair.vm_b)
+        if not batches or len(batches[-1]) >= SHARE_BATCH or size + cost > SHARE_BATCH_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append(pair)
+        size += cost
+    return batches
 
 
 def _count(event: Message) -> None:

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import structlog
 
 from schemas import Envelope, Message, Reply
+from schemas.envelope import EnvelopeTooLarge
 from schemas.queries import QueryFailed
 from shared.bus.dedupe import RecentIds
 from shared.bus.errors import BusUnavailable, PoisonMessage, RequestFailed
@@ -137,7 +138,11 @@ async def answer(handler: QueryHandler, raw: bytes, *, producer: str) -> bytes:
         log.exception("query handler failed")
         reply = QueryFailed(reason=f"{type(err).__name__}: {err}")
     subject = request.subject if request is not None else "query"
-    return Envelope.wrap(reply, producer=producer, subject=subject, caused_by=request).encode()
+    try:
+        return Envelope.wrap(reply, producer=producer, subject=subject, caused_by=request).encode()
+    except EnvelopeTooLarge as err:
+        failed = QueryFailed(reason=f"the answer is too large: {err}")
+        return Envelope.wrap(failed, producer=producer, subject=subject, caused_by=request).encode()
 
 
 def entry_of(seq: int, subject: str, raw: bytes) -> Logged:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from schemas import Envelope, Message
+from schemas.envelope import MAX_ENVELOPE_BYTES
 from shared.bus import Bus, ConsumerSpec, Delivery, PoisonMessage, Stream
-from shared.codec import MAX_ENVELOPE_BYTES
 from shared.testing import eventually, poll
 from tests.contract.messages import create_vm, vm_created
 

@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas import Envelope, Message
+from schemas.envelope import MAX_ENVELOPE_BYTES
 from shared.bus import Bus, ConsumerSpec, Delivery, Stream
-from shared.codec import MAX_ENVELOPE_BYTES
 from shared.testing import eventually, poll
 from tests.contract.messages import vm_created
 

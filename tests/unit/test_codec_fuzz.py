@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas import registry
-from shared.codec import MAX_ENVELOPE_BYTES, MessageError, decode
+from schemas.envelope import MAX_ENVELOPE_BYTES
+from shared.codec import MessageError, decode
 from tests.contract.messages import vm_created
 
 json_values = st.recursive(

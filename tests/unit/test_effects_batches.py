@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import pytest
+
 from schemas import Envelope
+from schemas.envelope import MAX_ENVELOPE_BYTES, EnvelopeTooLarge
+from schemas.memory import PagePair, SharePages
 from schemas.service import CommandsIssued
 from schemas.vm import PowerOnVm, VmCreated
 from shared.bus import BATCH_LIMIT
 from shared.bus.memory import MemoryBus
-from shared.effects import RECORD_COMMANDS, Batch, batches, first_id, issued, named
+from shared.effects import (
+    RECORD_BYTES,
+    RECORD_COMMANDS,
+    Batch,
+    batches,
+    first_id,
+    issued,
+    named,
+    record_parts,
+)
 from shared.outcome import Outcome
 
 
@@ -83,3 +96,35 @@ def test_a_record_holds_a_bounded_number_of_commands_and_appends_stay_within_the
         assert sum(sizes) == len(batch.commands)
     commands = [c.data.vm for b in out for c in b.commands]
     assert commands == [f"v{i}" for i in range(BATCH_LIMIT)]
+
+
+def share(pairs: int, name: str) -> SharePages:
+    pair = PagePair(vm_a=name, page_a=1, vm_b=name, page_b=2)
+    return SharePages(host="h1", pairs=[pair] * pairs)
+
+
+def test_outbox_records_stay_below_the_envelope_limit_however_large_their_commands() -> None:
+    """Commands that together exceed what one envelope holds (sharing proposals naming
+    long VMs) are recorded in several records, each one a readable envelope; the first
+    still names the outcome's first envelope."""
+    long_name = "v" * 63
+    alone = Outcome(commands=[share(700, long_name) for _ in range(3)], key="alone")
+    shared = Outcome(
+        events=[created("x", "h1")], commands=[share(700, long_name) for _ in range(3)]
+    )
+    [batch] = batches("s", [alone, shared], 0.0, lambda _: False)
+    records = [e for e in batch.events if isinstance(e.data, CommandsIssued)]
+    assert len(records) >= 4
+    assert records[0].id == first_id("s", alone)
+    for record in records:
+        assert len(record.encode()) <= MAX_ENVELOPE_BYTES
+    assert sum(len(issued(r.data)) for r in records) == 6  # type: ignore[arg-type]
+
+
+def test_a_command_too_large_for_any_record_is_refused_before_anything_is_written() -> None:
+    """A command (or an event) larger than an envelope may be is a typed error when it
+    is encoded, not an entry in the log that no reader takes."""
+    with pytest.raises(EnvelopeTooLarge):
+        batches("s", [Outcome(commands=[share(2_048, "v" * 63)], key="big")], 0.0, lambda _: False)
+    with pytest.raises(EnvelopeTooLarge):
+        record_parts(["x" * RECORD_BYTES])

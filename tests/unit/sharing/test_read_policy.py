@@ -53,7 +53,12 @@ async def test_pages_read_often_get_a_private_copy_on_the_readers_node_and_stay_
         assert policy_set.type == "SharingPolicySet"
         await _readers(stack)
         copies = _copies(
-            await poll(lambda: stack.of_type("PagesUnshared"), _copies, timeout=30, what="copies")
+            await poll(
+                lambda: stack.of_type("PagesUnshared"),
+                lambda es: bool(_copies(es)),
+                timeout=30,
+                what="copies",
+            )
         )
         assert {c.reason for c in copies} <= {
             UnshareReason.READ_PATTERN,
