@@ -118,7 +118,7 @@ def test_outbox_records_stay_below_the_envelope_limit_however_large_their_comman
     assert records[0].id == first_id("s", alone)
     for record in records:
         assert len(record.encode()) <= MAX_ENVELOPE_BYTES
-    assert sum(len(issued(r.data)) for r in records) == 6  # type: ignore[arg-type]
+    assert sum(len(issued(r.data)) for r in records) == 6
 
 
 def test_a_command_too_large_for_any_record_is_refused_before_anything_is_written() -> None:
