@@ -7,7 +7,7 @@ import enum
 
 from pydantic import ConfigDict, Field, model_validator
 
-from schemas.base import Command, Event, Name, Part, Query, Reply, registry
+from schemas.base import Command, Event, Name, Part, Query, Reply, Telemetry, registry
 
 # Pages whose digests one reply carries: 16 bytes a page, base64, under the codec's limit.
 MAX_DIGEST_PAGES = 10_240
@@ -184,6 +184,16 @@ class HostSharing(Part):
     saved_mib: float = Field(0, ge=0)
     bookkeeping_mib: float = Field(0, ge=0)
     net_profit_mib: float = Field(0, description="saved less the daemon's bookkeeping")
+
+
+@registry.register
+class SharingTelemetry(Telemetry):
+    """A host's sharing figures as the daemon sees them, after each piece of a pass."""
+
+    figures: HostSharing
+
+    def aggregate(self) -> str:
+        return f"sharing/{self.figures.host}"
 
 
 @registry.register

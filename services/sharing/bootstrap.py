@@ -5,12 +5,13 @@ the hosts' samples of shared-page reads with private copies, and forks VMs."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import reduce
 from typing import Any
 
 import numpy as np
 import structlog
 
-from schemas import Envelope, Message, Reply
+from schemas import Envelope, Event, Message, Reply
 from schemas.host import HostTelemetry
 from schemas.memory import PagePair, PagesShared, PagesUnshared, SharePages
 from schemas.queries import QueryFailed
@@ -24,13 +25,14 @@ from schemas.sharing import (
     SetSharingPolicy,
     SharingPassCompleted,
     SharingPolicySet,
+    SharingTelemetry,
     UnshareReason,
 )
 from services.sharing import reads
 from services.sharing.forks import fork
 from services.sharing.scanner import I64, HostScan
 from services.sharing.state import Sharing, evolve
-from services.sharing.views import report
+from services.sharing.views import host_figures, report
 from shared.bus import PoisonMessage
 from shared.loops import Loop
 from shared.metrics import (
@@ -236,7 +238,7 @@ def compared(
         )
         for n, batch in enumerate(share_batches(found.pairs))
     ]
-    events = []
+    events: list[Event] = []
     if scan.pass_done:
         scan.passes += 1
         figures = scan.figures
@@ -254,6 +256,10 @@ def compared(
         )
     if events:
         out.append(Outcome(events=events, cause=reply, key="pass"))
+    # The figures as they stand once this outcome lands (its pass counted).
+    after = reduce(lambda s, e: evolve(s, Envelope.wrap(e, producer=NAME)), events, holder.state)
+    reported = host_figures(after, host, holder.samples.get(host), scan.bookkeeping_bytes())
+    out.append(Outcome(samples=[SharingTelemetry(figures=reported)], cause=reply, key="sample"))
     return out
 
 

@@ -20,7 +20,8 @@ def report(
     pages_per_second: float,
 ) -> SharingReport:
     hosts = [
-        _host(state, host, samples.get(host), bookkeeping.get(host)) for host in sorted(state.hosts)
+        host_figures(state, host, samples.get(host), bookkeeping.get(host))
+        for host in sorted(state.hosts)
     ]
     return SharingReport(
         hosts=hosts,
@@ -30,9 +31,11 @@ def report(
     )
 
 
-def _host(
+def host_figures(
     state: Sharing, host: str, sample: HostTelemetry | None, bookkeeping: int | None
 ) -> HostSharing:
+    """One host's figures: the hosts' from its last sample, the daemon's from the log (and
+    its bookkeeping now, when it scans the host)."""
     record = state.record(host)
     last = record.last_pass
     kept = bookkeeping if bookkeeping is not None else (last.bookkeeping_bytes if last else 0)

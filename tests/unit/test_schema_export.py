@@ -133,6 +133,7 @@ from schemas.sharing import (
     SharingPassCompleted,
     SharingPolicySet,
     SharingReport,
+    SharingTelemetry,
     TreeNode,
     VmForkRequested,
     VmTemplated,
@@ -403,6 +404,7 @@ EXAMPLES: dict[str, Message] = {
         VmForkRequested(parent="gold", host="h1", children=["c1", "c2"]),
         VmTemplated(host="h1", vm="gold", checksum="0f" * 16),
         ListSharing(),
+        SharingTelemetry(figures=HostSharing(host="h1", pages_shared=2443, pages_sharing=7376)),
         SharingReport(
             hosts=[HostSharing(host="h1", pages_shared=2443, pages_sharing=7376, saved_mib=28.8)],
             cluster=HostSharing(host="cluster", pages_shared=2443, pages_sharing=7376),

@@ -23,11 +23,13 @@ from schemas.sharing import (
     SetSharingPolicy,
     SharingPassCompleted,
     SharingReport,
+    SharingTelemetry,
     VmTemplated,
 )
 from schemas.transfers import MigrationCompleted
 from schemas.vm import DestroyVm, MemoryMode, PowerOnVm, VmCreated
 from services.hosts.memory import HostMemory, VmSpec
+from shared.bus import Logged, Stream
 from shared.testing import poll
 from tests.unit.sharing.support import duplicates
 from tests.unit.stack import Stack, memory_stack
@@ -114,6 +116,13 @@ async def test_the_daemon_saves_what_a_brute_force_count_of_duplicates_finds() -
     expected = _expected(GUESTS)
     pairs_before = _metric("vplane_sharing_pairs_total")
     async with one_host() as stack:
+        samples: list[HostSharing] = []
+
+        async def on_sample(entry: Logged) -> None:
+            if entry.envelope is not None and isinstance(entry.envelope.data, SharingTelemetry):
+                samples.append(entry.envelope.data.figures)
+
+        await stack.client.bus.watch(Stream.TELEMETRY, ("sharing.>",), on_sample)
         for name, seed, template in GUESTS:
             await _place(stack, name, seed, template)
         await _created(stack, len(GUESTS))
@@ -128,6 +137,14 @@ async def test_the_daemon_saves_what_a_brute_force_count_of_duplicates_finds() -
         assert len(members) == len(set(members)) == expected
         passes = await _passes(stack)
         assert passes == list(range(1, len(passes) + 1))
+        # Its samples say so too, as each piece of a pass is compared.
+        await poll(
+            _value(lambda: sum(s.pages_sharing == expected for s in samples)),
+            bool,
+            what="a sample of the figures converged",
+        )
+        assert {s.host for s in samples} == {"h1"}
+        assert max(s.full_scans for s in samples) >= 2
         # Its metrics count what it did.
         assert _metric("vplane_sharing_pairs_total") - pairs_before == expected
         assert _metric("vplane_sharing_saved_mib") == pytest.approx(expected / 256)
