@@ -112,7 +112,11 @@ def evolve(state: Sharing, env: Envelope[Message]) -> Sharing:  # noqa: PLR0911,
                 pages_scanned=before.pages_scanned + event.pages_scanned,
                 last_pass=event,
             )
-            return replace(state, records={**state.records, event.host: after})
+            # Holds that ended are dropped as passes go by (at the log's time: a rebuild
+            # drops the same).
+            return replace(
+                expire(state, env.sim_time), records={**state.records, event.host: after}
+            )
         case PagesShared():
             before = state.record(event.host)
             after = replace(before, pairs_merged=before.pairs_merged + len(event.pairs))
