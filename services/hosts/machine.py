@@ -37,6 +37,7 @@ from schemas.host import (
 )
 from schemas.memory import (
     MAX_DEMAND,
+    PagePair,
     PagesShared,
     PagesSwappedIn,
     PagesSwappedOut,
@@ -59,7 +60,7 @@ from services.hosts.checkpoint_files import CheckpointFileError
 from services.hosts.checkpoint_hardware import CheckpointHardware
 from services.hosts.disks import Disks
 from services.hosts.domain import Facts
-from services.hosts.memory import EMPTY_PROFILE, HostMemory, MemoryModelError
+from services.hosts.memory import EMPTY_PROFILE, BytesDiffer, HostMemory, MemoryModelError
 from services.hosts.memory import MemoryMode as MemMode
 from services.hosts.memory import VmSpec as MemSpec
 from services.hosts.memory import Workload as MemWorkload
@@ -522,25 +523,31 @@ class Machine:
 
 
 def _share(mem: HostMemory, event: PagesShared, live: bool) -> None:
-    pairs = event.pairs
-    if not live and pairs:
-        # Rebuilt, a guest holds what its seed and the log made it, not what its ticks
-        # wrote since: the pairs whose bytes are still equal are shared, the rest noted.
-        cmd = SharePages(host=event.host, pairs=pairs, skip_differing=True)
-        plan = page_sharing.share_plan({event.host: mem}, cmd)
-        if not isinstance(plan, page_sharing.SharePlan):
-            raise page_sharing.PairsDiffer(plan[1])
-        pairs = plan.pairs
-    groups: dict[tuple[str, str], tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
-    for pair in pairs:
-        a, b = groups[(pair.vm_a, pair.vm_b)]
-        a.append(pair.page_a)
-        b.append(pair.page_b)
-    for (vm_a, vm_b), (pages_a, pages_b) in groups.items():
-        mem.share_pages(vm_a, pages_a, vm_b, pages_b)
-    if len(pairs) < len(event.pairs) - event.already:
-        left = len(event.pairs) - len(pairs)
-        raise page_sharing.PairsDiffer(f"{left} of {len(event.pairs)} pairs differ now")
+    """Share the event's pairs. A pair whose bytes differ by now is left apart: live, a
+    tick wrote one of its pages after the decision (guests run outside the decision
+    lock), as if that write broke the sharing at once, and it counts as unshared again;
+    rebuilt, a guest holds what its seed and the log made it, not what its ticks wrote,
+    and the pair is noted as a divergence."""
+    groups: dict[tuple[str, str], list[PagePair]] = defaultdict(list)
+    for pair in event.pairs:
+        groups[(pair.vm_a, pair.vm_b)].append(pair)
+    apart = 0
+    for (vm_a, vm_b), pairs in groups.items():
+        try:
+            mem.share_pages(vm_a, [p.page_a for p in pairs], vm_b, [p.page_b for p in pairs])
+        except BytesDiffer:
+            plan = page_sharing.share_plan(
+                {event.host: mem}, SharePages(host=event.host, pairs=pairs, skip_differing=True)
+            )
+            if not isinstance(plan, page_sharing.SharePlan):
+                raise page_sharing.PairsDiffer(plan[1]) from None
+            pages_a, pages_b = [p.page_a for p in plan.pairs], [p.page_b for p in plan.pairs]
+            mem.share_pages(vm_a, pages_a, vm_b, pages_b)
+            apart += plan.differing
+    if apart and live:
+        mem.unshared_again += apart
+    elif apart:
+        raise page_sharing.PairsDiffer(f"{apart} of {len(event.pairs)} pairs differ now")
 
 
 def _workload(vm: Vm) -> MemWorkload:

@@ -216,3 +216,33 @@ def test_a_seeded_run_repeats_exactly() -> None:
         return [h.tick()["h1"] for _ in range(20)]
 
     assert run() == run()
+
+
+def test_a_page_written_between_the_decision_to_share_it_and_the_fold_stays_apart() -> None:
+    """Guests run outside the decision lock: a tick may write a page after the host
+    decided to share it and before the event is folded. That pair stays apart (as if
+    shared and at once broken by the write: unshared again), the others are shared, and
+    nothing is reported diverged."""
+    h = full_pair()
+    mem = h.machine.memory["h1"]
+    digests_a, digests_b = mem.page_digests("a"), mem.page_digests("b")
+    common = np.intersect1d(digests_a, digests_b)[:10]
+    pairs = [
+        PagePair(
+            vm_a="a",
+            page_a=int(np.flatnonzero(digests_a == d)[0]),
+            vm_b="b",
+            page_b=int(np.flatnonzero(digests_b == d)[0]),
+        )
+        for d in common
+    ]
+    env = Envelope.wrap(SharePages(host="h1", pairs=pairs), producer="test")
+    [shared] = decide(h.fleet, env, h.machine.facts(h.fleet))
+    mem.write("b", pairs[0].page_b, b"a tick's write")
+    used = mem.used_frames()
+
+    h.fold(shared)
+
+    assert not h.machine.diverged
+    assert mem.unshared_again == 1
+    assert used - mem.used_frames() == len(pairs) - 1
