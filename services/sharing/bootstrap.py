@@ -21,7 +21,6 @@ from schemas.sharing import (
     GetPageDigests,
     ListSharing,
     PageDigests,
-    PageRange,
     SetSharingPolicy,
     SharingPassCompleted,
     SharingPolicySet,
@@ -47,8 +46,11 @@ from shared.samples import host_sample
 from shared.settings import Settings
 
 NAME = "page-sharing"
-# How often each host's scan is looked at for pages its budget lets it ask for.
+# How often each host's scan is looked at for pages its budget lets it ask for (a reply
+# asks for the next pages at once), and how many looks at a host may be on the way at
+# once: the host digests the next pages while the daemon compares the last.
 STEP_SECONDS = 0.05
+IN_FLIGHT = 2
 # Pairs a SharePages proposes at most, and their size as JSON at most (a pair's is about
 # PAIR_BYTES and its VMs' names, escaped in the outbox record): well below an envelope's.
 SHARE_BATCH = 2_048
@@ -69,7 +71,7 @@ class Holder:
         self.scans: dict[str, HostScan] = {}
         self.budget: dict[str, float] = {}
         self.clock_seen: dict[str, float] = {}
-        self.asking: dict[str, list[PageRange]] = {}
+        self.asking: dict[str, int] = {}
         self.samples: dict[str, HostTelemetry] = {}
         self.windows: dict[str, reads.Window] = {}
         # Private copies asked for and not folded yet: not asked for again meanwhile.
@@ -186,48 +188,59 @@ def build(settings: Settings) -> ServiceDefinition:
 
 def ask_digests(holder: Holder, now: float) -> list[Outcome]:
     """Each host whose budget has grown since its last look asks for its next pages."""
+    return [o for host in sorted(holder.state.hosts) for o in asks(holder, host, now)]
+
+
+def asks(
+    holder: Holder, host: str, now: float, *, cause: Envelope[Message] | None = None
+) -> list[Outcome]:
+    """The host's next looks, as many as may be on the way at once and its budget
+    allows; a pass begins once the one before is recorded."""
+    guests = holder.state.on_host(host)
+    if not guests:
+        return []
+    # The budget grows with the stack's emulated time, at most one second's worth
+    # banked (a daemon that was away does not scan in a burst).
+    since = now - holder.clock_seen.get(host, now)
+    holder.clock_seen[host] = now
+    budget = min(holder.rate, holder.budget.get(host, 0.0) + since * holder.rate)
+    scan = holder.scans.setdefault(host, HostScan(host))
     out = []
-    for host in sorted(holder.state.hosts):
-        guests = holder.state.on_host(host)
-        if host in holder.asking or not guests:
-            continue
-        # The budget grows with the stack's emulated time, at most one second's worth
-        # banked (a daemon that was away does not scan in a burst).
-        since = now - holder.clock_seen.get(host, now)
-        holder.clock_seen[host] = now
-        budget = min(holder.rate, holder.budget.get(host, 0.0) + since * holder.rate)
-        holder.budget[host] = budget
-        scan = holder.scans.setdefault(host, HostScan(host))
-        if scan.pass_done:
+    while holder.asking.get(host, 0) < IN_FLIGHT:
+        if scan.taken and holder.asking.get(host, 0) == 0 and scan.recorded == scan.passes:
             scan.start_pass([(g.name, g.pages) for g in guests])
-        ranges = scan.next_ranges(int(budget))
+        ranges = scan.take(int(budget))
         if not ranges:
-            continue
-        holder.budget[host] = budget - sum(r.count for r in ranges)
-        holder.asking[host] = ranges
+            break
+        budget -= sum(r.count for r in ranges)
+        holder.asking[host] = holder.asking.get(host, 0) + 1
         key = f"scan:{host}:{scan.passes}:{ranges[0].vm}:{ranges[0].first}"
-        out.append(Outcome(queries=[GetPageDigests(host=host, ranges=ranges)], key=key))
+        query = GetPageDigests(host=host, ranges=ranges)
+        out.append(Outcome(queries=[query], cause=cause, key=key))
+    holder.budget[host] = budget
     return out
 
 
 def compared(
     holder: Holder, asked: Envelope[Message], reply: Envelope[Message], now: float
 ) -> list[Outcome]:
-    """A host's digests compared: the pairs they make proposed for sharing, and the pass
-    recorded when it is done."""
+    """A host's digests compared: the pairs they make proposed for sharing, the pass
+    recorded when its last digests are in, and the host's next look asked at once."""
     query = asked.data
     assert isinstance(query, GetPageDigests)
     host = query.host
-    ranges = holder.asking.pop(host, query.ranges)
+    holder.asking[host] = max(0, holder.asking.get(host, 0) - 1)
     scan = holder.scans.get(host)
     if isinstance(reply.data, QueryFailed) or not isinstance(reply.data, PageDigests):
-        # Asked again on a later step, from the same cursor.
-        holder.budget[host] = holder.budget.get(host, 0.0) + sum(r.count for r in ranges)
+        # Taken again, and asked for on a later step.
+        holder.budget[host] = holder.budget.get(host, 0.0) + sum(r.count for r in query.ranges)
+        if scan is not None:
+            scan.give_back(query.ranges)
         log.warning("no digests from host", host=host, reason=getattr(reply.data, "reason", ""))
         return []
     if scan is None:
         return []
-    found = scan.compare(ranges, reply.data, holder.held(now))
+    found = scan.compare(reply.data, holder.held(now))
     # One command an outcome: its outbox record, and the host's answer listing its pairs,
     # each stay one message.
     out = [
@@ -239,8 +252,8 @@ def compared(
         for n, batch in enumerate(share_batches(found.pairs))
     ]
     events: list[Event] = []
-    if scan.pass_done:
-        scan.passes += 1
+    if scan.taken and holder.asking[host] == 0 and scan.recorded < scan.passes:
+        scan.recorded = scan.passes
         figures = scan.figures
         events.append(
             SharingPassCompleted(
@@ -260,7 +273,8 @@ def compared(
     after = reduce(lambda s, e: evolve(s, Envelope.wrap(e, producer=NAME)), events, holder.state)
     reported = host_figures(after, host, holder.samples.get(host), scan.bookkeeping_bytes())
     out.append(Outcome(samples=[SharingTelemetry(figures=reported)], cause=reply, key="sample"))
-    return out
+    # Asked now rather than on the next step: a pass is not held up by the loop's period.
+    return [*out, *asks(holder, host, now, cause=reply)]
 
 
 def share_batches(pairs: Sequence[PagePair]) -> list[list[PagePair]]:

@@ -29,6 +29,7 @@ from schemas.sharing import MAX_DIGEST_PAGES, PageDigests, PageRange
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
+Mask = npt.NDArray[np.bool_]
 
 # A page reference packs the guest's index on the host and the page: (vm << 32) | page.
 _PAGE_BITS = 32
@@ -37,21 +38,27 @@ _PAGE_MASK = (1 << _PAGE_BITS) - 1
 
 @dataclass
 class Pages:
-    """What the last look at a guest's pages found: digest and frame, per page."""
+    """What the last look at a guest's pages found: digest and frame, per page, and
+    whether the page was settled then (the index's entry for its digest, or on the same
+    frame as that entry): a settled page found as it was is not looked up again."""
 
     digests: U64
     frames: I64
     seen: npt.NDArray[np.bool_]
+    settled: npt.NDArray[np.bool_]
 
     @classmethod
     def of(cls, pages: int) -> Pages:
         return cls(
-            np.zeros(pages, np.uint64), np.full(pages, -1, np.int64), np.zeros(pages, np.bool_)
+            np.zeros(pages, np.uint64),
+            np.full(pages, -1, np.int64),
+            np.zeros(pages, np.bool_),
+            np.zeros(pages, np.bool_),
         )
 
     @property
     def nbytes(self) -> int:
-        return self.digests.nbytes + self.frames.nbytes + self.seen.nbytes
+        return self.digests.nbytes + self.frames.nbytes + self.seen.nbytes + self.settled.nbytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,57 +92,86 @@ class HostScan:
     stable: dict[int, int] = field(default_factory=dict)  # digest -> page reference
     unstable: dict[int, int] = field(default_factory=dict)
     figures: PassFigures = field(default_factory=PassFigures)
-    passes: int = 0
+    passes: int = 0  # passes begun
+    recorded: int = 0  # passes whose figures went into the log
+    # Ranges taken whose digests never came (an ask that failed): taken again first.
+    retry: list[PageRange] = field(default_factory=list)
+    # Digests whose stable entry went (its page changed), by the pass it went in: their
+    # settled pages are looked up again for a pass, to name a new entry.
+    reopened: dict[int, int] = field(default_factory=dict)
+    _reopened: U64 = field(default_factory=lambda: np.zeros(0, np.uint64))
 
     def start_pass(self, guests: Sequence[tuple[str, int]]) -> None:
         """Begin a pass over ``guests`` (name, pages); forget guests gone since."""
         self.order = list(guests)
         self.at = self.page = 0
-        self.unstable = {}
+        self.retry = []
+        self.passes += 1
         self.figures = PassFigures()
-        here = {name for name, _ in guests}
-        for gone in set(self.pages) - here:
-            del self.pages[gone]
+        sizes = dict(guests)
+        # The indexes outlive a pass (a page's entry goes when its digest changes), but
+        # not their guests, nor a guest's size.
+        gone = {self.ids[n] for n, p in self.pages.items() if sizes.get(n) != len(p.digests)}
+        for name in [n for n in self.pages if sizes.get(n) != len(self.pages[n].digests)]:
+            del self.pages[name]
+        if gone:
+            for index in (self.stable, self.unstable):
+                for k in [k for k, ref in index.items() if ref >> _PAGE_BITS in gone]:
+                    del index[k]
         for name, count in guests:
             if name not in self.ids:
                 self.ids[name] = len(self.ids)
                 self.names[self.ids[name]] = name
-            if name not in self.pages or len(self.pages[name].digests) != count:
+            if name not in self.pages:
                 self.pages[name] = Pages.of(count)
+        self._reopen({k: n for k, n in self.reopened.items() if n >= self.passes - 1})
 
     @property
-    def pass_done(self) -> bool:
-        return self.at >= len(self.order)
+    def taken(self) -> bool:
+        """Every page of the pass has been taken (their digests may still be on the way)."""
+        return self.at >= len(self.order) and not self.retry
 
-    def next_ranges(self, budget: int) -> list[PageRange]:
-        """The ranges the next look covers: up to ``budget`` pages on from the cursor
-        (the cursor moves on once their digests are compared)."""
+    def take(self, budget: int) -> list[PageRange]:
+        """The ranges the next look covers: up to ``budget`` pages, those given back
+        first, then on from the cursor, which moves past them (so that several looks can
+        be on the way at once)."""
         ranges: list[PageRange] = []
         left = min(budget, MAX_DIGEST_PAGES)
-        at, page = self.at, self.page
-        while left > 0 and at < len(self.order):
-            name, count = self.order[at]
-            take = min(left, count - page)
+        while left > 0 and self.retry:
+            first = self.retry[0]
+            take = min(left, first.count)
+            ranges.append(PageRange(vm=first.vm, first=first.first, count=take))
+            left -= take
+            if take == first.count:
+                self.retry.pop(0)
+            else:
+                rest = first.count - take
+                self.retry[0] = PageRange(vm=first.vm, first=first.first + take, count=rest)
+        while left > 0 and self.at < len(self.order):
+            name, count = self.order[self.at]
+            take = min(left, count - self.page)
             if take > 0:
-                ranges.append(PageRange(vm=name, first=page, count=take))
+                ranges.append(PageRange(vm=name, first=self.page, count=take))
                 left -= take
-                page += take
-            if page >= count:
-                at, page = at + 1, 0
+                self.page += take
+            if self.page >= count:
+                self.at, self.page = self.at + 1, 0
         return ranges
 
-    def compare(
-        self, asked: Sequence[PageRange], reply: PageDigests, held: Callable[[str, I64], I64]
-    ) -> Found:
-        """Take a reply to ``asked`` in: move the cursor past it, and find the pairs its
-        unchanged pages make with pages seen before. ``held(vm, pages)`` says which of a
-        guest's pages must not be shared now (a read pattern's private copies)."""
-        self._advance(asked)
+    def give_back(self, ranges: Sequence[PageRange]) -> None:
+        """Ranges whose digests never came: the pass takes them again."""
+        self.retry.extend(ranges)
+
+    def compare(self, reply: PageDigests, held: Callable[[str, I64], I64]) -> Found:
+        """Take a reply in: find the pairs its unchanged pages make with pages seen
+        before. ``held(vm, pages)`` says which of a guest's pages must not be shared now
+        (a read pattern's private copies)."""
         digests = np.frombuffer(reply.digests, "<u8").astype(np.uint64)
         frames = np.frombuffer(reply.frames, "<i8").astype(np.int64)
         cand_d: list[U64] = []
         cand_r: list[I64] = []
         cand_f: list[I64] = []
+        spans: list[tuple[Pages, I64]] = []
         volatile = start = 0
         for r in reply.ranges:
             seg = slice(start, start + r.count)
@@ -150,21 +186,31 @@ class HostScan:
             changed = seen & ~unchanged
             volatile += int(np.count_nonzero(changed))
             self._forget_stale(r.vm, r.first + np.flatnonzero(changed), before[changed])
+            still = unchanged & (known.frames[window] == f) & known.settled[window]
+            if len(self._reopened):
+                still &= ~np.isin(d, self._reopened)
             known.digests[window], known.frames[window], known.seen[window] = d, f, True
+            known.settled[window] = still
             self.figures.digest.update(d.tobytes())
-            pages = r.first + np.flatnonzero(unchanged & (f >= 0))
+            pages = r.first + np.flatnonzero(unchanged & (f >= 0) & ~still)
             pages = np.setdiff1d(pages, held(r.vm, pages), assume_unique=True)
             cand_d.append(known.digests[pages])
             cand_r.append((np.int64(self.ids[r.vm]) << _PAGE_BITS) | pages)
             cand_f.append(known.frames[pages])
+            spans.append((known, pages))
         scanned = start
         self.figures.scanned += scanned
         self.figures.volatile += volatile
         if not sum(len(c) for c in cand_d):
             return Found([], scanned, volatile)
-        targets, members = self._match(
+        targets, members, paired = self._match(
             np.concatenate(cand_d), np.concatenate(cand_r), np.concatenate(cand_f)
         )
+        # A page paired is settled once a later look finds it on its target's frame.
+        offset = 0
+        for known, pages in spans:
+            known.settled[pages] = ~paired[offset : offset + len(pages)]
+            offset += len(pages)
         # A page held since it was indexed is no pair's target either.
         keep = np.ones(len(targets), np.bool_)
         vm_ids = targets >> _PAGE_BITS
@@ -172,8 +218,9 @@ class HostScan:
             at = np.flatnonzero(vm_ids == vm_id)
             pages = targets[at] & _PAGE_MASK
             keep[at] = ~np.isin(pages, held(self.names[vm_id], pages))
+        # Built without validation: the names and page numbers are the host's own.
         pairs = [
-            PagePair(
+            PagePair.model_construct(
                 vm_a=self.names[a >> _PAGE_BITS],
                 page_a=a & _PAGE_MASK,
                 vm_b=self.names[b >> _PAGE_BITS],
@@ -191,23 +238,26 @@ class HostScan:
         indexes = sum(sys.getsizeof(i) + 64 * len(i) for i in (self.stable, self.unstable))
         return arrays + indexes
 
-    def _advance(self, asked: Sequence[PageRange]) -> None:
-        for r in asked:
-            if self.at < len(self.order) and self.order[self.at][0] == r.vm:
-                self.page = r.first + r.count
-                if self.page >= self.order[self.at][1]:
-                    self.at, self.page = self.at + 1, 0
-
     def _forget_stale(self, vm: str, pages: I64, old: U64) -> None:
-        """A page whose bytes changed no longer stands for its old digest."""
+        """A page whose bytes changed no longer stands for its old digest; pages settled
+        on its stable entry's frame are looked up again, to name another."""
         vm_id = self.ids[vm]
+        reopened = dict(self.reopened)
         for page, digest in zip(pages.tolist(), old.tolist(), strict=True):
             ref = (vm_id << _PAGE_BITS) | page
-            for index in (self.stable, self.unstable):
-                if index.get(digest) == ref:
-                    del index[digest]
+            if self.unstable.get(digest) == ref:
+                del self.unstable[digest]
+            if self.stable.get(digest) == ref:
+                del self.stable[digest]
+                reopened[digest] = self.passes
+        if len(reopened) != len(self.reopened):
+            self._reopen(reopened)
 
-    def _match(self, digests: U64, refs: I64, frames: I64) -> tuple[I64, I64]:
+    def _reopen(self, reopened: dict[int, int]) -> None:
+        self.reopened = reopened
+        self._reopened = np.fromiter(reopened, np.uint64, len(reopened))
+
+    def _match(self, digests: U64, refs: I64, frames: I64) -> tuple[I64, I64, Mask]:
         """Pairs (target, member) of each candidate with the page it matches: the stable
         index's, the unstable index's, or a candidate of its digest in this reply (one on
         the frame most of them share); none where both are on one frame already. The
@@ -235,20 +285,18 @@ class HostScan:
         )
         target = np.where(found & ~moved, hits, leaders)
         group = np.bincount(inverse, minlength=len(unique))
-        # Index the digests: a match or a group makes a stable entry, a lone page an
-        # unstable one.
-        for k, ref, hit, size in zip(
-            keys, target.tolist(), found.tolist(), group.tolist(), strict=True
-        ):
-            if hit or size > 1:
-                stable[k] = ref
-                unstable.pop(k, None)
-            else:
-                unstable[k] = ref
+        # Index the digests: a match or a group makes a stable entry (leaving the
+        # unstable index), a lone page an unstable one.
+        to_stable = found | (group > 1)
+        for k in unique[to_stable & from_unstable & found].tolist():
+            del unstable[k]
+        stable.update(zip(unique[to_stable].tolist(), target[to_stable].tolist(), strict=True))
+        alone = ~to_stable
+        unstable.update(zip(unique[alone].tolist(), target[alone].tolist(), strict=True))
         member_target = target[inverse]
         target_frames = self._frames_of(member_target)
         paired = (refs != member_target) & (frames != target_frames)
-        return member_target[paired], refs[paired]
+        return member_target[paired], refs[paired], paired
 
     def _frames_of(self, refs: I64) -> I64:
         out = np.full(len(refs), -1, np.int64)

@@ -44,12 +44,12 @@ def scan_pass(mem: HostMemory, scan: HostScan, budget: int = 4_096) -> int:
     fleet = fleet_of(mem)
     scan.start_pass([(vm, mem.spec(vm).pages) for vm in sorted(mem.vms)])
     shared = 0
-    while not scan.pass_done:
-        ranges = scan.next_ranges(budget)
+    while not scan.taken:
+        ranges = scan.take(budget)
         reply: PageDigests = page_sharing.digests(
             fleet, mem, GetPageDigests(host=HOST, ranges=ranges)
         )
-        found = scan.compare(ranges, reply, never_held)
+        found = scan.compare(reply, never_held)
         for i in range(0, len(found.pairs), 2_048):
             cmd = SharePages(host=HOST, pairs=found.pairs[i : i + 2_048], skip_differing=True)
             plan = page_sharing.share_plan({HOST: mem}, cmd)

@@ -94,3 +94,18 @@ def test_small_budgets_converge_on_forks_and_templates_without_going_back_and_fo
         scan_pass(mem, scan, budget=700)
     assert mem.usage().saved_frames == duplicates(mem, mem.vms)
     assert scan_pass(mem, scan, budget=700) == 0
+
+
+def test_ranges_whose_digests_never_came_are_taken_again_first() -> None:
+    """Several looks may be out at once; one that failed is taken again before the
+    cursor moves on, and the pass is taken whole only once it has been."""
+    scan = HostScan(HOST)
+    scan.start_pass([("a", 1_000), ("b", 500)])
+    first = scan.take(600)
+    second = scan.take(600)
+    assert [(r.vm, r.first, r.count) for r in first] == [("a", 0, 600)]
+    assert [(r.vm, r.first, r.count) for r in second] == [("a", 600, 400), ("b", 0, 200)]
+    scan.give_back(first)
+    assert [(r.vm, r.first, r.count) for r in scan.take(500)] == [("a", 0, 500)]
+    assert [(r.vm, r.first, r.count) for r in scan.take(500)] == [("a", 500, 100), ("b", 200, 300)]
+    assert scan.taken
