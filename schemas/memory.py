@@ -73,7 +73,9 @@ class PagesShared(Event):
     differing: int = Field(0, ge=0, description="pairs whose bytes differ: left out")
 
     def aggregate(self) -> str:
-        return f"host/{self.host}"
+        # Its own subject: only what keeps guest memory (the hosts, the page-sharing
+        # daemon) reads these long lists, not every follower of the hosts' events.
+        return f"memory/{self.host}"
 
 
 @registry.register
@@ -83,6 +85,9 @@ class PagesUnshared(_PagesEvent):
     reason: UnshareReason = UnshareReason.REQUESTED
     copied: int = Field(0, ge=0)
     node: int | None = Field(None, ge=0, description="where the copies went, if one node")
+
+    def aggregate(self) -> str:
+        return f"memory/{self.host}"
 
 
 @registry.register

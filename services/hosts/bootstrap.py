@@ -232,7 +232,15 @@ def build(settings: Settings) -> ServiceDefinition:
         name=NAME,
         fold=fold,
         # The ledger's reservations too: a host changes what it runs only within them.
-        fold_filters=("host.>", "vm.>", "copy.>", "ha.>", "pool.>", "clock.hosts"),
+        fold_filters=(
+            "host.>",
+            "vm.>",
+            "memory.>",
+            "copy.>",
+            "ha.>",
+            "pool.>",
+            "clock.hosts",
+        ),
         # A transfer's other end, or a crash that aborts it, may belong to another hosts
         # process: each follows the others' events as they are appended.
         follow=True,

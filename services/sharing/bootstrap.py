@@ -173,7 +173,7 @@ def build(settings: Settings) -> ServiceDefinition:
         setup=setup,
         fold=fold,
         # The VMs (and hosts) it may share pages of, its pages' answers, its own record.
-        fold_filters=("host.>", "vm.>", "sharing.>"),
+        fold_filters=("host.>", "vm.>", "memory.>", "sharing.>"),
         follow=True,
         decide=on_command,
         commands={"sharing-commands": ("sharing.>",)},
