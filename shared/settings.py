@@ -30,6 +30,9 @@ class Settings(BaseModel):
         pattern=r"^(auto|[A-Za-z][A-Za-z0-9_-]{0,15})$",
         description="names this process's hosts <prefix>1..N; 'auto' uses the machine name",
     )
+    host_cpu_cores: int = Field(
+        16, ge=1, le=1024, description="cores of each emulated host (2.4 GHz each)"
+    )
     tick_seconds: float = Field(1.0, gt=0, le=3600)
     speed: float = Field(1.0, gt=0, le=10_000, description="emulated seconds per wall second")
     seed: int = 0

@@ -103,13 +103,13 @@ def host_names(settings: Settings) -> list[str]:
     return [f"{host_prefix(settings)}{i}" for i in range(1, settings.hosts + 1)]
 
 
-def host_shape(host: str) -> HostRegistered:
-    """Every emulated host of this process has the same shape: 16 cores of 2.4 GHz, 64 GiB
-    over two NUMA nodes, 8 GiB of swap, 10 Gbit/s and 2 GB/s of storage, 200 GiB of it a
-    scratch pool for its VMs."""
+def host_shape(host: str, cpu_cores: int = 16) -> HostRegistered:
+    """Every emulated host of this process has the same shape: 16 cores (or
+    ``VPLANE_HOST_CPU_CORES``) of 2.4 GHz, 64 GiB over two NUMA nodes, 8 GiB of swap,
+    10 Gbit/s and 2 GB/s of storage, 200 GiB of it a scratch pool for its VMs."""
     return HostRegistered(
         host=host,
-        cpu_cores=16,
+        cpu_cores=cpu_cores,
         cpu_mhz=2400,
         mem_mib=64 * 1024,
         numa_nodes=2,
@@ -203,7 +203,7 @@ def build(settings: Settings) -> ServiceDefinition:
         # Keyed by host: a host is registered once, whichever process registers it.
         return [
             *(
-                Outcome(events=[host_shape(h)], key=f"register:{h}")
+                Outcome(events=[host_shape(h, settings.host_cpu_cores)], key=f"register:{h}")
                 for h in hosts
                 if h not in holder.fleet.hosts
             ),

@@ -111,6 +111,9 @@ class Holder:
 
 def build(settings: Settings) -> ServiceDefinition:
     holder = Holder(settings.sharing_pages_per_second)
+    # Emulated seconds a hosts tick stands for: read windows are counted in ticks.
+    tick_s = settings.tick_seconds * settings.speed
+    holder.state = Sharing(policy=reads.default_policy(tick_s))
 
     def fold(_seq: int, env: Envelope[Message]) -> None:
         holder.state = evolve(holder.state, env)
@@ -152,7 +155,7 @@ def build(settings: Settings) -> ServiceDefinition:
             case ForkVm():
                 return fork(holder.state, env)
             case SetSharingPolicy():
-                problem = reads.policy_problem(env.data.policy)
+                problem = reads.policy_problem(env.data.policy, tick_s)
                 if problem is not None:
                     refused = CommandRejected.of(env, RejectionCode.INVALID_REQUEST, problem)
                     return answer(env, refused)

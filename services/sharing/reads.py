@@ -69,10 +69,24 @@ def _reason(policy: ReadPolicy, ticks: list[tuple[int, int, int]]) -> UnshareRea
     return None
 
 
-def policy_problem(policy: ReadPolicy) -> str | None:
-    """Why a policy makes no sense, or None."""
+def policy_problem(policy: ReadPolicy, tick_s: float) -> str | None:
+    """Why a policy makes no sense on ticks of ``tick_s`` emulated seconds, or None."""
     if policy.window_ticks < 1:
         return "a read pattern needs a window of at least 1 tick"
     if policy.reads < 1 and policy.remote_reads < 1:
         return "a read pattern needs a read count (or a remote read count) of at least 1"
+    window_s = policy.window_ticks * tick_s
+    if policy.enabled and policy.hold_s < window_s:
+        return (
+            f"a hold of {policy.hold_s:g} s is shorter than the window ({policy.window_ticks} "
+            f"ticks of {tick_s:g} s): a copied page would be shared again before its reads "
+            "could be counted"
+        )
     return None
+
+
+def default_policy(tick_s: float) -> ReadPolicy:
+    """The default policy, its hold at least four windows long on ticks of ``tick_s``."""
+    policy = ReadPolicy()
+    hold = max(policy.hold_s, 4 * policy.window_ticks * tick_s)
+    return policy.model_copy(update={"hold_s": hold})

@@ -22,7 +22,7 @@ from schemas.sharing import (
 )
 from schemas.vm import VmCreated
 from shared.bus import Bus
-from shared.cli.commands import TimeoutOption, describe, ready, send, validated
+from shared.cli.commands import TimeoutOption, describe, send, validated
 from shared.cli.common import BusOption, CliError, JsonOption, table_console, with_bus
 from shared.client import Client
 
@@ -83,27 +83,41 @@ def _cells(row: HostSharing) -> list[str]:
 
 @sharing_app.command("policy")
 def policy(
-    reads: Annotated[int, typer.Option("--reads", help="Reads of a shared page ...")] = 64,
-    window: Annotated[int, typer.Option("--window", help="... within so many ticks.")] = 8,
+    reads: Annotated[int | None, typer.Option("--reads", help="Reads of a shared page ...")] = None,
+    window: Annotated[
+        int | None, typer.Option("--window", help="... within so many ticks.")
+    ] = None,
     remote_reads: Annotated[
-        int, typer.Option("--remote-reads", help="Or reads from another node (0: never).")
-    ] = 16,
+        int | None, typer.Option("--remote-reads", help="Or reads from another node (0: never).")
+    ] = None,
     hold: Annotated[
-        float, typer.Option("--hold", help="Emulated seconds a copied page is not shared.")
-    ] = 300.0,
-    off: Annotated[bool, typer.Option("--off", help="Never make private copies.")] = False,
+        float | None,
+        typer.Option("--hold", help="Emulated seconds a copied page is not shared again."),
+    ] = None,
+    on: Annotated[
+        bool | None, typer.Option("--on/--off", help="Make private copies, or never.")
+    ] = None,
     timeout: TimeoutOption = 10.0,
     bus: BusOption = None,
 ) -> None:
-    """Set when a VM's reads of a shared page earn it a private copy on its own node."""
-    rules = {
-        "enabled": not off,
+    """Change when a VM's reads of a shared page earn it a private copy on its own node;
+    what is not given stays as it is (see `vplane sharing`)."""
+    changes = {
+        "enabled": on,
         "reads": reads,
         "window_ticks": window,
         "remote_reads": remote_reads,
         "hold_s": hold,
     }
-    send(bus, True, timeout, ready(validated(SetSharingPolicy, policy=rules)))
+
+    async def make(client: Client) -> SetSharingPolicy:
+        report = await client.query(ListSharing())
+        assert isinstance(report, SharingReport)
+        rules = report.policy.model_dump()
+        rules.update({k: v for k, v in changes.items() if v is not None})
+        return validated(SetSharingPolicy, policy=rules)
+
+    send(bus, True, timeout, make)
 
 
 def fork(

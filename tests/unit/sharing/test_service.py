@@ -269,7 +269,13 @@ async def test_bad_fork_and_policy_requests_are_refused_and_change_nothing() -> 
                 SetSharingPolicy(policy=ReadPolicy(window_ticks=0)),
                 RejectionCode.INVALID_REQUEST,
             ),
+            # 8 ticks of 50 emulated seconds: a hold of 300 s would end before them.
+            (
+                SetSharingPolicy(policy=ReadPolicy(window_ticks=8, hold_s=300)),
+                RejectionCode.INVALID_REQUEST,
+            ),
         ]
+        before = await stack.client.query(ListSharing())
         for cmd, code in cases:
             [answer] = await stack.client.send_and_wait(cmd)
             assert isinstance(answer.data, CommandRejected), answer.data
@@ -277,7 +283,9 @@ async def test_bad_fork_and_policy_requests_are_refused_and_change_nothing() -> 
         assert not await stack.of_type("VmForkRequested", "VmTemplated", "SharingPolicySet")
         reply = await stack.client.query(ListSharing())
         assert isinstance(reply, SharingReport)
-        assert reply.policy == ReadPolicy()
+        assert isinstance(before, SharingReport)
+        assert reply.policy == before.policy
+        assert reply.policy.hold_s >= reply.policy.window_ticks * 50
 
 
 async def test_a_migrated_fork_leaves_as_its_bytes_and_frees_its_template() -> None:
