@@ -6,7 +6,7 @@ import pytest
 
 from schemas import Envelope
 from schemas.memory import PagePair, PagesShared, SharePages
-from services.sharing.bootstrap import SHARE_BATCH, share_batches
+from services.sharing.scanning import SHARE_BATCH, share_batches
 from shared.effects import record_parts
 
 
