@@ -15,20 +15,25 @@ event with the wall time it arrived.
   guest-OS template, seeds 1..N, on one host, the daemon's budget at
   ``sharing_pages_per_second=--scan-budget`` (its budget accrues with the emulated clock, at
   most a second's worth: so high that the budget never limits it). The daemon asks the host
-  for digests (``GetPageDigests``, at most 10,240 pages a query, one query in flight per
-  host), compares them and proposes ``SharePages``; a pass is timed from one
+  for digests (``GetPageDigests``, at most 10,240 pages a query, two queries in flight per
+  host, a reply asking for the next at once), compares them and proposes ``SharePages``;
+  its indexes outlive a pass, and a settled page (the index's entry for its digest, or on
+  that entry's frame) found unchanged is not looked up again. A pass is timed from one
   ``SharingPassCompleted`` to the next, by the wall times the daemon stamped on them
   (``occurred_at``). Only passes that began once every VM existed count
-  (``pages_scanned`` is all their pages): the first of those learns digests, the next
-  proposes what it finds, and the one after finds nothing left to propose. ``scan rate`` is
-  that last (steady) pass, ``proposing pass`` the one that proposed most. Raw: the same
-  VMs' bytes, built apart from the stack with ``HostMemory`` and ``VmSpec`` (one contiguous
-  array per VM, guest order, not timed), then xxh3_64 per 4 KiB page over memoryview slices
-  (as ``digest_rows`` and ``page_digest_bench`` do) and ``np.unique`` over all the digests;
-  best of ``--repeat``, after the stack has stopped. xxh3_64 over the raw digests in scan
-  order must equal the pass's ``digest``: both read the same bytes. ``process CPU`` is this
-  process's CPU time between the two events' arrivals over the wall time between them
-  (every service and the watchers share this process).
+  (``pages_scanned`` is all their pages): the first of those learns digests, the one that
+  proposes most is the ``proposing pass``, the next the ``verifying pass`` (it looks up
+  again every page paired in the one before, now on its target's frame), and the passes
+  after it that propose nothing are steady: they run until ``--scan-steady`` of them are
+  in (or twice as many passes, whatever they propose). ``scan rate`` is the median
+  pages/s of the steady passes. Raw: the same VMs' bytes, built apart from the stack with
+  ``HostMemory`` and ``VmSpec`` (one contiguous array per VM, guest order, not timed),
+  then xxh3_64 per 4 KiB page over memoryview slices (as ``digest_rows`` and
+  ``page_digest_bench`` do) and ``np.unique`` over all the digests; best of ``--repeat``,
+  after the stack has stopped; ``scan ratio`` is the scan rate over it. xxh3_64 over the
+  raw digests in scan order must equal each pass's ``digest``: both read the same bytes.
+  ``process CPU`` is this process's CPU time between the two events' arrivals over the
+  wall time between them (every service and the watchers share this process).
 * **savings**: ``--savings-template-vms`` VMs of one template and ``--savings-random-vms``
   of random content (each a template name of its own, so its template pages are unique),
   ``--savings-mib`` each, on one host; ``--savings-running`` of the template VMs and the
@@ -58,8 +63,10 @@ event with the wall time it arrived.
   in the same batch as the child), median over the parents of a size;
   then ``--later-forks`` more of one parent of each size (median). Then the 1 GiB template
   alone on its host is asked for children up to ``--children`` in all (``ForkVm``s of at
-  most 64); a host has room for 38 vCPUs (38,400 MHz, 1,000 MHz a vCPU) and every child
-  has its parent's one, so the scheduler refuses the rest, which the output says. Once they
+  most 64); every child has its parent's vCPU, and a host of 16 cores has room for 38
+  (38,400 MHz, 1,000 MHz a vCPU): where the tree has ``VPLANE_HOST_CPU_CORES`` (the
+  ``host_cpu_cores`` setting) the hosts get ``--fork-host-cores`` (room for 76 vCPUs at
+  32), else the scheduler refuses the children past 38, which the output says. Once they
   are created, the host's telemetry: the host holds nothing else, so the frames it uses are
   the pages its VMs map less ``mem_pages_sharing``; next to one full copy per VM.
 * **reads**: ``--reads-vms`` running VMs of one template, ``--reads-mib`` each (an odd
@@ -67,20 +74,26 @@ event with the wall time it arrived.
   read and do not write (``GuestWrites(pages_per_s=0, hot_fraction=--reads-hot-fraction)``:
   1,024 reads a tick, 90 % in the hot set; their page caches still take disk reads). Policy
   off first (``SetSharingPolicy(ReadPolicy(enabled=False))``); after ``--passes`` full
-  passes, ``--reads-ticks`` samples are measured; then on (``ReadPolicy()``, the defaults),
-  ``--reads-ticks`` samples more, in the same stack. ``saved MiB (mean)`` is the samples'
-  ``mem_pages_sharing`` over the phase, ``at end`` ``ListSharing``'s ``saved_mib`` after it.
+  passes, ``--reads-ticks`` samples are measured; then on (``ReadPolicy`` with its default
+  counts and window, 8 ticks, and a hold of ``--reads-hold-ticks`` ticks' worth of
+  emulated seconds), ``--reads-ticks`` samples more, in the same stack. ``saved MiB
+  (mean)`` is the samples' ``mem_pages_sharing`` over the phase, ``at end``
+  ``ListSharing``'s ``saved_mib`` after it.
   Per sample, the hosts' ``shared_reads``: shared pages read, read counts, each frame's
   node; a read is remote when the frame's node is not the VM's ``vcpu_node``. Private
-  copies are the ``PagesUnshared`` events with reason ``read-pattern`` or ``remote-reads``.
+  copies are the ``PagesUnshared`` events with reason ``read-pattern`` or ``remote-reads``;
+  ``shared again`` counts the pages copied that a ``PagesShared`` of the phase lists again.
+  (Both events are ``memory/<host>`` ones; the watchers follow every subject.)
 
 The run fails (exit status 1) when the scan's digests and the raw pass's differ, when the
 stack's memory is not what the seeds build, when ``ListSharing`` does not report the sample
 read with the digests, when the policy on makes no private copy, and when a hosts service
-logs ``GuestMemoryDiverged`` (its guest memory could not follow an event of the log).
+logs ``GuestMemoryDiverged`` (its guest memory could not follow an event of the log); a
+refused ``SetSharingPolicy`` stops it with an error.
 
     .venv/bin/python bench/sharing_bench.py [--cases scan,savings,forks,reads]
-        [--scan-vms 8] [--scan-mib 256] [--savings-mib 32] [--children 50] [--json]
+        [--scan-vms 8] [--scan-mib 256] [--scan-steady 5] [--savings-mib 32]
+        [--children 50] [--fork-host-cores 32] [--reads-hold-ticks 20] [--json]
 """
 
 from __future__ import annotations
@@ -108,9 +121,9 @@ from migration_bench import drop_namespace
 from page_digest_bench import raw_digests
 
 from schemas import Envelope, Message
-from schemas.host import GuestMemoryDiverged, HostTelemetry
+from schemas.host import GuestMemoryDiverged, HostRegistered, HostTelemetry
 from schemas.memory import GetVmMemory, PagesShared, PagesUnshared, VmMemory
-from schemas.pool import Owner
+from schemas.pool import Owner, vcpus_covered
 from schemas.scheduling import Affinity, PlacementRules, PlaceVm, VmPlaced
 from schemas.service import CommandRejected
 from schemas.sharing import (
@@ -132,6 +145,7 @@ from shared.broker import EmbeddedNats
 from shared.bus import Logged, Stream
 from shared.bus.nats import NatsBus
 from shared.logs import configure as configure_logs
+from shared.settings import Settings
 from shared.testing import unique_namespace
 from tests.unit.stack import Stack, service_stack
 
@@ -145,6 +159,8 @@ TARGET_SAVINGS_RATIO = 0.99
 WAIT = 240.0
 CASES = ("scan", "savings", "forks", "reads")
 FORK_SIZES = {"128 MiB": 128, "1 GiB": 1024}
+# VPLANE_HOST_CPU_CORES: the hosts' cores, where this tree has the setting.
+HOST_CORES_SETTABLE = "host_cpu_cores" in Settings.model_fields
 
 
 def progress(text: str) -> None:
@@ -303,10 +319,17 @@ class Case:
 
     async def policy(self, policy: ReadPolicy) -> None:
         sent = time.perf_counter()
-        await self.stack.client.send(SetSharingPolicy(policy=policy))
-        await self.rec.until(
-            lambda: True if self.rec.of(SharingPolicySet, sent) else None, "SharingPolicySet"
-        )
+        env = await self.stack.client.send(SetSharingPolicy(policy=policy))
+
+        def answered() -> str | None:
+            if self.rec.of(SharingPolicySet, sent):
+                return ""
+            refused = (e for e, _, _ in self.rec.of(CommandRejected, sent))
+            return next((e.reason for e in refused if e.command_id == env.id), None)
+
+        refused = await self.rec.until(answered, "SharingPolicySet")
+        if refused:
+            raise RuntimeError(f"SetSharingPolicy refused: {refused}")
 
     async def next_sample(self, after_tick: int) -> HostTelemetry:
         """The host's first sample of a tick after ``after_tick``."""
@@ -388,7 +411,10 @@ async def run_scan(url: str, opts: argparse.Namespace) -> dict[str, Any]:
         began = time.perf_counter()
         await case.created([name for name, _, _ in specs])
         progress(f"scan: {len(specs)} VMs created in {time.perf_counter() - began:.1f} s")
-        await case.full_passes(pages, opts.passes)
+        await case.rec.until(
+            lambda: scan_phases([e.proposed for e, _ in case.passes(pages)], opts.scan_steady),
+            f"{opts.scan_steady} steady passes over {pages} pages",
+        )
         passes = case.passes(pages)
         cpu = {e.full_scans: c for e, _, c in case.rec.of(SharingPassCompleted)}
         stamps = {e.full_scans: t for e, t, _ in case.rec.of(SharingPassCompleted)}
@@ -406,26 +432,54 @@ async def run_scan(url: str, opts: argparse.Namespace) -> dict[str, Any]:
         }
         for e, wall in passes
     ]
+    found = scan_phases([r["proposed"] for r in rows], opts.scan_steady)
+    assert found is not None
+    top, verifying, calm = found
     progress("scan: raw numpy + xxhash over the same bytes")
     raw = raw_scan(specs, opts.scan_mib, opts.repeat)
-    timed = rows[1:]  # the first full pass mostly learns digests
-    steady = timed[-1]
-    proposing = max(timed, key=lambda r: r["proposed"])
+    rates = [rows[i]["pages_per_s"] for i in calm]
+    median = statistics.median(rates) if rates else None
     return {
         "vms": len(specs),
         "mem_mib": opts.scan_mib,
         "pages": pages,
         "budget_pages_per_s": opts.scan_budget,
         "passes": rows,
-        "steady": steady,
-        "proposing": proposing,
+        "steady": {
+            "full_scans": [rows[i]["full_scans"] for i in calm],
+            "rates": rates,
+            "pages_per_s": median,
+            "process_cpu": statistics.median(rows[i]["process_cpu"] for i in calm)
+            if calm
+            else None,
+            "wanted": opts.scan_steady,
+        },
+        "verifying": rows[verifying],
+        "proposing": rows[top],
         "raw": raw,
-        "scan_ratio": steady["pages_per_s"] / raw["pages_per_s"],
-        "proposing_ratio": proposing["pages_per_s"] / raw["pages_per_s"],
+        "scan_ratio": None if median is None else median / raw["pages_per_s"],
+        "verifying_ratio": rows[verifying]["pages_per_s"] / raw["pages_per_s"],
+        "proposing_ratio": rows[top]["pages_per_s"] / raw["pages_per_s"],
         "target_ratio": TARGET_SCAN_RATIO,
         "same_bytes": all(r["digest"] == raw["digest"] for r in rows),
         "diverged": case.diverged(),
     }
+
+
+def scan_phases(proposed: Sequence[int], steady: int) -> tuple[int, int, list[int]] | None:
+    """The full passes' roles, by what each proposed, once ``steady`` steady passes are in
+    (or twice as many passes after the verifying one, whatever they proposed): the
+    proposing pass (the one that proposed most), the verifying one (the next: it looks up
+    again every page paired in the one before), and the steady ones (after it, nothing
+    proposed); indexes into ``proposed``, or None while too few passes are in."""
+    if not proposed or max(proposed) == 0:
+        return None
+    top = proposed.index(max(proposed))
+    after = range(top + 2, len(proposed))
+    calm = [i for i in after if proposed[i] == 0]
+    if len(calm) < steady and len(after) < 2 * steady:
+        return None
+    return top, top + 1, calm[:steady]
 
 
 def raw_scan(specs: Sequence[tuple[str, int, str]], mem_mib: int, repeat: int) -> dict[str, Any]:
@@ -561,6 +615,7 @@ def savings_figures(
         "pages_shared": report.pages_shared,
         "saved_mib": report.saved_mib,
         "bookkeeping_mib": report.bookkeeping_mib,
+        "pages_unshared_again": report.pages_unshared_again,
         "full_scans": report.full_scans,
         "savings_ratio": report.pages_sharing / brute if brute else None,
         "every_page_ratio": report.pages_sharing / every if every else None,
@@ -592,8 +647,10 @@ async def run_forks(url: str, opts: argparse.Namespace) -> dict[str, Any]:
     big = parents["1 GiB"][0]
     first: dict[str, list[Forked]] = {size: [] for size in parents}
     later: dict[str, list[Forked]] = {size: [] for size in parents}
+    # Hosts with room for every child, where the hosts' cores can be set.
+    cores = {"host_cpu_cores": opts.fork_host_cores} if HOST_CORES_SETTABLE else {}
     async with case_stack(
-        url, opts, hosts=2, sharing_pages_per_second=opts.fork_scan_budget
+        url, opts, hosts=2, sharing_pages_per_second=opts.fork_scan_budget, **cores
     ) as case:
         every = [(size, name) for size, names in parents.items() for name in names]
         for seed, (size, name) in enumerate(every, start=1):
@@ -619,6 +676,7 @@ async def run_forks(url: str, opts: argparse.Namespace) -> dict[str, Any]:
             lambda: next((s for s in case.rec.ticks("h1", done) if s.vms_total == family), None),
             "a sample of h1 with every child",
         )
+        shape = next(e for e, _, _ in case.rec.of(HostRegistered) if e.host == "h1")
     mapped = family * pages_of(FORK_SIZES["1 GiB"])
     used = mapped - sample.mem_pages_sharing
 
@@ -659,6 +717,10 @@ async def run_forks(url: str, opts: argparse.Namespace) -> dict[str, Any]:
         "full_copies_mib": family * FORK_SIZES["1 GiB"],
         "used_share": used / mapped,
         "scan_budget_pages_per_s": opts.fork_scan_budget,
+        "host_cores_set": HOST_CORES_SETTABLE,
+        "host_cpu_cores": shape.cpu_cores,
+        "host_cpu_mhz": shape.cpu_mhz,
+        "host_vcpus": vcpus_covered(shape.cpu_cores * shape.cpu_mhz),
         "diverged": case.diverged(),
     }
 
@@ -688,7 +750,7 @@ async def run_reads(url: str, opts: argparse.Namespace) -> dict[str, Any]:
         await case.full_passes(pages, opts.passes)
         progress(f"reads: {opts.passes} full passes with the policy off; measuring")
         off = await phase(case, opts.reads_ticks)
-        policy = ReadPolicy()
+        policy = ReadPolicy(hold_s=opts.reads_hold_ticks * opts.tick * opts.speed)
         await case.policy(policy)
         progress("reads: policy on; measuring")
         on = await phase(case, opts.reads_ticks)
@@ -718,20 +780,24 @@ async def phase(case: Case, ticks: int) -> dict[str, Any]:
     samples = await case.rec.until(taken, f"{ticks} samples of {case.host}")
     end = time.perf_counter()
     report = await case.sharing()
-    unshared = [e for e, t, _ in case.rec.of(PagesUnshared, start) if t <= end]
+    unshared = [(e, t) for e, t, _ in case.rec.of(PagesUnshared, start) if t <= end]
     copied: dict[str, int] = {}
-    for e in unshared:
+    for e, _ in unshared:
         copied[e.reason.value] = copied.get(e.reason.value, 0) + e.copied
-    pages = [(e.vm, p) for e in unshared for p in e.pages]
-    private = set(pages)
-    # Pages given a private copy in this phase and shared again in it (their hold over).
+    pages = [(e.vm, p) for e, _ in unshared for p in e.pages]
+    # Each page given a private copy in this phase: when its first copy's event arrived.
+    private: dict[tuple[str, int], float] = {}
+    for e, t in unshared:
+        for p in e.pages:
+            private.setdefault((e.vm, p), t)
+    # Those shared again after that copy, in the phase (their hold over, or not kept).
     again = {
         page
         for e, t, _ in case.rec.of(PagesShared, start)
         if t <= end
         for pair in e.pairs
         for page in ((pair.vm_a, pair.page_a), (pair.vm_b, pair.page_b))
-        if page in private
+        if private.get(page, t) < t
     }
     per_tick = [reads_in(s) for s in samples]
     return {
@@ -827,10 +893,23 @@ def scan_report(r: dict[str, Any]) -> None:
             f"{p['pages_per_s']:>9,.0f} {p['proposed']:>9,} {p['volatile']:>8,} "
             f"{p['process_cpu']:>10.0%}"
         )
-    steady, proposing, raw = r["steady"], r["proposing"], r["raw"]
+    steady, verifying, proposing, raw = r["steady"], r["verifying"], r["proposing"], r["raw"]
+    if steady["pages_per_s"] is None:
+        print(
+            f"  scan rate            {'-':>11} pages/s  (no steady pass: each pass after the "
+            "verifying one proposed pairs)"
+        )
+    else:
+        shown = ", ".join(f"{x:,.0f}" for x in steady["rates"])
+        print(
+            f"  scan rate            {steady['pages_per_s']:>11,.0f} pages/s  (median of "
+            f"{len(steady['rates'])} steady passes, {steady['full_scans'][0]} to "
+            f"{steady['full_scans'][-1]}, 0 pairs proposed: {shown})"
+        )
     print(
-        f"  scan rate            {steady['pages_per_s']:>11,.0f} pages/s  (pass "
-        f"{steady['full_scans']}, a steady pass: {steady['proposed']:,} pairs proposed)"
+        f"  verifying pass       {verifying['pages_per_s']:>11,.0f} pages/s  (pass "
+        f"{verifying['full_scans']}: looks up again the pages paired in pass "
+        f"{proposing['full_scans']}; {verifying['proposed']:,} pairs proposed)"
     )
     print(
         f"  proposing pass       {proposing['pages_per_s']:>11,.0f} pages/s  (pass "
@@ -841,10 +920,13 @@ def scan_report(r: dict[str, Any]) -> None:
         f"np.unique, {raw['seconds']:.3f} s, best of {r['repeat']}; "
         f"{raw['duplicates']:,} duplicate pages)"
     )
+    ratio = r["scan_ratio"]
+    ok = ratio is not None and ratio >= r["target_ratio"]
     print(
-        f"  scan ratio           {r['scan_ratio']:>11.3f}           (target >= "
-        f"{r['target_ratio']}: {met(r['scan_ratio'] >= r['target_ratio'])})"
+        f"  scan ratio           {'-' if ratio is None else f'{ratio:.3f}':>11}           "
+        f"(target >= {r['target_ratio']}: {met(ok)})"
     )
+    print(f"  verifying-pass ratio {r['verifying_ratio']:>11.3f}")
     print(f"  proposing-pass ratio {r['proposing_ratio']:>11.3f}")
     same = "yes" if r["same_bytes"] else "NO"
     print(f"  same bytes (each pass's digest = xxh3_64 over the raw digests): {same}")
@@ -873,7 +955,8 @@ def savings_report(r: dict[str, Any]) -> None:
     print(
         f"  every page, written ones too (by digest): {r['every_page_by_digest']:,} duplicate "
         f"pages, ratio {'-' if every is None else f'{every:.4f}'}; bookkeeping "
-        f"{r['bookkeeping_mib']:.2f} MiB; private copies {r['private_copies']}"
+        f"{r['bookkeeping_mib']:.2f} MiB; private copies {r['private_copies']}; unshared "
+        f"again {r['pages_unshared_again']:,}"
     )
     agree = r["brute_force_by_digest"] == r["brute_force_pages"] and not r["idle_vms_differing"]
     print(
@@ -887,7 +970,12 @@ def forks_report(r: dict[str, Any]) -> None:
         "-- forks: ForkVm of one powered-off child, sent until its VmCreated arrived; host "
         "part: from its VmPlaced"
     )
-    print(f"   (scan budget {r['scan_budget_pages_per_s']:g} pages per emulated s)")
+    cores = "VPLANE_HOST_CPU_CORES" if r["host_cores_set"] else "not settable in this tree"
+    print(
+        f"   (scan budget {r['scan_budget_pages_per_s']:g} pages per emulated s; hosts of "
+        f"{r['host_cpu_cores']} cores x {r['host_cpu_mhz']:,} MHz ({cores}): room for "
+        f"{r['host_vcpus']} vCPUs)"
+    )
 
     def listed(xs: list[float]) -> str:
         return ", ".join(f"{x:.3f}" for x in xs)
@@ -960,7 +1048,7 @@ def reads_report(r: dict[str, Any]) -> None:
     print(
         f"  policy on: {on['unshared_events']} PagesUnshared listing {on['listed_pages']:,} "
         f"pages ({on['distinct_pages']:,} distinct); {on['shared_again']:,} of them shared "
-        "again within the phase"
+        "again after their copy, within the phase"
     )
     truncated = r["off"]["truncated_ticks"] + on["truncated_ticks"]
     if truncated:
@@ -995,6 +1083,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--scan-vms", type=int, default=8, help="idle VMs the scan reads (8)")
     add("--scan-mib", type=int, default=256, help="each (256)")
     add("--scan-budget", type=float, default=1e9, help="pages per emulated s (1e9)")
+    add("--scan-steady", type=int, default=5, help="steady passes the scan rate is of (5)")
     add("--passes", type=int, default=3, help="full passes before measuring (3)")
     add("--repeat", type=int, default=3, help="raw passes, best of (3)")
     add("--savings-template-vms", type=int, default=6, help="of one template (6)")
@@ -1005,10 +1094,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--later-forks", type=int, default=5, help="of one parent of each size (5)")
     add("--children", type=int, default=50, help="of the 1 GiB template in all (50)")
     add("--fork-scan-budget", type=float, default=1.0, help="pages per emulated s (1)")
+    add("--fork-host-cores", type=int, default=32, help="each host's, if settable (32)")
     add("--reads-vms", type=int, default=6, help="running readers (6)")
     add("--reads-mib", type=int, default=34, help="each; odd large pages (34)")
     add("--reads-hot-fraction", type=float, default=0.01, help="of their pages (0.01)")
     add("--reads-ticks", type=int, default=16, help="samples per policy (16)")
+    add("--reads-hold-ticks", type=float, default=20, help="the policy's hold, ticks (20)")
     add("--speed", type=float, default=50.0, help="emulated s per wall s (50)")
     add("--tick", type=float, default=1.0, help="the hosts' tick, wall s (1.0)")
     add("--json", dest="as_json", action="store_true", help="print JSON too")
@@ -1020,6 +1111,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--savings-mib: 16 to 32 (GetVmMemory gives digests of 8,192 pages)")
     if opts.passes < 2 or opts.first_forks < 1 or opts.children < opts.later_forks + 1:
         parser.error("--passes >= 2; --first-forks >= 1; --children > --later-forks")
+    if opts.scan_steady < 1:
+        parser.error("--scan-steady >= 1")
     return opts
 
 

@@ -75,14 +75,22 @@ class Holder:
         }
 
     def held(self, now: float) -> Callable[[str, I64], I64]:
-        """Which of a guest's pages are held from sharing at ``now``."""
+        """Which of a guest's pages are held from sharing at ``now``: those a private
+        copy was made of (until their hold ends), and those one was asked for and whose
+        answer is not folded yet (sharing them now would undo the copy to come)."""
+        by_vm: dict[str, list[int]] = {}
+        for vm, page in self.asked_private:
+            by_vm.setdefault(vm, []).append(page)
+        for (vm, page), until in self.state.held.items():
+            if until > now:
+                by_vm.setdefault(vm, []).append(page)
+        arrays = {vm: np.asarray(pages, np.int64) for vm, pages in by_vm.items()}
 
         def held(vm: str, pages: I64) -> I64:
-            state = self.state
-            if not state.held:
+            kept = arrays.get(vm)
+            if kept is None:
                 return pages[:0]
-            mask = [state.held.get((vm, p), 0.0) > now for p in pages.tolist()]
-            return pages[np.asarray(mask, np.bool_)] if mask else pages[:0]
+            return pages[np.isin(pages, kept)]
 
         return held
 

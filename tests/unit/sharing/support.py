@@ -3,11 +3,11 @@ driven straight against a host's memory (no bus)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from schemas.memory import SharePages
+from schemas.memory import PagePair, SharePages
 from schemas.sharing import GetPageDigests, PageDigests
 from services.hosts import page_sharing
 from services.hosts.memory import HostMemory, MemoryMode
@@ -38,9 +38,15 @@ def never_held(_vm: str, pages: I64) -> I64:
     return pages[:0]
 
 
-def scan_pass(mem: HostMemory, scan: HostScan, budget: int = 4_096) -> int:
+def scan_pass(
+    mem: HostMemory,
+    scan: HostScan,
+    budget: int = 4_096,
+    held: Callable[[str, I64], I64] = never_held,
+    proposed: list[PagePair] | None = None,
+) -> int:
     """One whole pass of ``scan`` over ``mem``, sharing what it proposes as the host
-    would; return the pairs shared."""
+    would (and listing it in ``proposed``); return the pairs shared."""
     fleet = fleet_of(mem)
     scan.start_pass([(vm, mem.spec(vm).pages) for vm in sorted(mem.vms)])
     shared = 0
@@ -49,7 +55,9 @@ def scan_pass(mem: HostMemory, scan: HostScan, budget: int = 4_096) -> int:
         reply: PageDigests = page_sharing.digests(
             fleet, mem, GetPageDigests(host=HOST, ranges=ranges)
         )
-        found = scan.compare(reply, never_held)
+        found = scan.compare(reply, held)
+        if proposed is not None:
+            proposed += found.pairs
         for i in range(0, len(found.pairs), 2_048):
             cmd = SharePages(host=HOST, pairs=found.pairs[i : i + 2_048], skip_differing=True)
             plan = page_sharing.share_plan({HOST: mem}, cmd)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from schemas.memory import PagePair
 from services.hosts.memory import HostMemory, VmSpec
 from services.sharing.scanner import HostScan
+from services.sharing.scanning import Holder
 from tests.unit.sharing.support import HOST, duplicates, scan_pass
 
 
@@ -109,3 +111,25 @@ def test_ranges_whose_digests_never_came_are_taken_again_first() -> None:
     assert [(r.vm, r.first, r.count) for r in scan.take(500)] == [("a", 0, 500)]
     assert [(r.vm, r.first, r.count) for r in scan.take(500)] == [("a", 500, 100), ("b", 200, 300)]
     assert scan.taken
+
+
+def test_a_page_whose_private_copy_is_on_its_way_is_not_proposed_meanwhile() -> None:
+    """Between the host's copy and the fold of its answer, the daemon knows only that
+    it asked: that page is held already, so the copy is not undone at once."""
+    mem = seeded_host()
+    scan = HostScan(HOST)
+    scan_pass(mem, scan)
+    scan_pass(mem, scan)
+    page = int(np.flatnonzero(mem.page_digests("web2") == mem.page_digests("web1")[0])[0])
+    holder = Holder(1.0)
+    holder.asked_private.add(("web2", page))
+    mem.unshare_pages("web2", [page], node=1)  # the host's copy, its answer not folded
+
+    proposed: list[PagePair] = []
+    scan_pass(mem, scan, held=holder.held(0.0), proposed=proposed)
+    scan_pass(mem, scan, held=holder.held(0.0), proposed=proposed)
+
+    named = {(p.vm_a, p.page_a) for p in proposed} | {(p.vm_b, p.page_b) for p in proposed}
+    assert ("web2", page) not in named
+    scan_pass(mem, scan, proposed=proposed)
+    assert ("web2", page) in {(p.vm_b, p.page_b) for p in proposed}
