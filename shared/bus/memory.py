@@ -103,7 +103,9 @@ class _Task:
     async def stop(self) -> None:
         self.stopping = True
         if self.task is not None:
-            await self.task
+            # Waited for, not awaited: a task its owner already cancelled (a stop that
+            # took too long) is stopped, not a cancellation of whoever closes the bus.
+            await asyncio.wait({self.task})
 
 
 class _Server:

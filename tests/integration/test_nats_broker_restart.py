@@ -403,7 +403,7 @@ async def test_the_page_sharing_daemon_lives_through_the_broker_killed_mid_scan(
     """nats-server killed during the daemon's first pass over the host, and started
     again: the daemon and the hosts carry on without a restart (their consumers, query
     servers and followers restored), and every duplicate page ends up shared once."""
-    from tests.integration.test_sharing import GUESTS, h1, members
+    from tests.integration.test_sharing import GUESTS, h1, members, saved
     from tests.integration.test_sharing import create as create_guest
     from tests.unit.sharing.test_service import _expected
 
@@ -424,9 +424,7 @@ async def test_the_page_sharing_daemon_lives_through_the_broker_killed_mid_scan(
         await asyncio.sleep(0.6)
         await crash_and_restart(server, bus)
         expected = _expected(GUESTS)
-        await poll(
-            lambda: h1(client), lambda h: h.pages_sharing == expected, timeout=90, what="saved"
-        )
+        await poll(lambda: h1(client), lambda h: saved(h, expected), timeout=90, what="saved")
         assert all(p.poll() is None for p in procs), "a service died with the broker"
     finally:
         assert await stop_all(procs) == [0, 0]

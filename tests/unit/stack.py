@@ -215,6 +215,9 @@ async def service_stack(
         "datastore": datastore.name,
         # Every fold a scheduler takes from its decisions is checked against the log's.
         "check_folds": True,
+        # The page-sharing daemon scans slowly unless a test asks for more: at 50 emulated
+        # seconds a wall second, its default would hash every test's guests all along.
+        "sharing_pages_per_second": 1_000,
         **(settings or {}),
     }
     stack = Stack(
