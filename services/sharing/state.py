@@ -70,9 +70,6 @@ class Sharing:
     def record(self, host: str) -> HostRecord:
         return self.records.get(host, HostRecord())
 
-    def children_of(self, vm: str) -> list[str]:
-        return sorted(g.name for g in self.vms.values() if g.fork_of == vm)
-
 
 def evolve(state: Sharing, env: Envelope[Message]) -> Sharing:  # noqa: PLR0911, PLR0912 - one case an event
     event = env.data

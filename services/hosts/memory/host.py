@@ -103,9 +103,6 @@ class HostMemory:
         self._vm(vm).require_bytes()
         self._templates.add(vm)
 
-    def is_template(self, vm: str) -> bool:
-        return vm in self._templates
-
     def destroy_vm(self, vm: str) -> None:
         guest = self._vm(vm)
         blocks = guest.untouched_blocks
