@@ -358,6 +358,7 @@ async def case_stack(
             hosts,
             connect=lambda ns: NatsBus(url, ns, client_name="bench-sharing"),
             namespace=namespace,
+            sharing=True,
             settings=base | settings,
             only=SERVICES,
         ) as stack:

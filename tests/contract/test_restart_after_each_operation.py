@@ -99,12 +99,8 @@ def resize(vm: str, mem_mib: int) -> ChangeVmSize:
 
 
 async def test_every_operation_survives_a_restart_of_every_service(broker: Broker) -> None:
-    # The page-sharing daemon runs and restarts too, but scans too slowly to share a page
-    # on its own here: its passes would change what the snapshots compare between two
-    # operations (its restarts are tested in tests/unit/sharing).
-    settings = {"ha_failures": 0, "sharing_pages_per_second": 0.001}
     async with service_stack(
-        3, connect=broker.connect, namespace=broker.namespace, settings=settings
+        3, connect=broker.connect, namespace=broker.namespace, settings={"ha_failures": 0}
     ) as stack:
 
         async def share() -> None:

@@ -157,7 +157,7 @@ class Stack:
 
 
 def _builders(
-    tenants: bool, monitor: bool, settings: dict[str, object]
+    tenants: bool, monitor: bool, sharing: bool, settings: dict[str, object]
 ) -> dict[str, Callable[[], ServiceDefinition]]:
     def of(**extra: object) -> Settings:
         return Settings.from_env({}, **settings, **extra)
@@ -167,8 +167,9 @@ def _builders(
         "scheduler-high": lambda: build_scheduler(of(priority="high")),
         "scheduler-low": lambda: build_scheduler(of(priority="low")),
         "migration-coordinator": lambda: build_coordinator(of()),
-        "page-sharing": lambda: build_sharing(of()),
     }
+    if sharing:
+        builders["page-sharing"] = lambda: build_sharing(of())
     if tenants:
         builders["tenants"] = lambda: build_tenants(of())
     if monitor:
@@ -185,14 +186,16 @@ async def service_stack(
     faults: Faults | None = None,
     tenants: bool = False,
     monitor: bool = False,
+    sharing: bool = False,
     settings: Mapping[str, object] | None = None,
     only: Sequence[str] | None = None,
 ) -> AsyncIterator[Stack]:
     """``connect``: a broker (else one in-memory bus for all); ``faults``: what each
     service's bus fails (the test's own client never fails); ``settings``: VPLANE_*
-    settings by field name (ha_failures=0, speed=50, ...); ``tenants`` and ``monitor`` add
-    the tenants service and the contention monitor; ``only`` starts just the services it
-    names (say, the hosts alone, driven by commands sent straight to them)."""
+    settings by field name (ha_failures=0, speed=50, ...); ``tenants``, ``monitor`` and
+    ``sharing`` add the tenants service, the contention monitor and the page-sharing
+    daemon; ``only`` starts just the services it names (say, the hosts alone, driven by
+    commands sent straight to them)."""
     namespace = namespace or unique_namespace()
     faults = faults or Faults()
     record = Record()
@@ -215,9 +218,6 @@ async def service_stack(
         "datastore": datastore.name,
         # Every fold a scheduler takes from its decisions is checked against the log's.
         "check_folds": True,
-        # The page-sharing daemon scans slowly unless a test asks for more: at 50 emulated
-        # seconds a wall second, its default would hash every test's guests all along.
-        "sharing_pages_per_second": 1_000,
         **(settings or {}),
     }
     stack = Stack(
@@ -225,7 +225,7 @@ async def service_stack(
         client=Client(client_bus, producer="test"),
         faults=faults,
         record=record,
-        builders=_builders(tenants, monitor, base),
+        builders=_builders(tenants, monitor, sharing, base),
         connect=service_bus,
     )
     errors: list[Exception] = []
@@ -248,7 +248,14 @@ async def service_stack(
 
 
 def memory_stack(
-    hosts: int = 2, *, tenants: bool = False, monitor: bool = False, **settings: object
+    hosts: int = 2,
+    *,
+    tenants: bool = False,
+    monitor: bool = False,
+    sharing: bool = False,
+    **settings: object,
 ) -> contextlib.AbstractAsyncContextManager[Stack]:
     """The stack on the in-memory bus."""
-    return service_stack(hosts, tenants=tenants, monitor=monitor, settings=settings)
+    return service_stack(
+        hosts, tenants=tenants, monitor=monitor, sharing=sharing, settings=settings
+    )

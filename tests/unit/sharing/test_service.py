@@ -38,6 +38,7 @@ from tests.unit.stack import Stack, memory_stack
 def one_host(pages_per_second: float = 200_000) -> AbstractAsyncContextManager[Stack]:
     return memory_stack(
         hosts=1,
+        sharing=True,
         ha_failures=0,
         rebalance_threshold=1.0,
         sharing_pages_per_second=pages_per_second,
@@ -292,7 +293,11 @@ async def test_a_migrated_fork_leaves_as_its_bytes_and_frees_its_template() -> N
     """A fork moved to another host arrives with its template's checksum (its shared
     pages crossed as bytes); the template, with no child left on its host, can then go."""
     async with memory_stack(
-        hosts=2, ha_failures=0, rebalance_threshold=1.0, sharing_pages_per_second=50_000
+        hosts=2,
+        sharing=True,
+        ha_failures=0,
+        rebalance_threshold=1.0,
+        sharing_pages_per_second=50_000,
     ) as stack:
         await _place(stack, "gold", 5, "linux")
         await _created(stack, 1)
