@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from shared.children import ending_with_parent
+
 
 class BrokerError(Exception):
     """The embedded broker could not be started."""
@@ -93,6 +95,8 @@ class EmbeddedNats:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            # Safe with threads: it only makes one system call, loaded before the fork.
+            preexec_fn=ending_with_parent(),  # noqa: PLW1509
         )
         log.close()
         deadline = time.monotonic() + timeout

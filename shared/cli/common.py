@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -41,6 +42,29 @@ def table_console() -> Console:
     """The console tables are printed on."""
     console = Console()
     return console if console.is_terminal else Console(width=PIPED_WIDTH)
+
+
+# The exit code of a command whose reader went away (`vplane events tail | head`): the
+# one Click gives a command that finds its pipe closed, so that every command agrees.
+READER_GONE = 1
+
+
+def stop_writing() -> None:
+    """Whoever read stdout has gone: what is still buffered goes nowhere, so that the
+    flush at exit does not fail a second time (as the Python docs advise for SIGPIPE)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def print_line(text: str, gone: asyncio.Event) -> None:
+    """Print one line of a stream that runs until stopped; once its reader has gone,
+    set ``gone`` (the stream's owner stops on it) and print nothing more."""
+    if gone.is_set():
+        return
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        stop_writing()
+        gone.set()
 
 
 class CliError(Exception):

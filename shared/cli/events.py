@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from shared.bus import Bus, Logged, Stream
-from shared.cli.common import BusOption, JsonOption, with_bus
+from shared.cli.common import READER_GONE, BusOption, JsonOption, print_line, with_bus
 
 events_app = typer.Typer(help="Read the event log.", no_args_is_help=True)
 
@@ -51,10 +51,13 @@ def tail(
                 typer.echo(show(entry))
             return
 
+        gone = asyncio.Event()
+
         async def on_entry(entry: Logged) -> None:
-            typer.echo(show(entry))
+            print_line(show(entry), gone)
 
         await b.watch(Stream.EVENTS, (), on_entry, from_seq=start)
-        await asyncio.Event().wait()
+        await gone.wait()
+        raise typer.Exit(READER_GONE)
 
     with_bus(bus, work)

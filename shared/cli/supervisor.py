@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.children import ending_with_parent
+
 # Every deployable service: its name, its module (``python -m services.<module>``) and
 # the settings that make it that service.
 SERVICES: tuple[tuple[str, str, dict[str, str]], ...] = (
@@ -70,8 +72,11 @@ class Supervisor:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                # Ctrl-C reaches only `vplane up`, which then stops the children in order.
+                # Ctrl-C reaches only `vplane up`, which then stops the children in order;
+                # a `vplane up` killed outright takes them with it.
                 start_new_session=True,
+                # Safe with threads: it only makes one system call, loaded before the fork.
+                preexec_fn=ending_with_parent(),  # noqa: PLW1509
             )
 
     def crashed(self) -> list[Child]:

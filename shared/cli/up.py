@@ -22,7 +22,7 @@ from schemas.service import ServiceStarted
 from shared.broker import EmbeddedNats
 from shared.bus import Logged, Stream
 from shared.bus.factory import bus_from_url
-from shared.cli.common import URL_FILE, data_dir
+from shared.cli.common import READER_GONE, URL_FILE, data_dir, print_line
 from shared.cli.events import format_entry
 from shared.cli.supervisor import SERVICE_NAMES, SERVICES, Supervisor
 from shared.settings import Settings
@@ -68,7 +68,11 @@ class View:
         return Group(head, table, Text("recent events:"), *recent)
 
 
-async def _run(url: str, namespace: str, duration: float | None, sup: Supervisor) -> View:
+async def _run(
+    url: str, namespace: str, duration: float | None, sup: Supervisor, gone: asyncio.Event
+) -> View:
+    """Watch the stack until stopped: by Ctrl-C, by ``duration``, or (``gone``) by the
+    reader of its output going away (`vplane up | head`)."""
     view = View()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -83,7 +87,7 @@ async def _run(url: str, namespace: str, duration: float | None, sup: Supervisor
     async def on_event(entry: Logged) -> None:
         await view.on_event(entry)
         if not tty:
-            print(format_entry(entry), flush=True)
+            print_line(format_entry(entry), gone)
 
     try:
         await bus.watch(Stream.EVENTS, (), on_event, from_seq=await bus.last_seq() + 1)
@@ -94,19 +98,19 @@ async def _run(url: str, namespace: str, duration: float | None, sup: Supervisor
             if tty
             else contextlib.nullcontext() as live
         ):
-            while not stop.is_set():
+            while not stop.is_set() and not gone.is_set():
                 elapsed = time.monotonic() - start
                 if duration is not None and elapsed >= duration:
                     break
                 if not announced and view.started >= SERVICE_NAMES:
                     announced = True
                     hint = "vplane vm create web1 --cpu 2 --mem 2048 --wait"
-                    print(f"stack ready on {url}; try: {hint}", flush=True)
+                    print_line(f"stack ready on {url}; try: {hint}", gone)
                 for child in sup.restart_crashed():
-                    print(
+                    print_line(
                         f"service {child.name} failed; started it again "
                         f"(restart {child.restarts}); see {child.log_path}",
-                        flush=True,
+                        gone,
                     )
                 if live is not None:
                     live.update(view.render(url, elapsed), refresh=True)
@@ -173,6 +177,7 @@ def up(
     )
     started = time.monotonic()
     view: View | None = None
+    gone = asyncio.Event()
     services = SERVICES
     if metrics_port:
         services = tuple(
@@ -183,7 +188,7 @@ def up(
             print(f"metrics of {name}: http://127.0.0.1:{metrics_port + i}/metrics", flush=True)
     try:
         sup.start(services)
-        view = asyncio.run(_run(url, settings.namespace, duration, sup))
+        view = asyncio.run(_run(url, settings.namespace, duration, sup, gone))
     finally:
         codes = sup.stop()
         if broker is not None:
@@ -192,6 +197,8 @@ def up(
         _summary(view, codes, time.monotonic() - started, url)
     if any(codes.values()):
         raise typer.Exit(1)
+    if gone.is_set():
+        raise typer.Exit(READER_GONE)
 
 
 def _forget_url(path: Path, url: str) -> None:

@@ -8,7 +8,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from pathlib import Path
 
 from schemas.pool import Owner
@@ -65,6 +67,18 @@ def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = 60)
             break
         time.sleep(0.05)
     raise AssertionError(f"{needle!r} not printed within {timeout}s; got:\n{''.join(seen)}")
+
+
+def drain(proc: subprocess.Popen[str], keep: int = 200) -> deque[str]:
+    """Go on reading a process's stdout in a thread, keeping its last lines: `vplane up`
+    prints every event when its output is not a terminal, and on a pipe nobody reads it
+    would block in that print, deaf to Ctrl-C."""
+    assert proc.stdout is not None
+    out = proc.stdout
+    os.set_blocking(out.fileno(), True)
+    lines: deque[str] = deque(maxlen=keep)
+    threading.Thread(target=lambda: lines.extend(out), daemon=True).start()
+    return lines
 
 
 async def start_ready(

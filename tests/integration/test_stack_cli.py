@@ -15,7 +15,7 @@ import pytest
 
 from shared.testing import unique_namespace
 from tests.brokers import drop_rabbitmq_namespace
-from tests.integration.stack import VPLANE, cli, wait_for_line
+from tests.integration.stack import VPLANE, cli, drain, wait_for_line
 
 pytestmark = [pytest.mark.broker, pytest.mark.integration]
 
@@ -39,8 +39,10 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, 
         text=True,
         cwd=tmp_path,
     )
+    stopped_in_time = True
     try:
         wait_for_line(proc, "stack ready", timeout=60)
+        printed = drain(proc)
         yield cli_env
     finally:
         if proc.poll() is None:
@@ -48,10 +50,12 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, 
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
+                stopped_in_time = False
                 proc.kill()
                 proc.wait()
         if request.param == "rabbitmq":
             drop_rabbitmq_namespace(cli_env["VPLANE_BUS_URL"], cli_env["VPLANE_NAMESPACE"])
+    assert stopped_in_time, "vplane up did not stop within 30 s of Ctrl-C:\n" + "".join(printed)
 
 
 def test_vm_create_is_answered_and_visible_everywhere(stack: dict[str, str]) -> None:
@@ -313,13 +317,23 @@ def test_events_tail_follows_new_events(stack: dict[str, str]) -> None:
     finally:
         tail.send_signal(signal.SIGINT)
         tail.wait(10)
+    # Piped into a reader that has had enough, it stops following, without a word.
+    piped = subprocess.run(
+        ["sh", "-c", f"{shlex.quote(str(VPLANE))} events tail | head -1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert len(piped.stdout.splitlines()) == 1, piped.stdout
+    assert piped.stderr == ""
 
 
-def test_up_stops_cleanly_on_interrupt_with_a_summary(tmp_path: Path) -> None:
-    """Ctrl-C stops the services and the broker, and `vplane up` prints a summary and exits 0."""
-    env = {**os.environ, "VPLANE_DATA_DIR": str(tmp_path / "data")}
-    env.pop("VPLANE_BUS_URL", None)
-    proc = subprocess.Popen(
+def up_on_embedded_nats(tmp_path: Path) -> subprocess.Popen[str]:
+    """`vplane up --hosts 1` on an embedded NATS server with its data under ``tmp_path``."""
+    env = {**os.environ, "VPLANE_DATA_DIR": str(tmp_path / "data"), "VPLANE_BUS_URL": ""}
+    return subprocess.Popen(
         [VPLANE, "up", "--hosts", "1"],
         env=env,
         stdout=subprocess.PIPE,
@@ -327,12 +341,88 @@ def test_up_stops_cleanly_on_interrupt_with_a_summary(tmp_path: Path) -> None:
         text=True,
         cwd=tmp_path,
     )
+
+
+def test_up_stops_cleanly_on_interrupt_with_a_summary(tmp_path: Path) -> None:
+    """Ctrl-C stops the services and the broker, and `vplane up` prints a summary and exits 0."""
+    proc = up_on_embedded_nats(tmp_path)
     wait_for_line(proc, "stack ready", timeout=60)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     assert "services: hosts exited 0" in out
     assert "events appended" in out
+    assert not (tmp_path / "data" / "bus.url").exists()
+
+
+def children_of(pid: int) -> set[int]:
+    """The processes whose parent is ``pid`` now, read from /proc."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # The command name, in parentheses, may hold spaces: the fields follow it.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_up_killed_outright_takes_its_services_and_broker_with_it(tmp_path: Path) -> None:
+    """A `vplane up` that gets SIGKILL (no chance to stop anything) leaves no service or
+    nats-server running behind it: each is sent SIGTERM when its parent dies."""
+    proc = up_on_embedded_nats(tmp_path)
+    try:
+        wait_for_line(proc, "stack ready", timeout=60)
+        drain(proc)
+        children = children_of(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    # Every service and the broker.
+    assert len(children) == 8, children
+    deadline = time.monotonic() + 20
+    while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [pid for pid in children if alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"still running after vplane up was killed: {left}"
+
+
+def test_up_piped_into_head_stops_the_stack_when_head_has_read_enough(tmp_path: Path) -> None:
+    """`vplane up | head -3`: once head has gone, the stack stops cleanly (no traceback
+    for each event it could not print, no service left running) and says why by its
+    exit code."""
+    env = {**os.environ, "VPLANE_DATA_DIR": str(tmp_path / "data"), "VPLANE_BUS_URL": ""}
+    done = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f"{shlex.quote(str(VPLANE))} up --hosts 1 --duration 60 | head -3; "
+            'echo "exit ${PIPESTATUS[0]}"',
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        cwd=tmp_path,
+        check=False,
+    )
+    lines = done.stdout.splitlines()
+    assert len(lines) == 4, done.stdout
+    assert lines[0].startswith("embedded nats-server")
+    assert lines[-1] == "exit 1"
+    assert done.stderr == ""
     assert not (tmp_path / "data" / "bus.url").exists()
 
 
