@@ -10,7 +10,14 @@ from pydantic import Field
 from schemas.base import Command, Event, Name, Part, registry
 from schemas.pool import Owner
 from schemas.transfers import DEFAULT_DOWNTIME_MS, MAX_DOWNTIME_MS, MigrationMode
-from schemas.vm import DEFAULT_DISK_GIB, MAX_DISK_GIB, GuestWrites, MemoryMode, WorkloadKind
+from schemas.vm import (
+    DEFAULT_DISK_GIB,
+    MAX_DISK_GIB,
+    GuestInputs,
+    GuestWrites,
+    MemoryMode,
+    WorkloadKind,
+)
 
 
 class PlacementPolicy(enum.StrEnum):
@@ -63,6 +70,9 @@ class VmAsk(Part):
     writes: GuestWrites | None = Field(None, description="its dirty rate (full memory)")
     fork_of: Name | None = Field(
         None, description="fork it from this VM, on its host (the page-sharing daemon asks)"
+    )
+    inputs: GuestInputs | None = Field(
+        None, description="driven by inputs from outside, recordable (full memory)"
     )
 
 

@@ -47,6 +47,18 @@ class GuestWrites(Part):
     hot_share: float = Field(0.9, ge=0, le=1, description="share of the writes that go there")
 
 
+class GuestInputs(Part):
+    """A guest driven from outside: every tick, packets from the network, timer reads and
+    device completions reach it, drawn by its host from the operating system's entropy
+    pool, and it answers each packet with one. What it does is a function of its memory,
+    its seed and those inputs, so its execution can be recorded and replayed (FT)."""
+
+    packets_per_s: float = Field(
+        2.0, ge=0, le=10_000, description="packets in per emulated second, on average"
+    )
+    max_packet: int = Field(512, ge=64, le=4080, description="bytes of the largest packet")
+
+
 @registry.register
 class CreateVm(Command):
     """Create a VM on ``host``, in room its scheduler reserved there first (a
@@ -72,6 +84,9 @@ class CreateVm(Command):
     writes: GuestWrites | None = Field(None, description="its dirty rate (full memory)")
     fork_of: Name | None = Field(
         None, description="a child of this VM (made a template): its pages, copy-on-write"
+    )
+    inputs: GuestInputs | None = Field(
+        None, description="driven by inputs from outside, recordable (full memory)"
     )
 
     def aggregate(self) -> str:
@@ -115,6 +130,8 @@ class VmCreated(Event):
     writes: GuestWrites | None = None
     # Forked from this template: every page maps the template's, copy-on-write.
     fork_of: Name | None = None
+    # Driven by inputs from outside: its execution can be recorded.
+    inputs: GuestInputs | None = None
 
     def aggregate(self) -> str:
         return f"vm/{self.vm}"

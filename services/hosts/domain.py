@@ -372,6 +372,11 @@ def _create(fleet: Fleet, cmd: CreateVm) -> VmCreated:
             f"CreateVm {cmd.vm} names no host: a VM is placed by a scheduler (PlaceVm), "
             "which reserves its room in the ledger first",
         )
+    if cmd.inputs is not None and cmd.memory_mode != MemoryMode.FULL:
+        raise Rejected(
+            RejectionCode.ACCOUNTING_ONLY,
+            f"VM {cmd.vm} has no guest memory to take inputs into: ask for full memory",
+        )
     host_up(fleet, cmd.host)
     _reserved(fleet, cmd.host, cmd.vm, cmd.cpu, cmd.mem_mib)
     if not fleet.room(cmd.host, cmd.cpu, cmd.mem_mib):
@@ -396,6 +401,7 @@ def _create(fleet: Fleet, cmd: CreateVm) -> VmCreated:
         checkpoint=cmd.checkpoint,
         writes=cmd.writes,
         fork_of=cmd.fork_of,
+        inputs=cmd.inputs,
     )
 
 

@@ -60,6 +60,7 @@ from services.hosts.checkpoint_files import CheckpointFileError
 from services.hosts.checkpoint_hardware import CheckpointHardware
 from services.hosts.disks import Disks
 from services.hosts.domain import Facts
+from services.hosts.executing import RecordedGuests
 from services.hosts.memory import EMPTY_PROFILE, BytesDiffer, HostMemory, MemoryModelError
 from services.hosts.memory import MemoryMode as MemMode
 from services.hosts.memory import VmSpec as MemSpec
@@ -109,6 +110,7 @@ class Machine:
         self.incoming: dict[str, Incoming] = {}
         self.numa = NumaHardware()
         self.shared_reads = SharedReads()
+        self.recorded = RecordedGuests()
         # Events of the log the guest memory could not follow, not yet logged as such.
         self.diverged: list[GuestMemoryDiverged] = []
 
@@ -372,7 +374,9 @@ class Machine:
         first = self._steps[vm.name]
         workload = _workload(vm)
         runs = [
-            workload.step(pages, step, writes=writes, reads=reads)
+            self.recorded.planned(mem, vm, step, workload, writes=writes, reads=reads)
+            if vm.inputs is not None
+            else workload.step(pages, step, writes=writes, reads=reads)
             for step in range(first, first + steps)
         ]
         dirty = np.zeros(pages, np.bool_)
@@ -420,16 +424,33 @@ class Machine:
         incoming = self.incoming.get(vm.name)
         if incoming is not None and incoming.host != event.host:
             incoming = None
+
+        def write(accesses: Accesses) -> None:
+            if incoming is not None:
+                # A page not there yet faults: its writes wait for it.
+                accesses = incoming.run(accesses)
+            self._write(mem, vm.name, accesses)
+            self.page_caches.of(vm.name, pages).pages_written(accesses.write_pages)
+
         for run in runs:
             for step in range(run.first_step, run.first_step + run.steps):
-                accesses = workload.step(
-                    pages, step, writes=run.writes_per_step, reads=run.reads_per_step
+                if vm.inputs is not None:
+                    # Nothing reaches it from outside in a run its migration asks for.
+                    self.recorded.run(
+                        mem,
+                        vm,
+                        step,
+                        workload,
+                        write,
+                        seconds=self.tick_seconds,
+                        writes=run.writes_per_step,
+                        reads=run.reads_per_step,
+                        inputs=[],
+                    )
+                    continue
+                write(
+                    workload.step(pages, step, writes=run.writes_per_step, reads=run.reads_per_step)
                 )
-                if incoming is not None:
-                    # A page not there yet faults: its writes wait for it.
-                    accesses = incoming.run(accesses)
-                self._write(mem, vm.name, accesses)
-                self.page_caches.of(vm.name, pages).pages_written(accesses.write_pages)
         if not event.replayed:
             self._steps[vm.name] = max(self._steps[vm.name], event.first_step + event.steps)
 
@@ -497,6 +518,20 @@ class Machine:
             pages = mem.spec(vm.name).pages
             step = self._steps[vm.name]
             self._steps[vm.name] = step + 1
+            writes, reads = self._per_tick(vm)
+            if vm.inputs is not None:
+                # Its device completions are among its inputs: no disk work besides.
+                self.recorded.run(
+                    mem,
+                    vm,
+                    step,
+                    _workload(vm),
+                    partial(self._write, mem, vm.name),
+                    seconds=self.tick_seconds,
+                    writes=int(writes * speed),
+                    reads=int(reads * speed),
+                )
+                continue
             cache = self.page_caches.of(vm.name, pages)
             io = self.disks.work(vm.name, speed)
             if io is not None and len(io.read):
@@ -506,7 +541,6 @@ class Machine:
                 cache.map(landing, io.disk, io.read[: len(landing)])
             if io is not None:
                 cache.blocks_written(io.disk, io.written)
-            writes, reads = self._per_tick(vm)
             accesses = _workload(vm).step(
                 pages, step, writes=int(writes * speed), reads=int(reads * speed)
             )

@@ -33,6 +33,7 @@ from schemas.transfers import (
     MigrationSwitchedOver,
 )
 from schemas.vm import (
+    GuestInputs,
     GuestWrites,
     MemoryMode,
     Priority,
@@ -102,6 +103,9 @@ class Vm:
     # itself (quiesced, read-only: the base of its forks).
     fork_of: str | None = None
     templated: bool = False
+    # Driven by inputs from outside (packets, timers, devices): its execution can be
+    # recorded and replayed.
+    inputs: GuestInputs | None = None
 
     @property
     def active_disk(self) -> str:
@@ -278,6 +282,7 @@ def evolve(  # noqa: PLR0911, PLR0912, PLR0915 - one case per event
                     disk_gib=event.disk_gib,
                     writes=event.writes,
                     fork_of=event.fork_of,
+                    inputs=event.inputs,
                 ),
             )
             if event.checkpoint is not None and event.checkpoint in fleet.checkpoints:

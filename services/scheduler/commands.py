@@ -21,6 +21,7 @@ from schemas.scheduling import (
     SetMaintenance,
 )
 from schemas.service import CommandRejected, RejectionCode
+from schemas.vm import MemoryMode
 from services.scheduler.choose import request_of
 from services.scheduler.core import AbsurdRequest, ContradictoryRules
 from services.scheduler.evacuating import decide_cheapest, decide_maintenance
@@ -89,6 +90,11 @@ def _place(state: SchedulerState, cmd: PlaceVm) -> PlacementRequested:
         raise _Refused(RejectionCode.CONTRADICTORY_RULES, str(err)) from None
     except AbsurdRequest as err:
         raise _Refused(RejectionCode.INVALID_REQUEST, str(err)) from None
+    if cmd.inputs is not None and cmd.memory_mode != MemoryMode.FULL:
+        raise _Refused(
+            RejectionCode.ACCOUNTING_ONLY,
+            f"VM {cmd.vm} has no guest memory to take inputs into: ask for full memory",
+        )
     ledger = state.ledger
     rules = cmd.rules
     named = {

@@ -71,6 +71,7 @@ def create_vm(placed: VmPlaced, request: Envelope[PlacementRequested]) -> Create
         checkpoint=ask.checkpoint,
         writes=ask.writes,
         fork_of=ask.fork_of,
+        inputs=ask.inputs,
     )
 
 

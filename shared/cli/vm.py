@@ -93,6 +93,15 @@ def vm_create(
         float,
         typer.Option("--hot-fraction", help="With --dirty-rate: share of pages written most."),
     ] = 0.1,
+    packets: Annotated[
+        float | None,
+        typer.Option(
+            "--packets",
+            help="Packets from outside per emulated second, on average (full memory): the guest is "
+            "driven by inputs its host draws from the OS, and its execution can be "
+            "recorded (vplane ft protect).",
+        ),
+    ] = None,
     min_cpu: Annotated[
         int | None, typer.Option("--min-cpu", help="Accept this few vCPUs if need be.")
     ] = None,
@@ -165,6 +174,7 @@ def vm_create(
         writes=None
         if dirty_rate is None
         else {"pages_per_s": dirty_rate, "hot_fraction": hot_fraction},
+        inputs=None if packets is None else {"packets_per_s": packets},
     )
     send(bus, wait, timeout, ready(cmd), until="VmCreated")
 

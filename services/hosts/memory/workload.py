@@ -75,9 +75,13 @@ class Workload:
         """The hot set of a guest of ``pages`` pages."""
         return self._hot(np.arange(self._hot_count(pages), dtype=np.int64), pages)
 
-    def step(self, pages: int, step: int, *, writes: int, reads: int) -> Accesses:
-        """The accesses of step ``step`` on a guest of ``pages`` pages."""
-        rng = np.random.default_rng([_STEP, self.seed, step])
+    def step(
+        self, pages: int, step: int, *, writes: int, reads: int, entropy: int | None = None
+    ) -> Accesses:
+        """The accesses of step ``step`` on a guest of ``pages`` pages; ``entropy`` (a
+        recorded guest's state digest) makes them depend on what the guest was given too."""
+        extra = [] if entropy is None else [entropy]
+        rng = np.random.default_rng([_STEP, self.seed, step, *extra])
         write_pages = self._pick(rng, pages, writes)
         slots = PAGE_SIZE // self.write_width
         offsets = rng.integers(0, slots, writes, dtype=np.int64) * self.write_width

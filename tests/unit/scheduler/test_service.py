@@ -17,7 +17,7 @@ from schemas.scheduling import (
     SetMaintenance,
 )
 from schemas.service import CommandRejected
-from schemas.vm import DestroyVm, PowerOffVm
+from schemas.vm import DestroyVm, GuestInputs, PowerOffVm
 from shared.testing import poll
 from tests.unit.stack import Stack, memory_stack
 
@@ -132,6 +132,8 @@ async def test_bad_requests_are_refused_with_a_reason_and_nothing_reserved() -> 
             await refused(PlaceVm(vm="e", priority=Owner.HIGH, cpu=1, mem_mib=1024 * GIB))
             == "insufficient-capacity"
         )
+        driven = PlaceVm(vm="f", priority=Owner.LOW, cpu=1, mem_mib=64, inputs=GuestInputs())
+        assert await refused(driven) == "accounting-only"
         assert await refused(SetMaintenance(host="h1", on=True)) == "last-usable-host"
         assert await refused(SetMaintenance(host="h7", on=True)) == "unknown-host"
         assert await refused(SetMaintenance(host="h1", on=False)) == "wrong-state"
