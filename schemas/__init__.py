@@ -3,6 +3,7 @@
 from schemas import (
     checkpoints,
     contention,
+    ft,
     ha,
     host,
     memory,
@@ -32,6 +33,7 @@ __all__ = [
     "Telemetry",
     "checkpoints",
     "contention",
+    "ft",
     "ha",
     "host",
     "memory",

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
+from typing import Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from schemas.base import Command, Event, Name, Part, Query, Reply, registry
 from schemas.sharing import UnshareReason
@@ -243,6 +244,50 @@ class RunSteps(Part):
     reads_per_step: int = Field(ge=0)
 
 
+# A run's inputs at most, in bytes and in number: what a recorded guest's NIC is given
+# in one run beyond these it drops (counted), so that the run's answer (its inputs and
+# a packet out for each packet in) stays one message.
+MAX_RUN_INPUT_BYTES = 64 * 1024
+MAX_RUN_INPUTS = 512
+# The largest input: a ring slot of the guest's page, less its header.
+MAX_INPUT_BYTES = 4080
+
+
+class _Bytes(Part):
+    # Bytes travel as base64 in JSON.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64"
+    )
+
+
+class LoggedInput(_Bytes):
+    """One nondeterministic input of a recorded guest, as the FT log keeps it: what
+    reached it from outside and at which step."""
+
+    step: int = Field(ge=0)
+    kind: Literal["packet", "timer", "device"]
+    data: bytes = Field(max_length=MAX_INPUT_BYTES)
+
+
+class SentPacket(_Bytes):
+    """A packet a recorded guest sent, numbered by the guest from 1 without gaps."""
+
+    seq: int = Field(ge=1)
+    step: int = Field(ge=0)
+    data: bytes = Field(max_length=MAX_INPUT_BYTES)
+
+
+class LoggedRun(Part):
+    """A recorded guest's run as its log entry keeps it: replaying these steps on these
+    inputs makes of the same memory what the run made of it."""
+
+    first_step: int = Field(ge=0)
+    steps: int = Field(ge=0)
+    writes_per_step: int = Field(ge=0)
+    reads_per_step: int = Field(ge=0)
+    inputs: list[LoggedInput] = Field(default_factory=list, max_length=MAX_RUN_INPUTS)
+
+
 @registry.register
 class RunVm(Command):
     """Run a guest's workload for ``seconds`` of emulated time at once (at its throttle and
@@ -257,7 +302,15 @@ class RunVm(Command):
     # Instead of a run of ``seconds``: these steps exactly, as another host ran them (a
     # post-copy source checks what its target did to the memory it sent), stunned or not.
     replay: list[RunSteps] = Field(default_factory=list, max_length=4_096)
-    checksum: bool = Field(False, description="report the guest's checksum after the run")
+    checksum_at_start: bool = Field(
+        False, description="report the guest's checksum as the run starts (a sync point)"
+    )
+    # A recorded guest (created with inputs): draw what reaches it from outside during
+    # the run, and report it with what it sent (an FT log entry).
+    record: bool = False
+    # Or, instead of a run of ``seconds``: this logged run exactly (a backup replaying
+    # its primary's log).
+    logged: LoggedRun | None = None
 
     def aggregate(self) -> str:
         return f"host/{self.host}"
@@ -283,7 +336,12 @@ class VmRan(Event):
     faults: int = Field(0, ge=0)
     demand: list[int] = Field(default_factory=list, max_length=MAX_DEMAND)
     replayed: list[RunSteps] = Field(default_factory=list)
-    checksum: str | None = None
+    checksum_at_start: str | None = None
+    # A recorded guest: what reached it during the run (the fold runs on these) and the
+    # packets it sent; packets its NIC dropped over the run's input budget.
+    inputs: list[LoggedInput] = Field(default_factory=list)
+    outputs: list[SentPacket] = Field(default_factory=list)
+    dropped: int = Field(0, ge=0)
 
     def aggregate(self) -> str:
         return f"vm/{self.vm}"

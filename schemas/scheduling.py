@@ -74,6 +74,9 @@ class VmAsk(Part):
     inputs: GuestInputs | None = Field(
         None, description="driven by inputs from outside, recordable (full memory)"
     )
+    backup_of: Name | None = Field(
+        None, description="the FT backup of this VM (the ft service asks): an empty shell"
+    )
 
 
 @registry.register

@@ -88,6 +88,9 @@ class CreateVm(Command):
     inputs: GuestInputs | None = Field(
         None, description="driven by inputs from outside, recordable (full memory)"
     )
+    backup_of: Name | None = Field(
+        None, description="the FT backup of this VM: an empty shell its FT service fills"
+    )
 
     def aggregate(self) -> str:
         return f"host/{self.host}" if self.host else "hosts"
@@ -132,6 +135,8 @@ class VmCreated(Event):
     fork_of: Name | None = None
     # Driven by inputs from outside: its execution can be recorded.
     inputs: GuestInputs | None = None
+    # The FT backup of this VM: empty, off, it runs only what its FT service asks.
+    backup_of: Name | None = None
 
     def aggregate(self) -> str:
         return f"vm/{self.vm}"

@@ -240,6 +240,8 @@ def build(settings: Settings) -> ServiceDefinition:
             "ha.>",
             "pool.>",
             "clock.hosts",
+            # Which VMs their FT service drives.
+            "ft.>",
         ),
         # A transfer's other end, or a crash that aborts it, may belong to another hosts
         # process: each follows the others' events as they are appended.

@@ -278,10 +278,16 @@ def _run(fleet: Fleet, cmd: RunVm, facts: Facts) -> VmRan:
             )
     else:
         vm = full_vm_on(fleet, cmd.vm, cmd.host)
-        if vm.state != VmState.ON or vm.stunned:
+        # An FT backup is off and runs only what its FT service asks.
+        if vm.backup_of is None and (vm.state != VmState.ON or vm.stunned):
             raise Rejected(
                 RejectionCode.WRONG_STATE,
                 f"VM {vm.name} is {'stunned' if vm.stunned else vm.state}: it does not run",
+            )
+        if (cmd.record or cmd.logged is not None) and vm.inputs is None:
+            raise Rejected(
+                RejectionCode.INVALID_REQUEST,
+                f"VM {vm.name} takes no inputs from outside: its runs cannot be recorded",
             )
     if facts.guest_run is None:
         raise Rejected(RejectionCode.UNKNOWN_HOST, f"host {cmd.host} is not emulated here")
@@ -402,6 +408,7 @@ def _create(fleet: Fleet, cmd: CreateVm) -> VmCreated:
         writes=cmd.writes,
         fork_of=cmd.fork_of,
         inputs=cmd.inputs,
+        backup_of=cmd.backup_of,
     )
 
 

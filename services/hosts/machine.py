@@ -60,7 +60,7 @@ from services.hosts.checkpoint_files import CheckpointFileError
 from services.hosts.checkpoint_hardware import CheckpointHardware
 from services.hosts.disks import Disks
 from services.hosts.domain import Facts
-from services.hosts.executing import RecordedGuests
+from services.hosts.executing import RecordedGuests, by_step
 from services.hosts.memory import EMPTY_PROFILE, BytesDiffer, HostMemory, MemoryModelError
 from services.hosts.memory import MemoryMode as MemMode
 from services.hosts.memory import VmSpec as MemSpec
@@ -206,6 +206,9 @@ class Machine:
     def _created(self, before: Fleet, event: VmCreated, mem: HostMemory) -> None:
         if event.fork_of is not None:
             mem.fork_vm(event.fork_of, event.vm)
+        elif event.backup_of is not None:
+            # Zeros until its FT service copies its primary's state in.
+            mem.create_vm(MemSpec.empty(event.vm, large_pages(event.mem_mib)))
         else:
             mem.create_vm(
                 _mem_spec(event.vm, event.mem_mib, event.seed, event.template, event.memory_mode)
@@ -372,13 +375,31 @@ class Machine:
             writes = round(per_tick_writes * ticks / steps)
             reads = round(per_tick_reads * ticks / steps)
         first = self._steps[vm.name]
+        if cmd.logged is not None:
+            given = cmd.logged
+            first, steps = given.first_step, given.steps
+            writes, reads = given.writes_per_step, given.reads_per_step
         workload = _workload(vm)
-        runs = [
-            self.recorded.planned(mem, vm, step, workload, writes=writes, reads=reads)
-            if vm.inputs is not None
-            else workload.step(pages, step, writes=writes, reads=reads)
-            for step in range(first, first + steps)
-        ]
+        plan = None
+        if vm.inputs is not None:
+            plan = self.recorded.plan(
+                mem,
+                vm,
+                first,
+                steps,
+                workload,
+                seconds=cmd.seconds / steps if steps else 0.0,
+                writes=writes,
+                reads=reads,
+                record=cmd.record,
+                given=cmd.logged,
+            )
+            runs = plan.accesses
+        else:
+            runs = [
+                workload.step(pages, step, writes=writes, reads=reads)
+                for step in range(first, first + steps)
+            ]
         dirty = np.zeros(pages, np.bool_)
         dirty[mem.collect_dirty(vm.name, clear=False)] = True
         for accesses in runs:
@@ -398,6 +419,10 @@ class Machine:
             dirty_pages=int(np.count_nonzero(dirty)),
             faults=0 if faults is None else len(faults),
             demand=[] if faults is None else faults[:MAX_DEMAND].tolist(),
+            checksum_at_start=mem.checksum(vm.name) if cmd.checksum_at_start else None,
+            inputs=[] if plan is None else plan.inputs,
+            outputs=[] if plan is None else plan.outputs,
+            dropped=0 if plan is None else plan.dropped,
         )
 
     def _per_tick(self, vm: Vm) -> tuple[float, float]:
@@ -432,10 +457,11 @@ class Machine:
             self._write(mem, vm.name, accesses)
             self.page_caches.of(vm.name, pages).pages_written(accesses.write_pages)
 
+        given = by_step(event.inputs)
         for run in runs:
             for step in range(run.first_step, run.first_step + run.steps):
                 if vm.inputs is not None:
-                    # Nothing reaches it from outside in a run its migration asks for.
+                    # What reached it was decided with the run (none in a migration's).
                     self.recorded.run(
                         mem,
                         vm,
@@ -445,7 +471,7 @@ class Machine:
                         seconds=self.tick_seconds,
                         writes=run.writes_per_step,
                         reads=run.reads_per_step,
-                        inputs=[],
+                        inputs=given.get(step, []),
                     )
                     continue
                 write(
@@ -510,6 +536,9 @@ class Machine:
             and vm.state.value == "on"
             and not vm.stunned
             and vm.name not in moving
+            # A protected VM runs the runs its FT service asks for, a backup likewise.
+            and vm.name not in fleet.ft_driven
+            and vm.backup_of is None
         ]
         if mem is None or not working:
             return

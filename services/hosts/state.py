@@ -17,6 +17,7 @@ from schemas.checkpoints import (
     CheckpointStarted,
     VmRestored,
 )
+from schemas.ft import ProtectionEnded, ProtectionRequested
 from schemas.ha import HostFailed, HostReturned, VmRestarted
 from schemas.host import HostCrashed, HostRecovered, HostRegistered, HostState
 from schemas.numa import VmNumaMoveCompleted, VmNumaMoveStarted
@@ -106,6 +107,8 @@ class Vm:
     # Driven by inputs from outside (packets, timers, devices): its execution can be
     # recorded and replayed.
     inputs: GuestInputs | None = None
+    # The FT backup of this VM: created empty, it runs only what its FT service asks.
+    backup_of: str | None = None
 
     @property
     def active_disk(self) -> str:
@@ -182,6 +185,8 @@ class Fleet:
     # follow in its workflow. The machine says whether a move is under way (a VM whose
     # memory went meanwhile leaves its entry here until its next move).
     numa_moves: Mapping[str, Envelope[Message] | None] = field(default_factory=dict)
+    # Protected VMs: they run only the runs their FT service asks for, not in ticks.
+    ft_driven: frozenset[str] = frozenset()
 
     def disk_children(self, disk: str) -> list[str]:
         return sorted(child for child, parent in self.disk_parents.items() if parent == disk)
@@ -249,6 +254,10 @@ def evolve(  # noqa: PLR0911, PLR0912, PLR0915 - one case per event
             )
             pool = ScratchPool(event.scratch_mib)
             return _with_host(fleet, Host(spec, HostState.UP, event.swap_mib, pool))
+        case ProtectionRequested():
+            return replace(fleet, ft_driven=fleet.ft_driven | {event.vm})
+        case ProtectionEnded():
+            return replace(fleet, ft_driven=fleet.ft_driven - {event.vm})
         case HostCrashed() if event.host in fleet.hosts:
             fleet = _with_host(fleet, replace(fleet.hosts[event.host], state=HostState.DOWN))
             fleet = _fail_transfers(fleet, event.host)
@@ -283,6 +292,7 @@ def evolve(  # noqa: PLR0911, PLR0912, PLR0915 - one case per event
                     writes=event.writes,
                     fork_of=event.fork_of,
                     inputs=event.inputs,
+                    backup_of=event.backup_of,
                 ),
             )
             if event.checkpoint is not None and event.checkpoint in fleet.checkpoints:

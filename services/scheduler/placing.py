@@ -72,6 +72,7 @@ def create_vm(placed: VmPlaced, request: Envelope[PlacementRequested]) -> Create
         writes=ask.writes,
         fork_of=ask.fork_of,
         inputs=ask.inputs,
+        backup_of=ask.backup_of,
     )
 
 

@@ -34,6 +34,7 @@ from schemas.contention import (
     Evidence,
     ScalingDecided,
 )
+from schemas.ft import FtMode, ProtectionEnded, ProtectionRequested, ProtectVm
 from schemas.ha import HostFailed, HostReturned, RestartVm, VmRestarted, VmRestartFailed
 from schemas.host import (
     ClockLeased,
@@ -50,6 +51,8 @@ from schemas.memory import (
     ExportPages,
     GetVmMemory,
     ImportPages,
+    LoggedInput,
+    LoggedRun,
     PagePair,
     PagesExported,
     PagesImported,
@@ -59,6 +62,7 @@ from schemas.memory import (
     PagesUnshared,
     RunVm,
     Selection,
+    SentPacket,
     SharePages,
     SwapInPages,
     SwapOutPages,
@@ -442,6 +446,45 @@ EXAMPLES: dict[str, Message] = {
             host="h2", vm="web-1", flow="mig-1", pages=512, zero_pages=100, checksum="00" * 16
         ),
         RunVm(host="h1", vm="web-1", seconds=0.7, tag="run-1"),
+        RunVm(
+            host="h2",
+            vm="web-1-ft1",
+            seconds=0,
+            tag="ft-web-1-7",
+            checksum_at_start=True,
+            logged=LoggedRun(
+                first_step=40,
+                steps=1,
+                writes_per_step=25,
+                reads_per_step=100,
+                inputs=[LoggedInput(step=40, kind="packet", data=b"GET / HTTP/1.1\r\n\r\n")],
+            ),
+        ),
+        VmRan(
+            host="h1",
+            vm="web-1",
+            tag="ft-web-1-7",
+            seconds=0.025,
+            first_step=40,
+            steps=1,
+            writes_per_step=25,
+            reads_per_step=100,
+            cpu_share=1.0,
+            dirty_pages=31,
+            checksum_at_start="00" * 16,
+            inputs=[LoggedInput(step=40, kind="timer", data=(1_800_000_000).to_bytes(8, "little"))],
+            outputs=[SentPacket(seq=17, step=40, data=b"\x00" * 16)],
+        ),
+        ProtectVm(vm="web-1", mode=FtMode.LOCKSTEP, backup_host="h2"),
+        ProtectionRequested(
+            vm="web-1",
+            mode=FtMode.LOCKSTEP,
+            primary_host="h1",
+            backup="web-1-ft1",
+            backup_host="h2",
+            epoch_ms=25,
+        ),
+        ProtectionEnded(vm="web-1", reason="destroyed"),
         VmRan(
             host="h1",
             vm="web-1",

@@ -198,8 +198,16 @@ class DeviceRegion:
         """What the guest sends, step by step, given ``inputs`` (in step order)."""
         sent: list[GuestOutput] = []
         for given in inputs:
-            sent += _take_inputs(self.read_page, self.write, seed, given.step, [given])
+            sent += self.take(seed, given.step, [given])
         return sent
+
+    def take(self, seed: int, step: int, inputs: Sequence[GuestInput]) -> list[GuestOutput]:
+        """Step ``step``'s inputs taken, as the guest takes them; what it sends."""
+        return _take_inputs(self.read_page, self.write, seed, step, inputs)
+
+    def entropy(self, seed: int) -> int:
+        """What the workload's next accesses are drawn from, as the region stands."""
+        return ExecutionState.read(self.read_page(STATE_PAGE), seed).entropy
 
 
 def _reply(state_page: bytes, slot_page: bytes) -> bytes:
