@@ -12,7 +12,8 @@ import enum
 
 from pydantic import Field
 
-from schemas.base import Command, Event, Name, registry
+from schemas.base import Command, Event, Name, Part, Query, Reply, registry
+from schemas.memory import SentPacket
 
 DEFAULT_EPOCH_MS = 25
 
@@ -68,3 +69,65 @@ class ProtectionEnded(_PairEvent):
     it runs in its host's ticks again."""
 
     reason: str
+
+
+@registry.register
+class BackupLoaded(_PairEvent):
+    """The backup holds the primary's state, copied while the primary was suspended: the
+    two checksums are equal. The log the backup replays starts at ``from_step``."""
+
+    backup: Name
+    backup_host: Name
+    primary_checksum: str
+    backup_checksum: str
+    pages: int = Field(ge=0)
+    bytes: int = Field(ge=0)
+    from_step: int = Field(ge=0)
+
+
+@registry.register
+class PairSynced(_PairEvent):
+    """A sync point: the backup caught up with the primary's ``entry``-th log entry (or
+    epoch), and the primary's outputs up to it are released to the outside world, in
+    order. ``primary_checksum`` and ``backup_checksum`` are both memories at the point
+    the entry starts from; they are equal, or ``equal`` says not."""
+
+    mode: FtMode
+    entry: int = Field(ge=0)
+    first_step: int = Field(ge=0)
+    steps: int = Field(ge=0)
+    inputs: int = Field(ge=0, description="log entries (inputs) the backup replayed")
+    primary_checksum: str | None = None
+    backup_checksum: str | None = None
+    equal: bool
+    released: list[SentPacket] = Field(default_factory=list)
+    held_ms: float = Field(0.0, ge=0, description="emulated time the outputs were held")
+
+
+@registry.register
+class GetFtStatus(Query):
+    """Every protected VM and how its protection stands."""
+
+    def aggregate(self) -> str:
+        return "ft"
+
+
+class FtPairView(Part):
+    vm: Name
+    mode: FtMode
+    phase: str
+    primary_host: Name
+    backup: Name
+    backup_host: Name | None
+    log_lag: int = Field(ge=0, description="log entries the backup has not replayed yet")
+    entries: int = Field(ge=0, description="log entries (or epochs) synced")
+    bytes: int = Field(ge=0, description="bytes sent to the backup")
+    held_outputs: int = Field(ge=0)
+    released_outputs: int = Field(ge=0)
+    divergences: int = Field(ge=0)
+    failovers: int = Field(ge=0)
+
+
+@registry.register
+class FtStatus(Reply):
+    pairs: list[FtPairView]

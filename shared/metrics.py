@@ -85,6 +85,17 @@ REPLIES_FAILED = Counter(
     "Replies to its queries that a service's replies handler failed to decide on or carry out",
     ["service"],
 )
+FT_SYNC_POINTS = Counter(
+    "vplane_ft_sync_points_total",
+    "Sync points of protected VMs (a log entry or epoch the backup caught up with), by "
+    "mode and whether the two memories were equal",
+    ["mode", "equal"],
+)
+FT_OUTPUTS_RELEASED = Counter(
+    "vplane_ft_outputs_released_total",
+    "Packets protected VMs sent, released to the outside world once their backup could "
+    "say them too",
+)
 SHARING_PAIRS = Counter(
     "vplane_sharing_pairs_total",
     "Page pairs the hosts shared copy-on-write at the page-sharing daemon's proposal",

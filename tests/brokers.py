@@ -71,6 +71,8 @@ SERVICE_CONSUMERS = (
     "migration-coordinator-telemetry",
     "sharing-commands",
     "page-sharing-telemetry",
+    "ft-commands",
+    "ft-telemetry",
 )
 
 

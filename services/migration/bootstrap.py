@@ -6,7 +6,6 @@ from __future__ import annotations
 from schemas import Envelope, Message, Reply
 from schemas.migration import ListMigrations, MigrationList, MigrationRoundSent
 from schemas.transfers import MigrationAborted, MigrationCompleted
-from services.migration.pacing import Pace
 from services.migration.state import Coordinator, evolve
 from services.migration.steps import steps
 from services.migration.views import migration_views
@@ -14,6 +13,7 @@ from shared.bus import PoisonMessage
 from shared.loops import Loop
 from shared.metrics import MIGRATION_BYTES, MIGRATION_DOWNTIME, MIGRATIONS_ENDED
 from shared.outcome import Outcome
+from shared.pacing import Pace
 from shared.runtime import ServiceDefinition
 from shared.settings import Settings
 

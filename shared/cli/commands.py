@@ -101,6 +101,9 @@ _PHRASES = {
     "CheckpointFailed": "checkpoint failed of",
     "VmRestored": "restored",
     "CheckpointDeleted": "checkpoint deleted of",
+    "ProtectionRequested": "protection requested for",
+    "BackupLoaded": "backup loaded for",
+    "ProtectionEnded": "protection ended for",
 }
 
 

@@ -13,6 +13,7 @@ from shared.cli import (
     checkpoints,
     events,
     explain,
+    ft,
     host,
     inventory,
     ledger,
@@ -53,6 +54,7 @@ app.add_typer(tenants.job_app, name="job")
 app.command("clusters")(tenants.clusters)
 app.command("migrations")(migrations.migrations)
 app.add_typer(sharing.sharing_app, name="sharing")
+app.add_typer(ft.ft_app, name="ft")
 
 
 def main(argv: list[str] | None = None) -> None:

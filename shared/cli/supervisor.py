@@ -22,6 +22,7 @@ SERVICES: tuple[tuple[str, str, dict[str, str]], ...] = (
     ("contention-monitor", "contention", {}),
     ("migration-coordinator", "migration", {}),
     ("page-sharing", "sharing", {}),
+    ("ft", "ft", {}),
 )
 SERVICE_NAMES = frozenset(name for name, _, _ in SERVICES)
 

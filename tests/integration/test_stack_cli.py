@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from shared.cli.supervisor import SERVICES
 from shared.testing import unique_namespace
 from tests.brokers import drop_rabbitmq_namespace
 from tests.integration.stack import VPLANE, cli, drain, wait_for_line
@@ -389,7 +390,7 @@ def test_up_killed_outright_takes_its_services_and_broker_with_it(tmp_path: Path
         proc.kill()
         proc.wait()
     # Every service and the broker.
-    assert len(children) == 8, children
+    assert len(children) == len(SERVICES) + 1, children
     deadline = time.monotonic() + 20
     while any(alive(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.1)

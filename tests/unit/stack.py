@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from schemas import Envelope, Message
 from schemas.queries import ListVms, VmList
 from services.contention.bootstrap import build as build_monitor
+from services.ft.bootstrap import build as build_ft
 from services.hosts.bootstrap import build as build_hosts
 from services.migration.bootstrap import build as build_coordinator
 from services.scheduler.bootstrap import build as build_scheduler
@@ -157,7 +158,7 @@ class Stack:
 
 
 def _builders(
-    tenants: bool, monitor: bool, sharing: bool, settings: dict[str, object]
+    tenants: bool, monitor: bool, sharing: bool, ft: bool, settings: dict[str, object]
 ) -> dict[str, Callable[[], ServiceDefinition]]:
     def of(**extra: object) -> Settings:
         return Settings.from_env({}, **settings, **extra)
@@ -170,6 +171,8 @@ def _builders(
     }
     if sharing:
         builders["page-sharing"] = lambda: build_sharing(of())
+    if ft:
+        builders["ft"] = lambda: build_ft(of())
     if tenants:
         builders["tenants"] = lambda: build_tenants(of())
     if monitor:
@@ -187,6 +190,7 @@ async def service_stack(
     tenants: bool = False,
     monitor: bool = False,
     sharing: bool = False,
+    ft: bool = False,
     settings: Mapping[str, object] | None = None,
     only: Sequence[str] | None = None,
 ) -> AsyncIterator[Stack]:
@@ -194,8 +198,8 @@ async def service_stack(
     service's bus fails (the test's own client never fails); ``settings``: VPLANE_*
     settings by field name (ha_failures=0, speed=50, ...); ``tenants``, ``monitor`` and
     ``sharing`` add the tenants service, the contention monitor and the page-sharing
-    daemon; ``only`` starts just the services it names (say, the hosts alone, driven by
-    commands sent straight to them)."""
+    daemon, ``ft`` the FT service; ``only`` starts just the services it names (say,
+    the hosts alone, driven by commands sent straight to them)."""
     namespace = namespace or unique_namespace()
     faults = faults or Faults()
     record = Record()
@@ -225,7 +229,7 @@ async def service_stack(
         client=Client(client_bus, producer="test"),
         faults=faults,
         record=record,
-        builders=_builders(tenants, monitor, sharing, base),
+        builders=_builders(tenants, monitor, sharing, ft, base),
         connect=service_bus,
     )
     errors: list[Exception] = []
@@ -253,9 +257,10 @@ def memory_stack(
     tenants: bool = False,
     monitor: bool = False,
     sharing: bool = False,
+    ft: bool = False,
     **settings: object,
 ) -> contextlib.AbstractAsyncContextManager[Stack]:
     """The stack on the in-memory bus."""
     return service_stack(
-        hosts, tenants=tenants, monitor=monitor, sharing=sharing, settings=settings
+        hosts, tenants=tenants, monitor=monitor, sharing=sharing, ft=ft, settings=settings
     )

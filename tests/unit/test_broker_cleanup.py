@@ -19,7 +19,7 @@ def test_every_consumer_a_service_declares_is_cleaned_up() -> None:
                 "host_prefix": prefix,
                 "datastore": datastore,
             }
-            for build in _builders(True, True, True, settings).values():
+            for build in _builders(True, True, True, True, settings).values():
                 d = build()
                 declared |= set(d.commands)
                 if d.telemetry is not None or d.observe_telemetry is not None:

@@ -34,7 +34,17 @@ from schemas.contention import (
     Evidence,
     ScalingDecided,
 )
-from schemas.ft import FtMode, ProtectionEnded, ProtectionRequested, ProtectVm
+from schemas.ft import (
+    BackupLoaded,
+    FtMode,
+    FtPairView,
+    FtStatus,
+    GetFtStatus,
+    PairSynced,
+    ProtectionEnded,
+    ProtectionRequested,
+    ProtectVm,
+)
 from schemas.ha import HostFailed, HostReturned, RestartVm, VmRestarted, VmRestartFailed
 from schemas.host import (
     ClockLeased,
@@ -485,6 +495,49 @@ EXAMPLES: dict[str, Message] = {
             epoch_ms=25,
         ),
         ProtectionEnded(vm="web-1", reason="destroyed"),
+        BackupLoaded(
+            vm="web-1",
+            backup="web-1-ft1",
+            backup_host="h2",
+            primary_checksum="00" * 16,
+            backup_checksum="00" * 16,
+            pages=8192,
+            bytes=22_000_000,
+            from_step=40,
+        ),
+        PairSynced(
+            vm="web-1",
+            mode=FtMode.RECORD_REPLAY,
+            entry=3,
+            first_step=43,
+            steps=1,
+            inputs=2,
+            primary_checksum="00" * 16,
+            backup_checksum="00" * 16,
+            equal=True,
+            released=[SentPacket(seq=18, step=43, data=b"\x01" * 16)],
+            held_ms=26.5,
+        ),
+        GetFtStatus(),
+        FtStatus(
+            pairs=[
+                FtPairView(
+                    vm="web-1",
+                    mode=FtMode.RECORD_REPLAY,
+                    phase="protected",
+                    primary_host="h1",
+                    backup="web-1-ft1",
+                    backup_host="h2",
+                    log_lag=1,
+                    entries=3,
+                    bytes=22_001_024,
+                    held_outputs=2,
+                    released_outputs=18,
+                    divergences=0,
+                    failovers=0,
+                )
+            ]
+        ),
         VmRan(
             host="h1",
             vm="web-1",

@@ -1,0 +1,1 @@
+"""The FT logger/replayer: fault tolerance for protected VMs (schemas/ft.py)."""

@@ -1,0 +1,103 @@
+"""ProtectVm as the FT service decides it: checked against what it knows of the VM, its
+host and the backup host asked for; a pair begins with its backup's name."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from schemas import Envelope, Message
+from schemas.ft import FtMode, ProtectionRequested, ProtectVm
+from schemas.service import CommandRejected, RejectionCode
+from schemas.vm import MemoryMode
+from services.ft.state import Ft, Known
+from shared.outcome import Outcome, answer
+
+# The modes this service carries out so far.
+AVAILABLE = (FtMode.RECORD_REPLAY,)
+
+
+def protect(state: Ft, env: Envelope[Message]) -> Outcome:
+    cmd = env.data
+    assert isinstance(cmd, ProtectVm)
+    known = state.vms.get(cmd.vm)
+    if known is None:
+        refused = _refuse(env, RejectionCode.UNKNOWN_VM, f"no VM {cmd.vm} to protect")
+        # It may be in the log and not folded yet: fold it and decide again.
+        return replace(refused, stale=("vm.>",))
+    problem = _problem(state, cmd, known)
+    if problem is not None:
+        return _refuse(env, *problem)
+    requested = ProtectionRequested(
+        vm=cmd.vm,
+        mode=cmd.mode,
+        primary_host=known.host,
+        backup=backup_name(state, cmd.vm),
+        backup_host=cmd.backup_host,
+        epoch_ms=cmd.epoch_ms,
+    )
+    return answer(env, requested)
+
+
+def _problem(state: Ft, cmd: ProtectVm, known: Known) -> tuple[RejectionCode, str] | None:
+    """Why ``cmd`` cannot be done, the first reason found; None when it can."""
+    made, backup_host = known.created, cmd.backup_host
+    checks = (
+        (
+            made.memory_mode != MemoryMode.FULL,
+            RejectionCode.ACCOUNTING_ONLY,
+            f"VM {cmd.vm} has no guest memory to copy or replay (create it with --memory full)",
+        ),
+        (
+            made.backup_of is not None,
+            RejectionCode.INVALID_REQUEST,
+            f"VM {cmd.vm} is a backup itself",
+        ),
+        (
+            cmd.mode not in AVAILABLE,
+            RejectionCode.INVALID_REQUEST,
+            f"mode {cmd.mode} is not available yet: use " + ", ".join(m.value for m in AVAILABLE),
+        ),
+        (
+            made.inputs is None,
+            RejectionCode.INVALID_REQUEST,
+            f"VM {cmd.vm} takes no inputs from outside: its execution cannot be recorded "
+            "(create it with --packets)",
+        ),
+        (
+            cmd.vm in state.pairs,
+            RejectionCode.ALREADY_EXISTS,
+            f"VM {cmd.vm} is protected already",
+        ),
+        (not known.on, RejectionCode.WRONG_STATE, f"VM {cmd.vm} is not running"),
+        (
+            backup_host == known.host,
+            RejectionCode.INVALID_REQUEST,
+            f"the backup must not share {cmd.vm}'s host {known.host}",
+        ),
+        (
+            backup_host is not None and backup_host not in state.hosts,
+            RejectionCode.UNKNOWN_HOST,
+            f"no host {backup_host}",
+        ),
+        (
+            backup_host is not None and state.hosts.get(backup_host) is False,
+            RejectionCode.HOST_DOWN,
+            f"host {backup_host} is down",
+        ),
+    )
+    return next(((code, why) for bad, code, why in checks if bad), None)
+
+
+def backup_name(state: Ft, vm: str) -> str:
+    """``<vm>-ft<n>``: its n-th backup, of a name no VM has (within a name's 63 bytes)."""
+    generation = state.generations.get(vm, 0) + 1
+    while True:
+        suffix = f"-ft{generation}"
+        name = vm[: 63 - len(suffix)] + suffix
+        if name not in state.vms:
+            return name
+        generation += 1
+
+
+def _refuse(env: Envelope[Message], code: RejectionCode, reason: str) -> Outcome:
+    return answer(env, CommandRejected.of(env, code, reason))

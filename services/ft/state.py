@@ -1,0 +1,299 @@
+"""The FT service's fold, pure: the VMs and hosts it may protect, and where each pair
+stands.
+
+A pair begins with its ProtectionRequested. The hosts' answers (the backup created, the
+primary stunned, its pages exported and imported, each run of the primary and each
+replay on the backup) and the service's own events (the backup loaded, each sync point)
+move it on; ``steps.py`` decides its next step from where it stands. A restarted service
+folds the same log and goes on from there.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from schemas import Envelope, Message
+from schemas.ft import (
+    BackupLoaded,
+    FtMode,
+    PairSynced,
+    ProtectionEnded,
+    ProtectionRequested,
+)
+from schemas.ha import VmRestarted
+from schemas.host import HostCrashed, HostRecovered, HostRegistered
+from schemas.memory import ExportPages, ImportPages, PagesExported, PagesImported, RunVm, VmRan
+from schemas.scheduling import PlaceVm
+from schemas.service import CommandRejected, CommandsIssued
+from schemas.transfers import MigrationCompleted
+from schemas.vm import (
+    MemoryMode,
+    StunVm,
+    UnstunVm,
+    VmCreated,
+    VmDestroyed,
+    VmPoweredOff,
+    VmPoweredOn,
+    VmResumed,
+    VmStunned,
+    VmSuspended,
+)
+from shared.effects import issued, named
+
+# Pairs that ended, kept for the status (the oldest go first).
+ENDED_KEPT = 200
+
+
+class Phase(enum.StrEnum):
+    PLACING = "placing"  # the backup is asked of the VM's scheduler
+    COPYING = "copying"  # the primary is suspended while its state is exported
+    LOADING = "loading"  # the primary runs on, its log buffered, while the backup imports
+    PROTECTED = "protected"  # the backup replays the log
+    ENDED = "ended"
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """A VM as the FT service needs to know it."""
+
+    created: VmCreated
+    host: str
+    on: bool
+
+    @property
+    def name(self) -> str:
+        return self.created.vm
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One run of the primary, as logged: the backup replays it."""
+
+    index: int
+    ran: VmRan
+    # When the run was logged (emulated): its outputs are held from then on.
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    requested: ProtectionRequested
+    # The envelope that moved it last: the cause of its next step.
+    last: Envelope[Message]
+    phase: Phase = Phase.PLACING
+    # The steps of setting it up that were asked for (their commands are on record).
+    asked: frozenset[str] = frozenset()
+    backup_host: str | None = None
+    stunned: bool = False
+    exported: PagesExported | None = None
+    imported: PagesImported | None = None
+    # Runs of the primary asked for; the one in flight; the backup's replay in flight.
+    runs: int = 0
+    running: str | None = None
+    replaying: str | None = None
+    # Logged runs the backup has not caught up with yet, oldest first, and the backup's
+    # replay of the oldest once it has run (its sync point is then due).
+    log: tuple[Entry, ...] = ()
+    replayed: VmRan | None = None
+    # When the primary's next run may start (emulated): each run stands for an epoch.
+    next_run_at: float = 0.0
+    synced: int = 0
+    released: int = 0
+    bytes: int = 0
+    divergences: int = 0
+    failovers: int = 0
+    failure: str | None = None
+    ended: ProtectionEnded | None = None
+
+    @property
+    def vm(self) -> str:
+        return self.requested.vm
+
+    @property
+    def backup(self) -> str:
+        return self.requested.backup
+
+    @property
+    def primary_host(self) -> str:
+        return self.requested.primary_host
+
+    @property
+    def mode(self) -> FtMode:
+        return self.requested.mode
+
+    @property
+    def epoch_s(self) -> float:
+        return self.requested.epoch_ms / 1000
+
+    @property
+    def copy_flow(self) -> str:
+        """The data flow the primary's state crosses on."""
+        return named("ft-copy", self.vm, self.backup)
+
+    def run_tag(self, index: int) -> str:
+        return named("ft-run", self.vm, self.backup, index)
+
+    def replay_tag(self, index: int) -> str:
+        return named("ft-replay", self.vm, self.backup, index)
+
+    @property
+    def held(self) -> int:
+        return sum(len(e.ran.outputs) for e in self.log)
+
+
+@dataclass(frozen=True, slots=True)
+class Ft:
+    vms: Mapping[str, Known] = field(default_factory=dict)
+    hosts: Mapping[str, bool] = field(default_factory=dict)  # name -> up
+    pairs: Mapping[str, Pair] = field(default_factory=dict)
+    ended: tuple[Pair, ...] = ()
+    # Protections ever asked, by VM: they number its backups.
+    generations: Mapping[str, int] = field(default_factory=dict)
+    # Which pair each of the service's commands serves.
+    commands: Mapping[uuid.UUID, str] = field(default_factory=dict)
+
+    def pair_of(self, vm: str) -> Pair | None:
+        """The pair ``vm`` is the primary or the backup of."""
+        if vm in self.pairs:
+            return self.pairs[vm]
+        return next((p for p in self.pairs.values() if p.backup == vm), None)
+
+
+def evolve(state: Ft, env: Envelope[Message]) -> Ft:  # noqa: PLR0911, PLR0912 - one case an event
+    event = env.data
+    match event:
+        case HostRegistered() | HostRecovered():
+            return replace(state, hosts={**state.hosts, event.host: True})
+        case HostCrashed():
+            state = replace(state, hosts={**state.hosts, event.host: False})
+            for name in event.vms_lost:
+                state = _vm(state, name, on=False)
+            return state
+        case VmCreated():
+            known = Known(event, event.host, event.powered_on)
+            state = replace(state, vms={**state.vms, event.vm: known})
+            p = state.pairs.get(event.backup_of or "")
+            if p is None or p.backup != event.vm:
+                return state
+            return _with(state, replace(p, backup_host=event.host, phase=Phase.COPYING, last=env))
+        case VmDestroyed():
+            return replace(state, vms={k: v for k, v in state.vms.items() if k != event.vm})
+        case VmPoweredOn() | VmResumed():
+            return _vm(state, event.vm, on=True)
+        case VmPoweredOff() | VmSuspended():
+            return _vm(state, event.vm, on=False)
+        case MigrationCompleted():
+            return _vm(state, event.vm, host=event.target)
+        case VmRestarted():
+            return _vm(state, event.vm, host=event.host, on=True)
+        case ProtectionRequested():
+            generations = {**state.generations, event.vm: state.generations.get(event.vm, 0) + 1}
+            pair = Pair(event, env, backup_host=None)
+            return replace(state, pairs={**state.pairs, event.vm: pair}, generations=generations)
+        case ProtectionEnded() if event.vm in state.pairs:
+            p = replace(state.pairs[event.vm], phase=Phase.ENDED, ended=event, last=env)
+            pairs = {k: v for k, v in state.pairs.items() if k != event.vm}
+            return replace(state, pairs=pairs, ended=(*state.ended, p)[-ENDED_KEPT:])
+        case CommandsIssued():
+            return _issued(state, event, env.sim_time)
+        case VmStunned() if (p := state.pairs.get(event.vm)) and p.phase is Phase.COPYING:
+            return _with(state, replace(p, stunned=True, last=env))
+        case PagesExported() if (p := state.pairs.get(event.vm)) and event.flow == p.copy_flow:
+            return _with(state, replace(p, exported=event, last=env))
+        case PagesImported() if (p := state.pair_of(event.vm)) and event.flow == p.copy_flow:
+            return _with(state, replace(p, imported=event, last=env))
+        case BackupLoaded() if (p := state.pairs.get(event.vm)) is not None:
+            return _with(state, replace(p, phase=Phase.PROTECTED, bytes=p.bytes + event.bytes))
+        case VmRan() if (p := state.pair_of(event.vm)) is not None:
+            return _ran(state, p, event, env)
+        case PairSynced() if (p := state.pairs.get(event.vm)) is not None and p.log:
+            return _with(
+                state,
+                replace(
+                    p,
+                    log=p.log[1:],
+                    replayed=None,
+                    synced=p.synced + 1,
+                    released=p.released + len(event.released),
+                    divergences=p.divergences + (not event.equal),
+                    bytes=p.bytes + sum(len(i.data) for i in p.log[0].ran.inputs),
+                    last=env,
+                ),
+            )
+        case CommandRejected() if (p := _backup_refused(state, event)) is not None:
+            why = f"no backup: {event.reason}"
+            return _with(state, replace(p, failure=why, last=env))
+        case CommandRejected() if event.command_id in state.commands:
+            p = state.pairs.get(state.commands[event.command_id])
+            if p is None:
+                return state
+            why = f"{event.command_type} was refused: {event.reason}"
+            return _with(state, replace(p, failure=why, last=env))
+    return state
+
+
+def _ran(state: Ft, p: Pair, event: VmRan, env: Envelope[Message]) -> Ft:
+    if event.vm == p.vm and event.tag == p.running:
+        entry = Entry(p.runs - 1, event, env.sim_time)
+        return _with(state, replace(p, log=(*p.log, entry), running=None, last=env))
+    if event.vm == p.backup and event.tag == p.replaying:
+        return _with(state, replace(p, replayed=event, replaying=None, last=env))
+    return state
+
+
+def _issued(state: Ft, record: CommandsIssued, at: float) -> Ft:
+    """Which pair each command serves, and which step of it was asked for."""
+    found: dict[uuid.UUID, str] = {}
+    for command in issued(record):
+        cmd = command.data
+        vm = getattr(cmd, "vm", None)
+        p = state.pair_of(vm) if isinstance(vm, str) else None
+        if p is None:
+            continue
+        found[command.id] = p.vm
+        match cmd:
+            case PlaceVm():
+                p = replace(p, asked=p.asked | {"place"})
+            case StunVm():
+                p = replace(p, asked=p.asked | {"stun"})
+            case ExportPages():
+                p = replace(p, asked=p.asked | {"export"})
+            case ImportPages():
+                p = replace(p, asked=p.asked | {"import"}, phase=Phase.LOADING)
+            case UnstunVm():
+                p = replace(p, asked=p.asked | {"unstun"})
+            case RunVm() if cmd.vm == p.vm:
+                start = max(at, p.next_run_at)
+                p = replace(p, running=cmd.tag, runs=p.runs + 1, next_run_at=start + p.epoch_s)
+            case RunVm():
+                p = replace(p, replaying=cmd.tag)
+        state = _with(state, p)
+    return replace(state, commands={**state.commands, **found}) if found else state
+
+
+def _backup_refused(state: Ft, event: CommandRejected) -> Pair | None:
+    """The pair whose backup its scheduler could not place (refused in its round)."""
+    if event.command_type != "PlaceVm" or not event.about.startswith("vm/"):
+        return None
+    name = event.about.removeprefix("vm/")
+    return next(
+        (p for p in state.pairs.values() if p.backup == name and p.phase is Phase.PLACING), None
+    )
+
+
+def _with(state: Ft, p: Pair) -> Ft:
+    return replace(state, pairs={**state.pairs, p.vm: p})
+
+
+def _vm(state: Ft, name: str, **changes: object) -> Ft:
+    known = state.vms.get(name)
+    if known is None:
+        return state
+    return replace(state, vms={**state.vms, name: replace(known, **changes)})  # type: ignore[arg-type]
+
+
+def recordable(known: Known) -> bool:
+    return known.created.memory_mode == MemoryMode.FULL and known.created.inputs is not None

@@ -1,0 +1,202 @@
+"""The FT service's decisions, pure: for each pair, its next steps once what they wait
+for has happened, as events to append and commands to send.
+
+Record/replay, initialised by a state copy:
+- the backup, an empty shell of the primary's size, is placed by the primary's scheduler
+  (never on the primary's host);
+- the primary is suspended (stunned), its memory, device region included, exported
+  with its checksum; then it resumes, and the backup imports the copy;
+- from the resume on, the primary runs an epoch at a time, each run's inputs drawn by its
+  host and logged with the run (VmRan); while the backup imports, they are buffered;
+- once the backup's memory is the primary's (equal checksums: BackupLoaded), it replays
+  the logged runs in order; after each, a sync point (PairSynced) compares the two
+  memories where the run started and releases the outputs of the run, which were held
+  until then: an output leaves only once the backup has every log entry before it.
+"""
+
+from __future__ import annotations
+
+from schemas.ft import BackupLoaded, PairSynced, ProtectionEnded
+from schemas.memory import ExportPages, ImportPages, LoggedRun, RunVm, Selection
+from schemas.pool import Owner
+from schemas.scheduling import Affinity, PlacementRules, PlaceVm
+from schemas.vm import DestroyVm, StunVm, UnstunVm
+from services.ft.state import Ft, Pair, Phase
+from shared.outcome import Outcome
+
+# Pages per chunk of the state copy: 512 KiB, under a NATS message's default 1 MiB.
+COPY_BATCH = 128
+
+
+def steps(state: Ft, now: float) -> list[Outcome]:
+    """The next steps of every pair that can take one at emulated time ``now``, and the
+    backups of pairs that ended, destroyed."""
+    return [
+        *(out for p in state.pairs.values() for out in pair_steps(state, p, now)),
+        *(_drop_backup(state, p) for p in state.ended if p.backup in state.vms),
+    ]
+
+
+def pair_steps(state: Ft, p: Pair, now: float) -> list[Outcome]:
+    if p.failure is not None:
+        return [_end(p, p.failure)]
+    match p.phase:
+        case Phase.PLACING if "place" not in p.asked:
+            return [_place(state, p)]
+        case Phase.COPYING:
+            return _copy(p)
+        case Phase.LOADING:
+            return [*_loaded(p), *_run_primary(p, now)]
+        case Phase.PROTECTED:
+            return [*_run_primary(p, now), *_replay(p), *_sync(p, now)]
+    return []
+
+
+def _place(state: Ft, p: Pair) -> Outcome:
+    known = state.vms[p.vm].created
+    rules = PlacementRules(
+        host_anti_affinity=Affinity(must=[p.primary_host]),
+        host_affinity=Affinity(must=[p.requested.backup_host] if p.requested.backup_host else []),
+    )
+    place = PlaceVm(
+        vm=p.backup,
+        priority=Owner(known.priority),
+        cpu=known.cpu,
+        mem_mib=known.mem_mib,
+        memory_mode=known.memory_mode,
+        seed=known.seed,
+        template=known.template,
+        inputs=known.inputs,
+        power_on=False,
+        rules=rules,
+        backup_of=p.vm,
+    )
+    return Outcome(commands=[place], cause=p.last, key=f"{p.backup}/place")
+
+
+def _copy(p: Pair) -> list[Outcome]:
+    """Suspend the primary, export its state, then resume it and have the backup import."""
+    if "stun" not in p.asked:
+        stun = StunVm(host=p.primary_host, vm=p.vm)
+        return [Outcome(commands=[stun], cause=p.last, key=f"{p.backup}/stun")]
+    if "export" not in p.asked and p.stunned:
+        export = ExportPages(
+            host=p.primary_host,
+            vm=p.vm,
+            flow=p.copy_flow,
+            selection=Selection.ALL,
+            batch=COPY_BATCH,
+            checksum=True,
+        )
+        return [Outcome(commands=[export], cause=p.last, key=f"{p.backup}/export")]
+    if p.exported is not None and "import" not in p.asked and p.backup_host is not None:
+        resume = UnstunVm(host=p.primary_host, vm=p.vm)
+        load = ImportPages(
+            host=p.backup_host, vm=p.backup, flow=p.copy_flow, batches=p.exported.batches
+        )
+        return [Outcome(commands=[resume, load], cause=p.last, key=f"{p.backup}/import")]
+    return []
+
+
+def _loaded(p: Pair) -> list[Outcome]:
+    if p.imported is None or p.exported is None or p.backup_host is None:
+        return []
+    if p.imported.checksum != p.exported.checksum:
+        return [_end(p, "the backup's copy of the primary's state differs from it")]
+    loaded = BackupLoaded(
+        vm=p.vm,
+        backup=p.backup,
+        backup_host=p.backup_host,
+        primary_checksum=p.exported.checksum or "",
+        backup_checksum=p.imported.checksum,
+        pages=p.exported.pages,
+        bytes=p.exported.bytes,
+        from_step=p.log[0].ran.first_step if p.log else 0,
+    )
+    return [Outcome(events=[loaded], cause=p.last, key=f"{p.backup}/loaded")]
+
+
+def _run_primary(p: Pair, now: float) -> list[Outcome]:
+    """The primary's next epoch, once the one before is logged and its time has come."""
+    if p.running is not None or now < p.next_run_at or "unstun" not in p.asked:
+        return []
+    run = RunVm(
+        host=p.primary_host,
+        vm=p.vm,
+        seconds=p.epoch_s,
+        tag=p.run_tag(p.runs),
+        record=True,
+        checksum_at_start=True,
+    )
+    return [Outcome(commands=[run], key=f"{p.backup}/run/{p.runs}")]
+
+
+def _replay(p: Pair) -> list[Outcome]:
+    """The backup replays the oldest logged run it has not caught up with."""
+    if p.replaying is not None or p.replayed is not None or not p.log or p.backup_host is None:
+        return []
+    entry = p.log[0]
+    ran = entry.ran
+    logged = LoggedRun(
+        first_step=ran.first_step,
+        steps=ran.steps,
+        writes_per_step=ran.writes_per_step,
+        reads_per_step=ran.reads_per_step,
+        inputs=ran.inputs,
+    )
+    replay = RunVm(
+        host=p.backup_host,
+        vm=p.backup,
+        seconds=0,
+        tag=p.replay_tag(entry.index),
+        logged=logged,
+        checksum_at_start=True,
+    )
+    return [Outcome(commands=[replay], key=f"{p.backup}/replay/{entry.index}")]
+
+
+def _sync(p: Pair, now: float) -> list[Outcome]:
+    """The backup caught up with the oldest entry: compare, and release its outputs."""
+    if p.replayed is None or not p.log:
+        return []
+    entry, replayed = p.log[0], p.replayed
+    equal = (
+        replayed.checksum_at_start == entry.ran.checksum_at_start
+        and replayed.outputs == entry.ran.outputs
+    )
+    synced = PairSynced(
+        vm=p.vm,
+        mode=p.mode,
+        entry=entry.index,
+        first_step=entry.ran.first_step,
+        steps=entry.ran.steps,
+        inputs=len(entry.ran.inputs),
+        primary_checksum=entry.ran.checksum_at_start,
+        backup_checksum=replayed.checksum_at_start,
+        equal=equal,
+        released=entry.ran.outputs,
+        held_ms=round(max(0.0, now - entry.at) * 1000, 3),
+    )
+    return [Outcome(events=[synced], cause=p.last, key=f"{p.backup}/synced/{entry.index}")]
+
+
+def _end(p: Pair, reason: str) -> Outcome:
+    """The pair ends; a primary suspended for its state copy resumes, untouched."""
+    resume = [UnstunVm(host=p.primary_host, vm=p.vm)] if _suspended(p) else []
+    return Outcome(
+        events=[ProtectionEnded(vm=p.vm, reason=reason)],
+        commands=resume,
+        cause=p.last,
+        key=f"{p.backup}/end",
+    )
+
+
+def _suspended(p: Pair) -> bool:
+    return "stun" in p.asked and "unstun" not in p.asked
+
+
+def _drop_backup(state: Ft, p: Pair) -> Outcome:
+    """A backup whose pair ended holds room for nothing: it goes."""
+    known = state.vms[p.backup]
+    destroy = DestroyVm(host=known.host, vm=p.backup)
+    return Outcome(commands=[destroy], cause=p.last, key=f"{p.backup}/destroy")

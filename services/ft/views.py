@@ -1,0 +1,34 @@
+"""What ``vplane ft status`` shows of each pair."""
+
+from __future__ import annotations
+
+from schemas.ft import FtPairView
+from services.ft.state import Ft, Pair
+
+
+def pair_view(p: Pair) -> FtPairView:
+    return FtPairView(
+        vm=p.vm,
+        mode=p.mode,
+        phase=p.phase.value,
+        primary_host=p.primary_host,
+        backup=p.backup,
+        backup_host=p.backup_host,
+        log_lag=len(p.log),
+        entries=p.synced,
+        bytes=p.bytes,
+        held_outputs=p.held,
+        released_outputs=p.released,
+        divergences=p.divergences,
+        failovers=p.failovers,
+    )
+
+
+def status(state: Ft) -> list[FtPairView]:
+    """The pairs in protection, then those that ended (the latest of each VM)."""
+    latest = {p.vm: p for p in state.ended if p.vm not in state.pairs}
+    return [pair_view(p) for p in sorted([*state.pairs.values(), *latest.values()], key=_order)]
+
+
+def _order(p: Pair) -> tuple[str, str]:
+    return (p.vm, p.backup)

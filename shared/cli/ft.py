@@ -1,0 +1,72 @@
+"""``vplane ft``: protect a VM with a backup on another host, and see how each pair
+stands."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from schemas.ft import DEFAULT_EPOCH_MS, FtMode, FtStatus, GetFtStatus, ProtectVm
+from shared.cli.commands import TimeoutOption, WaitOption, ready, send, validated
+from shared.cli.common import BusOption, CliError, JsonOption, table_console, with_bus
+from shared.client import Client
+
+console = table_console()
+
+ft_app = typer.Typer(
+    help="Fault tolerance: a protected VM goes on, on its backup, when its host dies.",
+    no_args_is_help=True,
+)
+
+
+@ft_app.command("protect")
+def ft_protect(
+    vm: Annotated[str, typer.Argument(help="The VM to protect (full memory, --packets).")],
+    mode: Annotated[
+        str, typer.Option("--mode", help="record-replay, checkpoint or lockstep.")
+    ] = FtMode.RECORD_REPLAY.value,
+    backup_host: Annotated[
+        str | None,
+        typer.Option("--backup-host", help="Put the backup there (never the VM's own host)."),
+    ] = None,
+    epoch_ms: Annotated[
+        int, typer.Option("--epoch-ms", help="Emulated ms between sync points.")
+    ] = DEFAULT_EPOCH_MS,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = 30.0,
+    bus: BusOption = None,
+) -> None:
+    """Protect a VM: its scheduler places a backup of its size on another host, the FT
+    service copies the VM's state into it, then keeps it in step; with --wait, until the
+    backup holds the VM's state."""
+    modes = [m.value for m in FtMode]
+    if mode not in modes:
+        raise CliError(f"invalid --mode {mode!r}: use {', '.join(modes)}")
+    cmd = validated(ProtectVm, vm=vm, mode=mode, backup_host=backup_host, epoch_ms=epoch_ms)
+    send(bus, wait, timeout, ready(cmd), until="BackupLoaded")
+
+
+@ft_app.command("status")
+def ft_status(bus: BusOption = None, as_json: JsonOption = False) -> None:
+    """Each pair: mode, hosts, log lag, sync points, bytes, held and released outputs,
+    divergences, failovers."""
+    reply = with_bus(bus, lambda b: Client(b).query(GetFtStatus()))
+    assert isinstance(reply, FtStatus)
+    if as_json:
+        typer.echo(reply.model_dump_json())
+        return
+    if not reply.pairs:
+        raise CliError("no protected VMs yet (see `vplane ft protect --help`)")
+    table = Table(
+        "vm", "mode", "phase", "primary", "backup", "backup host", "log lag", "synced",
+        "bytes", "held", "released", "divergences", "failovers",
+    )  # fmt: skip
+    for p in reply.pairs:
+        table.add_row(
+            p.vm, p.mode.value, p.phase, p.primary_host, p.backup, p.backup_host or "-",
+            str(p.log_lag), str(p.entries), str(p.bytes), str(p.held_outputs),
+            str(p.released_outputs), str(p.divergences), str(p.failovers),
+        )  # fmt: skip
+    console.print(table)

@@ -1,0 +1,176 @@
+"""The FT service with the hosts and schedulers, on the in-memory bus: a protected VM's
+backup is placed apart from it, loaded with its state, and replays its log; every sync
+point has equal memories, and outputs leave in order, none twice, only once the backup
+has every log entry before them. Requests it cannot do are refused, typed."""
+
+from __future__ import annotations
+
+import itertools
+from contextlib import AbstractAsyncContextManager
+
+import pytest
+
+from schemas import Envelope, Message
+from schemas.ft import (
+    BackupLoaded,
+    FtMode,
+    FtStatus,
+    GetFtStatus,
+    PairSynced,
+    ProtectionRequested,
+    ProtectVm,
+)
+from schemas.memory import VmRan
+from schemas.pool import Owner
+from schemas.scheduling import Affinity, PlacementRules, PlaceVm
+from schemas.service import CommandRejected, RejectionCode
+from schemas.vm import GuestInputs, MemoryMode, VmCreated
+from shared.testing import poll
+from tests.unit.stack import Stack, memory_stack
+
+EPOCH_MS = 200
+
+
+def ft_stack(hosts: int = 2) -> AbstractAsyncContextManager[Stack]:
+    return memory_stack(hosts=hosts, ft=True, ha_failures=0, rebalance_threshold=1.0)
+
+
+async def place(
+    stack: Stack,
+    vm: str,
+    *,
+    host: str = "h1",
+    inputs: GuestInputs | None = GuestInputs(packets_per_s=20),  # noqa: B008 - frozen
+    mode: MemoryMode = MemoryMode.FULL,
+) -> None:
+    await stack.client.send(
+        PlaceVm(
+            vm=vm,
+            priority=Owner.LOW,
+            cpu=1,
+            mem_mib=16,
+            memory_mode=mode,
+            seed=7,
+            inputs=inputs,
+            rules=PlacementRules(host_affinity=Affinity(must=[host])),
+        )
+    )
+    await poll(
+        lambda: stack.of_type("VmCreated"),
+        lambda es: any(isinstance(e.data, VmCreated) and e.data.vm == vm for e in es),
+        what=f"{vm} created",
+    )
+
+
+async def answer(stack: Stack, cmd: ProtectVm) -> Message:
+    [reply] = await stack.client.send_and_wait(cmd, timeout=10)
+    return reply.data
+
+
+def synced(events: list[Envelope[Message]]) -> list[PairSynced]:
+    return [e.data for e in events if isinstance(e.data, PairSynced)]
+
+
+async def test_a_loaded_backup_replays_the_log_with_equal_memories_at_every_sync_point() -> None:
+    async with ft_stack() as stack:
+        await place(stack, "web")
+        requested = await answer(stack, ProtectVm(vm="web", epoch_ms=EPOCH_MS))
+        assert isinstance(requested, ProtectionRequested)
+        assert (requested.backup, requested.primary_host) == ("web-ft1", "h1")
+
+        [loaded_env] = await poll(
+            lambda: stack.of_type("BackupLoaded"), lambda es: len(es) == 1, what="loaded"
+        )
+        loaded = loaded_env.data
+        assert isinstance(loaded, BackupLoaded)
+        assert loaded.backup_host == "h2"  # never the primary's host
+        assert loaded.primary_checksum == loaded.backup_checksum
+        points = synced(
+            await poll(lambda: stack.of_type("PairSynced"), lambda es: len(es) >= 8, what="8 syncs")
+        )
+
+        # Every sync point: the backup's memory is the primary's where the entry starts.
+        assert all(p.equal and p.primary_checksum == p.backup_checksum for p in points)
+        assert [p.entry for p in points] == list(range(len(points)))
+        # Outputs leave in the guest's order, each once, without a gap.
+        seqs = [o.seq for p in points for o in p.released]
+        assert len(seqs) > 0
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+        # And only after the backup replayed the entry they came from.
+        runs = {
+            (e.data.vm, e.data.first_step): e
+            for e in await stack.of_type("VmRan")
+            if isinstance(e.data, VmRan)
+        }
+        log = await stack.events(lambda _: True)
+        position = {e.id: i for i, e in enumerate(log)}
+        for env in await stack.of_type("PairSynced"):
+            point = env.data
+            assert isinstance(point, PairSynced)
+            replay = runs[("web-ft1", point.first_step)]
+            assert position[replay.id] < position[env.id]
+            assert runs[("web", point.first_step)].data.outputs == point.released  # type: ignore[attr-defined]
+
+        status = await stack.client.query(GetFtStatus())
+        assert isinstance(status, FtStatus)
+        [pair] = status.pairs
+        assert (pair.vm, pair.mode, pair.phase, pair.backup_host) == (
+            "web",
+            FtMode.RECORD_REPLAY,
+            "protected",
+            "h2",
+        )
+        assert pair.entries >= 8
+        assert pair.released_outputs >= len(seqs)
+
+
+async def test_the_primary_leaves_its_hosts_ticks_while_protected() -> None:
+    """Between runs the primary's memory does not change: only its FT runs change it."""
+    async with ft_stack() as stack:
+        await place(stack, "web")
+        await answer(stack, ProtectVm(vm="web", epoch_ms=EPOCH_MS))
+        await poll(lambda: stack.of_type("PairSynced"), lambda es: len(es) >= 3, what="syncs")
+        primary_runs = [
+            e.data
+            for e in await stack.of_type("VmRan")
+            if isinstance(e.data, VmRan) and e.data.vm == "web" and e.data.checksum_at_start
+        ]
+        # A run starts where the one before it left the memory... which the backup
+        # confirms at each sync point; and the steps follow without a gap.
+        steps = [(r.first_step, r.steps) for r in primary_runs]
+        assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(steps))
+
+
+@pytest.mark.parametrize(
+    ("cmd", "code"),
+    [
+        (ProtectVm(vm="ghost"), RejectionCode.UNKNOWN_VM),
+        (ProtectVm(vm="acct"), RejectionCode.ACCOUNTING_ONLY),
+        (ProtectVm(vm="plain"), RejectionCode.INVALID_REQUEST),
+        (ProtectVm(vm="web", backup_host="h1"), RejectionCode.INVALID_REQUEST),
+        (ProtectVm(vm="web", backup_host="h9"), RejectionCode.UNKNOWN_HOST),
+        (ProtectVm(vm="web", mode=FtMode.LOCKSTEP), RejectionCode.INVALID_REQUEST),
+    ],
+)
+async def test_what_cannot_be_protected_is_refused_typed(
+    cmd: ProtectVm, code: RejectionCode
+) -> None:
+    async with ft_stack() as stack:
+        await place(stack, "web")
+        await place(stack, "acct", inputs=None, mode=MemoryMode.ACCOUNTING)
+        await place(stack, "plain", inputs=None)
+        refused = await answer(stack, cmd)
+        assert isinstance(refused, CommandRejected), refused
+        assert refused.code == code
+        assert await stack.of_type("ProtectionRequested") == []
+
+
+async def test_protecting_twice_is_refused_and_the_first_protection_goes_on() -> None:
+    async with ft_stack() as stack:
+        await place(stack, "web")
+        first = await answer(stack, ProtectVm(vm="web", epoch_ms=EPOCH_MS))
+        again = await answer(stack, ProtectVm(vm="web", epoch_ms=EPOCH_MS))
+        assert isinstance(first, ProtectionRequested)
+        assert isinstance(again, CommandRejected)
+        assert again.code == RejectionCode.ALREADY_EXISTS
+        await poll(lambda: stack.of_type("PairSynced"), lambda es: len(es) >= 2, what="syncs")
