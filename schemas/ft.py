@@ -61,6 +61,9 @@ class ProtectionRequested(_PairEvent):
     backup: Name
     backup_host: Name | None = None
     epoch_ms: int = Field(ge=1)
+    # Outputs a pair before this one held and its backup never confirmed (it was lost):
+    # released once this pair's backup holds the state they came from.
+    held: list[SentPacket] = Field(default_factory=list)
 
 
 @registry.register
@@ -83,6 +86,9 @@ class BackupLoaded(_PairEvent):
     pages: int = Field(ge=0)
     bytes: int = Field(ge=0)
     from_step: int = Field(ge=0)
+    released: list[SentPacket] = Field(
+        default_factory=list, description="outputs held for want of a backup, released now"
+    )
 
 
 @registry.register
@@ -102,6 +108,59 @@ class PairSynced(_PairEvent):
     equal: bool
     released: list[SentPacket] = Field(default_factory=list)
     held_ms: float = Field(0.0, ge=0, description="emulated time the outputs were held")
+
+
+@registry.register
+class FailoverRequested(_PairEvent):
+    """The primary's host is gone and the backup replayed every logged run: the VM's
+    scheduler moves its reservation onto the backup's host (in place of the backup's),
+    and that host makes the backup the VM."""
+
+    priority: str
+    from_host: Name
+    backup: Name
+    backup_host: Name
+    lost_at: float = Field(ge=0, description="emulated time the primary's host was lost")
+
+
+@registry.register
+class TakeOverVm(Command):
+    """Make the backup ``backup`` on ``host`` the VM ``vm`` (whose host is gone): its
+    memory, its steps, its place; the VM's reservation there covers it."""
+
+    host: Name
+    vm: Name
+    backup: Name
+    from_host: Name
+
+    def aggregate(self) -> str:
+        return f"host/{self.host}"
+
+
+@registry.register
+class VmFailedOver(Event):
+    """The VM runs on ``host`` now, from its backup's memory: what its old host ran of it
+    after the last logged run is lost, and was never said outside."""
+
+    vm: Name
+    host: Name
+    from_host: Name
+    backup: Name
+    checksum: str | None = None
+
+    def aggregate(self) -> str:
+        return f"vm/{self.vm}"
+
+
+@registry.register
+class OutputsReleased(_PairEvent):
+    """Outputs of a protected VM's run released with no backup to wait for: after a
+    failover, until a new backup is loaded."""
+
+    entry: int = Field(ge=0)
+    first_step: int = Field(ge=0)
+    steps: int = Field(ge=0)
+    released: list[SentPacket] = Field(default_factory=list)
 
 
 @registry.register

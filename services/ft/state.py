@@ -18,12 +18,15 @@ from dataclasses import dataclass, field, replace
 from schemas import Envelope, Message
 from schemas.ft import (
     BackupLoaded,
+    FailoverRequested,
     FtMode,
+    OutputsReleased,
     PairSynced,
     ProtectionEnded,
     ProtectionRequested,
+    VmFailedOver,
 )
-from schemas.ha import VmRestarted
+from schemas.ha import HostFailed, VmRestarted
 from schemas.host import HostCrashed, HostRecovered, HostRegistered
 from schemas.memory import ExportPages, ImportPages, PagesExported, PagesImported, RunVm, VmRan
 from schemas.scheduling import PlaceVm
@@ -52,7 +55,15 @@ class Phase(enum.StrEnum):
     COPYING = "copying"  # the primary is suspended while its state is exported
     LOADING = "loading"  # the primary runs on, its log buffered, while the backup imports
     PROTECTED = "protected"  # the backup replays the log
+    FAILING_OVER = "failing-over"  # the primary's host is gone: the backup replays the rest
+    TAKING_OVER = "taking-over"  # the VM's reservation moves, and the backup becomes it
+    TAKEN_OVER = "taken-over"  # the backup is the VM: protection starts again
     ENDED = "ended"
+
+
+# Phases before the state copy suspends the primary: it runs unprotected, its outputs
+# released as it sends them.
+EXPOSED = (Phase.PLACING, Phase.COPYING)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +115,11 @@ class Pair:
     released: int = 0
     bytes: int = 0
     divergences: int = 0
-    failovers: int = 0
+    # The primary's host was lost at this emulated time, and where the backup took over.
+    lost_at: float | None = None
+    taken_over: VmFailedOver | None = None
+    # The backup's host was lost: protection starts again with a new backup.
+    backup_lost: bool = False
     failure: str | None = None
     ended: ProtectionEnded | None = None
 
@@ -154,6 +169,8 @@ class Ft:
     generations: Mapping[str, int] = field(default_factory=dict)
     # Which pair each of the service's commands serves.
     commands: Mapping[uuid.UUID, str] = field(default_factory=dict)
+    # Failovers each VM has been through.
+    failovers: Mapping[str, int] = field(default_factory=dict)
 
     def pair_of(self, vm: str) -> Pair | None:
         """The pair ``vm`` is the primary or the backup of."""
@@ -171,7 +188,21 @@ def evolve(state: Ft, env: Envelope[Message]) -> Ft:  # noqa: PLR0911, PLR0912 -
             state = replace(state, hosts={**state.hosts, event.host: False})
             for name in event.vms_lost:
                 state = _vm(state, name, on=False)
-            return state
+            return _host_lost(state, event.host, env)
+        case HostFailed():
+            return _host_lost(state, event.host, env)
+        case FailoverRequested() if (p := state.pairs.get(event.vm)) is not None:
+            return _with(state, replace(p, phase=Phase.TAKING_OVER, last=env))
+        case VmFailedOver() if (p := state.pairs.get(event.vm)) is not None:
+            state = _vm(state, event.vm, host=event.host, on=True)
+            vms = {k: v for k, v in state.vms.items() if k != event.backup}
+            failovers = {**state.failovers, event.vm: state.failovers.get(event.vm, 0) + 1}
+            state = replace(state, vms=vms, failovers=failovers)
+            return _with(state, replace(p, phase=Phase.TAKEN_OVER, taken_over=event, last=env))
+        case OutputsReleased() if (p := state.pairs.get(event.vm)) is not None and p.log:
+            return _with(
+                state, replace(p, log=p.log[1:], released=p.released + len(event.released))
+            )
         case VmCreated():
             known = Known(event, event.host, event.powered_on)
             state = replace(state, vms={**state.vms, event.vm: known})
@@ -228,10 +259,29 @@ def evolve(state: Ft, env: Envelope[Message]) -> Ft:  # noqa: PLR0911, PLR0912 -
             return _with(state, replace(p, failure=why, last=env))
         case CommandRejected() if event.command_id in state.commands:
             p = state.pairs.get(state.commands[event.command_id])
-            if p is None:
+            if p is None or (p.lost_at is not None and event.command_type == "RunVm"):
+                # A run its lost host could not take: the backup goes on without it.
                 return state
             why = f"{event.command_type} was refused: {event.reason}"
             return _with(state, replace(p, failure=why, last=env))
+    return state
+
+
+def _host_lost(state: Ft, host: str, env: Envelope[Message]) -> Ft:
+    """A pair whose primary's host is lost fails over once its backup holds the state;
+    before that, it cannot (the VM is lost with its host, as an unprotected one). A pair
+    whose backup's host is lost starts again with a new backup."""
+    for p in list(state.pairs.values()):
+        if p.lost_at is not None or p.backup_lost:
+            continue
+        if p.primary_host == host and p.phase is Phase.PROTECTED:
+            lost = replace(p, phase=Phase.FAILING_OVER, lost_at=env.sim_time, running=None)
+            state = _with(state, replace(lost, last=env))
+        elif p.primary_host == host:
+            why = f"the primary's host {host} was lost before its backup held its state"
+            state = _with(state, replace(p, failure=why, last=env))
+        elif p.backup_host == host:
+            state = _with(state, replace(p, backup_lost=True, last=env))
     return state
 
 

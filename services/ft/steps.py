@@ -16,14 +16,25 @@ Record/replay, initialised by a state copy:
 
 from __future__ import annotations
 
-from schemas.ft import BackupLoaded, PairSynced, ProtectionEnded
+from schemas.ft import (
+    BackupLoaded,
+    FailoverRequested,
+    OutputsReleased,
+    PairSynced,
+    ProtectionEnded,
+    ProtectionRequested,
+)
 from schemas.memory import ExportPages, ImportPages, LoggedRun, RunVm, Selection
 from schemas.pool import Owner
 from schemas.scheduling import Affinity, PlacementRules, PlaceVm
 from schemas.vm import DestroyVm, StunVm, UnstunVm
+from services.ft.protect import backup_name
 from services.ft.state import Ft, Pair, Phase
 from shared.outcome import Outcome
 
+# Phases before the backup was loaded: what the pair was given to release then is
+# still held.
+_UNLOADED = (Phase.PLACING, Phase.COPYING, Phase.LOADING)
 # Pages per chunk of the state copy: 512 KiB, under a NATS message's default 1 MiB.
 COPY_BATCH = 128
 
@@ -37,19 +48,82 @@ def steps(state: Ft, now: float) -> list[Outcome]:
     ]
 
 
-def pair_steps(state: Ft, p: Pair, now: float) -> list[Outcome]:
+def pair_steps(state: Ft, p: Pair, now: float) -> list[Outcome]:  # noqa: PLR0911 - one case a phase
     if p.failure is not None:
         return [_end(p, p.failure)]
+    if p.backup_lost and p.backup_host is not None:
+        return [_protect_again(state, p, f"the backup's host {p.backup_host} was lost")]
     match p.phase:
-        case Phase.PLACING if "place" not in p.asked:
-            return [_place(state, p)]
+        case Phase.PLACING:
+            place = [] if "place" in p.asked else [_place(state, p)]
+            return [*place, *_exposed(p, now)]
         case Phase.COPYING:
-            return _copy(p)
+            # The stun goes alone: no run is asked for after it.
+            return _copy(p) or _exposed(p, now)
         case Phase.LOADING:
             return [*_loaded(p), *_run_primary(p, now)]
         case Phase.PROTECTED:
             return [*_run_primary(p, now), *_replay(p), *_sync(p, now)]
+        case Phase.FAILING_OVER:
+            return [*_replay(p), *_sync(p, now), *_fail_over(state, p)]
+        case Phase.TAKEN_OVER if p.taken_over is not None:
+            host = p.taken_over.host
+            return [_protect_again(state, p, f"failed over to {host}", primary_host=host)]
     return []
+
+
+def _exposed(p: Pair, now: float) -> list[Outcome]:
+    """Before its state is copied, the primary runs with nothing to wait for: each run's
+    outputs leave as soon as it is logged."""
+    if p.log:
+        entry = p.log[0]
+        released = OutputsReleased(
+            vm=p.vm,
+            entry=entry.index,
+            first_step=entry.ran.first_step,
+            steps=entry.ran.steps,
+            released=entry.ran.outputs,
+        )
+        return [Outcome(events=[released], cause=p.last, key=f"{p.backup}/out/{entry.index}")]
+    if "stun" in p.asked:
+        return []
+    return _run_primary(p, now)
+
+
+def _fail_over(state: Ft, p: Pair) -> list[Outcome]:
+    """Once the backup has replayed every logged run, the VM's scheduler moves its room
+    there and the backup's host makes it the VM."""
+    if p.log or p.replaying is not None or p.backup_host is None or p.lost_at is None:
+        return []
+    known = state.vms[p.vm].created
+    asked = FailoverRequested(
+        vm=p.vm,
+        priority=known.priority,
+        from_host=p.primary_host,
+        backup=p.backup,
+        backup_host=p.backup_host,
+        lost_at=p.lost_at,
+    )
+    return [Outcome(events=[asked], cause=p.last, key=f"{p.backup}/failover")]
+
+
+def _protect_again(state: Ft, p: Pair, reason: str, primary_host: str | None = None) -> Outcome:
+    """The pair ends and a new one begins, with a new backup: what the old one held of
+    the primary's outputs is released once the new backup holds the state."""
+    held = [o for entry in p.log for o in entry.ran.outputs]
+    again = ProtectionRequested(
+        vm=p.vm,
+        mode=p.mode,
+        primary_host=primary_host or p.primary_host,
+        backup=backup_name(state, p.vm),
+        epoch_ms=p.requested.epoch_ms,
+        held=[*p.requested.held, *held] if p.phase in _UNLOADED else held,
+    )
+    return Outcome(
+        events=[ProtectionEnded(vm=p.vm, reason=reason), again],
+        cause=p.last,
+        key=f"{p.backup}/again",
+    )
 
 
 def _place(state: Ft, p: Pair) -> Outcome:
@@ -77,6 +151,9 @@ def _place(state: Ft, p: Pair) -> Outcome:
 def _copy(p: Pair) -> list[Outcome]:
     """Suspend the primary, export its state, then resume it and have the backup import."""
     if "stun" not in p.asked:
+        if p.running is not None or p.log:
+            # Its run in flight ends, and is released, first: the copy holds it then.
+            return []
         stun = StunVm(host=p.primary_host, vm=p.vm)
         return [Outcome(commands=[stun], cause=p.last, key=f"{p.backup}/stun")]
     if "export" not in p.asked and p.stunned:
@@ -112,13 +189,14 @@ def _loaded(p: Pair) -> list[Outcome]:
         pages=p.exported.pages,
         bytes=p.exported.bytes,
         from_step=p.log[0].ran.first_step if p.log else 0,
+        released=p.requested.held,
     )
     return [Outcome(events=[loaded], cause=p.last, key=f"{p.backup}/loaded")]
 
 
 def _run_primary(p: Pair, now: float) -> list[Outcome]:
     """The primary's next epoch, once the one before is logged and its time has come."""
-    if p.running is not None or now < p.next_run_at or "unstun" not in p.asked:
+    if p.running is not None or now < p.next_run_at:
         return []
     run = RunVm(
         host=p.primary_host,

@@ -6,7 +6,7 @@ from schemas.ft import FtPairView
 from services.ft.state import Ft, Pair
 
 
-def pair_view(p: Pair) -> FtPairView:
+def pair_view(p: Pair, failovers: int) -> FtPairView:
     return FtPairView(
         vm=p.vm,
         mode=p.mode,
@@ -20,14 +20,15 @@ def pair_view(p: Pair) -> FtPairView:
         held_outputs=p.held,
         released_outputs=p.released,
         divergences=p.divergences,
-        failovers=p.failovers,
+        failovers=failovers,
     )
 
 
 def status(state: Ft) -> list[FtPairView]:
     """The pairs in protection, then those that ended (the latest of each VM)."""
     latest = {p.vm: p for p in state.ended if p.vm not in state.pairs}
-    return [pair_view(p) for p in sorted([*state.pairs.values(), *latest.values()], key=_order)]
+    pairs = sorted([*state.pairs.values(), *latest.values()], key=_order)
+    return [pair_view(p, state.failovers.get(p.vm, 0)) for p in pairs]
 
 
 def _order(p: Pair) -> tuple[str, str]:

@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from schemas import Envelope, Event, Message
 from schemas.checkpoints import CheckpointVm, DeleteCheckpoint, RestoreVm
+from schemas.ft import TakeOverVm, VmFailedOver
 from schemas.ha import RestartVm, VmRestarted
 from schemas.host import (
     CrashHost,
@@ -199,6 +200,8 @@ def _decide(fleet: Fleet, cmd: Message, facts: Facts) -> list[Event]:  # noqa: P
             return [numa_moves.start(fleet, cmd, facts.numa_outlook)]
         case RunVm():
             return [_run(fleet, cmd, facts)]
+        case TakeOverVm():
+            return [_take_over(fleet, cmd, facts)]
         case RestartVm():
             return [_restart(fleet, cmd, facts)]
         case AllocateScratch() | ReleaseScratch():
@@ -292,6 +295,27 @@ def _run(fleet: Fleet, cmd: RunVm, facts: Facts) -> VmRan:
     if facts.guest_run is None:
         raise Rejected(RejectionCode.UNKNOWN_HOST, f"host {cmd.host} is not emulated here")
     return facts.guest_run(cmd)
+
+
+def _take_over(fleet: Fleet, cmd: TakeOverVm, facts: Facts) -> VmFailedOver:
+    """The backup becomes the VM, within the reservation its scheduler moved here."""
+    host_up(fleet, cmd.host)
+    backup = vm_on(fleet, cmd.backup, cmd.host)
+    if backup.backup_of != cmd.vm:
+        raise Rejected(
+            RejectionCode.INVALID_REQUEST, f"VM {cmd.backup} is not the backup of {cmd.vm}"
+        )
+    vm = fleet.vms.get(cmd.vm)
+    if vm is None:
+        raise Rejected(RejectionCode.UNKNOWN_VM, f"no VM {cmd.vm} to take over")
+    _reserved(fleet, cmd.host, cmd.vm, vm.cpu, vm.mem_mib)
+    return VmFailedOver(
+        vm=cmd.vm,
+        host=cmd.host,
+        from_host=cmd.from_host,
+        backup=cmd.backup,
+        checksum=facts.checksum(cmd.backup),
+    )
 
 
 def _scratch(fleet: Fleet, cmd: AllocateScratch | ReleaseScratch) -> Event:

@@ -27,6 +27,7 @@ from schemas.checkpoints import (
     CheckpointStarted,
     VmRestored,
 )
+from schemas.ft import VmFailedOver
 from schemas.ha import VmRestarted
 from schemas.host import (
     GuestMemoryDiverged,
@@ -188,6 +189,23 @@ class Machine:
                 self.numa.apply(self.memory[event.host], event, self.live)
             case VmRestarted() if event.vm in before.vms:
                 self._restarted(before.vms[event.vm], event)
+            case VmFailedOver() if event.vm in before.vms and event.backup in before.vms:
+                self._failed_over(before, event)
+
+    def _failed_over(self, before: Fleet, event: VmFailedOver) -> None:
+        """The backup's memory and steps are the VM's; its old host's copy is fenced off
+        wherever this process emulates that host."""
+        old = self.memory.get(event.from_host)
+        if old is not None and event.vm in old.vms:
+            old.destroy_vm(event.vm)
+        mem = self.memory.get(event.host)
+        if mem is not None and event.backup in mem.vms:
+            mem.rename_vm(event.backup, event.vm)
+        self._steps[event.vm] = self._steps.pop(event.backup, 0)
+        self.disks.detach(event.backup)
+        vm = before.vms.get(event.vm)
+        if vm is not None and mem is not None:
+            self.disks.attach(vm.name, vm.disk_gib, vm.template, vm.seed, vm.active_disk)
 
     def _restarted(self, vm: Vm, event: VmRestarted) -> None:
         """Its memory comes back from its seed; the failed host's copy is dropped (fenced)

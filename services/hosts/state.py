@@ -17,7 +17,7 @@ from schemas.checkpoints import (
     CheckpointStarted,
     VmRestored,
 )
-from schemas.ft import ProtectionEnded, ProtectionRequested
+from schemas.ft import ProtectionEnded, ProtectionRequested, VmFailedOver
 from schemas.ha import HostFailed, HostReturned, VmRestarted
 from schemas.host import HostCrashed, HostRecovered, HostRegistered, HostState
 from schemas.numa import VmNumaMoveCompleted, VmNumaMoveStarted
@@ -316,6 +316,19 @@ def evolve(  # noqa: PLR0911, PLR0912, PLR0915 - one case per event
                 fork_of=None,
             )
             return _with_vm(fleet, restarted)
+        case VmFailedOver() if event.vm in fleet.vms and event.backup in fleet.vms:
+            # The backup's memory is the VM's now; the host it ran on is gone.
+            old, backup = fleet.vms[event.vm], fleet.vms[event.backup]
+            fleet = _reclaim(fleet, old.host, event.vm)
+            fleet = replace(
+                fleet,
+                vms={k: v for k, v in fleet.vms.items() if k != event.backup},
+                on_host=_moved(fleet.on_host, event.backup, backup.host, None),
+            )
+            live = replace(
+                old, host=event.host, state=VmState.ON, stunned=False, cpu_cap=1.0, fork_of=None
+            )
+            return _with_vm(fleet, live)
         case VmDestroyed():
             fleet = _reclaim(fleet, event.host, event.vm)
             gone = fleet.vms.get(event.vm)

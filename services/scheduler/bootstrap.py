@@ -66,6 +66,8 @@ def build(settings: Settings, wall: Callable[[], float] = time.time) -> ServiceD
             "migration.>",
             "copy.>",
             "ha.>",
+            # Protected VMs and their failovers.
+            "ft.>",
             f"outbox.{name}",
         ),
         follow=True,

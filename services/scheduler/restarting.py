@@ -5,11 +5,13 @@ released on the failed one."""
 
 from __future__ import annotations
 
+from schemas.ft import TakeOverVm
 from schemas.ha import RestartVm, VmRestartFailed
-from schemas.pool import CapacityReleased, Owner
+from schemas.pool import CapacityReleased, CapacityReserved, Owner
 from services.scheduler.choose import choose
 from services.scheduler.holder import Holder
 from services.scheduler.placing import reserving
+from services.scheduler.state import SchedulerState
 from shared.outcome import Outcome
 
 
@@ -27,8 +29,47 @@ def to_restart(holder: Holder) -> list[str]:
         if state.hosted.get(vm) in state.silent
         and (held := ledger.located.get(vm)) is not None
         and not ledger.usable(held)
+        and not _under_ft(state, vm)
     ]
     return sorted(vms, key=lambda vm: (-state.placed[vm].mem_mib, vm))
+
+
+def _under_ft(state: SchedulerState, vm: str) -> bool:
+    """A protected VM fails over to its backup (its FT service asks); a backup is made
+    again by its FT service, elsewhere."""
+    request = state.requests.get(vm)
+    return vm in state.protected or (request is not None and request.data.backup_of is not None)
+
+
+def failover(holder: Holder, vm: str) -> Outcome | None:
+    """A protected VM's reservation moves onto its backup's host, in place of the
+    backup's; then that host makes the backup the VM."""
+    state = holder.state
+    asked = state.failovers[vm]
+    event = asked.data
+    ledger = state.ledger
+    held, backup_held = ledger.held(vm), ledger.held(event.backup)
+    if held is None or backup_held is None or backup_held.host != event.backup_host:
+        return None
+    moved = CapacityReserved(
+        host=event.backup_host,
+        reservation=vm,
+        workload=vm,
+        owner=state.priority,
+        cpu_mhz=held.cpu_mhz,
+        mem_mib=held.mem_mib,
+        replaces=event.backup,
+    )
+    take_over = TakeOverVm(
+        host=event.backup_host, vm=vm, backup=event.backup, from_host=event.from_host
+    )
+    return Outcome(
+        events=[CapacityReleased(host=held.host, reservation=vm), moved],
+        commands=[take_over],
+        cause=asked,
+        key=f"failover:{vm}:{event.backup}",
+        expect=reserving(ledger, moved),
+    )
 
 
 def restart(holder: Holder, vm: str) -> Outcome | None:

@@ -30,7 +30,7 @@ from services.scheduler.placing import place, release_destroyed
 from services.scheduler.raising import raise_degraded
 from services.scheduler.rebalancing import propose
 from services.scheduler.resizing import follow_sizes
-from services.scheduler.restarting import restart, to_restart
+from services.scheduler.restarting import failover, restart, to_restart
 from services.scheduler.scratch import Scratch
 from services.scheduler.state import Work, work_key
 from shared.outcome import Outcome, Plan
@@ -119,6 +119,9 @@ def decide_round(holder: Holder, number: int, without_high: bool) -> list[Outcom
         # A failed host's VMs come back before new work is placed.
         for vm in to_restart(holder):
             if scratch.take(restart(holder, vm)):
+                tally.other += 1
+        for vm in sorted(real.failovers):
+            if vm in holder.state.failovers and scratch.take(failover(holder, vm)):
                 tally.other += 1
         # With no host known yet (the stack is starting, or this scheduler's view of the
         # log is behind), the queue waits for one rather than being refused for room.

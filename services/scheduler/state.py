@@ -10,6 +10,7 @@ from typing import TypeVar
 from immutables import Map
 
 from schemas import Envelope, Message
+from schemas.ft import FailoverRequested, ProtectionEnded, ProtectionRequested, VmFailedOver
 from schemas.ha import HostFailed, HostReturned, VmRestarted, VmRestartFailed
 from schemas.pool import CapacityReleased, CapacityReserved, Owner, vcpus_covered
 from schemas.scheduling import (
@@ -109,6 +110,10 @@ class SchedulerState:
     # restarted since (told once; tried again each round).
     silent: Map[str, Envelope[HostFailed]] = field(default_factory=Map)
     unrestarted: Set = field(default_factory=Map)
+    # VMs under FT protection (their FT service moves them when their host fails, not an
+    # HA restart), and their failovers of this priority whose reservation is to move.
+    protected: Set = field(default_factory=Map)
+    failovers: Map[str, Envelope[FailoverRequested]] = field(default_factory=Map)
     # Every VM's size as its host runs it (vCPUs, MiB), and the VMs whose host was asked
     # to resize them and has not answered yet.
     sizes: Map[str, tuple[int, int]] = field(default_factory=Map)
@@ -147,6 +152,7 @@ def evolve(state: SchedulerState, seq: int, env: Envelope[Message]) -> Scheduler
         state = changed(state, ledger=ledger)
     state = _queued(state, env)
     state = _hosted(state, env)
+    state = _protected(state, env)
     state = _sized(state, env.data)
     state = _evolve(state, seq, env)
     for vm in _sizing_of(event):
@@ -246,6 +252,29 @@ def _hosted(state: SchedulerState, env: Envelope[Message]) -> SchedulerState:  #
             return changed(state, silent=_without(state.silent, event.host))
         case VmRestartFailed() if event.priority == state.priority.value:
             return changed(state, unrestarted=state.unrestarted.set(event.vm, True))
+    return state
+
+
+def _protected(state: SchedulerState, env: Envelope[Message]) -> SchedulerState:
+    """Which VMs FT protects, and the failovers that move a reservation of this one's."""
+    event = env.data
+    match event:
+        case ProtectionRequested():
+            return changed(state, protected=state.protected.set(event.vm, True))
+        case ProtectionEnded():
+            return changed(state, protected=_without(state.protected, event.vm))
+        case FailoverRequested() if event.priority == state.priority.value:
+            asked: Envelope[FailoverRequested] = env  # type: ignore[assignment]
+            return changed(state, failovers=state.failovers.set(event.vm, asked))
+        case VmFailedOver():
+            # The backup is the VM now: its name is no workload any more.
+            return changed(
+                state,
+                hosted=_without(state.hosted, event.backup).set(event.vm, event.host),
+                placed=_without(state.placed, event.backup),
+                requests=_without(state.requests, event.backup),
+                failovers=_without(state.failovers, event.vm),
+            )
     return state
 
 

@@ -36,14 +36,18 @@ from schemas.contention import (
 )
 from schemas.ft import (
     BackupLoaded,
+    FailoverRequested,
     FtMode,
     FtPairView,
     FtStatus,
     GetFtStatus,
+    OutputsReleased,
     PairSynced,
     ProtectionEnded,
     ProtectionRequested,
     ProtectVm,
+    TakeOverVm,
+    VmFailedOver,
 )
 from schemas.ha import HostFailed, HostReturned, RestartVm, VmRestarted, VmRestartFailed
 from schemas.host import (
@@ -517,6 +521,23 @@ EXAMPLES: dict[str, Message] = {
             equal=True,
             released=[SentPacket(seq=18, step=43, data=b"\x01" * 16)],
             held_ms=26.5,
+        ),
+        FailoverRequested(
+            vm="web-1",
+            priority="high",
+            from_host="h1",
+            backup="web-1-ft1",
+            backup_host="h2",
+            lost_at=812.25,
+        ),
+        TakeOverVm(host="h2", vm="web-1", backup="web-1-ft1", from_host="h1"),
+        VmFailedOver(vm="web-1", host="h2", from_host="h1", backup="web-1-ft1", checksum="00" * 16),
+        OutputsReleased(
+            vm="web-1",
+            entry=0,
+            first_step=60,
+            steps=1,
+            released=[SentPacket(seq=44, step=60, data=b"\x02" * 16)],
         ),
         GetFtStatus(),
         FtStatus(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 import numpy as np
 import numpy.typing as npt
@@ -114,6 +115,18 @@ class HostMemory:
             self._swap.give_back(swap_block(entries[entries < 0]))
         del self._vms[vm]
         self._templates.discard(vm)
+
+    def rename_vm(self, vm: str, new: str) -> None:
+        """``vm``'s memory goes on as ``new``'s (a backup that takes over its primary)."""
+        if new in self._vms:
+            raise VmExists(new)
+        guest = self._vm(vm)
+        del self._vms[vm]
+        guest.spec = replace(guest.spec, name=new)
+        self._vms[new] = guest
+        if vm in self._templates:
+            self._templates.discard(vm)
+            self._templates.add(new)
 
     def used_pages(self, vm: str) -> int:
         """The guest's used memory in pages: 1 + its highest page that is not all zeros, or

@@ -16,12 +16,16 @@ from schemas.ft import (
     FtMode,
     FtStatus,
     GetFtStatus,
+    OutputsReleased,
     PairSynced,
     ProtectionRequested,
     ProtectVm,
+    VmFailedOver,
 )
+from schemas.host import CrashHost
 from schemas.memory import VmRan
 from schemas.pool import Owner
+from schemas.queries import ListVms, VmList
 from schemas.scheduling import Affinity, PlacementRules, PlaceVm
 from schemas.service import CommandRejected, RejectionCode
 from schemas.vm import GuestInputs, MemoryMode, VmCreated
@@ -67,6 +71,15 @@ async def answer(stack: Stack, cmd: ProtectVm) -> Message:
     return reply.data
 
 
+def outside(log: list[Envelope[Message]]) -> list[int]:
+    """The sequence numbers of the packets the outside world got, in the log's order."""
+    seqs = []
+    for env in log:
+        if isinstance(env.data, PairSynced | OutputsReleased | BackupLoaded):
+            seqs += [o.seq for o in env.data.released]
+    return seqs
+
+
 def synced(events: list[Envelope[Message]]) -> list[PairSynced]:
     return [e.data for e in events if isinstance(e.data, PairSynced)]
 
@@ -91,9 +104,11 @@ async def test_a_loaded_backup_replays_the_log_with_equal_memories_at_every_sync
 
         # Every sync point: the backup's memory is the primary's where the entry starts.
         assert all(p.equal and p.primary_checksum == p.backup_checksum for p in points)
-        assert [p.entry for p in points] == list(range(len(points)))
-        # Outputs leave in the guest's order, each once, without a gap.
-        seqs = [o.seq for p in points for o in p.released]
+        entries = [p.entry for p in points]
+        assert entries == list(range(entries[0], entries[0] + len(entries)))
+        # Outputs leave in the guest's order, each once, without a gap: those it sent
+        # while its backup was being set up, then those the sync points release.
+        seqs = outside(await stack.events(lambda _: True))
         assert len(seqs) > 0
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
         # And only after the backup replayed the entry they came from.
@@ -174,3 +189,53 @@ async def test_protecting_twice_is_refused_and_the_first_protection_goes_on() ->
         assert isinstance(again, CommandRejected)
         assert again.code == RejectionCode.ALREADY_EXISTS
         await poll(lambda: stack.of_type("PairSynced"), lambda es: len(es) >= 2, what="syncs")
+
+
+async def test_a_failover_loses_and_repeats_no_output_and_protection_comes_back() -> None:
+    """The backup replays what is left of the log, the VM's reservation moves onto its
+    host and it becomes the VM; a new backup then restores protection. The outside world
+    sees the guest's packets numbered without a gap or a repeat throughout, and no HA
+    restart competes with the failover."""
+    async with ft_stack(hosts=3) as stack:
+        await place(stack, "web")
+        await answer(stack, ProtectVm(vm="web", backup_host="h2", epoch_ms=EPOCH_MS))
+        await poll(lambda: stack.of_type("PairSynced"), lambda es: len(es) >= 3, what="syncs")
+
+        [crashed] = await stack.client.send_and_wait(CrashHost(host="h1"), timeout=10)
+        assert crashed.type == "HostCrashed"
+
+        [over] = await poll(
+            lambda: stack.of_type("VmFailedOver"), lambda es: len(es) == 1, what="failover"
+        )
+        assert isinstance(over.data, VmFailedOver)
+        assert (over.data.vm, over.data.host, over.data.backup) == ("web", "h2", "web-ft1")
+        loads = await poll(
+            lambda: stack.of_type("BackupLoaded"), lambda es: len(es) == 2, what="re-protected"
+        )
+        again = loads[1].data
+        assert isinstance(again, BackupLoaded)
+        assert (again.backup, again.backup_host) == ("web-ft2", "h3")
+        assert again.primary_checksum == again.backup_checksum
+        log = await poll(
+            lambda: stack.events(lambda _: True),
+            lambda es: len(synced(es[es.index(loads[1]) :])) >= 3,
+            what="syncs after the failover",
+        )
+
+        points = synced(log)
+        assert all(p.equal and p.primary_checksum == p.backup_checksum for p in points)
+        seqs = outside(log)
+        assert len(seqs) == len(set(seqs))
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+        assert not [e for e in log if e.type == "VmRestarted"]
+
+        vms = await stack.client.query(ListVms())
+        assert isinstance(vms, VmList)
+        where = {v.vm: v.host for v in vms.vms}
+        assert where["web"] == "h2"
+        assert "web-ft1" not in where
+        assert where["web-ft2"] == "h3"
+        status = await stack.client.query(GetFtStatus())
+        assert isinstance(status, FtStatus)
+        [pair] = [p for p in status.pairs if p.phase == "protected"]
+        assert (pair.primary_host, pair.backup, pair.failovers) == ("h2", "web-ft2", 1)
