@@ -61,9 +61,6 @@ class ProtectionRequested(_PairEvent):
     backup: Name
     backup_host: Name | None = None
     epoch_ms: int = Field(ge=1)
-    # Outputs a pair before this one held and its backup never confirmed (it was lost):
-    # released once this pair's backup holds the state they came from.
-    held: list[SentPacket] = Field(default_factory=list)
 
 
 @registry.register
@@ -86,9 +83,6 @@ class BackupLoaded(_PairEvent):
     pages: int = Field(ge=0)
     bytes: int = Field(ge=0)
     from_step: int = Field(ge=0)
-    released: list[SentPacket] = Field(
-        default_factory=list, description="outputs held for want of a backup, released now"
-    )
 
 
 @registry.register
@@ -154,10 +148,11 @@ class VmFailedOver(Event):
 
 @registry.register
 class OutputsReleased(_PairEvent):
-    """Outputs of a protected VM's run released with no backup to wait for: after a
-    failover, until a new backup is loaded."""
+    """Outputs of a protected VM released with no backup to wait for: while its backup is
+    set up (after a failover too), and those its lost backup had not confirmed (the VM
+    runs unprotected until a new backup holds its state)."""
 
-    entry: int = Field(ge=0)
+    entry: int = Field(ge=0, description="the first log entry (run) they come from")
     first_step: int = Field(ge=0)
     steps: int = Field(ge=0)
     released: list[SentPacket] = Field(default_factory=list)

@@ -30,7 +30,7 @@ from schemas.ha import HostFailed, VmRestarted
 from schemas.host import HostCrashed, HostRecovered, HostRegistered
 from schemas.memory import ExportPages, ImportPages, PagesExported, PagesImported, RunVm, VmRan
 from schemas.scheduling import PlaceVm
-from schemas.service import CommandRejected, CommandsIssued
+from schemas.service import CommandRejected, CommandsIssued, RejectionCode
 from schemas.transfers import MigrationCompleted
 from schemas.vm import (
     MemoryMode,
@@ -259,8 +259,8 @@ def evolve(state: Ft, env: Envelope[Message]) -> Ft:  # noqa: PLR0911, PLR0912 -
             return _with(state, replace(p, failure=why, last=env))
         case CommandRejected() if event.command_id in state.commands:
             p = state.pairs.get(state.commands[event.command_id])
-            if p is None or (p.lost_at is not None and event.command_type == "RunVm"):
-                # A run its lost host could not take: the backup goes on without it.
+            if p is None or (event.code == RejectionCode.HOST_DOWN and _knows_loss(p)):
+                # A host it knows is lost refused: the pair is already going on without it.
                 return state
             why = f"{event.command_type} was refused: {event.reason}"
             return _with(state, replace(p, failure=why, last=env))
@@ -283,6 +283,10 @@ def _host_lost(state: Ft, host: str, env: Envelope[Message]) -> Ft:
         elif p.backup_host == host:
             state = _with(state, replace(p, backup_lost=True, last=env))
     return state
+
+
+def _knows_loss(p: Pair) -> bool:
+    return p.lost_at is not None or p.backup_lost
 
 
 def _ran(state: Ft, p: Pair, event: VmRan, env: Envelope[Message]) -> Ft:

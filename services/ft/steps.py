@@ -32,9 +32,6 @@ from services.ft.protect import backup_name
 from services.ft.state import Ft, Pair, Phase
 from shared.outcome import Outcome
 
-# Phases before the backup was loaded: what the pair was given to release then is
-# still held.
-_UNLOADED = (Phase.PLACING, Phase.COPYING, Phase.LOADING)
 # Pages per chunk of the state copy: 512 KiB, under a NATS message's default 1 MiB.
 COPY_BATCH = 128
 
@@ -108,19 +105,32 @@ def _fail_over(state: Ft, p: Pair) -> list[Outcome]:
 
 
 def _protect_again(state: Ft, p: Pair, reason: str, primary_host: str | None = None) -> Outcome:
-    """The pair ends and a new one begins, with a new backup: what the old one held of
-    the primary's outputs is released once the new backup holds the state."""
+    """The pair ends and a new one begins, with a new backup. Until it is loaded the VM
+    runs unprotected: what the lost backup had not confirmed of its outputs leaves now,
+    before anything it says later."""
     held = [o for entry in p.log for o in entry.ran.outputs]
+    released = (
+        [
+            OutputsReleased(
+                vm=p.vm,
+                entry=p.log[0].index,
+                first_step=p.log[0].ran.first_step,
+                steps=sum(e.ran.steps for e in p.log),
+                released=held,
+            )
+        ]
+        if p.log
+        else []
+    )
     again = ProtectionRequested(
         vm=p.vm,
         mode=p.mode,
         primary_host=primary_host or p.primary_host,
         backup=backup_name(state, p.vm),
         epoch_ms=p.requested.epoch_ms,
-        held=[*p.requested.held, *held] if p.phase in _UNLOADED else held,
     )
     return Outcome(
-        events=[ProtectionEnded(vm=p.vm, reason=reason), again],
+        events=[*released, ProtectionEnded(vm=p.vm, reason=reason), again],
         cause=p.last,
         key=f"{p.backup}/again",
     )
@@ -189,7 +199,6 @@ def _loaded(p: Pair) -> list[Outcome]:
         pages=p.exported.pages,
         bytes=p.exported.bytes,
         from_step=p.log[0].ran.first_step if p.log else 0,
-        released=p.requested.held,
     )
     return [Outcome(events=[loaded], cause=p.last, key=f"{p.backup}/loaded")]
 

@@ -126,6 +126,12 @@ def _migrate(state: SchedulerState, cmd: MigrateVm, command_id: uuid.UUID) -> Mi
     held = ledger.held(cmd.vm)
     if held is None:
         raise _Refused(RejectionCode.UNKNOWN_VM, f"VM {cmd.vm} is not placed")
+    request = state.requests.get(cmd.vm)
+    if cmd.vm in state.protected or (request is not None and request.data.backup_of):
+        raise _Refused(
+            RejectionCode.WRONG_STATE,
+            f"VM {cmd.vm} is under FT protection: its FT service decides where it runs",
+        )
     if cmd.target is not None:
         if cmd.target not in ledger.capacity:
             raise _Refused(RejectionCode.UNKNOWN_HOST, f"no host {cmd.target}")

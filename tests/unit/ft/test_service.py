@@ -75,7 +75,7 @@ def outside(log: list[Envelope[Message]]) -> list[int]:
     """The sequence numbers of the packets the outside world got, in the log's order."""
     seqs = []
     for env in log:
-        if isinstance(env.data, PairSynced | OutputsReleased | BackupLoaded):
+        if isinstance(env.data, PairSynced | OutputsReleased):
             seqs += [o.seq for o in env.data.released]
     return seqs
 
