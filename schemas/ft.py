@@ -159,6 +159,53 @@ class OutputsReleased(_PairEvent):
 
 
 @registry.register
+class PairDiverged(_PairEvent):
+    """The backup said otherwise than the primary (an output, or its memory at a sync
+    point): the outputs from there on are held, the primary is paused, and the backup is
+    made the primary's copy again. Outputs before the difference that both said leave."""
+
+    mode: FtMode
+    entry: int = Field(ge=0)
+    first_step: int = Field(ge=0)
+    primary_checksum: str | None = None
+    backup_checksum: str | None = None
+    first_different: int | None = Field(None, ge=1, description="the first output that differs")
+    released: list[SentPacket] = Field(default_factory=list)
+
+
+@registry.register
+class PairResynced(_PairEvent):
+    """The backup is the primary's copy again (equal checksums): the outputs held since
+    the divergence leave now, in order."""
+
+    primary_checksum: str
+    backup_checksum: str
+    pages: int = Field(ge=0)
+    bytes: int = Field(ge=0)
+    released: list[SentPacket] = Field(default_factory=list)
+
+
+@registry.register
+class DivergeBackup(Command):
+    """Fault injection: flip bytes of a protected VM's backup (its execution state), so that
+    it says otherwise than its primary from its next output on."""
+
+    vm: Name
+
+    def aggregate(self) -> str:
+        return "ft"
+
+
+@registry.register
+class DivergenceInjected(_PairEvent):
+    backup: Name
+    backup_host: Name
+    page: int = Field(ge=0)
+    offset: int = Field(ge=0)
+    count: int = Field(ge=1)
+
+
+@registry.register
 class GetFtStatus(Query):
     """Every protected VM and how its protection stands."""
 

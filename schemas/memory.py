@@ -345,3 +345,29 @@ class VmRan(Event):
 
     def aggregate(self) -> str:
         return f"vm/{self.vm}"
+
+
+@registry.register
+class FlipGuestBytes(Command):
+    """Fault injection: invert ``count`` bytes of a guest page at ``offset``."""
+
+    host: Name
+    vm: Name
+    page: int = Field(ge=0)
+    offset: int = Field(ge=0, lt=4096)
+    count: int = Field(1, ge=1, le=4096)
+
+    def aggregate(self) -> str:
+        return f"host/{self.host}"
+
+
+@registry.register
+class GuestBytesFlipped(Event):
+    host: Name
+    vm: Name
+    page: int = Field(ge=0)
+    offset: int = Field(ge=0)
+    count: int = Field(ge=1)
+
+    def aggregate(self) -> str:
+        return f"vm/{self.vm}"

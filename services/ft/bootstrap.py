@@ -5,8 +5,8 @@ stack's emulated clock."""
 from __future__ import annotations
 
 from schemas import Envelope, Message, Reply
-from schemas.ft import FtStatus, GetFtStatus, PairSynced, ProtectVm
-from services.ft.protect import protect
+from schemas.ft import DivergeBackup, FtStatus, GetFtStatus, PairSynced, ProtectVm
+from services.ft.protect import diverge, protect
 from services.ft.state import Ft, evolve
 from services.ft.steps import steps
 from services.ft.views import status
@@ -43,6 +43,8 @@ def build(settings: Settings) -> ServiceDefinition:
     async def on_command(env: Envelope[Message]) -> Outcome:
         if isinstance(env.data, ProtectVm):
             return protect(holder.state, env)
+        if isinstance(env.data, DivergeBackup):
+            return diverge(holder.state, env)
         raise PoisonMessage(f"the FT service does not handle {env.type}")
 
     async def take_steps() -> list[Outcome]:

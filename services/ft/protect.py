@@ -6,14 +6,21 @@ from __future__ import annotations
 from dataclasses import replace
 
 from schemas import Envelope, Message
-from schemas.ft import FtMode, ProtectionRequested, ProtectVm
+from schemas.ft import DivergeBackup, DivergenceInjected, FtMode, ProtectionRequested, ProtectVm
+from schemas.memory import FlipGuestBytes
 from schemas.service import CommandRejected, RejectionCode
 from schemas.vm import MemoryMode
-from services.ft.state import Ft, Known
+from services.ft.state import Ft, Known, Phase
 from shared.outcome import Outcome, answer
 
+# Where a backup's bytes are flipped to make it diverge: its execution state's digest
+# (services/hosts/memory/execution.py: magic, inputs received, outputs sent, digest),
+# which every answer it sends is computed from.
+STATE_PAGE = 0
+DIGEST_OFFSET = 24
+
 # The modes this service carries out so far.
-AVAILABLE = (FtMode.RECORD_REPLAY,)
+AVAILABLE = (FtMode.RECORD_REPLAY, FtMode.LOCKSTEP)
 
 
 def protect(state: Ft, env: Envelope[Message]) -> Outcome:
@@ -101,3 +108,20 @@ def backup_name(state: Ft, vm: str) -> str:
 
 def _refuse(env: Envelope[Message], code: RejectionCode, reason: str) -> Outcome:
     return answer(env, CommandRejected.of(env, code, reason))
+
+
+def diverge(state: Ft, env: Envelope[Message]) -> Outcome:
+    """Flip bytes of the backup's execution state: it says otherwise from its next output."""
+    cmd = env.data
+    assert isinstance(cmd, DivergeBackup)
+    p = state.pairs.get(cmd.vm)
+    if p is None:
+        return _refuse(env, RejectionCode.UNKNOWN_VM, f"VM {cmd.vm} is not protected")
+    if p.phase is not Phase.PROTECTED or p.backup_host is None:
+        return _refuse(
+            env, RejectionCode.WRONG_STATE, f"VM {cmd.vm}'s backup is not in step ({p.phase})"
+        )
+    where = {"page": STATE_PAGE, "offset": DIGEST_OFFSET, "count": 4}
+    injected = DivergenceInjected(vm=p.vm, backup=p.backup, backup_host=p.backup_host, **where)
+    flip = FlipGuestBytes(host=p.backup_host, vm=p.backup, **where)
+    return answer(env, injected, commands=[flip])

@@ -21,6 +21,8 @@ from schemas.ft import (
     FailoverRequested,
     FtMode,
     OutputsReleased,
+    PairDiverged,
+    PairResynced,
     PairSynced,
     ProtectionEnded,
     ProtectionRequested,
@@ -58,8 +60,14 @@ class Phase(enum.StrEnum):
     FAILING_OVER = "failing-over"  # the primary's host is gone: the backup replays the rest
     TAKING_OVER = "taking-over"  # the VM's reservation moves, and the backup becomes it
     TAKEN_OVER = "taken-over"  # the backup is the VM: protection starts again
+    RESYNCING = "resyncing"  # the backup diverged: the primary is paused while it is copied
     ENDED = "ended"
 
+
+# Phases in which a state copy is under way.
+COPYING = (Phase.COPYING, Phase.RESYNCING)
+# The steps of a state copy, asked for again by each resynchronisation.
+COPY_STEPS = frozenset({"stun", "export", "import", "unstun"})
 
 # Phases before the state copy suspends the primary: it runs unprotected, its outputs
 # released as it sends them.
@@ -98,6 +106,10 @@ class Pair:
     # The steps of setting it up that were asked for (their commands are on record).
     asked: frozenset[str] = frozenset()
     backup_host: str | None = None
+    # State copies begun (the first sets the backup up, each later one resynchronises it).
+    copies: int = 0
+    # Of the oldest logged run's outputs, those released when the backup diverged in it.
+    released_prefix: int = 0
     stunned: bool = False
     exported: PagesExported | None = None
     imported: PagesImported | None = None
@@ -145,8 +157,8 @@ class Pair:
 
     @property
     def copy_flow(self) -> str:
-        """The data flow the primary's state crosses on."""
-        return named("ft-copy", self.vm, self.backup)
+        """The data flow the primary's state crosses on, this copy."""
+        return named("ft-copy", self.vm, self.backup, self.copies)
 
     def run_tag(self, index: int) -> str:
         return named("ft-run", self.vm, self.backup, index)
@@ -230,12 +242,40 @@ def evolve(state: Ft, env: Envelope[Message]) -> Ft:  # noqa: PLR0911, PLR0912 -
             return replace(state, pairs=pairs, ended=(*state.ended, p)[-ENDED_KEPT:])
         case CommandsIssued():
             return _issued(state, event, env.sim_time)
-        case VmStunned() if (p := state.pairs.get(event.vm)) and p.phase is Phase.COPYING:
+        case VmStunned() if (p := state.pairs.get(event.vm)) and p.phase in COPYING:
             return _with(state, replace(p, stunned=True, last=env))
         case PagesExported() if (p := state.pairs.get(event.vm)) and event.flow == p.copy_flow:
             return _with(state, replace(p, exported=event, last=env))
         case PagesImported() if (p := state.pair_of(event.vm)) and event.flow == p.copy_flow:
             return _with(state, replace(p, imported=event, last=env))
+        case PairDiverged() if (p := state.pairs.get(event.vm)) is not None:
+            resync = replace(
+                p,
+                phase=Phase.RESYNCING,
+                asked=p.asked - COPY_STEPS,
+                stunned=False,
+                exported=None,
+                imported=None,
+                copies=p.copies + 1,
+                replayed=None,
+                replaying=None,
+                released_prefix=len(event.released),
+                released=p.released + len(event.released),
+                divergences=p.divergences + 1,
+                last=env,
+            )
+            return _with(state, resync)
+        case PairResynced() if (p := state.pairs.get(event.vm)) is not None:
+            back = replace(
+                p,
+                phase=Phase.PROTECTED,
+                log=(),
+                released_prefix=0,
+                released=p.released + len(event.released),
+                bytes=p.bytes + event.bytes,
+                last=env,
+            )
+            return _with(state, back)
         case BackupLoaded() if (p := state.pairs.get(event.vm)) is not None:
             return _with(state, replace(p, phase=Phase.PROTECTED, bytes=p.bytes + event.bytes))
         case VmRan() if (p := state.pair_of(event.vm)) is not None:
@@ -316,7 +356,8 @@ def _issued(state: Ft, record: CommandsIssued, at: float) -> Ft:
             case ExportPages():
                 p = replace(p, asked=p.asked | {"export"})
             case ImportPages():
-                p = replace(p, asked=p.asked | {"import"}, phase=Phase.LOADING)
+                loading = Phase.LOADING if p.phase is Phase.COPYING else p.phase
+                p = replace(p, asked=p.asked | {"import"}, phase=loading)
             case UnstunVm():
                 p = replace(p, asked=p.asked | {"unstun"})
             case RunVm() if cmd.vm == p.vm:

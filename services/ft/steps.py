@@ -19,17 +19,20 @@ from __future__ import annotations
 from schemas.ft import (
     BackupLoaded,
     FailoverRequested,
+    FtMode,
     OutputsReleased,
+    PairDiverged,
+    PairResynced,
     PairSynced,
     ProtectionEnded,
     ProtectionRequested,
 )
-from schemas.memory import ExportPages, ImportPages, LoggedRun, RunVm, Selection
+from schemas.memory import ExportPages, ImportPages, LoggedRun, RunVm, Selection, VmRan
 from schemas.pool import Owner
 from schemas.scheduling import Affinity, PlacementRules, PlaceVm
 from schemas.vm import DestroyVm, StunVm, UnstunVm
 from services.ft.protect import backup_name
-from services.ft.state import Ft, Pair, Phase
+from services.ft.state import Entry, Ft, Pair, Phase
 from shared.outcome import Outcome
 
 # Pages per chunk of the state copy: 512 KiB, under a NATS message's default 1 MiB.
@@ -63,6 +66,8 @@ def pair_steps(state: Ft, p: Pair, now: float) -> list[Outcome]:  # noqa: PLR091
             return [*_run_primary(p, now), *_replay(p), *_sync(p, now)]
         case Phase.FAILING_OVER:
             return [*_replay(p), *_sync(p, now), *_fail_over(state, p)]
+        case Phase.RESYNCING:
+            return _copy(p) or _resynced(p)
         case Phase.TAKEN_OVER if p.taken_over is not None:
             host = p.taken_over.host
             return [_protect_again(state, p, f"failed over to {host}", primary_host=host)]
@@ -160,12 +165,14 @@ def _place(state: Ft, p: Pair) -> Outcome:
 
 def _copy(p: Pair) -> list[Outcome]:
     """Suspend the primary, export its state, then resume it and have the backup import."""
+    n = p.copies
     if "stun" not in p.asked:
-        if p.running is not None or p.log:
-            # Its run in flight ends, and is released, first: the copy holds it then.
+        if p.running is not None or (p.log and p.phase is not Phase.RESYNCING):
+            # Its run in flight ends (and, before protection, is released) first: the
+            # copy holds what it did.
             return []
         stun = StunVm(host=p.primary_host, vm=p.vm)
-        return [Outcome(commands=[stun], cause=p.last, key=f"{p.backup}/stun")]
+        return [Outcome(commands=[stun], cause=p.last, key=f"{p.backup}/stun/{n}")]
     if "export" not in p.asked and p.stunned:
         export = ExportPages(
             host=p.primary_host,
@@ -175,13 +182,13 @@ def _copy(p: Pair) -> list[Outcome]:
             batch=COPY_BATCH,
             checksum=True,
         )
-        return [Outcome(commands=[export], cause=p.last, key=f"{p.backup}/export")]
+        return [Outcome(commands=[export], cause=p.last, key=f"{p.backup}/export/{n}")]
     if p.exported is not None and "import" not in p.asked and p.backup_host is not None:
         resume = UnstunVm(host=p.primary_host, vm=p.vm)
         load = ImportPages(
             host=p.backup_host, vm=p.backup, flow=p.copy_flow, batches=p.exported.batches
         )
-        return [Outcome(commands=[resume, load], cause=p.last, key=f"{p.backup}/import")]
+        return [Outcome(commands=[resume, load], cause=p.last, key=f"{p.backup}/import/{n}")]
     return []
 
 
@@ -243,28 +250,71 @@ def _replay(p: Pair) -> list[Outcome]:
 
 
 def _sync(p: Pair, now: float) -> list[Outcome]:
-    """The backup caught up with the oldest entry: compare, and release its outputs."""
+    """The backup caught up with the oldest entry: compare, and release its outputs; or,
+    when the backup said otherwise, hold them and resynchronise it."""
     if p.replayed is None or not p.log:
         return []
     entry, replayed = p.log[0], p.replayed
-    equal = (
-        replayed.checksum_at_start == entry.ran.checksum_at_start
-        and replayed.outputs == entry.ran.outputs
-    )
+    ran = entry.ran
+    same_memory = replayed.checksum_at_start == ran.checksum_at_start
+    # Lockstep compares what the two say; record/replay also the memories they start from.
+    agree = replayed.outputs == ran.outputs and (p.mode is FtMode.LOCKSTEP or same_memory)
+    if not agree:
+        return [_diverged(p, entry, replayed)]
     synced = PairSynced(
         vm=p.vm,
         mode=p.mode,
         entry=entry.index,
-        first_step=entry.ran.first_step,
-        steps=entry.ran.steps,
-        inputs=len(entry.ran.inputs),
-        primary_checksum=entry.ran.checksum_at_start,
+        first_step=ran.first_step,
+        steps=ran.steps,
+        inputs=len(ran.inputs),
+        primary_checksum=ran.checksum_at_start,
         backup_checksum=replayed.checksum_at_start,
-        equal=equal,
-        released=entry.ran.outputs,
+        equal=same_memory,
+        released=ran.outputs,
         held_ms=round(max(0.0, now - entry.at) * 1000, 3),
     )
     return [Outcome(events=[synced], cause=p.last, key=f"{p.backup}/synced/{entry.index}")]
+
+
+def _diverged(p: Pair, entry: Entry, replayed: VmRan) -> Outcome:
+    """Outputs both said leave; from the first that differs on, all are held."""
+    ran = entry.ran
+    same = 0
+    for mine, theirs in zip(ran.outputs, replayed.outputs, strict=False):
+        if mine != theirs:
+            break
+        same += 1
+    differs = ran.outputs[same].seq if same < len(ran.outputs) else None
+    diverged = PairDiverged(
+        vm=p.vm,
+        mode=p.mode,
+        entry=entry.index,
+        first_step=ran.first_step,
+        primary_checksum=ran.checksum_at_start,
+        backup_checksum=replayed.checksum_at_start,
+        first_different=differs,
+        released=ran.outputs[:same],
+    )
+    return Outcome(events=[diverged], cause=p.last, key=f"{p.backup}/diverged/{entry.index}")
+
+
+def _resynced(p: Pair) -> list[Outcome]:
+    """The backup is the primary's copy again: what was held since leaves, in order."""
+    if p.imported is None or p.exported is None:
+        return []
+    if p.imported.checksum != p.exported.checksum:
+        return [_end(p, "the backup's copy of the primary's state differs from it")]
+    held = [o for e in p.log for o in e.ran.outputs][p.released_prefix :]
+    resynced = PairResynced(
+        vm=p.vm,
+        primary_checksum=p.exported.checksum or "",
+        backup_checksum=p.imported.checksum,
+        pages=p.exported.pages,
+        bytes=p.exported.bytes,
+        released=held,
+    )
+    return [Outcome(events=[resynced], cause=p.last, key=f"{p.backup}/resynced/{p.copies}")]
 
 
 def _end(p: Pair, reason: str) -> Outcome:

@@ -14,6 +14,7 @@ from schemas.checkpoints import CheckpointVm, DeleteCheckpoint, RestoreVm
 from schemas.host import ClockLeased, GuestMemoryDiverged, HostRegistered
 from schemas.memory import (
     ExportPages,
+    FlipGuestBytes,
     ImportPages,
     RunVm,
     SharePages,
@@ -49,6 +50,7 @@ NAME = "hosts"
 # Commands decided on what the emulated machine holds, not on the fleet alone.
 ON_THE_MACHINE = (
     ExportPages,
+    FlipGuestBytes,
     ImportPages,
     RunVm,
     StunVm,

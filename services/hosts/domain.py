@@ -25,6 +25,8 @@ from schemas.host import (
 )
 from schemas.memory import (
     ExportPages,
+    FlipGuestBytes,
+    GuestBytesFlipped,
     ImportPages,
     PagesShared,
     PagesSwappedIn,
@@ -81,6 +83,7 @@ from services.hosts.checks import (
     vm_on,
 )
 from services.hosts.disks import MIN_FREE_BYTES
+from services.hosts.memory.geometry import PAGE_SIZE
 from services.hosts.numa_moves import NOTHING_TO_MOVE, NumaOutlook
 from services.hosts.page_sharing import Problem, SharePlan, UnsharePlan
 from services.hosts.scratch import NoRoom, NotHeld
@@ -202,6 +205,8 @@ def _decide(fleet: Fleet, cmd: Message, facts: Facts) -> list[Event]:  # noqa: P
             return [_run(fleet, cmd, facts)]
         case TakeOverVm():
             return [_take_over(fleet, cmd, facts)]
+        case FlipGuestBytes():
+            return [_flip(fleet, cmd)]
         case RestartVm():
             return [_restart(fleet, cmd, facts)]
         case AllocateScratch() | ReleaseScratch():
@@ -295,6 +300,19 @@ def _run(fleet: Fleet, cmd: RunVm, facts: Facts) -> VmRan:
     if facts.guest_run is None:
         raise Rejected(RejectionCode.UNKNOWN_HOST, f"host {cmd.host} is not emulated here")
     return facts.guest_run(cmd)
+
+
+PAGES_PER_MIB = 2**20 // PAGE_SIZE
+
+
+def _flip(fleet: Fleet, cmd: FlipGuestBytes) -> GuestBytesFlipped:
+    host_up(fleet, cmd.host)
+    vm = full_vm_on(fleet, cmd.vm, cmd.host)
+    if cmd.offset + cmd.count > PAGE_SIZE or cmd.page >= vm.mem_mib * PAGES_PER_MIB:
+        raise Rejected(RejectionCode.PAGE_OUT_OF_RANGE, "the bytes to flip are not in the guest")
+    return GuestBytesFlipped(
+        host=cmd.host, vm=cmd.vm, page=cmd.page, offset=cmd.offset, count=cmd.count
+    )
 
 
 def _take_over(fleet: Fleet, cmd: TakeOverVm, facts: Facts) -> VmFailedOver:

@@ -38,6 +38,7 @@ from schemas.host import (
 )
 from schemas.memory import (
     MAX_DEMAND,
+    GuestBytesFlipped,
     PagePair,
     PagesShared,
     PagesSwappedIn,
@@ -191,6 +192,15 @@ class Machine:
                 self._restarted(before.vms[event.vm], event)
             case VmFailedOver() if event.vm in before.vms and event.backup in before.vms:
                 self._failed_over(before, event)
+            case GuestBytesFlipped() if event.host in self.memory:
+                self._flip(self.memory[event.host], event)
+
+    def _flip(self, mem: HostMemory, event: GuestBytesFlipped) -> None:
+        """Fault injection: the bytes inverted, as a write of the guest's would."""
+        page = mem.copy_pages(event.vm, [event.page])[0]
+        end = event.offset + event.count
+        flipped = (page[event.offset : end] ^ 0xFF).tobytes()
+        self._write(mem, event.vm, Accesses.write(event.page, flipped, event.offset))
 
     def _failed_over(self, before: Fleet, event: VmFailedOver) -> None:
         """The backup's memory and steps are the VM's; its old host's copy is fenced off

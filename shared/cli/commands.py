@@ -104,6 +104,7 @@ _PHRASES = {
     "ProtectionRequested": "protection requested for",
     "BackupLoaded": "backup loaded for",
     "ProtectionEnded": "protection ended for",
+    "DivergenceInjected": "bytes flipped in the backup of",
 }
 
 

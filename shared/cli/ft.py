@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from schemas.ft import DEFAULT_EPOCH_MS, FtMode, FtStatus, GetFtStatus, ProtectVm
+from schemas.ft import (
+    DEFAULT_EPOCH_MS,
+    DivergeBackup,
+    FtMode,
+    FtStatus,
+    GetFtStatus,
+    ProtectVm,
+)
 from shared.cli.commands import TimeoutOption, WaitOption, ready, send, validated
 from shared.cli.common import BusOption, CliError, JsonOption, table_console, with_bus
 from shared.client import Client
@@ -70,3 +77,16 @@ def ft_status(bus: BusOption = None, as_json: JsonOption = False) -> None:
             str(p.released_outputs), str(p.divergences), str(p.failovers),
         )  # fmt: skip
     console.print(table)
+
+
+@ft_app.command("diverge")
+def ft_diverge(
+    vm: Annotated[str, typer.Argument(help="A protected VM whose backup is in step.")],
+    wait: WaitOption = False,
+    timeout: TimeoutOption = 10.0,
+    bus: BusOption = None,
+) -> None:
+    """Fault injection: flip bytes of the VM's backup, so that it says otherwise than the
+    VM from its next output; the FT service notices, holds the outputs, and copies the
+    VM's state into the backup again (see `vplane events tail`, `vplane ft status`)."""
+    send(bus, wait, timeout, ready(validated(DivergeBackup, vm=vm)))

@@ -36,12 +36,16 @@ from schemas.contention import (
 )
 from schemas.ft import (
     BackupLoaded,
+    DivergeBackup,
+    DivergenceInjected,
     FailoverRequested,
     FtMode,
     FtPairView,
     FtStatus,
     GetFtStatus,
     OutputsReleased,
+    PairDiverged,
+    PairResynced,
     PairSynced,
     ProtectionEnded,
     ProtectionRequested,
@@ -63,7 +67,9 @@ from schemas.host import (
 )
 from schemas.memory import (
     ExportPages,
+    FlipGuestBytes,
     GetVmMemory,
+    GuestBytesFlipped,
     ImportPages,
     LoggedInput,
     LoggedRun,
@@ -538,6 +544,30 @@ EXAMPLES: dict[str, Message] = {
             first_step=60,
             steps=1,
             released=[SentPacket(seq=44, step=60, data=b"\x02" * 16)],
+        ),
+        DivergeBackup(vm="web-1"),
+        DivergenceInjected(
+            vm="web-1", backup="web-1-ft1", backup_host="h2", page=0, offset=24, count=4
+        ),
+        FlipGuestBytes(host="h2", vm="web-1-ft1", page=0, offset=24, count=4),
+        GuestBytesFlipped(host="h2", vm="web-1-ft1", page=0, offset=24, count=4),
+        PairDiverged(
+            vm="web-1",
+            mode=FtMode.LOCKSTEP,
+            entry=9,
+            first_step=9,
+            primary_checksum="00" * 16,
+            backup_checksum="11" * 16,
+            first_different=24,
+            released=[SentPacket(seq=23, step=9, data=b"\x03" * 16)],
+        ),
+        PairResynced(
+            vm="web-1",
+            primary_checksum="00" * 16,
+            backup_checksum="00" * 16,
+            pages=8192,
+            bytes=22_000_000,
+            released=[SentPacket(seq=24, step=9, data=b"\x04" * 16)],
         ),
         GetFtStatus(),
         FtStatus(

@@ -10,13 +10,15 @@ from contextlib import AbstractAsyncContextManager
 
 import pytest
 
-from schemas import Envelope, Message
+from schemas import Command, Envelope, Message
 from schemas.ft import (
     BackupLoaded,
     FtMode,
     FtStatus,
     GetFtStatus,
     OutputsReleased,
+    PairDiverged,
+    PairResynced,
     PairSynced,
     ProtectionRequested,
     ProtectVm,
@@ -66,7 +68,7 @@ async def place(
     )
 
 
-async def answer(stack: Stack, cmd: ProtectVm) -> Message:
+async def answer(stack: Stack, cmd: Command) -> Message:
     [reply] = await stack.client.send_and_wait(cmd, timeout=10)
     return reply.data
 
@@ -75,7 +77,7 @@ def outside(log: list[Envelope[Message]]) -> list[int]:
     """The sequence numbers of the packets the outside world got, in the log's order."""
     seqs = []
     for env in log:
-        if isinstance(env.data, PairSynced | OutputsReleased):
+        if isinstance(env.data, PairSynced | OutputsReleased | PairDiverged | PairResynced):
             seqs += [o.seq for o in env.data.released]
     return seqs
 
@@ -164,7 +166,7 @@ async def test_the_primary_leaves_its_hosts_ticks_while_protected() -> None:
         (ProtectVm(vm="plain"), RejectionCode.INVALID_REQUEST),
         (ProtectVm(vm="web", backup_host="h1"), RejectionCode.INVALID_REQUEST),
         (ProtectVm(vm="web", backup_host="h9"), RejectionCode.UNKNOWN_HOST),
-        (ProtectVm(vm="web", mode=FtMode.LOCKSTEP), RejectionCode.INVALID_REQUEST),
+        (ProtectVm(vm="web", mode=FtMode.CHECKPOINT), RejectionCode.INVALID_REQUEST),
     ],
 )
 async def test_what_cannot_be_protected_is_refused_typed(

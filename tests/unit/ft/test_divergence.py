@@ -1,0 +1,88 @@
+"""Divergence: bytes of a backup flipped (``vplane ft diverge``) make it say otherwise
+from its next output; the pair notices at that output (lockstep) or sync point
+(record/replay), holds every output from there on while the primary is paused and the
+backup copied again, then releases them in order: nothing left before it was confirmed,
+nothing lost or said twice."""
+
+from __future__ import annotations
+
+import pytest
+
+from schemas import Envelope, Message
+from schemas.ft import (
+    DivergeBackup,
+    DivergenceInjected,
+    FtMode,
+    PairDiverged,
+    PairResynced,
+    PairSynced,
+    ProtectVm,
+)
+from schemas.memory import VmRan
+from schemas.service import CommandRejected, RejectionCode
+from shared.effects import named
+from shared.testing import poll
+from tests.unit.ft.test_service import EPOCH_MS, answer, ft_stack, outside, place, synced
+
+
+def index_of(log: list[Envelope[Message]], kind: str) -> int:
+    return next(i for i, e in enumerate(log) if e.type == kind)
+
+
+@pytest.mark.parametrize("mode", [FtMode.LOCKSTEP, FtMode.RECORD_REPLAY])
+async def test_a_diverged_backup_is_caught_at_its_next_output_and_made_equal_again(
+    mode: FtMode,
+) -> None:
+    async with ft_stack() as stack:
+        await place(stack, "web")
+        await answer(stack, ProtectVm(vm="web", mode=mode, epoch_ms=EPOCH_MS))
+        await poll(lambda: stack.of_type("PairSynced"), lambda es: len(es) >= 3, what="syncs")
+        injected = await answer(stack, DivergeBackup(vm="web"))
+        assert isinstance(injected, DivergenceInjected)
+        log = await poll(
+            lambda: stack.events(lambda _: True),
+            lambda es: (
+                any(e.type == "PairResynced" for e in es)
+                and len(synced(es[index_of(es, "PairResynced") :])) >= 3
+            ),
+            what="diverged, resynced and in step again",
+        )
+
+    flipped, diverged_at = index_of(log, "GuestBytesFlipped"), index_of(log, "PairDiverged")
+    resynced_at = index_of(log, "PairResynced")
+    diverged, resynced = log[diverged_at].data, log[resynced_at].data
+    assert isinstance(diverged, PairDiverged)
+    assert isinstance(resynced, PairResynced)
+    assert diverged.mode == mode
+    # Caught at the first run the backup made after the flip: every entry synced in
+    # between was replayed before it, and the one that diverged after it.
+    replays = {e.data.tag: i for i, e in enumerate(log) if isinstance(e.data, VmRan)}
+
+    def replayed_at(entry: int) -> int:
+        return replays[named("ft-replay", "web", "web-ft1", entry)]
+
+    for env in log[flipped:diverged_at]:
+        if isinstance(env.data, PairSynced):
+            assert replayed_at(env.data.entry) < flipped
+    assert replayed_at(diverged.entry) > flipped
+    if mode is FtMode.LOCKSTEP:
+        assert diverged.first_different is not None
+    else:
+        assert diverged.primary_checksum != diverged.backup_checksum
+    # Quasi-lockstep: nothing left between the divergence and the resynchronisation.
+    between = log[diverged_at + 1 : resynced_at]
+    assert not [e for e in between if e.type in ("PairSynced", "OutputsReleased")]
+    assert resynced.primary_checksum == resynced.backup_checksum
+    after = synced(log[resynced_at:])
+    assert all(p.equal and p.primary_checksum == p.backup_checksum for p in after)
+    seqs = outside(log)
+    assert len(seqs) == len(set(seqs))
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+
+
+async def test_only_a_backup_in_step_can_be_made_to_diverge() -> None:
+    async with ft_stack() as stack:
+        await place(stack, "web")
+        refused = await answer(stack, DivergeBackup(vm="web"))
+        assert isinstance(refused, CommandRejected)
+        assert refused.code == RejectionCode.UNKNOWN_VM
