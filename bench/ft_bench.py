@@ -1,59 +1,71 @@
-"""Fault tolerance (record/replay) through NATS JetStream: how fast the FT log ships next
-to raw nats-py publishing the same bytes, how long a failover keeps the outside world
-waiting (and whether it loses or repeats an output), and how long outputs are held.
+"""Fault tolerance through NATS JetStream: how fast the FT log ships next to raw nats-py
+publishing the same bytes, how long a failover keeps the outside world waiting (and
+whether it loses or repeats an output), and how long outputs are held before release.
 
 One embedded nats-server (temporary store, free loopback port, ``sync_interval:
 always``). Each case runs a fresh stack in its own namespace in this process
 (``tests/unit/stack.py``'s ``service_stack``): the hosts, both schedulers and the FT
-service (``services/ft``); the migration coordinator is not started, HA detection is off
-(``ha_failures=0``: the crash is declared with ``CrashHost``). The figures are the log's,
-read by a watcher in this process that stamps each event with the wall time it arrived.
-A hosts tick is ``--tick`` wall seconds and ``--tick`` x ``--speed`` emulated ones; the
-FT service paces its epochs on that emulated clock.
+service (``services/ft``); the migration coordinator is not started and HA's failure
+detection is off (``ha_failures=0``: the crash is declared with ``CrashHost``). The
+figures are the log's, read by a watcher in this process that stamps each event with the
+wall time it arrived. A hosts tick is ``--tick`` wall seconds and ``--tick`` x
+``--speed`` emulated ones; the FT service paces the primary's epochs on that clock.
 
-The protected VM is a "recorded guest": full memory, 16 MiB, ``GuestInputs`` (packets
-from outside, each answered with one packet out), placed on ``h1``. ``ProtectVm`` (mode
-``record-replay``) places its backup, copies its state (``BackupLoaded``), then drives
-the primary an epoch at a time (``RunVm(record=True)``): each run's ``VmRan`` carries the
-inputs that reached the guest during it, the FT log entries, and the backup replays each
-run (``RunVm(logged=...)``); a sync point (``PairSynced``) releases the run's outputs.
+The protected VM is a recorded guest: 16 MiB of full memory and ``GuestInputs`` (packets
+from outside, each answered with a packet out), placed on ``h1``. ``ProtectVm`` (mode
+``record-replay``) has its backup placed and its state copied (``BackupLoaded``), then
+drives the primary an epoch at a time (``RunVm(record=True)``): each run's ``VmRan``
+carries the inputs that reached the guest during it, which are the FT log's entries, and
+the backup replays the run (``RunVm(logged=...)``); a sync point (``PairSynced``)
+releases the run's outputs.
 
-* **log** (shipping rate): a guest at ``--log-pps`` packets/s of 64 bytes
-  (``max_packet=64``), epoch ``--log-epoch-ms``. Once the backup is loaded, the primary's
-  runs are counted for ``--log-seconds``: an FT log entry is one ``LoggedInput`` (a
-  packet, a timer read or a device completion) of the protected primary's ``VmRan``
-  events (``len(VmRan.inputs)`` of its ``ft-run`` runs), each event appended to the log
-  and acknowledged by the broker in the FT cycle. The rate is the entries of the runs that
-  arrived after the first one in the window over the wall seconds between the first and
-  the last arrival. A run holds at most 512 inputs and 64 KiB of them (``MAX_RUN_INPUTS``,
-  ``MAX_RUN_INPUT_BYTES``): the NIC drops the rest (``VmRan.dropped``, shown). Raw: once
-  the stack has stopped, the same ``VmRan`` payloads (the bytes the watcher read back
-  from the log) are published with nats-py to a stream configured as vplane's event log
-  (file storage, a ``Nats-Msg-Id`` each, one subject per aggregate), each publish's
-  JetStream ack awaited before the next, as the FT cycle has one run of a pair in flight
-  at a time (``raw nats-py``, the ratio's); then with ``RAW_WINDOW`` publishes in flight
-  (``pipelined``, for reference). Each raw run is at most ``--raw-seconds``.
-* **failover**: three hosts; a guest at ``--pps`` packets/s, epoch ``--epoch-ms``, backup
-  on ``h2``. After ``--syncs`` sync points, ``CrashHost(h1)``. The failover time is from
-  ``HostCrashed``'s emulated time (its envelope's ``sim_time``) to the first release
-  (``PairSynced`` or ``OutputsReleased`` of the VM) of a packet whose seq is above the
-  last seq released before the crash, in emulated ms, and in wall seconds between the two
-  events' ``occurred_at``. The backup first replays what is left of the log, and those
-  releases may come before the VM has failed over: so the first release after
-  ``VmFailedOver`` (of the VM running on the backup's host) is shown too. Outputs are
-  gapless when every released seq, in log order, from the first release to the end
-  (protection restored on ``h3`` and ``--syncs`` sync points more), follows the one
-  before by one: none lost, none twice.
+* **log** (the shipping rate): a guest at ``--log-pps`` packets/s of 64 bytes
+  (``max_packet=64``), epoch ``--log-epoch-ms``. Once the backup is loaded, the
+  primary's runs are counted for ``--log-seconds``. An FT log entry is one
+  ``LoggedInput`` (a packet, a timer read or a device completion) of the protected
+  primary's ``VmRan`` events (``len(VmRan.inputs)`` of its ``ft-run`` runs): each such
+  event is appended to the log, acknowledged by the broker, and read back by the FT
+  service, which then asks for the next run. The rate is the entries of the runs that
+  arrived after the window's first one, over the wall seconds between the first arrival
+  and the last. A run holds at most 512 inputs and 64 KiB of them (``MAX_RUN_INPUTS``,
+  ``MAX_RUN_INPUT_BYTES``); the guest's NIC drops the rest (``VmRan.dropped``, shown).
+  ``process CPU`` is this process's CPU time over the window per entry (every service
+  and the watcher share this process). ``FT status`` is ``GetFtStatus`` at the window's
+  end: the log entries (runs) the backup has not replayed yet, and the outputs held.
+  Raw: once the stack has stopped, the same ``VmRan`` payloads (the bytes the watcher
+  read back from the log) are published with nats-py to a stream configured as vplane's
+  event log (file storage, discard new, a uuid ``Nats-Msg-Id`` each, one subject per
+  aggregate), each publish's JetStream ack awaited before the next one, as the FT cycle
+  has one run of a pair in flight at a time (``raw nats-py``: the log ratio's); then
+  with ``RAW_WINDOW`` publishes in flight (``pipelined``, for reference). Each raw run
+  goes through the payloads over and over for ``--raw-seconds`` (at most 512 MiB).
+* **failover**: three hosts; a guest at ``--pps`` packets/s, epoch ``--epoch-ms``, its
+  backup on ``h2``. After ``--syncs`` sync points, ``CrashHost(h1)``. The failover time
+  runs from ``HostCrashed``'s emulated time (its envelope's ``sim_time``, the hosts'
+  clock) to the first release (``PairSynced``, ``OutputsReleased``, ``PairResynced`` or
+  ``PairDiverged`` of the VM: the FT service's clock) after ``VmFailedOver`` of a packet
+  whose seq is above the last seq released before the crash; in emulated ms, and in wall
+  seconds between the two events' ``occurred_at``. Before the VM fails over, the backup
+  replays what is left of the log and those runs' outputs are released too (seqs above
+  the last before the crash as well): the first of those is shown as ``first release
+  after the crash``, and when ``VmFailedOver`` came. Outputs are gapless when every
+  released seq, in log order, from the first release to the end (protection restored on
+  ``h3`` and ``--syncs`` sync points more), follows the one before by one: none lost,
+  none twice.
 * **latency**: two hosts; a guest at ``--pps`` packets/s, epoch ``--epoch-ms``. For
   ``--latency-seconds`` once the backup is loaded, every ``PairSynced``'s ``held_ms``
-  (emulated ms from the run logged to its sync point, the outputs held meanwhile):
-  p50 and p99, and the wall ms they stand for (``held_ms`` / ``--speed``).
+  (emulated ms from the run logged to its sync point, its outputs held meanwhile): p50
+  and p99, and the wall ms they stand for (``held_ms`` / ``--speed``). Record-replay
+  first, then each other mode (``lockstep``, ``checkpoint``) in a stack of its own; a
+  mode the service refuses (``not available yet``) is reported as not measured.
 
-The checkpoint and lockstep modes are asked for too (``ProtectVm`` on the latency case's
-VM): while the service refuses them as not available, they are reported as not measured.
+The run fails (exit status 1) when a record-replay sync point finds unequal memories,
+when a pair diverges (``PairDiverged``: nothing here injects a divergence), when a hosts
+service logs ``GuestMemoryDiverged``, when protection ends for a reason other than a
+failover, and when the failover's outputs have a gap or a repeat.
 
     .venv/bin/python bench/ft_bench.py [--cases log,failover,latency] [--speed 50]
-        [--log-pps 10000] [--log-epoch-ms 40] [--log-seconds 15] [--raw-seconds 5]
+        [--log-pps 10000] [--log-epoch-ms 40] [--log-seconds 15] [--raw-seconds 3]
         [--pps 200] [--epoch-ms 25] [--syncs 10] [--latency-seconds 10] [--json]
 """
 
@@ -65,11 +77,12 @@ import contextlib
 import json
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -84,10 +97,13 @@ from schemas import Envelope, Message
 from schemas.ft import (
     BackupLoaded,
     FtMode,
+    FtStatus,
+    GetFtStatus,
     OutputsReleased,
+    PairDiverged,
+    PairResynced,
     PairSynced,
     ProtectionEnded,
-    ProtectionRequested,
     ProtectVm,
     VmFailedOver,
 )
@@ -102,20 +118,26 @@ from shared.bus import Logged, Stream
 from shared.bus.nats import NatsBus
 from shared.logs import configure as configure_logs
 from shared.testing import unique_namespace
-from tests.unit.stack import service_stack
+from tests.unit.stack import Stack, service_stack
 
 T = TypeVar("T")
 VM = "web"
 SERVICES = ("hosts", "scheduler-high", "scheduler-low", "ft")
 CASES = ("log", "failover", "latency")
-# The goal for the shipping rate, entries per wall second (the ratio's target is
-# _common's TARGET_RATIO).
+# The output-latency case's modes, in this order: record-replay must be accepted.
+MODES = (FtMode.RECORD_REPLAY, FtMode.LOCKSTEP, FtMode.CHECKPOINT)
+# The shipping rate's goal, entries per wall second (the ratio's target is TARGET_RATIO).
 GOAL_ENTRIES_PER_S = 20_000
-WAIT = 60.0
+# Waiting for any one thing in a case, at most.
+WAIT = 45.0
 # Raw's publishes in flight when pipelined.
 RAW_WINDOW = 64
+# Raw's bytes in one run at most (the store is a temporary directory).
+RAW_MAX_BYTES = 512 * 2**20
 RAW_STREAM = "BENCHFT"
-RAW_PREFIX = "benchft.evt"
+RAW_PREFIX = "benchft"
+# The events that release a protected VM's outputs.
+RELEASES = (PairSynced, OutputsReleased, PairResynced, PairDiverged)
 
 
 def progress(text: str) -> None:
@@ -124,8 +146,8 @@ def progress(text: str) -> None:
 
 @dataclass(frozen=True)
 class Seen:
-    """An event of the log as the watcher read it: its envelope, its bytes, when it
-    arrived (perf_counter) and where it is in the log."""
+    """An event as the watcher read it: its envelope, its bytes in the log, when it
+    arrived (perf_counter) and its place in the log."""
 
     env: Envelope[Message]
     raw: bytes
@@ -147,7 +169,9 @@ class Recorder:
 
     def of(self, kind: type[T], after: float = 0.0) -> list[tuple[T, Seen]]:
         """The events of ``kind`` that arrived after ``after`` (perf_counter), in order."""
-        return [(s.env.data, s) for s in self.events if isinstance(s.env.data, kind) and s.at > after]  # type: ignore[misc]
+        return [
+            (s.env.data, s) for s in self.events if isinstance(s.env.data, kind) and s.at > after
+        ]
 
     async def until(self, check: Callable[[], T | None], what: str, timeout: float = WAIT) -> T:
         """``check()``'s first answer other than None, looked for whenever something arrives."""
@@ -163,15 +187,10 @@ class Recorder:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), min(left, 1.0))
 
-    def diverged(self) -> list[str]:
-        return [
-            f"{e.event_type} #{e.event_seq}: {e.error}" for e, _ in self.of(GuestMemoryDiverged)
-        ]
-
 
 @dataclass
 class Case:
-    stack: Any
+    stack: Stack
     rec: Recorder
 
     async def place(self, inputs: GuestInputs) -> None:
@@ -192,22 +211,50 @@ class Case:
             f"{VM} created",
         )
 
-    async def protect(self, cmd: ProtectVm) -> Message:
-        """ProtectVm's answer: ProtectionRequested or CommandRejected."""
+    async def protect(self, cmd: ProtectVm) -> str | None:
+        """Send ProtectVm: why it was refused, or None when its pair began."""
         [reply] = await self.stack.client.send_and_wait(cmd, timeout=WAIT)
-        data: Message = reply.data
-        return data
+        return reply.data.reason if isinstance(reply.data, CommandRejected) else None
 
     async def loaded(self, count: int = 1) -> Seen:
         """The ``count``-th BackupLoaded."""
-        found = await self.rec.until(
+        return await self.rec.until(
             lambda: s[count - 1][1] if len(s := self.rec.of(BackupLoaded)) >= count else None,
             f"backup {count} loaded",
         )
-        return found
 
-    def ended(self) -> list[str]:
-        return [e.reason for e, _ in self.rec.of(ProtectionEnded)]
+    async def syncs(self, count: int, after: float) -> None:
+        await self.rec.until(
+            lambda: True if len(self.rec.of(PairSynced, after)) >= count else None,
+            f"{count} sync points",
+        )
+
+    def problems(self) -> dict[str, list[str]]:
+        """What went wrong in the stack: guest memory that could not follow the log,
+        pairs that diverged, protections that ended (a failover ends one: not counted)."""
+        return {
+            "memory_diverged": [
+                f"{e.event_type} #{e.event_seq}: {e.error}"
+                for e, _ in self.rec.of(GuestMemoryDiverged)
+            ],
+            "pairs_diverged": [
+                f"{e.mode} entry {e.entry}: first different output {e.first_different}"
+                for e, _ in self.rec.of(PairDiverged)
+            ],
+            "ended": [
+                e.reason
+                for e, _ in self.rec.of(ProtectionEnded)
+                if not e.reason.startswith("failed over to ")
+            ],
+        }
+
+    def releases(self) -> list[tuple[list[SentPacket], Seen]]:
+        """Every release of the VM's outputs, in log order."""
+        return [
+            (e.released, s)
+            for s in self.rec.events
+            if isinstance(e := s.env.data, RELEASES) and e.vm == VM
+        ]
 
 
 @contextlib.asynccontextmanager
@@ -242,14 +289,20 @@ async def case_stack(url: str, opts: argparse.Namespace, hosts: int) -> AsyncIte
 
 def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
-    if not ordered:
-        return float("nan")
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def primary_run(event: VmRan) -> bool:
-    """One of the protected primary's FT runs (not a replay, not a host's tick)."""
+    """One of the protected primary's FT runs (not its backup's replay)."""
     return event.vm == VM and event.tag.startswith("ft-run")
+
+
+async def protected(case: Case, cmd: ProtectVm) -> Seen:
+    """Protect the VM (record-replay must be accepted); its backup loaded."""
+    refused = await case.protect(cmd)
+    if refused is not None:
+        raise RuntimeError(f"ProtectVm refused: {refused}")
+    return await case.loaded()
 
 
 # Log shipping
@@ -259,33 +312,26 @@ async def run_log(url: str, opts: argparse.Namespace) -> dict[str, Any]:
     inputs = GuestInputs(packets_per_s=opts.log_pps, max_packet=64)
     async with case_stack(url, opts, hosts=2) as case:
         await case.place(inputs)
-        requested = await case.protect(ProtectVm(vm=VM, epoch_ms=opts.log_epoch_ms))
-        if not isinstance(requested, ProtectionRequested):
-            raise RuntimeError(f"ProtectVm refused: {requested}")
-        loaded = await case.loaded()
-        progress(f"log: backup loaded; counting the primary's runs for {opts.log_seconds:g} s")
-        start = time.perf_counter()
+        await protected(case, ProtectVm(vm=VM, epoch_ms=opts.log_epoch_ms))
+        progress(f"log: backup loaded; the primary's runs counted for {opts.log_seconds:g} s")
+        start, cpu = time.perf_counter(), time.process_time()
         await asyncio.sleep(opts.log_seconds)
-        end = time.perf_counter()
-        runs = [
-            (e, s)
-            for e, s in case.rec.of(VmRan, loaded.at)
-            if primary_run(e) and start <= s.at <= end
-        ]
-        syncs = [(e, s) for e, s in case.rec.of(PairSynced, start) if s.at <= end]
-        diverged = case.rec.diverged()
-        ended = case.ended()
+        end, cpu = time.perf_counter(), time.process_time() - cpu
+        status = await ft_status(case)
+        runs = [(e, s) for e, s in case.rec.of(VmRan, start) if primary_run(e) and s.at <= end]
+        syncs = [e for e, s in case.rec.of(PairSynced, start) if s.at <= end]
+        problems = case.problems()
     if len(runs) < 2:
         raise RuntimeError(f"log: {len(runs)} runs of the primary in {opts.log_seconds:g} s")
     first, last = runs[0][1].at, runs[-1][1].at
-    counted = runs[1:]
-    entries = sum(len(e.inputs) for e, _ in counted)
+    counted = [e for e, _ in runs[1:]]
+    entries = sum(len(e.inputs) for e in counted)
     vplane_rate = entries / (last - first)
     payloads = [(s.raw, len(e.inputs), e.aggregate()) for e, s in runs]
     progress(f"log: raw nats-py, {len(payloads)} VmRan payloads")
     raw = await raw_publish(url, payloads, window=1, seconds=opts.raw_seconds)
     piped = await raw_publish(url, payloads, window=RAW_WINDOW, seconds=opts.raw_seconds)
-    all_entries = [len(e.inputs) for e, _ in runs]
+    sizes = [len(e.inputs) for e, _ in runs]
     return {
         "pps": opts.log_pps,
         "epoch_ms": opts.log_epoch_ms,
@@ -294,32 +340,44 @@ async def run_log(url: str, opts: argparse.Namespace) -> dict[str, Any]:
         "seconds": last - first,
         "vplane_entries_per_s": vplane_rate,
         "runs_per_s": len(counted) / (last - first),
-        "entries_per_run": statistics.mean(all_entries),
-        "max_entries_per_run": max(all_entries),
+        "entries_per_run": statistics.mean(sizes),
+        "max_entries_per_run": max(sizes),
         "dropped": sum(e.dropped for e, _ in runs),
         "payload_bytes": statistics.mean(len(s.raw) for _, s in runs),
-        "synced_entries_per_s": sum(e.inputs for e, _ in syncs) / (end - start),
+        "cpu_us_per_entry": cpu / sum(sizes) * 1e6,
+        "cpu_share": cpu / (end - start),
         "syncs": len(syncs),
-        "unequal_syncs": sum(not e.equal for e, _ in syncs),
-        "backup_behind": len(runs) - len([1 for e, _ in syncs]),
+        "synced_entries_per_s": sum(e.inputs for e in syncs) / (end - start),
+        "unequal_syncs": sum(not e.equal for e in syncs),
+        "status": status,
         "raw": raw,
         "pipelined": piped,
         "log_ratio": vplane_rate / raw["entries_per_s"],
         "pipelined_ratio": vplane_rate / piped["entries_per_s"],
-        "diverged": diverged,
-        "ended": ended,
-    }
+    } | problems
+
+
+async def ft_status(case: Case) -> dict[str, Any] | None:
+    """The pair as ``vplane ft status`` shows it, or None when no answer came in time."""
+    try:
+        reply = await case.stack.client.query(GetFtStatus(), timeout=10)
+    except (TimeoutError, RuntimeError) as err:
+        progress(f"GetFtStatus: {err!r}")
+        return None
+    if not isinstance(reply, FtStatus):
+        return None
+    pair = next((p for p in reply.pairs if p.vm == VM), None)
+    return None if pair is None else pair.model_dump(mode="json")
 
 
 async def raw_publish(
     url: str, payloads: Sequence[tuple[bytes, int, str]], *, window: int, seconds: float
 ) -> dict[str, Any]:
-    """Publish ``payloads`` (bytes, entries, aggregate) in turn, over and over, with
-    ``window`` JetStream acks awaited together, for at most ``seconds`` (and at most
-    twice through them): entries per second."""
+    """Publish ``payloads`` (bytes, entries, aggregate) in order, over and over, with
+    ``window`` JetStream acks awaited together, for ``seconds`` (or ``RAW_MAX_BYTES``)."""
     nc = await nats.connect(url, name="bench-ft-raw", connect_timeout=2)
-    stream = f"{RAW_STREAM}{uuid.uuid4().hex[:8].upper()}"
-    prefix = f"{RAW_PREFIX}{stream[-8:].lower()}"
+    tag = uuid.uuid4().hex[:8]
+    stream, prefix = f"{RAW_STREAM}{tag.upper()}", f"{RAW_PREFIX}{tag}.evt"
     try:
         js = nc.jetstream(timeout=30)
         await nc.jsm().add_stream(
@@ -332,23 +390,22 @@ async def raw_publish(
                 duplicate_window=120.0,
             )
         )
-        items = list(payloads) * 2
-        sent = entries = 0
+        items = [(f"{prefix}.{agg.replace('/', '.')}", data, n) for data, n, agg in payloads]
+        sent = entries = written = 0
         start = time.perf_counter()
         deadline = start + seconds
-        while sent < len(items) and time.perf_counter() < deadline:
-            part = items[sent : sent + window]
+        while written < RAW_MAX_BYTES and time.perf_counter() < deadline:
+            part = [items[(sent + i) % len(items)] for i in range(window)]
             futures = [
                 await js.publish_async(
-                    f"{prefix}.{aggregate.replace('/', '.')}",
-                    data,
-                    headers={api.Header.MSG_ID: str(uuid.uuid4())},
+                    subject, data, headers={api.Header.MSG_ID: str(uuid.uuid4())}
                 )
-                for data, _, aggregate in part
+                for subject, data, _ in part
             ]
             await asyncio.gather(*futures)
             sent += len(part)
-            entries += sum(n for _, n, _ in part)
+            entries += sum(n for _, _, n in part)
+            written += sum(len(data) for _, data, _ in part)
         took = time.perf_counter() - start
         await nc.jsm().delete_stream(stream)
     finally:
@@ -360,253 +417,306 @@ async def raw_publish(
         "seconds": took,
         "entries_per_s": entries / took,
         "publishes_per_s": sent / took,
+        "mib_per_s": written / took / 2**20,
     }
 
 
 # Failover
 
 
-def releases(case: Case) -> list[tuple[list[SentPacket], Seen]]:
-    """Every release of the VM's outputs, in log order."""
-    out = []
-    for s in case.rec.events:
-        e = s.env.data
-        if isinstance(e, PairSynced | OutputsReleased) and e.vm == VM:
-            out.append((e.released, s))
-    return out
-
-
-def gapless(seqs: Sequence[int]) -> bool:
-    return len(seqs) > 0 and list(seqs) == list(range(seqs[0], seqs[0] + len(seqs)))
-
-
 async def run_failover(url: str, opts: argparse.Namespace) -> dict[str, Any]:
-    inputs = GuestInputs(packets_per_s=opts.pps)
     async with case_stack(url, opts, hosts=3) as case:
-        await case.place(inputs)
-        cmd = ProtectVm(vm=VM, backup_host="h2", epoch_ms=opts.epoch_ms)
-        requested = await case.protect(cmd)
-        if not isinstance(requested, ProtectionRequested):
-            raise RuntimeError(f"ProtectVm refused: {requested}")
-        loaded = await case.loaded()
-        await case.rec.until(
-            lambda: True if len(case.rec.of(PairSynced, loaded.at)) >= opts.syncs else None,
-            f"{opts.syncs} sync points",
-        )
+        await case.place(GuestInputs(packets_per_s=opts.pps))
+        loaded = await protected(case, ProtectVm(vm=VM, backup_host="h2", epoch_ms=opts.epoch_ms))
+        await case.syncs(opts.syncs, loaded.at)
         progress(f"failover: {opts.syncs} sync points; CrashHost(h1)")
         began = time.perf_counter()
         await case.stack.client.send(CrashHost(host="h1"))
-        [(_, crashed)] = await case.rec.until(
-            lambda: case.rec.of(HostCrashed) or None, "HostCrashed"
-        )
-        [(over, over_seen)] = await case.rec.until(
+        [(_, crashed)] = await case.rec.until(lambda: case.rec.of(HostCrashed) or None, "crash")
+        [(over, taken)] = await case.rec.until(
             lambda: case.rec.of(VmFailedOver) or None, "VmFailedOver"
         )
         reloaded = await case.loaded(2)
-        await case.rec.until(
-            lambda: True if len(case.rec.of(PairSynced, reloaded.at)) >= opts.syncs else None,
-            f"{opts.syncs} sync points after the failover",
-        )
+        await case.syncs(opts.syncs, reloaded.at)
         wall = time.perf_counter() - began
-        out = releases(case)
-        diverged = case.rec.diverged()
-        ended = case.ended()
-        syncs = [e for e, _ in case.rec.of(PairSynced)]
-    before = [o.seq for r, s in out if s.seq < crashed.seq for o in r]
-    last_before = max(before, default=0)
-    after_crash = next(
-        (s for r, s in out if s.seq > crashed.seq and any(o.seq > last_before for o in r)), None
-    )
-    after_over = next((s for r, s in out if s.seq > over_seen.seq and r), None)
+        out = case.releases()
+        syncs = [(e, s.seq) for e, s in case.rec.of(PairSynced)]
+        logged = [s.seq for e, s in case.rec.of(VmRan) if primary_run(e) and s.seq < crashed.seq]
+        problems = case.problems()
+    # The backup's backlog at the crash: runs logged that it had not replayed and synced.
+    behind = len(logged) - len([1 for _, seq in syncs if seq < crashed.seq])
+    replayed = len([1 for _, seq in syncs if crashed.seq < seq < taken.seq])
+    before = max((o.seq for r, s in out if s.seq < crashed.seq for o in r), default=0)
+
+    def first_release(after: Seen) -> Seen | None:
+        return next(
+            (s for r, s in out if s.seq > after.seq and any(o.seq > before for o in r)), None
+        )
+
+    after_crash, after_over = first_release(crashed), first_release(taken)
     if after_crash is None or after_over is None:
-        raise RuntimeError("failover: no output released after the crash")
+        raise RuntimeError("failover: no output released after the failover")
     seqs = [o.seq for r, _ in out for o in r]
 
-    def since(seen: Seen) -> dict[str, float]:
+    def since_crash(seen: Seen) -> dict[str, Any]:
         return {
+            "event": seen.env.type,
             "emulated_ms": (seen.env.sim_time - crashed.env.sim_time) * 1000,
             "wall_s": (seen.env.occurred_at - crashed.env.occurred_at).total_seconds(),
         }
 
+    new_backup = reloaded.env.data
+    assert isinstance(new_backup, BackupLoaded)
     return {
+        "bus": "NATS JetStream",
         "pps": opts.pps,
         "epoch_ms": opts.epoch_ms,
-        "first_release": since(after_crash),
-        "first_release_type": after_crash.env.type,
-        "failed_over": since(over_seen),
-        "first_release_after_failover": since(after_over),
-        "first_release_after_failover_type": after_over.env.type,
+        "failover": since_crash(after_over),
+        "first_release_after_crash": since_crash(after_crash),
+        "failed_over": since_crash(taken),
         "taken_over_on": over.host,
-        "new_backup_host": reloaded.env.data.backup_host  # type: ignore[attr-defined]
-        if isinstance(reloaded.env.data, BackupLoaded)
-        else None,
-        "last_seq_before": last_before,
+        "new_backup_host": new_backup.backup_host,
+        "last_seq_before": before,
         "released": len(seqs),
         "first_seq": seqs[0] if seqs else None,
         "last_seq": seqs[-1] if seqs else None,
-        "duplicates": len(seqs) - len(set(seqs)),
-        "gapless": gapless(seqs) and len(seqs) == len(set(seqs)),
-        "unequal_syncs": sum(not e.equal for e in syncs),
-        "case_wall_s": wall,
-        "diverged": diverged,
-        "ended": ended,
-    }
+        "repeated": len(seqs) - len(set(seqs)),
+        "gapless": bool(seqs) and seqs == list(range(seqs[0], seqs[0] + len(seqs))),
+        "unequal_syncs": sum(not e.equal for e, _ in syncs),
+        "behind_at_crash": behind,
+        "replayed_before_takeover": replayed,
+        "crash_to_end_s": wall,
+    } | problems
 
 
-# Output latency, and the modes not available yet
+# Output latency, in each mode the service carries out
 
 
 async def run_latency(url: str, opts: argparse.Namespace) -> dict[str, Any]:
-    inputs = GuestInputs(packets_per_s=opts.pps)
+    """Each mode in a stack of its own, record-replay first; a mode the service refuses
+    is reported, not measured."""
+    return {mode.value: await bounded(latency_of(url, opts, mode), opts) for mode in MODES}
+
+
+async def latency_of(url: str, opts: argparse.Namespace, mode: FtMode) -> dict[str, Any]:
     async with case_stack(url, opts, hosts=2) as case:
-        await case.place(inputs)
-        modes = {}
-        for mode in (FtMode.CHECKPOINT, FtMode.LOCKSTEP):
-            answer = await case.protect(ProtectVm(vm=VM, mode=mode, epoch_ms=opts.epoch_ms))
-            if isinstance(answer, CommandRejected):
-                modes[mode.value] = f"refused: {answer.reason}"
-            else:
-                # Not expected while only record/replay exists: say so, and stop there.
-                modes[mode.value] = f"accepted ({answer.type_name()}): not measured here"
-                raise RuntimeError(f"{mode.value} was accepted: this bench does not measure it")
-        requested = await case.protect(ProtectVm(vm=VM, epoch_ms=opts.epoch_ms))
-        if not isinstance(requested, ProtectionRequested):
-            raise RuntimeError(f"ProtectVm refused: {requested}")
+        await case.place(GuestInputs(packets_per_s=opts.pps))
+        refused = await case.protect(ProtectVm(vm=VM, mode=mode, epoch_ms=opts.epoch_ms))
+        if refused is not None:
+            if mode is FtMode.RECORD_REPLAY:
+                raise RuntimeError(f"ProtectVm refused: {refused}")
+            progress(f"latency: {mode.value} refused: {refused}")
+            return {"refused": refused}
         loaded = await case.loaded()
-        progress(f"latency: backup loaded; sync points for {opts.latency_seconds:g} s")
+        progress(
+            f"latency: {mode.value}, backup loaded; sync points for {opts.latency_seconds:g} s"
+        )
         await asyncio.sleep(opts.latency_seconds)
-        syncs = [e for e, _ in case.rec.of(PairSynced, loaded.at)]
-        runs = [e for e, _ in case.rec.of(VmRan, loaded.at) if primary_run(e)]
-        diverged = case.rec.diverged()
-        ended = case.ended()
+        status = await ft_status(case)
+        seen = case.rec.of(PairSynced, loaded.at)
+        ran = {e.first_step: s for e, s in case.rec.of(VmRan) if primary_run(e)}
+        problems = case.problems()
+    syncs = [e for e, _ in seen]
     held = [e.held_ms for e in syncs]
     if not held:
-        raise RuntimeError("latency: no sync point")
+        return {"error": f"no sync point in {opts.latency_seconds:g} s"} | problems
+    # The same hold by the wall clock: the primary's VmRan to its sync point, as their
+    # producers stamped them (one process, one clock).
+    wall = [
+        (s.env.occurred_at - ran[e.first_step].env.occurred_at).total_seconds() * 1000
+        for e, s in seen
+        if e.first_step in ran
+    ]
     return {
+        "status": status,
+        "held_first_ms": held[0],
+        "held_last_ms": held[-1],
+        "wall_p50_ms": percentile(wall, 0.50) if wall else None,
+        "wall_p99_ms": percentile(wall, 0.99) if wall else None,
         "pps": opts.pps,
         "epoch_ms": opts.epoch_ms,
         "syncs": len(syncs),
-        "runs": len(runs),
         "outputs": sum(len(e.released) for e in syncs),
         "held_p50_ms": percentile(held, 0.50),
         "held_p99_ms": percentile(held, 0.99),
         "held_max_ms": max(held),
         "unequal_syncs": sum(not e.equal for e in syncs),
-        "modes": modes,
-        "diverged": diverged,
-        "ended": ended,
-    }
+    } | problems
+
+
+async def bounded(run: Coroutine[Any, Any, dict[str, Any]], opts: argparse.Namespace) -> Any:
+    began = time.perf_counter()
+    try:
+        out = await asyncio.wait_for(run, opts.case_limit)
+    except TimeoutError:
+        raise RuntimeError(f"a case took more than {opts.case_limit:g} s") from None
+    out["wall_s"] = time.perf_counter() - began
+    return out
 
 
 async def run(url: str, opts: argparse.Namespace) -> dict[str, Any]:
-    runners = {"log": run_log, "failover": run_failover, "latency": run_latency}
     out: dict[str, Any] = {}
     for name in opts.cases:
         print(f"running {name} ...", file=sys.stderr, flush=True)
         began = time.perf_counter()
-        out[name] = await asyncio.wait_for(runners[name](url, opts), opts.case_limit)
-        out[name]["wall_s"] = time.perf_counter() - began
-        print(f"  {name}: {out[name]['wall_s']:.1f} s", file=sys.stderr, flush=True)
+        if name == "log":
+            out[name] = await bounded(run_log(url, opts), opts)
+        elif name == "failover":
+            out[name] = await bounded(run_failover(url, opts), opts)
+        else:
+            out[name] = await run_latency(url, opts)
+        print(f"  {name}: {time.perf_counter() - began:.1f} s", file=sys.stderr, flush=True)
     return out
 
 
 # The report
 
 
+def met(ok: bool) -> str:
+    return "met" if ok else "missed"
+
+
 def report(result: dict[str, Any], opts: argparse.Namespace) -> None:
     print(
-        "== FT (record-replay) through NATS JetStream (sync_interval: always): hosts, both "
-        "schedulers and the FT service in-process"
+        "== FT through NATS JetStream (sync_interval: always): hosts, both schedulers and "
+        "the FT service in-process"
     )
     print(
-        f"a tick: {opts.tick:g} s wall, {opts.tick * opts.speed:g} s emulated "
-        f"(speed {opts.speed:g}); the guest: 16 MiB, full memory, GuestInputs"
+        f"a tick: {opts.tick:g} s wall, {opts.tick * opts.speed:g} s emulated (speed "
+        f"{opts.speed:g}); the guest: 16 MiB of full memory, GuestInputs; {result['commit']}"
     )
     if "log" in result:
-        r = result["log"]
         print()
-        print(
-            f"log shipping: vplane {r['vplane_entries_per_s']:.0f} entries/s, raw nats-py "
-            f"{r['raw']['entries_per_s']:.0f} entries/s, log ratio {r['log_ratio']:.2f}"
-        )
-        print(
-            f"  target: ratio >= {TARGET_RATIO:g} "
-            f"({'met' if r['log_ratio'] >= TARGET_RATIO else 'missed'}), "
-            f"goal >= {GOAL_ENTRIES_PER_S:,} entries/s "
-            f"({'met' if r['vplane_entries_per_s'] >= GOAL_ENTRIES_PER_S else 'missed'})"
-        )
-        print(
-            f"  vplane: {r['runs']} runs of the primary in {r['seconds']:.1f} s "
-            f"({r['runs_per_s']:.1f} runs/s), {r['entries_per_run']:.0f} entries a run "
-            f"(max {r['max_entries_per_run']}, cap {MAX_RUN_INPUTS}), {r['dropped']} "
-            f"inputs dropped over the cap; guest at {r['pps']:g} packets/s of 64 bytes, "
-            f"epoch {r['epoch_ms']} ms"
-        )
-        print(
-            f"  backup: {r['syncs']} sync points, {r['synced_entries_per_s']:.0f} entries/s "
-            f"replayed and synced, {r['unequal_syncs']} unequal"
-        )
-        raw, piped = r["raw"], r["pipelined"]
-        print(
-            f"  raw nats-py: the same VmRan payloads ({r['payload_bytes']:.0f} bytes on "
-            f"average), one ack awaited at a time: {raw['publishes_per_s']:.0f} publishes/s"
-        )
-        print(
-            f"  raw nats-py pipelined ({piped['window']} in flight): "
-            f"{piped['entries_per_s']:.0f} entries/s ({piped['publishes_per_s']:.0f} "
-            f"publishes/s), ratio {r['pipelined_ratio']:.3f}"
-        )
+        log_report(result["log"])
     if "failover" in result:
-        r = result["failover"]
-        first, over, resumed = (
-            r["first_release"],
-            r["failed_over"],
-            r["first_release_after_failover"],
-        )
         print()
-        print(
-            f"failover: {first['emulated_ms']:.0f} emulated ms ({first['wall_s']:.2f} s "
-            f"wall), outputs gapless: {r['gapless']}"
-        )
-        print(
-            f"  on NATS JetStream; crash of h1 to the first release of a seq above "
-            f"{r['last_seq_before']} (the last released before it): a {r['first_release_type']}"
-        )
-        print(
-            f"  VmFailedOver (on {r['taken_over_on']}): {over['emulated_ms']:.0f} emulated ms "
-            f"({over['wall_s']:.2f} s wall); first release after it "
-            f"({r['first_release_after_failover_type']}): "
-            f"{resumed['emulated_ms']:.0f} emulated ms ({resumed['wall_s']:.2f} s wall)"
-        )
-        print(
-            f"  outputs: {r['released']} released, seqs {r['first_seq']}..{r['last_seq']}, "
-            f"{r['duplicates']} twice; protection restored on {r['new_backup_host']}; "
-            f"{r['unequal_syncs']} unequal sync points"
-        )
+        failover_report(result["failover"])
     if "latency" in result:
-        r = result["latency"]
         print()
+        latency_report(result["latency"], opts)
+
+
+def log_report(r: dict[str, Any]) -> None:
+    raw, piped = r["raw"], r["pipelined"]
+    print(
+        f"log shipping: vplane {r['vplane_entries_per_s']:.0f} entries/s, raw nats-py "
+        f"{raw['entries_per_s']:.0f} entries/s, log ratio {r['log_ratio']:.3f}"
+    )
+    print(
+        f"  target: ratio >= {TARGET_RATIO:g} ({met(r['log_ratio'] >= TARGET_RATIO)}); "
+        f"goal >= {GOAL_ENTRIES_PER_S:,} entries/s "
+        f"({met(r['vplane_entries_per_s'] >= GOAL_ENTRIES_PER_S)})"
+    )
+    print(
+        f"  vplane: {r['runs']} runs of the primary in {r['seconds']:.1f} s "
+        f"({r['runs_per_s']:.1f} runs/s), {r['entries_per_run']:.0f} entries a run "
+        f"(max {r['max_entries_per_run']}, cap {MAX_RUN_INPUTS}), {r['dropped']} inputs "
+        f"dropped; guest at {r['pps']:g} packets/s of 64 bytes, epoch {r['epoch_ms']} ms"
+    )
+    print(
+        f"  process CPU: {r['cpu_us_per_entry']:.0f} us an entry, {r['cpu_share']:.2f} "
+        "CPU-s per wall s (one process: every service and the watcher)"
+    )
+    status = r["status"]
+    behind = (
+        "no FT status in time"
+        if status is None
+        else f"FT status at the end: {status['log_lag']} runs not replayed yet, "
+        f"{status['held_outputs']} outputs held"
+    )
+    print(
+        f"  backup: {r['syncs']} sync points, {r['synced_entries_per_s']:.0f} entries/s "
+        f"replayed and synced, {r['unequal_syncs']} unequal; {behind}"
+    )
+    print(
+        f"  raw nats-py: the same VmRan payloads ({r['payload_bytes']:.0f} bytes on average), "
+        f"one ack awaited at a time: {raw['publishes_per_s']:.0f} publishes/s, "
+        f"{raw['mib_per_s']:.0f} MiB/s"
+    )
+    print(
+        f"  raw nats-py pipelined ({piped['window']} in flight): {piped['entries_per_s']:.0f} "
+        f"entries/s ({piped['publishes_per_s']:.0f} publishes/s, {piped['mib_per_s']:.0f} "
+        "MiB/s), ratio "
+        f"{r['pipelined_ratio']:.4f}"
+    )
+
+
+def failover_report(r: dict[str, Any]) -> None:
+    f, crash, over = r["failover"], r["first_release_after_crash"], r["failed_over"]
+    print(
+        f"failover: {f['emulated_ms']:.0f} emulated ms ({f['wall_s']:.2f} s wall), outputs "
+        f"gapless: {r['gapless']}"
+    )
+    print(
+        f"  on {r['bus']}: HostCrashed of h1 to the first release after VmFailedOver of a seq "
+        f"above {r['last_seq_before']} (the last released before the crash): a {f['event']}"
+    )
+    print(
+        f"  first release after the crash (the backup replaying what was left of the log): "
+        f"{crash['emulated_ms']:.0f} emulated ms ({crash['wall_s']:.2f} s wall), a "
+        f"{crash['event']}; VmFailedOver on {r['taken_over_on']}: {over['emulated_ms']:.0f} "
+        f"emulated ms ({over['wall_s']:.2f} s wall)"
+    )
+    print(
+        f"  the backup was {r['behind_at_crash']} runs behind at the crash; it replayed "
+        f"{r['replayed_before_takeover']} (each a sync point) before the VM failed over"
+    )
+    print(
+        f"  outputs: {r['released']} released, seqs {r['first_seq']}..{r['last_seq']}, "
+        f"{r['repeated']} repeated; protection restored on {r['new_backup_host']}; "
+        f"{r['unequal_syncs']} unequal sync points; guest at {r['pps']:g} packets/s, "
+        f"epoch {r['epoch_ms']} ms"
+    )
+
+
+def latency_report(modes: dict[str, Any], opts: argparse.Namespace) -> None:
+    for mode, r in modes.items():
+        label = "output latency" if mode == FtMode.RECORD_REPLAY.value else f"  {mode}"
+        if "refused" in r:
+            print(f"{label}: not measured yet ({r['refused']})")
+            continue
+        if "error" in r:
+            print(f"{label}: not measured ({r['error']})")
+            continue
         print(
-            f"output latency: held_ms p50 {r['held_p50_ms']:.0f} p99 {r['held_p99_ms']:.0f} "
-            f"emulated ms (wall {r['held_p50_ms'] / opts.speed:.1f} / "
-            f"{r['held_p99_ms'] / opts.speed:.1f} ms at speed {opts.speed:g})"
+            f"{label}: held_ms p50 {r['held_p50_ms']:.0f} p99 {r['held_p99_ms']:.0f} emulated "
+            f"ms (wall {r['held_p50_ms'] / opts.speed:.1f} / {r['held_p99_ms'] / opts.speed:.1f} "
+            f"ms at speed {opts.speed:g})"
         )
         print(
-            f"  {r['syncs']} sync points, {r['outputs']} outputs, max {r['held_max_ms']:.0f} "
-            f"emulated ms; guest at {r['pps']:g} packets/s, epoch {r['epoch_ms']} ms; "
-            f"{r['unequal_syncs']} unequal"
+            f"    {mode}: {r['syncs']} sync points, {r['outputs']} outputs, max "
+            f"{r['held_max_ms']:.0f} emulated ms; guest at {r['pps']:g} packets/s, epoch "
+            f"{r['epoch_ms']} ms; {r['unequal_syncs']} unequal"
         )
-        for mode, what in r["modes"].items():
-            print(f"  {mode}: not measured ({what})")
+        if r["wall_p50_ms"] is not None:
+            print(
+                f"    by the wall clock (VmRan to PairSynced, occurred_at): p50 "
+                f"{r['wall_p50_ms']:.1f} p99 {r['wall_p99_ms']:.1f} ms"
+            )
+        status = r["status"]
+        lag = (
+            ""
+            if status is None
+            else f"; FT status at the end: {status['log_lag']} runs not replayed yet, "
+            f"{status['held_outputs']} outputs held"
+        )
+        print(
+            f"    held_ms of the window's first sync point {r['held_first_ms']:.0f}, of its "
+            f"last {r['held_last_ms']:.0f}{lag}"
+        )
 
 
 def failures(result: dict[str, Any]) -> list[str]:
+    runs: dict[str, dict[str, Any]] = {
+        name: result[name] for name in ("log", "failover") if name in result
+    }
+    runs |= {f"latency {m}": r for m, r in result.get("latency", {}).items()}
     found = []
-    for name, r in result.items():
-        if not isinstance(r, dict):
-            continue
-        found += [f"{name}: guest memory diverged: {d}" for d in r.get("diverged", [])]
-        if r.get("unequal_syncs"):
+    for name, r in runs.items():
+        found += [f"{name}: guest memory diverged: {d}" for d in r.get("memory_diverged", [])]
+        found += [f"{name}: pair diverged: {d}" for d in r.get("pairs_diverged", [])]
+        found += [f"{name}: protection ended: {d}" for d in r.get("ended", [])]
+        if r.get("unequal_syncs") and not name.endswith(("lockstep", "checkpoint")):
             found.append(f"{name}: {r['unequal_syncs']} sync points with unequal memories")
     if "failover" in result and not result["failover"]["gapless"]:
         found.append("failover: the released outputs have a gap or a repeat")
@@ -619,21 +729,37 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--cases", default=",".join(CASES), help=f"of {','.join(CASES)} (all)")
     add("--speed", type=float, default=50.0, help="emulated s per wall s (50)")
     add("--tick", type=float, default=1.0, help="the hosts' tick, wall s (1.0)")
-    add("--log-pps", type=float, default=10_000, help="log case: packets/s in (10000)")
-    add("--log-epoch-ms", type=int, default=40, help="log case: epoch, emulated ms (40)")
-    add("--log-seconds", type=float, default=15.0, help="log case: wall s counted (15)")
-    add("--raw-seconds", type=float, default=5.0, help="each raw run at most (5)")
+    add("--log-pps", type=float, default=10_000, help="log: packets/s in (10000)")
+    add("--log-epoch-ms", type=int, default=40, help="log: epoch, emulated ms (40)")
+    add("--log-seconds", type=float, default=15.0, help="log: wall s counted (15)")
+    add("--raw-seconds", type=float, default=3.0, help="log: each raw run, wall s (3)")
     add("--pps", type=float, default=200.0, help="failover, latency: packets/s in (200)")
-    add("--epoch-ms", type=int, default=25, help="failover, latency: epoch (25)")
+    add("--epoch-ms", type=int, default=25, help="failover, latency: epoch, emulated ms (25)")
     add("--syncs", type=int, default=10, help="failover: sync points before and after (10)")
-    add("--latency-seconds", type=float, default=10.0, help="latency: wall s (10)")
-    add("--case-limit", type=float, default=90.0, help="a case's wall s at most (90)")
+    add("--latency-seconds", type=float, default=10.0, help="latency: wall s a mode (10)")
+    add("--case-limit", type=float, default=60.0, help="a case (a mode) in wall s, at most (60)")
     add("--json", dest="as_json", action="store_true", help="print JSON too")
     opts = parser.parse_args(argv)
     opts.cases = [c for c in opts.cases.split(",") if c]
     if set(opts.cases) - set(CASES):
         parser.error(f"cases of {', '.join(CASES)}")
+    if opts.syncs < 1 or opts.log_seconds <= 0 or opts.latency_seconds <= 0:
+        parser.error("--syncs >= 1; --log-seconds and --latency-seconds > 0")
     return opts
+
+
+def commit() -> str:
+    """The tree measured: its commit, and whether the product had uncommitted changes."""
+    # The repository's root: the pathspecs below are relative to it.
+    here = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, check=False, cwd=here)
+        return done.stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    changed = git("status", "--porcelain", "--", "services", "shared", "schemas")
+    return f"commit {head}" + (" + uncommitted changes" if changed else "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -642,6 +768,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A plain kill unwinds like Ctrl-C does, so the broker and its store go away.
     signal.signal(signal.SIGTERM, terminate)
     started = time.perf_counter()
+    tree = commit()
     with tempfile.TemporaryDirectory(prefix="vplane-ft-bench-") as tmp:
         broker = EmbeddedNats(Path(tmp) / "nats")
         try:
@@ -650,6 +777,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             with signals_held():
                 broker.stop()
+    result["commit"] = tree
     found = failures(result)
     report(result, opts)
     for failure in found:

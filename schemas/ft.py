@@ -20,7 +20,7 @@ DEFAULT_EPOCH_MS = 25
 
 class FtMode(enum.StrEnum):
     """``record-replay``: the backup replays the primary's log of inputs;
-    ``checkpoint``: the primary's dirty memory goes to the backup every epoch;
+    ``checkpoint``: the pages the primary dirtied go to the backup every epoch;
     ``lockstep``: both run the same inputs, and each output is compared before release."""
 
     RECORD_REPLAY = "record-replay"
@@ -66,9 +66,11 @@ class ProtectionRequested(_PairEvent):
 @registry.register
 class ProtectionEnded(_PairEvent):
     """The VM is no longer protected (it was destroyed, or protection could not be set up);
-    it runs in its host's ticks again."""
+    it runs in its host's ticks again. Its backup goes: destroyed, or (never created) its
+    room given back."""
 
     reason: str
+    backup: Name | None = None
 
 
 @registry.register
@@ -102,6 +104,9 @@ class PairSynced(_PairEvent):
     equal: bool
     released: list[SentPacket] = Field(default_factory=list)
     held_ms: float = Field(0.0, ge=0, description="emulated time the outputs were held")
+    # Checkpoint mode: the epoch's dirty pages sent, and their bytes on the wire.
+    pages: int = Field(0, ge=0)
+    bytes: int = Field(0, ge=0)
 
 
 @registry.register
@@ -115,6 +120,9 @@ class FailoverRequested(_PairEvent):
     backup: Name
     backup_host: Name
     lost_at: float = Field(ge=0, description="emulated time the primary's host was lost")
+    discarded: int = Field(
+        0, ge=0, description="checkpoint mode: runs after the last epoch, lost with the host"
+    )
 
 
 @registry.register

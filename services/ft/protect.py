@@ -20,7 +20,7 @@ STATE_PAGE = 0
 DIGEST_OFFSET = 24
 
 # The modes this service carries out so far.
-AVAILABLE = (FtMode.RECORD_REPLAY, FtMode.LOCKSTEP)
+AVAILABLE = (FtMode.RECORD_REPLAY, FtMode.CHECKPOINT, FtMode.LOCKSTEP)
 
 
 def protect(state: Ft, env: Envelope[Message]) -> Outcome:

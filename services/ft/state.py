@@ -160,6 +160,21 @@ class Pair:
         """The data flow the primary's state crosses on, this copy."""
         return named("ft-copy", self.vm, self.backup, self.copies)
 
+    def epoch_flow(self, entry: int) -> str:
+        """Checkpoint mode: the data flow of the epoch that ends with log entry ``entry``."""
+        return named("ft-epoch", self.vm, self.backup, self.copies, entry)
+
+    @property
+    def epoch_end(self) -> int | None:
+        """Checkpoint mode: the log entry the epoch under way ends with."""
+        return self.log[-1].index if self.log else None
+
+    @property
+    def flows(self) -> tuple[str, ...]:
+        """The data flows its pages cross on now: its state copy, its epoch's."""
+        end = self.epoch_end
+        return (self.copy_flow,) if end is None else (self.copy_flow, self.epoch_flow(end))
+
     def run_tag(self, index: int) -> str:
         return named("ft-run", self.vm, self.backup, index)
 
@@ -204,7 +219,9 @@ def evolve(state: Ft, env: Envelope[Message]) -> Ft:  # noqa: PLR0911, PLR0912 -
         case HostFailed():
             return _host_lost(state, event.host, env)
         case FailoverRequested() if (p := state.pairs.get(event.vm)) is not None:
-            return _with(state, replace(p, phase=Phase.TAKING_OVER, last=env))
+            # Checkpoint mode: runs after the last epoch are lost with the host, unsaid.
+            log = () if event.discarded else p.log
+            return _with(state, replace(p, phase=Phase.TAKING_OVER, log=log, last=env))
         case VmFailedOver() if (p := state.pairs.get(event.vm)) is not None:
             state = _vm(state, event.vm, host=event.host, on=True)
             vms = {k: v for k, v in state.vms.items() if k != event.backup}
@@ -242,11 +259,11 @@ def evolve(state: Ft, env: Envelope[Message]) -> Ft:  # noqa: PLR0911, PLR0912 -
             return replace(state, pairs=pairs, ended=(*state.ended, p)[-ENDED_KEPT:])
         case CommandsIssued():
             return _issued(state, event, env.sim_time)
-        case VmStunned() if (p := state.pairs.get(event.vm)) and p.phase in COPYING:
+        case VmStunned() if (p := state.pairs.get(event.vm)) and _copying(p):
             return _with(state, replace(p, stunned=True, last=env))
-        case PagesExported() if (p := state.pairs.get(event.vm)) and event.flow == p.copy_flow:
+        case PagesExported() if (p := state.pairs.get(event.vm)) and event.flow in p.flows:
             return _with(state, replace(p, exported=event, last=env))
-        case PagesImported() if (p := state.pair_of(event.vm)) and event.flow == p.copy_flow:
+        case PagesImported() if (p := state.pair_of(event.vm)) and event.flow in p.flows:
             return _with(state, replace(p, imported=event, last=env))
         case PairDiverged() if (p := state.pairs.get(event.vm)) is not None:
             resync = replace(
@@ -280,6 +297,20 @@ def evolve(state: Ft, env: Envelope[Message]) -> Ft:  # noqa: PLR0911, PLR0912 -
             return _with(state, replace(p, phase=Phase.PROTECTED, bytes=p.bytes + event.bytes))
         case VmRan() if (p := state.pair_of(event.vm)) is not None:
             return _ran(state, p, event, env)
+        case PairSynced() if (p := state.pairs.get(event.vm)) and p.mode is FtMode.CHECKPOINT:
+            # The epoch's every run is acknowledged; the next epoch starts clean.
+            acked = replace(
+                p,
+                log=(),
+                stunned=False,
+                exported=None,
+                imported=None,
+                synced=p.synced + 1,
+                released=p.released + len(event.released),
+                bytes=p.bytes + event.bytes,
+                last=env,
+            )
+            return _with(state, acked)
         case PairSynced() if (p := state.pairs.get(event.vm)) is not None and p.log:
             return _with(
                 state,
@@ -320,9 +351,14 @@ def _host_lost(state: Ft, host: str, env: Envelope[Message]) -> Ft:
         elif p.primary_host == host:
             why = f"the primary's host {host} was lost before its backup held its state"
             state = _with(state, replace(p, failure=why, last=env))
-        elif p.backup_host == host:
+        elif host in (p.backup_host, p.requested.backup_host):
             state = _with(state, replace(p, backup_lost=True, last=env))
     return state
+
+
+def _copying(p: Pair) -> bool:
+    """A state copy, or a checkpoint mode's epoch, has the primary stunned now."""
+    return p.phase in COPYING or (p.mode is FtMode.CHECKPOINT and p.phase is Phase.PROTECTED)
 
 
 def _knows_loss(p: Pair) -> bool:
@@ -348,6 +384,15 @@ def _issued(state: Ft, record: CommandsIssued, at: float) -> Ft:
         if p is None:
             continue
         found[command.id] = p.vm
+        end = p.epoch_end
+        if p.mode is FtMode.CHECKPOINT and p.phase is not Phase.COPYING and end is not None:
+            # An epoch's own steps, once its run is logged.
+            match cmd:
+                case StunVm() | ExportPages() | ImportPages() if p.phase is not Phase.RESYNCING:
+                    step = {StunVm: "stun", ExportPages: "export", ImportPages: "import"}
+                    p = replace(p, asked=p.asked | {f"{step[type(cmd)]}:{end}"})
+                    state = _with(state, p)
+                    continue
         match cmd:
             case PlaceVm():
                 p = replace(p, asked=p.asked | {"place"})
@@ -371,7 +416,7 @@ def _issued(state: Ft, record: CommandsIssued, at: float) -> Ft:
 
 def _backup_refused(state: Ft, event: CommandRejected) -> Pair | None:
     """The pair whose backup its scheduler could not place (refused in its round)."""
-    if event.command_type != "PlaceVm" or not event.about.startswith("vm/"):
+    if event.command_type not in ("PlaceVm", "CreateVm") or not event.about.startswith("vm/"):
         return None
     name = event.about.removeprefix("vm/")
     return next(

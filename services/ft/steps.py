@@ -31,10 +31,13 @@ from schemas.memory import ExportPages, ImportPages, LoggedRun, RunVm, Selection
 from schemas.pool import Owner
 from schemas.scheduling import Affinity, PlacementRules, PlaceVm
 from schemas.vm import DestroyVm, StunVm, UnstunVm
+from services.ft.epochs import acknowledged, epoch_steps
 from services.ft.protect import backup_name
 from services.ft.state import Entry, Ft, Pair, Phase
 from shared.outcome import Outcome
 
+# Logged runs the backup may be behind its primary (record/replay and lockstep).
+MAX_LAG = 2
 # Pages per chunk of the state copy: 512 KiB, under a NATS message's default 1 MiB.
 COPY_BATCH = 128
 
@@ -51,8 +54,9 @@ def steps(state: Ft, now: float) -> list[Outcome]:
 def pair_steps(state: Ft, p: Pair, now: float) -> list[Outcome]:  # noqa: PLR0911 - one case a phase
     if p.failure is not None:
         return [_end(p, p.failure)]
-    if p.backup_lost and p.backup_host is not None:
-        return [_protect_again(state, p, f"the backup's host {p.backup_host} was lost")]
+    if p.backup_lost:
+        lost = p.backup_host or p.requested.backup_host
+        return [_protect_again(state, p, f"the backup's host {lost} was lost")]
     match p.phase:
         case Phase.PLACING:
             place = [] if "place" in p.asked else [_place(state, p)]
@@ -62,8 +66,16 @@ def pair_steps(state: Ft, p: Pair, now: float) -> list[Outcome]:  # noqa: PLR091
             return _copy(p) or _exposed(p, now)
         case Phase.LOADING:
             return [*_loaded(p), *_run_primary(p, now)]
+        case Phase.PROTECTED if p.mode is FtMode.CHECKPOINT:
+            # An epoch runs, then is saved: the next one runs once it is acknowledged.
+            return [*(_run_primary(p, now) if not p.log else []), *epoch_steps(p, now)]
         case Phase.PROTECTED:
-            return [*_run_primary(p, now), *_replay(p), *_sync(p, now)]
+            # The primary runs ahead of its backup by a bounded log: its held outputs and
+            # a failover's replay stay short.
+            ahead = _run_primary(p, now) if len(p.log) < MAX_LAG else []
+            return [*ahead, *_replay(p), *_sync(p, now)]
+        case Phase.FAILING_OVER if p.mode is FtMode.CHECKPOINT:
+            return _last_epoch(state, p, now)
         case Phase.FAILING_OVER:
             return [*_replay(p), *_sync(p, now), *_fail_over(state, p)]
         case Phase.RESYNCING:
@@ -92,10 +104,25 @@ def _exposed(p: Pair, now: float) -> list[Outcome]:
     return _run_primary(p, now)
 
 
-def _fail_over(state: Ft, p: Pair) -> list[Outcome]:
+def _last_epoch(state: Ft, p: Pair, now: float) -> list[Outcome]:
+    """Checkpoint mode: an epoch whose pages the backup was importing is acknowledged
+    once they are in; the runs after the last acknowledged epoch are lost with the
+    primary's host, their outputs never said; then the backup takes over from there."""
+    end = p.epoch_end
+    if end is not None and f"import:{end}" in p.asked:
+        acked = acknowledged(p, now)
+        if acked is None:
+            return []
+        return [Outcome(events=[acked], cause=p.last, key=f"{p.backup}/epoch/{end}/acked")]
+    return _fail_over(state, p, discard=True)
+
+
+def _fail_over(state: Ft, p: Pair, *, discard: bool = False) -> list[Outcome]:
     """Once the backup has replayed every logged run, the VM's scheduler moves its room
     there and the backup's host makes it the VM."""
-    if p.log or p.replaying is not None or p.backup_host is None or p.lost_at is None:
+    if (p.log and not discard) or p.replaying is not None:
+        return []
+    if p.backup_host is None or p.lost_at is None:
         return []
     known = state.vms[p.vm].created
     asked = FailoverRequested(
@@ -105,6 +132,7 @@ def _fail_over(state: Ft, p: Pair) -> list[Outcome]:
         backup=p.backup,
         backup_host=p.backup_host,
         lost_at=p.lost_at,
+        discarded=len(p.log),
     )
     return [Outcome(events=[asked], cause=p.last, key=f"{p.backup}/failover")]
 
@@ -135,7 +163,7 @@ def _protect_again(state: Ft, p: Pair, reason: str, primary_host: str | None = N
         epoch_ms=p.requested.epoch_ms,
     )
     return Outcome(
-        events=[*released, ProtectionEnded(vm=p.vm, reason=reason), again],
+        events=[*released, ProtectionEnded(vm=p.vm, reason=reason, backup=p.backup), again],
         cause=p.last,
         key=f"{p.backup}/again",
     )
@@ -178,7 +206,8 @@ def _copy(p: Pair) -> list[Outcome]:
             host=p.primary_host,
             vm=p.vm,
             flow=p.copy_flow,
-            selection=Selection.ALL,
+            # Every page, and the dirty bits cleared: checkpoint epochs start from here.
+            selection=Selection.CHECKPOINT,
             batch=COPY_BATCH,
             checksum=True,
         )
@@ -321,7 +350,7 @@ def _end(p: Pair, reason: str) -> Outcome:
     """The pair ends; a primary suspended for its state copy resumes, untouched."""
     resume = [UnstunVm(host=p.primary_host, vm=p.vm)] if _suspended(p) else []
     return Outcome(
-        events=[ProtectionEnded(vm=p.vm, reason=reason)],
+        events=[ProtectionEnded(vm=p.vm, reason=reason, backup=p.backup)],
         commands=resume,
         cause=p.last,
         key=f"{p.backup}/end",

@@ -262,7 +262,13 @@ def _protected(state: SchedulerState, env: Envelope[Message]) -> SchedulerState:
         case ProtectionRequested():
             return changed(state, protected=state.protected.set(event.vm, True))
         case ProtectionEnded():
-            return changed(state, protected=_without(state.protected, event.vm))
+            state = changed(state, protected=_without(state.protected, event.vm))
+            backup = event.backup
+            if backup is not None and backup in state.placed and backup not in state.hosted:
+                # Placed, never created (its host refused, or failed first): its room goes
+                # back as a destroyed VM's does.
+                return changed(state, destroyed=state.destroyed.set(backup, True))
+            return state
         case FailoverRequested() if event.priority == state.priority.value:
             asked: Envelope[FailoverRequested] = env  # type: ignore[assignment]
             return changed(state, failovers=state.failovers.set(event.vm, asked))

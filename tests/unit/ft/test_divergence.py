@@ -29,24 +29,29 @@ def index_of(log: list[Envelope[Message]], kind: str) -> int:
     return next(i for i, e in enumerate(log) if e.type == kind)
 
 
-@pytest.mark.parametrize("mode", [FtMode.LOCKSTEP, FtMode.RECORD_REPLAY])
-async def test_a_diverged_backup_is_caught_at_its_next_output_and_made_equal_again(
-    mode: FtMode,
-) -> None:
+async def diverged_run(mode: FtMode, then: str) -> list[Envelope[Message]]:
+    """A protected VM's log from the start until three sync points follow the first
+    ``then`` event after its backup's bytes were flipped."""
     async with ft_stack() as stack:
         await place(stack, "web")
         await answer(stack, ProtectVm(vm="web", mode=mode, epoch_ms=EPOCH_MS))
         await poll(lambda: stack.of_type("PairSynced"), lambda es: len(es) >= 3, what="syncs")
         injected = await answer(stack, DivergeBackup(vm="web"))
         assert isinstance(injected, DivergenceInjected)
-        log = await poll(
+        return await poll(
             lambda: stack.events(lambda _: True),
             lambda es: (
-                any(e.type == "PairResynced" for e in es)
-                and len(synced(es[index_of(es, "PairResynced") :])) >= 3
+                any(e.type == then for e in es) and len(synced(es[index_of(es, then) :])) >= 3
             ),
-            what="diverged, resynced and in step again",
+            what=f"three sync points after {then}",
         )
+
+
+@pytest.mark.parametrize("mode", [FtMode.LOCKSTEP, FtMode.RECORD_REPLAY])
+async def test_a_diverged_backup_is_caught_at_its_next_output_and_made_equal_again(
+    mode: FtMode,
+) -> None:
+    log = await diverged_run(mode, "PairResynced")
 
     flipped, diverged_at = index_of(log, "GuestBytesFlipped"), index_of(log, "PairDiverged")
     resynced_at = index_of(log, "PairResynced")
@@ -86,3 +91,15 @@ async def test_only_a_backup_in_step_can_be_made_to_diverge() -> None:
         refused = await answer(stack, DivergeBackup(vm="web"))
         assert isinstance(refused, CommandRejected)
         assert refused.code == RejectionCode.UNKNOWN_VM
+
+
+async def test_in_checkpoint_mode_the_next_epoch_overwrites_what_was_flipped() -> None:
+    """The flipped bytes are in the backup's execution state, which the primary dirties
+    every epoch: the next epoch's pages overwrite them, and every epoch after the flip
+    ends with equal memories (a flip of a page the primary left alone would be caught
+    there, as a divergence, and the backup copied again)."""
+    log = await diverged_run(FtMode.CHECKPOINT, "GuestBytesFlipped")
+    after = synced(log[index_of(log, "GuestBytesFlipped") :])
+    assert all(p.equal for p in after)
+    seqs = outside(log)
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))

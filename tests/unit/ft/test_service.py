@@ -30,7 +30,8 @@ from schemas.pool import Owner
 from schemas.queries import ListVms, VmList
 from schemas.scheduling import Affinity, PlacementRules, PlaceVm
 from schemas.service import CommandRejected, RejectionCode
-from schemas.vm import GuestInputs, MemoryMode, VmCreated
+from schemas.vm import GuestInputs, MemoryMode, VmCreated, VmStunned
+from services.ft.steps import MAX_LAG
 from shared.testing import poll
 from tests.unit.stack import Stack, memory_stack
 
@@ -166,7 +167,6 @@ async def test_the_primary_leaves_its_hosts_ticks_while_protected() -> None:
         (ProtectVm(vm="plain"), RejectionCode.INVALID_REQUEST),
         (ProtectVm(vm="web", backup_host="h1"), RejectionCode.INVALID_REQUEST),
         (ProtectVm(vm="web", backup_host="h9"), RejectionCode.UNKNOWN_HOST),
-        (ProtectVm(vm="web", mode=FtMode.CHECKPOINT), RejectionCode.INVALID_REQUEST),
     ],
 )
 async def test_what_cannot_be_protected_is_refused_typed(
@@ -193,14 +193,17 @@ async def test_protecting_twice_is_refused_and_the_first_protection_goes_on() ->
         await poll(lambda: stack.of_type("PairSynced"), lambda es: len(es) >= 2, what="syncs")
 
 
-async def test_a_failover_loses_and_repeats_no_output_and_protection_comes_back() -> None:
+@pytest.mark.parametrize("mode", list(FtMode))
+async def test_a_failover_loses_and_repeats_no_output_and_protection_comes_back(
+    mode: FtMode,
+) -> None:
     """The backup replays what is left of the log, the VM's reservation moves onto its
     host and it becomes the VM; a new backup then restores protection. The outside world
     sees the guest's packets numbered without a gap or a repeat throughout, and no HA
     restart competes with the failover."""
     async with ft_stack(hosts=3) as stack:
         await place(stack, "web")
-        await answer(stack, ProtectVm(vm="web", backup_host="h2", epoch_ms=EPOCH_MS))
+        await answer(stack, ProtectVm(vm="web", mode=mode, backup_host="h2", epoch_ms=EPOCH_MS))
         await poll(lambda: stack.of_type("PairSynced"), lambda es: len(es) >= 3, what="syncs")
 
         [crashed] = await stack.client.send_and_wait(CrashHost(host="h1"), timeout=10)
@@ -241,3 +244,47 @@ async def test_a_failover_loses_and_repeats_no_output_and_protection_comes_back(
         assert isinstance(status, FtStatus)
         [pair] = [p for p in status.pairs if p.phase == "protected"]
         assert (pair.primary_host, pair.backup, pair.failovers) == ("h2", "web-ft2", 1)
+        assert pair.mode == mode
+
+
+async def test_checkpoint_epochs_send_the_dirty_pages_and_hold_outputs_until_acknowledged() -> None:
+    """Each epoch the primary's dirty pages go to the backup while it is stunned; the
+    backup's memory then equals the primary's at the stun, and the epoch's outputs leave."""
+    async with ft_stack() as stack:
+        await place(stack, "web")
+        await answer(stack, ProtectVm(vm="web", mode=FtMode.CHECKPOINT, epoch_ms=EPOCH_MS))
+        log = await poll(
+            lambda: stack.events(lambda _: True),
+            lambda es: len(synced(es)) >= 5,
+            what="5 epochs",
+        )
+    epochs = synced(log)
+    assert all(e.mode == FtMode.CHECKPOINT for e in epochs)
+    assert all(e.equal and e.primary_checksum == e.backup_checksum for e in epochs)
+    assert all(0 < e.pages < 4096 and e.bytes > 0 for e in epochs)  # dirty pages, not all
+    stunned = [e.data.checksum for e in log if isinstance(e.data, VmStunned)]
+    # The first stun is the state copy's; each later one ends an epoch.
+    assert [e.primary_checksum for e in epochs] == stunned[1 : 1 + len(epochs)]
+    seqs = outside(log)
+    assert len(seqs) == len(set(seqs))
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+
+
+@pytest.mark.parametrize("mode", [FtMode.RECORD_REPLAY, FtMode.LOCKSTEP])
+async def test_the_primary_runs_at_most_a_bounded_log_ahead_of_its_backup(mode: FtMode) -> None:
+    """A backup slower than its primary holds the primary back: the outputs held, and
+    what a failover must replay, stay a few epochs long."""
+    async with ft_stack() as stack:
+        await place(stack, "web")
+        await answer(stack, ProtectVm(vm="web", mode=mode, epoch_ms=EPOCH_MS))
+        log = await poll(
+            lambda: stack.events(lambda _: True),
+            lambda es: len(synced(es)) >= 10,
+            what="10 sync points",
+        )
+    runs = 0
+    for env in log:
+        if isinstance(env.data, VmRan) and env.data.vm == "web":
+            runs += 1
+        if isinstance(env.data, PairSynced):
+            assert runs - (env.data.entry + 1) <= MAX_LAG

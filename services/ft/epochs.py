@@ -1,0 +1,103 @@
+"""Checkpoint mode, pure: continuous checkpoints of the primary's dirty memory.
+
+Every epoch the primary runs (its inputs logged, its outputs held), then is stunned; the
+pages it dirtied since the last epoch are exported while it is stunned, it resumes, and
+the backup imports them. The epoch is acknowledged (PairSynced) when the backup's memory
+equals the primary's at the stun, and only then do the epoch's outputs leave. The first
+copy (``steps._copy``) clears the dirty bits, so the first epoch sends what the primary
+wrote since.
+"""
+
+from __future__ import annotations
+
+from schemas import Command
+from schemas.ft import PairDiverged, PairSynced
+from schemas.memory import ExportPages, ImportPages, PagesExported, PagesImported, Selection
+from schemas.vm import StunVm, UnstunVm
+from services.ft.state import Pair
+from shared.outcome import Outcome
+
+# Pages per chunk of an epoch's flow.
+EPOCH_BATCH = 128
+
+
+def epoch_steps(p: Pair, now: float) -> list[Outcome]:
+    """The epoch's next step: stun once its run is logged, export the dirty pages, resume
+    the primary and import them into the backup, then acknowledge."""
+    last = p.epoch_end
+    if last is None or p.running is not None:
+        return []
+    key = f"{p.backup}/epoch/{last}"
+    acked = acknowledged(p, now)
+    if acked is not None and not acked.equal:
+        # The backup's copy is not the primary's: every output is held while it is made
+        # equal again.
+        diverged = PairDiverged(
+            vm=p.vm,
+            mode=p.mode,
+            entry=acked.entry,
+            first_step=acked.first_step,
+            primary_checksum=acked.primary_checksum,
+            backup_checksum=acked.backup_checksum,
+        )
+        return [Outcome(events=[diverged], cause=p.last, key=f"{key}/diverged")]
+    if acked is not None:
+        return [Outcome(events=[acked], cause=p.last, key=f"{key}/acked")]
+    step = _next(p, last)
+    if step is None:
+        return []
+    name, commands = step
+    return [Outcome(commands=commands, cause=p.last, key=f"{key}/{name}")]
+
+
+def _next(p: Pair, last: int) -> tuple[str, list[Command]] | None:
+    flow = p.epoch_flow(last)
+    if f"stun:{last}" not in p.asked:
+        return "stun", [StunVm(host=p.primary_host, vm=p.vm)]
+    if p.stunned and f"export:{last}" not in p.asked:
+        export = ExportPages(
+            host=p.primary_host,
+            vm=p.vm,
+            flow=flow,
+            selection=Selection.DIRTY,
+            batch=EPOCH_BATCH,
+            checksum=True,
+        )
+        return "export", [export]
+    exported = p.exported
+    if exported is None or exported.flow != flow or p.backup_host is None:
+        return None
+    if f"import:{last}" not in p.asked:
+        load = ImportPages(host=p.backup_host, vm=p.backup, flow=flow, batches=exported.batches)
+        return "import", [UnstunVm(host=p.primary_host, vm=p.vm), load]
+    return None
+
+
+def acknowledged(p: Pair, now: float) -> PairSynced | None:
+    """The epoch's acknowledgement, once the backup imported its pages."""
+    last = p.epoch_end
+    exported, imported = p.exported, p.imported
+    if last is None or exported is None or imported is None:
+        return None
+    if imported.flow != p.epoch_flow(last) or exported.flow != imported.flow:
+        return None
+    return _synced(p, exported, imported, now)
+
+
+def _synced(p: Pair, exported: PagesExported, imported: PagesImported, now: float) -> PairSynced:
+    first, last = p.log[0], p.log[-1]
+    return PairSynced(
+        vm=p.vm,
+        mode=p.mode,
+        entry=last.index,
+        first_step=first.ran.first_step,
+        steps=sum(e.ran.steps for e in p.log),
+        inputs=sum(len(e.ran.inputs) for e in p.log),
+        primary_checksum=exported.checksum,
+        backup_checksum=imported.checksum,
+        equal=exported.checksum == imported.checksum,
+        released=[o for e in p.log for o in e.ran.outputs],
+        held_ms=round(max(0.0, now - first.at) * 1000, 3),
+        bytes=exported.bytes,
+        pages=exported.pages,
+    )
