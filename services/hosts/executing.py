@@ -9,7 +9,7 @@ entropy pool, and ``execute_step`` runs it on them.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from schemas.memory import (
@@ -120,9 +120,7 @@ class RecordedGuests:
         (``record``), or on none (a migration's run). Nothing is written: the plan is
         worked out on a copy of the guest's device region, which only inputs change."""
         assert vm.inputs is not None
-        region = DeviceRegion(
-            [row.tobytes() for row in mem.copy_pages(vm.name, list(range(DEVICE_PAGES)))]
-        )
+        region = DeviceRegion(_reader(mem, vm.name)(range(DEVICE_PAGES)))
         logged_steps = by_step(given.inputs) if given is not None else {}
         driver = driver_of(vm.inputs, seconds)
         taken: list[GuestInput] = []
@@ -150,5 +148,5 @@ class RecordedGuests:
         return RunPlan(logged(taken), outputs, dropped, accesses)
 
 
-def _reader(mem: HostMemory, vm: str) -> Callable[[int], bytes]:
-    return lambda page: mem.copy_pages(vm, [page])[0].tobytes()
+def _reader(mem: HostMemory, vm: str) -> Callable[[Sequence[int]], list[bytes]]:
+    return lambda pages: [row.tobytes() for row in mem.copy_pages(vm, list(pages))]

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+import numpy as np
 import xxhash
 
 from services.hosts.memory.geometry import PAGE_SIZE
@@ -102,7 +103,7 @@ class Executed:
 
 
 def execute_step(
-    read_page: Callable[[int], bytes],
+    read_pages: Callable[[Sequence[int]], Sequence[bytes]],
     write: Callable[[Accesses], None],
     *,
     pages: int,
@@ -115,13 +116,26 @@ def execute_step(
 ) -> Executed:
     """Run step ``step`` of a guest of ``pages`` pages: its inputs, then its workload.
 
-    ``read_page`` reads a page as the guest holds it now; ``write`` applies the guest's
-    accesses (through whatever the host keeps of what they overwrite)."""
+    ``read_pages`` reads pages as the guest holds them now; ``write`` applies the guest's
+    accesses (through whatever the host keeps of what they overwrite). The inputs are
+    taken on a copy of the device region, then its pages that changed are written back
+    at once: one write a step, not four an input."""
     if pages <= DEVICE_PAGES:
         raise ValueError(f"a recorded guest needs more than {DEVICE_PAGES} pages, not {pages}")
-    done = Executed(_take_inputs(read_page, write, seed, step, inputs))
-    state = ExecutionState.read(read_page(STATE_PAGE), seed)
-    accesses = guest_accesses(workload, pages, step, state.entropy, writes=writes, reads=reads)
+    done = Executed()
+    if inputs:
+        region = DeviceRegion(read_pages(range(DEVICE_PAGES)))
+        done.outputs = region.take(seed, step, inputs)
+        write(region.changes())
+        entropy = region.entropy(seed)
+    else:
+        [page] = read_pages([STATE_PAGE])
+        state = ExecutionState.read(page, seed)
+        if not state.received and not state.sent:
+            # Its first step: the state page says from now on that it executes.
+            write(Accesses.write(STATE_PAGE, state.bytes()))
+        entropy = state.entropy
+    accesses = guest_accesses(workload, pages, step, entropy, writes=writes, reads=reads)
     write(accesses)
     done.written = len(accesses.write_pages)
     return done
@@ -180,6 +194,7 @@ class DeviceRegion:
         if len(pages) != DEVICE_PAGES:
             raise ValueError(f"a device region is {DEVICE_PAGES} pages, not {len(pages)}")
         self._pages = [bytearray(page) for page in pages]
+        self._changed: set[int] = set()
 
     def read_page(self, page: int) -> bytes:
         return bytes(self._pages[page])
@@ -193,6 +208,14 @@ class DeviceRegion:
         ):
             if page < DEVICE_PAGES:
                 self._pages[page][offset : offset + len(data)] = data.tobytes()
+                self._changed.add(page)
+
+    def changes(self) -> Accesses:
+        """The pages written since it was read, whole: to write back into the guest."""
+        changed = sorted(self._changed)
+        rows = [np.frombuffer(bytes(self._pages[p]), np.uint8) for p in changed]
+        contents = np.stack(rows) if rows else np.zeros((0, PAGE_SIZE), np.uint8)
+        return Accesses.whole_pages(np.asarray(changed, np.int64), contents)
 
     def outputs(self, seed: int, inputs: Sequence[GuestInput]) -> list[GuestOutput]:
         """What the guest sends, step by step, given ``inputs`` (in step order)."""

@@ -24,7 +24,7 @@ STEPS = 40
 
 def step(host: HostMemory, vm: str, n: int, inputs: list[GuestInput]) -> Executed:
     return execute_step(
-        lambda page: host.copy_pages(vm, [page])[0].tobytes(),
+        lambda pages: [row.tobytes() for row in host.copy_pages(vm, list(pages))],
         lambda accesses: host.apply(vm, accesses),
         pages=host.spec(vm).pages,
         seed=SEED,
