@@ -13,14 +13,17 @@ import contextlib
 import gc
 import math
 import signal
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 from schemas import Envelope, Message
 from schemas.vm import VmCreated
+from shared.broker import EmbeddedNats
 from shared.bus.protocol import Bus, ConsumerSpec, Delivery, Stream, Subscription
 
 TICK = 0.002
@@ -481,3 +484,41 @@ def signals_held() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+
+
+def on_embedded_nats(
+    prefix: str, run: Callable[[str], Coroutine[Any, Any, dict[str, Any]]]
+) -> dict[str, Any]:
+    """``run(url)`` against an embedded nats-server with a store of its own, in a
+    temporary directory named from ``prefix``. A plain kill unwinds like Ctrl-C does, so
+    the broker and its store go away whichever way the run ends."""
+    signal.signal(signal.SIGTERM, terminate)
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        broker = EmbeddedNats(Path(tmp) / "nats")
+        try:
+            broker.start()
+            return run_until_sigterm(run(broker.url))
+        finally:
+            with signals_held():
+                broker.stop()
+
+
+T = TypeVar("T")
+
+
+async def until_changed(
+    changed: asyncio.Event, check: Callable[[], T | None], what: str, timeout: float
+) -> T:
+    """``check()``'s first answer other than None, looked for again whenever ``changed``
+    is set (something arrived); a RuntimeError naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        changed.clear()
+        found = check()
+        if found is not None:
+            return found
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise RuntimeError(f"no {what} in {timeout:.0f} s")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), min(left, 1.0))

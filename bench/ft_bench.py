@@ -75,11 +75,9 @@ import argparse
 import asyncio
 import contextlib
 import json
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -88,7 +86,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import nats
-from _common import TARGET_RATIO, run_until_sigterm, signals_held, terminate
+from _common import TARGET_RATIO, on_embedded_nats, until_changed
 from ha_bench import stop_watch
 from migration_bench import drop_namespace
 from nats.js import api
@@ -113,7 +111,6 @@ from schemas.pool import Owner
 from schemas.scheduling import Affinity, PlacementRules, PlaceVm
 from schemas.service import CommandRejected
 from schemas.vm import GuestInputs, MemoryMode, VmCreated
-from shared.broker import EmbeddedNats
 from shared.bus import Logged, Stream
 from shared.bus.nats import NatsBus
 from shared.logs import configure as configure_logs
@@ -175,17 +172,7 @@ class Recorder:
 
     async def until(self, check: Callable[[], T | None], what: str, timeout: float = WAIT) -> T:
         """``check()``'s first answer other than None, looked for whenever something arrives."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self._changed.clear()
-            found = check()
-            if found is not None:
-                return found
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise RuntimeError(f"no {what} in {timeout:.0f} s")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), min(left, 1.0))
+        return await until_changed(self._changed, check, what, timeout)
 
 
 @dataclass
@@ -765,18 +752,9 @@ def commit() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
     configure_logs(level="warning")
-    # A plain kill unwinds like Ctrl-C does, so the broker and its store go away.
-    signal.signal(signal.SIGTERM, terminate)
     started = time.perf_counter()
     tree = commit()
-    with tempfile.TemporaryDirectory(prefix="vplane-ft-bench-") as tmp:
-        broker = EmbeddedNats(Path(tmp) / "nats")
-        try:
-            broker.start()
-            result = run_until_sigterm(run(broker.url, opts))
-        finally:
-            with signals_held():
-                broker.stop()
+    result = on_embedded_nats("vplane-ft-bench-", lambda url: run(url, opts))
     result["commit"] = tree
     found = failures(result)
     report(result, opts)

@@ -52,18 +52,15 @@ import contextlib
 import json
 import math
 import os
-import signal
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import nats
-from _common import TARGET_RATIO, run_until_sigterm, signals_held, terminate
+from _common import TARGET_RATIO, on_embedded_nats
 from ha_bench import stop_watch
 from nats.js import api
 
@@ -80,7 +77,6 @@ from schemas.transfers import (
 )
 from schemas.vm import GuestWrites, MemoryMode, PowerOffVm, VmCreated, VmPoweredOff
 from services.migration.precopy_model import PAGE_BYTES, Link, Prediction, predict
-from shared.broker import EmbeddedNats
 from shared.bus import Logged, Stream
 from shared.bus.nats import NatsBus
 from shared.bus.nats_streams import DATA_MAX_AGE
@@ -773,17 +769,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
     configure_logs(level="warning")
-    # A plain kill unwinds like Ctrl-C does, so the broker and its store go away.
-    signal.signal(signal.SIGTERM, terminate)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="vplane-migration-bench-") as tmp:
-        broker = EmbeddedNats(Path(tmp) / "nats")
-        try:
-            broker.start()
-            result = run_until_sigterm(run(broker.url, opts))
-        finally:
-            with signals_held():
-                broker.stop()
+    result = on_embedded_nats("vplane-migration-bench-", lambda url: run(url, opts))
     result["settings"] = {
         "mbps": opts.mbps,
         "link_pages_per_s": link_pages_per_s(opts.mbps),

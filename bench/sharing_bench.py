@@ -102,10 +102,8 @@ import argparse
 import asyncio
 import contextlib
 import json
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -115,7 +113,7 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 import xxhash
-from _common import run_until_sigterm, signals_held, terminate
+from _common import on_embedded_nats, until_changed
 from ha_bench import stop_watch
 from migration_bench import drop_namespace
 from page_digest_bench import raw_digests
@@ -141,7 +139,6 @@ from schemas.sharing import (
 )
 from schemas.vm import GuestWrites, MemoryMode, VmCreated
 from services.hosts.memory import LARGE_PAGE_PAGES, PAGE_SIZE, HostMemory, VmSpec
-from shared.broker import EmbeddedNats
 from shared.bus import Logged, Stream
 from shared.bus.nats import NatsBus
 from shared.logs import configure as configure_logs
@@ -208,17 +205,7 @@ class Recorder:
 
     async def until(self, check: Callable[[], T | None], what: str, timeout: float = WAIT) -> T:
         """``check()``'s first answer other than None, looked for whenever something arrives."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self._changed.clear()
-            found = check()
-            if found is not None:
-                return found
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise RuntimeError(f"no {what} in {timeout:.0f} s")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), min(left, 1.0))
+        return await until_changed(self._changed, check, what, timeout)
 
 
 @dataclass
@@ -1133,17 +1120,8 @@ def commit() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
     configure_logs(level="warning")
-    # A plain kill unwinds like Ctrl-C does, so the broker and its store go away.
-    signal.signal(signal.SIGTERM, terminate)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="vplane-sharing-bench-") as tmp:
-        broker = EmbeddedNats(Path(tmp) / "nats")
-        try:
-            broker.start()
-            result = run_until_sigterm(run(broker.url, opts))
-        finally:
-            with signals_held():
-                broker.stop()
+    result = on_embedded_nats("vplane-sharing-bench-", lambda url: run(url, opts))
     if "scan" in result:
         result["scan"]["repeat"] = opts.repeat
     result["settings"] = {
