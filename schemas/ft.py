@@ -107,6 +107,10 @@ class PairSynced(_PairEvent):
     # Checkpoint mode: the epoch's dirty pages sent, and their bytes on the wire.
     pages: int = Field(0, ge=0)
     bytes: int = Field(0, ge=0)
+    ahead_pages: int = Field(0, ge=0, description="of the pages, those sent while it ran")
+    diff_pages: int = Field(0, ge=0, description="of the pages, those sent as diffs")
+    whole_bytes: int = Field(0, ge=0, description="the bytes the pages take whole")
+    stun_ms: float = Field(0.0, ge=0, description="emulated time the primary was stunned")
 
 
 @registry.register

@@ -122,6 +122,8 @@ class VmMemory(Reply):
 
 # Pages a target's faults ask for ahead of the push order, per run.
 MAX_DEMAND = 4_096
+# Pages a backup names as candidates for diffs (their numbers travel in commands and events).
+MAX_CANDIDATES = 8_192
 
 
 class Selection(enum.StrEnum):
@@ -135,6 +137,9 @@ class Selection(enum.StrEnum):
     HOT = "hot"
     RESEND = "resend"
     POSTCOPY = "postcopy"
+    # An FT checkpoint's, sent while the primary runs: the dirty pages its modification
+    # history shows unwritten for several epochs (clears only their dirty bits).
+    SETTLED = "settled"
 
 
 @registry.register
@@ -157,6 +162,16 @@ class ExportPages(Command):
     )
     budget: int = Field(
         0, ge=0, le=1_048_576, description="'postcopy': then so many more; 'resend': at most"
+    )
+    epoch: bool = Field(
+        False,
+        description="an FT checkpoint's 'dirty' export: it ends an epoch of the pages' history",
+    )
+    candidates: list[int] = Field(
+        default_factory=list,
+        max_length=MAX_CANDIDATES,
+        description="'dirty' (epoch) and 'settled': pages the backup holds that change little; "
+        "those sent before travel as their XOR with that copy, compressed",
     )
 
     def aggregate(self) -> str:
@@ -183,6 +198,10 @@ class PagesExported(Event):
     stale_pages: int = Field(
         0, ge=0, description="'resend': written since sent, left to follow the switchover"
     )
+    diff_pages: int = Field(0, ge=0, description="sent as a compressed XOR with the backup's copy")
+    whole_bytes: int | None = Field(
+        None, ge=0, description="with diffs: the bytes the same pages take whole"
+    )
 
     def aggregate(self) -> str:
         return f"vm/{self.vm}"
@@ -196,6 +215,12 @@ class ImportPages(Command):
     vm: Name
     flow: Name
     batches: int = Field(ge=0)
+    stage: bool = Field(
+        False, description="hold the pages, unwritten, until the next import that does not"
+    )
+    candidates: bool = Field(
+        False, description="report the pages that changed little (an FT checkpoint's backup)"
+    )
 
     def aggregate(self) -> str:
         return f"host/{self.host}"
@@ -210,6 +235,13 @@ class PagesImported(Event):
     zero_pages: int = Field(ge=0)
     checksum: str
     mapped_pages: int = Field(0, ge=0, description="read from the shared datastore")
+    staged: int = Field(0, ge=0, description="pages held for the next import")
+    diff_pages: int = Field(0, ge=0, description="applied as an XOR with the page held")
+    candidates: list[int] = Field(
+        default_factory=list,
+        max_length=MAX_CANDIDATES,
+        description="pages held whose last change touched few bytes: send them as diffs",
+    )
 
     def aggregate(self) -> str:
         return f"vm/{self.vm}"

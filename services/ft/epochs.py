@@ -1,11 +1,14 @@
 """Checkpoint mode, pure: continuous checkpoints of the primary's dirty memory.
 
-Every epoch the primary runs (its inputs logged, its outputs held), then is stunned; the
-pages it dirtied since the last epoch are exported while it is stunned, it resumes, and
-the backup imports them. The epoch is acknowledged (PairSynced) when the backup's memory
-equals the primary's at the stun, and only then do the epoch's outputs leave. The first
-copy (``steps._copy``) clears the dirty bits, so the first epoch sends what the primary
-wrote since.
+Every epoch the primary runs (its inputs logged, its outputs held). While it runs, the
+dirty pages its host's history shows unwritten for several epochs are sent, and the
+backup holds them. Then it is stunned; the pages still dirty are exported, it resumes,
+and the backup writes what it held and imports them. Pages the backup names as
+candidates (it holds them and their last change touched few bytes) travel as compressed
+XOR diffs. The epoch is acknowledged (PairSynced) when the backup's memory equals the
+primary's at the stun, and only then do the epoch's outputs leave. The first copy
+(``steps._copy``) clears the dirty bits, so the first epoch sends what the primary wrote
+since.
 """
 
 from __future__ import annotations
@@ -51,6 +54,45 @@ def epoch_steps(p: Pair, now: float) -> list[Outcome]:
 
 
 def _next(p: Pair, last: int) -> tuple[str, list[Command]] | None:
+    early = _ahead(p, last)
+    if early is not None or not _held(p, last):
+        return early
+    return _stunned(p, last)
+
+
+def _ahead(p: Pair, last: int) -> tuple[str, list[Command]] | None:
+    """While the primary runs: its settled dirty pages, held by the backup."""
+    ahead = p.ahead_flow(last)
+    if f"ahead:{last}" not in p.asked:
+        early = ExportPages(
+            host=p.primary_host,
+            vm=p.vm,
+            flow=ahead,
+            selection=Selection.SETTLED,
+            batch=EPOCH_BATCH,
+            candidates=list(p.candidates),
+        )
+        return "ahead", [early]
+    sent = p.sent_ahead
+    if sent is None or p.backup_host is None or f"stage:{last}" in p.asked:
+        return None
+    hold = ImportPages(
+        host=p.backup_host, vm=p.backup, flow=ahead, batches=sent.batches, stage=True
+    )
+    return "stage", [hold]
+
+
+def _held(p: Pair, last: int) -> bool:
+    """What was sent ahead is held by the backup (or nothing was)."""
+    sent = p.sent_ahead
+    if sent is None or sent.flow != p.ahead_flow(last):
+        return False
+    return not sent.batches or (p.staged is not None and p.staged.flow == sent.flow)
+
+
+def _stunned(p: Pair, last: int) -> tuple[str, list[Command]] | None:
+    """The primary stunned, its pages still dirty exported, then it resumes while the
+    backup writes them."""
     flow = p.epoch_flow(last)
     if f"stun:{last}" not in p.asked:
         return "stun", [StunVm(host=p.primary_host, vm=p.vm)]
@@ -62,15 +104,19 @@ def _next(p: Pair, last: int) -> tuple[str, list[Command]] | None:
             selection=Selection.DIRTY,
             batch=EPOCH_BATCH,
             checksum=True,
+            epoch=True,
+            candidates=list(p.candidates),
         )
         return "export", [export]
     exported = p.exported
     if exported is None or exported.flow != flow or p.backup_host is None:
         return None
-    if f"import:{last}" not in p.asked:
-        load = ImportPages(host=p.backup_host, vm=p.backup, flow=flow, batches=exported.batches)
-        return "import", [UnstunVm(host=p.primary_host, vm=p.vm), load]
-    return None
+    if f"import:{last}" in p.asked:
+        return None
+    load = ImportPages(
+        host=p.backup_host, vm=p.backup, flow=flow, batches=exported.batches, candidates=True
+    )
+    return "import", [UnstunVm(host=p.primary_host, vm=p.vm), load]
 
 
 def acknowledged(p: Pair, now: float) -> PairSynced | None:
@@ -86,6 +132,10 @@ def acknowledged(p: Pair, now: float) -> PairSynced | None:
 
 def _synced(p: Pair, exported: PagesExported, imported: PagesImported, now: float) -> PairSynced:
     first, last = p.log[0], p.log[-1]
+    parts = [exported] if p.sent_ahead is None else [exported, p.sent_ahead]
+    stun = 0.0
+    if p.stunned_at is not None and p.unstunned_at is not None:
+        stun = max(0.0, p.unstunned_at - p.stunned_at) * 1000
     return PairSynced(
         vm=p.vm,
         mode=p.mode,
@@ -98,6 +148,10 @@ def _synced(p: Pair, exported: PagesExported, imported: PagesImported, now: floa
         equal=exported.checksum == imported.checksum,
         released=[o for e in p.log for o in e.ran.outputs],
         held_ms=round(max(0.0, now - first.at) * 1000, 3),
-        bytes=exported.bytes,
-        pages=exported.pages,
+        pages=sum(e.pages for e in parts),
+        bytes=sum(e.bytes for e in parts),
+        ahead_pages=0 if p.sent_ahead is None else p.sent_ahead.pages,
+        diff_pages=sum(e.diff_pages for e in parts),
+        whole_bytes=sum(e.bytes if e.whole_bytes is None else e.whole_bytes for e in parts),
+        stun_ms=round(stun, 3),
     )

@@ -30,7 +30,15 @@ from schemas.ft import (
 )
 from schemas.ha import HostFailed, VmRestarted
 from schemas.host import HostCrashed, HostRecovered, HostRegistered
-from schemas.memory import ExportPages, ImportPages, PagesExported, PagesImported, RunVm, VmRan
+from schemas.memory import (
+    ExportPages,
+    ImportPages,
+    PagesExported,
+    PagesImported,
+    RunVm,
+    Selection,
+    VmRan,
+)
 from schemas.scheduling import PlaceVm
 from schemas.service import CommandRejected, CommandsIssued, RejectionCode
 from schemas.transfers import MigrationCompleted
@@ -113,6 +121,13 @@ class Pair:
     stunned: bool = False
     exported: PagesExported | None = None
     imported: PagesImported | None = None
+    # Checkpoint mode: the epoch's pages sent while the primary ran and held by the
+    # backup; the pages the backup named as candidates for diffs; the epoch's stun.
+    sent_ahead: PagesExported | None = None
+    staged: PagesImported | None = None
+    candidates: tuple[int, ...] = ()
+    stunned_at: float | None = None
+    unstunned_at: float | None = None
     # Runs of the primary asked for; the one in flight; the backup's replay in flight.
     runs: int = 0
     running: str | None = None
@@ -164,6 +179,10 @@ class Pair:
         """Checkpoint mode: the data flow of the epoch that ends with log entry ``entry``."""
         return named("ft-epoch", self.vm, self.backup, self.copies, entry)
 
+    def ahead_flow(self, entry: int) -> str:
+        """Checkpoint mode: the data flow of what that epoch sends while the primary runs."""
+        return named("ft-ahead", self.vm, self.backup, self.copies, entry)
+
     @property
     def epoch_end(self) -> int | None:
         """Checkpoint mode: the log entry the epoch under way ends with."""
@@ -173,7 +192,9 @@ class Pair:
     def flows(self) -> tuple[str, ...]:
         """The data flows its pages cross on now: its state copy, its epoch's."""
         end = self.epoch_end
-        return (self.copy_flow,) if end is None else (self.copy_flow, self.epoch_flow(end))
+        if end is None:
+            return (self.copy_flow,)
+        return (self.copy_flow, self.epoch_flow(end), self.ahead_flow(end))
 
     def run_tag(self, index: int) -> str:
         return named("ft-run", self.vm, self.backup, index)
@@ -206,7 +227,7 @@ class Ft:
         return next((p for p in self.pairs.values() if p.backup == vm), None)
 
 
-def evolve(state: Ft, env: Envelope[Message]) -> Ft:  # noqa: PLR0911, PLR0912 - one case an event
+def evolve(state: Ft, env: Envelope[Message]) -> Ft:  # noqa: PLR0911, PLR0912, PLR0915 - a case an event
     event = env.data
     match event:
         case HostRegistered() | HostRecovered():
@@ -260,11 +281,15 @@ def evolve(state: Ft, env: Envelope[Message]) -> Ft:  # noqa: PLR0911, PLR0912 -
         case CommandsIssued():
             return _issued(state, event, env.sim_time)
         case VmStunned() if (p := state.pairs.get(event.vm)) and _copying(p):
-            return _with(state, replace(p, stunned=True, last=env))
+            return _with(state, replace(p, stunned=True, stunned_at=env.sim_time, last=env))
+        case PagesExported(selection=Selection.SETTLED) if (
+            p := state.pairs.get(event.vm)
+        ) and event.flow in p.flows:
+            return _with(state, replace(p, sent_ahead=event, last=env))
         case PagesExported() if (p := state.pairs.get(event.vm)) and event.flow in p.flows:
             return _with(state, replace(p, exported=event, last=env))
         case PagesImported() if (p := state.pair_of(event.vm)) and event.flow in p.flows:
-            return _with(state, replace(p, imported=event, last=env))
+            return _with(state, _imported(p, event, env))
         case PairDiverged() if (p := state.pairs.get(event.vm)) is not None:
             resync = replace(
                 p,
@@ -273,6 +298,9 @@ def evolve(state: Ft, env: Envelope[Message]) -> Ft:  # noqa: PLR0911, PLR0912 -
                 stunned=False,
                 exported=None,
                 imported=None,
+                sent_ahead=None,
+                staged=None,
+                candidates=(),
                 copies=p.copies + 1,
                 replayed=None,
                 replaying=None,
@@ -305,6 +333,10 @@ def evolve(state: Ft, env: Envelope[Message]) -> Ft:  # noqa: PLR0911, PLR0912 -
                 stunned=False,
                 exported=None,
                 imported=None,
+                sent_ahead=None,
+                staged=None,
+                stunned_at=None,
+                unstunned_at=None,
                 synced=p.synced + 1,
                 released=p.released + len(event.released),
                 bytes=p.bytes + event.bytes,
@@ -356,6 +388,13 @@ def _host_lost(state: Ft, host: str, env: Envelope[Message]) -> Ft:
     return state
 
 
+def _imported(p: Pair, event: PagesImported, env: Envelope[Message]) -> Pair:
+    """The backup holds what was sent ahead, or wrote an import (and named candidates)."""
+    if event.flow != p.copy_flow and event.flow == p.ahead_flow(p.epoch_end or 0):
+        return replace(p, staged=event, last=env)
+    return replace(p, imported=event, candidates=tuple(event.candidates), last=env)
+
+
 def _copying(p: Pair) -> bool:
     """A state copy, or a checkpoint mode's epoch, has the primary stunned now."""
     return p.phase in COPYING or (p.mode is FtMode.CHECKPOINT and p.phase is Phase.PROTECTED)
@@ -389,9 +428,11 @@ def _issued(state: Ft, record: CommandsIssued, at: float) -> Ft:
             # An epoch's own steps, once its run is logged.
             match cmd:
                 case StunVm() | ExportPages() | ImportPages() if p.phase is not Phase.RESYNCING:
-                    step = {StunVm: "stun", ExportPages: "export", ImportPages: "import"}
-                    p = replace(p, asked=p.asked | {f"{step[type(cmd)]}:{end}"})
+                    p = replace(p, asked=p.asked | {f"{_epoch_step(cmd)}:{end}"})
                     state = _with(state, p)
+                    continue
+                case UnstunVm() if p.phase is not Phase.RESYNCING:
+                    state = _with(state, replace(p, unstunned_at=at))
                     continue
         match cmd:
             case PlaceVm():
@@ -412,6 +453,19 @@ def _issued(state: Ft, record: CommandsIssued, at: float) -> Ft:
                 p = replace(p, replaying=cmd.tag)
         state = _with(state, p)
     return replace(state, commands={**state.commands, **found}) if found else state
+
+
+def _epoch_step(cmd: StunVm | ExportPages | ImportPages) -> str:
+    match cmd:
+        case StunVm():
+            return "stun"
+        case ExportPages(selection=Selection.SETTLED):
+            return "ahead"
+        case ExportPages():
+            return "export"
+        case ImportPages(stage=True):
+            return "stage"
+    return "import"
 
 
 def _backup_refused(state: Ft, event: CommandRejected) -> Pair | None:

@@ -358,7 +358,9 @@ def _end(p: Pair, reason: str) -> Outcome:
 
 
 def _suspended(p: Pair) -> bool:
-    return "stun" in p.asked and "unstun" not in p.asked
+    end = p.epoch_end
+    in_epoch = end is not None and f"stun:{end}" in p.asked and p.unstunned_at is None
+    return in_epoch or ("stun" in p.asked and "unstun" not in p.asked)
 
 
 def _drop_backup(state: Ft, p: Pair) -> Outcome:

@@ -62,6 +62,7 @@ from services.hosts.checkpoint_files import CheckpointFileError
 from services.hosts.checkpoint_hardware import CheckpointHardware
 from services.hosts.disks import Disks
 from services.hosts.domain import Facts
+from services.hosts.epoch_pages import EpochPages
 from services.hosts.executing import RecordedGuests, by_step
 from services.hosts.memory import EMPTY_PROFILE, BytesDiffer, HostMemory, MemoryModelError
 from services.hosts.memory import MemoryMode as MemMode
@@ -113,6 +114,7 @@ class Machine:
         self.numa = NumaHardware()
         self.shared_reads = SharedReads()
         self.recorded = RecordedGuests()
+        self.epoch_pages = EpochPages()
         # Events of the log the guest memory could not follow, not yet logged as such.
         self.diverged: list[GuestMemoryDiverged] = []
 
@@ -147,6 +149,7 @@ class Machine:
             case VmDestroyed() if event.host in self.memory:
                 self.memory[event.host].destroy_vm(event.vm)
                 self.disks.destroy(event.vm)
+                self.epoch_pages.forget(event.vm)
             case CheckpointStarted() if event.host in self.memory:
                 self.checkpoints.started(event, self.memory[event.host], self.live)
             case CheckpointCompleted() | CheckpointFailed():
@@ -171,6 +174,7 @@ class Machine:
                 for name in event.vms_lost:
                     vm = before.vms[name]
                     mem.destroy_vm(name)
+                    self.epoch_pages.forget(name)
                     mem.create_vm(_mem_spec(name, vm.mem_mib, vm.seed, vm.template, vm.memory_mode))
             case PagesShared() if event.host in self.memory:
                 _share(self.memory[event.host], event, self.live)
@@ -212,6 +216,9 @@ class Machine:
         if mem is not None and event.backup in mem.vms:
             mem.rename_vm(event.backup, event.vm)
         self._steps[event.vm] = self._steps.pop(event.backup, 0)
+        # Pages sent ahead of an epoch the primary did not finish are dropped with it.
+        self.epoch_pages.forget(event.backup)
+        self.epoch_pages.forget(event.vm)
         self.disks.detach(event.backup)
         vm = before.vms.get(event.vm)
         if vm is not None and mem is not None:

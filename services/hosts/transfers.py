@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from schemas import Envelope, Event, Message
 from schemas.memory import ExportPages, ImportPages, PagesExported, PagesImported, Selection
 from schemas.service import CommandRejected, RejectionCode
 from services.hosts import wire
+from services.hosts.epoch_pages import BackupPages
 from services.hosts.machine import Machine
 from services.hosts.memory import (
     PAGE_SIZE,
@@ -25,7 +28,7 @@ from services.hosts.memory.geometry import Ints
 from services.hosts.migrating import Outgoing
 from services.hosts.page_cache import VmPageCache
 from services.hosts.storage.datastore import StorageError
-from services.hosts.wire import MappedBatch, StaleBatch
+from services.hosts.wire import DiffBatch, MappedBatch, StaleBatch
 from shared.bus.protocol import DataFlows
 from shared.outcome import Outcome, answer
 
@@ -51,10 +54,15 @@ def export_pages(machine: Machine, env: Envelope[Message]) -> Outcome:
     left: int | None = None
     demanded = 0
     stale: Ints = np.zeros(0, np.int64)
+    diffs: list[DiffBatch] = []
+    whole_bytes: int | None = None
     try:
-        if cmd.selection is Selection.DIRTY:
+        if cmd.epoch or cmd.selection is Selection.SETTLED:
+            batches, diffs, whole_bytes = _epoch(machine, mem, cmd)
+        elif cmd.selection is Selection.DIRTY:
             batches = mem.export_dirty(cmd.vm, cmd.batch)
         elif cmd.selection is Selection.CHECKPOINT:
+            machine.epoch_pages.forget(cmd.vm)
             batches = mem.export_checkpoint(cmd.vm, cmd.batch)
         elif cmd.selection in MIGRATING:
             out = machine.outgoing.get(cmd.vm)
@@ -81,15 +89,21 @@ def export_pages(machine: Machine, env: Envelope[Message]) -> Outcome:
         flow=cmd.flow,
         selection=cmd.selection,
         guest_pages=mem.spec(cmd.vm).pages,
-        pages=sum(len(b.pages) for b in chunks) + sum(len(m.pages) for m in mapped),
+        pages=sum(len(b.pages) for b in chunks)
+        + sum(len(d.pages) for d in diffs)
+        + sum(len(m.pages) for m in mapped),
         zero_pages=zero,
-        batches=len(chunks) + len(mapped) + -(-len(stale) // STALE_CHUNK),
-        bytes=sum(b.wire_bytes for b in chunks) + sum(m.wire_bytes for m in mapped),
+        batches=len(chunks) + len(diffs) + len(mapped) + -(-len(stale) // STALE_CHUNK),
+        bytes=sum(b.wire_bytes for b in chunks)
+        + sum(d.wire_bytes for d in diffs)
+        + sum(m.wire_bytes for m in mapped),
         checksum=mem.checksum(cmd.vm) if cmd.checksum else None,
         left=left,
         demanded=demanded,
         mapped_pages=sum(len(m.pages) for m in mapped),
         stale_pages=len(stale),
+        diff_pages=sum(len(d.pages) for d in diffs),
+        whole_bytes=whole_bytes,
     )
     guest_pages = mem.spec(cmd.vm).pages
     forget = [
@@ -97,9 +111,40 @@ def export_pages(machine: Machine, env: Envelope[Message]) -> Outcome:
         for at in range(0, len(stale), STALE_CHUNK)
     ]
     data = {
-        cmd.flow: [*(wire.encode(b) for b in chunks), *map(wire.encode_mapped, mapped), *forget]
+        cmd.flow: [
+            *(wire.encode(b) for b in chunks),
+            *map(wire.encode_diff, diffs),
+            *map(wire.encode_mapped, mapped),
+            *forget,
+        ]
     }
     return Outcome(events=[exported], cause=env, data=data)
+
+
+def _epoch(
+    machine: Machine, mem: HostMemory, cmd: ExportPages
+) -> tuple[Iterator[PageBatch], list[DiffBatch], int]:
+    """An FT checkpoint's pages: ahead of the stun, the settled dirty ones; at the stun,
+    every dirty one, ending the epoch. Candidates with a copy travel as diffs; also the
+    bytes the pages take whole."""
+    pages = mem.spec(cmd.vm).pages
+    primary = machine.epoch_pages.primary(cmd.vm, pages)
+    candidates = mem.check_pages(cmd.vm, cmd.candidates)
+    dirty = mem.collect_dirty(cmd.vm, clear=False)
+    ahead = cmd.selection is Selection.SETTLED
+    chosen = primary.settled(dirty) if ahead else dirty
+    batches = list(mem.export_pages(cmd.vm, chosen, cmd.batch))  # checks before any change
+    if ahead:
+        primary.sent_ahead(chosen)
+    else:
+        primary.close_epoch(dirty, candidates)
+    mem.clear_dirty(cmd.vm, chosen)
+    sent = primary.send(batches, candidates)
+    return (
+        (b for b in sent if isinstance(b, PageBatch)),
+        [b for b in sent if isinstance(b, DiffBatch)],
+        sum(b.wire_bytes for b in batches),
+    )
 
 
 MIGRATING = (Selection.HOT, Selection.RESEND, Selection.POSTCOPY)
@@ -159,27 +204,27 @@ def import_pages(machine: Machine, env: Envelope[Message], chunks: list[bytes]) 
     cmd = env.data
     assert isinstance(cmd, ImportPages)
     mem = machine.memory[cmd.host]
-    pages = zero = mapped = 0
+    pages = staged = diffs = 0
+    epoch: BackupPages | None = None
     try:
-        for chunk in chunks:
-            decoded = wire.decode_any(chunk)
-            if isinstance(decoded, StaleBatch):
+        if cmd.stage or cmd.candidates:
+            epoch = machine.epoch_pages.backup(cmd.vm, mem.spec(cmd.vm).pages)
+        else:
+            machine.epoch_pages.forget(cmd.vm)
+        batches, mapped = _decoded(machine, cmd, chunks, epoch is not None)
+        zero = sum(int(np.count_nonzero(b.zero)) for b in batches if isinstance(b, PageBatch))
+        if epoch is None:
+            for batch in batches:
+                assert isinstance(batch, PageBatch)
+                mem.import_pages(cmd.vm, batch)
                 if (incoming := machine.incoming.get(cmd.vm)) is not None:
-                    incoming.gone(decoded.pages)
-                continue
-            if isinstance(decoded, MappedBatch):
-                batch = _read_blocks(machine, decoded)
-                machine.page_caches.of(cmd.vm, decoded.guest_pages).map_each(
-                    decoded.pages, [decoded.disks[d] for d in decoded.disk.tolist()], decoded.blocks
-                )
-                mapped += len(batch.pages)
-            else:
-                batch = decoded
-            mem.import_pages(cmd.vm, batch)
-            if (incoming := machine.incoming.get(cmd.vm)) is not None:
-                incoming.arrive(mem, cmd.vm, batch.pages)
-            pages += len(batch.pages)
-            zero += int(np.count_nonzero(batch.zero))
+                    incoming.arrive(mem, cmd.vm, batch.pages)
+                pages += len(batch.pages)
+        elif cmd.stage:
+            epoch.staged.extend(batches)
+            staged = sum(len(b.pages) for b in batches)
+        else:
+            pages, diffs = epoch.apply(mem, cmd.vm, batches)
     except (MemoryModelError, StorageError) as err:
         code = code_of(err) if isinstance(err, MemoryModelError) else RejectionCode.WRONG_STATE
         return [CommandRejected.of(env, code, str(err))]
@@ -192,8 +237,36 @@ def import_pages(machine: Machine, env: Envelope[Message], chunks: list[bytes]) 
             zero_pages=zero,
             checksum=mem.checksum(cmd.vm),
             mapped_pages=mapped,
+            staged=staged,
+            diff_pages=diffs,
+            candidates=epoch.candidates() if epoch is not None and cmd.candidates else [],
         )
     ]
+
+
+def _decoded(
+    machine: Machine, cmd: ImportPages, chunks: list[bytes], diffs: bool
+) -> tuple[list[PageBatch | DiffBatch], int]:
+    """The flow's batches, mapped pages read from their disks (and how many); stale pages
+    are told to the incoming migration."""
+    batches: list[PageBatch | DiffBatch] = []
+    mapped = 0
+    for chunk in chunks:
+        decoded = wire.decode_any(chunk)
+        if isinstance(decoded, StaleBatch):
+            if (incoming := machine.incoming.get(cmd.vm)) is not None:
+                incoming.gone(decoded.pages)
+        elif isinstance(decoded, DiffBatch) and not diffs:
+            raise SizeMismatch("pages sent as diffs come only to an FT checkpoint's backup")
+        elif isinstance(decoded, MappedBatch):
+            batches.append(_read_blocks(machine, decoded))
+            machine.page_caches.of(cmd.vm, decoded.guest_pages).map_each(
+                decoded.pages, [decoded.disks[d] for d in decoded.disk.tolist()], decoded.blocks
+            )
+            mapped += len(decoded.pages)
+        else:
+            batches.append(decoded)
+    return batches, mapped
 
 
 def _read_blocks(machine: Machine, batch: MappedBatch) -> PageBatch:

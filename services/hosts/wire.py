@@ -1,20 +1,23 @@
 """Page batches as bytes on a data flow: a small header, then pages, zero markers, contents;
-and pages that hold a disk block as mappings (page, disk, block), the header alone."""
+pages that hold a disk block as mappings (page, disk, block), the header alone; and pages
+the target holds an earlier copy of as their XOR with it, compressed."""
 
 from __future__ import annotations
 
 import json
 import struct
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from services.hosts.memory import PAGE_SIZE, PageBatch, SizeMismatch
-from services.hosts.memory.geometry import Ints
+from services.hosts.memory.geometry import Ints, PageBytes
 
 MAGIC = b"VPB1"
 MAPPED = b"VPM1"
 STALE = b"VPS1"
+DIFF = b"VPX1"
 _HEAD = struct.Struct(">4sI")
 # What a mapping costs on the wire: its page and its block.
 MAPPING_BYTES = 16
@@ -45,6 +48,57 @@ class StaleBatch:
     pages: Ints
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class DiffBatch:
+    """Pages the target holds an earlier copy of, each as its XOR with that copy; the
+    batch's XORs are compressed together (a page whose write touched a few bytes is
+    mostly zeros)."""
+
+    guest_pages: int
+    pages: Ints
+    packed: bytes  # zlib of the XORs, page after page
+
+    @classmethod
+    def of(cls, guest_pages: int, pages: Ints, new: PageBytes, held: PageBytes) -> DiffBatch:
+        return cls(guest_pages, pages, zlib.compress(np.bitwise_xor(new, held).tobytes(), 1))
+
+    @property
+    def wire_bytes(self) -> int:
+        return len(self.packed) + 8 * len(self.pages)
+
+    def xors(self) -> PageBytes:
+        """The XORs, one row a page; SizeMismatch when they do not unpack to that."""
+        size = len(self.pages) * PAGE_SIZE
+        try:
+            unpacker = zlib.decompressobj()
+            raw = unpacker.decompress(self.packed, size + 1)
+        except zlib.error as err:
+            raise SizeMismatch(f"diff batch does not unpack: {err}") from None
+        if len(raw) != size or not unpacker.eof:
+            raise SizeMismatch(f"diff batch of {len(self.pages)} pages does not unpack to {size}")
+        return np.frombuffer(raw, np.uint8).reshape(len(self.pages), PAGE_SIZE)
+
+
+def encode_diff(batch: DiffBatch) -> bytes:
+    header = json.dumps({"guest_pages": batch.guest_pages, "pages": len(batch.pages)}).encode()
+    pages = np.asarray(batch.pages, dtype="<i8").tobytes()
+    return b"".join((_HEAD.pack(DIFF, len(header)), header, pages, batch.packed))
+
+
+def _decode_diff(raw: bytes) -> DiffBatch:
+    _, size = _HEAD.unpack_from(raw)
+    try:
+        h = json.loads(raw[_HEAD.size : _HEAD.size + size])
+        guest_pages, count = int(h["guest_pages"]), int(h["pages"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise SizeMismatch(f"diff batch header unreadable: {err}") from None
+    at = _HEAD.size + size
+    if count < 0 or len(raw) < at + 8 * count:
+        raise SizeMismatch(f"diff batch too short for {count} pages")
+    pages = np.frombuffer(raw, dtype="<i8", count=count, offset=at).astype(np.int64)
+    return DiffBatch(guest_pages, pages, bytes(raw[at + 8 * count :]))
+
+
 def encode_stale(batch: StaleBatch) -> bytes:
     header = json.dumps({"guest_pages": batch.guest_pages, "pages": batch.pages.tolist()})
     return _HEAD.pack(STALE, len(header.encode())) + header.encode()
@@ -63,7 +117,9 @@ def encode_mapped(batch: MappedBatch) -> bytes:
     return _HEAD.pack(MAPPED, len(header)) + header
 
 
-def decode_any(raw: bytes) -> PageBatch | MappedBatch | StaleBatch:
+def decode_any(raw: bytes) -> PageBatch | MappedBatch | StaleBatch | DiffBatch:
+    if raw[:4] == DIFF and len(raw) >= _HEAD.size:
+        return _decode_diff(raw)
     if raw[:4] == STALE:
         _, size = _HEAD.unpack_from(raw)
         try:

@@ -189,6 +189,14 @@ class HostMemory:
             guest.dirty[:] = False
         return dirty
 
+    def clear_dirty(self, vm: str, pages: PageSelection) -> None:
+        guest = self._vm(vm)
+        guest.dirty[guest.check_pages(pages)] = False
+
+    def check_pages(self, vm: str, pages: PageSelection) -> Ints:
+        """``pages`` as page numbers of the VM; PageOutOfRange names one outside it."""
+        return self._vm(vm).check_pages(pages)
+
     def read_counts(self, vm: str) -> npt.NDArray[np.uint32]:
         return readonly(self._vm(vm).reads)
 
