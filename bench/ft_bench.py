@@ -1,6 +1,7 @@
 """Fault tolerance through NATS JetStream: how fast the FT log ships next to raw nats-py
 publishing the same bytes, how long a failover keeps the outside world waiting (and
-whether it loses or repeats an output), and how long outputs are held before release.
+whether it loses or repeats an output), how long outputs are held before release, and
+what checkpoint mode costs a 256 MiB guest (stuns, bytes an epoch, slowdown).
 
 One embedded nats-server (temporary store, free loopback port, ``sync_interval:
 always``). Each case runs a fresh stack in its own namespace in this process
@@ -59,14 +60,52 @@ releases the run's outputs.
   first, then each other mode (``lockstep``, ``checkpoint``) in a stack of its own; a
   mode the service refuses (``not available yet``) is reported as not measured.
 
-The run fails (exit status 1) when a record-replay sync point finds unequal memories,
-when a pair diverges (``PairDiverged``: nothing here injects a divergence), when a hosts
-service logs ``GuestMemoryDiverged``, when protection ends for a reason other than a
-failover, and when the failover's outputs have a gap or a repeat.
+* **checkpoint**: checkpoint mode (``ProtectVm(mode=checkpoint)``, epoch
+  ``--checkpoint-epoch-ms``) of a ``--checkpoint-mib`` guest at two dirty rates, each in
+  a stack of its own at ``--checkpoint-speed`` (1: an emulated ms is a wall ms, so a
+  25 ms epoch is 25 ms of wall time and the FT cycle's cost shows as it is; at the run's
+  speed 50 an epoch would be 0.5 ms of wall time and no cycle through the log could keep
+  up) with a ``--checkpoint-tick`` tick. ``GuestWrites`` sets the rate, in page writes
+  per emulated second (each changes one 64-byte cache line): ``moderate`` 8,000/s with
+  the default hot set (10 % of the pages take 90 % of the writes; the migration bench's
+  ``below``), ``high`` 40,000/s all over memory (``hot_fraction=1.0``; between its
+  ``near`` and ``above``, 27,466 and 45,776):
+  200 and 1,000 page writes an epoch. The protected VM and an unprotected twin (``twin``:
+  same size, rate, inputs and seed) are placed on ``h1``, the backup on ``h2``. Once the
+  backup is loaded, the log is followed for ``--checkpoint-seconds``:
 
-    .venv/bin/python bench/ft_bench.py [--cases log,failover,latency] [--speed 50]
+  - stun, wall: each of the primary's ``VmStunned`` to its next ``VmUnstunned`` from
+    ``BackupLoaded`` to the window's end (the host's ``occurred_at`` stamps), p50/p99;
+    emulated: the ``PairSynced.stun_ms`` of the sync points in the same span (the FT
+    service's figure, on its own clock: from the ``StunVm`` it asked for to the
+    ``UnstunVm``).
+  - bytes per epoch (the same sync points): the mean ``PairSynced.bytes`` (on the wire,
+    diffs compressed) and ``whole_bytes`` (the same pages whole); the diff ratio is
+    sum(bytes) over sum(whole_bytes); ``ahead`` and ``diffs`` are sum(``ahead_pages``)
+    and sum(``diff_pages``) over sum(``pages``).
+  - slowdown: guest seconds each VM ran between the first and the last of ``h1``'s
+    telemetry samples in the window (emulated times, the hosts' ticks). The primary's are
+    its ``ft-run`` ``VmRan`` events stamped in that span, ``seconds`` x ``cpu_share``
+    each: it runs only the epochs the FT service asks for, paced by emulated time, so a
+    cycle slower than the epoch leaves it fewer guest seconds than passed. The twin runs
+    in the hosts' ticks (a step a tick, no event of its own): its progress shows only in
+    the telemetry stream, so its guest seconds are each tick's emulated length over its
+    ``VmSample.slowdown``, for every tick it was ``on``. Slowdown = 1 - primary / twin;
+    the goal (<= 10 %, as VMware FT and Remus report) is printed met or missed, never a
+    failure.
+
+The run fails (exit status 1) when a record-replay or checkpoint sync point finds unequal
+memories (or, in checkpoint mode, has no checksum), when a checkpoint rate is refused or
+has no sync point, when a pair diverges (``PairDiverged``: nothing here injects a
+divergence), when a hosts service logs ``GuestMemoryDiverged``, when protection ends for
+a reason other than a failover, and when the failover's outputs have a gap or a
+repeat.
+
+    .venv/bin/python bench/ft_bench.py [--cases log,failover,latency,checkpoint] [--speed 50]
         [--log-pps 10000] [--log-epoch-ms 40] [--log-seconds 15] [--raw-seconds 3]
-        [--pps 200] [--epoch-ms 25] [--syncs 10] [--latency-seconds 10] [--json]
+        [--pps 200] [--epoch-ms 25] [--syncs 10] [--latency-seconds 10]
+        [--checkpoint-mib 256] [--checkpoint-epoch-ms 25] [--checkpoint-seconds 10]
+        [--checkpoint-speed 1] [--checkpoint-tick 1.0] [--json]
 """
 
 from __future__ import annotations
@@ -74,6 +113,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import statistics
 import subprocess
@@ -105,12 +145,12 @@ from schemas.ft import (
     ProtectVm,
     VmFailedOver,
 )
-from schemas.host import CrashHost, GuestMemoryDiverged, HostCrashed
+from schemas.host import CrashHost, GuestMemoryDiverged, HostCrashed, HostTelemetry
 from schemas.memory import MAX_RUN_INPUTS, SentPacket, VmRan
 from schemas.pool import Owner
 from schemas.scheduling import Affinity, PlacementRules, PlaceVm
 from schemas.service import CommandRejected
-from schemas.vm import GuestInputs, MemoryMode, VmCreated
+from schemas.vm import GuestInputs, GuestWrites, MemoryMode, VmCreated, VmStunned, VmUnstunned
 from shared.bus import Logged, Stream
 from shared.bus.nats import NatsBus
 from shared.logs import configure as configure_logs
@@ -120,7 +160,7 @@ from tests.unit.stack import Stack, service_stack
 T = TypeVar("T")
 VM = "web"
 SERVICES = ("hosts", "scheduler-high", "scheduler-low", "ft")
-CASES = ("log", "failover", "latency")
+CASES = ("log", "failover", "latency", "checkpoint")
 # The output-latency case's modes, in this order: record-replay must be accepted.
 MODES = (FtMode.RECORD_REPLAY, FtMode.LOCKSTEP, FtMode.CHECKPOINT)
 # The shipping rate's goal, entries per wall second (the ratio's target is TARGET_RATIO).
@@ -179,23 +219,33 @@ class Recorder:
 class Case:
     stack: Stack
     rec: Recorder
+    # The telemetry stream, when the case follows it (checkpoint: the twin's progress).
+    telemetry: Recorder
 
-    async def place(self, inputs: GuestInputs) -> None:
+    async def place(
+        self,
+        inputs: GuestInputs,
+        *,
+        vm: str = VM,
+        mem_mib: int = 16,
+        writes: GuestWrites | None = None,
+    ) -> None:
         await self.stack.client.send(
             PlaceVm(
-                vm=VM,
+                vm=vm,
                 priority=Owner.LOW,
                 cpu=1,
-                mem_mib=16,
+                mem_mib=mem_mib,
                 memory_mode=MemoryMode.FULL,
                 seed=7,
                 inputs=inputs,
+                writes=writes,
                 rules=PlacementRules(host_affinity=Affinity(must=["h1"])),
             )
         )
         await self.rec.until(
-            lambda: True if any(e.vm == VM for e, _ in self.rec.of(VmCreated)) else None,
-            f"{VM} created",
+            lambda: True if any(e.vm == vm for e, _ in self.rec.of(VmCreated)) else None,
+            f"{vm} created",
         )
 
     async def protect(self, cmd: ProtectVm) -> str | None:
@@ -245,13 +295,22 @@ class Case:
 
 
 @contextlib.asynccontextmanager
-async def case_stack(url: str, opts: argparse.Namespace, hosts: int) -> AsyncIterator[Case]:
-    """A fresh stack in its own namespace, followed from its first event; gone after."""
+async def case_stack(
+    url: str,
+    opts: argparse.Namespace,
+    hosts: int,
+    *,
+    speed: float | None = None,
+    tick: float | None = None,
+    telemetry: bool = False,
+) -> AsyncIterator[Case]:
+    """A fresh stack in its own namespace, followed from its first event (and telemetry
+    sample, if asked); gone after. ``speed`` and ``tick``: the case's own, not the run's."""
     namespace = unique_namespace("ft")
-    rec = Recorder()
+    rec, samples = Recorder(), Recorder()
     settings: dict[str, object] = {
-        "speed": opts.speed,
-        "tick_seconds": opts.tick,
+        "speed": opts.speed if speed is None else speed,
+        "tick_seconds": opts.tick if tick is None else tick,
         "ha_failures": 0,
         "rebalance_threshold": 1.0,
         "check_folds": False,
@@ -266,10 +325,16 @@ async def case_stack(url: str, opts: argparse.Namespace, hosts: int) -> AsyncIte
             only=SERVICES,
         ) as stack:
             sub = await stack.bus.watch(Stream.EVENTS, (), rec.on_event, from_seq=1)
+            subs = [sub]
             try:
-                yield Case(stack, rec)
+                if telemetry:
+                    subs.append(
+                        await stack.bus.watch(Stream.TELEMETRY, (), samples.on_event, from_seq=1)
+                    )
+                yield Case(stack, rec, samples)
             finally:
-                await stop_watch(sub)
+                for each in subs:
+                    await stop_watch(each)
     finally:
         await drop_namespace(url, namespace)
 
@@ -531,6 +596,169 @@ async def latency_of(url: str, opts: argparse.Namespace, mode: FtMode) -> dict[s
     } | problems
 
 
+# Checkpoint mode: stuns, bytes an epoch, and the primary's slowdown
+
+
+@dataclass(frozen=True)
+class DirtyRate:
+    """One of the checkpoint case's dirty rates: the guest's ``GuestWrites``."""
+
+    name: str
+    writes: GuestWrites
+    about: str
+
+
+# A page write changes one 64-byte cache line (``services/hosts/memory/workload.py``), so
+# pages a guest writes often are the ones diffs pay off on. The rates follow the
+# migration bench's ``below`` (0.25 of a 1 Gbit/s link's 30,518 pages/s, the default hot
+# set) and, for the high one, between its ``near`` and ``above`` (0.9 and 1.5 of it,
+# written all over memory): 200 and 1,000 page writes in a 25 ms epoch.
+DIRTY_RATES = (
+    DirtyRate(
+        "moderate",
+        GuestWrites(pages_per_s=8_000),
+        "8,000 page writes/s, 90 % of them on a hot 10 % of the pages",
+    ),
+    DirtyRate(
+        "high",
+        GuestWrites(pages_per_s=40_000, hot_fraction=1.0),
+        "40,000 page writes/s all over memory",
+    ),
+)
+TWIN = "twin"
+# How much less guest time the protected primary may get than its unprotected twin.
+GOAL_SLOWDOWN = 0.10
+
+
+async def run_checkpoint(url: str, opts: argparse.Namespace) -> dict[str, Any]:
+    """Each dirty rate in a stack of its own."""
+    return {r.name: await bounded(checkpoint_of(url, opts, r), opts) for r in DIRTY_RATES}
+
+
+async def checkpoint_of(url: str, opts: argparse.Namespace, rate: DirtyRate) -> dict[str, Any]:
+    inputs = GuestInputs(packets_per_s=opts.pps)
+    speed, tick = opts.checkpoint_speed, opts.checkpoint_tick
+    async with case_stack(url, opts, hosts=2, speed=speed, tick=tick, telemetry=True) as case:
+        mib = opts.checkpoint_mib
+        await case.place(inputs, mem_mib=mib, writes=rate.writes)
+        await case.place(inputs, vm=TWIN, mem_mib=mib, writes=rate.writes)
+        cmd = ProtectVm(
+            vm=VM, mode=FtMode.CHECKPOINT, backup_host="h2", epoch_ms=opts.checkpoint_epoch_ms
+        )
+        refused = await case.protect(cmd)
+        if refused is not None:
+            progress(f"checkpoint: refused: {refused}")
+            return {"refused": refused}
+        loaded = await case.loaded()
+        progress(
+            f"checkpoint {rate.name}: backup loaded; epochs followed for "
+            f"{opts.checkpoint_seconds:g} s"
+        )
+        start = time.perf_counter()
+        await asyncio.sleep(opts.checkpoint_seconds)
+        end = time.perf_counter()
+        status = await ft_status(case)
+        problems = case.problems()
+        events = [s for s in case.rec.events if loaded.at < s.at <= end]
+        ticks = [
+            (e, s)
+            for e, s in case.telemetry.of(HostTelemetry, start)
+            if e.host == "h1" and s.at <= end
+        ]
+    syncs = [e for s in events if isinstance(e := s.env.data, PairSynced) and e.vm == VM]
+    if not syncs:
+        return {"error": f"no sync point in {opts.checkpoint_seconds:g} s"} | problems
+    return (
+        {
+            "dirty_rate": rate.name,
+            "writes": rate.writes.model_dump(mode="json"),
+            "about": rate.about,
+            "mem_mib": opts.checkpoint_mib,
+            "epoch_ms": opts.checkpoint_epoch_ms,
+            "pps": opts.pps,
+            "speed": speed,
+            "tick": tick,
+            "status": status,
+        }
+        | stuns(events, syncs)
+        | epoch_bytes(syncs)
+        | slowdown(events, ticks)
+        | problems
+    )
+
+
+def stuns(events: Sequence[Seen], syncs: Sequence[PairSynced]) -> dict[str, Any]:
+    """Each epoch's stun of the primary, by the wall clock (its VmStunned to the next
+    VmUnstunned, as the host stamped them) and as the FT service saw it (emulated)."""
+    wall: list[float] = []
+    stunned: Seen | None = None
+    for s in events:
+        event = s.env.data
+        if isinstance(event, VmStunned) and event.vm == VM:
+            stunned = s
+        elif isinstance(event, VmUnstunned) and event.vm == VM and stunned is not None:
+            wall.append((s.env.occurred_at - stunned.env.occurred_at).total_seconds() * 1000)
+            stunned = None
+    emulated = [e.stun_ms for e in syncs]
+    return {
+        "stuns": len(wall),
+        "stun_wall_p50_ms": percentile(wall, 0.50) if wall else None,
+        "stun_wall_p99_ms": percentile(wall, 0.99) if wall else None,
+        "stun_wall_max_ms": max(wall, default=None),
+        "stun_emulated_p50_ms": percentile(emulated, 0.50),
+        "stun_emulated_p99_ms": percentile(emulated, 0.99),
+    }
+
+
+def epoch_bytes(syncs: Sequence[PairSynced]) -> dict[str, Any]:
+    """What an epoch sent: on the wire (diffs compressed) next to the same pages whole."""
+    pages = sum(e.pages for e in syncs)
+    whole = sum(e.whole_bytes for e in syncs)
+    return {
+        "epochs": len(syncs),
+        "pages_per_epoch": pages / len(syncs),
+        "bytes_per_epoch": statistics.mean(e.bytes for e in syncs),
+        "whole_bytes_per_epoch": statistics.mean(e.whole_bytes for e in syncs),
+        "diff_ratio": sum(e.bytes for e in syncs) / whole if whole else None,
+        "ahead_share": sum(e.ahead_pages for e in syncs) / pages if pages else None,
+        "diff_share": sum(e.diff_pages for e in syncs) / pages if pages else None,
+        "held_p50_ms": percentile([e.held_ms for e in syncs], 0.50),
+        "unequal_syncs": sum(
+            not (e.equal and e.primary_checksum and e.primary_checksum == e.backup_checksum)
+            for e in syncs
+        ),
+    }
+
+
+def slowdown(events: Sequence[Seen], ticks: Sequence[tuple[HostTelemetry, Seen]]) -> dict[str, Any]:
+    """Guest seconds the protected primary and its unprotected twin ran between two of
+    h1's ticks (emulated times of its telemetry samples)."""
+    if len(ticks) < 2:
+        return {"slowdown": None, "slowdown_error": f"{len(ticks)} ticks of h1 in the window"}
+    first, last = ticks[0], ticks[-1]
+    begin, end = first[1].env.sim_time, last[1].env.sim_time
+    # The twin runs in h1's ticks: a step each, as long as the tick, slowed by contention.
+    twin = 0.0
+    for (sample, seen), (_, after) in itertools.pairwise(ticks):
+        vm = next((v for v in sample.vms if v.vm == TWIN), None)
+        if vm is not None and vm.state == "on":
+            twin += (after.env.sim_time - seen.env.sim_time) / vm.slowdown
+    runs = [
+        e
+        for s in events
+        if isinstance(e := s.env.data, VmRan) and primary_run(e) and begin <= s.env.sim_time < end
+    ]
+    primary = sum(e.seconds * e.cpu_share for e in runs)
+    return {
+        "emulated_s": end - begin,
+        "wall_s_window": (last[1].at - first[1].at),
+        "primary_runs": len(runs),
+        "primary_guest_s": primary,
+        "twin_guest_s": twin,
+        "slowdown": 1 - primary / twin if twin else None,
+    }
+
+
 async def bounded(run: Coroutine[Any, Any, dict[str, Any]], opts: argparse.Namespace) -> Any:
     began = time.perf_counter()
     try:
@@ -550,6 +778,8 @@ async def run(url: str, opts: argparse.Namespace) -> dict[str, Any]:
             out[name] = await bounded(run_log(url, opts), opts)
         elif name == "failover":
             out[name] = await bounded(run_failover(url, opts), opts)
+        elif name == "checkpoint":
+            out[name] = await run_checkpoint(url, opts)
         else:
             out[name] = await run_latency(url, opts)
         print(f"  {name}: {time.perf_counter() - began:.1f} s", file=sys.stderr, flush=True)
@@ -570,7 +800,8 @@ def report(result: dict[str, Any], opts: argparse.Namespace) -> None:
     )
     print(
         f"a tick: {opts.tick:g} s wall, {opts.tick * opts.speed:g} s emulated (speed "
-        f"{opts.speed:g}); the guest: 16 MiB of full memory, GuestInputs; {result['commit']}"
+        f"{opts.speed:g}; checkpoint: its own); the guest: 16 MiB of full memory (checkpoint: "
+        f"{opts.checkpoint_mib} MiB), GuestInputs; {result['commit']}"
     )
     if "log" in result:
         print()
@@ -581,6 +812,9 @@ def report(result: dict[str, Any], opts: argparse.Namespace) -> None:
     if "latency" in result:
         print()
         latency_report(result["latency"], opts)
+    if "checkpoint" in result:
+        print()
+        checkpoint_report(result["checkpoint"])
 
 
 def log_report(r: dict[str, Any]) -> None:
@@ -693,12 +927,63 @@ def latency_report(modes: dict[str, Any], opts: argparse.Namespace) -> None:
         )
 
 
+def checkpoint_report(rates: dict[str, Any]) -> None:
+    for name, r in rates.items():
+        if "refused" in r or "error" in r:
+            print(f"checkpoint ({name}): not measured ({r.get('refused') or r['error']})")
+            continue
+        wall = (
+            "no stun seen"
+            if r["stun_wall_p50_ms"] is None
+            else f"stun p50 {r['stun_wall_p50_ms']:.1f} ms p99 {r['stun_wall_p99_ms']:.1f} ms wall"
+        )
+        ratio = "n/a" if r["diff_ratio"] is None else f"{r['diff_ratio']:.2f}"
+        ahead = "n/a" if r["ahead_share"] is None else f"{r['ahead_share']:.0%}"
+        slow = (
+            f"not measured ({r.get('slowdown_error')})"
+            if r["slowdown"] is None
+            else f"{r['slowdown']:.0%} vs unprotected twin (goal <= {GOAL_SLOWDOWN:.0%}: "
+            f"{met(r['slowdown'] <= GOAL_SLOWDOWN)})"
+        )
+        print(
+            f"checkpoint ({name}: {r['writes']['pages_per_s']:,} page writes/s): {wall} "
+            f"(emulated p50 {r['stun_emulated_p50_ms']:.1f} p99 "
+            f"{r['stun_emulated_p99_ms']:.1f}), {r['bytes_per_epoch'] / 1024:.0f} KiB/epoch "
+            f"with diffs vs {r['whole_bytes_per_epoch'] / 1024:.0f} KiB whole dirty pages, "
+            f"diff ratio {ratio}, ahead {ahead}, slowdown {slow}"
+        )
+        diffs = "n/a" if r["diff_share"] is None else f"{r['diff_share']:.0%}"
+        print(
+            f"    {r['mem_mib']} MiB guest, {r['about']}, {r['pps']:g} packets/s in; epoch "
+            f"{r['epoch_ms']} ms at speed {r['speed']:g} (tick {r['tick']:g} s wall)"
+        )
+        longest = "" if r["stun_wall_max_ms"] is None else f", max {r['stun_wall_max_ms']:.1f} ms"
+        print(
+            f"    {r['epochs']} epochs, {r['pages_per_epoch']:.0f} pages each ({diffs} as "
+            f"diffs), {r['stuns']} stuns{longest}, outputs held p50 {r['held_p50_ms']:.0f} "
+            f"emulated ms; {r['unequal_syncs']} unequal"
+        )
+        if r["slowdown"] is not None:
+            print(
+                f"    primary ran {r['primary_guest_s']:.2f} guest s ({r['primary_runs']} "
+                f"runs) / twin ran {r['twin_guest_s']:.2f} guest s over the same "
+                f"{r['emulated_s']:.1f} emulated s ({r['wall_s_window']:.1f} s wall)"
+            )
+
+
 def failures(result: dict[str, Any]) -> list[str]:
     runs: dict[str, dict[str, Any]] = {
         name: result[name] for name in ("log", "failover") if name in result
     }
     runs |= {f"latency {m}": r for m, r in result.get("latency", {}).items()}
-    found = []
+    checkpoint = {f"checkpoint {n}": r for n, r in result.get("checkpoint", {}).items()}
+    runs |= checkpoint
+    # The case is there to measure checkpoint mode: not measuring it is a failure.
+    found = [
+        f"{name}: {r.get('refused') or r['error']}"
+        for name, r in checkpoint.items()
+        if "refused" in r or "error" in r
+    ]
     for name, r in runs.items():
         found += [f"{name}: guest memory diverged: {d}" for d in r.get("memory_diverged", [])]
         found += [f"{name}: pair diverged: {d}" for d in r.get("pairs_diverged", [])]
@@ -724,6 +1009,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--epoch-ms", type=int, default=25, help="failover, latency: epoch, emulated ms (25)")
     add("--syncs", type=int, default=10, help="failover: sync points before and after (10)")
     add("--latency-seconds", type=float, default=10.0, help="latency: wall s a mode (10)")
+    add("--checkpoint-mib", type=int, default=256, help="checkpoint: the VM's MiB (256)")
+    add("--checkpoint-epoch-ms", type=int, default=25, help="checkpoint: epoch, emulated ms (25)")
+    add("--checkpoint-seconds", type=float, default=10.0, help="checkpoint: wall s a rate (10)")
+    add("--checkpoint-speed", type=float, default=1.0, help="checkpoint: its stack's speed (1)")
+    add("--checkpoint-tick", type=float, default=1.0, help="checkpoint: its tick, wall s (1.0)")
     add("--case-limit", type=float, default=60.0, help="a case (a mode) in wall s, at most (60)")
     add("--json", dest="as_json", action="store_true", help="print JSON too")
     opts = parser.parse_args(argv)

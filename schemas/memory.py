@@ -215,9 +215,10 @@ class ImportPages(Command):
     vm: Name
     flow: Name
     batches: int = Field(ge=0)
-    stage: bool = Field(
-        False, description="hold the pages, unwritten, until the next import that does not"
+    ahead_flow: Name | None = Field(
+        None, description="first the batches of this flow (an FT epoch's pages sent ahead)"
     )
+    ahead_batches: int = Field(0, ge=0)
     candidates: bool = Field(
         False, description="report the pages that changed little (an FT checkpoint's backup)"
     )
@@ -235,7 +236,6 @@ class PagesImported(Event):
     zero_pages: int = Field(ge=0)
     checksum: str
     mapped_pages: int = Field(0, ge=0, description="read from the shared datastore")
-    staged: int = Field(0, ge=0, description="pages held for the next import")
     diff_pages: int = Field(0, ge=0, description="applied as an XOR with the page held")
     candidates: list[int] = Field(
         default_factory=list,

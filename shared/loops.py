@@ -9,6 +9,7 @@ compose's restart policy) starts it again from the log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -39,6 +40,9 @@ class Loop:
     exclusive: bool = True
     # How long to wait after a step instead of ``every`` (say, until the next round is due).
     pause: Callable[[], float] | None = None
+    # Set to run the next step now rather than after the wait (something it waits for
+    # has happened): a step waiting on the log need not cost a period per event.
+    wake: asyncio.Event | None = None
 
 
 class LoopFailed(Exception):
@@ -99,4 +103,16 @@ async def supervise(
             continue
         stats.steps += 1
         stats.consecutive = stats.waits = 0
-        await sleep(loop.every if loop.pause is None else loop.pause())
+        await _rest(loop, sleep)
+
+
+async def _rest(loop: Loop, sleep: Callable[[float], Awaitable[None]]) -> None:
+    """The wait after a step: its period, cut short when the loop is woken."""
+    wait = loop.every if loop.pause is None else loop.pause()
+    if loop.wake is None:
+        await sleep(wait)
+        return
+    if not loop.wake.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(loop.wake.wait(), wait)
+    loop.wake.clear()

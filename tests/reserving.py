@@ -5,7 +5,6 @@ a scheduler would, and then sends its command."""
 from __future__ import annotations
 
 from schemas import Command, Envelope, Message
-from schemas.ft import TakeOverVm
 from schemas.ha import RestartVm
 from schemas.pool import MHZ_PER_VCPU, CapacityReserved, Owner
 from schemas.transfers import StartMigration
@@ -47,8 +46,6 @@ def covering(fleet: Fleet, cmd: Message) -> CapacityReserved | None:
             return reservation(cmd.vm, host, cmd.cpu, cmd.mem_mib)
         case RestartVm():
             return reservation(cmd.vm, cmd.host, cmd.cpu, cmd.mem_mib)
-        case TakeOverVm() if (vm := fleet.vms.get(cmd.vm)) is not None:
-            return reservation(cmd.vm, cmd.host, vm.cpu, vm.mem_mib)
         case ResizeVm() if (vm := fleet.vms.get(cmd.vm)) is not None:
             # A shrink keeps the room it had until it is done.
             cpu, mem = max(cmd.cpu or vm.cpu, vm.cpu), max(cmd.mem_mib or vm.mem_mib, vm.mem_mib)

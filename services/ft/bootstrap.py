@@ -4,6 +4,8 @@ stack's emulated clock."""
 
 from __future__ import annotations
 
+import asyncio
+
 from schemas import Envelope, Message, Reply
 from schemas.ft import DivergeBackup, FtStatus, GetFtStatus, PairSynced, ProtectVm
 from services.ft.protect import diverge, protect
@@ -19,7 +21,8 @@ from shared.runtime import ServiceDefinition
 from shared.settings import Settings
 
 NAME = "ft"
-# How often the pairs are looked at for a step they can take.
+# How often the pairs are looked at for a step they can take (the emulated clock's
+# moving on); an event folded wakes them at once.
 STEP_SECONDS = 0.01
 
 
@@ -33,9 +36,13 @@ class Holder:
 def build(settings: Settings) -> ServiceDefinition:
     holder = Holder()
     pace = Pace(settings.speed, settings.tick_seconds * settings.speed)
+    wake = asyncio.Event()
 
     def fold(_seq: int, env: Envelope[Message]) -> None:
-        holder.state = evolve(holder.state, env)
+        before = holder.state
+        holder.state = evolve(before, env)
+        if holder.state is not before:
+            wake.set()
         if holder.live and isinstance(env.data, PairSynced):
             FT_SYNC_POINTS.labels(mode=env.data.mode.value, equal=str(env.data.equal)).inc()
             FT_OUTPUTS_RELEASED.inc(len(env.data.released))
@@ -77,6 +84,6 @@ def build(settings: Settings) -> ServiceDefinition:
         observe_telemetry=observe,
         queries={"ft": query},
         setup=setup,
-        loops=[Loop("pairs", take_steps, every=STEP_SECONDS)],
+        loops=[Loop("pairs", take_steps, every=STEP_SECONDS, wake=wake)],
     )
     return definition

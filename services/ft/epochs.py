@@ -1,9 +1,9 @@
 """Checkpoint mode, pure: continuous checkpoints of the primary's dirty memory.
 
 Every epoch the primary runs (its inputs logged, its outputs held). While it runs, the
-dirty pages its host's history shows unwritten for several epochs are sent, and the
-backup holds them. Then it is stunned; the pages still dirty are exported, it resumes,
-and the backup writes what it held and imports them. Pages the backup names as
+dirty pages its host's history shows unwritten for several epochs are sent. Then it is
+stunned; the pages still dirty are exported, it resumes (and runs its next epoch), and
+the backup imports both flows at once: it never holds half an epoch. Pages the backup names as
 candidates (it holds them and their last change touched few bytes) travel as compressed
 XOR diffs. The epoch is acknowledged (PairSynced) when the backup's memory equals the
 primary's at the stun, and only then do the epoch's outputs leave. The first copy
@@ -15,7 +15,14 @@ from __future__ import annotations
 
 from schemas import Command
 from schemas.ft import PairDiverged, PairSynced
-from schemas.memory import ExportPages, ImportPages, PagesExported, PagesImported, Selection
+from schemas.memory import (
+    ExportPages,
+    ImportPages,
+    PagesExported,
+    PagesImported,
+    RunVm,
+    Selection,
+)
 from schemas.vm import StunVm, UnstunVm
 from services.ft.state import Pair
 from shared.outcome import Outcome
@@ -24,11 +31,13 @@ from shared.outcome import Outcome
 EPOCH_BATCH = 128
 
 
-def epoch_steps(p: Pair, now: float) -> list[Outcome]:
-    """The epoch's next step: stun once its run is logged, export the dirty pages, resume
-    the primary and import them into the backup, then acknowledge."""
+def epoch_steps(p: Pair, now: float, run: RunVm | None = None) -> list[Outcome]:
+    """The epoch's next step: once its run is logged, send what is settled, stun, export
+    the dirty pages, resume the primary and import them into the backup, then
+    acknowledge. The primary's next run (``run``, when it is due) goes with its resume,
+    while the epoch is imported."""
     last = p.epoch_end
-    if last is None or p.running is not None:
+    if last is None or (p.closing is None and p.running is not None):
         return []
     key = f"{p.backup}/epoch/{last}"
     acked = acknowledged(p, now)
@@ -46,77 +55,60 @@ def epoch_steps(p: Pair, now: float) -> list[Outcome]:
         return [Outcome(events=[diverged], cause=p.last, key=f"{key}/diverged")]
     if acked is not None:
         return [Outcome(events=[acked], cause=p.last, key=f"{key}/acked")]
-    step = _next(p, last)
+    step = _next(p, last, run)
     if step is None:
         return []
     name, commands = step
     return [Outcome(commands=commands, cause=p.last, key=f"{key}/{name}")]
 
 
-def _next(p: Pair, last: int) -> tuple[str, list[Command]] | None:
-    early = _ahead(p, last)
-    if early is not None or not _held(p, last):
-        return early
-    return _stunned(p, last)
+def _next(p: Pair, last: int, run: RunVm | None) -> tuple[str, list[Command]] | None:
+    flow, ahead = p.epoch_flow(last), p.ahead_flow(last)
+    if f"stun:{last}" not in p.asked:
+        return "close", _close(p, flow, ahead)
+    sent, exported = p.sent_ahead, p.exported
+    if sent is None or sent.flow != ahead or exported is None or exported.flow != flow:
+        return None
+    if not p.stunned or p.backup_host is None or f"import:{last}" in p.asked:
+        return None
+    load = ImportPages(
+        host=p.backup_host,
+        vm=p.backup,
+        flow=flow,
+        batches=exported.batches,
+        ahead_flow=ahead,
+        ahead_batches=sent.batches,
+        candidates=True,
+    )
+    resume = UnstunVm(host=p.primary_host, vm=p.vm)
+    # One batch: the primary's host resumes it and runs its next epoch in that order.
+    return "save", [resume, *([] if run is None else [run]), load]
 
 
-def _ahead(p: Pair, last: int) -> tuple[str, list[Command]] | None:
-    """While the primary runs: its settled dirty pages, held by the backup."""
-    ahead = p.ahead_flow(last)
-    if f"ahead:{last}" not in p.asked:
-        early = ExportPages(
+def _close(p: Pair, flow: str, ahead: str) -> list[Command]:
+    """The primary's settled dirty pages leave before it is stunned, the rest while it
+    is: one batch of commands, which its host takes in order."""
+    candidates = list(p.candidates)
+    return [
+        ExportPages(
             host=p.primary_host,
             vm=p.vm,
             flow=ahead,
             selection=Selection.SETTLED,
             batch=EPOCH_BATCH,
-            candidates=list(p.candidates),
-        )
-        return "ahead", [early]
-    sent = p.sent_ahead
-    if sent is None or p.backup_host is None or f"stage:{last}" in p.asked:
-        return None
-    hold = ImportPages(
-        host=p.backup_host, vm=p.backup, flow=ahead, batches=sent.batches, stage=True
-    )
-    return "stage", [hold]
-
-
-def _held(p: Pair, last: int) -> bool:
-    """What was sent ahead is held by the backup (or nothing was)."""
-    sent = p.sent_ahead
-    if sent is None or sent.flow != p.ahead_flow(last):
-        return False
-    return not sent.batches or (p.staged is not None and p.staged.flow == sent.flow)
-
-
-def _stunned(p: Pair, last: int) -> tuple[str, list[Command]] | None:
-    """The primary stunned, its pages still dirty exported, then it resumes while the
-    backup writes them."""
-    flow = p.epoch_flow(last)
-    if f"stun:{last}" not in p.asked:
-        return "stun", [StunVm(host=p.primary_host, vm=p.vm)]
-    if p.stunned and f"export:{last}" not in p.asked:
-        export = ExportPages(
+            candidates=candidates,
+        ),
+        StunVm(host=p.primary_host, vm=p.vm),
+        ExportPages(
             host=p.primary_host,
             vm=p.vm,
             flow=flow,
             selection=Selection.DIRTY,
             batch=EPOCH_BATCH,
-            checksum=True,
             epoch=True,
-            candidates=list(p.candidates),
-        )
-        return "export", [export]
-    exported = p.exported
-    if exported is None or exported.flow != flow or p.backup_host is None:
-        return None
-    if f"import:{last}" in p.asked:
-        return None
-    load = ImportPages(
-        host=p.backup_host, vm=p.backup, flow=flow, batches=exported.batches, candidates=True
-    )
-    return "import", [UnstunVm(host=p.primary_host, vm=p.vm), load]
+            candidates=candidates,
+        ),
+    ]
 
 
 def acknowledged(p: Pair, now: float) -> PairSynced | None:
@@ -131,7 +123,8 @@ def acknowledged(p: Pair, now: float) -> PairSynced | None:
 
 
 def _synced(p: Pair, exported: PagesExported, imported: PagesImported, now: float) -> PairSynced:
-    first, last = p.log[0], p.log[-1]
+    epoch = p.epoch
+    first, last = epoch[0], epoch[-1]
     parts = [exported] if p.sent_ahead is None else [exported, p.sent_ahead]
     stun = 0.0
     if p.stunned_at is not None and p.unstunned_at is not None:
@@ -141,12 +134,12 @@ def _synced(p: Pair, exported: PagesExported, imported: PagesImported, now: floa
         mode=p.mode,
         entry=last.index,
         first_step=first.ran.first_step,
-        steps=sum(e.ran.steps for e in p.log),
-        inputs=sum(len(e.ran.inputs) for e in p.log),
-        primary_checksum=exported.checksum,
+        steps=sum(e.ran.steps for e in epoch),
+        inputs=sum(len(e.ran.inputs) for e in epoch),
+        primary_checksum=p.stun_checksum,
         backup_checksum=imported.checksum,
-        equal=exported.checksum == imported.checksum,
-        released=[o for e in p.log for o in e.ran.outputs],
+        equal=p.stun_checksum == imported.checksum,
+        released=[o for e in epoch for o in e.ran.outputs],
         held_ms=round(max(0.0, now - first.at) * 1000, 3),
         pages=sum(e.pages for e in parts),
         bytes=sum(e.bytes for e in parts),

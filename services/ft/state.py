@@ -121,13 +121,16 @@ class Pair:
     stunned: bool = False
     exported: PagesExported | None = None
     imported: PagesImported | None = None
-    # Checkpoint mode: the epoch's pages sent while the primary ran and held by the
-    # backup; the pages the backup named as candidates for diffs; the epoch's stun.
+    # Checkpoint mode: the epoch's pages sent while the primary ran; the pages the
+    # backup named as candidates for diffs; the epoch's stun.
     sent_ahead: PagesExported | None = None
-    staged: PagesImported | None = None
     candidates: tuple[int, ...] = ()
     stunned_at: float | None = None
     unstunned_at: float | None = None
+    stun_checksum: str | None = None
+    # Checkpoint mode: the log entry the epoch being saved ends with, once its stun is
+    # asked; the primary's runs after it, made while it is saved, are the next epoch's.
+    closing: int | None = None
     # Runs of the primary asked for; the one in flight; the backup's replay in flight.
     runs: int = 0
     running: str | None = None
@@ -186,7 +189,15 @@ class Pair:
     @property
     def epoch_end(self) -> int | None:
         """Checkpoint mode: the log entry the epoch under way ends with."""
+        if self.closing is not None:
+            return self.closing
         return self.log[-1].index if self.log else None
+
+    @property
+    def epoch(self) -> tuple[Entry, ...]:
+        """Checkpoint mode: the logged runs of the epoch under way."""
+        end = self.epoch_end
+        return tuple(e for e in self.log if end is not None and e.index <= end)
 
     @property
     def flows(self) -> tuple[str, ...]:
@@ -281,7 +292,7 @@ def evolve(state: Ft, env: Envelope[Message]) -> Ft:  # noqa: PLR0911, PLR0912, 
         case CommandsIssued():
             return _issued(state, event, env.sim_time)
         case VmStunned() if (p := state.pairs.get(event.vm)) and _copying(p):
-            return _with(state, replace(p, stunned=True, stunned_at=env.sim_time, last=env))
+            return _with(state, replace(p, stunned=True, stun_checksum=event.checksum, last=env))
         case PagesExported(selection=Selection.SETTLED) if (
             p := state.pairs.get(event.vm)
         ) and event.flow in p.flows:
@@ -299,8 +310,8 @@ def evolve(state: Ft, env: Envelope[Message]) -> Ft:  # noqa: PLR0911, PLR0912, 
                 exported=None,
                 imported=None,
                 sent_ahead=None,
-                staged=None,
                 candidates=(),
+                closing=None,
                 copies=p.copies + 1,
                 replayed=None,
                 replaying=None,
@@ -329,14 +340,15 @@ def evolve(state: Ft, env: Envelope[Message]) -> Ft:  # noqa: PLR0911, PLR0912, 
             # The epoch's every run is acknowledged; the next epoch starts clean.
             acked = replace(
                 p,
-                log=(),
+                log=tuple(e for e in p.log if e.index > event.entry),
+                closing=None,
                 stunned=False,
                 exported=None,
                 imported=None,
                 sent_ahead=None,
-                staged=None,
                 stunned_at=None,
                 unstunned_at=None,
+                stun_checksum=None,
                 synced=p.synced + 1,
                 released=p.released + len(event.released),
                 bytes=p.bytes + event.bytes,
@@ -389,9 +401,7 @@ def _host_lost(state: Ft, host: str, env: Envelope[Message]) -> Ft:
 
 
 def _imported(p: Pair, event: PagesImported, env: Envelope[Message]) -> Pair:
-    """The backup holds what was sent ahead, or wrote an import (and named candidates)."""
-    if event.flow != p.copy_flow and event.flow == p.ahead_flow(p.epoch_end or 0):
-        return replace(p, staged=event, last=env)
+    """The backup wrote an import (and named the pages that are candidates for diffs)."""
     return replace(p, imported=event, candidates=tuple(event.candidates), last=env)
 
 
@@ -423,17 +433,9 @@ def _issued(state: Ft, record: CommandsIssued, at: float) -> Ft:
         if p is None:
             continue
         found[command.id] = p.vm
-        end = p.epoch_end
-        if p.mode is FtMode.CHECKPOINT and p.phase is not Phase.COPYING and end is not None:
-            # An epoch's own steps, once its run is logged.
-            match cmd:
-                case StunVm() | ExportPages() | ImportPages() if p.phase is not Phase.RESYNCING:
-                    p = replace(p, asked=p.asked | {f"{_epoch_step(cmd)}:{end}"})
-                    state = _with(state, p)
-                    continue
-                case UnstunVm() if p.phase is not Phase.RESYNCING:
-                    state = _with(state, replace(p, unstunned_at=at))
-                    continue
+        if (step := _epoch_issued(p, cmd, at)) is not None:
+            state = _with(state, step)
+            continue
         match cmd:
             case PlaceVm():
                 p = replace(p, asked=p.asked | {"place"})
@@ -455,6 +457,22 @@ def _issued(state: Ft, record: CommandsIssued, at: float) -> Ft:
     return replace(state, commands={**state.commands, **found}) if found else state
 
 
+def _epoch_issued(p: Pair, cmd: Message, at: float) -> Pair | None:
+    """Checkpoint mode: the pair once an epoch's own step is asked (None: not one)."""
+    end = p.epoch_end
+    if p.mode is not FtMode.CHECKPOINT or p.phase in COPYING or end is None:
+        return None
+    match cmd:
+        case StunVm():
+            asked = p.asked | {f"stun:{end}"}
+            return replace(p, asked=asked, closing=end, stunned_at=at, unstunned_at=None)
+        case ExportPages() | ImportPages():
+            return replace(p, asked=p.asked | {f"{_epoch_step(cmd)}:{end}"})
+        case UnstunVm() if p.closing == end:
+            return replace(p, unstunned_at=at)
+    return None
+
+
 def _epoch_step(cmd: StunVm | ExportPages | ImportPages) -> str:
     match cmd:
         case StunVm():
@@ -463,8 +481,6 @@ def _epoch_step(cmd: StunVm | ExportPages | ImportPages) -> str:
             return "ahead"
         case ExportPages():
             return "export"
-        case ImportPages(stage=True):
-            return "stage"
     return "import"
 
 

@@ -67,8 +67,11 @@ def pair_steps(state: Ft, p: Pair, now: float) -> list[Outcome]:  # noqa: PLR091
         case Phase.LOADING:
             return [*_loaded(p), *_run_primary(p, now)]
         case Phase.PROTECTED if p.mode is FtMode.CHECKPOINT:
-            # An epoch runs, then is saved: the next one runs once it is acknowledged.
-            return [*(_run_primary(p, now) if not p.log else []), *epoch_steps(p, now)]
+            # An epoch runs, then is saved: the next one runs once the primary is resumed,
+            # its outputs held with it until it is saved in turn.
+            if _next_epoch(p):
+                return [*_run_primary(p, now), *epoch_steps(p, now)]
+            return epoch_steps(p, now, _primary_run(p, now))
         case Phase.PROTECTED:
             # The primary runs ahead of its backup by a bounded log: its held outputs and
             # a failover's replay stay short.
@@ -84,6 +87,14 @@ def pair_steps(state: Ft, p: Pair, now: float) -> list[Outcome]:  # noqa: PLR091
             host = p.taken_over.host
             return [_protect_again(state, p, f"failed over to {host}", primary_host=host)]
     return []
+
+
+def _next_epoch(p: Pair) -> bool:
+    """Checkpoint mode: the primary may run its next epoch (one at a time: the epoch
+    being saved has let it go, or none is)."""
+    if not p.log:
+        return True
+    return p.closing == p.log[-1].index and p.unstunned_at is not None
 
 
 def _exposed(p: Pair, now: float) -> list[Outcome]:
@@ -241,17 +252,24 @@ def _loaded(p: Pair) -> list[Outcome]:
 
 def _run_primary(p: Pair, now: float) -> list[Outcome]:
     """The primary's next epoch, once the one before is logged and its time has come."""
-    if p.running is not None or now < p.next_run_at:
+    run = _primary_run(p, now)
+    if run is None:
         return []
-    run = RunVm(
+    return [Outcome(commands=[run], key=f"{p.backup}/run/{p.runs}")]
+
+
+def _primary_run(p: Pair, now: float) -> RunVm | None:
+    if p.running is not None or now < p.next_run_at:
+        return None
+    return RunVm(
         host=p.primary_host,
         vm=p.vm,
         seconds=p.epoch_s,
         tag=p.run_tag(p.runs),
         record=True,
-        checksum_at_start=True,
+        # A checkpoint's sync point is its stun, whose memory the stun reports.
+        checksum_at_start=p.mode is not FtMode.CHECKPOINT,
     )
-    return [Outcome(commands=[run], key=f"{p.backup}/run/{p.runs}")]
 
 
 def _replay(p: Pair) -> list[Outcome]:

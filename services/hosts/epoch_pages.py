@@ -3,10 +3,10 @@
 The primary's side keeps each page's modification history (one bit per epoch: was it
 written) and a copy of what it last sent of the pages the backup may name as candidates.
 A dirty page whose history shows it unwritten for ``SETTLED_EPOCHS`` epochs is sent while
-the primary runs, not while it is stunned; a candidate page with a copy travels as its XOR
-with that copy, compressed. The backup's side holds pages sent ahead until the epoch's
-stunned export arrives (a primary lost in between leaves the backup at the last whole
-epoch), and names as candidates the pages whose last change touched few bytes.
+the primary runs, not while it is stunned (the backup writes it with the epoch's stunned
+export, so a primary lost in between leaves the backup at the last whole epoch); a
+candidate page with a copy travels as its XOR with that copy, compressed. The backup's
+side names as candidates the pages whose last change touched few bytes.
 
 Neither side is in the log: a hosts process that restarts starts with no history and no
 copies, and sends whole pages until they are built again.
@@ -130,20 +130,19 @@ class PrimaryPages:
 
 @dataclass(slots=True, eq=False)
 class BackupPages:
-    """One backup's pages sent ahead of its epoch, and which of its pages change little."""
+    """Which of one backup's pages change little."""
 
     candidate: npt.NDArray[np.bool_]
-    staged: list[Sent] = field(default_factory=list)
 
     @classmethod
     def of(cls, pages: int) -> BackupPages:
         return cls(np.zeros(pages, np.bool_))
 
     def apply(self, mem: HostMemory, vm: str, batches: Iterable[Sent]) -> tuple[int, int]:
-        """Writes what was staged, then ``batches``, noting how much each page changed:
-        the pages written and those of them that came as diffs."""
+        """Writes ``batches``, noting how much each page changed: the pages written and
+        those of them that came as diffs."""
         pages = diffs = 0
-        for b in [*self.staged, *batches]:
+        for b in batches:
             if isinstance(b, DiffBatch):
                 xors = b.xors()
                 written, changed = b.pages, np.count_nonzero(xors, axis=1)
@@ -156,7 +155,6 @@ class BackupPages:
             mem.import_pages(vm, batch)
             self.candidate[written] = changed <= SMALL_CHANGE
             pages += len(batch.pages)
-        self.staged = []
         return pages, diffs
 
     def candidates(self) -> list[int]:

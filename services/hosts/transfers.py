@@ -197,17 +197,20 @@ async def read_flow(flows: DataFlows, env: Envelope[Message]) -> list[bytes]:
     """The chunks an ImportPages names, read before it is decided (outside the lock)."""
     cmd = env.data
     assert isinstance(cmd, ImportPages)
-    return [chunk async for chunk in flows.read_data(cmd.flow, cmd.batches)]
+    ahead = []
+    if cmd.ahead_flow is not None:
+        ahead = [chunk async for chunk in flows.read_data(cmd.ahead_flow, cmd.ahead_batches)]
+    return [*ahead, *[chunk async for chunk in flows.read_data(cmd.flow, cmd.batches)]]
 
 
 def import_pages(machine: Machine, env: Envelope[Message], chunks: list[bytes]) -> list[Event]:
     cmd = env.data
     assert isinstance(cmd, ImportPages)
     mem = machine.memory[cmd.host]
-    pages = staged = diffs = 0
+    pages = diffs = 0
     epoch: BackupPages | None = None
     try:
-        if cmd.stage or cmd.candidates:
+        if cmd.candidates:
             epoch = machine.epoch_pages.backup(cmd.vm, mem.spec(cmd.vm).pages)
         else:
             machine.epoch_pages.forget(cmd.vm)
@@ -220,9 +223,6 @@ def import_pages(machine: Machine, env: Envelope[Message], chunks: list[bytes]) 
                 if (incoming := machine.incoming.get(cmd.vm)) is not None:
                     incoming.arrive(mem, cmd.vm, batch.pages)
                 pages += len(batch.pages)
-        elif cmd.stage:
-            epoch.staged.extend(batches)
-            staged = sum(len(b.pages) for b in batches)
         else:
             pages, diffs = epoch.apply(mem, cmd.vm, batches)
     except (MemoryModelError, StorageError) as err:
@@ -237,9 +237,8 @@ def import_pages(machine: Machine, env: Envelope[Message], chunks: list[bytes]) 
             zero_pages=zero,
             checksum=mem.checksum(cmd.vm),
             mapped_pages=mapped,
-            staged=staged,
             diff_pages=diffs,
-            candidates=epoch.candidates() if epoch is not None and cmd.candidates else [],
+            candidates=[] if epoch is None else epoch.candidates(),
         )
     ]
 

@@ -1,6 +1,7 @@
 """FT with every service as a process, on each broker: a protected VM's hosts process is
 SIGKILLed; once the schedulers declare its host failed, the backup (in another hosts
-process) replays what is left of the log and takes over, a new backup restores
+process) replays what is left of the log (in checkpoint mode: keeps the last
+acknowledged epoch) and takes over, a new backup restores
 protection, and the outside world got the guest's packets without a gap or a repeat."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from schemas import Envelope, Message
-from schemas.ft import BackupLoaded, ProtectionRequested, ProtectVm, VmFailedOver
+from schemas.ft import BackupLoaded, FtMode, ProtectionRequested, ProtectVm, VmFailedOver
 from schemas.pool import Owner
 from schemas.scheduling import Affinity, PlacementRules, PlaceVm
 from schemas.vm import GuestInputs, MemoryMode
@@ -32,8 +33,9 @@ def of_type(log: list[Envelope[Message]], kind: str) -> list[Envelope[Message]]:
     return [e for e in log if e.type == kind]
 
 
+@pytest.mark.parametrize("mode", [FtMode.RECORD_REPLAY, FtMode.CHECKPOINT])
 async def test_a_killed_primary_hosts_process_fails_over_to_the_backup(
-    client: Client, bus_url: str, tmp_path: Path
+    client: Client, bus_url: str, tmp_path: Path, mode: FtMode
 ) -> None:
     base = {
         "VPLANE_BUS_URL": bus_url,
@@ -74,7 +76,7 @@ async def test_a_killed_primary_hosts_process_fails_over_to_the_backup(
             what="web created",
         )
         [answer] = await client.send_and_wait(
-            ProtectVm(vm="web", backup_host="b1", epoch_ms=200), timeout=30
+            ProtectVm(vm="web", mode=mode, backup_host="b1", epoch_ms=200), timeout=30
         )
         assert isinstance(answer.data, ProtectionRequested), answer.data
         await poll(
