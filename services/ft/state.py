@@ -226,8 +226,9 @@ class Ft:
     ended: tuple[Pair, ...] = ()
     # Protections ever asked, by VM: they number its backups.
     generations: Mapping[str, int] = field(default_factory=dict)
-    # Which pair each of the service's commands serves.
-    commands: Mapping[uuid.UUID, str] = field(default_factory=dict)
+    # Which pair each of the service's commands serves: its VM and backup (a pair that
+    # ended is not answered for by the next one of its VM).
+    commands: Mapping[uuid.UUID, tuple[str, str]] = field(default_factory=dict)
     # Failovers each VM has been through.
     failovers: Mapping[str, int] = field(default_factory=dict)
 
@@ -373,8 +374,12 @@ def evolve(state: Ft, env: Envelope[Message]) -> Ft:  # noqa: PLR0911, PLR0912, 
             why = f"no backup: {event.reason}"
             return _with(state, replace(p, failure=why, last=env))
         case CommandRejected() if event.command_id in state.commands:
-            p = state.pairs.get(state.commands[event.command_id])
-            if p is None or (event.code == RejectionCode.HOST_DOWN and _knows_loss(p)):
+            vm, backup = state.commands[event.command_id]
+            p = state.pairs.get(vm)
+            if p is None or p.backup != backup:
+                # A command of a pair that ended: the pair after it has nothing to do with it.
+                return state
+            if event.code == RejectionCode.HOST_DOWN and _knows_loss(p):
                 # A host it knows is lost refused: the pair is already going on without it.
                 return state
             why = f"{event.command_type} was refused: {event.reason}"
@@ -425,14 +430,14 @@ def _ran(state: Ft, p: Pair, event: VmRan, env: Envelope[Message]) -> Ft:
 
 def _issued(state: Ft, record: CommandsIssued, at: float) -> Ft:
     """Which pair each command serves, and which step of it was asked for."""
-    found: dict[uuid.UUID, str] = {}
+    found: dict[uuid.UUID, tuple[str, str]] = {}
     for command in issued(record):
         cmd = command.data
         vm = getattr(cmd, "vm", None)
         p = state.pair_of(vm) if isinstance(vm, str) else None
         if p is None:
             continue
-        found[command.id] = p.vm
+        found[command.id] = (p.vm, p.backup)
         if (step := _epoch_issued(p, cmd, at)) is not None:
             state = _with(state, step)
             continue
