@@ -64,9 +64,17 @@ class ProtectionRequested(_PairEvent):
 
 
 @registry.register
+class UnprotectRequested(_PairEvent):
+    """Protection is to end (``vplane ft unprotect``), once the primary's run in flight
+    is logged: then ProtectionEnded, after what the backup had not confirmed."""
+
+    backup: Name
+
+
+@registry.register
 class ProtectionEnded(_PairEvent):
-    """The VM is no longer protected (it was destroyed, or protection could not be set up);
-    it runs in its host's ticks again. Its backup goes: destroyed, or (never created) its
+    """The VM is no longer protected (unprotected, destroyed, or protection could not be
+    set up); it runs in its host's ticks again. Its backup goes: destroyed, or (never created) its
     room given back."""
 
     reason: str
@@ -110,7 +118,6 @@ class PairSynced(_PairEvent):
     ahead_pages: int = Field(0, ge=0, description="of the pages, those sent while it ran")
     diff_pages: int = Field(0, ge=0, description="of the pages, those sent as diffs")
     whole_bytes: int = Field(0, ge=0, description="the bytes the pages take whole")
-    stun_ms: float = Field(0.0, ge=0, description="emulated time the primary was stunned")
 
 
 @registry.register
@@ -195,6 +202,17 @@ class PairResynced(_PairEvent):
     pages: int = Field(ge=0)
     bytes: int = Field(ge=0)
     released: list[SentPacket] = Field(default_factory=list)
+
+
+@registry.register
+class UnprotectVm(Command):
+    """End a VM's protection: the outputs its backup had not confirmed leave, its backup
+    is destroyed (its room given back), and it runs in its host's ticks again."""
+
+    vm: Name
+
+    def aggregate(self) -> str:
+        return "ft"
 
 
 @registry.register

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 
 from schemas import Envelope, Message, Reply
-from schemas.ft import DivergeBackup, FtStatus, GetFtStatus, PairSynced, ProtectVm
-from services.ft.protect import diverge, protect
+from schemas.ft import DivergeBackup, FtStatus, GetFtStatus, PairSynced, ProtectVm, UnprotectVm
+from services.ft.protect import diverge, protect, unprotect
 from services.ft.state import Ft, evolve
 from services.ft.steps import steps
 from services.ft.views import status
@@ -52,6 +52,8 @@ def build(settings: Settings) -> ServiceDefinition:
             return protect(holder.state, env)
         if isinstance(env.data, DivergeBackup):
             return diverge(holder.state, env)
+        if isinstance(env.data, UnprotectVm):
+            return unprotect(holder.state, env)
         raise PoisonMessage(f"the FT service does not handle {env.type}")
 
     async def take_steps() -> list[Outcome]:

@@ -1,14 +1,15 @@
 """Checkpoint mode, pure: continuous checkpoints of the primary's dirty memory.
 
-Every epoch the primary runs (its inputs logged, its outputs held). While it runs, the
-dirty pages its host's history shows unwritten for several epochs are sent. Then it is
-stunned; the pages still dirty are exported, it resumes (and runs its next epoch), and
-the backup imports both flows at once: it never holds half an epoch. Pages the backup names as
-candidates (it holds them and their last change touched few bytes) travel as compressed
-XOR diffs. The epoch is acknowledged (PairSynced) when the backup's memory equals the
-primary's at the stun, and only then do the epoch's outputs leave. The first copy
-(``steps._copy``) clears the dirty bits, so the first epoch sends what the primary wrote
-since.
+Every epoch the primary runs (its inputs logged, its outputs held). Its host then takes
+one batch: the dirty pages its per-page history shows unwritten for several epochs are
+sent (while it runs, not stunned), it is stunned, the pages still dirty are sent, it
+resumes and runs its next epoch. Pages the backup names as candidates (it holds them and
+their last change touched few bytes) travel as compressed XOR diffs. The backup imports
+an epoch's two flows at once (it never holds half an epoch), while the primary's host
+closes the next one: one trip through the log an epoch. The epoch is acknowledged
+(PairSynced) when the backup's memory equals the primary's at the stun, and only then
+do its outputs leave. The first copy (``steps._copy``) clears the dirty bits, so the
+first epoch sends what the primary wrote since.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from schemas.ft import PairDiverged, PairSynced
 from schemas.memory import (
     ExportPages,
     ImportPages,
-    PagesExported,
-    PagesImported,
     RunVm,
     Selection,
 )
@@ -32,16 +31,14 @@ EPOCH_BATCH = 128
 
 
 def epoch_steps(p: Pair, now: float, run: RunVm | None = None) -> list[Outcome]:
-    """The epoch's next step: once its run is logged, send what is settled, stun, export
-    the dirty pages, resume the primary and import them into the backup, then
-    acknowledge. The primary's next run (``run``, when it is due) goes with its resume,
-    while the epoch is imported."""
-    last = p.epoch_end
-    if last is None or (p.closing is None and p.running is not None):
-        return []
-    key = f"{p.backup}/epoch/{last}"
+    """The epochs' next step: acknowledge the one the backup imported; import the one
+    closed, and close the next (its run logged) with the primary's next run (``run``,
+    when it is due) in the same batch."""
     acked = acknowledged(p, now)
-    if acked is not None and not acked.equal:
+    if acked is not None and p.saving is not None:
+        key = f"{p.backup}/epoch/{p.saving.end}"
+        if acked.equal:
+            return [Outcome(events=[acked], cause=p.last, key=f"{key}/acked")]
         # The backup's copy is not the primary's: every output is held while it is made
         # equal again.
         diverged = PairDiverged(
@@ -53,47 +50,68 @@ def epoch_steps(p: Pair, now: float, run: RunVm | None = None) -> list[Outcome]:
             backup_checksum=acked.backup_checksum,
         )
         return [Outcome(events=[diverged], cause=p.last, key=f"{key}/diverged")]
-    if acked is not None:
-        return [Outcome(events=[acked], cause=p.last, key=f"{key}/acked")]
-    step = _next(p, last, run)
-    if step is None:
+    importing = _import(p)
+    closing = p.closing if importing is None else None
+    end = p.epoch_end if importing is None else _next_end(p)
+    commands: list[Command] = [] if importing is None else [importing]
+    parts = [] if importing is None else [f"import-{p.closing}"]
+    if closing is None and end is not None and p.running is None:
+        commands += _close(p, end, run)
+        parts.append(f"close-{end}")
+    elif run is not None and _idle(p):
+        commands.append(run)
+    else:
+        run = None
+    if not commands:
         return []
-    name, commands = step
-    return [Outcome(commands=commands, cause=p.last, key=f"{key}/{name}")]
+    key = "/".join([p.backup, "epochs", *parts, *([] if run is None else [run.tag])])
+    return [Outcome(commands=commands, cause=p.last, key=key)]
 
 
-def _next(p: Pair, last: int, run: RunVm | None) -> tuple[str, list[Command]] | None:
-    flow, ahead = p.epoch_flow(last), p.ahead_flow(last)
-    if f"stun:{last}" not in p.asked:
-        return "close", _close(p, flow, ahead)
-    sent, exported = p.sent_ahead, p.exported
-    if sent is None or sent.flow != ahead or exported is None or exported.flow != flow:
+def _import(p: Pair) -> ImportPages | None:
+    """The epoch closed, once its host sent it and the one before is acknowledged."""
+    end, sent, exported = p.closing, p.sent_ahead, p.exported
+    if end is None or p.saving is not None or p.backup_host is None or not p.stunned:
         return None
-    if not p.stunned or p.backup_host is None or f"import:{last}" in p.asked:
+    if sent is None or exported is None or exported.flow != p.epoch_flow(end):
         return None
-    load = ImportPages(
+    if sent.flow != p.ahead_flow(end):
+        return None
+    return ImportPages(
         host=p.backup_host,
         vm=p.backup,
-        flow=flow,
+        flow=exported.flow,
         batches=exported.batches,
-        ahead_flow=ahead,
+        ahead_flow=sent.flow,
         ahead_batches=sent.batches,
         candidates=True,
     )
-    resume = UnstunVm(host=p.primary_host, vm=p.vm)
-    # One batch: the primary's host resumes it and runs its next epoch in that order.
-    return "save", [resume, *([] if run is None else [run]), load]
 
 
-def _close(p: Pair, flow: str, ahead: str) -> list[Command]:
-    """The primary's settled dirty pages leave before it is stunned, the rest while it
-    is: one batch of commands, which its host takes in order."""
+def _next_end(p: Pair) -> int | None:
+    """With the epoch closed now being imported: the run logged after it, if any."""
+    closed = p.closing if p.closing is not None else -1
+    return p.log[-1].index if p.log and p.log[-1].index > closed else None
+
+
+def _idle(p: Pair) -> bool:
+    """The primary has no run in flight, and every run logged is closed: it waits."""
+    if p.running is not None:
+        return False
+    done = [-1, *([] if p.closing is None else [p.closing])]
+    done += [] if p.saving is None else [p.saving.end]
+    return not p.log or p.log[-1].index <= max(done)
+
+
+def _close(p: Pair, end: int, run: RunVm | None) -> list[Command]:
+    """One batch for the primary's host, which takes it in order: the settled dirty pages
+    leave while the primary runs, it is stunned, the rest leave, it resumes and runs on."""
     candidates = list(p.candidates)
     return [
         ExportPages(
             host=p.primary_host,
             vm=p.vm,
-            flow=ahead,
+            flow=p.ahead_flow(end),
             selection=Selection.SETTLED,
             batch=EPOCH_BATCH,
             candidates=candidates,
@@ -102,33 +120,25 @@ def _close(p: Pair, flow: str, ahead: str) -> list[Command]:
         ExportPages(
             host=p.primary_host,
             vm=p.vm,
-            flow=flow,
+            flow=p.epoch_flow(end),
             selection=Selection.DIRTY,
             batch=EPOCH_BATCH,
             epoch=True,
             candidates=candidates,
         ),
+        UnstunVm(host=p.primary_host, vm=p.vm),
+        *([] if run is None else [run]),
     ]
 
 
 def acknowledged(p: Pair, now: float) -> PairSynced | None:
-    """The epoch's acknowledgement, once the backup imported its pages."""
-    last = p.epoch_end
-    exported, imported = p.exported, p.imported
-    if last is None or exported is None or imported is None:
+    """The acknowledgement of the epoch being saved, once the backup imported it."""
+    saving, imported = p.saving, p.imported
+    if saving is None or imported is None or imported.flow != saving.flow:
         return None
-    if imported.flow != p.epoch_flow(last) or exported.flow != imported.flow:
-        return None
-    return _synced(p, exported, imported, now)
-
-
-def _synced(p: Pair, exported: PagesExported, imported: PagesImported, now: float) -> PairSynced:
-    epoch = p.epoch
+    epoch = p.epoch(saving.end)
     first, last = epoch[0], epoch[-1]
-    parts = [exported] if p.sent_ahead is None else [exported, p.sent_ahead]
-    stun = 0.0
-    if p.stunned_at is not None and p.unstunned_at is not None:
-        stun = max(0.0, p.unstunned_at - p.stunned_at) * 1000
+    parts = [saving.exported, saving.sent_ahead]
     return PairSynced(
         vm=p.vm,
         mode=p.mode,
@@ -136,15 +146,14 @@ def _synced(p: Pair, exported: PagesExported, imported: PagesImported, now: floa
         first_step=first.ran.first_step,
         steps=sum(e.ran.steps for e in epoch),
         inputs=sum(len(e.ran.inputs) for e in epoch),
-        primary_checksum=p.stun_checksum,
+        primary_checksum=saving.stun_checksum,
         backup_checksum=imported.checksum,
-        equal=p.stun_checksum == imported.checksum,
+        equal=saving.stun_checksum == imported.checksum,
         released=[o for e in epoch for o in e.ran.outputs],
         held_ms=round(max(0.0, now - first.at) * 1000, 3),
         pages=sum(e.pages for e in parts),
         bytes=sum(e.bytes for e in parts),
-        ahead_pages=0 if p.sent_ahead is None else p.sent_ahead.pages,
+        ahead_pages=saving.sent_ahead.pages,
         diff_pages=sum(e.diff_pages for e in parts),
         whole_bytes=sum(e.bytes if e.whole_bytes is None else e.whole_bytes for e in parts),
-        stun_ms=round(stun, 3),
     )

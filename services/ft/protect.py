@@ -6,7 +6,15 @@ from __future__ import annotations
 from dataclasses import replace
 
 from schemas import Envelope, Message
-from schemas.ft import DivergeBackup, DivergenceInjected, FtMode, ProtectionRequested, ProtectVm
+from schemas.ft import (
+    DivergeBackup,
+    DivergenceInjected,
+    FtMode,
+    ProtectionRequested,
+    ProtectVm,
+    UnprotectRequested,
+    UnprotectVm,
+)
 from schemas.memory import FlipGuestBytes
 from schemas.service import CommandRejected, RejectionCode
 from schemas.vm import MemoryMode
@@ -108,6 +116,27 @@ def backup_name(state: Ft, vm: str) -> str:
 
 def _refuse(env: Envelope[Message], code: RejectionCode, reason: str) -> Outcome:
     return answer(env, CommandRejected.of(env, code, reason))
+
+
+# Phases a pair cannot be ended in: its VM is moving onto its backup.
+FAILING = (Phase.FAILING_OVER, Phase.TAKING_OVER, Phase.TAKEN_OVER)
+
+
+def unprotect(state: Ft, env: Envelope[Message]) -> Outcome:
+    """End a protection: once the primary's run in flight is logged, what the backup had
+    not confirmed of the VM's outputs leaves, a suspended VM resumes, and the backup
+    goes (``steps``)."""
+    cmd = env.data
+    assert isinstance(cmd, UnprotectVm)
+    p = state.pairs.get(cmd.vm)
+    if p is None:
+        return _refuse(env, RejectionCode.UNKNOWN_VM, f"VM {cmd.vm} is not protected")
+    if p.phase in FAILING:
+        why = f"VM {cmd.vm} is failing over to {p.backup}: unprotect it once it has"
+        return _refuse(env, RejectionCode.WRONG_STATE, why)
+    if p.unprotecting is not None:
+        return _refuse(env, RejectionCode.WRONG_STATE, f"VM {cmd.vm}'s protection is ending")
+    return answer(env, UnprotectRequested(vm=cmd.vm, backup=p.backup))
 
 
 def diverge(state: Ft, env: Envelope[Message]) -> Outcome:

@@ -26,6 +26,7 @@ from schemas.ft import (
     PairSynced,
     ProtectionEnded,
     ProtectionRequested,
+    UnprotectRequested,
     VmFailedOver,
 )
 from schemas.ha import HostFailed, VmRestarted
@@ -106,6 +107,17 @@ class Entry:
 
 
 @dataclass(frozen=True, slots=True)
+class Saving:
+    """Checkpoint mode: an epoch the backup is importing, as the primary's host sent it."""
+
+    end: int  # the log entry it ends with
+    flow: str
+    sent_ahead: PagesExported
+    exported: PagesExported
+    stun_checksum: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Pair:
     requested: ProtectionRequested
     # The envelope that moved it last: the cause of its next step.
@@ -121,16 +133,15 @@ class Pair:
     stunned: bool = False
     exported: PagesExported | None = None
     imported: PagesImported | None = None
-    # Checkpoint mode: the epoch's pages sent while the primary ran; the pages the
-    # backup named as candidates for diffs; the epoch's stun.
-    sent_ahead: PagesExported | None = None
-    candidates: tuple[int, ...] = ()
-    stunned_at: float | None = None
-    unstunned_at: float | None = None
-    stun_checksum: str | None = None
-    # Checkpoint mode: the log entry the epoch being saved ends with, once its stun is
-    # asked; the primary's runs after it, made while it is saved, are the next epoch's.
+    # Checkpoint mode: the log entry the epoch being closed ends with, once its stun is
+    # asked (the primary's runs after it are the next epoch's); its pages sent while the
+    # primary ran, and its memory at the stun; the epoch the backup imports; the pages
+    # the backup named as candidates for diffs.
     closing: int | None = None
+    sent_ahead: PagesExported | None = None
+    stun_checksum: str | None = None
+    saving: Saving | None = None
+    candidates: tuple[int, ...] = ()
     # Runs of the primary asked for; the one in flight; the backup's replay in flight.
     runs: int = 0
     running: str | None = None
@@ -150,6 +161,8 @@ class Pair:
     taken_over: VmFailedOver | None = None
     # The backup's host was lost: protection starts again with a new backup.
     backup_lost: bool = False
+    # Protection is to end: the UnprotectRequested that said so (the end's cause).
+    unprotecting: Envelope[Message] | None = None
     failure: str | None = None
     ended: ProtectionEnded | None = None
 
@@ -188,24 +201,30 @@ class Pair:
 
     @property
     def epoch_end(self) -> int | None:
-        """Checkpoint mode: the log entry the epoch under way ends with."""
+        """Checkpoint mode: the log entry the epoch being closed, or the next one to be,
+        ends with (None: no run logged since the last)."""
         if self.closing is not None:
             return self.closing
-        return self.log[-1].index if self.log else None
+        saved = -1 if self.saving is None else self.saving.end
+        return self.log[-1].index if self.log and self.log[-1].index > saved else None
 
-    @property
-    def epoch(self) -> tuple[Entry, ...]:
-        """Checkpoint mode: the logged runs of the epoch under way."""
-        end = self.epoch_end
-        return tuple(e for e in self.log if end is not None and e.index <= end)
+    def epoch(self, end: int) -> tuple[Entry, ...]:
+        """Checkpoint mode: the logged runs of the epoch that ends with ``end``."""
+        return tuple(e for e in self.log if e.index <= end)
 
     @property
     def flows(self) -> tuple[str, ...]:
-        """The data flows its pages cross on now: its state copy, its epoch's."""
-        end = self.epoch_end
-        if end is None:
-            return (self.copy_flow,)
-        return (self.copy_flow, self.epoch_flow(end), self.ahead_flow(end))
+        """The data flows its pages cross on now: its state copy, its epochs'."""
+        found = [self.copy_flow]
+        if self.phase in COPYING:
+            # An epoch closed before a resynchronisation is not imported: its pages are
+            # in the copy.
+            return tuple(found)
+        if (end := self.epoch_end) is not None:
+            found += [self.epoch_flow(end), self.ahead_flow(end)]
+        if self.saving is not None:
+            found.append(self.saving.flow)
+        return tuple(found)
 
     def run_tag(self, index: int) -> str:
         return named("ft-run", self.vm, self.backup, index)
@@ -286,6 +305,8 @@ def evolve(state: Ft, env: Envelope[Message]) -> Ft:  # noqa: PLR0911, PLR0912, 
             generations = {**state.generations, event.vm: state.generations.get(event.vm, 0) + 1}
             pair = Pair(event, env, backup_host=None)
             return replace(state, pairs={**state.pairs, event.vm: pair}, generations=generations)
+        case UnprotectRequested() if (p := state.pairs.get(event.vm)) and p.backup == event.backup:
+            return _with(state, replace(p, unprotecting=env, last=env))
         case ProtectionEnded() if event.vm in state.pairs:
             p = replace(state.pairs[event.vm], phase=Phase.ENDED, ended=event, last=env)
             pairs = {k: v for k, v in state.pairs.items() if k != event.vm}
@@ -311,6 +332,8 @@ def evolve(state: Ft, env: Envelope[Message]) -> Ft:  # noqa: PLR0911, PLR0912, 
                 exported=None,
                 imported=None,
                 sent_ahead=None,
+                stun_checksum=None,
+                saving=None,
                 candidates=(),
                 closing=None,
                 copies=p.copies + 1,
@@ -338,18 +361,12 @@ def evolve(state: Ft, env: Envelope[Message]) -> Ft:  # noqa: PLR0911, PLR0912, 
         case VmRan() if (p := state.pair_of(event.vm)) is not None:
             return _ran(state, p, event, env)
         case PairSynced() if (p := state.pairs.get(event.vm)) and p.mode is FtMode.CHECKPOINT:
-            # The epoch's every run is acknowledged; the next epoch starts clean.
+            # The epoch's every run is acknowledged; the next may be imported.
             acked = replace(
                 p,
                 log=tuple(e for e in p.log if e.index > event.entry),
-                closing=None,
-                stunned=False,
-                exported=None,
+                saving=None,
                 imported=None,
-                sent_ahead=None,
-                stunned_at=None,
-                unstunned_at=None,
-                stun_checksum=None,
                 synced=p.synced + 1,
                 released=p.released + len(event.released),
                 bytes=p.bytes + event.bytes,
@@ -438,7 +455,7 @@ def _issued(state: Ft, record: CommandsIssued, at: float) -> Ft:
         if p is None:
             continue
         found[command.id] = (p.vm, p.backup)
-        if (step := _epoch_issued(p, cmd, at)) is not None:
+        if (step := _epoch_issued(p, cmd)) is not None:
             state = _with(state, step)
             continue
         match cmd:
@@ -462,20 +479,37 @@ def _issued(state: Ft, record: CommandsIssued, at: float) -> Ft:
     return replace(state, commands={**state.commands, **found}) if found else state
 
 
-def _epoch_issued(p: Pair, cmd: Message, at: float) -> Pair | None:
-    """Checkpoint mode: the pair once an epoch's own step is asked (None: not one)."""
+def _epoch_issued(p: Pair, cmd: Message) -> Pair | None:
+    """Checkpoint mode: the pair once an epoch's own step is asked (None: not one). The
+    import of the epoch being closed makes it the one being saved."""
     end = p.epoch_end
-    if p.mode is not FtMode.CHECKPOINT or p.phase in COPYING or end is None:
+    if p.mode is not FtMode.CHECKPOINT or p.phase in COPYING:
         return None
     match cmd:
-        case StunVm():
-            asked = p.asked | {f"stun:{end}"}
-            return replace(p, asked=asked, closing=end, stunned_at=at, unstunned_at=None)
-        case ExportPages() | ImportPages():
+        case ImportPages() if end is not None and cmd.flow == p.epoch_flow(end):
+            return _saving(replace(p, asked=p.asked | {f"import:{end}"}), end)
+        case StunVm() if end is not None:
+            return replace(p, asked=p.asked | {f"stun:{end}"}, closing=end)
+        case ExportPages() if end is not None:
             return replace(p, asked=p.asked | {f"{_epoch_step(cmd)}:{end}"})
-        case UnstunVm() if p.closing == end:
-            return replace(p, unstunned_at=at)
+        case UnstunVm() if p.phase is Phase.PROTECTED:
+            return p
     return None
+
+
+def _saving(p: Pair, end: int) -> Pair:
+    assert p.sent_ahead is not None
+    assert p.exported is not None
+    saving = Saving(end, p.epoch_flow(end), p.sent_ahead, p.exported, p.stun_checksum)
+    return replace(
+        p,
+        saving=saving,
+        closing=None,
+        sent_ahead=None,
+        exported=None,
+        stunned=False,
+        stun_checksum=None,
+    )
 
 
 def _epoch_step(cmd: StunVm | ExportPages | ImportPages) -> str:

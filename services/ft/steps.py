@@ -16,6 +16,8 @@ Record/replay, initialised by a state copy:
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from schemas.ft import (
     BackupLoaded,
     FailoverRequested,
@@ -31,6 +33,7 @@ from schemas.memory import ExportPages, ImportPages, LoggedRun, RunVm, Selection
 from schemas.pool import Owner
 from schemas.scheduling import Affinity, PlacementRules, PlaceVm
 from schemas.vm import DestroyVm, StunVm, UnstunVm
+from services.ft.ending import ending, held_outputs
 from services.ft.epochs import acknowledged, epoch_steps
 from services.ft.protect import backup_name
 from services.ft.state import Entry, Ft, Pair, Phase
@@ -54,9 +57,8 @@ def steps(state: Ft, now: float) -> list[Outcome]:
 def pair_steps(state: Ft, p: Pair, now: float) -> list[Outcome]:  # noqa: PLR0911 - one case a phase
     if p.failure is not None:
         return [_end(p, p.failure)]
-    if p.backup_lost:
-        lost = p.backup_host or p.requested.backup_host
-        return [_protect_again(state, p, f"the backup's host {lost} was lost")]
+    if p.backup_lost or p.unprotecting is not None:
+        return _ending(state, p)
     match p.phase:
         case Phase.PLACING:
             place = [] if "place" in p.asked else [_place(state, p)]
@@ -67,10 +69,8 @@ def pair_steps(state: Ft, p: Pair, now: float) -> list[Outcome]:  # noqa: PLR091
         case Phase.LOADING:
             return [*_loaded(p), *_run_primary(p, now)]
         case Phase.PROTECTED if p.mode is FtMode.CHECKPOINT:
-            # An epoch runs, then is saved: the next one runs once the primary is resumed,
-            # its outputs held with it until it is saved in turn.
-            if _next_epoch(p):
-                return [*_run_primary(p, now), *epoch_steps(p, now)]
+            # Epochs run, are closed and saved; the primary runs one ahead of the epoch
+            # being saved, its outputs held with it.
             return epoch_steps(p, now, _primary_run(p, now))
         case Phase.PROTECTED:
             # The primary runs ahead of its backup by a bounded log: its held outputs and
@@ -89,12 +89,16 @@ def pair_steps(state: Ft, p: Pair, now: float) -> list[Outcome]:  # noqa: PLR091
     return []
 
 
-def _next_epoch(p: Pair) -> bool:
-    """Checkpoint mode: the primary may run its next epoch (one at a time: the epoch
-    being saved has let it go, or none is)."""
-    if not p.log:
-        return True
-    return p.closing == p.log[-1].index and p.unstunned_at is not None
+def _ending(state: Ft, p: Pair) -> list[Outcome]:
+    """Unprotected, or its backup lost: once the primary's run in flight is logged (its
+    outputs leave with the rest held), the pair ends, and in the second case begins again
+    with a new backup."""
+    if p.running is not None:
+        return []
+    if p.unprotecting is not None:
+        return [_end(replace(p, last=p.unprotecting), "unprotected", release=True)]
+    lost = p.backup_host or p.requested.backup_host
+    return [_protect_again(state, p, f"the backup's host {lost} was lost")]
 
 
 def _exposed(p: Pair, now: float) -> list[Outcome]:
@@ -119,12 +123,12 @@ def _last_epoch(state: Ft, p: Pair, now: float) -> list[Outcome]:
     """Checkpoint mode: an epoch whose pages the backup was importing is acknowledged
     once they are in; the runs after the last acknowledged epoch are lost with the
     primary's host, their outputs never said; then the backup takes over from there."""
-    end = p.epoch_end
-    if end is not None and f"import:{end}" in p.asked:
+    if p.saving is not None:
         acked = acknowledged(p, now)
         if acked is None:
             return []
-        return [Outcome(events=[acked], cause=p.last, key=f"{p.backup}/epoch/{end}/acked")]
+        key = f"{p.backup}/epoch/{p.saving.end}/acked"
+        return [Outcome(events=[acked], cause=p.last, key=key)]
     return _fail_over(state, p, discard=True)
 
 
@@ -152,20 +156,6 @@ def _protect_again(state: Ft, p: Pair, reason: str, primary_host: str | None = N
     """The pair ends and a new one begins, with a new backup. Until it is loaded the VM
     runs unprotected: what the lost backup had not confirmed of its outputs leaves now,
     before anything it says later."""
-    held = [o for entry in p.log for o in entry.ran.outputs]
-    released = (
-        [
-            OutputsReleased(
-                vm=p.vm,
-                entry=p.log[0].index,
-                first_step=p.log[0].ran.first_step,
-                steps=sum(e.ran.steps for e in p.log),
-                released=held,
-            )
-        ]
-        if p.log
-        else []
-    )
     again = ProtectionRequested(
         vm=p.vm,
         mode=p.mode,
@@ -174,7 +164,7 @@ def _protect_again(state: Ft, p: Pair, reason: str, primary_host: str | None = N
         epoch_ms=p.requested.epoch_ms,
     )
     return Outcome(
-        events=[*released, ProtectionEnded(vm=p.vm, reason=reason, backup=p.backup), again],
+        events=[*held_outputs(p), ProtectionEnded(vm=p.vm, reason=reason, backup=p.backup), again],
         cause=p.last,
         key=f"{p.backup}/again",
     )
@@ -364,21 +354,10 @@ def _resynced(p: Pair) -> list[Outcome]:
     return [Outcome(events=[resynced], cause=p.last, key=f"{p.backup}/resynced/{p.copies}")]
 
 
-def _end(p: Pair, reason: str) -> Outcome:
+def _end(p: Pair, reason: str, *, release: bool = False) -> Outcome:
     """The pair ends; a primary suspended for its state copy resumes, untouched."""
-    resume = [UnstunVm(host=p.primary_host, vm=p.vm)] if _suspended(p) else []
-    return Outcome(
-        events=[ProtectionEnded(vm=p.vm, reason=reason, backup=p.backup)],
-        commands=resume,
-        cause=p.last,
-        key=f"{p.backup}/end",
-    )
-
-
-def _suspended(p: Pair) -> bool:
-    end = p.epoch_end
-    in_epoch = end is not None and f"stun:{end}" in p.asked and p.unstunned_at is None
-    return in_epoch or ("stun" in p.asked and "unstun" not in p.asked)
+    events, commands = ending(p, reason, release=release)
+    return Outcome(events=events, commands=commands, cause=p.last, key=f"{p.backup}/end")
 
 
 def _drop_backup(state: Ft, p: Pair) -> Outcome:

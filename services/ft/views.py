@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from schemas.ft import FtPairView
-from services.ft.state import Ft, Pair
+from services.ft.state import Ft, Pair, Phase
 
 
 def pair_view(p: Pair, failovers: int) -> FtPairView:
+    # A pair that ended holds nothing back: what it held left with its end, or was lost
+    # with its primary's host.
+    ended = p.phase is Phase.ENDED
     return FtPairView(
         vm=p.vm,
         mode=p.mode,
@@ -14,10 +17,10 @@ def pair_view(p: Pair, failovers: int) -> FtPairView:
         primary_host=p.primary_host,
         backup=p.backup,
         backup_host=p.backup_host,
-        log_lag=len(p.log),
+        log_lag=0 if ended else len(p.log),
         entries=p.synced,
         bytes=p.bytes,
-        held_outputs=p.held,
+        held_outputs=0 if ended else p.held,
         released_outputs=p.released,
         divergences=p.divergences,
         failovers=failovers,

@@ -15,6 +15,7 @@ from schemas.ft import (
     FtStatus,
     GetFtStatus,
     ProtectVm,
+    UnprotectVm,
 )
 from shared.cli.commands import TimeoutOption, WaitOption, ready, send, validated
 from shared.cli.common import BusOption, CliError, JsonOption, table_console, with_bus
@@ -53,6 +54,18 @@ def ft_protect(
         raise CliError(f"invalid --mode {mode!r}: use {', '.join(modes)}")
     cmd = validated(ProtectVm, vm=vm, mode=mode, backup_host=backup_host, epoch_ms=epoch_ms)
     send(bus, wait, timeout, ready(cmd), until="BackupLoaded")
+
+
+@ft_app.command("unprotect")
+def ft_unprotect(
+    vm: Annotated[str, typer.Argument(help="A protected VM.")],
+    wait: WaitOption = False,
+    timeout: TimeoutOption = 10.0,
+    bus: BusOption = None,
+) -> None:
+    """End a VM's protection: the outputs its backup had not confirmed leave, its backup
+    is destroyed and its room given back; the VM runs on, unprotected."""
+    send(bus, wait, timeout, ready(validated(UnprotectVm, vm=vm)), until="ProtectionEnded")
 
 
 @ft_app.command("status")

@@ -51,6 +51,8 @@ from schemas.ft import (
     ProtectionRequested,
     ProtectVm,
     TakeOverVm,
+    UnprotectRequested,
+    UnprotectVm,
     VmFailedOver,
 )
 from schemas.ha import HostFailed, HostReturned, RestartVm, VmRestarted, VmRestartFailed
@@ -546,6 +548,8 @@ EXAMPLES: dict[str, Message] = {
             released=[SentPacket(seq=44, step=60, data=b"\x02" * 16)],
         ),
         DivergeBackup(vm="web-1"),
+        UnprotectVm(vm="web-1"),
+        UnprotectRequested(vm="web-1", backup="web-1-ft1"),
         DivergenceInjected(
             vm="web-1", backup="web-1-ft1", backup_host="h2", page=0, offset=24, count=4
         ),

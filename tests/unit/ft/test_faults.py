@@ -1,15 +1,17 @@
-"""FT under faults, on the in-memory bus: the FT service killed mid-log, the backup's
-host lost (protection starts again elsewhere), a crash while the pair is being set up
-(protection ends, the primary runs on untouched); and a protected VM is not migrated
-from under its FT service. Through all of it the outside world gets the guest's packets
-without a gap or a repeat."""
+"""FT under faults, on the in-memory bus: the FT service killed mid-log or mid-epoch, the
+hosts process restarted (the backup copied again), the backup's host lost (protection
+starts again elsewhere), a crash while the pair is being set up (protection ends, the
+primary runs on untouched); and a protected VM is not migrated from under its FT service.
+Through all of it the outside world gets the guest's packets without a gap or a repeat."""
 
 from __future__ import annotations
 
 import itertools
 
+import pytest
+
 from schemas import Envelope, Message
-from schemas.ft import BackupLoaded, ProtectionEnded, ProtectVm
+from schemas.ft import BackupLoaded, FtMode, ProtectionEnded, ProtectVm
 from schemas.host import CrashHost
 from schemas.memory import GetVmMemory, VmMemory
 from schemas.pool import Owner
@@ -36,10 +38,13 @@ def gapless(seqs: list[int]) -> bool:
     return len(seqs) > 0
 
 
-async def test_the_ft_service_killed_mid_log_goes_on_from_the_log() -> None:
+@pytest.mark.parametrize("mode", list(FtMode))
+async def test_the_ft_service_killed_mid_log_goes_on_from_the_log(mode: FtMode) -> None:
+    """Killed wherever it is in its cycle (a run logged and not replayed, an epoch stunned
+    and not imported...), the FT service rebuilt from the log takes the next step."""
     async with ft_stack() as stack:
         await place(stack, "web")
-        await answer(stack, ProtectVm(vm="web", epoch_ms=EPOCH_MS))
+        await answer(stack, ProtectVm(vm="web", mode=mode, epoch_ms=EPOCH_MS))
         for _ in range(3):
             before = len(await stack.events(lambda _: True))
             await syncs_after(stack, 2, before)
@@ -52,6 +57,34 @@ async def test_the_ft_service_killed_mid_log_goes_on_from_the_log() -> None:
         entries = [p.entry for p in points]
         assert entries == sorted(set(entries))
         assert gapless(outside(log))
+
+
+@pytest.mark.parametrize("mode", list(FtMode))
+async def test_a_restarted_hosts_process_is_brought_back_in_step(mode: FtMode) -> None:
+    """The hosts process rebuilds its guests from the log, which does not hold the pages
+    a state copy or an epoch moved: the backup's memory is then not the primary's. The
+    next sync point catches it, the backup is copied again, and the outputs held
+    meanwhile leave in order."""
+    async with ft_stack() as stack:
+        await place(stack, "web")
+        await answer(stack, ProtectVm(vm="web", mode=mode, epoch_ms=EPOCH_MS))
+        await syncs_after(stack, 3)
+        await stack.kill("hosts")
+        await stack.start("hosts")
+        before = len(await stack.events(lambda _: True))
+        log = await poll(
+            lambda: stack.events(lambda _: True),
+            lambda log: len([p for p in synced(log[before:]) if p.equal]) >= 3,
+            what="3 equal sync points after the restart",
+        )
+    after = log[before:]
+    assert not [e for e in after if isinstance(e.data, ProtectionEnded)]
+    resynced = [e for e in after if e.type == "PairResynced"]
+    diverged = [e for e in after if e.type == "PairDiverged"]
+    assert len(resynced) == len(diverged)
+    assert gapless(outside(log))
+    seqs = outside(log)
+    assert len(seqs) == len(set(seqs))
 
 
 async def test_a_lost_backup_host_brings_a_new_backup_and_what_it_held_leaves_in_order() -> None:

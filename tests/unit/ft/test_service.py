@@ -20,8 +20,10 @@ from schemas.ft import (
     PairDiverged,
     PairResynced,
     PairSynced,
+    ProtectionEnded,
     ProtectionRequested,
     ProtectVm,
+    UnprotectVm,
     VmFailedOver,
 )
 from schemas.host import CrashHost
@@ -30,7 +32,7 @@ from schemas.pool import Owner
 from schemas.queries import ListVms, VmList
 from schemas.scheduling import Affinity, PlacementRules, PlaceVm
 from schemas.service import CommandRejected, RejectionCode
-from schemas.vm import GuestInputs, MemoryMode, VmCreated, VmStunned
+from schemas.vm import GuestInputs, MemoryMode, VmCreated, VmDestroyed, VmStunned
 from services.ft.steps import MAX_LAG
 from shared.testing import poll
 from tests.unit.stack import Stack, memory_stack
@@ -295,3 +297,47 @@ async def test_the_primary_runs_at_most_a_bounded_log_ahead_of_its_backup(mode: 
             runs += 1
         if isinstance(env.data, PairSynced):
             assert runs - (env.data.entry + 1) <= MAX_LAG
+
+
+@pytest.mark.parametrize("mode", [FtMode.RECORD_REPLAY, FtMode.CHECKPOINT])
+async def test_unprotecting_releases_what_was_held_and_gives_the_backups_room_back(
+    mode: FtMode,
+) -> None:
+    """`vplane ft unprotect`: the outputs the backup had not confirmed leave (no gap, no
+    repeat), the backup is destroyed and its reservation released, the VM goes back to
+    its host's ticks; it can be protected again, with a new backup."""
+    async with ft_stack() as stack:
+        await place(stack, "web")
+        refused = await answer(stack, UnprotectVm(vm="web"))
+        assert isinstance(refused, CommandRejected)
+        assert refused.code == RejectionCode.UNKNOWN_VM
+        await answer(stack, ProtectVm(vm="web", mode=mode, epoch_ms=EPOCH_MS))
+        await poll(
+            lambda: stack.of_type("PairSynced"), lambda es: len(es) >= 3, what="3 sync points"
+        )
+        ended = (await stack.client.send_until(UnprotectVm(vm="web"), "ProtectionEnded")).data
+        assert isinstance(ended, ProtectionEnded)
+        assert (ended.reason, ended.backup) == ("unprotected", "web-ft1")
+        await poll(
+            lambda: stack.of_type("CapacityReleased"),
+            lambda es: any(e.data.reservation == "web-ft1" for e in es),  # type: ignore[attr-defined]
+            what="the backup's room given back",
+        )
+        status = await stack.client.query(GetFtStatus())
+        assert isinstance(status, FtStatus)
+        [gone] = status.pairs
+        assert (gone.phase, gone.backup, gone.held_outputs) == ("ended", "web-ft1", 0)
+        again = await answer(stack, ProtectVm(vm="web", mode=mode, epoch_ms=EPOCH_MS))
+        assert isinstance(again, ProtectionRequested)
+        assert again.backup == "web-ft2"
+        log = await poll(
+            lambda: stack.events(lambda _: True),
+            lambda es: len(synced(es[[e.type for e in es].index("ProtectionEnded") :])) >= 3,
+            what="3 sync points of the new backup",
+        )
+    destroyed = [e.data.vm for e in log if isinstance(e.data, VmDestroyed)]
+    assert destroyed == ["web-ft1"]
+    seqs = outside(log)
+    assert len(seqs) == len(set(seqs))
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    assert all(p.equal for p in synced(log))
