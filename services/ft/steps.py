@@ -245,7 +245,9 @@ def _run_primary(p: Pair, now: float) -> list[Outcome]:
     run = _primary_run(p, now)
     if run is None:
         return []
-    return [Outcome(commands=[run], key=f"{p.backup}/run/{p.runs}")]
+    # Caused by what moved the pair last: the runs stay in the protection's workflow (its
+    # correlation), which `vplane ft protect --wait` follows to BackupLoaded.
+    return [Outcome(commands=[run], cause=p.last, key=f"{p.backup}/run/{p.runs}")]
 
 
 def _primary_run(p: Pair, now: float) -> RunVm | None:

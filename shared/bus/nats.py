@@ -597,6 +597,11 @@ class NatsBus:
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+            # Unsubscribing leaves the ephemeral consumer on the server until it has been
+            # idle for its threshold; a stream holds at most 1,000, which an FT pair's
+            # checkpoint epochs (two flows each) outrun within seconds.
+            with contextlib.suppress(Exception):
+                await self.js.delete_consumer(self._data_stream, sub._consumer)
 
 
 # Chunks of a data flow fetched together (512 KiB each, as a migration sends them).

@@ -46,3 +46,20 @@ async def test_streams_are_created_idempotently_with_their_guarantees(nats_url: 
         assert dead.storage == api.StorageType.FILE
     finally:
         await bus.close()
+
+
+async def test_data_flows_read_one_after_another_leave_no_consumer_behind(nats_url: str) -> None:
+    """More flows than a stream keeps consumers (1,000) are read within a minute, as an
+    FT pair's checkpoint epochs read theirs (two flows an epoch): each read deletes its
+    ephemeral consumer instead of leaving it to expire."""
+    bus = NatsBus(nats_url, unique_namespace())
+    await bus.start()
+    try:
+        for n in range(1_100):
+            await bus.put_data(f"epoch-{n}", [n.to_bytes(4, "little")])
+            got = [chunk async for chunk in bus.read_data(f"epoch-{n}", 1, timeout=10)]
+            assert got == [n.to_bytes(4, "little")]
+        data = await bus.nc.jsm().stream_info(f"{bus.namespace.upper()}_DATA")
+        assert data.state.consumer_count == 0
+    finally:
+        await bus.close()

@@ -521,3 +521,45 @@ def test_page_sharing_and_forks_through_the_cli(stack: dict[str, str]) -> None:
     assert "net profit MiB" in table
     assert cli("sharing", "policy", "--reads", "8", env=stack).returncode == 0
     assert json.loads(cli("sharing", "--json", env=stack).stdout)["policy"]["reads"] == 8
+
+
+@pytest.mark.parametrize("stack", ["nats"], indirect=True)
+def test_ft_through_the_cli(stack: dict[str, str]) -> None:
+    """Protect a recorded guest and wait for its backup, read the pair's status, end the
+    protection; refusals read as one line each. (FT on RabbitMQ: tests/integration/
+    test_ft.py.)"""
+    made = cli(
+        "vm", "create", "web", "--cpu", "1", "--mem", "64", "--memory", "full",
+        "--packets", "50", "--wait", env=stack,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stdout + made.stderr
+    protected = cli("ft", "protect", "web", "--mode", "checkpoint", "--wait", env=stack)
+    assert protected.returncode == 0, protected.stdout + protected.stderr
+    assert "web-ft1" in protected.stdout, protected.stdout
+    pairs = json.loads(cli("ft", "status", "--json", env=stack).stdout)["pairs"]
+    assert [(p["vm"], p["mode"], p["phase"], p["backup"]) for p in pairs] == [
+        ("web", "checkpoint", "protected", "web-ft1")
+    ]
+    assert "protected" in cli("ft", "status", env=stack).stdout
+
+    for args, answer in (
+        (("ft", "protect", "web", "--wait"), "rejected (already-exists): VM web is protected"),
+        (("ft", "protect", "nosuch", "--wait"), "rejected (unknown-vm): no VM nosuch"),
+    ):
+        refused = cli(*args, env=stack)
+        assert refused.returncode == 1, (args, refused.stdout, refused.stderr)
+        assert refused.stdout.startswith(answer), (args, refused.stdout)
+    bad = cli("ft", "protect", "web", "--mode", "bogus", env=stack)
+    assert bad.returncode != 0
+    assert bad.stderr.strip().splitlines() == [
+        "vplane: error: invalid --mode 'bogus': use record-replay, checkpoint, lockstep"
+    ], bad.stderr
+
+    ended = cli("ft", "unprotect", "web", "--wait", env=stack)
+    assert ended.returncode == 0, ended.stdout + ended.stderr
+    assert ended.stdout.strip() == (
+        "protection ended for web (reason=unprotected, backup=web-ft1)"
+    ), ended.stdout
+    again = cli("ft", "unprotect", "web", "--wait", env=stack)
+    assert again.returncode == 1
+    assert again.stdout.startswith("rejected (unknown-vm): VM web is not protected")
